@@ -1,0 +1,159 @@
+"""Shared helpers: the one reduction helper, input validation and the module shell.
+
+Every loss calls :func:`reduce` for its ``reduction`` argument and the ``check_*`` helpers for
+its inputs, so that the same mistake gives the same clear ``ValueError`` everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "REDUCTIONS",
+    "LossModule",
+    "Reduction",
+    "check_choice",
+    "check_float",
+    "check_labels",
+    "check_matrix",
+    "check_positive",
+    "check_reduction",
+    "check_same_device",
+    "reduce",
+    "zero_loss",
+]
+
+Reduction = Literal["mean", "sum", "none"]
+REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
+
+
+def check_reduction(reduction: str) -> None:
+    """Raise a ``ValueError`` unless ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"``."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def reduce(
+    values: Tensor,
+    reduction: str,
+    *,
+    weights: Tensor | None = None,
+    count: Tensor | float | None = None,
+) -> Tensor:
+    """Reduce per-item loss values.
+
+    Args:
+        values: per-item losses (any shape).
+        reduction: ``"mean"`` (sum / count), ``"sum"`` or ``"none"`` (``values`` unchanged,
+            weighted if ``weights`` is given).
+        weights: optional per-item weights, multiplied in before reducing.
+        count: the denominator of ``"mean"``. Default: the sum of ``weights`` if given, else the
+            number of items. A zero denominator gives a zero loss that stays connected to the
+            graph (zero gradient), never NaN.
+    """
+    check_reduction(reduction)
+    if weights is not None:
+        values = values * weights
+    if reduction == "none":
+        return values
+    total = values.sum()
+    if reduction == "sum":
+        return total
+    if count is None:
+        count = weights.sum() if weights is not None else float(values.numel())
+    if isinstance(count, Tensor):
+        # mean over an empty / fully masked set is 0 (with zero gradient), not 0/0.
+        safe = torch.where(count > 0, count, torch.ones_like(count))
+        return torch.where(count > 0, total / safe, total * 0.0)
+    if count <= 0:
+        return total * 0.0
+    return total / count
+
+
+def zero_loss(*tensors: Tensor) -> Tensor:
+    """A scalar zero connected to the graph of ``tensors`` (zero gradient, never NaN)."""
+    out: Tensor | None = None
+    for t in tensors:
+        if isinstance(t, Tensor) and t.is_floating_point():
+            z = (t * 0.0).sum()
+            out = z if out is None else out + z
+    if out is None:
+        raise ValueError("zero_loss needs at least one floating-point tensor")
+    return out
+
+
+def check_float(name: str, x: Any) -> None:
+    """Raise unless ``x`` is a floating-point tensor."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def check_matrix(name: str, x: Any, *, dim: int | None = None, min_rows: int = 1) -> None:
+    """Raise unless ``x`` is a float matrix ``[n, dim]`` with at least ``min_rows`` rows."""
+    check_float(name, x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape [N, D], got {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(
+            f"{name} must have {dim} columns (the embedding dimension), got {x.shape[1]}"
+        )
+    if x.shape[0] < min_rows:
+        raise ValueError(f"{name} must have at least {min_rows} row(s), got {x.shape[0]}")
+
+
+def check_labels(name: str, labels: Any, n: int, *, of: str) -> None:
+    """Raise unless ``labels`` is an integer vector of length ``n`` (one per row of ``of``)."""
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(
+            f"{name} must have shape [{n}] (one label per row of {of}), got {tuple(labels.shape)}"
+        )
+
+
+def check_same_device(**tensors: Tensor) -> None:
+    """Raise unless all tensors live on one device."""
+    devices = {k: t.device for k, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"inputs must be on one device, got {devices}")
+
+
+def check_positive(name: str, value: float, *, strict: bool = True) -> None:
+    """Raise unless ``value`` > 0 (or >= 0 with ``strict=False``)."""
+    ok = value > 0 if strict else value >= 0
+    if not ok:
+        raise ValueError(f"{name} must be {'>' if strict else '>='} 0, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+class LossModule(nn.Module):
+    """Thin ``nn.Module`` shell around a functional loss.
+
+    Subclasses declare their hyperparameters as keyword-only ``__init__`` arguments, pass them
+    to ``super().__init__(**hparams)`` and implement ``forward`` by calling their functional
+    twin with ``**self.hparams``. Learnable parameters or state (proxies, per-sample buffers)
+    are registered by the subclass.
+    """
+
+    spec: Any  # the LossSpec, set by ``registry.register``
+
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__()
+        if "reduction" in hparams:
+            check_reduction(hparams["reduction"])
+        self.hparams: dict[str, Any] = dict(hparams)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
