@@ -17,8 +17,8 @@ from typing import Any, Literal, TypeVar
 import torch
 
 __all__ = [
-    "KINDS",
     "FAMILIES",
+    "KINDS",
     "LossSpec",
     "available",
     "create",
@@ -113,7 +113,7 @@ M = TypeVar("M", bound=type[torch.nn.Module])
 
 
 def _keyword_defaults(module: type[torch.nn.Module]) -> dict[str, Any]:
-    """Keyword-only parameters of ``module.__init__`` with their defaults (required ones: ``...``)."""
+    """Keyword-only parameters of ``module.__init__`` and their defaults (``...``: required)."""
     out: dict[str, Any] = {}
     for p in inspect.signature(module.__init__).parameters.values():
         if p.name == "self":
