@@ -8,14 +8,18 @@
 
 from losslab import distances, functional, metrics
 from losslab.combine import CombinedLoss, combine
+from losslab.losses.aggregate import BagLevelLoss, InstanceLevelLoss, InterpolatedAggregateLoss
 from losslab.losses.fewshot import ICNNLoss, ProtoNetLoss, ProtoTripletLoss
 from losslab.registry import LossSpec, available, create, spec
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BagLevelLoss",
     "CombinedLoss",
     "ICNNLoss",
+    "InstanceLevelLoss",
+    "InterpolatedAggregateLoss",
     "LossSpec",
     "ProtoNetLoss",
     "ProtoTripletLoss",

@@ -1,9 +1,17 @@
 """Functional forms of every registered loss, named ``<registry name>_loss``."""
 
+from losslab.losses.aggregate import (
+    bag_level_loss,
+    instance_level_loss,
+    interpolated_aggregate_loss,
+)
 from losslab.losses.fewshot import icnn_loss, proto_triplet_loss, protonet_loss
 
 __all__ = [
+    "bag_level_loss",
     "icnn_loss",
+    "instance_level_loss",
+    "interpolated_aggregate_loss",
     "proto_triplet_loss",
     "protonet_loss",
 ]

@@ -1,0 +1,322 @@
+"""Learning from aggregate labels: bag-level, instance-level and interpolated losses.
+
+Kind ``bags``: ``loss(pred[N, ...], bag_index[N], bag_target[B, ...])``. Instance ``i`` belongs
+to bag ``bag_index[i]``; only the bag's aggregate response ``bag_target[b]`` (the mean of its
+instances' labels, or the label proportions of the bag) is observed.
+
+Javanmard, Chen, Mirrokni, Badanidiyuru, Fu, "Learning from Aggregate responses: Instance
+Level versus Bag Level Loss Functions", ICLR 2024, arXiv 2401.11081:
+
+* bag level:      ``L_bag = sum_a l(ybar_a, mean_{i in a} f(x_i))``
+* instance level: ``L_ins = sum_a mean_{i in a} l(ybar_a, f(x_i))``
+* for the squared loss, exactly ``L_ins = L_bag + R`` with ``R`` the within-bag variance of the
+  predictions, so the instance loss is a regularised bag loss; the interpolating estimator
+  minimises ``L_bag + rho * R`` = ``(1 - rho) L_bag + rho L_ins`` (``rho`` in [0, 1]).
+
+Bases: ``"mse"`` (regression; ``pred`` and ``bag_target`` of one trailing shape), ``"bce"``
+(binary: ``pred`` are logits, ``bag_target`` the fraction of positives; the bag prediction is
+the mean *probability*), ``"ce"`` (multi-class learning from label proportions: ``pred`` are
+logits ``[N, C]``, ``bag_target`` proportions ``[B, C]``; the bag prediction is the mean
+predicted distribution). Losses are computed per bag; "mean" averages over bags.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from losslab._core import (
+    LossModule,
+    Reduction,
+    check_choice,
+    check_float,
+    check_same_device,
+    compute_dtype,
+    reduce,
+)
+from losslab.registry import register
+
+__all__ = [
+    "BagLevelLoss",
+    "InstanceLevelLoss",
+    "InterpolatedAggregateLoss",
+    "bag_level_loss",
+    "bag_means",
+    "instance_level_loss",
+    "interpolated_aggregate_loss",
+    "laplace_bag_targets",
+    "random_bags",
+]
+
+PAPER = "Learning from Aggregate responses: Instance Level versus Bag Level Loss Functions"
+ARXIV = "2401.11081"
+Base = Literal["mse", "bce", "ce"]
+BASES: tuple[str, ...] = ("mse", "bce", "ce")
+
+
+def bag_means(values: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
+    """Mean of ``values[N, ...]`` within each bag: ``[n_bags, ...]`` (O(N), no padding)."""
+    sums = torch.zeros((n_bags, *values.shape[1:]), dtype=values.dtype, device=values.device)
+    sums = sums.index_add(0, bag_index, values)
+    counts = torch.bincount(bag_index, minlength=n_bags).to(values.dtype)
+    return sums / counts.reshape(-1, *([1] * (values.ndim - 1)))
+
+
+def _validate(pred: Tensor, bag_index: Tensor, bag_target: Tensor, base: str) -> None:
+    check_choice("base", base, BASES)
+    check_float("pred", pred)
+    check_float("bag_target", bag_target)
+    if not isinstance(bag_index, Tensor) or bag_index.is_floating_point() or bag_index.ndim != 1:
+        raise ValueError("bag_index must be an integer tensor of shape [N]")
+    if pred.ndim == 0 or pred.shape[0] != bag_index.shape[0]:
+        raise ValueError(
+            f"pred must have one row per instance: pred {tuple(pred.shape)}, "
+            f"bag_index {tuple(bag_index.shape)}"
+        )
+    check_same_device(pred=pred, bag_index=bag_index, bag_target=bag_target)
+    n_bags = bag_target.shape[0] if bag_target.ndim else 0
+    if n_bags == 0:
+        raise ValueError("bag_target must have at least one bag, shape [B, ...]")
+    if bag_index.numel() and (int(bag_index.min()) < 0 or int(bag_index.max()) >= n_bags):
+        raise ValueError(
+            f"bag_index must be in [0, {n_bags}) (the number of bags in bag_target), got "
+            f"values in [{int(bag_index.min())}, {int(bag_index.max())}]"
+        )
+    counts = torch.bincount(bag_index, minlength=n_bags)
+    if bool((counts == 0).any()):
+        empty = torch.nonzero(counts == 0).flatten()[:5].tolist()
+        raise ValueError(f"every bag needs at least one instance; bags {empty} have none")
+    if base == "ce":
+        if pred.ndim != 2 or bag_target.shape != (n_bags, pred.shape[1]):
+            raise ValueError(
+                f"base='ce' needs pred [N, C] logits and bag_target [B, C] proportions, got "
+                f"{tuple(pred.shape)} and {tuple(bag_target.shape)}"
+            )
+    elif pred.shape[1:] != bag_target.shape[1:]:
+        raise ValueError(
+            f"pred[N, ...] and bag_target[B, ...] must share trailing dims, got "
+            f"{tuple(pred.shape)} and {tuple(bag_target.shape)}"
+        )
+
+
+def _per_bag(pred: Tensor, bag_index: Tensor, bag_target: Tensor, base: str, level: str
+             ) -> Tensor:
+    """Per-bag loss values ``[B]`` at ``level`` ("bag" or "instance"), in the compute dtype."""
+    dtype = compute_dtype(pred.dtype)
+    pred, bag_target = pred.to(dtype), bag_target.to(dtype)
+    n_bags = bag_target.shape[0]
+    if base == "mse":
+        if level == "bag":
+            diff = bag_target - bag_means(pred, bag_index, n_bags)
+            return diff.pow(2).reshape(n_bags, -1).sum(1)
+        per = (bag_target[bag_index] - pred).pow(2).reshape(pred.shape[0], -1).sum(1)
+        return bag_means(per, bag_index, n_bags)
+    if base == "bce":
+        if level == "bag":
+            p = bag_means(torch.sigmoid(pred), bag_index, n_bags)
+            # log-space where it matters: log p from logsigmoid is not available for a mean of
+            # probabilities, so clamp p away from {0, 1} at the dtype's resolution.
+            tiny = torch.finfo(dtype).eps
+            p = p.clamp(tiny, 1 - tiny)
+            per_bag = -(bag_target * p.log() + (1 - bag_target) * (-p).log1p())
+            return per_bag.reshape(n_bags, -1).sum(1)
+        t = bag_target[bag_index]
+        per = F.binary_cross_entropy_with_logits(pred, t, reduction="none")
+        return bag_means(per.reshape(pred.shape[0], -1).sum(1), bag_index, n_bags)
+    # "ce": learning from label proportions
+    log_p = F.log_softmax(pred, dim=1)
+    if level == "bag":
+        # log of the bag's mean distribution, stably: a per-bag, per-class max shift.
+        index = bag_index.unsqueeze(1).expand_as(log_p)
+        shift = torch.full((n_bags, log_p.shape[1]), float("-inf"), dtype=dtype,
+                           device=pred.device)
+        shift = shift.scatter_reduce(0, index, log_p.detach(), reduce="amax").detach()
+        mean_p = bag_means((log_p - shift[bag_index]).exp(), bag_index, n_bags)
+        return -(bag_target * (mean_p.log() + shift)).sum(1)
+    per = -(bag_target[bag_index] * log_p).sum(1)
+    return bag_means(per, bag_index, n_bags)
+
+
+def bag_level_loss(
+    pred: Tensor,
+    bag_index: Tensor,
+    bag_target: Tensor,
+    *,
+    base: Base = "mse",
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Bag-level loss: the base loss between each bag's response and its mean prediction.
+
+    .. math::
+        L_{bag} = \sum_a \ell\Big(\bar y_a,\; \frac{1}{|a|}\sum_{i \in a} f(x_i)\Big)
+
+    Unbiased for the squared loss, but with higher variance than the instance-level loss.
+
+    Args:
+        pred: ``[N, ...]`` predictions (``"mse"``), logits (``"bce"``) or ``[N, C]`` logits
+            (``"ce"``).
+        bag_index: ``[N]`` bag of each instance, in ``[0, B)``; every bag non-empty.
+        bag_target: ``[B, ...]`` aggregate responses (bag means / proportions).
+        base: ``"mse"`` (default), ``"bce"`` or ``"ce"`` (see the module docstring).
+        reduction: ``"mean"`` over bags, ``"sum"``, or ``"none"`` (``[B]``).
+
+    Paper: Javanmard et al., "Learning from Aggregate responses: Instance Level versus Bag
+    Level Loss Functions", arXiv 2401.11081.
+    """
+    _validate(pred, bag_index, bag_target, base)
+    return reduce(_per_bag(pred, bag_index, bag_target, base, "bag"), reduction).to(pred.dtype)
+
+
+def instance_level_loss(
+    pred: Tensor,
+    bag_index: Tensor,
+    bag_target: Tensor,
+    *,
+    base: Base = "mse",
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Instance-level loss: every instance is fitted to its bag's response.
+
+    .. math::
+        L_{ins} = \sum_a \frac{1}{|a|} \sum_{i \in a} \ell(\bar y_a, f(x_i))
+
+    For the squared loss, ``L_ins = L_bag + sum_a Var_{i in a} f(x_i)``: a bag loss plus a
+    within-bag variance regulariser (biased, lower variance).
+
+    Args:
+        pred, bag_index, bag_target, base: as :func:`bag_level_loss`.
+        reduction: ``"mean"`` over bags, ``"sum"``, or ``"none"`` (``[B]``, per bag).
+
+    Paper: Javanmard et al., arXiv 2401.11081.
+    """
+    _validate(pred, bag_index, bag_target, base)
+    per = _per_bag(pred, bag_index, bag_target, base, "instance")
+    return reduce(per, reduction).to(pred.dtype)
+
+
+def interpolated_aggregate_loss(
+    pred: Tensor,
+    bag_index: Tensor,
+    bag_target: Tensor,
+    *,
+    rho: float = 0.5,
+    base: Base = "mse",
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""The interpolating estimator between bag- and instance-level losses.
+
+    .. math::
+        L_\rho = (1 - \rho)\, L_{bag} + \rho\, L_{ins}
+
+    For the squared loss this is exactly ``L_bag + rho * R`` with ``R`` the within-bag variance
+    of the predictions (the paper's regularised form); for ``"bce"``/``"ce"`` the convex
+    combination is the natural generalisation. ``rho = 0`` is the bag-level and ``rho = 1`` the
+    instance-level loss; the paper shows the best ``rho`` depends on bag size, signal-to-noise
+    ratio and overparametrisation (default 0.5, an uninformed middle).
+
+    Args:
+        pred, bag_index, bag_target, base: as :func:`bag_level_loss`.
+        rho: interpolation weight in ``[0, 1]``.
+        reduction: ``"mean"`` over bags, ``"sum"``, or ``"none"`` (``[B]``).
+
+    Paper: Javanmard et al., arXiv 2401.11081.
+    """
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    _validate(pred, bag_index, bag_target, base)
+    per = (1 - rho) * _per_bag(pred, bag_index, bag_target, base, "bag") + rho * _per_bag(
+        pred, bag_index, bag_target, base, "instance"
+    )
+    return reduce(per, reduction).to(pred.dtype)
+
+
+@register(
+    "bag_level", family="aggregate-labels", kind="bags", paper=PAPER, arxiv=ARXIV,
+    function=bag_level_loss, summary="sum_a l(ybar_a, mean_{i in a} f(x_i))",
+    reduction="per bag",
+)
+class BagLevelLoss(LossModule):
+    """Module form of :func:`bag_level_loss`."""
+
+    def __init__(self, *, base: Base = "mse", reduction: Reduction = "mean") -> None:
+        check_choice("base", base, BASES)
+        super().__init__(base=base, reduction=reduction)
+
+    def forward(self, pred: Tensor, bag_index: Tensor, bag_target: Tensor) -> Tensor:
+        return bag_level_loss(pred, bag_index, bag_target, **self.hparams)
+
+
+@register(
+    "instance_level", family="aggregate-labels", kind="bags", paper=PAPER, arxiv=ARXIV,
+    function=instance_level_loss, summary="sum_a mean_{i in a} l(ybar_a, f(x_i))",
+    reduction="per bag",
+)
+class InstanceLevelLoss(LossModule):
+    """Module form of :func:`instance_level_loss`."""
+
+    def __init__(self, *, base: Base = "mse", reduction: Reduction = "mean") -> None:
+        check_choice("base", base, BASES)
+        super().__init__(base=base, reduction=reduction)
+
+    def forward(self, pred: Tensor, bag_index: Tensor, bag_target: Tensor) -> Tensor:
+        return instance_level_loss(pred, bag_index, bag_target, **self.hparams)
+
+
+@register(
+    "interpolated_aggregate", family="aggregate-labels", kind="bags", paper=PAPER, arxiv=ARXIV,
+    function=interpolated_aggregate_loss,
+    summary="(1 - rho) L_bag + rho L_ins (= L_bag + rho * within-bag variance for mse)",
+    reduction="per bag",
+)
+class InterpolatedAggregateLoss(LossModule):
+    """Module form of :func:`interpolated_aggregate_loss`."""
+
+    def __init__(self, *, rho: float = 0.5, base: Base = "mse",
+                 reduction: Reduction = "mean") -> None:
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"rho must be in [0, 1], got {rho}")
+        check_choice("base", base, BASES)
+        super().__init__(rho=rho, base=base, reduction=reduction)
+
+    def forward(self, pred: Tensor, bag_index: Tensor, bag_target: Tensor) -> Tensor:
+        return interpolated_aggregate_loss(pred, bag_index, bag_target, **self.hparams)
+
+
+def random_bags(n: int, bag_size: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """Random disjoint bags of equal size, as in the paper: ``bag_index[n]`` (the last bag
+    holds the remainder when ``bag_size`` does not divide ``n``)."""
+    if n < 1 or bag_size < 1:
+        raise ValueError(f"n and bag_size must be >= 1, got {n} and {bag_size}")
+    perm = torch.randperm(n, generator=generator)
+    index = torch.empty(n, dtype=torch.long)
+    index[perm] = torch.arange(n) // bag_size
+    return index
+
+
+def laplace_bag_targets(
+    labels: Tensor,
+    bag_index: Tensor,
+    *,
+    epsilon: float,
+    bound: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Label-differentially-private bag responses (the paper's mechanism).
+
+    Responses are truncated to ``[-bound, bound]``, averaged per bag, and each bag mean gets
+    Laplace noise of scale ``sensitivity / epsilon`` with ``sensitivity = 2 * bound / k`` for a
+    bag of ``k`` instances, which gives ``epsilon``-label-DP.
+    """
+    if epsilon <= 0 or bound <= 0:
+        raise ValueError(f"epsilon and bound must be > 0, got {epsilon} and {bound}")
+    check_float("labels", labels)
+    n_bags = int(bag_index.max()) + 1
+    means = bag_means(labels.clamp(-bound, bound), bag_index, n_bags)
+    k = torch.bincount(bag_index, minlength=n_bags).to(means.dtype)
+    scale = (2 * bound / k / epsilon).reshape(-1, *([1] * (means.ndim - 1)))
+    u = torch.rand(means.shape, generator=generator, dtype=means.dtype) - 0.5
+    noise = -scale * u.sign() * torch.log1p(-2 * u.abs())
+    return means + noise
