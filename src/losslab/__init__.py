@@ -9,20 +9,32 @@
 from losslab import distances, functional, metrics
 from losslab.combine import CombinedLoss, combine
 from losslab.losses.aggregate import BagLevelLoss, InstanceLevelLoss, InterpolatedAggregateLoss
+from losslab.losses.contrastive import (
+    AlignmentLoss,
+    ClipLoss,
+    InfoNCELoss,
+    SigLipLoss,
+    UniformityLoss,
+)
 from losslab.losses.fewshot import ICNNLoss, ProtoNetLoss, ProtoTripletLoss
 from losslab.registry import LossSpec, available, create, spec
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlignmentLoss",
     "BagLevelLoss",
+    "ClipLoss",
     "CombinedLoss",
     "ICNNLoss",
+    "InfoNCELoss",
     "InstanceLevelLoss",
     "InterpolatedAggregateLoss",
     "LossSpec",
     "ProtoNetLoss",
     "ProtoTripletLoss",
+    "SigLipLoss",
+    "UniformityLoss",
     "__version__",
     "available",
     "combine",

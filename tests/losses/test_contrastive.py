@@ -1,0 +1,137 @@
+"""Contrastive losses: oracles from the formulas, the tiled path against the dense one, PML."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import losslab
+from losslab.functional import (
+    alignment_loss,
+    clip_loss,
+    infonce_loss,
+    siglip_loss,
+    uniformity_loss,
+)
+
+
+def pairs(n: int = 7, d: int = 5, seed: int = 0, scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, d, generator=g, dtype=torch.float64) * scale
+    b = a + 0.5 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    return a.requires_grad_(True), b.requires_grad_(True)
+
+
+def cos(x: list[float], y: list[float]) -> float:
+    return sum(p * q for p, q in zip(x, y)) / (math.hypot(*x) * math.hypot(*y))
+
+
+def test_infonce_clip_siglip_match_loop_oracles() -> None:
+    a, b = pairs()
+    A, B = a.tolist(), b.tolist()
+    n, tau = len(A), 0.2
+    s = [[cos(A[i], B[j]) for j in range(n)] for i in range(n)]
+    row = [-s[i][i] / tau + math.log(sum(math.exp(s[i][j] / tau) for j in range(n)))
+           for i in range(n)]
+    col = [-s[j][j] / tau + math.log(sum(math.exp(s[i][j] / tau) for i in range(n)))
+           for j in range(n)]
+    torch.testing.assert_close(infonce_loss(a, b, temperature=tau, reduction="none"),
+                               torch.tensor(row, dtype=torch.float64))
+    torch.testing.assert_close(clip_loss(a, b, temperature=tau, reduction="none"),
+                               torch.tensor([(r + c) / 2 for r, c in zip(row, col)],
+                                            dtype=torch.float64))
+    t, bias = 10.0, -10.0
+    sig = [sum(math.log1p(math.exp(-(1 if i == j else -1) * (t * s[i][j] + bias)))
+               for j in range(n)) for i in range(n)]
+    torch.testing.assert_close(siglip_loss(a, b, reduction="none"),
+                               torch.tensor(sig, dtype=torch.float64))
+    assert float(siglip_loss(a, b).detach()) == pytest.approx(sum(sig) / n, rel=1e-12)
+
+
+def test_alignment_and_uniformity_oracles() -> None:
+    a, b = pairs()
+    na = torch.nn.functional.normalize(a.detach(), dim=1).tolist()
+    nb = torch.nn.functional.normalize(b.detach(), dim=1).tolist()
+    align = [sum((x - y) ** 2 for x, y in zip(na[i], nb[i])) for i in range(len(na))]
+    assert float(alignment_loss(a, b).detach()) == pytest.approx(sum(align) / len(align), rel=1e-12)
+    assert float(alignment_loss(a, b, alpha=1.0).detach()) == pytest.approx(
+        sum(v**0.5 for v in align) / len(align), rel=1e-12)
+
+    def unif(x: list[list[float]]) -> float:
+        vals = [math.exp(-2 * sum((p - q) ** 2 for p, q in zip(x[i], x[j])))
+                for i in range(len(x)) for j in range(i + 1, len(x))]
+        return math.log(sum(vals) / len(vals))
+
+    expected = (unif(na) + unif(nb)) / 2
+    assert float(uniformity_loss(a, b).detach()) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("tile", [1, 3, 7, 100])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_tiled_path_equals_dense_path_values_and_gradients(tile: int, reduction: str) -> None:
+    a, b = pairs(n=11, scale=3.0)
+    w = torch.randn(11, dtype=torch.float64)
+    for f, kw in ((infonce_loss, {}), (clip_loss, {}), (infonce_loss, {"symmetric": True}),
+                  (siglip_loss, {})):
+        temp = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+        outs = []
+        for chunk in (None, tile):
+            out = f(a, b, temperature=temp, chunk_size=chunk, reduction=reduction, **kw)
+            loss = (out * w).sum() if reduction == "none" else out
+            grads = torch.autograd.grad(loss, (a, b, temp))
+            outs.append((out, grads))
+        torch.testing.assert_close(outs[0][0], outs[1][0])
+        for g_dense, g_tiled in zip(outs[0][1], outs[1][1]):
+            torch.testing.assert_close(g_dense, g_tiled)
+
+
+def test_tiled_paths_pass_gradcheck() -> None:
+    a, b = pairs(n=5, d=3)
+    temp = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, y, t: clip_loss(x, y, temperature=t, chunk_size=2), (a, b, temp))
+    assert torch.autograd.gradcheck(
+        lambda x, y, t, c: siglip_loss(x, y, temperature=t, bias=c, chunk_size=2),
+        (a, b, temp, bias))
+
+
+def test_infonce_matches_pml_ntxent() -> None:
+    losses = pytest.importorskip("pytorch_metric_learning.losses")
+    a, b = pairs(n=9)
+    labels = torch.arange(9)
+    # ref_labels must be a different tensor object: PML treats `ref_labels is labels` as the
+    # batch against itself and drops the diagonal (the positives here).
+    pml = losses.NTXentLoss(temperature=0.1)(a, labels, ref_emb=b, ref_labels=labels.clone())
+    ours = infonce_loss(a, b, temperature=0.1)
+    torch.testing.assert_close(ours, pml)
+    g_pml = torch.autograd.grad(pml, (a, b))
+    g_ours = torch.autograd.grad(ours, (a, b))
+    for x, y in zip(g_ours, g_pml):
+        torch.testing.assert_close(x, y)
+
+
+def test_learnable_temperature_and_bias_get_gradients() -> None:
+    a, b = pairs()
+    clip = losslab.create("clip", learnable_temperature=True).double()
+    clip(a, b).backward()
+    assert clip.log_scale.grad is not None
+    assert float(clip.log_scale.detach()) == pytest.approx(math.log(1 / 0.07))
+    sig = losslab.create("siglip", learnable=True).double()
+    sig(a, b).backward()
+    assert sig.log_scale.grad is not None and sig.learned_bias.grad is not None
+
+
+def test_single_pair_infonce_is_zero_and_uniformity_needs_two() -> None:
+    a, b = pairs(n=1)
+    assert float(infonce_loss(a, b).detach()) == 0.0
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        uniformity_loss(a, b)
+    with pytest.raises(ValueError, match="same number of rows"):
+        clip_loss(*pairs(n=3)[:1], pairs(n=4)[1])
+    with pytest.raises(ValueError, match="chunk_size must be"):
+        clip_loss(*pairs(), chunk_size=0)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        clip_loss(*pairs(), temperature=0.0)
