@@ -145,3 +145,13 @@ def test_cifar_refuses_code_and_reports_missing(tmp_path):
         _dump(c10 / name, {b"data": Evil()})
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         load_cifar(tmp_path)
+
+
+def test_real_fashion_mnist_if_installed():
+    from pathlib import Path
+
+    if not (Path("/usr/share/datasets/fashion-mnist") / "t10k-labels-idx1-ubyte.gz").exists():
+        pytest.skip("Debian package dataset-fashion-mnist not installed")
+    test = load_fashion_mnist(split="test")
+    assert test.images.shape == (10000, 28, 28)
+    assert np.bincount(test.labels).tolist() == [1000] * 10
