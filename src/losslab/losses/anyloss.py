@@ -133,7 +133,7 @@ def _check(metric: str, beta: float, amplifier: float) -> None:
 @register(
     "anyloss",
     family="classification",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="AnyLoss: Transforming Classification Metrics into Loss Functions",
     arxiv="2405.14745",
     function=anyloss_loss,

@@ -134,7 +134,7 @@ def cross_entropy_loss(
 @register(
     "cross_entropy",
     family="classification",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="(standard) softmax cross-entropy",
     arxiv="",
     function=cross_entropy_loss,
@@ -259,7 +259,7 @@ def focal_loss(
 @register(
     "focal",
     family="classification",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="Focal Loss for Dense Object Detection",
     arxiv="1708.02002",
     function=focal_loss,
@@ -333,7 +333,7 @@ def poly1_loss(
 @register(
     "poly1",
     family="classification",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="PolyLoss: A Polynomial Expansion Perspective of Classification Loss Functions",
     arxiv="2204.12511",
     function=poly1_loss,
@@ -444,7 +444,7 @@ def comp_sum_loss(
 @register(
     "comp_sum",
     family="classification",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="Cross-Entropy Loss Functions: Theoretical Analysis and Applications",
     arxiv="2304.07288",
     function=comp_sum_loss,
@@ -491,7 +491,7 @@ def _check_q(q: float) -> None:
 @register(
     "gce",
     family="robust-noisy",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="Generalized Cross Entropy Loss for Training Deep Neural Networks with Noisy Labels",
     arxiv="1805.07836",
     function=gce_loss,
@@ -532,7 +532,7 @@ def mae_loss(
 @register(
     "mae",
     family="robust-noisy",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="Robust Loss Functions under Label Noise for Deep Neural Networks",
     arxiv="1712.09482",
     function=mae_loss,
@@ -598,7 +598,7 @@ def z_loss_loss(
 @register(
     "z_loss",
     family="classification",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="The Z-loss: a shift and scale invariant classification loss belonging to the "
     "Spherical Family",
     arxiv="1604.08859",
@@ -655,7 +655,7 @@ def logz_penalty_loss(
 @register(
     "logz_penalty",
     family="sequence-lm",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="PaLM: Scaling Language Modeling with Pathways",
     arxiv="2204.02311",
     function=logz_penalty_loss,
@@ -713,12 +713,12 @@ def logit_adjusted_loss(
 @register(
     "logit_adjusted",
     family="classification",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="Long-tail learning via logit adjustment",
     arxiv="2007.07314",
     function=logit_adjusted_loss,
     summary="CE(logits + tau log prior), tau=1",
-    example_hparams={"class_priors": (0.4, 0.25, 0.15, 0.12, 0.08)},
+    example_hparams={"class_priors": (0.4, 0.3, 0.2, 0.1)},
 )
 class LogitAdjustedLoss(LogitsLossModule):
     """Module form of :func:`logit_adjusted_loss` (``class_priors`` kept as a buffer)."""
@@ -787,12 +787,12 @@ def ldam_loss(
 @register(
     "ldam",
     family="classification",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss",
     arxiv="1906.07413",
     function=ldam_loss,
     summary="CE(s (f - m_y e_y)), m_c = C_m n_c^(-1/4) scaled to max C_m=0.5, s=30",
-    example_hparams={"class_counts": (500, 200, 100, 50, 10)},
+    example_hparams={"class_counts": (500, 100, 50, 10)},
 )
 class LDAMLoss(LogitsLossModule):
     """Module form of :func:`ldam_loss` (``class_counts`` and ``weight`` kept as buffers)."""
@@ -862,7 +862,7 @@ def crammer_singer_loss(
 @register(
     "crammer_singer",
     family="classification",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="On the Algorithmic Implementation of Multiclass Kernel-based Vector Machines",
     arxiv="",
     function=crammer_singer_loss,
@@ -910,7 +910,7 @@ def weston_watkins_loss(
 @register(
     "weston_watkins",
     family="classification",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="Support Vector Machines for Multi-Class Pattern Recognition",
     arxiv="",
     function=weston_watkins_loss,
@@ -974,7 +974,7 @@ def stablemax_ce_loss(
 @register(
     "stablemax_ce",
     family="classification",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper="Grokking at the Edge of Numerical Stability",
     arxiv="2501.04697",
     function=stablemax_ce_loss,

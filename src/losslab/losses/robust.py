@@ -135,7 +135,7 @@ def ldr_kl_loss(
 @register(
     "ldr_kl",
     family="robust-noisy",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper=LDR,
     arxiv="2112.14869",
     function=ldr_kl_loss,
@@ -179,8 +179,9 @@ def aldr_kl_loss(
     logits: Tensor,
     target: Tensor,
     *,
-    lambdas: Tensor,
-    index: Tensor | None,
+    index: Tensor | None = None,
+    lambdas: Tensor | None = None,
+    num_samples: int | None = None,
     lam0: float = 10.0,
     alpha: float = 2.0,
     margin: float = 0.1,
@@ -208,10 +209,13 @@ def aldr_kl_loss(
 
     Args:
         logits: ``[N, C]`` (``C >= 2``); target: ``[N]`` class ids.
+        index: ``[N]`` dataset ids in ``[0, num_samples)`` (required with ``lambdas``). With
+            duplicate ids in a batch, one of the updates wins. Ignored items are not updated.
         lambdas: ``[num_samples]`` buffer of per-sample :math:`\lambda` (initialised to
-            ``lam0``), updated in place under ``no_grad`` when ``update=True``.
-        index: ``[N]`` dataset ids in ``[0, num_samples)`` (required). With duplicate ids in a
-            batch, one of the updates wins. Ignored items are not updated.
+            ``lam0``), updated in place under ``no_grad`` when ``update=True``. ``None``: every
+            sample is on its first visit (:math:`\lambda^{old} = \lambda_0`), nothing is stored.
+        num_samples: size of the dataset; if given, must equal ``len(lambdas)`` (the module
+            form owns the buffer and passes both).
         lam0: :math:`\lambda_0` (default 10, official README/run_demo).
         alpha: :math:`\alpha > 1` (default 2, official README/run_demo).
         margin: :math:`c` (default 0.1, official code).
@@ -228,17 +232,27 @@ def aldr_kl_loss(
         raise ValueError(f"alpha must be > 1 (keeps lambda positive), got {alpha!r}")
     batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2, spatial_ok=False,
                     loss="aldr_kl")
-    idx = _check_index(index, batch.logits.shape[0], lambdas.shape[0])
+    n = batch.logits.shape[0]
+    if lambdas is not None:
+        if num_samples is not None and lambdas.shape != (num_samples,):
+            raise ValueError(f"lambdas must have shape [{num_samples}] (num_samples), "
+                             f"got {tuple(lambdas.shape)}")
+        idx = _check_index(index, n, lambdas.shape[0])
+    elif index is not None and num_samples is not None:
+        _check_index(index, n, num_samples)
     k = batch.num_classes
     log_k = math.log(k)
     f = transform_scores(batch.logits, score_transform)
     with torch.no_grad():
-        lam_old = lambdas[idx].to(f.dtype)
+        if lambdas is None:
+            lam_old = torch.full((n,), float(lam0), dtype=f.dtype, device=f.device)
+        else:
+            lam_old = lambdas[idx].to(f.dtype)
         p = torch.softmax(f / lam_old.unsqueeze(1), dim=1) + 1e-5
         p = p / p.sum(1, keepdim=True)
         kl = (p * (p * k).log()).sum(1)
         lam = lam0 - lam0 * kl / (alpha * log_k)
-        if update:
+        if update and lambdas is not None:
             keep = batch.valid
             lambdas[idx[keep]] = lam[keep].to(lambdas.dtype)
     values = _ldr_kl_values(f, batch, margin, lam)
@@ -249,7 +263,7 @@ def aldr_kl_loss(
 @register(
     "aldr_kl",
     family="robust-noisy",
-    kind="logits",
+    kind="logits", degenerate=("all_ignored",),
     paper=LDR,
     arxiv="2112.14869",
     function=aldr_kl_loss,
@@ -286,9 +300,9 @@ class ALDRKLLoss(LogitsLossModule):
         self.register_buffer("lambdas", torch.full((num_samples,), float(lam0)))
 
     def forward(self, logits: Tensor, target: Tensor, *, index: Tensor | None = None) -> Tensor:
-        kw = {k: v for k, v in self.hparams.items() if k != "num_samples"}
         return aldr_kl_loss(
-            logits, target, lambdas=self.lambdas, index=index, update=self.training, **kw
+            logits, target, index=index, lambdas=self.lambdas, update=self.training,
+            **self.hparams,
         )
 
 
@@ -491,8 +505,16 @@ def nce_mae_loss(
     return finish(values, batch, reduction)
 
 
-@register("nce", family="robust-noisy", kind="logits", paper=APL, arxiv="2006.13554",
-          function=nce_loss, summary="-log p_y / -sum_k log p_k")
+@register(
+    "nce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    function=nce_loss,
+    summary="-log p_y / -sum_k log p_k",
+)
 class NCELoss(LogitsLossModule):
     """Module form of :func:`nce_loss`."""
 
@@ -500,8 +522,16 @@ class NCELoss(LogitsLossModule):
         super().__init__(ignore_index=ignore_index, reduction=reduction)
 
 
-@register("nfl", family="robust-noisy", kind="logits", paper=APL, arxiv="2006.13554",
-          function=nfl_loss, summary="FL_y / sum_k FL_k, FL_k = -(1-p_k)^gamma log p_k, gamma=0.5")
+@register(
+    "nfl",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    function=nfl_loss,
+    summary="FL_y / sum_k FL_k, FL_k = -(1-p_k)^gamma log p_k, gamma=0.5",
+)
 class NFLLoss(LogitsLossModule):
     """Module form of :func:`nfl_loss`."""
 
@@ -512,8 +542,16 @@ class NFLLoss(LogitsLossModule):
         super().__init__(gamma=gamma, ignore_index=ignore_index, reduction=reduction)
 
 
-@register("rce", family="robust-noisy", kind="logits", paper=SCE, arxiv="1908.06112",
-          function=rce_loss, summary="-sum_k p_k log q_k with log 0 = A = -4: -A (1 - p_y)")
+@register(
+    "rce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=SCE,
+    arxiv="1908.06112",
+    function=rce_loss,
+    summary="-sum_k p_k log q_k with log 0 = A = -4: -A (1 - p_y)",
+)
 class RCELoss(LogitsLossModule):
     """Module form of :func:`rce_loss`."""
 
@@ -524,8 +562,16 @@ class RCELoss(LogitsLossModule):
         super().__init__(log_zero=log_zero, ignore_index=ignore_index, reduction=reduction)
 
 
-@register("sce", family="robust-noisy", kind="logits", paper=SCE, arxiv="1908.06112",
-          function=sce_loss, summary="alpha CE + beta RCE, alpha=0.1, beta=1, A=-4")
+@register(
+    "sce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=SCE,
+    arxiv="1908.06112",
+    function=sce_loss,
+    summary="alpha CE + beta RCE, alpha=0.1, beta=1, A=-4",
+)
 class SCELoss(LogitsLossModule):
     """Module form of :func:`sce_loss`."""
 
@@ -538,8 +584,16 @@ class SCELoss(LogitsLossModule):
                          reduction=reduction)
 
 
-@register("nce_rce", family="robust-noisy", kind="logits", paper=APL, arxiv="2006.13554",
-          function=nce_rce_loss, summary="alpha NCE + beta RCE, alpha=beta=1")
+@register(
+    "nce_rce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    function=nce_rce_loss,
+    summary="alpha NCE + beta RCE, alpha=beta=1",
+)
 class NCERCELoss(LogitsLossModule):
     """Module form of :func:`nce_rce_loss`."""
 
@@ -552,8 +606,16 @@ class NCERCELoss(LogitsLossModule):
                          reduction=reduction)
 
 
-@register("nfl_rce", family="robust-noisy", kind="logits", paper=APL, arxiv="2006.13554",
-          function=nfl_rce_loss, summary="alpha NFL + beta RCE, alpha=beta=1, gamma=0.5")
+@register(
+    "nfl_rce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    function=nfl_rce_loss,
+    summary="alpha NFL + beta RCE, alpha=beta=1, gamma=0.5",
+)
 class NFLRCELoss(LogitsLossModule):
     """Module form of :func:`nfl_rce_loss`."""
 
@@ -567,8 +629,16 @@ class NFLRCELoss(LogitsLossModule):
                          ignore_index=ignore_index, reduction=reduction)
 
 
-@register("nce_mae", family="robust-noisy", kind="logits", paper=APL, arxiv="2006.13554",
-          function=nce_mae_loss, summary="alpha NCE + beta MAE, MAE = 2(1 - p_y), alpha=beta=1")
+@register(
+    "nce_mae",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    function=nce_mae_loss,
+    summary="alpha NCE + beta MAE, MAE = 2(1 - p_y), alpha=beta=1",
+)
 class NCEMAELoss(LogitsLossModule):
     """Module form of :func:`nce_mae_loss`."""
 
