@@ -1,0 +1,238 @@
+"""Shared plumbing of the ``logits`` kind: input validation, flattening and the reduction.
+
+Every loss of kind ``logits`` is called as ``loss(logits[N, C, d1, ...], target)`` with
+``target`` either integer class ids ``[N, d1, ...]`` (``ignore_index`` marks items to skip) or
+class probabilities ``[N, C, d1, ...]`` (float, same shape as ``logits``) for the losses that
+accept soft targets. :func:`prepare` validates the pair and flattens it to ``M = N·d1·...``
+items of ``C`` scores; the loss computes one value per item; :func:`finish` applies the mask of
+ignored items, the optional per-item weights and the ``reduction``, and restores the shape.
+
+Precision: fp16/bf16 logits are computed in float32 and the result is cast back to the input
+dtype (as ``torch.nn.functional.cross_entropy`` returns the input dtype).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from losslab._core import LossModule, check_float, reduce
+
+__all__ = [
+    "LogitsBatch",
+    "LogitsLossModule",
+    "class_vector",
+    "finish",
+    "gather_target",
+    "prepare",
+    "target_log_prob",
+]
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class LogitsBatch:
+    """A validated, flattened ``(logits, target)`` pair.
+
+    Attributes:
+        logits: ``[M, C]`` scores in the compute dtype (float32 for half inputs).
+        index: ``[M]`` target class ids with ignored items replaced by 0 (``None`` for soft
+            targets).
+        probs: ``[M, C]`` soft targets in the compute dtype (``None`` for class ids).
+        valid: ``[M]`` bool, False for items whose target is ``ignore_index``.
+        item_shape: ``(N, d1, ...)``, the shape of ``reduction="none"``.
+        dtype: dtype of the input logits (the dtype of the result).
+    """
+
+    logits: Tensor
+    index: Tensor | None
+    probs: Tensor | None
+    valid: Tensor
+    item_shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.logits.shape[1])
+
+    @property
+    def soft(self) -> bool:
+        return self.probs is not None
+
+
+def _flatten_classes(x: Tensor) -> Tensor:
+    """``[N, C, d1, ...]`` -> ``[N·d1·..., C]``."""
+    if x.ndim == 2:
+        return x
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def prepare(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = -100,
+    soft_ok: bool = False,
+    min_classes: int = 1,
+    spatial_ok: bool = True,
+    id_range: int | None = None,
+    loss: str = "this loss",
+) -> LogitsBatch:
+    """Validate ``(logits, target)`` and flatten them to ``M`` items of ``C`` scores.
+
+    Raises ``ValueError`` for: non-float logits, logits with fewer than 2 dims or fewer than
+    ``min_classes`` classes, a target of the wrong shape or dtype, float targets for a loss that
+    does not accept soft targets (``soft_ok=False``), class ids outside ``[0, C)`` other than
+    ``ignore_index`` (``[0, id_range)`` when given, e.g. 2 for single-logit binary inputs),
+    and inputs on different devices.
+    """
+    check_float("logits", logits)
+    if logits.ndim < 2:
+        raise ValueError(f"logits must have shape [N, C, ...], got {tuple(logits.shape)}")
+    if not spatial_ok and logits.ndim != 2:
+        raise ValueError(f"{loss} needs logits of shape [N, C], got {tuple(logits.shape)}")
+    c = logits.shape[1]
+    if c < min_classes:
+        raise ValueError(f"{loss} needs at least {min_classes} classes, got logits with C={c}")
+    if not isinstance(target, Tensor):
+        raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.device != logits.device:
+        raise ValueError(
+            f"logits and target must be on one device, got {logits.device} and {target.device}"
+        )
+    compute = torch.float32 if logits.dtype in HALF else logits.dtype
+    flat = _flatten_classes(logits).to(compute)
+    item_shape = (logits.shape[0], *logits.shape[2:])
+    if target.is_floating_point():
+        if not soft_ok:
+            raise ValueError(
+                f"{loss} needs integer class ids as target (shape {list(item_shape)}); "
+                f"soft (float) targets are not supported, got dtype {target.dtype}"
+            )
+        if target.shape != logits.shape:
+            raise ValueError(
+                "soft target (class probabilities) must have the shape of logits "
+                f"{tuple(logits.shape)}, got {tuple(target.shape)}"
+            )
+        probs = _flatten_classes(target).to(compute)
+        valid = torch.ones(probs.shape[0], dtype=torch.bool, device=logits.device)
+        return LogitsBatch(flat, None, probs, valid, item_shape, logits.dtype)
+    if target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class ids, got dtype {target.dtype}")
+    if tuple(target.shape) != item_shape:
+        raise ValueError(
+            f"target (class ids) must have shape {list(item_shape)} for logits of shape "
+            f"{tuple(logits.shape)}, got {tuple(target.shape)}"
+        )
+    index = target.reshape(-1).long()
+    valid = index != ignore_index
+    top = c if id_range is None else id_range
+    bad = valid & ((index < 0) | (index >= top))
+    if bool(bad.any()):
+        values = sorted(set(index[bad].tolist()))[:5]
+        raise ValueError(
+            f"target must hold class ids in [0, {top}) or ignore_index={ignore_index}, "
+            f"got {values}"
+        )
+    index = torch.where(valid, index, torch.zeros_like(index))
+    return LogitsBatch(flat, index, None, valid, item_shape, logits.dtype)
+
+
+def gather_target(values: Tensor, batch: LogitsBatch) -> Tensor:
+    """``values[m, y_m]`` for class-id targets (``[M, C]`` -> ``[M]``)."""
+    if batch.index is None:
+        raise ValueError("gather_target needs class-id targets")
+    return values.gather(1, batch.index.unsqueeze(1)).squeeze(1)
+
+
+def target_log_prob(log_probs: Tensor, batch: LogitsBatch) -> Tensor:
+    """Negative log-likelihood per item: ``-log p_y`` or ``-Σ_c y_c log p_c`` (soft targets)."""
+    if batch.probs is not None:
+        return -(batch.probs * log_probs).sum(1)
+    return -gather_target(log_probs, batch)
+
+
+def finish(
+    values: Tensor,
+    batch: LogitsBatch,
+    reduction: str,
+    *,
+    weights: Tensor | None = None,
+    count: Tensor | None = None,
+) -> Tensor:
+    """Mask ignored items, weight, reduce and restore the shape of per-item losses ``[M]``.
+
+    ``"mean"`` divides by ``count`` (default: the sum of ``weights`` over non-ignored items
+    if given, else the number of non-ignored items); ``"none"`` returns ``[N, d1, ...]`` with 0
+    at ignored items. All items ignored -> 0 with zero gradient. The result has the dtype of
+    the input logits.
+    """
+    values = torch.where(batch.valid, values, torch.zeros_like(values))
+    if weights is not None:
+        weights = torch.where(batch.valid, weights, torch.zeros_like(weights))
+    if count is None:
+        count = weights.sum() if weights is not None else batch.valid.sum().to(values.dtype)
+    out = reduce(values, reduction, weights=weights, count=count)
+    if reduction == "none":
+        out = out.reshape(batch.item_shape)
+    return out.to(batch.dtype)
+
+
+def class_vector(
+    name: str, value: Sequence[float] | Tensor | None, batch: LogitsBatch, *, positive: bool = False
+) -> Tensor | None:
+    """A per-class hyperparameter (weights, priors, counts) as a ``[C]`` tensor on the logits'
+    device and compute dtype, validated against the number of classes."""
+    if value is None:
+        return None
+    t = torch.as_tensor(value, dtype=batch.logits.dtype, device=batch.logits.device)
+    if t.ndim != 1 or t.shape[0] != batch.num_classes:
+        raise ValueError(
+            f"{name} must have one value per class ([{batch.num_classes}]), got shape "
+            f"{tuple(t.shape)}"
+        )
+    if positive and not bool((t > 0).all()):
+        raise ValueError(f"{name} must be > 0 for every class")
+    if not positive and bool((t < 0).any()):
+        raise ValueError(f"{name} must be >= 0 for every class")
+    return t
+
+
+def log_softmax(batch: LogitsBatch) -> Tensor:
+    """``log_softmax`` of the flattened logits over classes."""
+    return F.log_softmax(batch.logits, dim=1)
+
+
+class LogitsLossModule(LossModule):
+    """Module shell of a ``logits`` loss: ``forward(logits, target)`` calls the functional twin.
+
+    Per-class tensor hyperparameters named in ``tensor_hparams`` (class weights, priors) are
+    kept as buffers, so they follow ``.to(device)`` and are saved by ``state_dict()``.
+    """
+
+    tensor_hparams: tuple[str, ...] = ()
+
+    def __init__(self, **hparams: Any) -> None:
+        tensors = {k: hparams.pop(k) for k in self.tensor_hparams if k in hparams}
+        super().__init__(**hparams)
+        self._tensor_names = tuple(tensors)
+        for k, v in tensors.items():
+            if v is None:
+                setattr(self, k, None)
+            else:
+                t = torch.as_tensor(v, dtype=torch.float32)
+                if t.ndim != 1 or t.numel() == 0:
+                    raise ValueError(f"{k} must be a non-empty 1-d sequence, got {tuple(t.shape)}")
+                self.register_buffer(k, t.clone())
+
+    def call_kwargs(self) -> dict[str, Any]:
+        return {**self.hparams, **{k: getattr(self, k) for k in self._tensor_names}}
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return self.spec.function(logits, target, **self.call_kwargs())

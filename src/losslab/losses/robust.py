@@ -1,0 +1,649 @@
+"""Losses robust to label noise: LDR-KL / ALDR-KL and the normalized / active-passive losses.
+
+Kind ``logits``: ``loss(logits[N, C, d1, ...], target[N, d1, ...])`` with integer class ids
+(soft targets raise ``ValueError``); ``ignore_index`` (default -100) items are skipped and
+``reduction="mean"`` averages over the other items. fp16/bf16 inputs are computed in float32
+and the result has the input dtype. ``aldr_kl`` keeps per-sample state and takes
+``index=`` (dataset ids), so it needs logits ``[N, C]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from losslab._core import Reduction, check_choice, check_positive
+from losslab.losses._logits import (
+    LogitsBatch,
+    LogitsLossModule,
+    finish,
+    gather_target,
+    log_softmax,
+    prepare,
+)
+from losslab.losses.classification import comp_sum_values, one_minus_pt_power
+from losslab.registry import register
+
+__all__ = [
+    "ALDRKLLoss",
+    "LDRKLLoss",
+    "NCELoss",
+    "NCEMAELoss",
+    "NCERCELoss",
+    "NFLLoss",
+    "NFLRCELoss",
+    "RCELoss",
+    "SCELoss",
+    "aldr_kl_loss",
+    "ldr_kl_loss",
+    "nce_loss",
+    "nce_mae_loss",
+    "nce_rce_loss",
+    "nfl_loss",
+    "nfl_rce_loss",
+    "rce_loss",
+    "sce_loss",
+]
+
+LDR = (
+    "Label Distributionally Robust Losses for Multi-class Classification: Consistency, "
+    "Robustness and Adaptivity"
+)
+APL = "Normalized Loss Functions for Deep Learning with Noisy Labels"
+SCE = "Symmetric Cross Entropy for Robust Learning with Noisy Labels"
+
+ScoreTransform = Literal["softplus_mean", "l1_mean"] | None
+SCORE_TRANSFORMS = (None, "softplus_mean", "l1_mean")
+
+#: Guards the divisions of the score normalisations (a row of all-zero scores).
+_SCORE_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# LDR-KL and ALDR-KL
+# --------------------------------------------------------------------------------------------
+
+
+def transform_scores(scores: Tensor, score_transform: ScoreTransform) -> Tensor:
+    r"""The score normalisations of the official LDR code.
+
+    * ``None``: the raw logits.
+    * ``"softplus_mean"`` (``LDRLoss_V1``): :math:`\tilde f = \operatorname{softplus}(f) /
+      \operatorname{mean}_k \operatorname{softplus}(f_k)`.
+    * ``"l1_mean"`` (``ALDRLoss``): :math:`\tilde f = f / \operatorname{mean}_k |f_k|`.
+    """
+    check_choice("score_transform", score_transform, SCORE_TRANSFORMS)
+    if score_transform is None:
+        return scores
+    if score_transform == "softplus_mean":
+        scores = F.softplus(scores)
+    return scores / scores.abs().mean(1, keepdim=True).clamp_min(_SCORE_EPS)
+
+
+def _ldr_kl_values(f: Tensor, batch: LogitsBatch, margin: float, lam: Tensor | float) -> Tensor:
+    r""":math:`\lambda (\log \sum_k \exp((\delta_{k,y} + f_k - f_y)/\lambda) - \log K)`."""
+    onehot = F.one_hot(batch.index, batch.num_classes).to(f.dtype)
+    delta = margin * (1.0 - onehot)
+    f_y = (f * onehot).sum(1, keepdim=True)
+    lam_col = lam.unsqueeze(1) if isinstance(lam, Tensor) else lam
+    lse = torch.logsumexp((delta + f - f_y) / lam_col, dim=1)
+    return lam * (lse - math.log(batch.num_classes))
+
+
+def ldr_kl_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    margin: float = 0.1,
+    lam: float = 10.0,
+    score_transform: ScoreTransform = None,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Label-distributionally-robust loss with a KL regulariser (LDR-KL).
+
+    .. math::
+        \ell = \max_{p \in \Delta_K} \sum_k p_k(\delta_{k,y} + f_k - f_y) - \lambda\,
+        \mathrm{KL}(p \,\|\, \tfrac1K) = \lambda \log \Big(\frac1K \sum_k
+        \exp\frac{\delta_{k,y} + f_k - f_y}{\lambda}\Big),\quad \delta_{k,y} = c\,[k \ne y]
+
+    ``lam → 0`` gives the Crammer–Singer loss :math:`\max_k(\delta_{k,y} + f_k - f_y)`,
+    ``lam → ∞`` the mean over classes; ``margin=0, lam=1`` is cross-entropy minus ``log K``.
+
+    Args:
+        logits, target: see the module docstring.
+        margin: :math:`c` (default 0.1, ``--margin`` of the official ``experiment.py``).
+        lam: :math:`\lambda > 0` (default 10, ``parameter_set=[10]`` of the official code).
+        score_transform: ``None`` (raw logits, default), ``"softplus_mean"`` (the official
+            ``LDRLoss_V1``: softplus scores divided by their class mean) or ``"l1_mean"``
+            (scores divided by their mean absolute value, as the official ALDR code).
+        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
+
+    Paper: Zhu, Ying, Yang, "Label Distributionally Robust Losses for Multi-class
+    Classification: Consistency, Robustness and Adaptivity", arXiv 2112.14869.
+    """
+    check_positive("lam", lam)
+    batch = prepare(logits, target, ignore_index=ignore_index, loss="ldr_kl")
+    f = transform_scores(batch.logits, score_transform)
+    return finish(_ldr_kl_values(f, batch, margin, lam), batch, reduction)
+
+
+@register(
+    "ldr_kl",
+    family="robust-noisy",
+    kind="logits", degenerate=("all_ignored",),
+    paper=LDR,
+    arxiv="2112.14869",
+    function=ldr_kl_loss,
+    summary="lam log mean_k exp((margin [k!=y] + f_k - f_y) / lam), margin=0.1, lam=10",
+)
+class LDRKLLoss(LogitsLossModule):
+    """Module form of :func:`ldr_kl_loss`."""
+
+    def __init__(
+        self,
+        *,
+        margin: float = 0.1,
+        lam: float = 10.0,
+        score_transform: ScoreTransform = None,
+        ignore_index: int = -100,
+        reduction: Reduction = "mean",
+    ) -> None:
+        check_positive("lam", lam)
+        check_choice("score_transform", score_transform, SCORE_TRANSFORMS)
+        super().__init__(
+            margin=margin, lam=lam, score_transform=score_transform, ignore_index=ignore_index,
+            reduction=reduction,
+        )
+
+
+def _check_index(index: Tensor | None, n: int, num_samples: int) -> Tensor:
+    if index is None:
+        raise ValueError("aldr_kl needs index= (the dataset ids of the batch, LongTensor [N])")
+    if not isinstance(index, Tensor) or index.is_floating_point() or index.dtype == torch.bool:
+        raise ValueError("index must be an integer tensor of dataset ids")
+    if index.shape != (n,):
+        raise ValueError(f"index must have shape [{n}] (one id per row of logits), "
+                         f"got {tuple(index.shape)}")
+    if n and (int(index.min()) < 0 or int(index.max()) >= num_samples):
+        raise ValueError(f"index must hold dataset ids in [0, {num_samples}), got values in "
+                         f"[{int(index.min())}, {int(index.max())}]")
+    return index.long()
+
+
+def aldr_kl_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    index: Tensor | None = None,
+    lambdas: Tensor | None = None,
+    num_samples: int | None = None,
+    lam0: float = 10.0,
+    alpha: float = 2.0,
+    margin: float = 0.1,
+    score_transform: ScoreTransform = None,
+    update: bool = True,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Adaptive LDR-KL: LDR-KL with a per-sample :math:`\lambda_i` kept across visits.
+
+    One alternating step per visit of sample ``i`` (as the official code):
+
+    1. :math:`\hat p = \operatorname{normalise}(\operatorname{softmax}(\tilde f / \lambda_i^{old})
+       + 10^{-5})`, :math:`\mathrm{KL}_i = \sum_k \hat p_k \log(K \hat p_k)`;
+    2. :math:`\lambda_i \leftarrow \lambda_0 - \lambda_0 \mathrm{KL}_i / (\alpha \log K)`
+       (detached; stored in ``lambdas[index]``; in :math:`[\lambda_0(1 - 1/\alpha), \lambda_0]`);
+    3. :math:`\ell_i = \lambda_i \log \frac1K \sum_k \exp\frac{\delta_{k,y} + \tilde f_k -
+       \tilde f_y}{\lambda_i} - \frac{\alpha \log K}{2 \lambda_0} (\lambda_i - \lambda_0)^2`.
+
+    Step 2 is the exact maximiser over :math:`\lambda` of
+    :math:`-\lambda \mathrm{KL} - \frac{\alpha \log K}{2\lambda_0}(\lambda - \lambda_0)^2`:
+    confident predictions get a small :math:`\lambda` (Crammer–Singer-like), uncertain ones
+    keep :math:`\lambda \approx \lambda_0` (robust, mean-like). The last term of step 3 is
+    constant in the logits; it is kept so values match the official code.
+
+    Args:
+        logits: ``[N, C]`` (``C >= 2``); target: ``[N]`` class ids.
+        index: ``[N]`` dataset ids in ``[0, num_samples)`` (required with ``lambdas``). With
+            duplicate ids in a batch, one of the updates wins. Ignored items are not updated.
+        lambdas: ``[num_samples]`` buffer of per-sample :math:`\lambda` (initialised to
+            ``lam0``), updated in place under ``no_grad`` when ``update=True``. ``None``: every
+            sample is on its first visit (:math:`\lambda^{old} = \lambda_0`), nothing is stored.
+        num_samples: size of the dataset; if given, must equal ``len(lambdas)`` (the module
+            form owns the buffer and passes both).
+        lam0: :math:`\lambda_0` (default 10, official README/run_demo).
+        alpha: :math:`\alpha > 1` (default 2, official README/run_demo).
+        margin: :math:`c` (default 0.1, official code).
+        score_transform: ``None`` (default), ``"l1_mean"`` (the official ALDR normalisation) or
+            ``"softplus_mean"`` (its ``softplus=True`` form, used for CIFAR-100).
+        update: write the new :math:`\lambda_i` into ``lambdas`` (False: evaluate only; the
+            loss still uses the freshly computed :math:`\lambda_i`).
+        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
+
+    Paper: Zhu, Ying, Yang, arXiv 2112.14869 (Algorithm 1, "ALDR-KL").
+    """
+    check_positive("lam0", lam0)
+    if not alpha > 1:
+        raise ValueError(f"alpha must be > 1 (keeps lambda positive), got {alpha!r}")
+    batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2, spatial_ok=False,
+                    loss="aldr_kl")
+    n = batch.logits.shape[0]
+    if lambdas is not None:
+        if num_samples is not None and lambdas.shape != (num_samples,):
+            raise ValueError(f"lambdas must have shape [{num_samples}] (num_samples), "
+                             f"got {tuple(lambdas.shape)}")
+        idx = _check_index(index, n, lambdas.shape[0])
+    elif index is not None and num_samples is not None:
+        _check_index(index, n, num_samples)
+    k = batch.num_classes
+    log_k = math.log(k)
+    f = transform_scores(batch.logits, score_transform)
+    with torch.no_grad():
+        if lambdas is None:
+            lam_old = torch.full((n,), float(lam0), dtype=f.dtype, device=f.device)
+        else:
+            lam_old = lambdas[idx].to(f.dtype)
+        p = torch.softmax(f / lam_old.unsqueeze(1), dim=1) + 1e-5
+        p = p / p.sum(1, keepdim=True)
+        kl = (p * (p * k).log()).sum(1)
+        lam = lam0 - lam0 * kl / (alpha * log_k)
+        if update and lambdas is not None:
+            keep = batch.valid
+            lambdas[idx[keep]] = lam[keep].to(lambdas.dtype)
+    values = _ldr_kl_values(f, batch, margin, lam)
+    values = values - (alpha * log_k / (2 * lam0)) * (lam - lam0).pow(2)
+    return finish(values, batch, reduction)
+
+
+@register(
+    "aldr_kl",
+    family="robust-noisy",
+    kind="logits", degenerate=("all_ignored",),
+    paper=LDR,
+    arxiv="2112.14869",
+    function=aldr_kl_loss,
+    summary="LDR-KL with per-sample lambda_i = lam0 - lam0 KL(p_i||u)/(alpha log K), by index",
+    needs_index=True,
+    example_hparams={"num_samples": 64},
+)
+class ALDRKLLoss(LogitsLossModule):
+    """Module form of :func:`aldr_kl_loss`; keeps the per-sample lambdas in the buffer
+    ``lambdas`` (saved by ``state_dict()``). ``forward(logits, target, *, index)``; in
+    ``eval()`` mode the lambdas are not updated."""
+
+    def __init__(
+        self,
+        *,
+        num_samples: int,
+        lam0: float = 10.0,
+        alpha: float = 2.0,
+        margin: float = 0.1,
+        score_transform: ScoreTransform = None,
+        ignore_index: int = -100,
+        reduction: Reduction = "mean",
+    ) -> None:
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        check_positive("lam0", lam0)
+        if not alpha > 1:
+            raise ValueError(f"alpha must be > 1 (keeps lambda positive), got {alpha!r}")
+        check_choice("score_transform", score_transform, SCORE_TRANSFORMS)
+        super().__init__(
+            num_samples=num_samples, lam0=lam0, alpha=alpha, margin=margin,
+            score_transform=score_transform, ignore_index=ignore_index, reduction=reduction,
+        )
+        self.register_buffer("lambdas", torch.full((num_samples,), float(lam0)))
+
+    def forward(self, logits: Tensor, target: Tensor, *, index: Tensor | None = None) -> Tensor:
+        return aldr_kl_loss(
+            logits, target, index=index, lambdas=self.lambdas, update=self.training,
+            **self.hparams,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Normalized losses and active-passive combinations (Ma et al.), symmetric CE (Wang et al.)
+# --------------------------------------------------------------------------------------------
+
+
+def _nce_values(logp: Tensor, batch: LogitsBatch) -> Tensor:
+    """Normalized CE: :math:`-\\log p_y / -\\sum_k \\log p_k` (in (0, 1])."""
+    return gather_target(logp, batch) / logp.sum(1)
+
+
+def _nfl_values(logp: Tensor, batch: LogitsBatch, gamma: float) -> Tensor:
+    """Normalized focal: :math:`FL_y / \\sum_k FL_k`, :math:`FL_k = -(1-p_k)^\\gamma \\log p_k`."""
+    fl = -one_minus_pt_power(logp, gamma) * logp
+    return gather_target(fl, batch) / fl.sum(1).clamp_min(torch.finfo(fl.dtype).tiny)
+
+
+def _rce_values(logp: Tensor, batch: LogitsBatch, log_zero: float) -> Tensor:
+    """Reverse CE with :math:`\\log 0 := A`: :math:`-A (1 - p_y)`."""
+    return -log_zero * comp_sum_values(gather_target(logp, batch), 2.0)
+
+
+def _mae_values(logp: Tensor, batch: LogitsBatch) -> Tensor:
+    return 2.0 * comp_sum_values(gather_target(logp, batch), 2.0)
+
+
+def _check_log_zero(log_zero: float) -> None:
+    if not log_zero < 0:
+        raise ValueError(f"log_zero must be < 0 (the value that replaces log 0), got {log_zero!r}")
+
+
+def nce_loss(
+    logits: Tensor, target: Tensor, *, ignore_index: int = -100, reduction: Reduction = "mean"
+) -> Tensor:
+    r"""Normalized cross-entropy: :math:`\ell = \frac{-\log p_y}{-\sum_k \log p_k}`.
+
+    Args:
+        logits, target: see the module docstring.
+        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
+
+    Paper: Ma, Huang, Wang, Romano, Erfani, Bailey, "Normalized Loss Functions for Deep
+    Learning with Noisy Labels", arXiv 2006.13554.
+    """
+    batch = prepare(logits, target, ignore_index=ignore_index, loss="nce")
+    return finish(_nce_values(log_softmax(batch), batch), batch, reduction)
+
+
+def nfl_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    gamma: float = 0.5,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Normalized focal loss:
+    :math:`\ell = \frac{(1-p_y)^\gamma \log p_y}{\sum_k (1-p_k)^\gamma \log p_k}`.
+
+    Args:
+        gamma: focusing parameter (default 0.5, the value of the authors' released configs).
+        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
+
+    Paper: Ma et al., arXiv 2006.13554.
+    """
+    check_positive("gamma", gamma, strict=False)
+    batch = prepare(logits, target, ignore_index=ignore_index, loss="nfl")
+    return finish(_nfl_values(log_softmax(batch), batch, gamma), batch, reduction)
+
+
+def rce_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    log_zero: float = -4.0,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Reverse cross-entropy :math:`-\sum_k p_k \log q_k` with the one-hot label ``q`` and
+    :math:`\log 0 := A`, which is :math:`-A (1 - p_y)`.
+
+    Args:
+        log_zero: :math:`A < 0` (default -4, as both papers state; the released code clamps
+            the one-hot label at 1e-4, i.e. ``A = log(1e-4) ≈ -9.21``).
+        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
+
+    Paper: Wang, Ma, Chen, Luo, Yi, Bailey, "Symmetric Cross Entropy for Robust Learning with
+    Noisy Labels", arXiv 1908.06112.
+    """
+    _check_log_zero(log_zero)
+    batch = prepare(logits, target, ignore_index=ignore_index, loss="rce")
+    return finish(_rce_values(log_softmax(batch), batch, log_zero), batch, reduction)
+
+
+def sce_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 0.1,
+    beta: float = 1.0,
+    log_zero: float = -4.0,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Symmetric cross-entropy: :math:`\ell = \alpha\, \mathrm{CE} + \beta\, \mathrm{RCE}`.
+
+    Args:
+        alpha, beta: weights (defaults 0.1 / 1.0, the paper's CIFAR-10 setting).
+        log_zero: :math:`A` of RCE (default -4, see :func:`rce_loss`).
+        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
+
+    Paper: Wang et al., "Symmetric Cross Entropy for Robust Learning with Noisy Labels",
+    arXiv 1908.06112.
+    """
+    _check_log_zero(log_zero)
+    batch = prepare(logits, target, ignore_index=ignore_index, loss="sce")
+    logp = log_softmax(batch)
+    ce = -gather_target(logp, batch)
+    return finish(alpha * ce + beta * _rce_values(logp, batch, log_zero), batch, reduction)
+
+
+def nce_rce_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    log_zero: float = -4.0,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Active-passive loss NCE+RCE: :math:`\alpha\, \mathrm{NCE} + \beta\, \mathrm{RCE}`.
+
+    Args:
+        alpha, beta: weights (defaults 1 / 1, the paper's CIFAR-10 setting; CIFAR-100 used
+            10 / 0.1).
+        log_zero: :math:`A` of RCE (default -4).
+        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
+
+    Paper: Ma et al., arXiv 2006.13554.
+    """
+    _check_log_zero(log_zero)
+    batch = prepare(logits, target, ignore_index=ignore_index, loss="nce_rce")
+    logp = log_softmax(batch)
+    values = alpha * _nce_values(logp, batch) + beta * _rce_values(logp, batch, log_zero)
+    return finish(values, batch, reduction)
+
+
+def nfl_rce_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 0.5,
+    log_zero: float = -4.0,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Active-passive loss NFL+RCE: :math:`\alpha\, \mathrm{NFL}_\gamma + \beta\, \mathrm{RCE}`.
+
+    Args:
+        alpha, beta: weights (defaults 1 / 1, CIFAR-10). gamma: of NFL (default 0.5).
+        log_zero: :math:`A` of RCE (default -4).
+        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
+
+    Paper: Ma et al., arXiv 2006.13554.
+    """
+    check_positive("gamma", gamma, strict=False)
+    _check_log_zero(log_zero)
+    batch = prepare(logits, target, ignore_index=ignore_index, loss="nfl_rce")
+    logp = log_softmax(batch)
+    values = alpha * _nfl_values(logp, batch, gamma) + beta * _rce_values(logp, batch, log_zero)
+    return finish(values, batch, reduction)
+
+
+def nce_mae_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Active-passive loss NCE+MAE: :math:`\alpha\, \mathrm{NCE} + \beta\, \mathrm{MAE}`, with
+    :math:`\mathrm{MAE} = 2(1 - p_y)` (:func:`~losslab.losses.classification.mae_loss`; the
+    released code uses :math:`1 - p_y`, so its ``beta`` is twice ours).
+
+    Args:
+        alpha, beta: weights (defaults 1 / 1, CIFAR-10).
+        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
+
+    Paper: Ma et al., arXiv 2006.13554.
+    """
+    batch = prepare(logits, target, ignore_index=ignore_index, loss="nce_mae")
+    logp = log_softmax(batch)
+    values = alpha * _nce_values(logp, batch) + beta * _mae_values(logp, batch)
+    return finish(values, batch, reduction)
+
+
+@register(
+    "nce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    function=nce_loss,
+    summary="-log p_y / -sum_k log p_k",
+)
+class NCELoss(LogitsLossModule):
+    """Module form of :func:`nce_loss`."""
+
+    def __init__(self, *, ignore_index: int = -100, reduction: Reduction = "mean") -> None:
+        super().__init__(ignore_index=ignore_index, reduction=reduction)
+
+
+@register(
+    "nfl",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    function=nfl_loss,
+    summary="FL_y / sum_k FL_k, FL_k = -(1-p_k)^gamma log p_k, gamma=0.5",
+)
+class NFLLoss(LogitsLossModule):
+    """Module form of :func:`nfl_loss`."""
+
+    def __init__(
+        self, *, gamma: float = 0.5, ignore_index: int = -100, reduction: Reduction = "mean"
+    ) -> None:
+        check_positive("gamma", gamma, strict=False)
+        super().__init__(gamma=gamma, ignore_index=ignore_index, reduction=reduction)
+
+
+@register(
+    "rce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=SCE,
+    arxiv="1908.06112",
+    function=rce_loss,
+    summary="-sum_k p_k log q_k with log 0 = A = -4: -A (1 - p_y)",
+)
+class RCELoss(LogitsLossModule):
+    """Module form of :func:`rce_loss`."""
+
+    def __init__(
+        self, *, log_zero: float = -4.0, ignore_index: int = -100, reduction: Reduction = "mean"
+    ) -> None:
+        _check_log_zero(log_zero)
+        super().__init__(log_zero=log_zero, ignore_index=ignore_index, reduction=reduction)
+
+
+@register(
+    "sce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=SCE,
+    arxiv="1908.06112",
+    function=sce_loss,
+    summary="alpha CE + beta RCE, alpha=0.1, beta=1, A=-4",
+)
+class SCELoss(LogitsLossModule):
+    """Module form of :func:`sce_loss`."""
+
+    def __init__(
+        self, *, alpha: float = 0.1, beta: float = 1.0, log_zero: float = -4.0,
+        ignore_index: int = -100, reduction: Reduction = "mean",
+    ) -> None:
+        _check_log_zero(log_zero)
+        super().__init__(alpha=alpha, beta=beta, log_zero=log_zero, ignore_index=ignore_index,
+                         reduction=reduction)
+
+
+@register(
+    "nce_rce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    function=nce_rce_loss,
+    summary="alpha NCE + beta RCE, alpha=beta=1",
+)
+class NCERCELoss(LogitsLossModule):
+    """Module form of :func:`nce_rce_loss`."""
+
+    def __init__(
+        self, *, alpha: float = 1.0, beta: float = 1.0, log_zero: float = -4.0,
+        ignore_index: int = -100, reduction: Reduction = "mean",
+    ) -> None:
+        _check_log_zero(log_zero)
+        super().__init__(alpha=alpha, beta=beta, log_zero=log_zero, ignore_index=ignore_index,
+                         reduction=reduction)
+
+
+@register(
+    "nfl_rce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    function=nfl_rce_loss,
+    summary="alpha NFL + beta RCE, alpha=beta=1, gamma=0.5",
+)
+class NFLRCELoss(LogitsLossModule):
+    """Module form of :func:`nfl_rce_loss`."""
+
+    def __init__(
+        self, *, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.5,
+        log_zero: float = -4.0, ignore_index: int = -100, reduction: Reduction = "mean",
+    ) -> None:
+        check_positive("gamma", gamma, strict=False)
+        _check_log_zero(log_zero)
+        super().__init__(alpha=alpha, beta=beta, gamma=gamma, log_zero=log_zero,
+                         ignore_index=ignore_index, reduction=reduction)
+
+
+@register(
+    "nce_mae",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    function=nce_mae_loss,
+    summary="alpha NCE + beta MAE, MAE = 2(1 - p_y), alpha=beta=1",
+)
+class NCEMAELoss(LogitsLossModule):
+    """Module form of :func:`nce_mae_loss`."""
+
+    def __init__(
+        self, *, alpha: float = 1.0, beta: float = 1.0, ignore_index: int = -100,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__(alpha=alpha, beta=beta, ignore_index=ignore_index, reduction=reduction)

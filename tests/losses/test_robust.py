@@ -1,0 +1,272 @@
+"""Tests of the noise-robust losses (losslab.losses.robust): LDR-KL, ALDR-KL, normalized and
+active-passive losses, symmetric CE. Oracles from the papers' formulas, loops in float64.
+(Contract-style checks for these losses run in test_classification.py.)"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import losslab
+from losslab import functional as LF
+
+D = torch.float64
+
+
+def rand_logits(n=8, c=5, scale=2.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, generator=g, dtype=D) * scale
+
+
+def rand_target(n=8, c=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, c, (n,), generator=g)
+
+
+def close(a, b, **kw):
+    kw.setdefault("rtol", 1e-10)
+    kw.setdefault("atol", 1e-12)
+    torch.testing.assert_close(torch.as_tensor(a, dtype=D), torch.as_tensor(b, dtype=D), **kw)
+
+
+def softmax_row(row):
+    m = max(row)
+    e = [math.exp(v - m) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def oracle(x, t, fn):
+    return torch.tensor([fn(x[i].tolist(), int(t[i])) for i in range(len(t))], dtype=D)
+
+
+# --------------------------------------------------------------------------------------------
+# LDR-KL
+# --------------------------------------------------------------------------------------------
+
+
+def ldr_oracle(row, y, margin, lam):
+    k = len(row)
+    s = sum(math.exp(((margin if j != y else 0.0) + row[j] - row[y]) / lam) for j in range(k))
+    return lam * math.log(s / k)
+
+
+def softplus_mean_row(row):
+    sp = [math.log1p(math.exp(v)) for v in row]
+    m = sum(sp) / len(sp)
+    return [v / m for v in sp]
+
+
+@pytest.mark.parametrize("margin,lam", [(0.1, 10.0), (0.0, 1.0), (1.0, 0.5), (0.3, 3.0)])
+def test_ldr_kl_oracle(margin, lam):
+    x, t = rand_logits(), rand_target()
+    close(LF.ldr_kl_loss(x, t, margin=margin, lam=lam, reduction="none"),
+          oracle(x, t, lambda r, y: ldr_oracle(r, y, margin, lam)))
+    close(LF.ldr_kl_loss(x, t, margin=margin, lam=lam, score_transform="softplus_mean",
+                         reduction="none"),
+          oracle(x, t, lambda r, y: ldr_oracle(softplus_mean_row(r), y, margin, lam)))
+
+    def l1_mean(r, y):
+        m = sum(abs(v) for v in r) / len(r)
+        return ldr_oracle([v / m for v in r], y, margin, lam)
+
+    close(LF.ldr_kl_loss(x, t, margin=margin, lam=lam, score_transform="l1_mean",
+                         reduction="none"), oracle(x, t, l1_mean))
+
+
+def test_ldr_kl_special_cases():
+    x, t = rand_logits(), rand_target()
+    # margin 0, lambda 1: CE - log C
+    close(LF.ldr_kl_loss(x, t, margin=0.0, lam=1.0, reduction="none"),
+          F.cross_entropy(x, t, reduction="none") - math.log(5))
+    # margin 0, general lambda: lambda (CE(f / lambda) - log C)
+    close(LF.ldr_kl_loss(x, t, margin=0.0, lam=2.5, reduction="none"),
+          2.5 * (F.cross_entropy(x / 2.5, t, reduction="none") - math.log(5)))
+    # lambda -> 0: Crammer-Singer max_k(delta + f_k - f_y) (>= 0: the k = y term is 0)
+    cs = oracle(x, t, lambda r, y: max(0.0, max(0.3 + r[k] - r[y] for k in range(5) if k != y)))
+    close(LF.ldr_kl_loss(x, t, margin=0.3, lam=1e-3, reduction="none"), cs, atol=5e-3, rtol=0)
+    # lambda -> infinity: mean over classes of delta + f_k - f_y
+    mean = oracle(x, t, lambda r, y: sum((0.3 if k != y else 0) + r[k] - r[y]
+                                         for k in range(5)) / 5)
+    close(LF.ldr_kl_loss(x, t, margin=0.3, lam=1e5, reduction="none"), mean, atol=1e-3, rtol=0)
+
+
+def test_ldr_kl_is_max_over_simplex():
+    # LDR-KL = max_p sum_k p_k (delta + f_k - f_y) - lam KL(p || u); check against random p.
+    x, t = rand_logits(3), rand_target(3)
+    lam, margin = 0.7, 0.2
+    val = LF.ldr_kl_loss(x, t, margin=margin, lam=lam, reduction="none")
+    g = torch.Generator().manual_seed(5)
+    for i in range(3):
+        y = int(t[i])
+        v = torch.tensor([(margin if k != y else 0.0) for k in range(5)], dtype=D) + x[i] - x[i, y]
+        p_star = torch.softmax(v / lam, 0)
+        def obj(p, v=v):
+            return (p * v).sum() - lam * (p * (p * 5).log()).sum()
+
+        close(obj(p_star), val[i])
+        for _ in range(20):
+            p = torch.softmax(torch.randn(5, generator=g, dtype=D) * 2, 0)
+            assert obj(p) <= val[i] + 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# ALDR-KL
+# --------------------------------------------------------------------------------------------
+
+
+def aldr_oracle(row, y, lam_old, lam0, alpha, margin):
+    """One visit of the official algorithm, written out with loops; returns (loss, new lam)."""
+    k = len(row)
+    p = [v + 1e-5 for v in softmax_row([v / lam_old for v in row])]
+    s = sum(p)
+    p = [v / s for v in p]
+    kl = sum(v * math.log(k * v) for v in p)
+    lam = lam0 - lam0 * kl / (alpha * math.log(k))
+    loss = ldr_oracle(row, y, margin, lam) - alpha * math.log(k) / (2 * lam0) * (lam - lam0) ** 2
+    return loss, lam
+
+
+def test_aldr_kl_matches_algorithm_over_two_visits():
+    n, c = 6, 5
+    mod = losslab.create("aldr_kl", num_samples=10, lam0=10.0, alpha=2.0, margin=0.1,
+                         reduction="none")
+    index = torch.tensor([3, 7, 0, 9, 1, 2])
+    lam_state = {i: 10.0 for i in range(10)}
+    for visit in range(2):
+        x, t = rand_logits(n, c, seed=visit), rand_target(n, c, seed=10 + visit)
+        out = mod(x, t, index=index)
+        ref = []
+        for j in range(n):
+            i = int(index[j])
+            loss, lam_state[i] = aldr_oracle(x[j].tolist(), int(t[j]), lam_state[i], 10.0, 2.0,
+                                             0.1)
+            ref.append(loss)
+        close(out, torch.tensor(ref, dtype=D), rtol=1e-6)  # lambdas are stored in float32
+        for j in range(n):
+            i = int(index[j])
+            close(mod.lambdas[i], lam_state[i], rtol=1e-6)
+    untouched = [i for i in range(10) if i not in index.tolist()]
+    assert torch.all(mod.lambdas[untouched] == 10.0)
+    lo = 10.0 * (1 - 1 / 2.0)
+    assert torch.all((mod.lambdas >= lo - 1e-6) & (mod.lambdas <= 10.0 + 1e-6))
+
+
+def test_aldr_kl_state_index_and_eval():
+    mod = losslab.create("aldr_kl", num_samples=4)
+    x, t = rand_logits(2), rand_target(2)
+    with pytest.raises(ValueError, match="index"):
+        mod(x, t)
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        mod(x, t, index=torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="index"):
+        mod(x, t, index=torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="index"):
+        mod(x, t, index=torch.tensor([0]))
+    mod.eval()
+    mod(x, t, index=torch.tensor([0, 1]))
+    assert torch.all(mod.lambdas == 10.0)
+    mod.train()
+    mod(x * 10, t, index=torch.tensor([0, 1]))
+    assert torch.all(mod.lambdas[:2] < 10.0)
+    other = losslab.create("aldr_kl", num_samples=4)
+    other.load_state_dict(mod.state_dict())
+    assert torch.equal(other.lambdas, mod.lambdas)
+    assert "lambdas" in mod.state_dict()
+    t2 = t.clone()
+    t2[0] = -100
+    mod(x * 10, t2, index=torch.tensor([2, 3]))
+    assert mod.lambdas[2] == 10.0 and mod.lambdas[3] < 10.0
+    spec = losslab.spec("aldr_kl")
+    assert spec.needs_index and spec.example_hparams["num_samples"] > 0
+
+
+def test_aldr_kl_rejects_spatial():
+    mod = losslab.create("aldr_kl", num_samples=4)
+    with pytest.raises(ValueError, match=r"\[N, C\]"):
+        mod(torch.randn(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), index=torch.arange(2))
+
+
+# --------------------------------------------------------------------------------------------
+# Normalized / active-passive losses, symmetric CE
+# --------------------------------------------------------------------------------------------
+
+
+def nce_o(row, y):
+    p = softmax_row(row)
+    return math.log(p[y]) / sum(math.log(v) for v in p)
+
+
+def nfl_o(row, y, gamma):
+    p = softmax_row(row)
+    fl = [-(1 - v) ** gamma * math.log(v) for v in p]
+    return fl[y] / sum(fl)
+
+
+def rce_o(row, y, a):
+    p = softmax_row(row)
+    return -sum(p[k] * (0.0 if k == y else a) for k in range(len(p)))
+
+
+def mae_o(row, y):
+    p = softmax_row(row)
+    return sum(abs((1.0 if k == y else 0.0) - p[k]) for k in range(len(p)))
+
+
+def ce_o(row, y):
+    return -math.log(softmax_row(row)[y])
+
+
+def test_normalized_losses_oracles():
+    x, t = rand_logits(), rand_target()
+    close(LF.nce_loss(x, t, reduction="none"), oracle(x, t, nce_o))
+    for gamma in (0.0, 0.5, 2.0):
+        close(LF.nfl_loss(x, t, gamma=gamma, reduction="none"),
+              oracle(x, t, lambda r, y, g=gamma: nfl_o(r, y, g)))
+    close(LF.nfl_loss(x, t, gamma=0.0), LF.nce_loss(x, t))
+    nce = LF.nce_loss(x, t, reduction="none")
+    assert torch.all((nce > 0) & (nce <= 1))
+    # normalized losses sum to 1 over all possible labels (the paper's Lemma)
+    total = sum(LF.nce_loss(x, torch.full_like(t, k), reduction="none") for k in range(5))
+    close(total, torch.ones(8, dtype=D))
+
+
+@pytest.mark.parametrize("a", [-4.0, math.log(1e-4)])
+def test_rce_and_sce(a):
+    x, t = rand_logits(), rand_target()
+    close(LF.rce_loss(x, t, log_zero=a, reduction="none"),
+          oracle(x, t, lambda r, y: rce_o(r, y, a)))
+    # the released code: -sum softmax * log(clamp(one_hot, 1e-4, 1))
+    q = F.one_hot(t, 5).to(D).clamp(1e-4, 1.0)
+    code = -(torch.softmax(x, 1) * q.log()).sum(1)
+    if a != -4.0:
+        close(LF.rce_loss(x, t, log_zero=a, reduction="none"), code)
+    sce = LF.sce_loss(x, t, alpha=0.1, beta=1.0, log_zero=a, reduction="none")
+    close(sce, oracle(x, t, lambda r, y: 0.1 * ce_o(r, y) + rce_o(r, y, a)))
+
+
+def test_apl_combinations():
+    x, t = rand_logits(), rand_target()
+    close(LF.nce_rce_loss(x, t, alpha=2.0, beta=0.5, reduction="none"),
+          oracle(x, t, lambda r, y: 2.0 * nce_o(r, y) + 0.5 * rce_o(r, y, -4.0)))
+    close(LF.nfl_rce_loss(x, t, alpha=2.0, beta=0.5, gamma=0.5, reduction="none"),
+          oracle(x, t, lambda r, y: 2.0 * nfl_o(r, y, 0.5) + 0.5 * rce_o(r, y, -4.0)))
+    close(LF.nce_mae_loss(x, t, alpha=2.0, beta=0.5, reduction="none"),
+          oracle(x, t, lambda r, y: 2.0 * nce_o(r, y) + 0.5 * mae_o(r, y)))
+    close(LF.nce_mae_loss(x, t), LF.nce_loss(x, t) + LF.mae_loss(x, t))
+    close(LF.nce_rce_loss(x, t), LF.nce_loss(x, t) + LF.rce_loss(x, t))
+    close(LF.sce_loss(x, t, alpha=1.0, beta=0.0), F.cross_entropy(x, t))
+
+
+def test_defaults_recorded():
+    assert losslab.spec("sce").defaults["alpha"] == 0.1
+    assert losslab.spec("sce").defaults["beta"] == 1.0
+    assert losslab.spec("nce_rce").defaults["alpha"] == 1.0
+    assert losslab.spec("ldr_kl").defaults["margin"] == 0.1
+    assert losslab.spec("ldr_kl").defaults["lam"] == 10.0
+    with pytest.raises(ValueError, match="log_zero"):
+        losslab.create("rce", log_zero=1.0)
+    with pytest.raises(ValueError, match="score_transform"):
+        losslab.create("ldr_kl", score_transform="nope")
