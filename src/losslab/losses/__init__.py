@@ -4,4 +4,4 @@ One module per family; each loss keeps its function, its ``nn.Module`` shell and
 entry together in its family module.
 """
 
-from losslab.losses import fewshot  # noqa: F401
+from losslab.losses import fewshot, metric, mixup, proxy, regularizers  # noqa: F401
