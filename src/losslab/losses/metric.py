@@ -614,7 +614,7 @@ def circle_loss(
     if proxies is not None:
         from losslab.losses.proxy import class_masks, validate_proxy_inputs
 
-        validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+        proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
                               name="circle (class-level)")
         s = cosine_similarity(embeddings, proxies)
         pos, neg = class_masks(labels, proxies.shape[0])
@@ -795,8 +795,8 @@ def npairs_loss(
                    allowed=SIMILARITIES)
     a, p = _first_pair_per_class(b, labels)
     z = zero_loss(embeddings) + zero_loss(b.ref)
-    if a.numel() == 0:
-        return z.expand(0) if reduction == "none" else z
+    if a.numel() < 2:  # no negative pair: degenerate
+        return z.expand(a.numel()) * 0.0 if reduction == "none" else z
     logits = b.mat[a][:, p]  # [K, K]: anchor i vs positive j
     target = torch.arange(a.numel(), device=a.device)
     per = F.cross_entropy(logits, target, reduction="none")

@@ -54,7 +54,7 @@ def mix_embeddings(
 
 
 def _soft_labels(anchor_labels: Tensor, lam: Tensor, li: Tensor, lj: Tensor) -> Tensor:
-    """``[A, K]`` positive-ness of mixed sample k for anchor label a: lam[a==li] + (1-lam)[a==lj]."""
+    """``[A, K]`` positive-ness of mixed sample k for label a: lam[a==li] + (1-lam)[a==lj]."""
     a = anchor_labels.unsqueeze(1)
     return lam * (a == li).to(lam.dtype) + (1 - lam) * (a == lj).to(lam.dtype)
 
@@ -159,7 +159,7 @@ def metrix_loss(
     if base == "proxy_anchor":
         if proxies is None:
             raise ValueError("metrix with base='proxy_anchor' needs proxies [C, D]")
-        validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+        proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
                               name="metrix(proxy_anchor)")
         clean = fn(embeddings, labels, proxies, **hp)
     else:

@@ -64,8 +64,10 @@ def validate_proxy_inputs(
     indices: object,
     *,
     name: str,
-) -> None:
-    """Check a proxy loss's inputs; labels must index the rows of ``proxies``."""
+) -> Tensor:
+    """Check a proxy loss's inputs (labels must index the rows of ``proxies``); return the
+    proxies in the embeddings' dtype (a differentiable cast, so fp16 embeddings work with fp32
+    proxies)."""
     check_matrix("embeddings", embeddings)
     check_matrix("proxies", proxies, dim=embeddings.shape[1])
     check_labels("labels", labels, embeddings.shape[0], of="embeddings")
@@ -80,6 +82,7 @@ def validate_proxy_inputs(
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= c):
         raise ValueError(f"labels must lie in [0, {c}) (the number of classes / proxies), got "
                          f"values in [{int(labels.min())}, {int(labels.max())}]")
+    return proxies.to(embeddings.dtype)
 
 
 def class_masks(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -149,7 +152,7 @@ def proxy_nca_loss(
     Paper: Movshovitz-Attias et al., "No Fuss Distance Metric Learning using Proxies",
     arXiv 1703.07464.
     """
-    validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
                           name="proxy_nca")
     x = F.normalize(embeddings, dim=1)
     p = F.normalize(proxies, dim=1)
@@ -235,7 +238,7 @@ def proxy_anchor_loss(
 
     Paper: Kim et al., "Proxy Anchor Loss for Deep Metric Learning", arXiv 2003.13911.
     """
-    validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
                           name="proxy_anchor")
     check_reduction(reduction)
     s = cosine_similarity(embeddings, proxies)
@@ -310,7 +313,7 @@ def normalized_softmax_loss(
     arXiv 1811.12649.
     """
     check_positive("temperature", temperature)
-    validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
                           name="normalized_softmax")
     logits = cosine_similarity(embeddings, proxies) / temperature
     per = F.cross_entropy(logits, labels.long(), reduction="none")
@@ -352,7 +355,7 @@ def arcface_loss(
     arXiv 1801.07698.
     """
     check_positive("scale", scale)
-    validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
                           name="arcface")
     cos = cosine_similarity(embeddings, proxies)
     c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1).clamp(-1.0, 1.0)
@@ -388,7 +391,7 @@ def cosface_loss(
     arXiv 1801.09414.
     """
     check_positive("scale", scale)
-    validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
                           name="cosface")
     cos = cosine_similarity(embeddings, proxies)
     c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1)
@@ -457,7 +460,7 @@ def madacos_loss(
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     check_positive("min_scale", min_scale)
     check_positive("prior", prior)
-    validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
                           name="madacos")
     cos = cosine_similarity(embeddings, proxies)
     s, m = madacos_scale_margin(cos, labels, alpha=alpha, min_scale=min_scale, prior=prior)
