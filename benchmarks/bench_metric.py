@@ -115,7 +115,7 @@ def run_case(impl: str, case: str, b: int, d: int, args: argparse.Namespace) -> 
     cap = int(args.mem_cap_gib * (1 << 30))
 
     def limit() -> None:
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
         new = cap if hard == resource.RLIM_INFINITY else min(cap, hard)
         try:
             resource.setrlimit(resource.RLIMIT_AS, (new, hard))
@@ -169,8 +169,8 @@ def main() -> None:
                 theirs = run_case("pml", case, b, d, args)
                 row = {"loss": case, "batch": b, "dim": d, "ours": ours, "pml": theirs}
                 if "error" in ours or "error" in theirs:
-                    line = (f"| {case} | {b} | {d} | {ours.get('error') or ours['time_s']*1e3:.1f}"
-                            if "error" not in ours else f"| {case} | {b} | {d} | {ours['error']}")
+                    o = ours.get("error") or f"{ours['time_s'] * 1e3:.1f}"
+                    line = f"| {case} | {b} | {d} | {o}"
                     line += f" | PML: {theirs.get('error', 'ok')} | | | | | |"
                 else:
                     speed = theirs["time_s"] / ours["time_s"]
@@ -180,7 +180,8 @@ def main() -> None:
                     row.update(speedup=speed, mem_ratio=mem, equal=equal)
                     line = (f"| {case} | {b} | {d} | {ours['time_s']*1e3:.1f} | "
                             f"{theirs['time_s']*1e3:.1f} | {speed:.1f}x | {ours['peak_mib']:.0f} "
-                            f"| {theirs['peak_mib']:.0f} | {mem:.1f}x | {'yes' if equal else 'NO'} |")
+                            f"| {theirs['peak_mib']:.0f} | {mem:.1f}x | {'yes' if equal else 'NO'} "
+                            "|")
                 print(line, flush=True)
                 rows.append((row, line))
     out = Path(args.out)

@@ -44,7 +44,7 @@ def test_triplet_all_oracle_and_ref():
     x, y = batch()
     r, ry = batch(seed=1)
     for ref in (None, (r, ry)):
-        rx, rl = (x, y) if ref is None else ref
+        rx = x if ref is None else ref[0]
         pos, neg = pairs(y, None if ref is None else ry)
         terms = [max(0.0, dist(x[a], rx[p]) - dist(x[a], rx[n]) + 0.3)
                  for a, p in pos for a2, n in neg if a2 == a]
@@ -219,7 +219,7 @@ def test_indices_equal_explicit_pairs(name):
     torch.testing.assert_close(loss(x, y, indices=idx), loss(x, y), **TOL)
 
 
-@pytest.mark.parametrize("name", PAIR_LOSSES + ["metrix"])
+@pytest.mark.parametrize("name", [*PAIR_LOSSES, "metrix"])
 def test_degenerate_batches_zero_loss_zero_grad(name):
     # one class / no positives; pair losses with per-pair terms (contrastive, tcm) are only
     # degenerate without any pair: a single sample

@@ -614,7 +614,9 @@ def circle_loss(
     if proxies is not None:
         from losslab.losses.proxy import class_masks, validate_proxy_inputs
 
-        proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+        proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+
+                                        ref_labels, indices,
                               name="circle (class-level)")
         s = cosine_similarity(embeddings, proxies)
         pos, neg = class_masks(labels, proxies.shape[0])

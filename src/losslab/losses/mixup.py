@@ -159,7 +159,8 @@ def metrix_loss(
     if base == "proxy_anchor":
         if proxies is None:
             raise ValueError("metrix with base='proxy_anchor' needs proxies [C, D]")
-        proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+        proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                        ref_labels, indices,
                               name="metrix(proxy_anchor)")
         clean = fn(embeddings, labels, proxies, **hp)
     else:

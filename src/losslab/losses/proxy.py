@@ -152,7 +152,8 @@ def proxy_nca_loss(
     Paper: Movshovitz-Attias et al., "No Fuss Distance Metric Learning using Proxies",
     arXiv 1703.07464.
     """
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                    ref_labels, indices,
                           name="proxy_nca")
     x = F.normalize(embeddings, dim=1)
     p = F.normalize(proxies, dim=1)
@@ -238,7 +239,8 @@ def proxy_anchor_loss(
 
     Paper: Kim et al., "Proxy Anchor Loss for Deep Metric Learning", arXiv 2003.13911.
     """
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                    ref_labels, indices,
                           name="proxy_anchor")
     check_reduction(reduction)
     s = cosine_similarity(embeddings, proxies)
@@ -313,7 +315,8 @@ def normalized_softmax_loss(
     arXiv 1811.12649.
     """
     check_positive("temperature", temperature)
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                    ref_labels, indices,
                           name="normalized_softmax")
     logits = cosine_similarity(embeddings, proxies) / temperature
     per = F.cross_entropy(logits, labels.long(), reduction="none")
@@ -355,7 +358,8 @@ def arcface_loss(
     arXiv 1801.07698.
     """
     check_positive("scale", scale)
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                    ref_labels, indices,
                           name="arcface")
     cos = cosine_similarity(embeddings, proxies)
     c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1).clamp(-1.0, 1.0)
@@ -391,7 +395,8 @@ def cosface_loss(
     arXiv 1801.09414.
     """
     check_positive("scale", scale)
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                    ref_labels, indices,
                           name="cosface")
     cos = cosine_similarity(embeddings, proxies)
     c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1)
@@ -460,7 +465,8 @@ def madacos_loss(
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     check_positive("min_scale", min_scale)
     check_positive("prior", prior)
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                    ref_labels, indices,
                           name="madacos")
     cos = cosine_similarity(embeddings, proxies)
     s, m = madacos_scale_margin(cos, labels, alpha=alpha, min_scale=min_scale, prior=prior)

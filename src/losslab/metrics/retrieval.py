@@ -291,6 +291,6 @@ def epsilon_opis(
         raise ValueError(f"epsilon must be in (0, 0.5], got {epsilon!r}")
     u = _class_utilities(embeddings, labels, far_range=far_range, num_thresholds=num_thresholds,
                          chunk_size=chunk_size)
-    k = max(1, int(round(epsilon * u.shape[0])))
+    k = max(1, round(epsilon * u.shape[0]))
     srt = u.sort(dim=0).values
     return float(((srt[-k:].mean(0) - srt[:k].mean(0)) ** 2).mean())
