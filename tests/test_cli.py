@@ -44,6 +44,6 @@ def test_unknown_loss_is_a_clean_error(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_update_readme(tmp_path: Path) -> None:
     p = tmp_path / "README.md"
-    p.write_text("x\n<!-- catalog:start -->\nold\n<!-- catalog:end -->\ny\n")
+    p.write_text("x\n<!-- catalog:start -->\nSTALE-ROW\n<!-- catalog:end -->\ny\n")
     assert main(["list", "--update-readme", str(p)]) == 0
-    assert "| `protonet` |" in p.read_text() and "old" not in p.read_text()
+    assert "| `protonet` |" in p.read_text() and "STALE-ROW" not in p.read_text()

@@ -89,6 +89,9 @@ class LossSpec:
         needs_index: the loss keeps per-sample state and takes ``index=`` (dataset ids).
         example_hparams: hyperparameters needed to build a small instance (e.g. the number of
             classes of a proxy loss); used by ``losslab info`` and the contract suite.
+        surrogate_gradient: why the backward pass is deliberately not the derivative of the
+            value (e.g. the paper treats adaptive weights as constants); ``None`` for losses
+            whose gradient is exact (checked by ``gradcheck`` in the contract suite).
         degenerate: the degenerate batches the loss defines as a zero loss with zero gradient,
             checked by the contract suite: ``"one_class"`` (every label equal),
             ``"no_positives"`` (every label distinct), ``"all_ignored"`` (every target equal
@@ -109,6 +112,7 @@ class LossSpec:
     needs_index: bool = False
     example_hparams: Mapping[str, Any] = field(default_factory=dict)
     degenerate: tuple[str, ...] = ()
+    surrogate_gradient: str | None = None
 
     @property
     def function_name(self) -> str:
@@ -149,6 +153,7 @@ def register(
     needs_index: bool = False,
     example_hparams: Mapping[str, Any] | None = None,
     degenerate: tuple[str, ...] = (),
+    surrogate_gradient: str | None = None,
 ) -> Callable[[M], M]:
     """Class decorator that registers an ``nn.Module`` loss under ``name``."""
     if not name.isidentifier() or name != name.lower():
@@ -181,6 +186,7 @@ def register(
             needs_index=needs_index,
             example_hparams=MappingProxyType(dict(example_hparams or {})),
             degenerate=tuple(degenerate),
+            surrogate_gradient=surrogate_gradient,
         )
         _REGISTRY[name] = s
         module.spec = s  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""Evaluation metrics (no gradient needed): few-shot accuracy, ICNN score, and more."""
+"""Evaluation metrics (no gradient needed): few-shot accuracy, ICNN score, retrieval, OPIS."""
 
 from losslab.metrics.classification import (
     accuracy,
@@ -10,14 +10,18 @@ from losslab.metrics.classification import (
 )
 from losslab.metrics.fewshot import mean_confidence_interval
 from losslab.metrics.icnn import icnn_score
+from losslab.metrics.retrieval import epsilon_opis, opis, retrieval_metrics
 
 __all__ = [
     "accuracy",
     "adaptive_calibration_error",
+    "epsilon_opis",
     "expected_calibration_error",
     "icnn_score",
     "mean_confidence_interval",
+    "opis",
     "plot_reliability_diagram",
     "reliability_diagram",
+    "retrieval_metrics",
     "top_k_accuracy",
 ]

@@ -1,0 +1,220 @@
+"""Metrix: mixup for deep metric learning, as a wrapper of the losses it applies to.
+
+Embedding-space mixing (the "Metrix/embed" variant of the paper) is what a loss library can do
+on its own: it needs only the batch embeddings and labels. Input mixing and feature (manifold)
+mixing change the forward pass of the network and belong to the training loop; with them, the
+mixed embeddings and their mixing factors can still be scored by :func:`metrix_mixed_loss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from losslab._core import LossModule, check_choice, check_positive, zero_loss
+from losslab.distances import cosine_similarity, pairwise
+from losslab.losses._pairs import validate_batch
+from losslab.losses.metric import _contrastive_terms, ms_terms
+from losslab.losses.proxy import proxy_anchor_terms, validate_proxy_inputs
+from losslab.registry import create, register, spec
+
+__all__ = ["METRIX_BASES", "Metrix", "metrix_loss", "metrix_mixed_loss", "mix_embeddings"]
+
+#: The losses Metrix applies to (the paper's three).
+METRIX_BASES: tuple[str, ...] = ("contrastive", "multi_similarity", "proxy_anchor")
+
+
+def mix_embeddings(
+    embeddings: Tensor, labels: Tensor, *, mix_alpha: float = 2.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""Mix every sample with a random sample of another class.
+
+    Returns ``(mixed [K, D], lam [K], labels_i [K], labels_j [K])`` with
+    :math:`v_k = \lambda_k x_i + (1 - \lambda_k) x_j`, :math:`\lambda_k \sim
+    \mathrm{Beta}(\alpha, \alpha)`; samples without a sample of another class are skipped.
+    """
+    check_positive("mix_alpha", mix_alpha)
+    with torch.no_grad():
+        diff = labels.unsqueeze(1) != labels.unsqueeze(0)
+        rows = torch.where(diff.any(1))[0]
+        if rows.numel() == 0:
+            e = embeddings[:0]
+            return e, e.new_zeros(0), labels[:0], labels[:0]
+        partner = torch.multinomial(diff[rows].float(), 1, generator=generator).squeeze(1)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        lam_np = np.random.default_rng(seed).beta(mix_alpha, mix_alpha, rows.numel())
+        lam = torch.as_tensor(lam_np, dtype=embeddings.dtype, device=embeddings.device)
+    mixed = lam.unsqueeze(1) * embeddings[rows] + (1 - lam.unsqueeze(1)) * embeddings[partner]
+    return mixed, lam, labels[rows], labels[partner]
+
+
+def _soft_labels(anchor_labels: Tensor, lam: Tensor, li: Tensor, lj: Tensor) -> Tensor:
+    """``[A, K]`` positive-ness of mixed sample k for label a: lam[a==li] + (1-lam)[a==lj]."""
+    a = anchor_labels.unsqueeze(1)
+    return lam * (a == li).to(lam.dtype) + (1 - lam) * (a == lj).to(lam.dtype)
+
+
+def metrix_mixed_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    mixed: Tensor,
+    lam: Tensor,
+    labels_i: Tensor,
+    labels_j: Tensor,
+    *,
+    base: str = "multi_similarity",
+    proxies: Tensor | None = None,
+    base_hparams: Mapping[str, Any] | None = None,
+) -> Tensor:
+    r"""The mixed part of Metrix: the base loss with interpolated labels.
+
+    A mixed sample :math:`v = \lambda x_i + (1-\lambda) x_j` is a positive of anchor :math:`a`
+    with weight :math:`y = \lambda [y_i = y_a] + (1 - \lambda)[y_j = y_a]` and a negative with
+    weight :math:`1 - y`; the base loss's sums over positives / negatives become these weighted
+    sums (the paper's generic mixed loss):
+
+    * contrastive: :math:`\sum y\,\ell^+(d_{av}) / \sum y + \sum (1-y)\,\ell^-(d_{av}) /
+      \sum (1-y)`;
+    * multi_similarity: :math:`\frac1\alpha\log(1 + \sum_v y\,e^{-\alpha(s_{av}-\lambda)}) +
+      \frac1\beta\log(1 + \sum_v (1-y)\,e^{\beta(s_{av}-\lambda)})`, mean over anchors (no
+      pair mining on mixed pairs);
+    * proxy_anchor: the proxies are the anchors, the mixed samples the data, with class
+      weights :math:`y_c`.
+    """
+    check_choice("base", base, METRIX_BASES)
+    hp = dict(base_hparams or {})
+    hp.pop("reduction", None)
+    if mixed.shape[0] == 0:
+        return zero_loss(embeddings)
+    if base == "proxy_anchor":
+        if proxies is None:
+            raise ValueError("metrix with base='proxy_anchor' needs the proxies")
+        classes = torch.arange(proxies.shape[0], device=proxies.device)
+        w = _soft_labels(classes, lam, labels_i, labels_j).t()  # [K, C]
+        s = cosine_similarity(mixed, proxies)
+        pos, neg, with_pos = proxy_anchor_terms(s, w, 1 - w, hp.get("margin", 0.1),
+                                                hp.get("alpha", 32.0))
+        n_pos = with_pos.sum().clamp_min(1).to(s.dtype)
+        return pos.sum() / n_pos + neg.sum() / proxies.shape[0]
+    y = _soft_labels(labels, lam, labels_i, labels_j)  # [N, K]
+    if base == "contrastive":
+        metric = hp.get("metric", "euclidean")
+        mat = pairwise(embeddings, mixed, metric=metric, eps=0.0)
+        pos_t, neg_t = _contrastive_terms(mat, metric in ("cosine", "dot"),
+                                          hp.get("pos_margin", 0.0), hp.get("neg_margin", 1.0),
+                                          hp.get("power", 1.0))
+        wp, wn = y, 1 - y
+        return (wp * pos_t).sum() / wp.sum().clamp_min(1e-12) + (wn * neg_t).sum() / wn.sum(
+        ).clamp_min(1e-12)
+    s = pairwise(embeddings, mixed, metric=hp.get("metric", "cosine"))
+    per = ms_terms(s, y, 1 - y, hp.get("alpha", 2.0), hp.get("beta", 50.0), hp.get("base", 0.5))
+    return per.mean()
+
+
+def metrix_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    proxies: Tensor | None = None,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    indices: object = None,
+    base: str = "multi_similarity",
+    base_hparams: Mapping[str, Any] | None = None,
+    mix_alpha: float = 2.0,
+    weight: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Metrix (embedding mixup): :math:`\mathcal L = \mathcal L_{base}(X) + w\,
+    \widetilde{\mathcal L}_{base}(X, V)`.
+
+    :math:`V` mixes every sample with a random sample of another class
+    (:func:`mix_embeddings`, :math:`\lambda \sim \mathrm{Beta}(\alpha, \alpha)`), and the mixed
+    loss :func:`metrix_mixed_loss` scores the clean anchors against :math:`V` with interpolated
+    labels. ``ref_embeddings`` / ``indices`` are passed to the clean loss only.
+
+    Args:
+        proxies: ``[C, D]`` for ``base="proxy_anchor"``.
+        base: ``"contrastive"``, ``"multi_similarity"`` (default) or ``"proxy_anchor"``.
+        base_hparams: hyperparameters of the base loss (shared by both parts).
+        mix_alpha: :math:`\alpha` of the Beta law (2). weight: :math:`w` (1).
+        generator: seeds the mixing.
+
+    Not covered: input and feature (manifold) mixup, which need the network's forward pass
+    (score their outputs with :func:`metrix_mixed_loss`), and the "utilization" metric.
+
+    Paper: Venkataramanan et al., "It Takes Two to Tango: Mixup for Deep Metric Learning",
+    arXiv 2106.04990.
+    """
+    check_choice("base", base, METRIX_BASES)
+    check_positive("weight", weight, strict=False)
+    validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+    hp = dict(base_hparams or {})
+    fn = spec(base).function
+    if base == "proxy_anchor":
+        if proxies is None:
+            raise ValueError("metrix with base='proxy_anchor' needs proxies [C, D]")
+        proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                        ref_labels, indices,
+                              name="metrix(proxy_anchor)")
+        clean = fn(embeddings, labels, proxies, **hp)
+    else:
+        clean = fn(embeddings, labels, ref_embeddings=ref_embeddings, ref_labels=ref_labels,
+                   indices=indices, **hp)
+    if clean.ndim != 0:
+        raise ValueError("metrix needs a scalar base loss (reduction 'mean' or 'sum')")
+    if weight == 0:
+        return clean
+    mixed, lam, li, lj = mix_embeddings(embeddings, labels, mix_alpha=mix_alpha,
+                                        generator=generator)
+    return clean + weight * metrix_mixed_loss(embeddings, labels, mixed, lam, li, lj, base=base,
+                                              proxies=proxies, base_hparams=hp)
+
+
+@register(
+    "metrix",
+    family="metric-learning",
+    kind="embeddings",
+    paper="It Takes Two to Tango: Mixup for Deep Metric Learning",
+    arxiv="2106.04990",
+    function=metrix_loss,
+    summary="base loss + w * base loss on embedding mixes with interpolated labels",
+    reduction=None,
+)
+class Metrix(LossModule):
+    """Module form of :func:`metrix_loss`: wraps a base loss (name or module).
+
+    ``Metrix(base="proxy_anchor", base_hparams={"num_classes": 100, "embedding_dim": 128})``
+    builds the base module (which owns the proxies); an ``nn.Module`` base is used as is.
+    ``seed`` makes the mixing reproducible.
+    """
+
+    def __init__(self, *, base: str | nn.Module = "multi_similarity",
+                 base_hparams: Mapping[str, Any] | None = None, mix_alpha: float = 2.0,
+                 weight: float = 1.0, seed: int | None = None) -> None:
+        check_positive("mix_alpha", mix_alpha)
+        check_positive("weight", weight, strict=False)
+        if isinstance(base, nn.Module):
+            name = getattr(getattr(base, "spec", None), "name", None)
+            check_choice("base", name, METRIX_BASES)
+            module = base
+            hp = dict(getattr(base, "hparams", {}))
+        else:
+            check_choice("base", base, METRIX_BASES)
+            name, module = base, create(base, **dict(base_hparams or {}))
+            hp = dict(module.hparams)  # type: ignore[arg-type]
+        super().__init__(base=name, base_hparams=hp, mix_alpha=mix_alpha, weight=weight)
+        self.base_loss = module
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
+                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
+        proxies = getattr(self.base_loss, "proxies", None)
+        return metrix_loss(embeddings, labels, proxies, ref_embeddings=ref_embeddings,
+                           ref_labels=ref_labels, indices=indices, generator=self.generator,
+                           **self.hparams)

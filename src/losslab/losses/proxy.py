@@ -1,0 +1,593 @@
+"""Proxy and normalised-classifier losses for deep metric learning (kind ``embeddings``).
+
+``loss(embeddings[N, D], labels[N])`` with labels in ``[0, C)``. The module owns the proxies /
+class weights as an ``nn.Parameter`` ``proxies [C, D]`` (built from ``num_classes`` and
+``embedding_dim``); the functional form takes them explicitly:
+``proxy_anchor_loss(embeddings, labels, proxies, *, margin=..., alpha=...)``.
+
+These losses compare samples with class proxies, not with each other, so ``ref_embeddings``
+and ``indices`` are rejected with a ``ValueError`` (PML does the same for ``ref_emb``).
+Embeddings and proxies are L2-normalised inside every loss (cosine similarities), as in the
+papers. Note on PML: its class weights ``W`` are ``[D, C]`` (the transpose of ours).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from losslab._core import (
+    LossModule,
+    Reduction,
+    check_labels,
+    check_matrix,
+    check_positive,
+    check_reduction,
+    check_same_device,
+    reduce,
+    zero_loss,
+)
+from losslab.distances import cosine_similarity, squared_euclidean
+from losslab.losses._pairs import weighted_log1p_sum_exp
+from losslab.registry import register
+
+__all__ = [
+    "ArcFaceLoss",
+    "CosFaceLoss",
+    "MadaCosLoss",
+    "NormalizedSoftmaxLoss",
+    "ProxyAnchorLoss",
+    "ProxyNCALoss",
+    "arcface_loss",
+    "class_masks",
+    "cosface_loss",
+    "madacos_loss",
+    "normalized_softmax_loss",
+    "proxy_anchor_loss",
+    "proxy_nca_loss",
+    "validate_proxy_inputs",
+]
+
+PML = "pytorch_metric_learning.losses"
+EXAMPLE = {"num_classes": 5, "embedding_dim": 8}
+
+
+def validate_proxy_inputs(
+    embeddings: Tensor,
+    labels: Tensor,
+    proxies: Tensor,
+    ref_embeddings: Tensor | None,
+    ref_labels: Tensor | None,
+    indices: object,
+    *,
+    name: str,
+) -> Tensor:
+    """Check a proxy loss's inputs (labels must index the rows of ``proxies``); return the
+    proxies in the embeddings' dtype (a differentiable cast, so fp16 embeddings work with fp32
+    proxies)."""
+    check_matrix("embeddings", embeddings)
+    check_matrix("proxies", proxies, dim=embeddings.shape[1])
+    check_labels("labels", labels, embeddings.shape[0], of="embeddings")
+    check_same_device(embeddings=embeddings, labels=labels, proxies=proxies)
+    if ref_embeddings is not None or ref_labels is not None:
+        raise ValueError(f"{name} compares samples with class proxies: ref_embeddings / "
+                         "ref_labels are not supported")
+    if indices is not None:
+        raise ValueError(f"{name} compares samples with class proxies: indices= (mined pairs "
+                         "or triplets) is not supported")
+    c = proxies.shape[0]
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= c):
+        raise ValueError(f"labels must lie in [0, {c}) (the number of classes / proxies), got "
+                         f"values in [{int(labels.min())}, {int(labels.max())}]")
+    return proxies.to(embeddings.dtype)
+
+
+def class_masks(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """``(pos, neg)`` bool ``[N, C]``: the sample's own class / every other class."""
+    pos = F.one_hot(labels.long(), num_classes).bool()
+    return pos, ~pos
+
+
+def _finish_ce(per_sample: Tensor, embeddings: Tensor, proxies: Tensor, reduction: str) -> Tensor:
+    return reduce(per_sample, reduction) + (
+        0.0 if reduction == "none" else zero_loss(embeddings, proxies)
+    )
+
+
+class _ProxyModule(LossModule):
+    """Shell for the proxy losses: owns ``proxies`` (``nn.Parameter [C, D]``)."""
+
+    def _make_proxies(self, num_classes: int, embedding_dim: int) -> None:
+        check_positive("num_classes", num_classes)
+        check_positive("embedding_dim", embedding_dim)
+        self.num_classes = int(num_classes)
+        self.embedding_dim = int(embedding_dim)
+        self.proxies = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.proxies)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, " + (
+            super().extra_repr()
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Proxy-NCA
+# --------------------------------------------------------------------------------------------
+
+
+def proxy_nca_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    proxies: Tensor,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    indices: object = None,
+    scale: float = 1.0,
+    exclude_positive: bool = True,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Proxy-NCA loss.
+
+    .. math::
+        \ell_i = -\log \frac{e^{-s\, d(\hat x_i, \hat p_{y_i})}}
+        {\sum_{z \in Z} e^{-s\, d(\hat x_i, \hat p_z)}},\qquad
+        d = \|\cdot\|^2 \text{ on L2-normalised vectors}
+
+    with :math:`Z` = the other classes (``exclude_positive=True``, the paper's NCA form) or all
+    classes (``exclude_positive=False``: a softmax cross-entropy, as PML's ``ProxyNCALoss``).
+
+    Args:
+        proxies: ``[C, D]`` class proxies. scale: :math:`s` (default 1; ProxyNCA++ uses
+            1/temperature). exclude_positive: see above (default True).
+        reduction: ``"mean"`` over samples, ``"sum"``, ``"none"`` (``[N]``).
+
+    Paper: Movshovitz-Attias et al., "No Fuss Distance Metric Learning using Proxies",
+    arXiv 1703.07464.
+    """
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                    ref_labels, indices,
+                          name="proxy_nca")
+    x = F.normalize(embeddings, dim=1)
+    p = F.normalize(proxies, dim=1)
+    logits = -scale * squared_euclidean(x, p)
+    pos, _ = class_masks(labels, proxies.shape[0])
+    target = logits.gather(1, labels.long().unsqueeze(1)).squeeze(1)
+    denom = logits.masked_fill(pos, float("-inf")) if exclude_positive else logits
+    if exclude_positive and proxies.shape[0] == 1:
+        return _finish_ce(target * 0.0, embeddings, proxies, reduction)
+    per = torch.logsumexp(denom, dim=1) - target
+    return _finish_ce(per, embeddings, proxies, reduction)
+
+
+@register(
+    "proxy_nca",
+    family="metric-learning",
+    kind="embeddings",
+    paper="No Fuss Distance Metric Learning using Proxies",
+    arxiv="1703.07464",
+    function=proxy_nca_loss,
+    summary="-log e^{-d(x, p_y)} / sum_{z != y} e^{-d(x, p_z)} on normalised x, p",
+    peers=(f"{PML}.ProxyNCALoss",),
+    reduction="per sample",
+    example_hparams=EXAMPLE,
+)
+class ProxyNCALoss(_ProxyModule):
+    """Module form of :func:`proxy_nca_loss` (proxies: normal init)."""
+
+    def __init__(self, *, num_classes: int, embedding_dim: int, scale: float = 1.0,
+                 exclude_positive: bool = True, reduction: Reduction = "mean") -> None:
+        super().__init__(scale=scale, exclude_positive=exclude_positive, reduction=reduction)
+        self._make_proxies(num_classes, embedding_dim)
+
+    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
+                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
+        return proxy_nca_loss(embeddings, labels, self.proxies, ref_embeddings=ref_embeddings,
+                              ref_labels=ref_labels, indices=indices, **self.hparams)
+
+
+# --------------------------------------------------------------------------------------------
+# Proxy-Anchor
+# --------------------------------------------------------------------------------------------
+
+
+def proxy_anchor_terms(s: Tensor, w_pos: Tensor, w_neg: Tensor, margin: float,
+                       alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Per-proxy positive and negative terms from similarities ``s [N, C]`` and (possibly
+    soft) weights: :math:`\log(1 + \sum_x w^+ e^{-\alpha(s - \delta)})`,
+    :math:`\log(1 + \sum_x w^- e^{\alpha(s + \delta)})`, and the with-positive flag."""
+    pos = weighted_log1p_sum_exp(-alpha * (s - margin), w_pos, dim=0)
+    neg = weighted_log1p_sum_exp(alpha * (s + margin), w_neg, dim=0)
+    return pos, neg, (w_pos > 0).any(dim=0)
+
+
+def proxy_anchor_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    proxies: Tensor,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    indices: object = None,
+    margin: float = 0.1,
+    alpha: float = 32.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Proxy-Anchor loss.
+
+    .. math::
+        \mathcal L = \frac{1}{|P^+|}\sum_{p \in P^+}\log\Big(1 + \sum_{x \in X_p^+}
+        e^{-\alpha(s(x, p) - \delta)}\Big) + \frac{1}{|P|}\sum_{p \in P}\log\Big(1 +
+        \sum_{x \in X_p^-} e^{\alpha(s(x, p) + \delta)}\Big)
+
+    with :math:`s` the cosine similarity, :math:`P^+` the proxies with a positive sample in the
+    batch, :math:`X_p^\pm` the batch samples of / not of class :math:`p`.
+
+    Args:
+        proxies: ``[C, D]``. margin: :math:`\delta` (0.1), alpha: :math:`\alpha` (32), the
+            paper's values.
+        reduction: ``"mean"``: the formula above (PML's ``DivisorReducer`` gives the same);
+            ``"sum"``: the sum over proxies of both terms without the 1/|P| factors;
+            ``"none"``: ``[C]`` per-proxy positive + negative terms.
+
+    Paper: Kim et al., "Proxy Anchor Loss for Deep Metric Learning", arXiv 2003.13911.
+    """
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                    ref_labels, indices,
+                          name="proxy_anchor")
+    check_reduction(reduction)
+    s = cosine_similarity(embeddings, proxies)
+    pos, neg = class_masks(labels, proxies.shape[0])
+    pos_t, neg_t, with_pos = proxy_anchor_terms(s, pos.to(s.dtype), neg.to(s.dtype), margin,
+                                                alpha)
+    z = zero_loss(embeddings, proxies)
+    if reduction == "none":
+        return pos_t + neg_t
+    if reduction == "sum":
+        return (pos_t + neg_t).sum() + z
+    n_pos = with_pos.sum().clamp_min(1).to(s.dtype)
+    return pos_t.sum() / n_pos + neg_t.sum() / proxies.shape[0] + z
+
+
+@register(
+    "proxy_anchor",
+    family="metric-learning",
+    kind="embeddings",
+    paper="Proxy Anchor Loss for Deep Metric Learning",
+    arxiv="2003.13911",
+    function=proxy_anchor_loss,
+    summary="1/|P+| sum_p log(1+sum_x+ e^{-a(s-d)}) + 1/|P| sum_p log(1+sum_x- e^{a(s+d)})",
+    peers=(f"{PML}.ProxyAnchorLoss",),
+    reduction="per proxy",
+    example_hparams=EXAMPLE,
+)
+class ProxyAnchorLoss(_ProxyModule):
+    """Module form of :func:`proxy_anchor_loss` (proxies: kaiming normal, fan_out, as the
+    authors' code)."""
+
+    def __init__(self, *, num_classes: int, embedding_dim: int, margin: float = 0.1,
+                 alpha: float = 32.0, reduction: Reduction = "mean") -> None:
+        check_positive("alpha", alpha)
+        super().__init__(margin=margin, alpha=alpha, reduction=reduction)
+        self._make_proxies(num_classes, embedding_dim)
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_normal_(self.proxies, mode="fan_out")
+
+    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
+                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
+        return proxy_anchor_loss(embeddings, labels, self.proxies, ref_embeddings=ref_embeddings,
+                                 ref_labels=ref_labels, indices=indices, **self.hparams)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalized softmax, ArcFace, CosFace, MadaCos
+# --------------------------------------------------------------------------------------------
+
+
+def normalized_softmax_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    proxies: Tensor,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    indices: object = None,
+    temperature: float = 0.05,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Normalized softmax: cross-entropy over cosine similarities divided by a temperature.
+
+    .. math:: \ell_i = -\log \mathrm{softmax}_c\big(\hat x_i^\top \hat w_c / T\big)[y_i]
+
+    Args:
+        proxies: ``[C, D]`` class weights. temperature: :math:`T` (0.05, the paper's).
+        reduction: ``"mean"`` over samples, ``"sum"``, ``"none"`` (``[N]``).
+
+    Paper: Zhai, Wu, "Classification is a Strong Baseline for Deep Metric Learning",
+    arXiv 1811.12649.
+    """
+    check_positive("temperature", temperature)
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                    ref_labels, indices,
+                          name="normalized_softmax")
+    logits = cosine_similarity(embeddings, proxies) / temperature
+    per = F.cross_entropy(logits, labels.long(), reduction="none")
+    return _finish_ce(per, embeddings, proxies, reduction)
+
+
+def _margin_ce(cos: Tensor, labels: Tensor, target_logit: Tensor, scale: float) -> Tensor:
+    logits = cos.scatter(1, labels.long().unsqueeze(1), target_logit.unsqueeze(1)) * scale
+    return F.cross_entropy(logits, labels.long(), reduction="none")
+
+
+def arcface_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    proxies: Tensor,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    indices: object = None,
+    margin: float = 0.5,
+    scale: float = 64.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""ArcFace: additive angular margin on the target class.
+
+    .. math::
+        \ell_i = -\log\frac{e^{s \cos(\theta_{y_i} + m)}}{e^{s \cos(\theta_{y_i} + m)} +
+        \sum_{j \ne y_i} e^{s \cos\theta_j}}
+
+    When :math:`\theta_{y} + m > \pi` the target logit is :math:`\cos\theta_y - m \sin m`
+    (keeps it monotonic; the official code's and PML's rule).
+
+    Args:
+        proxies: ``[C, D]`` class weights. margin: :math:`m` in radians (0.5, the paper's;
+            PML's default is 28.6 degrees = 0.4992 rad). scale: :math:`s` (64).
+        reduction: ``"mean"`` over samples, ``"sum"``, ``"none"`` (``[N]``).
+
+    Paper: Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition",
+    arXiv 1801.07698.
+    """
+    check_positive("scale", scale)
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                    ref_labels, indices,
+                          name="arcface")
+    cos = cosine_similarity(embeddings, proxies)
+    c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1).clamp(-1.0, 1.0)
+    sin = (1.0 - c * c).clamp_min(torch.finfo(c.dtype).tiny).sqrt()
+    cos_m = c * math.cos(margin) - sin * math.sin(margin)
+    target = torch.where(c >= math.cos(math.pi - margin), cos_m, c - margin * math.sin(margin))
+    return _finish_ce(_margin_ce(cos, labels, target, scale), embeddings, proxies, reduction)
+
+
+def cosface_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    proxies: Tensor,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    indices: object = None,
+    margin: float = 0.35,
+    scale: float = 64.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""CosFace (large margin cosine loss): additive cosine margin on the target class.
+
+    .. math::
+        \ell_i = -\log\frac{e^{s(\cos\theta_{y_i} - m)}}{e^{s(\cos\theta_{y_i} - m)} +
+        \sum_{j \ne y_i} e^{s\cos\theta_j}}
+
+    Args:
+        proxies: ``[C, D]``. margin: :math:`m` (0.35), scale: :math:`s` (64): the paper's.
+        reduction: ``"mean"`` over samples, ``"sum"``, ``"none"`` (``[N]``).
+
+    Paper: Wang et al., "CosFace: Large Margin Cosine Loss for Deep Face Recognition",
+    arXiv 1801.09414.
+    """
+    check_positive("scale", scale)
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                    ref_labels, indices,
+                          name="cosface")
+    cos = cosine_similarity(embeddings, proxies)
+    c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1)
+    return _finish_ce(_margin_ce(cos, labels, c - margin, scale), embeddings, proxies, reduction)
+
+
+def madacos_scale_margin(cos: Tensor, labels: Tensor, *, alpha: float, min_scale: float,
+                         prior: float) -> tuple[Tensor, Tensor]:
+    r"""The batch's MadaCos scale and margin (no gradient).
+
+    :math:`s = \max(s_{min}, \log(K (1 - \rho)/\rho) / (1 - \tilde c))` with :math:`\tilde c`
+    the median target cosine of the batch; :math:`m = \max(0, \tilde c - \log(B \rho / (1 -
+    \rho)) / s)` with :math:`B = \sum_{j \ne y} e^{s \cos\theta_j}` of the median sample.
+    """
+    with torch.no_grad():
+        c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1)
+        c_med, idx = c.median(dim=0)
+        s = math.log(prior * (1.0 - alpha) / alpha) / (1.0 - c_med).clamp_min(1e-12)
+        s = s.clamp_min(min_scale)
+        row = cos[idx]
+        others = torch.ones_like(row, dtype=torch.bool)
+        others[labels[idx].long()] = False
+        log_b = torch.logsumexp(s * row[others], dim=0) if bool(others.any()) else row.new_tensor(
+            float("-inf"))
+        m = (c_med - (log_b + math.log(alpha / (1.0 - alpha))) / s).clamp_min(0.0)
+        return s, m
+
+
+def madacos_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    proxies: Tensor,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    indices: object = None,
+    alpha: float = 0.1,
+    min_scale: float = 32.0,
+    prior: float = 9_999_999.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""MadaCos: a CosFace-style loss whose scale and margin adapt to the batch.
+
+    .. math::
+        \ell_i = -\log\frac{e^{s(\cos\theta_{y_i} - m)}}{e^{s(\cos\theta_{y_i} - m)} +
+        \sum_{j \ne y_i} e^{s\cos\theta_j}}
+
+    with :math:`s, m` from :func:`madacos_scale_margin`: the scale is
+    :math:`\log(K(1-\rho)/\rho) / (1 - \tilde c)` (:math:`\tilde c` the batch's median target
+    cosine, :math:`K` a prior number of negatives) and the margin sets the target probability
+    of the median sample to exactly :math:`\rho` (clamped at :math:`m \ge 0`). Both are
+    recomputed each batch and are not differentiated (the official code's custom backward
+    multiplies the logit gradient by :math:`s` only).
+    Following the official code, the median is the lower median, :math:`B` is that sample's
+    negative sum, :math:`K = 9\,999\,999` and :math:`s \ge 32`.
+
+    Args:
+        proxies: ``[C, D]`` class weights. alpha: :math:`\rho` (0.1, the code's default).
+        min_scale: lower bound of :math:`s` (32). prior: :math:`K`.
+        reduction: ``"mean"`` over samples, ``"sum"``, ``"none"`` (``[N]``).
+
+    Paper: Zhu et al., "Coarse-to-Fine: Learning Compact Discriminative Representation for
+    Single-Stage Image Retrieval", arXiv 2308.04008 (official code: bassyess/CFCD).
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    check_positive("min_scale", min_scale)
+    check_positive("prior", prior)
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
+                                    ref_labels, indices,
+                          name="madacos")
+    cos = cosine_similarity(embeddings, proxies)
+    s, m = madacos_scale_margin(cos, labels, alpha=alpha, min_scale=min_scale, prior=prior)
+    c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1)
+    logits = cos.scatter(1, labels.long().unsqueeze(1), (c - m).unsqueeze(1)) * s
+    per = F.cross_entropy(logits, labels.long(), reduction="none")
+    return _finish_ce(per, embeddings, proxies, reduction)
+
+
+@register(
+    "normalized_softmax",
+    family="metric-learning",
+    kind="embeddings",
+    paper="Classification is a Strong Baseline for Deep Metric Learning",
+    arxiv="1811.12649",
+    function=normalized_softmax_loss,
+    summary="CE over cos(x, w_c) / T",
+    peers=(f"{PML}.NormalizedSoftmaxLoss",),
+    reduction="per sample",
+    example_hparams=EXAMPLE,
+)
+class NormalizedSoftmaxLoss(_ProxyModule):
+    """Module form of :func:`normalized_softmax_loss` (class weights: normal init)."""
+
+    def __init__(self, *, num_classes: int, embedding_dim: int, temperature: float = 0.05,
+                 reduction: Reduction = "mean") -> None:
+        check_positive("temperature", temperature)
+        super().__init__(temperature=temperature, reduction=reduction)
+        self._make_proxies(num_classes, embedding_dim)
+
+    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
+                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
+        return normalized_softmax_loss(embeddings, labels, self.proxies,
+                                       ref_embeddings=ref_embeddings, ref_labels=ref_labels,
+                                       indices=indices, **self.hparams)
+
+
+@register(
+    "arcface",
+    family="metric-learning",
+    kind="embeddings",
+    paper="ArcFace: Additive Angular Margin Loss for Deep Face Recognition",
+    arxiv="1801.07698",
+    function=arcface_loss,
+    summary="CE over s cos(theta + m [target]), cos(x, w_c)",
+    peers=(f"{PML}.ArcFaceLoss",),
+    reduction="per sample",
+    example_hparams=EXAMPLE,
+)
+class ArcFaceLoss(_ProxyModule):
+    """Module form of :func:`arcface_loss` (class weights: normal init)."""
+
+    def __init__(self, *, num_classes: int, embedding_dim: int, margin: float = 0.5,
+                 scale: float = 64.0, reduction: Reduction = "mean") -> None:
+        check_positive("scale", scale)
+        super().__init__(margin=margin, scale=scale, reduction=reduction)
+        self._make_proxies(num_classes, embedding_dim)
+
+    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
+                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
+        return arcface_loss(embeddings, labels, self.proxies, ref_embeddings=ref_embeddings,
+                            ref_labels=ref_labels, indices=indices, **self.hparams)
+
+
+@register(
+    "cosface",
+    family="metric-learning",
+    kind="embeddings",
+    paper="CosFace: Large Margin Cosine Loss for Deep Face Recognition",
+    arxiv="1801.09414",
+    function=cosface_loss,
+    summary="CE over s (cos(x, w_c) - m [target])",
+    peers=(f"{PML}.CosFaceLoss",),
+    reduction="per sample",
+    example_hparams=EXAMPLE,
+)
+class CosFaceLoss(_ProxyModule):
+    """Module form of :func:`cosface_loss` (class weights: normal init)."""
+
+    def __init__(self, *, num_classes: int, embedding_dim: int, margin: float = 0.35,
+                 scale: float = 64.0, reduction: Reduction = "mean") -> None:
+        check_positive("scale", scale)
+        super().__init__(margin=margin, scale=scale, reduction=reduction)
+        self._make_proxies(num_classes, embedding_dim)
+
+    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
+                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
+        return cosface_loss(embeddings, labels, self.proxies, ref_embeddings=ref_embeddings,
+                            ref_labels=ref_labels, indices=indices, **self.hparams)
+
+
+@register(
+    "madacos",
+    family="metric-learning",
+    kind="embeddings",
+    paper="Coarse-to-Fine: Learning Compact Discriminative Representation for Single-Stage "
+    "Image Retrieval",
+    arxiv="2308.04008",
+    function=madacos_loss,
+    summary="CE over s (cos - m [target]) with s, m set from the batch median target cosine",
+    reduction="per sample",
+    example_hparams=EXAMPLE,
+    surrogate_gradient="adaptive scale and margin are constants (stop-gradient), as the code",
+)
+class MadaCosLoss(_ProxyModule):
+    """Module form of :func:`madacos_loss` (class weights: uniform(+-1/sqrt(D)), as the
+    official code)."""
+
+    def __init__(self, *, num_classes: int, embedding_dim: int, alpha: float = 0.1,
+                 min_scale: float = 32.0, prior: float = 9_999_999.0,
+                 reduction: Reduction = "mean") -> None:
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+        super().__init__(alpha=alpha, min_scale=min_scale, prior=prior, reduction=reduction)
+        self._make_proxies(num_classes, embedding_dim)
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.proxies.shape[1])
+        nn.init.uniform_(self.proxies, -bound, bound)
+
+    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
+                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
+        return madacos_loss(embeddings, labels, self.proxies, ref_embeddings=ref_embeddings,
+                            ref_labels=ref_labels, indices=indices, **self.hparams)

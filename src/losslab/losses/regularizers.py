@@ -1,0 +1,96 @@
+"""Regularisers for deep metric learning, added on top of a base loss (kind ``embeddings``).
+
+``tcm`` is registered alone; combine it with a base loss with :func:`losslab.combine`::
+
+    loss = losslab.combine({"multi_similarity": 1.0, "tcm": 1.0})
+    value = loss(embeddings, labels)
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from losslab._core import LossModule, check_positive, zero_loss
+from losslab.losses._pairs import pair_batch
+from losslab.registry import register
+
+__all__ = ["TCMLoss", "tcm_loss"]
+
+
+def tcm_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    indices: object = None,
+    pos_margin: float = 0.9,
+    neg_margin: float = 0.5,
+    pos_weight: float = 1.0,
+    neg_weight: float = 1.0,
+) -> Tensor:
+    r"""Threshold-Consistent Margin (TCM) regulariser.
+
+    .. math::
+        \mathcal L_{TCM} = \lambda^+ \frac{\sum_{(i,j) \in P} (m^+ - s_{ij})\,
+        \mathbb 1[s_{ij} \le m^+]}{\sum_{(i,j) \in P} \mathbb 1[s_{ij} \le m^+]}
+        + \lambda^- \frac{\sum_{(i,j) \in N} (s_{ij} - m^-)\,\mathbb 1[s_{ij} \ge m^-]}
+        {\sum_{(i,j) \in N} \mathbb 1[s_{ij} \ge m^-]}
+
+    on cosine similarities: only the hard positive pairs (below the positive margin) and hard
+    negative pairs (above the negative margin) are penalised, each part averaged over its hard
+    pairs (an empty part is 0). Pairs come from labels (every ordered pair of the batch, or the
+    batch against ``ref_embeddings``) or from ``indices``. The overall loss weight
+    :math:`\lambda` is the weight given to ``tcm`` in :func:`losslab.combine`.
+
+    Args:
+        pos_margin, neg_margin: :math:`m^+ = 0.9, m^- = 0.5`; pos_weight, neg_weight:
+            :math:`\lambda^\pm = 1` (the defaults of PML's ``ThresholdConsistentMarginLoss``).
+
+    Returns a scalar (the loss is defined on the set of hard pairs: no ``reduction``).
+
+    Paper: Zhang et al., "Threshold-Consistent Margin Loss for Open-World Deep Metric
+    Learning", arXiv 2307.04047.
+    """
+    b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric="cosine")
+    s = b.mat
+    if b.pairs is not None:
+        a1, p, a2, n = b.pairs
+        sp, sn = s[a1, p], s[a2, n]
+        hp, hn = sp <= pos_margin, sn >= neg_margin
+        pos_part = ((pos_margin - sp) * hp).sum() / hp.sum().clamp_min(1)
+        neg_part = ((sn - neg_margin) * hn).sum() / hn.sum().clamp_min(1)
+    else:
+        hp = b.pos & (s <= pos_margin)
+        hn = b.neg & (s >= neg_margin)
+        pos_part = (pos_margin - s).masked_fill(~hp, 0.0).sum() / hp.sum().clamp_min(1)
+        neg_part = (s - neg_margin).masked_fill(~hn, 0.0).sum() / hn.sum().clamp_min(1)
+    return pos_weight * pos_part + neg_weight * neg_part + zero_loss(embeddings)
+
+
+@register(
+    "tcm",
+    family="metric-learning",
+    kind="embeddings",
+    paper="Threshold-Consistent Margin Loss for Open-World Deep Metric Learning",
+    arxiv="2307.04047",
+    function=tcm_loss,
+    summary="l+ mean_{hard pos}(m+ - s) + l- mean_{hard neg}(s - m-); add to a base loss",
+    peers=("pytorch_metric_learning.losses.ThresholdConsistentMarginLoss",),
+    reduction=None,
+)
+class TCMLoss(LossModule):
+    """Module form of :func:`tcm_loss`."""
+
+    def __init__(self, *, pos_margin: float = 0.9, neg_margin: float = 0.5,
+                 pos_weight: float = 1.0, neg_weight: float = 1.0) -> None:
+        check_positive("pos_weight", pos_weight, strict=False)
+        check_positive("neg_weight", neg_weight, strict=False)
+        super().__init__(pos_margin=pos_margin, neg_margin=neg_margin, pos_weight=pos_weight,
+                         neg_weight=neg_weight)
+
+    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
+                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
+        return tcm_loss(embeddings, labels, ref_embeddings=ref_embeddings, ref_labels=ref_labels,
+                        indices=indices, **self.hparams)
+

@@ -1,0 +1,94 @@
+"""Miners: oracles from their definitions (loops), seeding, ref sets."""
+
+from __future__ import annotations
+
+import torch
+
+from losslab import miners
+
+
+def batch(seed=0, n_classes=4, per_class=4, dim=6):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n_classes).repeat_interleave(per_class)
+    return torch.randn(y.numel(), dim, generator=g, dtype=torch.float64), y
+
+
+def test_batch_hard_oracle():
+    x, y = batch()
+    d = torch.cdist(x, x)
+    a, p, n = miners.batch_hard(x, y)
+    assert a.tolist() == list(range(len(y)))
+    for i, j, k in zip(a.tolist(), p.tolist(), n.tolist()):
+        ps = [q for q in range(len(y)) if q != i and y[q] == y[i]]
+        ns = [q for q in range(len(y)) if y[q] != y[i]]
+        assert d[i, j] == max(d[i, q] for q in ps)
+        assert d[i, k] == min(d[i, q] for q in ns)
+
+
+def test_semi_hard_oracle_and_ref():
+    x, y = batch(seed=1)
+    r, ry = batch(seed=2)
+    d = torch.cdist(x, r)
+    a, p, n = miners.semi_hard(x, y, margin=1.0, ref_embeddings=r, ref_labels=ry)
+    got = set(zip(a.tolist(), p.tolist(), n.tolist()))
+    want = set()
+    for i in range(len(y)):
+        for j in range(len(ry)):
+            if ry[j] != y[i]:
+                continue
+            c = [k for k in range(len(ry)) if ry[k] != y[i] and d[i, j] < d[i, k] <= d[i, j] + 1]
+            if c:
+                want.add((i, j, min(c, key=lambda k: d[i, k])))
+    assert got == want
+
+
+def test_distance_weighted_seeded_and_valid():
+    x, y = batch(seed=3, dim=16)
+    o1 = miners.distance_weighted(x, y, generator=torch.Generator().manual_seed(0))
+    o2 = miners.distance_weighted(x, y, generator=torch.Generator().manual_seed(0))
+    for u, v in zip(o1, o2):
+        assert torch.equal(u, v)
+    a, p, n = o1
+    xn = torch.nn.functional.normalize(x, dim=1)
+    assert torch.all(y[a] == y[p]) and torch.all(y[a] != y[n]) and torch.all(a != p)
+    assert torch.all((xn[a] - xn[n]).norm(dim=1) < 1.4)
+
+
+def test_distance_weighted_follows_inverse_density():
+    """Empirical frequencies of the negatives of one anchor follow the weights."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 8, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 0] + [1] * 38)
+    counts = torch.zeros(40)
+    for s in range(300):
+        a, _, n = miners.distance_weighted(x, y, generator=torch.Generator().manual_seed(s))
+        counts += torch.bincount(n[a == 0], minlength=40)
+    xn = torch.nn.functional.normalize(x, dim=1)
+    d = (xn[0] - xn).norm(dim=1).clamp_min(0.5)
+    w = d ** (2 - 8) * (1 - d * d / 4).clamp_min(1e-30) ** (-(8 - 3) / 2)
+    w[:2] = 0
+    w[(xn[0] - xn).norm(dim=1) >= 1.4] = 0
+    w = w / w.sum()
+    freq = counts / counts.sum()
+    assert (freq - w).abs().max() < 0.05
+
+
+def test_multi_similarity_oracle():
+    x, y = batch(seed=5)
+    s = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(x, dim=1).t()
+    a1, p, a2, n = miners.multi_similarity(x, y, epsilon=0.1)
+    got_p, got_n = set(zip(a1.tolist(), p.tolist())), set(zip(a2.tolist(), n.tolist()))
+    wp, wn = set(), set()
+    for i in range(len(y)):
+        ps = [j for j in range(len(y)) if j != i and y[j] == y[i]]
+        ns = [j for j in range(len(y)) if y[j] != y[i]]
+        wp |= {(i, j) for j in ps if s[i, j] - 0.1 < max(s[i, k] for k in ns)}
+        wn |= {(i, j) for j in ns if s[i, j] + 0.1 > min(s[i, k] for k in ps)}
+    assert got_p == wp and got_n == wn
+
+
+def test_miners_no_grad():
+    x, y = batch()
+    x.requires_grad_(True)
+    for t in miners.batch_hard(x, y):
+        assert not t.requires_grad
