@@ -8,6 +8,7 @@
 
 from losslab import distances, functional, metrics
 from losslab.combine import CombinedLoss, combine
+from losslab.fused.linear_cross_entropy import LinearCrossEntropyLoss
 from losslab.losses.fewshot import ICNNLoss, ProtoNetLoss, ProtoTripletLoss
 from losslab.registry import LossSpec, available, create, spec
 
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CombinedLoss",
     "ICNNLoss",
+    "LinearCrossEntropyLoss",
     "LossSpec",
     "ProtoNetLoss",
     "ProtoTripletLoss",

@@ -4,4 +4,5 @@ One module per family; each loss keeps its function, its ``nn.Module`` shell and
 entry together in its family module.
 """
 
+from losslab.fused import linear_cross_entropy  # noqa: F401
 from losslab.losses import fewshot  # noqa: F401
