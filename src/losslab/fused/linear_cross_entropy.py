@@ -58,26 +58,34 @@ __all__ = [
 Strategy = Literal["auto", "grad_in_forward", "recompute"]
 STRATEGIES: tuple[str, ...] = ("auto", "grad_in_forward", "recompute")
 
-#: Elements of the per-chunk logits buffer that :func:`auto_chunk_size` aims for (64 MiB fp32).
-CHUNK_ELEMENTS = 16 * 1024 * 1024
+#: Bytes of per-chunk buffers that :func:`auto_chunk_size` aims for.
+CHUNK_BYTES = 48 * 1024 * 1024
 #: Fewest / most tokens per automatic chunk (smaller GEMMs lose efficiency on CPU, and every
 #: chunk re-reads/re-writes the ``V x d`` weight-gradient accumulator).
 MIN_CHUNK, MAX_CHUNK = 256, 1024
-#: Rows per float32 sub-block when the logits are half precision (the fp32 scratch stays small).
-HALF_ROW_BLOCK = 64
+#: Bytes of the float32 row-block scratch used with half-precision inputs.
+HALF_SCRATCH_BYTES = 8 * 1024 * 1024
 #: Vocabulary rows per block of the half-precision ``dweight`` matmul (bounds its scratch).
-HALF_VOCAB_BLOCK = 4096
+HALF_VOCAB_BLOCK = 2048
 
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def auto_chunk_size(n_tokens: int, vocab_size: int, *, softcap: bool = False) -> int:
-    """Tokens per chunk: ``chunk x V`` about :data:`CHUNK_ELEMENTS`, a multiple of 64, clamped
-    to ``[MIN_CHUNK, MAX_CHUNK]`` and to ``n_tokens`` (halved with ``softcap``, which needs a
-    second buffer of the same size)."""
-    budget = CHUNK_ELEMENTS // (2 if softcap else 1)
-    c = max(MIN_CHUNK, min(MAX_CHUNK, (budget // max(vocab_size, 1)) // 64 * 64))
-    return max(1, min(c, n_tokens))
+def auto_chunk_size(
+    n_tokens: int, vocab_size: int, dtype: torch.dtype = torch.float32, *, softcap: bool = False
+) -> int:
+    """Tokens per chunk so that the chunk buffers take about :data:`CHUNK_BYTES` (48 MiB).
+
+    Per token and vocabulary entry the buffer holds the logits in the input dtype (plus a tanh
+    buffer with ``softcap``; half inputs use a separate small float32 row-block scratch). The
+    result is a multiple of 64, clamped to ``[MIN_CHUNK, MAX_CHUNK]`` and to
+    ``n_tokens``.
+    """
+    per = dtype.itemsize + (_acc_dtype(dtype).itemsize if softcap and dtype not in _HALF else 0)
+    # half inputs also keep a float32 weight-gradient accumulator: a smaller buffer budget
+    budget = CHUNK_BYTES * 2 // 3 if dtype in _HALF else CHUNK_BYTES
+    c = (budget // (per * max(vocab_size, 1))) // 64 * 64
+    return max(1, min(max(MIN_CHUNK, min(MAX_CHUNK, c)), n_tokens))
 
 
 @dataclass(frozen=True)
@@ -160,9 +168,12 @@ def _chunk_loop(
     c_total = torch.zeros((), dtype=acc, device=dev) if (need_db and eps > 0) else None
 
     buf = torch.empty(chunk, v, dtype=dtype, device=dev)
-    tbuf = torch.empty(chunk if not half else min(chunk, HALF_ROW_BLOCK), v, dtype=acc,
-                       device=dev) if cap is not None else None
-    scratch = torch.empty(min(chunk, HALF_ROW_BLOCK), v, dtype=acc, device=dev) if half else None
+    # Half inputs: the logits come out of a half matmul; the softmax runs on float32 copies of
+    # row blocks of ``half_rows`` rows (a small scratch, so the half chunk can stay large).
+    half_rows = max(16, min(chunk, HALF_SCRATCH_BYTES // (4 * v)))
+    rows_max = half_rows if half else chunk
+    tbuf = torch.empty(rows_max, v, dtype=acc, device=dev) if cap is not None else None
+    scratch = torch.empty(half_rows, v, dtype=acc, device=dev) if half else None
     wblk = (torch.empty(min(HALF_VOCAB_BLOCK, v), d, dtype=dtype, device=dev)
             if half and need_dw else None)
     wt = w.t()
@@ -179,7 +190,7 @@ def _chunk_loop(
         coef_a = torch.zeros(m, dtype=acc, device=dev) if want_grad else None
         coef_b = torch.zeros(m, dtype=acc, device=dev) if want_grad else None
         coef_c = torch.zeros(m, dtype=acc, device=dev) if want_grad and eps > 0 else None
-        step = HALF_ROW_BLOCK if half else m
+        step = half_rows if half else m
         for r0 in range(0, m, step):
             r1 = min(r0 + step, m)
             rows = slice(s + r0, s + r1)
@@ -226,7 +237,8 @@ def _chunk_loop(
             if g_lse is not None:
                 ga = ga + g_lse[rows]
             coef_a[r0:r1] = ga  # type: ignore[index]
-            z.exp_()  # z <- p
+            # z <- p: softmax of the log-probabilities (its fused exp is faster than exp_)
+            torch.ops.aten._softmax.out(z, 1, False, out=z)
             if materialize:
                 assert tb is not None
                 z.mul_(ga.unsqueeze(1))
@@ -299,7 +311,25 @@ def _add_weight_grad(dw: Tensor, p: Tensor, hs: Tensor, wblk: Tensor | None) -> 
         e = min(s + wblk.shape[0], v)
         out = wblk[: e - s]
         torch.mm(p[:, s:e].t(), hs, out=out)
-        dw[s:e] += out
+        dw[s:e].add_(out)
+
+
+def _round_in_place(acc: Tensor, dtype: torch.dtype) -> Tensor:
+    """``acc.to(dtype)`` for a narrower ``dtype``, written into the first bytes of ``acc``'s own
+    storage block by block (no second ``V x d`` allocation). The result is a view of that
+    storage, which keeps its original size."""
+    if acc.dtype == dtype:
+        return acc
+    flat = acc.reshape(-1)
+    n = flat.numel()
+    out = torch.empty(0, dtype=dtype, device=acc.device).set_(acc.untyped_storage(), 0, (n,))
+    blk = 1 << 20
+    # Block i reads bytes [4 i B, 4 (i+1) B) and writes [2 i B, 2 (i+1) B): disjoint for i >= 1,
+    # and never ahead of unread data; block 0 overlaps itself, so it goes through a copy.
+    out[:blk].copy_(flat[:blk].to(dtype))
+    for s in range(blk, n, blk):
+        out[s : s + blk].copy_(flat[s : s + blk])
+    return out.view(acc.shape)
 
 
 def _loss_from_stats(
@@ -344,32 +374,41 @@ class _GradInForward(torch.autograd.Function):
         loss = per_token.sum() * scale
         ctx.grads = (
             gr.dh,
-            gr.dw.to(w.dtype) if gr.dw is not None else None,
+            _round_in_place(gr.dw, w.dtype) if gr.dw is not None else None,
             gr.db.to(b.dtype) if gr.db is not None and b is not None else None,
         )
         del gr
         ctx.opts = opts
-        ctx.save_for_backward(h, w, b, tsafe, valid, cw)
+        ctx.need = need
+        ctx.save_for_backward(h, w, b, tsafe, valid, cw, g)
         return loss, lse
 
     @staticmethod
     def backward(ctx: Any, g_loss: Tensor, g_lse: Tensor | None) -> tuple[Tensor | None, ...]:
+        h, w, b, tsafe, valid, cw, g = ctx.saved_tensors
+        acc = _acc_dtype(h.dtype)
+        if g_lse is not None and not bool(g_lse.ne(0).any()):
+            g_lse = None
         if ctx.grads is None:
-            raise RuntimeError(
-                "linear_cross_entropy_loss(strategy='grad_in_forward') frees its gradients "
-                "after the first backward; use strategy='recompute' to backward twice"
-            )
+            # A second backward through the same graph (retain_graph, gradcheck): the
+            # precomputed gradients were handed out already, so recompute them.
+            *_, gr = _chunk_loop(h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
+                                 g_loss=g * g_loss.to(acc),
+                                 g_lse=g_lse.to(acc) if g_lse is not None else None,
+                                 need=ctx.need)
+            dw = _round_in_place(gr.dw, w.dtype) if gr.dw is not None else None
+            db = gr.db.to(b.dtype) if gr.db is not None and b is not None else None
+            return gr.dh, dw, db, None, None, None, None, None, None
         dh, dw, db = ctx.grads
-        ctx.grads = None
+        ctx.grads = None  # handed over to autograd (no copy, no in-place reuse later)
         if not bool(g_loss == 1):
             dh = dh.mul_(g_loss) if dh is not None else None
             dw = dw.mul_(g_loss) if dw is not None else None
             db = db.mul_(g_loss) if db is not None else None
-        if g_lse is not None and bool(g_lse.ne(0).any()):
-            h, w, b, tsafe, valid, cw = ctx.saved_tensors
+        if g_lse is not None:
             need = (dh is not None, dw is not None, db is not None)
             *_, gr = _chunk_loop(h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
-                                 g_loss=None, g_lse=g_lse.to(_acc_dtype(h.dtype)), need=need)
+                                 g_loss=None, g_lse=g_lse.to(acc), need=need)
             dh = dh + gr.dh if dh is not None else None
             dw = dw + gr.dw.to(dw.dtype) if dw is not None else None  # type: ignore[union-attr]
             db = db + gr.db.to(db.dtype) if db is not None else None  # type: ignore[union-attr]
@@ -409,7 +448,7 @@ class _Recompute(torch.autograd.Function):
             g_loss=g_loss.to(acc) if g_loss is not None else None,
             g_lse=g_lse.to(acc) if g_lse is not None else None, need=need,
         )
-        dw = gr.dw.to(w.dtype) if gr.dw is not None else None
+        dw = _round_in_place(gr.dw, w.dtype) if gr.dw is not None else None
         db = gr.db.to(b.dtype) if gr.db is not None and b is not None else None
         return gr.dh, dw, db, None, None, None, None
 
@@ -425,7 +464,7 @@ def _torch_backend(
         if cw is not None:
             denom_terms = denom_terms * cw.to(acc)[tsafe]
         if tw_acc is not None:
-            denom_terms = denom_terms * tw_acc.detach()
+            denom_terms = denom_terms * tw_acc
         denom = denom_terms.sum()
         scale = torch.where(denom != 0, 1.0 / torch.where(denom != 0, denom, 1.0), 0.0)
     else:
@@ -626,7 +665,7 @@ def linear_cross_entropy_loss(
         softcap=float(softcap) if softcap is not None else None,
         logz_penalty=float(logz_penalty),
         chunk_size=chunk_size if chunk_size is not None else auto_chunk_size(
-            max(n, 1), v, softcap=softcap is not None),
+            max(n, 1), v, hidden.dtype, softcap=softcap is not None),
     )
     w = weight if weight.is_contiguous() else weight.contiguous()
     tw = token_weight.reshape(-1) if token_weight is not None else None
