@@ -1,0 +1,743 @@
+r"""Memory-efficient fused linear + cross-entropy for large vocabularies.
+
+``loss = cross_entropy(hidden @ weight.T + bias, target)`` without ever building the ``N x V``
+logits: the tokens are processed in chunks of ``chunk_size`` rows; each chunk's logits live in
+one reused buffer of ``chunk_size x V`` elements, are turned into log-probabilities in place
+(a row-wise log-softmax, i.e. the online log-sum-exp of the chunk), and from there into the
+per-token loss, the per-token log-sum-exp and, when gradients are needed, the gradient
+contributions ``dhidden``, ``dweight`` and ``dbias``.
+
+Two strategies (``strategy=``):
+
+* ``"grad_in_forward"`` (Liger-style): the gradients are computed during the forward pass
+  (three matmuls per chunk, no recomputation); backward only scales them by the scalar
+  upstream gradient. Valid for ``reduction="mean"``/``"sum"`` with a non-differentiable
+  ``token_weight``. If the returned LSE is used in the graph, backward adds its term with one
+  recomputation pass.
+* ``"recompute"`` (CCE-style): forward keeps only the per-token LSE; backward recomputes each
+  chunk's logits (four matmuls). Needed for ``reduction="none"`` (each token has its own
+  upstream gradient — the bug several peers shipped was to apply it as a scalar) and for a
+  ``token_weight`` that requires grad.
+
+``"auto"`` picks grad-in-forward when it is valid, else recompute.
+
+Numerics: the loss, the LSE and ``dweight``/``dbias`` are accumulated in float32 (float64 for
+float64 inputs). For bfloat16/float16 inputs the matmuls run in the input dtype (as the naive
+``hidden @ weight.T`` does), the softmax is computed in float32 from the half logits, and each
+chunk's ``dweight`` contribution (a half matmul with float32 internal accumulation) is added to
+a float32 accumulator, which is rounded to the input dtype once at the end. The loss and LSE of
+half inputs are returned in float32.
+
+Dispatch point: :data:`BACKENDS` maps a backend name to its implementation; :func:`_backend`
+picks one per call. Only the portable pure-PyTorch backend (``"torch"``, CPU and GPU) exists
+now; a Triton kernel for CUDA (compared with Liger-Kernel and Cut Cross-Entropy) can be
+registered there without changing the API.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from losslab._core import LossModule, Reduction, check_choice, check_reduction
+from losslab.registry import register
+
+__all__ = [
+    "BACKENDS",
+    "STRATEGIES",
+    "LinearCrossEntropyLoss",
+    "auto_chunk_size",
+    "linear_cross_entropy_loss",
+]
+
+Strategy = Literal["auto", "grad_in_forward", "recompute"]
+STRATEGIES: tuple[str, ...] = ("auto", "grad_in_forward", "recompute")
+
+#: Bytes of per-chunk buffers that :func:`auto_chunk_size` aims for.
+CHUNK_BYTES = 48 * 1024 * 1024
+#: Fewest / most tokens per automatic chunk (smaller GEMMs lose efficiency on CPU, and every
+#: chunk re-reads/re-writes the ``V x d`` weight-gradient accumulator).
+MIN_CHUNK, MAX_CHUNK = 256, 1024
+#: Bytes of the float32 row-block scratch used with half-precision inputs.
+HALF_SCRATCH_BYTES = 8 * 1024 * 1024
+#: Vocabulary rows per block of the half-precision ``dweight`` matmul (bounds its scratch).
+HALF_VOCAB_BLOCK = 2048
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def auto_chunk_size(
+    n_tokens: int, vocab_size: int, dtype: torch.dtype = torch.float32, *, softcap: bool = False
+) -> int:
+    """Tokens per chunk so that the chunk buffers take about :data:`CHUNK_BYTES` (48 MiB).
+
+    Per token and vocabulary entry the buffer holds the logits in the input dtype (plus a tanh
+    buffer with ``softcap``; half inputs use a separate small float32 row-block scratch). The
+    result is a multiple of 64, clamped to ``[MIN_CHUNK, MAX_CHUNK]`` and to
+    ``n_tokens``.
+    """
+    per = dtype.itemsize + (_acc_dtype(dtype).itemsize if softcap and dtype not in _HALF else 0)
+    # half inputs also keep a float32 weight-gradient accumulator: a smaller buffer budget
+    budget = CHUNK_BYTES * 2 // 3 if dtype in _HALF else CHUNK_BYTES
+    c = (budget // (per * max(vocab_size, 1))) // 64 * 64
+    return max(1, min(max(MIN_CHUNK, min(MAX_CHUNK, c)), n_tokens))
+
+
+@dataclass(frozen=True)
+class _Opts:
+    ignore_index: int
+    label_smoothing: float
+    softcap: float | None
+    logz_penalty: float
+    chunk_size: int
+
+
+@dataclass
+class _Grads:
+    dh: Tensor | None
+    dw: Tensor | None  # accumulator dtype (fp32 for half / fp32 inputs)
+    db: Tensor | None
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in _HALF else dtype
+
+
+def _weighted_row_sum(weight: Tensor, cw: Tensor | None, acc: torch.dtype) -> Tensor:
+    """``sum_k cw_k weight_k`` (a ``[d]`` vector) in ``acc``, by vocabulary blocks."""
+    out = torch.zeros(weight.shape[1], dtype=acc, device=weight.device)
+    for s in range(0, weight.shape[0], HALF_VOCAB_BLOCK):
+        blk = weight[s : s + HALF_VOCAB_BLOCK].to(acc)
+        out += blk.sum(0) if cw is None else cw[s : s + HALF_VOCAB_BLOCK] @ blk
+    return out
+
+
+def _chunk_loop(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    tsafe: Tensor,
+    valid: Tensor,
+    cw: Tensor | None,
+    opts: _Opts,
+    *,
+    stats: bool,
+    g_loss: Tensor | None,
+    g_lse: Tensor | None,
+    need: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, _Grads]:
+    r"""The chunked pass shared by forward and backward.
+
+    Returns ``(ce, smooth, lse, grads)``: per-token (unweighted by ``token_weight``)
+    ``-w_t log p_t`` and ``-sum_k w_k log p_k`` (only when ``stats``; ``smooth`` only with label
+    smoothing), the per-token LSE, and the gradients of
+    ``sum_n g_loss[n] * l_n + g_lse[n] * lse_n`` where ``l_n`` is the per-token loss
+    (label-smoothed, class-weighted CE plus z-loss) for the inputs flagged in ``need``.
+
+    With per-token coefficients ``A, B, C`` the logit gradient of a token is
+    ``A p - B e_t - C w`` (``w`` the class weights), so without softcap ``p`` never has to be
+    modified: the coefficients are folded into the small ``[chunk, d]`` operands.
+    """
+    n, d = h.shape
+    v = w.shape[0]
+    dtype, dev = h.dtype, h.device
+    acc = _acc_dtype(dtype)
+    half = dtype in _HALF
+    eps, lam, cap = opts.label_smoothing, opts.logz_penalty, opts.softcap
+    want_grad = any(need) and (g_loss is not None or g_lse is not None)
+    chunk = max(1, min(opts.chunk_size, n))
+
+    ce = torch.empty(n, dtype=acc, device=dev) if stats else None
+    smooth = torch.empty(n, dtype=acc, device=dev) if stats and eps > 0 else None
+    lse_all = torch.empty(n, dtype=acc, device=dev)
+
+    need_dh, need_dw, need_db = need if want_grad else (False, False, False)
+    dh = torch.empty(n, d, dtype=dtype, device=dev) if need_dh else None
+    dw = torch.zeros(v, d, dtype=acc, device=dev) if need_dw else None
+    db = torch.zeros(v, dtype=acc, device=dev) if need_db else None
+
+    cwf = cw.to(acc) if cw is not None else None
+    w_sum = float(v) if cwf is None else cwf.sum()
+    u = _weighted_row_sum(w, cwf, acc) if (need_dh and eps > 0) else None
+    c_h_sum = torch.zeros(d, dtype=acc, device=dev) if (need_dw and eps > 0) else None
+    c_total = torch.zeros((), dtype=acc, device=dev) if (need_db and eps > 0) else None
+
+    buf = torch.empty(chunk, v, dtype=dtype, device=dev)
+    # Half inputs: the logits come out of a half matmul; the softmax runs on float32 copies of
+    # row blocks of ``half_rows`` rows (a small scratch, so the half chunk can stay large).
+    half_rows = max(16, min(chunk, HALF_SCRATCH_BYTES // (4 * v)))
+    rows_max = half_rows if half else chunk
+    tbuf = torch.empty(rows_max, v, dtype=acc, device=dev) if cap is not None else None
+    scratch = torch.empty(half_rows, v, dtype=acc, device=dev) if half else None
+    wblk = (torch.empty(min(HALF_VOCAB_BLOCK, v), d, dtype=dtype, device=dev)
+            if half and need_dw else None)
+    wt = w.t()
+    materialize = cap is not None  # softcap: the logit gradient is not A p - B e_t - C w
+
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        m = e - s
+        hc = h[s:e]
+        logits = buf[:m]
+        torch.mm(hc, wt, out=logits)
+        if b is not None:
+            logits.add_(b)
+        coef_a = torch.zeros(m, dtype=acc, device=dev) if want_grad else None
+        coef_b = torch.zeros(m, dtype=acc, device=dev) if want_grad else None
+        coef_c = torch.zeros(m, dtype=acc, device=dev) if want_grad and eps > 0 else None
+        step = half_rows if half else m
+        for r0 in range(0, m, step):
+            r1 = min(r0 + step, m)
+            rows = slice(s + r0, s + r1)
+            if half:
+                assert scratch is not None
+                z = scratch[: r1 - r0].copy_(logits[r0:r1])
+            else:
+                z = logits[r0:r1]
+            tb = None
+            if cap is not None:
+                assert tbuf is not None
+                tb = tbuf[: r1 - r0]
+                torch.div(z, cap, out=tb)
+                tb.tanh_()
+                torch.mul(tb, cap, out=z)
+            t_idx = tsafe[rows].unsqueeze(1)
+            z_t = z.gather(1, t_idx).squeeze(1)
+            torch.ops.aten._log_softmax.out(z, 1, False, out=z)  # z <- log p, in place
+            lp_t = z.gather(1, t_idx).squeeze(1)
+            lse = z_t - lp_t
+            lse_all[rows] = lse
+            vr = valid[rows]
+            w_t = cwf[tsafe[rows]] if cwf is not None else None
+            if stats:
+                assert ce is not None
+                ce[rows] = torch.where(vr, -lp_t * (w_t if w_t is not None else 1.0), 0.0)
+                if smooth is not None:
+                    sl = z.sum(1) if cwf is None else torch.mv(z, cwf)
+                    smooth[rows] = torch.where(vr, -sl, 0.0)
+            if not want_grad:
+                continue
+            # Per-token coefficients of the logit gradient A p - B e_t - C w.
+            ga = torch.zeros(r1 - r0, dtype=acc, device=dev)
+            if g_loss is not None:
+                gl = torch.where(vr, g_loss[rows], 0.0)
+                wt_ = w_t if w_t is not None else torch.ones_like(gl)
+                gb = gl * (1.0 - eps) * wt_
+                ga = ga + gb + gl * (eps / v) * w_sum
+                if lam != 0.0:
+                    ga = ga + gl * (2.0 * lam) * lse
+                coef_b[r0:r1] = gb  # type: ignore[index]
+                if coef_c is not None:
+                    coef_c[r0:r1] = gl * (eps / v)
+            if g_lse is not None:
+                ga = ga + g_lse[rows]
+            coef_a[r0:r1] = ga  # type: ignore[index]
+            # z <- p: softmax of the log-probabilities (its fused exp is faster than exp_)
+            torch.ops.aten._softmax.out(z, 1, False, out=z)
+            if materialize:
+                assert tb is not None
+                z.mul_(ga.unsqueeze(1))
+                ar = torch.arange(r1 - r0, device=dev)
+                z.index_put_((ar, tsafe[rows]), -coef_b[r0:r1], accumulate=True)  # type: ignore[index]
+                if coef_c is not None:
+                    cc = coef_c[r0:r1]
+                    if cwf is None:
+                        z.sub_(cc.unsqueeze(1))
+                    else:
+                        z.addr_(cc, cwf, alpha=-1.0)
+                tb.square_().neg_().add_(1.0)  # d softcap(x) / dx = 1 - tanh^2
+                z.mul_(tb)
+                if db is not None:
+                    db += z.sum(0)
+            elif db is not None:
+                db += ga @ z
+            if half:
+                logits[r0:r1].copy_(z)
+
+        if not want_grad:
+            continue
+        assert coef_a is not None and coef_b is not None
+        tc = tsafe[s:e]
+        if materialize:
+            # logits holds the full logit gradient of the chunk.
+            if dh is not None:
+                torch.mm(logits, w, out=dh[s:e])
+            if dw is not None:
+                _add_weight_grad(dw, logits, hc, wblk)
+            continue
+        # logits holds p; fold A, B, C into the small operands.
+        if dh is not None:
+            g = torch.mm(logits, w).to(acc).mul_(coef_a.unsqueeze(1))
+            g.sub_(w[tc].to(acc) * coef_b.unsqueeze(1))
+            if coef_c is not None:
+                assert u is not None
+                g.sub_(coef_c.unsqueeze(1) * u)
+            dh[s:e] = g
+        if dw is not None:
+            hs = (hc.to(acc) * coef_a.unsqueeze(1)).to(dtype)
+            _add_weight_grad(dw, logits, hs, wblk)
+            dw.index_add_(0, tc, hc.to(acc) * coef_b.unsqueeze(1), alpha=-1.0)
+            if coef_c is not None:
+                assert c_h_sum is not None
+                c_h_sum += coef_c @ hc.to(acc)
+        if db is not None:
+            db.index_add_(0, tc, coef_b, alpha=-1.0)
+            if coef_c is not None:
+                assert c_total is not None
+                c_total += coef_c.sum()
+
+    if not materialize:
+        if dw is not None and c_h_sum is not None:
+            dw.addr_(cwf if cwf is not None else torch.ones(v, dtype=acc, device=dev), c_h_sum,
+                     alpha=-1.0)
+        if db is not None and c_total is not None:
+            db.sub_(c_total * (cwf if cwf is not None else 1.0))
+    del buf, tbuf, scratch, wblk
+    return ce, smooth, lse_all, _Grads(dh, dw, db)
+
+
+def _add_weight_grad(dw: Tensor, p: Tensor, hs: Tensor, wblk: Tensor | None) -> None:
+    """``dw += p.T @ hs``; half operands go through a small half scratch, by vocab blocks."""
+    if wblk is None:
+        dw.addmm_(p.t(), hs)
+        return
+    v = p.shape[1]
+    for s in range(0, v, wblk.shape[0]):
+        e = min(s + wblk.shape[0], v)
+        out = wblk[: e - s]
+        torch.mm(p[:, s:e].t(), hs, out=out)
+        dw[s:e].add_(out)
+
+
+def _round_in_place(acc: Tensor, dtype: torch.dtype) -> Tensor:
+    """``acc.to(dtype)`` for a narrower ``dtype``, written into the first bytes of ``acc``'s own
+    storage block by block (no second ``V x d`` allocation). The result is a view of that
+    storage, which keeps its original size."""
+    if acc.dtype == dtype:
+        return acc
+    flat = acc.reshape(-1)
+    n = flat.numel()
+    out = torch.empty(0, dtype=dtype, device=acc.device).set_(acc.untyped_storage(), 0, (n,))
+    blk = 1 << 20
+    # Block i reads bytes [4 i B, 4 (i+1) B) and writes [2 i B, 2 (i+1) B): disjoint for i >= 1,
+    # and never ahead of unread data; block 0 overlaps itself, so it goes through a copy.
+    out[:blk].copy_(flat[:blk].to(dtype))
+    for s in range(blk, n, blk):
+        out[s : s + blk].copy_(flat[s : s + blk])
+    return out.view(acc.shape)
+
+
+def _loss_from_stats(
+    ce: Tensor, smooth: Tensor | None, lse: Tensor, valid: Tensor, opts: _Opts, v: int
+) -> Tensor:
+    """Per-token loss (before ``token_weight``) from the statistics of the chunked pass."""
+    eps = opts.label_smoothing
+    loss = ce * (1.0 - eps) if eps > 0 else ce.clone()
+    if smooth is not None:
+        loss += smooth * (eps / v)
+    if opts.logz_penalty != 0.0:
+        loss += torch.where(valid, opts.logz_penalty * lse.square(), 0.0)
+    return loss
+
+
+class _GradInForward(torch.autograd.Function):
+    """Scalar loss; gradients computed in forward, scaled in backward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        h: Tensor,
+        w: Tensor,
+        b: Tensor | None,
+        tsafe: Tensor,
+        valid: Tensor,
+        cw: Tensor | None,
+        tw: Tensor | None,
+        scale: Tensor,
+        opts: _Opts,
+    ) -> tuple[Tensor, Tensor]:
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                b is not None and ctx.needs_input_grad[2])
+        # d(loss)/d(l_n) = token_weight_n * scale (scale = 1/denominator for "mean", 1 for "sum").
+        g = scale.expand(h.shape[0]) if tw is None else tw * scale
+        ce, smooth, lse, gr = _chunk_loop(h, w, b, tsafe, valid, cw, opts, stats=True,
+                                          g_loss=g, g_lse=None, need=need)
+        assert ce is not None
+        per_token = _loss_from_stats(ce, smooth, lse, valid, opts, w.shape[0])
+        if tw is not None:
+            per_token = per_token * tw
+        loss = per_token.sum() * scale
+        ctx.grads = (
+            gr.dh,
+            _round_in_place(gr.dw, w.dtype) if gr.dw is not None else None,
+            gr.db.to(b.dtype) if gr.db is not None and b is not None else None,
+        )
+        del gr
+        ctx.opts = opts
+        ctx.need = need
+        ctx.save_for_backward(h, w, b, tsafe, valid, cw, g)
+        return loss, lse
+
+    @staticmethod
+    def backward(ctx: Any, g_loss: Tensor, g_lse: Tensor | None) -> tuple[Tensor | None, ...]:
+        h, w, b, tsafe, valid, cw, g = ctx.saved_tensors
+        acc = _acc_dtype(h.dtype)
+        if g_lse is not None and not bool(g_lse.ne(0).any()):
+            g_lse = None
+        if ctx.grads is None:
+            # A second backward through the same graph (retain_graph, gradcheck): the
+            # precomputed gradients were handed out already, so recompute them.
+            *_, gr = _chunk_loop(h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
+                                 g_loss=g * g_loss.to(acc),
+                                 g_lse=g_lse.to(acc) if g_lse is not None else None,
+                                 need=ctx.need)
+            dw = _round_in_place(gr.dw, w.dtype) if gr.dw is not None else None
+            db = gr.db.to(b.dtype) if gr.db is not None and b is not None else None
+            return gr.dh, dw, db, None, None, None, None, None, None
+        dh, dw, db = ctx.grads
+        ctx.grads = None  # handed over to autograd (no copy, no in-place reuse later)
+        if not bool(g_loss == 1):
+            dh = dh.mul_(g_loss) if dh is not None else None
+            dw = dw.mul_(g_loss) if dw is not None else None
+            db = db.mul_(g_loss) if db is not None else None
+        if g_lse is not None:
+            need = (dh is not None, dw is not None, db is not None)
+            *_, gr = _chunk_loop(h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
+                                 g_loss=None, g_lse=g_lse.to(acc), need=need)
+            dh = dh + gr.dh if dh is not None else None
+            dw = dw + gr.dw.to(dw.dtype) if dw is not None else None  # type: ignore[union-attr]
+            db = db + gr.db.to(db.dtype) if db is not None else None  # type: ignore[union-attr]
+        return dh, dw, db, None, None, None, None, None, None
+
+
+class _Recompute(torch.autograd.Function):
+    """Per-token loss and LSE; forward keeps only the LSE, backward recomputes the logits."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        h: Tensor,
+        w: Tensor,
+        b: Tensor | None,
+        tsafe: Tensor,
+        valid: Tensor,
+        cw: Tensor | None,
+        opts: _Opts,
+    ) -> tuple[Tensor, Tensor]:
+        ce, smooth, lse, _ = _chunk_loop(h, w, b, tsafe, valid, cw, opts, stats=True,
+                                         g_loss=None, g_lse=None, need=(False, False, False))
+        assert ce is not None
+        per_token = _loss_from_stats(ce, smooth, lse, valid, opts, w.shape[0])
+        ctx.opts = opts
+        ctx.save_for_backward(h, w, b, tsafe, valid, cw)
+        return per_token, lse
+
+    @staticmethod
+    def backward(ctx: Any, g_loss: Tensor | None, g_lse: Tensor | None) -> tuple[Any, ...]:
+        h, w, b, tsafe, valid, cw = ctx.saved_tensors
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                b is not None and ctx.needs_input_grad[2])
+        acc = _acc_dtype(h.dtype)
+        *_, gr = _chunk_loop(
+            h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
+            g_loss=g_loss.to(acc) if g_loss is not None else None,
+            g_lse=g_lse.to(acc) if g_lse is not None else None, need=need,
+        )
+        dw = _round_in_place(gr.dw, w.dtype) if gr.dw is not None else None
+        db = gr.db.to(b.dtype) if gr.db is not None and b is not None else None
+        return gr.dh, dw, db, None, None, None, None
+
+
+def _torch_backend(
+    h: Tensor, w: Tensor, b: Tensor | None, tsafe: Tensor, valid: Tensor, cw: Tensor | None,
+    tw: Tensor | None, opts: _Opts, reduction: str, strategy: str,
+) -> tuple[Tensor, Tensor]:
+    acc = _acc_dtype(h.dtype)
+    tw_acc = tw.to(acc) if tw is not None else None
+    if reduction == "mean":
+        denom_terms = valid.to(acc)
+        if cw is not None:
+            denom_terms = denom_terms * cw.to(acc)[tsafe]
+        if tw_acc is not None:
+            denom_terms = denom_terms * tw_acc
+        denom = denom_terms.sum()
+        scale = torch.where(denom != 0, 1.0 / torch.where(denom != 0, denom, 1.0), 0.0)
+    else:
+        scale = torch.ones((), dtype=acc, device=h.device)
+    tw_grad = tw is not None and tw.requires_grad and torch.is_grad_enabled()
+    if strategy == "auto":
+        strategy = "recompute" if reduction == "none" or tw_grad else "grad_in_forward"
+    if strategy == "grad_in_forward" and (reduction == "none" or tw_grad):
+        raise ValueError(
+            "strategy='grad_in_forward' needs reduction 'mean' or 'sum' and a token_weight "
+            "without grad; use strategy='recompute' (or 'auto')"
+        )
+    if strategy == "grad_in_forward":
+        return _GradInForward.apply(  # type: ignore[no-any-return]
+            h, w, b, tsafe, valid, cw, tw_acc.detach() if tw_acc is not None else None,
+            scale, opts,
+        )
+    per_token, lse = _Recompute.apply(h, w, b, tsafe, valid, cw, opts)
+    if tw_acc is not None:
+        per_token = per_token * tw_acc
+    if reduction == "none":
+        return per_token, lse
+    total = per_token.sum()
+    return (total * scale if reduction == "mean" else total), lse
+
+
+Backend = Callable[..., tuple[Tensor, Tensor]]
+#: Implementations by name. Add e.g. a CUDA Triton kernel here and select it in :func:`_backend`.
+BACKENDS: dict[str, Backend] = {"torch": _torch_backend}
+
+
+def _backend(h: Tensor) -> Backend:
+    """The dispatch point: every device uses the portable chunked PyTorch backend for now."""
+    return BACKENDS["torch"]
+
+
+def _validate(
+    hidden: Any, weight: Any, target: Any, bias: Any, class_weight: Any, token_weight: Any,
+    ignore_index: int, label_smoothing: float, softcap: float | None, logz_penalty: float,
+    chunk_size: int | None, reduction: str, strategy: str,
+) -> None:
+    for name, x in (("hidden", hidden), ("weight", weight), ("target", target)):
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not hidden.is_floating_point():
+        raise ValueError(f"hidden must be a floating-point tensor, got dtype {hidden.dtype}")
+    if not weight.is_floating_point() or weight.ndim != 2:
+        raise ValueError(
+            f"weight must be a floating-point matrix [V, d], got dtype {weight.dtype} and "
+            f"shape {tuple(weight.shape)}"
+        )
+    if hidden.ndim < 1 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"hidden must have shape [..., d] with d = weight.shape[1] = {weight.shape[1]}, "
+            f"got {tuple(hidden.shape)}"
+        )
+    if weight.shape[0] < 1:
+        raise ValueError("weight must have at least one row (vocabulary size V >= 1)")
+    if hidden.dtype != weight.dtype:
+        raise ValueError(
+            f"hidden and weight must have one dtype, got {hidden.dtype} and {weight.dtype}"
+        )
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"target must be an integer tensor, got dtype {target.dtype}")
+    if tuple(target.shape) != tuple(hidden.shape[:-1]):
+        raise ValueError(
+            f"target must have shape {tuple(hidden.shape[:-1])} (hidden's leading dims), got "
+            f"{tuple(target.shape)}"
+        )
+    v = weight.shape[0]
+    if bias is not None:
+        if not isinstance(bias, Tensor) or bias.shape != (v,) or bias.dtype != weight.dtype:
+            raise ValueError(
+                f"bias must be a [{v}] tensor of dtype {weight.dtype}, got "
+                f"{tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__}"
+            )
+    if class_weight is not None and (
+        not isinstance(class_weight, Tensor) or not class_weight.is_floating_point()
+        or class_weight.shape != (v,)
+    ):
+        raise ValueError(f"class_weight must be a float tensor of shape [{v}]")
+    if token_weight is not None and (
+        not isinstance(token_weight, Tensor) or not token_weight.is_floating_point()
+        or tuple(token_weight.shape) != tuple(target.shape)
+    ):
+        raise ValueError(
+            f"token_weight must be a float tensor of target's shape {tuple(target.shape)}"
+        )
+    devices = {x.device for x in (hidden, weight, target, bias, class_weight, token_weight)
+               if isinstance(x, Tensor)}
+    if len(devices) > 1:
+        raise ValueError(f"inputs must be on one device, got {sorted(map(str, devices))}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap must be > 0 or None, got {softcap!r}")
+    if not math.isfinite(logz_penalty) or logz_penalty < 0:
+        raise ValueError(f"logz_penalty must be >= 0, got {logz_penalty!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be an int >= 1 or None, got {chunk_size!r}")
+    if not isinstance(ignore_index, int):
+        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+    check_reduction(reduction)
+    check_choice("strategy", strategy, STRATEGIES)
+
+
+def linear_cross_entropy_loss(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    *,
+    bias: Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    class_weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    softcap: float | None = None,
+    logz_penalty: float = 0.0,
+    token_weight: Tensor | None = None,
+    return_lse: bool = False,
+    chunk_size: int | None = None,
+    strategy: Strategy = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
+    r"""Cross-entropy of a linear output layer, chunked over tokens: no ``N x V`` logits.
+
+    With :math:`z_n = \mathrm{cap}(W h_n + b)` (``cap(x) = c tanh(x / c)`` when ``softcap=c``),
+    :math:`\mathrm{lse}_n = \log \sum_k e^{z_{nk}}`, :math:`\log p_{nk} = z_{nk} - \mathrm{lse}_n`,
+    class weights :math:`w` (ones by default), token weights :math:`\tau` (ones by default),
+    smoothing :math:`\varepsilon`, z-loss coefficient :math:`\lambda` and
+    :math:`v_n = [t_n \ne \text{ignore\_index}]`:
+
+    .. math::
+        \ell_n = v_n \Big[ -(1-\varepsilon)\, w_{t_n} \log p_{n t_n}
+            - \frac{\varepsilon}{V} \sum_k w_k \log p_{nk}
+            + \lambda\, \mathrm{lse}_n^2 \Big], \qquad
+        \text{loss} = \frac{\sum_n \tau_n \ell_n}{\sum_n v_n\, \tau_n\, w_{t_n}}
+        \ \ (\text{"mean"}).
+
+    Without ``token_weight``/``logz_penalty`` this is exactly
+    ``F.cross_entropy(hidden @ weight.T + bias, target, weight=class_weight,
+    ignore_index=..., label_smoothing=..., reduction=...)`` (including torch's definition of
+    weighted label smoothing); ``token_weight`` matches
+    ``(F.cross_entropy(..., reduction="none") * token_weight).sum() / denominator``. The z-loss
+    term is the PaLM z-loss (coefficient 1e-4 in PaLM). A "mean" over no valid token is 0 with
+    zero gradients.
+
+    Args:
+        hidden: ``[..., d]`` hidden states (leading dims are flattened to ``N`` tokens).
+        weight: ``[V, d]`` output-layer weight (same dtype as ``hidden``).
+        target: ``[...]`` integer class ids in ``[0, V)`` or ``ignore_index``.
+        bias: optional ``[V]`` output-layer bias.
+        ignore_index: target value that contributes neither loss nor gradient (default -100,
+            as in torch).
+        label_smoothing: :math:`\varepsilon \in [0, 1]` (torch's definition).
+        class_weight: optional ``[V]`` per-class weights (torch CE's ``weight``).
+        reduction: ``"mean"`` (weighted mean above), ``"sum"`` or ``"none"`` (``[...]``, the
+            per-token :math:`\tau_n \ell_n`; its gradients are recomputed in backward, so any
+            per-token upstream gradient is exact).
+        softcap: logit soft-capping :math:`c` (Gemma 2), applied before the loss; default None.
+        logz_penalty: :math:`\lambda`, z-loss coefficient (default 0).
+        token_weight: optional ``[...]`` float per-token weights (e.g. a goldfish mask from
+            :func:`losslab.fused.goldfish.goldfish_mask`, or loss reweighting). Differentiable:
+            when it requires grad the recompute strategy is used.
+        return_lse: also return the per-token log-sum-exp ``[...]`` (float32 for half inputs;
+            differentiable).
+        chunk_size: tokens per chunk; default :func:`auto_chunk_size` (a ~64 MiB buffer,
+            256..1024 tokens).
+        strategy: ``"auto"``, ``"grad_in_forward"`` (mean/sum only) or ``"recompute"``.
+
+    Returns:
+        The loss (float32 for half inputs, else the input dtype), and the LSE if ``return_lse``.
+
+    Paper: Wijmans, Huval, Hertzberg, Koltun, Krähenbühl, "Cut Your Losses in Large-Vocabulary
+    Language Models", arXiv 2411.09009 (the chunked / recompute formulation; CCE tiles the
+    vocabulary too and filters small gradients on GPU, which this exact CPU/GPU reference does
+    not do).
+    """
+    _validate(hidden, weight, target, bias, class_weight, token_weight, ignore_index,
+              label_smoothing, softcap, logz_penalty, chunk_size, reduction, strategy)
+    lead = tuple(target.shape)
+    v, d = weight.shape
+    h = hidden.reshape(-1, d)
+    if not h.is_contiguous():
+        h = h.contiguous()
+    t = target.reshape(-1).long()
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= v))
+    if bool(bad.any()):
+        raise ValueError(
+            f"target has value(s) {sorted(set(t[bad].tolist()))[:5]} outside [0, {v}) that are "
+            f"not ignore_index={ignore_index}"
+        )
+    tsafe = torch.where(valid, t, 0)
+    n = h.shape[0]
+    opts = _Opts(
+        ignore_index=ignore_index,
+        label_smoothing=float(label_smoothing),
+        softcap=float(softcap) if softcap is not None else None,
+        logz_penalty=float(logz_penalty),
+        chunk_size=chunk_size if chunk_size is not None else auto_chunk_size(
+            max(n, 1), v, hidden.dtype, softcap=softcap is not None),
+    )
+    w = weight if weight.is_contiguous() else weight.contiguous()
+    tw = token_weight.reshape(-1) if token_weight is not None else None
+    if n == 0:
+        acc = _acc_dtype(h.dtype)
+        zero = (h.sum() * 0 + w.sum() * 0).to(acc)
+        loss = zero.expand(lead) if reduction == "none" else zero
+        lse = torch.zeros(lead, dtype=acc)
+        return (loss, lse) if return_lse else loss
+    loss, lse = _backend(h)(h, w, bias, tsafe, valid, class_weight, tw, opts, reduction,
+                            strategy)
+    if reduction == "none":
+        loss = loss.reshape(lead)
+    if return_lse:
+        return loss, lse.reshape(lead)
+    return loss
+
+
+@register(
+    "linear_cross_entropy",
+    family="sequence-lm",
+    kind="linear",
+    paper="Cut Your Losses in Large-Vocabulary Language Models",
+    arxiv="2411.09009",
+    function=linear_cross_entropy_loss,
+    summary="CE(hidden @ weight.T + bias, target) chunked over tokens with an online "
+    "log-sum-exp; optional label smoothing, class/token weights, softcap, z-loss",
+    peers=(
+        "torch.nn.functional.linear_cross_entropy",
+        "liger_kernel.transformers.LigerFusedLinearCrossEntropyLoss",
+        "cut_cross_entropy.linear_cross_entropy",
+    ),
+    reduction="per token",
+    degenerate=("all_ignored",),
+)
+class LinearCrossEntropyLoss(LossModule):
+    """Module shell of :func:`linear_cross_entropy_loss` (the output weight is passed in)."""
+
+    def __init__(
+        self,
+        *,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        reduction: Reduction = "mean",
+        softcap: float | None = None,
+        logz_penalty: float = 0.0,
+        chunk_size: int | None = None,
+        strategy: Strategy = "auto",
+    ) -> None:
+        check_choice("strategy", strategy, STRATEGIES)
+        super().__init__(
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            softcap=softcap,
+            logz_penalty=logz_penalty,
+            chunk_size=chunk_size,
+            strategy=strategy,
+        )
+
+    def forward(
+        self,
+        hidden: Tensor,
+        weight: Tensor,
+        target: Tensor,
+        *,
+        bias: Tensor | None = None,
+        class_weight: Tensor | None = None,
+        token_weight: Tensor | None = None,
+        return_lse: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        return linear_cross_entropy_loss(
+            hidden, weight, target, bias=bias, class_weight=class_weight,
+            token_weight=token_weight, return_lse=return_lse, **self.hparams,
+        )

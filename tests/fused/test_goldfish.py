@@ -1,0 +1,74 @@
+"""The hashed goldfish mask (arXiv 2406.10209): determinism, context dependence, drop rate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from losslab.fused.goldfish import apply_goldfish, goldfish_mask
+
+
+def test_shape_and_first_h_kept():
+    toks = torch.randint(0, 50000, (3, 100))
+    m = goldfish_mask(toks, k=4, h=13)
+    assert m.shape == toks.shape and m.dtype == torch.bool
+    assert m[:, :13].all()
+
+
+def test_drop_rate_about_one_over_k():
+    toks = torch.randint(0, 50000, (8, 4000), generator=torch.Generator().manual_seed(0))
+    for k in (2, 4, 8):
+        rate = 1 - goldfish_mask(toks, k=k)[:, 13:].float().mean().item()
+        assert abs(rate - 1 / k) < 0.02, (k, rate)
+    assert not goldfish_mask(toks, k=1)[:, 13:].any()
+
+
+def test_decision_depends_only_on_the_preceding_h_tokens():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(0, 1000, (200,), generator=g)
+    b = torch.randint(0, 1000, (200,), generator=g)
+    passage = torch.randint(0, 1000, (60,), generator=g)
+    # The same passage in two different documents, at different offsets.
+    x = torch.cat([a[:37], passage, a[37:]])
+    y = torch.cat([b[:101], passage, b[101:]])
+    mx, my = goldfish_mask(x, h=13), goldfish_mask(y, h=13)
+    # positions inside the passage with a full in-passage context get identical decisions
+    torch.testing.assert_close(mx[37 + 13 : 37 + 60], my[101 + 13 : 101 + 60])
+    # oracle: explicit loop with the same context windows
+    for i in range(13, x.shape[0]):
+        ctx_eq = [j for j in range(13, y.shape[0]) if torch.equal(y[j - 13 : j], x[i - 13 : i])]
+        for j in ctx_eq:
+            assert mx[i] == my[j]
+
+
+def test_deterministic_and_batch_independent():
+    toks = torch.randint(0, 32000, (4, 300))
+    m = goldfish_mask(toks)
+    torch.testing.assert_close(m, goldfish_mask(toks.clone()))
+    for r in range(4):
+        torch.testing.assert_close(m[r], goldfish_mask(toks[r]))
+    assert not torch.equal(m, goldfish_mask(toks, seed=1))
+
+
+def test_apply_goldfish_and_token_weight_agree():
+    from losslab.functional import linear_cross_entropy_loss as lce
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 17, (2, 40))
+    h = torch.randn(2, 40, 5, dtype=torch.float64)
+    w = torch.randn(17, 5, dtype=torch.float64)
+    masked = apply_goldfish(labels, k=3, h=4)
+    assert ((masked == -100) == ~goldfish_mask(labels, k=3, h=4)).all()
+    a = lce(h, w, masked)
+    b = lce(h, w, labels, token_weight=goldfish_mask(labels, k=3, h=4).double())
+    torch.testing.assert_close(a, b)
+
+
+def test_short_sequences_and_bad_args():
+    assert goldfish_mask(torch.tensor([1, 2, 3]), h=13).all()
+    with pytest.raises(ValueError):
+        goldfish_mask(torch.randn(5))
+    with pytest.raises(ValueError):
+        goldfish_mask(torch.tensor([1, 2]), k=0)
+    with pytest.raises(ValueError):
+        goldfish_mask(torch.tensor([1, 2]), h=0)

@@ -1,0 +1,318 @@
+"""linear_cross_entropy_loss against a float64 oracle (the naive full-logits formula written
+out with explicit per-token terms), F.cross_entropy parity, gradcheck, bf16, edge cases."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import losslab
+from losslab.functional import linear_cross_entropy_loss as lce
+from losslab.fused.linear_cross_entropy import auto_chunk_size
+
+N, D, V = 23, 6, 11
+
+
+def make(dtype=torch.float64, seed=0, n=N, v=V, d=D, ignore_every=4):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    w = torch.randn(v, d, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    b = (torch.randn(v, generator=g, dtype=torch.float64) * 0.5).to(dtype).requires_grad_()
+    t = torch.randint(0, v, (n,), generator=g)
+    if ignore_every:
+        t[::ignore_every] = -100
+    cw = torch.rand(v, generator=g, dtype=torch.float64) + 0.5
+    tw = torch.rand(n, generator=g, dtype=torch.float64) * 2
+    return h, w, b, t, cw, tw
+
+
+def oracle(h, w, t, *, bias=None, class_weight=None, label_smoothing=0.0, softcap=None,
+           logz_penalty=0.0, token_weight=None, reduction="mean", ignore_index=-100):
+    """Per-token loop from the formula in the docstring (float64)."""
+    z = h @ w.T + (bias if bias is not None else 0.0)
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    v = w.shape[0]
+    cw = class_weight if class_weight is not None else torch.ones(v, dtype=z.dtype)
+    losses, denom = [], 0.0
+    lses = []
+    for n in range(z.shape[0]):
+        lse = torch.logsumexp(z[n], 0)
+        lses.append(lse)
+        tau = token_weight[n] if token_weight is not None else 1.0
+        if int(t[n]) == ignore_index:
+            losses.append(z[n].sum() * 0.0)
+            continue
+        logp = z[n] - lse
+        ce = -(1 - label_smoothing) * cw[t[n]] * logp[t[n]]
+        ce = ce - label_smoothing / v * (cw * logp).sum() + logz_penalty * lse**2
+        losses.append(tau * ce)
+        denom = denom + tau * cw[t[n]]
+    per = torch.stack(losses)
+    if reduction == "none":
+        out = per
+    elif reduction == "sum":
+        out = per.sum()
+    else:
+        out = per.sum() / denom if float(denom) != 0 else per.sum() * 0.0
+    return out, torch.stack(lses)
+
+
+def grads(out, inputs, gv=None):
+    s = (out * gv).sum() if gv is not None else out.sum()
+    return torch.autograd.grad(s, inputs, allow_unused=True)
+
+
+OPTION_SETS = [
+    {},
+    {"label_smoothing": 0.1},
+    {"class_weight": True},
+    {"label_smoothing": 0.2, "class_weight": True},
+    {"softcap": 2.5},
+    {"logz_penalty": 0.01},
+    {"token_weight": True},
+    {"softcap": 3.0, "label_smoothing": 0.1, "class_weight": True, "logz_penalty": 1e-3,
+     "token_weight": True},
+]
+
+
+@pytest.mark.parametrize("opts", OPTION_SETS, ids=lambda o: "-".join(o) or "plain")
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("strategy", ["auto", "recompute"])
+def test_matches_float64_oracle(opts, reduction, strategy, use_bias=True):
+    h, w, b, t, cw, tw = make()
+    kw = dict(opts)
+    if kw.pop("class_weight", False):
+        kw["class_weight"] = cw
+    if kw.pop("token_weight", False):
+        kw["token_weight"] = tw
+    bias = b if use_bias else None
+    inputs = (h, w, b) if use_bias else (h, w)
+    ref, ref_lse = oracle(h, w, t, bias=bias, reduction=reduction, **kw)
+    out, lse = lce(h, w, t, bias=bias, reduction=reduction, chunk_size=4, strategy=strategy,
+                   return_lse=True, **kw)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-12, atol=1e-12)
+    gv = torch.randn(ref.shape, dtype=torch.float64) if reduction == "none" else None
+    for a, r in zip(grads(out, inputs, gv), grads(ref, inputs, gv)):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("opts", [OPTION_SETS[0], OPTION_SETS[-1]], ids=["plain", "all"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_grad_in_forward_without_bias(opts, reduction):
+    test_matches_float64_oracle(opts, reduction, "grad_in_forward", use_bias=False)
+
+
+@pytest.mark.parametrize("strategy", ["grad_in_forward", "recompute"])
+def test_lse_in_graph_gets_its_gradient(strategy):
+    h, w, b, t, _cw, _tw = make()
+    out, lse = lce(h, w, t, bias=b, return_lse=True, chunk_size=5, strategy=strategy,
+                   label_smoothing=0.1)
+    ref, ref_lse = oracle(h, w, t, bias=b, label_smoothing=0.1)
+    gv = torch.randn(N, dtype=torch.float64)
+    got = grads(out + (lse * gv).sum(), (h, w, b))
+    exp = grads(ref + (ref_lse * gv).sum(), (h, w, b))
+    for a, r in zip(got, exp):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"label_smoothing": 0.15}, {"weight": True}, {"weight": True, "label_smoothing": 0.3},
+    {"ignore_index": 3},
+])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_parity_with_torch_cross_entropy(kw, reduction):
+    h, w, b, t, cw, _ = make(ignore_every=0 if "ignore_index" in kw else 4)
+    kw = dict(kw)
+    ours = {}
+    if kw.pop("weight", False):
+        kw["weight"] = cw
+        ours["class_weight"] = cw
+    for k in ("label_smoothing", "ignore_index"):
+        if k in kw:
+            ours[k] = kw[k]
+    ref = F.cross_entropy(h @ w.T + b, t, reduction=reduction, **kw)
+    out = lce(h, w, t, bias=b, reduction=reduction, chunk_size=7, **ours)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    gv = torch.randn(ref.shape, dtype=torch.float64) if reduction == "none" else None
+    for a, r in zip(grads(out, (h, w, b), gv), grads(ref, (h, w, b), gv)):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_parity_with_torch_linear_cross_entropy(reduction):
+    if not hasattr(F, "linear_cross_entropy"):
+        pytest.skip("torch without F.linear_cross_entropy")
+    h, w, b, t, cw, _ = make()
+    ref = F.linear_cross_entropy(h, w, t, linear_bias=b, weight=cw, reduction=reduction)
+    out = lce(h, w, t, bias=b, class_weight=cw, reduction=reduction, chunk_size=4)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gradcheck(chunk, reduction):
+    h, w, b, t, cw, tw = make(n=6, d=4, v=7, ignore_every=5)
+    tw = tw[:6]
+
+    def f(h, w, b):
+        out = lce(h, w, t, bias=b, chunk_size=chunk, reduction=reduction, softcap=4.0,
+                  label_smoothing=0.1, class_weight=cw[:7], logz_penalty=0.01, token_weight=tw)
+        return out
+
+    assert torch.autograd.gradcheck(f, (h.detach().requires_grad_(), w.detach().requires_grad_(),
+                                        b.detach().requires_grad_()), fast_mode=True)
+
+
+def test_token_weight_with_grad():
+    h, w, b, t, _cw, tw = make()
+    tw = tw.clone().requires_grad_()
+    out = lce(h, w, t, bias=b, token_weight=tw, chunk_size=3)
+    ref, _ = oracle(h, w, t, bias=b, token_weight=tw)
+    torch.testing.assert_close(out, ref)
+    for a, r in zip(grads(out, (h, w, b, tw)), grads(ref, (h, w, b, tw))):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("strategy", ["auto", "recompute"])
+def test_all_ignored_is_zero_with_zero_grads(reduction, strategy):
+    h, w, b, t, *_ = make()
+    t = torch.full_like(t, -100)
+    out = lce(h, w, t, bias=b, reduction=reduction, strategy=strategy, logz_penalty=0.1,
+              label_smoothing=0.1)
+    assert torch.isfinite(out).all() and float(out.abs().sum()) == 0.0
+    assert out.requires_grad
+    for g in torch.autograd.grad(out.sum(), (h, w, b)):
+        assert torch.isfinite(g).all() and torch.count_nonzero(g) == 0
+
+
+def test_leading_dims_are_flattened():
+    h, w, b, t, *_ = make(n=24)
+    out = lce(h.view(4, 6, D), w, t.view(4, 6), bias=b, reduction="none")
+    assert out.shape == (4, 6)
+    torch.testing.assert_close(out.reshape(-1), lce(h, w, t, bias=b, reduction="none"))
+    _loss, lse = lce(h.view(4, 6, D), w, t.view(4, 6), return_lse=True)
+    assert lse.shape == (4, 6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_close_to_reference(dtype):
+    torch.manual_seed(0)
+    n, d, v = 200, 32, 3000
+    h = torch.randn(n, d)
+    w = torch.randn(v, d) * 0.2
+    b = torch.randn(v) * 0.1
+    t = torch.randint(0, v, (n,))
+    t[::9] = -100
+    hx, wx, bx = (x.to(dtype).requires_grad_() for x in (h, w, b))
+    h6, w6, b6 = (x.to(dtype).double().requires_grad_() for x in (h, w, b))
+    kw = dict(softcap=6.0, label_smoothing=0.05, logz_penalty=1e-3)
+    out, lse = lce(hx, wx, t, bias=bx, chunk_size=64, return_lse=True, **kw)
+    ref, ref_lse = oracle(h6, w6, t, bias=b6, **kw)
+    assert out.dtype == torch.float32 and lse.dtype == torch.float32
+    # loss and LSE: float32 accumulation of (rounded) half logits
+    assert abs(out.item() - ref.item()) < 2e-3
+    assert (lse.double() - ref_lse).abs().max() < 2e-2
+    out.backward()
+    ref.backward()
+    for a, r in ((hx, h6), (wx, w6), (bx, b6)):
+        assert a.grad.dtype == dtype
+        rel = (a.grad.double() - r.grad).norm() / r.grad.norm()
+        assert rel < 1e-2, rel
+
+
+def test_half_extreme_values_finite():
+    h = (torch.randn(8, 4) * 100).bfloat16().requires_grad_()
+    w = (torch.randn(9, 4) * 100).bfloat16().requires_grad_()
+    t = torch.randint(0, 9, (8,))
+    out = lce(h, w, t)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(h.grad).all() and torch.isfinite(w.grad).all()
+
+
+def test_no_grad_and_requires_grad_subsets():
+    h, w, b, t, *_ = make()
+    with torch.no_grad():
+        torch.testing.assert_close(lce(h, w, t, bias=b), oracle(h, w, t, bias=b)[0])
+    hd = h.detach()
+    out = lce(hd, w, t, bias=b)
+    (gw,) = torch.autograd.grad(out, (w,))
+    torch.testing.assert_close(gw, torch.autograd.grad(oracle(hd, w, t, bias=b)[0], (w,))[0])
+
+
+def test_module_and_registry():
+    s = losslab.spec("linear_cross_entropy")
+    assert s.kind == "linear" and s.family == "sequence-lm" and s.arxiv == "2411.09009"
+    m = losslab.create("linear_cross_entropy", label_smoothing=0.1, chunk_size=3)
+    h, w, b, t, cw, tw = make()
+    torch.testing.assert_close(
+        m(h, w, t, bias=b, class_weight=cw, token_weight=tw),
+        lce(h, w, t, bias=b, class_weight=cw, token_weight=tw, label_smoothing=0.1),
+    )
+
+
+@pytest.mark.parametrize("strategy", ["grad_in_forward", "recompute"])
+def test_backward_twice(strategy):
+    h, w, b, t, *_ = make()
+    out = lce(h, w, t, bias=b, strategy=strategy)
+    g1 = torch.autograd.grad(out, (h, w, b), retain_graph=True)
+    g2 = torch.autograd.grad(out * 2.0, (h, w, b))
+    for a, c in zip(g1, g2):
+        torch.testing.assert_close(2.0 * a, c)
+
+
+def test_upstream_scalar_gradient_scales():
+    h, w, b, t, *_ = make()
+    out = lce(h, w, t, bias=b) * 3.5
+    ref = oracle(h, w, t, bias=b)[0] * 3.5
+    for a, r in zip(grads(out, (h, w, b)), grads(ref, (h, w, b))):
+        torch.testing.assert_close(a, r)
+
+
+BAD = [
+    ("out of range target", lambda h, w, t: (h, w, torch.full_like(t, V)), {}),
+    ("negative target", lambda h, w, t: (h, w, torch.full_like(t, -3)), {}),
+    ("dim mismatch", lambda h, w, t: (h, torch.randn(V, D + 1, dtype=h.dtype), t), {}),
+    ("integer hidden", lambda h, w, t: (torch.ones(N, D, dtype=torch.long), w, t), {}),
+    ("float target", lambda h, w, t: (h, w, t.double()), {}),
+    ("target shape", lambda h, w, t: (h, w, t[:-1]), {}),
+    ("dtype mismatch", lambda h, w, t: (h.float(), w, t), {}),
+    ("bias shape", lambda h, w, t: (h, w, t), {"bias": torch.zeros(V + 1, dtype=torch.float64)}),
+    ("chunk 0", lambda h, w, t: (h, w, t), {"chunk_size": 0}),
+    ("smoothing", lambda h, w, t: (h, w, t), {"label_smoothing": 1.5}),
+    ("softcap", lambda h, w, t: (h, w, t), {"softcap": 0.0}),
+    ("reduction", lambda h, w, t: (h, w, t), {"reduction": "avg"}),
+    ("class weight", lambda h, w, t: (h, w, t), {"class_weight": torch.ones(V - 1)}),
+    ("token weight", lambda h, w, t: (h, w, t), {"token_weight": torch.ones(N - 1)}),
+    ("gif none", lambda h, w, t: (h, w, t), {"strategy": "grad_in_forward", "reduction": "none"}),
+]
+
+
+@pytest.mark.parametrize("label,make_args,kw", BAD, ids=[b[0] for b in BAD])
+def test_bad_inputs_raise_value_error(label, make_args, kw):
+    h, w, _b, t, *_ = make()
+    with pytest.raises(ValueError):
+        lce(*make_args(h, w, t), **kw)
+
+
+def test_out_of_range_message_names_value():
+    h, w, _b, t, *_ = make()
+    t = t.clone()
+    t[2] = 99
+    with pytest.raises(ValueError, match="99"):
+        lce(h, w, t)
+
+
+def test_auto_chunk_size():
+    assert auto_chunk_size(4096, 32000) == 384
+    assert auto_chunk_size(4096, 128256) == 256
+    assert auto_chunk_size(10, 128256) == 10
+    for n, v, dt, sc in itertools.product([1, 300, 5000], [7, 32000, 262144],
+                                          [torch.float32, torch.bfloat16], [False, True]):
+        c = auto_chunk_size(n, v, dt, softcap=sc)
+        assert 1 <= c <= max(n, 1)
