@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-BUILDER_VERSION = "1.0"
+BUILDER_VERSION = "1.1"
 SPLITS = ("train", "val", "test")
 
 TINY = [
@@ -48,7 +48,8 @@ TINY = [
     "fonts-texgyre", "fonts-liberation2", "fonts-croscore",
 ]
 # The shipped default: TINY plus small packages that add designs for non-Latin scripts.
-DEFAULT = TINY + [
+DEFAULT = [
+    *TINY,
     "fonts-dejavu-extra", "fonts-sil-charis", "fonts-sil-gentiumplus", "fonts-sil-andika",
     "fonts-paratype", "fonts-gfs-didot", "fonts-gfs-neohellenic", "fonts-gfs-artemisia",
     "fonts-mph-2b-damase", "fonts-sil-ezra", "culmus", "fonts-sil-abyssinica",
@@ -69,17 +70,20 @@ DEFAULT = TINY + [
     "fonts-sil-harmattan", "fonts-tibetan-machine", "fonts-sil-mondulkiri",
 ]
 # More designs, all non-CJK scripts.
-LEAN = DEFAULT + [
+LEAN = [
+    *DEFAULT,
     "fonts-sil-doulos", "fonts-sil-gentium-basic", "fonts-cmu",
     "fonts-linuxlibertine", "fonts-ebgaramond", "fonts-junicode", "fonts-gfs-porson",
     "fonts-gfs-bodoni-classic", "fonts-gfs-gazis", "fonts-gfs-theokritos", "fonts-gfs-solomos",
-    "fonts-arabeyes", "fonts-ukij-uyghur", "fonts-noto-ui-core", "fonts-tlwg-purisa-ttf", "fonts-tlwg-mono-ttf",
+    "fonts-arabeyes", "fonts-ukij-uyghur", "fonts-noto-ui-core", "fonts-tlwg-purisa-ttf",
+    "fonts-tlwg-mono-ttf",
     "fonts-tlwg-typist-ttf", "fonts-tlwg-typewriter-ttf", "fonts-tlwg-laksaman-ttf",
     "fonts-unifont", "fonts-open-sans", "fonts-lato", "fonts-roboto-unhinted",
     "fonts-crosextra-carlito", "fonts-crosextra-caladea", "fonts-stix", "fonts-vollkorn",
 ]
 # Everything above plus CJK/Hangul/Kana and handwriting-like faces.
-ALL = LEAN + [
+ALL = [
+    *LEAN,
     "fonts-noto-cjk", "fonts-noto-cjk-extra", "fonts-arphic-ukai", "fonts-arphic-uming",
     "fonts-arphic-gkai00mp", "fonts-arphic-bkai00mp", "fonts-arphic-bsmi00lp",
     "fonts-arphic-gbsn00lp", "fonts-wqy-microhei", "fonts-wqy-zenhei", "fonts-nanum",
@@ -227,6 +231,27 @@ def tolerant_iou(a: np.ndarray, b: np.ndarray) -> float:
     return binary_iou(dilate(a), dilate(b))
 
 
+def is_box(mask: np.ndarray, edge: float = 0.95, interior: float = 0.05) -> bool:
+    """Whether a mask is a hollow rectangle (a tofu / missing-glyph box).
+
+    True when each side of the ink bounding box is inked over >= ``edge`` of its length
+    (checking the outer two pixel lines) and the inside (2 px in from the box) holds less
+    than ``interior`` ink.
+    """
+    m = np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(m.any(axis=1))
+    cols = np.flatnonzero(m.any(axis=0))
+    if rows.size < 6 or cols.size < 6:
+        return False
+    box = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    sides = (box[:2].any(axis=0), box[-2:].any(axis=0), box[:, :2].any(axis=1),
+             box[:, -2:].any(axis=1))
+    if min(float(side.mean()) for side in sides) < edge:
+        return False
+    inside = box[3:-3, 3:-3]
+    return inside.size > 0 and float(inside.mean()) < interior
+
+
 def mean_mask(images: np.ndarray) -> np.ndarray:
     """Mean-thresholded mask of a class: pixels inked in at least half of its renders."""
     return binarize(images).mean(axis=0) >= 0.5
@@ -370,6 +395,14 @@ STYLE_WORDS = {
 }
 
 
+SKIP_TABLES = ("CBDT", "sbix", "COLR", "SVG ")  # colour fonts
+# Faces left out by name: symbol fonts (letters mapped to symbols/Greek) and a font that draws
+# every glyph inside a frame.
+SKIP_FAMILY_WORDS = ("symbol", "dingbat", "dedaena block")
+# Hairline weights become faint broken strokes at 28 px; they are left out.
+SKIP_STYLE_WORDS = ("thin", "hairline", "extralight", "ultralight")
+
+
 def design_name(family: str) -> str:
     """Design family: lower-cased family name without weight/width/UI words."""
     words = [w for w in family.replace("-", " ").split() if w.lower() not in STYLE_WORDS]
@@ -413,8 +446,14 @@ def index_faces(files: Sequence[Path]) -> list[Face]:
                 print(f"skip {f.name}#{idx}: {exc}", file=sys.stderr)
                 continue
             key = (family.lower(), style.lower())
-            if not family or key in seen or "CBDT" in font or "sbix" in font:
+            if any(w in key[0] for w in SKIP_FAMILY_WORDS) or any(
+                w in (key[0] + " " + key[1]).replace("-", "").split() for w in SKIP_STYLE_WORDS
+            ):
                 continue
+            if not family or key in seen or any(t in font for t in SKIP_TABLES):
+                continue
+            if any(t.platformID == 3 and t.platEncID == 0 for t in font["cmap"].tables):
+                continue  # symbol-encoded font: letters map to symbols
             seen.add(key)
             uses: dict[str, int] = defaultdict(int)
             for g in cmap.values():
@@ -505,7 +544,7 @@ class Renderer:
         if crop is None or max(crop.shape) < self.render_px // 16:
             return None
         g = normalize_glyph(raw, self.size)
-        if g is None or binarize(g).sum() < 4:
+        if g is None or binarize(g).sum() < 4 or is_box(binarize(g)):
             return None
         for ref in self.tofu(face):
             if binary_iou(binarize(g), binarize(ref)) > 0.9:
@@ -623,7 +662,7 @@ def build(args: argparse.Namespace) -> None:
     cache = Path(args.fonts_dir)
     versions = fetch_packages(packages, cache)
     files = package_font_files(packages, cache)
-    key = repr(sorted((str(f), f.stat().st_size) for f in files))
+    key = BUILDER_VERSION + repr(sorted((str(f), f.stat().st_size) for f in files))
     idx_path = cache / "face_index.pkl"
     faces: list[Face] | None = None
     if idx_path.exists():
@@ -652,9 +691,19 @@ def build(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     renderer = Renderer(args.size)
     want = max(args.per_class, args.min_per_class)
-    reserve = int(args.max_classes_per_script * args.reserve)
-    rendered: dict[str, list[ClassRenders]] = {}
-    for script in sorted(by_script):
+
+    def ordered_cover(c: str) -> list[int]:
+        return sorted(coverage[ord(c)], key=rank.__getitem__)
+
+    # Scripts in a fixed priority order (Latin, Greek, Cyrillic first: they win homoglyph
+    # clashes), then by descending number of candidates.
+    script_order = [s for s in SCRIPT_PRIORITY if s in by_script] + sorted(
+        (s for s in by_script if s not in SCRIPT_PRIORITY), key=lambda s: (-len(by_script[s]), s))
+    kept: list[ClassRenders] = []
+    kept_masks: list[np.ndarray] = []
+    dropped: list[tuple[str, str, str, float]] = []
+    per_script: dict[str, int] = defaultdict(int)
+    for script in script_order:
         chars = sorted(by_script[script])
         tiebreak = {c: rng.random() for c in chars}
 
@@ -664,54 +713,39 @@ def build(args: argparse.Namespace) -> None:
             return (int(decomposed), -families, tb[c])
 
         chars.sort(key=prio)
-        got: list[ClassRenders] = []
+        n_rendered = 0
         for ch in chars:
-            cover = sorted(coverage[ord(ch)], key=rank.__getitem__)
-            cr = render_class(ch, script, cover, faces, renderer, want, args.dup_iou)
-            n_designs = len({faces[fi].design for fi in cr.faces})
-            if len(cr.faces) >= want and n_designs >= args.min_families:
-                got.append(cr)
-                if len(got) >= reserve:
-                    break
-        print(f"{script}: {len(got)} classes from {len(chars)} candidates", file=sys.stderr)
-        if got:
-            rendered[script] = got
-
-    # Greedy confusable removal, scripts in priority order, then by descending size.
-    script_order = [s for s in SCRIPT_PRIORITY if s in rendered] + sorted(
-        (s for s in rendered if s not in SCRIPT_PRIORITY), key=lambda s: (-len(rendered[s]), s))
-    kept: list[ClassRenders] = []
-    kept_masks: list[np.ndarray] = []
-    dropped: list[tuple[str, str, str, float]] = []
-    per_script: dict[str, int] = defaultdict(int)
-
-    def ordered_cover(c: str) -> list[int]:
-        return sorted(coverage[ord(c)], key=rank.__getitem__)
-
-    for script in script_order:
-        for cr in rendered[script]:
             if per_script[script] >= args.max_classes_per_script:
                 break
+            cr = render_class(ch, script, ordered_cover(ch), faces, renderer, want, args.dup_iou)
+            n_designs = len({faces[fi].design for fi in cr.faces})
+            if len(cr.faces) < want or n_designs < args.min_families:
+                continue
+            n_rendered += 1
+            # Greedy confusable removal against every class kept so far (any script).
             mm = dilate(mean_mask(cr.images[: args.per_class]))
-            close = np.flatnonzero(iou_matrix(mm[None], np.stack(kept_masks))[0] > 0.5) \
-                if kept else np.array([], dtype=int)
             clash = None
-            for j in close:
-                other = kept[j]
-                n, sim = pair_similarity(cr.char, other.char, ordered_cover(cr.char),
-                                         ordered_cover(other.char), faces, renderer)
-                if n < 3:  # too few shared faces: compare the classes' mean masks
-                    sim = binary_iou(mm, kept_masks[j])
-                thr = args.case_iou if is_case_pair(cr.char, other.char) else args.confusable_iou
-                if sim > thr:
-                    clash = (cr.char, other.char, other.script, sim)
-                    break
+            if kept:
+                iou = iou_matrix(mm[None], np.stack(kept_masks))[0]
+                close = [j for j in np.argsort(-iou)[:10] if iou[j] > 0.5]
+                for j in close:
+                    other = kept[j]
+                    n, sim = pair_similarity(ch, other.char, ordered_cover(ch),
+                                             ordered_cover(other.char), faces, renderer)
+                    if n < 3:  # too few shared faces: compare the classes' mean masks
+                        sim = binary_iou(mm, kept_masks[j])
+                    thr = args.case_iou if is_case_pair(ch, other.char) else args.confusable_iou
+                    if sim > thr:
+                        clash = (ch, other.char, other.script, sim)
+                        break
             if clash is not None:
                 dropped.append(clash)
                 continue
             kept.append(cr)
             kept_masks.append(mm)
             per_script[script] += 1
+        print(f"{script}: kept {per_script[script]} of {n_rendered} rendered classes "
+              f"({len(chars)} candidates)", file=sys.stderr)
     for ch, other, other_script, sim in dropped:
         print(f"confusable: drop {ch!r} (U+{ord(ch):04X}) ~ {other!r} ({other_script}) "
               f"{sim:.2f}", file=sys.stderr)
@@ -809,9 +843,6 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
                    help="minimum distinct design families among a class's kept renders")
     p.add_argument("--max-classes-per-script", type=int, default=60)
     p.add_argument("--min-classes-per-script", type=int, default=10)
-    p.add_argument("--reserve", type=float, default=1.6,
-                   help="render up to reserve*max-classes-per-script classes per script "
-                        "before confusable removal")
     p.add_argument("--dup-iou", type=float, default=0.95)
     p.add_argument("--confusable-iou", type=float, default=0.8,
                    help="drop a class whose median tolerant IoU with a kept class (rendered "
