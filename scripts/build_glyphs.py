@@ -277,24 +277,42 @@ def split_scripts(
     total = sum(class_counts.values())
     need = min(min_scripts, max(1, len(scripts) // 3))
     rng = random.Random(seed)
+
+    def cost(assign: dict[str, str]) -> float | None:
+        sizes = [sum(class_counts[s] for s in scripts if assign[s] == name) for name in SPLITS]
+        n_scripts = [sum(1 for s in scripts if assign[s] == name) for name in SPLITS]
+        if min(n_scripts) < need:
+            return None
+        penalty = 10.0 if min(sizes[1], sizes[2]) < min_eval_classes else 0.0
+        return sum((sz / total - f) ** 2 for sz, f in zip(sizes, fractions)) + penalty
+
     best: tuple[float, dict[str, str]] | None = None
     for _ in range(trials):
         order = scripts[:]
         rng.shuffle(order)
-        # random contiguous cut points over a shuffled order
         cuts = sorted(rng.sample(range(1, len(order)), 2))
         parts = (order[: cuts[0]], order[cuts[0] : cuts[1]], order[cuts[1] :])
-        sizes = [sum(class_counts[s] for s in p) for p in parts]
-        if min(len(p) for p in parts) < need:
-            continue
-        penalty = 0.0
-        if sizes[1] < min_eval_classes or sizes[2] < min_eval_classes:
-            penalty = 10.0
-        dev = sum((sz / total - f) ** 2 for sz, f in zip(sizes, fractions)) + penalty
-        if best is None or dev < best[0]:
-            best = (dev, {s: name for p, name in zip(parts, SPLITS) for s in p})
+        assign = {s: name for p, name in zip(parts, SPLITS) for s in p}
+        c = cost(assign)
+        if c is not None and (best is None or c < best[0]):
+            best = (c, assign)
     if best is None:
-        raise ValueError(f"cannot split {len(scripts)} scripts into 3 non-empty splits")
+        raise ValueError(f"cannot split {len(scripts)} scripts into 3 splits")
+    # Local search: single moves and pairwise swaps while they lower the cost.
+    improved = True
+    while improved:
+        improved = False
+        cur_cost, cur = best
+        moves = [{s: t} for s in scripts for t in SPLITS if cur[s] != t]
+        moves += [{a: cur[b], b: cur[a]} for i, a in enumerate(scripts) for b in scripts[i + 1 :]
+                  if cur[a] != cur[b]]
+        for mv in moves:
+            cand = {**cur, **mv}
+            c = cost(cand)
+            if c is not None and c < cur_cost - 1e-12:
+                best = (c, cand)
+                improved = True
+                break
     return best[1]
 
 
