@@ -121,9 +121,10 @@ def load_split_csv(
     if not root.is_dir():
         raise DatasetLayoutError(f"dataset folder {root} does not exist; {layout}")
     loader = rgb_loader(image_size)
+    csvs = {split: _find_csv(root, split, cands, layout) for split in SPLITS}
     out = {}
     for split in SPLITS:
-        rows = _read_csv(_find_csv(root, split, cands, layout), layout)
+        rows = _read_csv(csvs[split], layout)
         names = sorted({label for _, label in rows})
         index = {n: i for i, n in enumerate(names)}
         paths = _resolve_images(root, [f for f, _ in rows], layout)

@@ -142,7 +142,7 @@ class Option:
 RUNNER_OPTIONS: tuple[Option, ...] = (
     Option("losses", [], "losses to compare, comma-separated; '+' combines losses (mean of the "
            "terms), e.g. protonet,protonet+icnn", str, multiple=True, grid=True),
-    Option("seeds", [0], "number of seeds N (seeds 0..N-1), or an explicit list '0,5,7'", int,
+    Option("seeds", [1], "number of seeds N (seeds 0..N-1), or an explicit list '0,5,7'", int,
            multiple=True, grid=True),
     Option("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N", str,
            affects_results=False),

@@ -1,0 +1,29 @@
+"""``make demo`` / ``python -m losslab.demo``: the default loss comparison on the glyphs set.
+
+Runs the shipped ``demo`` config (``losslab/lab/configs/demo.toml``): ProtoNet, Proto-Triplet
+and their combinations with the ICNN loss, 5-way 1-shot and 5-shot, 3 seeds, on the embedded
+glyphs dataset, into ``runs/demo``; then prints the table and the path of the plot. Offline,
+CPU-friendly, resumable (re-run to continue after an interruption). Extra arguments are passed
+to ``losslab bench fewshot`` and override the config, e.g. ``python -m losslab.demo --seeds 5
+--out runs/demo5``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from losslab.lab.cli import main as lab_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--out" not in args:
+        args += ["--out", "runs/demo"]
+    return lab_main(["bench", "fewshot", "--config", "demo", *args])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
