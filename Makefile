@@ -21,17 +21,17 @@ demo: $(STAMP)
 	$(PY) -m losslab.demo
 
 test: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks scripts
+	$(PY) -m ruff check src tests $(wildcard benchmarks scripts)
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks scripts
+	$(PY) -m ruff check src tests $(wildcard benchmarks scripts)
 
 catalog: $(STAMP)
-	$(VENV)/bin/losslab list --markdown
+	$(VENV)/bin/losslab list --update-readme README.md
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -22,6 +22,7 @@ __all__ = [
     "check_positive",
     "check_reduction",
     "check_same_device",
+    "compute_dtype",
     "reduce",
     "zero_loss",
 ]
@@ -71,6 +72,15 @@ def reduce(
     if count <= 0:
         return total * 0.0
     return total / count
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype losses compute in: float32 for half inputs (fp16/bf16), else ``dtype``.
+
+    Losses upcast half-precision inputs, compute in float32 and return the input dtype, so
+    that small epsilons and exponentials neither underflow nor overflow.
+    """
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def zero_loss(*tensors: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 import torch
 
 __all__ = [
+    "DEGENERATE_CASES",
     "FAMILIES",
     "KINDS",
     "LossSpec",
@@ -58,6 +59,9 @@ FAMILIES: tuple[str, ...] = (
     "sequence-lm",
 )
 
+#: Degenerate batches a loss may declare (see ``LossSpec.degenerate``).
+DEGENERATE_CASES: tuple[str, ...] = ("one_class", "no_positives", "all_ignored")
+
 Kind = Literal[
     "logits", "embeddings", "episode", "paired", "scores", "dense", "teacher", "bags", "linear"
 ]
@@ -85,6 +89,10 @@ class LossSpec:
         needs_index: the loss keeps per-sample state and takes ``index=`` (dataset ids).
         example_hparams: hyperparameters needed to build a small instance (e.g. the number of
             classes of a proxy loss); used by ``losslab info`` and the contract suite.
+        degenerate: the degenerate batches the loss defines as a zero loss with zero gradient,
+            checked by the contract suite: ``"one_class"`` (every label equal),
+            ``"no_positives"`` (every label distinct), ``"all_ignored"`` (every target equal
+            to ``ignore_index``).
     """
 
     name: str
@@ -100,6 +108,7 @@ class LossSpec:
     reduction: str | None = "per sample"
     needs_index: bool = False
     example_hparams: Mapping[str, Any] = field(default_factory=dict)
+    degenerate: tuple[str, ...] = ()
 
     @property
     def function_name(self) -> str:
@@ -139,6 +148,7 @@ def register(
     reduction: str | None = "per sample",
     needs_index: bool = False,
     example_hparams: Mapping[str, Any] | None = None,
+    degenerate: tuple[str, ...] = (),
 ) -> Callable[[M], M]:
     """Class decorator that registers an ``nn.Module`` loss under ``name``."""
     if not name.isidentifier() or name != name.lower():
@@ -147,6 +157,9 @@ def register(
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    bad = set(degenerate) - set(DEGENERATE_CASES)
+    if bad:
+        raise ValueError(f"degenerate cases must be among {DEGENERATE_CASES}, got {sorted(bad)}")
     if function.__name__ != f"{name}_loss":
         raise ValueError(f"the functional twin of {name!r} must be named {name}_loss")
 
@@ -167,6 +180,7 @@ def register(
             reduction=reduction,
             needs_index=needs_index,
             example_hparams=MappingProxyType(dict(example_hparams or {})),
+            degenerate=tuple(degenerate),
         )
         _REGISTRY[name] = s
         module.spec = s  # type: ignore[attr-defined]

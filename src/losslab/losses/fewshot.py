@@ -3,7 +3,8 @@
 Kind ``episode``: ``loss(support[Ns, D], support_labels[Ns], query[Nq, D], query_labels[Nq])``.
 Labels may be any integers; the classes of an episode are those present in the support set,
 and a query label absent from it is a ``ValueError``. Prototypes are the class means of the
-support embeddings (classes in ascending label order).
+support embeddings (classes in ascending label order). Half-precision inputs are computed in
+float32 and the loss is returned in the input dtype.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from losslab._core import (
     check_matrix,
     check_positive,
     check_same_device,
+    compute_dtype,
     reduce,
 )
 from losslab.distances import euclidean, squared_euclidean
@@ -66,6 +68,7 @@ class Episode:
     support_index: Tensor
     query_index: Tensor
     prototypes: Tensor
+    dtype: torch.dtype  # the inputs' dtype (the tensors above are in the compute dtype)
 
     @property
     def n_classes(self) -> int:
@@ -88,7 +91,8 @@ def make_episode(
         support=support, query=query, support_labels=support_labels, query_labels=query_labels
     )
     classes, support_index = torch.unique(support_labels, sorted=True, return_inverse=True)
-    query_index = torch.searchsorted(classes, query_labels).clamp_max(classes.shape[0] - 1)
+    query_index = torch.searchsorted(classes, query_labels.contiguous())
+    query_index = query_index.clamp_max(classes.shape[0] - 1)
     missing = classes[query_index] != query_labels
     if bool(missing.any()):
         absent = sorted(set(query_labels[missing].tolist()))
@@ -96,6 +100,8 @@ def make_episode(
             f"query_labels has class(es) {absent} absent from support_labels "
             f"(support classes: {classes.tolist()})"
         )
+    dtype = support.dtype
+    support, query = support.to(compute_dtype(dtype)), query.to(compute_dtype(dtype))
     counts = torch.bincount(support_index, minlength=classes.shape[0]).to(support.dtype)
     sums = torch.zeros(
         classes.shape[0], support.shape[1], dtype=support.dtype, device=support.device
@@ -103,7 +109,7 @@ def make_episode(
     prototypes = sums / counts.unsqueeze(1)
     return Episode(
         support, support_labels, query, query_labels, classes, support_index, query_index,
-        prototypes,
+        prototypes, dtype,
     )
 
 
@@ -141,7 +147,7 @@ def protonet_loss(
     ep = make_episode(support, support_labels, query, query_labels)
     logits = -squared_euclidean(ep.query, ep.prototypes) / temperature
     per_query = F.cross_entropy(logits, ep.query_index, reduction="none")
-    return reduce(per_query, reduction)
+    return reduce(per_query, reduction).to(ep.dtype)
 
 
 @register(
@@ -154,6 +160,7 @@ def protonet_loss(
     summary="CE over logits -||q - c_n||^2 / T, c_n = class mean of the support",
     peers=("easyfsl.methods.PrototypicalNetworks",),
     reduction="per query",
+    degenerate=("one_class",),
 )
 class ProtoNetLoss(LossModule):
     """Module form of :func:`protonet_loss`."""
@@ -209,7 +216,7 @@ def proto_triplet_loss(
     d_pos = d.gather(1, ep.query_index.unsqueeze(1)).squeeze(1)
     d_neg = d.masked_fill(own, float("inf")).min(dim=1).values
     per_query = F.relu(d_pos - d_neg + margin)
-    return reduce(per_query, reduction)
+    return reduce(per_query, reduction).to(ep.dtype)
 
 
 @register(
@@ -221,6 +228,7 @@ def proto_triplet_loss(
     function=proto_triplet_loss,
     summary="mean_q max(0, d(q, c_yq) - min_{n!=yq} d(q, c_n) + m), d = sqrt(||.||^2 + 1e-6)",
     reduction="per query",
+    degenerate=("one_class",),
 )
 class ProtoTripletLoss(LossModule):
     """Module form of :func:`proto_triplet_loss`."""
@@ -264,8 +272,6 @@ def _icnn_score_of_sets(
     m = target.shape[0]
     k_eff, reduced = icnn_effective_k(k, m)
     window = k_eff + 1 if ipc is None else ipc
-    if window < k_eff:
-        raise ValueError(f"ipc must be >= k ({k_eff}), got {ipc}")
     d = euclidean(origin, target, eps=eps)
     if drop_first is True:
         # Released behaviour: take ipc + 1 neighbours and drop the nearest, assumed to be the
@@ -314,7 +320,9 @@ def icnn_loss(
     * ``"full"`` (``fullicnn``, default: the variant the paper combines with Proto-Triplet):
       support and queries together, with the nearest other-class neighbour searched in a window
       of ``ipc`` = the largest class size of the set (``shots + queries`` in a balanced
-      episode), as the released code does.
+      episode), as the released code does. When that window is narrower than ``k`` (e.g.
+      1 shot and 1 query), the released code uses only the window's columns but divides the
+      same-class count of gamma by ``k``; so does this implementation.
 
     Faithful quirks, with switches:
 
@@ -356,7 +364,7 @@ def icnn_loss(
         labels = torch.cat([ep.support_labels, ep.query_labels])
         window = ipc if ipc is not None else int(torch.unique(labels, return_counts=True)[1].max())
         score = _icnn_score_of_sets(points, labels, None, None, ipc=window, **opts)
-    return -torch.log(score)
+    return (-torch.log(score)).to(ep.dtype)
 
 
 def _check_icnn_hparams(
@@ -384,6 +392,7 @@ def _check_icnn_hparams(
     function=icnn_loss,
     summary="-log ICNN score: ((lambda_sc + lambda_dc)/2 + gamma)/2 over k=4 nearest neighbours",
     reduction=None,
+    degenerate=("one_class",),
 )
 class ICNNLoss(LossModule):
     """Module form of :func:`icnn_loss`."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losslab._core import check_labels, check_matrix
+from losslab._core import check_labels, check_matrix, compute_dtype
 from losslab.distances import knn
 
 __all__ = ["icnn_effective_k", "icnn_score", "icnn_score_from_neighbours"]
@@ -58,7 +58,9 @@ def icnn_score_from_neighbours(
             nearest target points.
         same_class: ``[n, w]`` bool, neighbour has the origin point's class.
         k: number of neighbours used by the lambda and gamma terms (``w`` may be larger: the
-            nearest other-class distance ``delta`` is searched over the whole window).
+            nearest other-class distance ``delta`` is searched over the whole window). When
+            the window is narrower than ``k``, the released code uses the ``w`` columns it has
+            but still divides gamma's count by ``k``; so does this function.
         gamma_one: force ``gamma = 1`` (the released code does so when ``k`` was reduced).
     """
     if distances.shape != same_class.shape or distances.ndim != 2:
@@ -66,8 +68,8 @@ def icnn_score_from_neighbours(
             f"distances and same_class must be [n, w] of one shape, got "
             f"{tuple(distances.shape)} and {tuple(same_class.shape)}"
         )
-    if not 1 <= k <= distances.shape[1]:
-        raise ValueError(f"k must be in [1, {distances.shape[1]}] (the window), got {k}")
+    if k < 1 or distances.shape[1] < 1:
+        raise ValueError(f"k and the window must be >= 1, got k={k}, window={distances.shape[1]}")
     other = ~same_class
     inf = torch.full_like(distances, float("inf"))
     delta = torch.where(other, distances, inf).min(dim=1).values
@@ -122,12 +124,10 @@ def icnn_score(
     """
     check_matrix("embeddings", embeddings)
     check_labels("labels", labels, embeddings.shape[0], of="embeddings")
+    embeddings = embeddings.to(compute_dtype(embeddings.dtype))
     n = embeddings.shape[0]
     k_eff, reduced = icnn_effective_k(k, n)
-    window = k_eff + 1 if ipc is None else ipc
-    if window < k_eff:
-        raise ValueError(f"ipc must be >= k ({k_eff}), got {ipc}")
-    window = min(window, n - 1)
+    window = min(k_eff + 1 if ipc is None else ipc, n - 1)
     dist, idx = knn(
         embeddings, None, window, metric="euclidean", exclude_self=True, eps=eps,
         chunk_size=chunk_size,

@@ -1,0 +1,179 @@
+"""Inputs for the contract suite, built per *kind* (see ``losslab.registry.KINDS``).
+
+Every registered loss is called as ``module(*args, **kwargs)`` with the inputs of its kind.
+A new kind needs a branch in each function below; a new loss of an existing kind needs
+nothing (beyond ``example_hparams`` when it cannot be built without arguments).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from losslab.registry import LossSpec
+
+
+@dataclass
+class Call:
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def float_inputs(self) -> list[Tensor]:
+        return [a for a in self.args if isinstance(a, Tensor) and a.is_floating_point()]
+
+    def to(self, dtype: torch.dtype) -> Call:
+        def cast(a: Any) -> Any:
+            if isinstance(a, Tensor) and a.is_floating_point():
+                return a.detach().to(dtype).requires_grad_(a.requires_grad)
+            return a
+
+        return Call(tuple(cast(a) for a in self.args), {k: cast(v) for k, v in self.kwargs.items()})
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(*shape: int, g: torch.Generator, dtype: torch.dtype, scale: float = 1.0) -> Tensor:
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def _finish(spec: LossSpec, call: Call, n: int) -> Call:
+    if spec.needs_index:
+        call.kwargs["index"] = torch.arange(n)
+    for a in call.float_inputs():
+        a.requires_grad_(True)
+    return call
+
+
+def make_call(
+    spec: LossSpec, *, dtype: torch.dtype = torch.float64, seed: int = 0, scale: float = 1.0
+) -> Call:
+    """Small generic inputs of the loss's kind (several classes, >= 2 samples each)."""
+    g = _gen(seed)
+    k = spec.kind
+    C = int(spec.example_hparams.get("num_classes", 4))
+    D = int(spec.example_hparams.get("embedding_dim", 5))
+    if k == "episode":
+        s_lab = torch.tensor([3, 3, 7, 7, 1, 1])
+        q_lab = torch.tensor([7, 3, 1, 1, 3])
+        call = Call((_randn(6, D, g=g, dtype=dtype, scale=scale), s_lab,
+                     _randn(5, D, g=g, dtype=dtype, scale=scale), q_lab))
+        return _finish(spec, call, 5)
+    if k == "logits":
+        n = 6
+        target = torch.randint(0, C, (n,), generator=g)
+        target[:C] = torch.arange(C)[:n]
+        call = Call((_randn(n, C, g=g, dtype=dtype, scale=scale), target))
+        return _finish(spec, call, n)
+    if k == "embeddings":
+        n = 8
+        labels = torch.arange(n) % C
+        call = Call((_randn(n, D, g=g, dtype=dtype, scale=scale), labels))
+        return _finish(spec, call, n)
+    if k == "paired":
+        n = 6
+        call = Call((_randn(n, D, g=g, dtype=dtype, scale=scale),
+                     _randn(n, D, g=g, dtype=dtype, scale=scale)))
+        return _finish(spec, call, n)
+    if k == "scores":
+        call = Call((_randn(3, 5, g=g, dtype=dtype, scale=scale),
+                     torch.randint(0, 3, (3, 5), generator=g).to(dtype)))
+        return _finish(spec, call, 3)
+    if k == "dense":
+        target = torch.randint(0, C, (2, 3, 3), generator=g)
+        call = Call((_randn(2, C, 3, 3, g=g, dtype=dtype, scale=scale), target))
+        return _finish(spec, call, 2)
+    if k == "teacher":
+        call = Call((_randn(6, C, g=g, dtype=dtype, scale=scale),
+                     _randn(6, C, g=g, dtype=dtype, scale=scale)))
+        return _finish(spec, call, 6)
+    if k == "bags":
+        bag_index = torch.tensor([0, 0, 1, 1, 1, 2])
+        call = Call((_randn(6, g=g, dtype=dtype, scale=scale), bag_index,
+                     _randn(3, g=g, dtype=dtype, scale=scale)))
+        return _finish(spec, call, 6)
+    if k == "linear":
+        V = int(spec.example_hparams.get("vocab_size", 7))
+        target = torch.randint(0, V, (6,), generator=g)
+        call = Call((_randn(6, 4, g=g, dtype=dtype, scale=scale),
+                     _randn(V, 4, g=g, dtype=dtype, scale=scale), target))
+        return _finish(spec, call, 6)
+    raise AssertionError(f"contract inputs missing for kind {k!r}")
+
+
+def degenerate_call(spec: LossSpec, case: str, *, dtype: torch.dtype = torch.float64) -> Call:
+    """Inputs of one of ``DEGENERATE_CASES`` for the loss's kind."""
+    call = make_call(spec, dtype=dtype)
+    k = spec.kind
+    args = list(call.args)
+    if case == "one_class":
+        if k == "episode":
+            args[1] = torch.zeros_like(args[1])
+            args[3] = torch.zeros_like(args[3])
+        elif k in ("embeddings", "logits"):
+            args[1] = torch.zeros_like(args[1])
+        else:
+            raise AssertionError(f"no one_class case for kind {k!r}")
+    elif case == "no_positives":
+        if k != "embeddings":
+            raise AssertionError(f"no no_positives case for kind {k!r}")
+        args[1] = torch.arange(args[0].shape[0])
+    elif case == "all_ignored":
+        idx = {"logits": 1, "linear": 2, "dense": 1}.get(k)
+        if idx is None:
+            raise AssertionError(f"no all_ignored case for kind {k!r}")
+        args[idx] = torch.full_like(args[idx], -100)
+    else:
+        raise AssertionError(f"unknown degenerate case {case!r}")
+    return Call(tuple(args), call.kwargs)
+
+
+def bad_calls(spec: LossSpec) -> list[tuple[str, Call]]:
+    """Inputs that must raise ``ValueError`` (label, call)."""
+    good = make_call(spec, dtype=torch.float32)
+    a = list(good.args)
+    kw = good.kwargs
+    k = spec.kind
+    out: list[tuple[str, Call]] = []
+
+    def variant(label: str, i: int, value: Any) -> None:
+        b = list(a)
+        b[i] = value
+        out.append((label, Call(tuple(b), dict(kw))))
+
+    if k == "episode":
+        variant("query dim mismatch", 2, torch.randn(5, a[2].shape[1] + 1))
+        variant("query class absent from support", 3, torch.tensor([7, 3, 1, 1, 99]))
+        variant("integer embeddings", 0, torch.ones(6, a[0].shape[1], dtype=torch.long))
+        variant("empty query", 2, torch.randn(0, a[2].shape[1]))
+        variant("support labels wrong length", 1, torch.tensor([3, 3, 7]))
+        variant("float labels", 1, a[1].float())
+    elif k == "logits":
+        variant("target out of range", 1, torch.full_like(a[1], a[0].shape[1] + 3))
+        variant("target wrong length", 1, a[1][:-1])
+        variant("integer logits", 0, torch.ones_like(a[1]).unsqueeze(1).repeat(1, a[0].shape[1]))
+    elif k == "embeddings":
+        variant("labels wrong length", 1, a[1][:-1])
+        variant("1-D embeddings", 0, torch.randn(a[0].shape[0]))
+        variant("integer embeddings", 0, torch.ones(a[0].shape, dtype=torch.long))
+        variant("float labels", 1, a[1].float())
+    elif k == "paired":
+        variant("b rows mismatch", 1, a[1][:-1])
+        variant("b dim mismatch", 1, torch.randn(a[1].shape[0], a[1].shape[1] + 1))
+    elif k == "linear":
+        variant("weight dim mismatch", 1, torch.randn(a[1].shape[0], a[1].shape[1] + 1))
+        variant("target out of range", 2, torch.full_like(a[2], a[1].shape[0]))
+        variant("integer hidden", 0, torch.ones(a[0].shape, dtype=torch.long))
+    elif k == "bags":
+        variant("bag index out of range", 1, torch.tensor([0, 0, 1, 1, 1, 9]))
+    elif k == "teacher":
+        variant("teacher shape mismatch", 1, a[1][:, :-1])
+    elif k == "scores":
+        variant("relevance shape mismatch", 1, a[1][:, :-1])
+    elif k == "dense":
+        variant("target shape mismatch", 1, a[1][:, :-1])
+    return out

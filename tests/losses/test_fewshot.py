@@ -1,0 +1,346 @@
+"""Few-shot losses against loop oracles written from the formulas and the released algorithm.
+
+The oracles below are deliberately naive: Python loops, distances from explicit sums of
+squared differences, sorting with ``sorted``. They follow core-papers-spec.md §1.2-1.5 (the
+SuSana Distancia paper and its released code), not losslab's vectorised code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import losslab
+from losslab.functional import icnn_loss, proto_triplet_loss, protonet_loss
+from losslab.metrics import icnn_score
+
+# ---------------------------------------------------------------------------------------------
+# Oracles
+# ---------------------------------------------------------------------------------------------
+
+
+def sqdist(a: list[float], b: list[float]) -> float:
+    return math.dist(a, b) ** 2
+
+
+def dist(a: list[float], b: list[float], eps: float = 1e-6) -> float:
+    return math.sqrt(sqdist(a, b) + eps)
+
+
+def prototypes(support: list[list[float]], labels: list[int]) -> dict[int, list[float]]:
+    out = {}
+    for c in sorted(set(labels)):
+        rows = [s for s, y in zip(support, labels) if y == c]
+        out[c] = [sum(col) / len(rows) for col in zip(*rows)]
+    return out
+
+
+def oracle_protonet(support, s_lab, query, q_lab, temperature=1.0) -> list[float]:
+    protos = prototypes(support, s_lab)
+    losses = []
+    for q, y in zip(query, q_lab):
+        logits = {c: -sqdist(q, p) / temperature for c, p in protos.items()}
+        m = max(logits.values())
+        lse = m + math.log(sum(math.exp(v - m) for v in logits.values()))
+        losses.append(lse - logits[y])
+    return losses
+
+
+def oracle_proto_triplet(support, s_lab, query, q_lab, margin=0.5) -> list[float]:
+    protos = prototypes(support, s_lab)
+    losses = []
+    for q, y in zip(query, q_lab):
+        d_pos = dist(q, protos[y])
+        negs = [dist(q, p) for c, p in protos.items() if c != y]
+        d_neg = min(negs) if negs else math.inf
+        losses.append(max(0.0, d_pos - d_neg + margin))
+    return losses
+
+
+def oracle_modified_score(origin, y_o, target=None, y_t=None, k=4, ipc=None) -> float:
+    """The released ``modified_score``, step by step from core-papers-spec.md §1.4."""
+    if target is None:
+        target, y_t = origin, y_o
+    m = len(target)
+    if k + 2 >= m:  # step 1
+        k = m - 2
+    if ipc is None:
+        ipc = k + 1
+    eps = 1e-7
+    rows = []
+    for x in origin:  # step 2: ipc + 1 nearest, drop rank 1
+        ds = sorted((dist(x, t), j) for j, t in enumerate(target))[: ipc + 1][1:]
+        rows.append(ds)
+    n = len(origin)
+    sc_sum, sc_points, dc_sum, dc_points = 0.0, 0, 0.0, 0
+    ratios, same_flags, others = [], [], []
+    for i in range(n):
+        d = [v for v, _ in rows[i]]
+        s = [y_t[j] == y_o[i] for _, j in rows[i]]
+        other_d = [v for v, same in zip(d, s) if not same]
+        delta = min(other_d) if other_d else math.inf  # step 3
+        r = [v / (delta + eps) for v in d[:k]]  # step 4
+        top = max(1.0, max(r))
+        ratios.append([v / top for v in r])
+        same_flags.append(s[:k])
+        others.append([v if not same else 0.0 for v, same in zip(d[:k], s[:k])])
+    for i in range(n):  # step 5
+        cnt = sum(same_flags[i])
+        sc_sum += sum(r for r, same in zip(ratios[i], same_flags[i]) if same) / (cnt + eps)
+        sc_points += cnt > 0
+    lam_sc = 1 - sc_sum / (sc_points + eps)
+    gmax = max(max(row) for row in others)  # step 6 (global max)
+    any_other = False
+    for i in range(n):
+        cnt = sum(1 for same in same_flags[i] if not same)
+        any_other |= cnt > 0
+        dc_sum += sum(v / (gmax + eps) for v in others[i]) / (cnt + eps)
+        dc_points += cnt > 0
+    lam_dc = abs(dc_sum / (dc_points + eps) + (0 if any_other else -1))
+    lam = (lam_sc + lam_dc) / 2  # step 7
+    if k + 2 < m:  # step 8
+        gamma = sum(sum(f) / k for f in same_flags) / n
+    else:
+        gamma = 1.0
+    return (lam + gamma) / 2  # step 9
+
+
+def oracle_icnn_loss(support, s_lab, query, q_lab, variant, query_targets="support") -> float:
+    """The released ``get_icnn_loss`` wiring of the three variants (§1.5)."""
+    if variant == "support":
+        return -math.log(oracle_modified_score(support, s_lab))
+    if variant == "query":
+        if query_targets == "prototypes":
+            protos = prototypes(support, s_lab)
+            classes = sorted(protos)
+            return -math.log(
+                oracle_modified_score(query, q_lab, [protos[c] for c in classes], classes)
+            )
+        return -math.log(oracle_modified_score(query, q_lab, support, s_lab))
+    points, labels = support + query, s_lab + q_lab
+    ipc = max(labels.count(c) for c in set(labels))  # shots + queries per class
+    return -math.log(oracle_modified_score(points, labels, ipc=ipc))
+
+
+def random_episode(seed: int, way: int, shot: int, queries: int, dim: int = 16):
+    rng = np.random.default_rng(seed)
+    classes = rng.choice(1000, size=way, replace=False) - 500  # arbitrary integer labels
+    centers = rng.normal(size=(way, dim)) * rng.uniform(0.2, 2.0)
+    s_lab = np.repeat(classes, shot)
+    q_lab = np.repeat(classes, queries)
+    s = centers.repeat(shot, 0) + rng.normal(size=(way * shot, dim))
+    q = centers.repeat(queries, 0) + rng.normal(size=(way * queries, dim))
+    return s.tolist(), s_lab.tolist(), q.tolist(), q_lab.tolist()
+
+
+def as_tensors(s, s_lab, q, q_lab):
+    return (torch.tensor(s, dtype=torch.float64), torch.tensor(s_lab),
+            torch.tensor(q, dtype=torch.float64), torch.tensor(q_lab))
+
+
+EPISODES = [
+    (seed, way, shot, queries)
+    for seed, (way, shot, queries) in enumerate(
+        [(3, 1, 1), (3, 5, 15), (5, 1, 15), (5, 5, 15), (5, 2, 3), (7, 1, 4), (10, 3, 2),
+         (20, 1, 5), (20, 5, 1), (30, 1, 15), (30, 5, 2), (4, 4, 4), (6, 1, 1), (12, 2, 7)]
+    )
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Oracle agreement
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed,way,shot,queries", EPISODES)
+def test_protonet_matches_oracle(seed: int, way: int, shot: int, queries: int) -> None:
+    ep = random_episode(seed, way, shot, queries)
+    expected = oracle_protonet(*ep, temperature=2.0)
+    got = protonet_loss(*as_tensors(*ep), temperature=2.0, reduction="none")
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("seed,way,shot,queries", EPISODES)
+def test_proto_triplet_matches_oracle(seed: int, way: int, shot: int, queries: int) -> None:
+    ep = random_episode(seed, way, shot, queries)
+    expected = oracle_proto_triplet(*ep)
+    got = proto_triplet_loss(*as_tensors(*ep), reduction="none")
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
+    torch.testing.assert_close(
+        proto_triplet_loss(*as_tensors(*ep)), torch.tensor(np.mean(expected), dtype=torch.float64)
+    )
+
+
+@pytest.mark.parametrize("variant,targets", [("support", "support"), ("query", "support"),
+                                             ("query", "prototypes"), ("full", "support")])
+@pytest.mark.parametrize("seed,way,shot,queries", EPISODES)
+def test_icnn_variants_match_released_algorithm(
+    seed: int, way: int, shot: int, queries: int, variant: str, targets: str
+) -> None:
+    ep = random_episode(seed, way, shot, queries)
+    n_targets = {"support": way * shot, "prototypes": way}[targets]
+    if (variant == "support" and way * shot < 3) or (variant == "query" and n_targets < 3):
+        with pytest.raises(ValueError, match="at least 3 target points"):
+            icnn_loss(*as_tensors(*ep), variant=variant, query_targets=targets)
+        return
+    expected = oracle_icnn_loss(*ep, variant, targets)
+    got = icnn_loss(*as_tensors(*ep), variant=variant, query_targets=targets)
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "n_episodes", [pytest.param(20), pytest.param(200, marks=pytest.mark.slow)]
+)
+def test_many_seeded_episodes_match_the_released_algorithm(n_episodes: int) -> None:
+    """Random episodes, 3-30 ways, 1-5 shots, 1-15 queries (as the research check did)."""
+    rng = np.random.default_rng(2305)
+    for i in range(n_episodes):
+        way, shot, queries = int(rng.integers(3, 31)), int(rng.integers(1, 6)), int(
+            rng.integers(1, 16))
+        ep = random_episode(10_000 + i, way, shot, queries, dim=8)
+        t = as_tensors(*ep)
+        torch.testing.assert_close(
+            proto_triplet_loss(*t), torch.tensor(np.mean(oracle_proto_triplet(*ep)),
+                                                 dtype=torch.float64))
+        torch.testing.assert_close(
+            icnn_loss(*t, variant="full"),
+            torch.tensor(oracle_icnn_loss(*ep, "full"), dtype=torch.float64))
+        if way * shot >= 3:
+            torch.testing.assert_close(
+                icnn_loss(*t, variant="support"),
+                torch.tensor(oracle_icnn_loss(*ep, "support"), dtype=torch.float64))
+            torch.testing.assert_close(
+                icnn_loss(*t, variant="query"),
+                torch.tensor(oracle_icnn_loss(*ep, "query"), dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties and switches
+# ---------------------------------------------------------------------------------------------
+
+
+def clusters(spread: float, *, way: int = 5, per_class: int = 5, dim: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(way, dim, generator=g, dtype=torch.float64) * 10
+    x = centers.repeat_interleave(per_class, 0) + spread * torch.randn(
+        way * per_class, dim, generator=g, dtype=torch.float64)
+    return x, torch.arange(way).repeat_interleave(per_class)
+
+
+def test_icnn_score_range_and_sanity_values() -> None:
+    x, y = clusters(0.01)
+    assert icnn_score(x, y) > 0.99  # tight, separated clusters (research check: ~0.997)
+    g = torch.Generator().manual_seed(1)
+    scores = [icnn_score(torch.randn(25, 64, generator=g), torch.arange(5).repeat_interleave(5))
+              for _ in range(20)]
+    assert 0.25 <= min(scores) and max(scores) <= 1.0
+    assert 0.2 < float(np.mean(scores)) < 0.4  # random embeddings (research check: ~0.29)
+
+
+def test_icnn_loss_is_low_for_separated_classes_and_bounded_by_log4() -> None:
+    x, y = clusters(0.01, way=5, per_class=6)
+    s, q = x[0::2], x[1::2]
+    sl, ql = y[0::2], y[1::2]
+    assert icnn_loss(s, sl, q, ql) < 0.02
+    g = torch.Generator().manual_seed(3)
+    for _ in range(10):
+        r = icnn_loss(torch.randn(15, 8, generator=g), sl, torch.randn(15, 8, generator=g), ql)
+        assert 0.0 <= float(r) <= math.log(4) + 1e-9
+
+
+def test_labels_are_arbitrary_integers_and_order_free() -> None:
+    ep = as_tensors(*random_episode(7, 5, 2, 3))
+    s, sl, q, ql = ep
+    shifted = (s, sl * 3 + 1000, q, ql * 3 + 1000)
+    perm_s, perm_q = torch.randperm(len(sl)), torch.randperm(len(ql))
+    permuted = (s[perm_s], sl[perm_s], q[perm_q], ql[perm_q])
+    for f in (protonet_loss, proto_triplet_loss):
+        torch.testing.assert_close(f(*ep), f(*shifted))
+        torch.testing.assert_close(f(*ep), f(*permuted))
+    torch.testing.assert_close(icnn_loss(*ep), icnn_loss(*shifted))
+
+
+def test_proto_triplet_is_zero_beyond_the_margin_and_reaches_the_support() -> None:
+    x, y = clusters(0.01, way=4, per_class=4)
+    s = x[0::2].clone().requires_grad_(True)
+    q = x[1::2].clone().requires_grad_(True)
+    loss = proto_triplet_loss(s, y[0::2], q, y[1::2])
+    assert float(loss.detach()) == 0.0
+    s2 = torch.randn(8, 5, dtype=torch.float64, requires_grad=True)
+    q2 = torch.randn(8, 5, dtype=torch.float64, requires_grad=True)
+    proto_triplet_loss(s2, y[0::2], q2, y[1::2], margin=10.0).backward()
+    assert s2.grad is not None and s2.grad.abs().sum() > 0
+
+
+def test_protonet_temperature_scales_logits() -> None:
+    ep = as_tensors(*random_episode(3, 5, 1, 2))
+    assert protonet_loss(*ep, temperature=1e6) == pytest.approx(math.log(5), rel=1e-4)
+
+
+def test_icnn_switches_change_the_quirks() -> None:
+    ep = as_tensors(*random_episode(11, 5, 5, 4))
+    faithful = icnn_loss(*ep, variant="query")
+    auto = icnn_loss(*ep, variant="query", drop_first="auto")
+    assert not torch.allclose(faithful, auto)  # the nearest support point is no longer dropped
+    # "auto" on a set against itself excludes exactly the self-match: same as the released
+    # drop of rank 1 when there are no ties.
+    torch.testing.assert_close(icnn_loss(*ep, variant="support"),
+                               icnn_loss(*ep, variant="support", drop_first="auto"))
+    # 5 prototypes as targets: k is reduced to 3 and gamma forced to 1 unless "compute".
+    one = icnn_loss(*ep, variant="query", query_targets="prototypes")
+    computed = icnn_loss(*ep, variant="query", query_targets="prototypes",
+                         degenerate_gamma="compute")
+    assert float(computed) >= float(one)  # gamma <= 1 lowers the score
+
+
+def test_icnn_metric_equals_the_loss_on_the_same_set() -> None:
+    x, y = clusters(3.0, way=6, per_class=5, dim=8, seed=4)
+    loss = icnn_loss(x, y, x[:3], y[:3], variant="support", drop_first="auto")
+    assert icnn_score(x, y) == pytest.approx(math.exp(-float(loss)), rel=1e-12)
+    assert icnn_score(x, y, chunk_size=4) == pytest.approx(icnn_score(x, y), rel=1e-12)
+
+
+def test_one_class_episode_is_a_zero_loss() -> None:
+    s = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    sl, ql = torch.zeros(4, dtype=torch.long), torch.zeros(3, dtype=torch.long)
+    for name in ("protonet", "proto_triplet", "icnn"):
+        out = losslab.create(name)(s, sl, q, ql)
+        assert float(out.detach()) == 0.0 and out.requires_grad
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((torch.randn(4, 3), torch.tensor([0, 0, 1, 1]), torch.randn(2, 4),
+          torch.tensor([0, 1])), "query must have 3 columns"),
+        ((torch.randn(4, 3), torch.tensor([0, 0, 1, 1]), torch.randn(2, 3),
+          torch.tensor([0, 5])), r"class\(es\) \[5\] absent from support_labels"),
+        ((torch.ones(4, 3, dtype=torch.long), torch.tensor([0, 0, 1, 1]), torch.randn(2, 3),
+          torch.tensor([0, 1])), "support must be a floating-point tensor"),
+        ((torch.randn(4, 3), torch.tensor([0, 0, 1, 1]), torch.randn(0, 3),
+          torch.tensor([], dtype=torch.long)), "query must have at least 1 row"),
+        ((torch.randn(4, 3), torch.tensor([0, 0, 1]), torch.randn(2, 3),
+          torch.tensor([0, 1])), r"support_labels must have shape \[4\]"),
+        ((torch.randn(4, 3), torch.tensor([0, 0, 1, 1]), torch.randn(2, 3).double(),
+          torch.tensor([0, 1])), "one dtype"),
+    ],
+)
+def test_bad_episodes_give_clear_errors(args: tuple, match: str) -> None:
+    for f in (protonet_loss, proto_triplet_loss, icnn_loss):
+        with pytest.raises(ValueError, match=match):
+            f(*args)
+
+
+def test_bad_hyperparameters() -> None:
+    with pytest.raises(ValueError, match="variant"):
+        losslab.create("icnn", variant="all")
+    with pytest.raises(ValueError, match="temperature"):
+        losslab.create("protonet", temperature=0.0)
+    with pytest.raises(ValueError, match="drop_first"):
+        losslab.create("icnn", drop_first=False)
+    with pytest.raises(ValueError, match="k must be"):
+        losslab.create("icnn", k=0)

@@ -1,0 +1,146 @@
+"""The shared helpers: reduction, validation, distances, registry, combine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import losslab
+from losslab import distances
+from losslab._core import reduce, zero_loss
+from losslab.combine import CombinedLoss
+
+
+def test_reduce_modes_and_weights() -> None:
+    v = torch.tensor([1.0, 2.0, 3.0])
+    assert reduce(v, "sum") == 6.0
+    assert reduce(v, "mean") == 2.0
+    torch.testing.assert_close(reduce(v, "none"), v)
+    w = torch.tensor([1.0, 0.0, 1.0])
+    assert reduce(v, "mean", weights=w) == 2.0
+    assert reduce(v, "mean", count=4.0) == 1.5
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        reduce(v, "avg")
+
+
+def test_mean_over_nothing_is_a_connected_zero() -> None:
+    x = torch.randn(3, requires_grad=True)
+    for out in (reduce(x[:0], "mean"), reduce(x, "mean", weights=torch.zeros(3)),
+                reduce(x, "mean", count=torch.tensor(0.0))):
+        assert out.item() == 0.0 and out.requires_grad
+        (g,) = torch.autograd.grad(out, x, allow_unused=True, materialize_grads=True)
+        assert torch.count_nonzero(g) == 0
+    z = zero_loss(x)
+    z.backward()
+    assert z.item() == 0.0 and torch.count_nonzero(x.grad) == 0
+
+
+@pytest.mark.parametrize("metric", distances.METRICS)
+def test_pairwise_matches_brute_force(metric: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    diff = x[:, None, :] - y[None, :, :]  # brute force: fine at this size
+    expected = {
+        "euclidean": (diff.pow(2).sum(-1) + 1e-6).sqrt(),
+        "squared_euclidean": diff.pow(2).sum(-1),
+        "cosine": torch.nn.functional.cosine_similarity(x[:, None], y[None], dim=-1),
+        "dot": x @ y.T,
+    }[metric]
+    torch.testing.assert_close(distances.pairwise(x, y, metric=metric), expected)
+    assert distances.is_similarity(metric) == (metric in ("cosine", "dot"))
+
+
+def test_euclidean_at_coincident_points_has_finite_gradient() -> None:
+    x = torch.zeros(3, 4, dtype=torch.float64, requires_grad=True)
+    for eps in (1e-6, 0.0):
+        d = distances.euclidean(x, eps=eps)
+        (g,) = torch.autograd.grad(d.sum(), x)
+        assert torch.isfinite(g).all()
+    assert distances.euclidean(x, eps=0.0).sum() == 0.0
+    x2 = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    y2 = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: distances.euclidean(a, b, eps=0.0), (x2, y2))
+
+
+def test_knn_is_chunk_invariant_and_excludes_self() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    full = torch.cdist(x, x)
+    full.fill_diagonal_(float("inf"))
+    ref_v, ref_i = full.topk(5, largest=False)
+    for chunk in (1, 7, 50):
+        v, i = distances.knn(x, k=5, exclude_self=True, chunk_size=chunk)
+        torch.testing.assert_close(v, ref_v)
+        assert torch.equal(i, ref_i)
+    v, _ = distances.knn(x, k=3, metric="cosine")
+    torch.testing.assert_close(v[:, 0], torch.ones(50, dtype=torch.float64))
+    with pytest.raises(ValueError, match="k must be in"):
+        distances.knn(x, k=50, exclude_self=True)
+
+
+def test_distances_validate_inputs() -> None:
+    with pytest.raises(ValueError, match="y must have 3 columns"):
+        distances.euclidean(torch.randn(2, 3), torch.randn(2, 4))
+    with pytest.raises(ValueError, match="x must have shape"):
+        distances.dot(torch.randn(3))
+    with pytest.raises(ValueError, match="metric must be one of"):
+        distances.pairwise(torch.randn(2, 3), metric="manhattan")
+
+
+def test_registry_surface() -> None:
+    assert losslab.available(family="few-shot")[:3] == ["icnn", "proto_triplet", "protonet"]
+    assert "protonet" in losslab.available(kind="episode")
+    s = losslab.spec("proto_triplet")
+    assert (s.name, s.family, s.kind, s.arxiv) == ("proto_triplet", "few-shot", "episode",
+                                                   "2305.09062")
+    assert dict(s.defaults) == {"margin": 0.5, "eps": 1e-6, "reduction": "mean"}
+    with pytest.raises(ValueError, match="unknown loss 'nope'"):
+        losslab.spec("nope")
+    with pytest.raises(ValueError, match="family must be one of"):
+        losslab.available(family="vision")
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        losslab.create("protonet", margin=1.0)
+    with pytest.raises(TypeError):
+        losslab.ProtoTripletLoss(0.5)  # hyperparameters are keyword-only
+
+
+def episode():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    return s, y, q, y
+
+
+def test_combine_is_the_mean_of_terms_by_default() -> None:
+    ep = episode()
+    names = ["protonet", "proto_triplet", "icnn"]
+    expected = sum(losslab.create(n)(*ep) for n in names) / 3
+    c = losslab.combine(names)
+    torch.testing.assert_close(c(*ep), expected)
+    assert set(c.last_terms) == set(names)
+    weighted = losslab.combine({"protonet": 1.0, "proto_triplet": 0.5})
+    torch.testing.assert_close(
+        weighted(*ep), losslab.create("protonet")(*ep) + 0.5 * losslab.create("proto_triplet")(*ep)
+    )
+    custom = losslab.combine(["protonet", "icnn"], icnn={"variant": "support"})
+    torch.testing.assert_close(
+        custom(*ep),
+        (losslab.create("protonet")(*ep) + losslab.create("icnn", variant="support")(*ep)) / 2,
+    )
+
+
+def test_combine_rejects_mixed_kinds_and_non_scalars() -> None:
+    class Fake(torch.nn.Module):
+        spec = type("S", (), {"kind": "logits", "name": "fake"})()
+
+    with pytest.raises(ValueError, match="share one kind"):
+        CombinedLoss([losslab.create("protonet"), Fake()], [1.0, 1.0])
+    c = losslab.combine(["protonet"], protonet={"reduction": "none"})
+    with pytest.raises(ValueError, match="must return a scalar"):
+        c(*episode())
+    with pytest.raises(ValueError, match="not in the combination"):
+        losslab.combine(["protonet"], icnn={"k": 3})
+    with pytest.raises(ValueError, match="at least one"):
+        losslab.combine([])
