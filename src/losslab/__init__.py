@@ -81,6 +81,15 @@ from losslab.losses.robust import (
     RCELoss,
     SCELoss,
 )
+from losslab.losses.segmentation import (
+    DiceLoss,
+    DiceSemimetricLoss,
+    FocalTverskyLoss,
+    JaccardLoss,
+    JaccardMetricLoss,
+    LovaszSoftmaxLoss,
+    TverskyLoss,
+)
 from losslab.registry import LossSpec, available, create, spec
 
 __version__ = "0.1.0"
@@ -99,18 +108,24 @@ __all__ = [
     "CosFaceLoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
+    "DiceLoss",
+    "DiceSemimetricLoss",
     "FocalLoss",
+    "FocalTverskyLoss",
     "GCELoss",
     "ICNNLoss",
     "InfoNCELoss",
     "InstanceLevelLoss",
     "InterpolatedAggregateLoss",
+    "JaccardLoss",
+    "JaccardMetricLoss",
     "LDAMLoss",
     "LDRKLLoss",
     "LiftedStructureLoss",
     "LogZPenaltyLoss",
     "LogitAdjustedLoss",
     "LossSpec",
+    "LovaszSoftmaxLoss",
     "MAELoss",
     "MadaCosLoss",
     "Metrix",
@@ -135,6 +150,7 @@ __all__ = [
     "TCMLoss",
     "TripletLoss",
     "TripletRatioLoss",
+    "TverskyLoss",
     "UniformityLoss",
     "WestonWatkinsLoss",
     "ZLoss",

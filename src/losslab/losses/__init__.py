@@ -15,6 +15,7 @@ from losslab.losses import (
     proxy,
     regularizers,
     robust,
+    segmentation,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "proxy",
     "regularizers",
     "robust",
+    "segmentation",
 ]
