@@ -41,6 +41,11 @@ from losslab.losses.contrastive import (
     SigLipLoss,
     UniformityLoss,
 )
+from losslab.losses.distillation import (
+    BinaryKLLoss,
+    CosineAlignmentLoss,
+    KDLoss,
+)
 from losslab.losses.fewshot import (
     ICNNLoss,
     ProtoNetLoss,
@@ -66,6 +71,9 @@ from losslab.losses.proxy import (
     NormalizedSoftmaxLoss,
     ProxyAnchorLoss,
     ProxyNCALoss,
+)
+from losslab.losses.ranking import (
+    MarginMSELoss,
 )
 from losslab.losses.regularizers import (
     TCMLoss,
@@ -100,12 +108,14 @@ __all__ = [
     "AnyLoss",
     "ArcFaceLoss",
     "BagLevelLoss",
+    "BinaryKLLoss",
     "CircleLoss",
     "ClipLoss",
     "CombinedLoss",
     "CompSumLoss",
     "ContrastiveLoss",
     "CosFaceLoss",
+    "CosineAlignmentLoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
     "DiceLoss",
@@ -119,6 +129,7 @@ __all__ = [
     "InterpolatedAggregateLoss",
     "JaccardLoss",
     "JaccardMetricLoss",
+    "KDLoss",
     "LDAMLoss",
     "LDRKLLoss",
     "LiftedStructureLoss",
@@ -128,6 +139,7 @@ __all__ = [
     "LovaszSoftmaxLoss",
     "MAELoss",
     "MadaCosLoss",
+    "MarginMSELoss",
     "Metrix",
     "MultiSimilarityLoss",
     "NCELoss",

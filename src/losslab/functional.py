@@ -33,6 +33,11 @@ from losslab.losses.contrastive import (
     siglip_loss,
     uniformity_loss,
 )
+from losslab.losses.distillation import (
+    binary_kl_loss,
+    cosine_alignment_loss,
+    kd_loss,
+)
 from losslab.losses.fewshot import (
     icnn_loss,
     proto_triplet_loss,
@@ -58,6 +63,9 @@ from losslab.losses.proxy import (
     normalized_softmax_loss,
     proxy_anchor_loss,
     proxy_nca_loss,
+)
+from losslab.losses.ranking import (
+    margin_mse_loss,
 )
 from losslab.losses.regularizers import (
     tcm_loss,
@@ -89,11 +97,13 @@ __all__ = [
     "anyloss_loss",
     "arcface_loss",
     "bag_level_loss",
+    "binary_kl_loss",
     "circle_loss",
     "clip_loss",
     "comp_sum_loss",
     "contrastive_loss",
     "cosface_loss",
+    "cosine_alignment_loss",
     "crammer_singer_loss",
     "cross_entropy_loss",
     "dice_loss",
@@ -107,6 +117,7 @@ __all__ = [
     "interpolated_aggregate_loss",
     "jaccard_loss",
     "jaccard_metric_loss",
+    "kd_loss",
     "ldam_loss",
     "ldr_kl_loss",
     "lifted_structure_loss",
@@ -115,6 +126,7 @@ __all__ = [
     "lovasz_softmax_loss",
     "madacos_loss",
     "mae_loss",
+    "margin_mse_loss",
     "metrix_loss",
     "multi_similarity_loss",
     "nce_loss",

@@ -1,0 +1,56 @@
+"""Ranking losses: Margin-MSE against the formula (loops, fp64) and the sentence-transformers
+MarginMSELoss formula written out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import losslab
+from losslab.functional import margin_mse_loss
+
+
+def scores(n: int = 6, k: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(n, 1 + k, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(n, 1 + k, generator=g, dtype=torch.float64) * 3
+    return s, t
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_margin_mse_matches_loop_oracle(k: int) -> None:
+    s, t = scores(k=k)
+    S, T = s.tolist(), t.tolist()
+    want = [sum(((S[i][0] - S[i][j]) - (T[i][0] - T[i][j])) ** 2 for j in range(1, k + 1)) / k
+            for i in range(len(S))]
+    torch.testing.assert_close(margin_mse_loss(s, t, reduction="none"),
+                               torch.tensor(want, dtype=torch.float64))
+    assert float(margin_mse_loss(s, t).detach()) == pytest.approx(sum(want) / len(want),
+                                                                  rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_margin_mse_matches_sentence_transformers_formula(k: int) -> None:
+    """sentence-transformers MarginMSELoss: labels = teacher margins [N] (or [N, k]);
+    loss = MSELoss()(student_pos - student_neg, labels) over all margins."""
+    s, t = scores(k=k, seed=1)
+    labels = t[:, :1] - t[:, 1:]
+    student_margins = torch.stack([s[:, 0] - s[:, j] for j in range(1, k + 1)], dim=1)
+    peer = torch.nn.MSELoss()(student_margins, labels)
+    torch.testing.assert_close(margin_mse_loss(s, t), peer)
+    g1 = torch.autograd.grad(margin_mse_loss(s, t), s)[0]
+    g2 = torch.autograd.grad(peer, s)[0]
+    torch.testing.assert_close(g1, g2)
+
+
+def test_margin_mse_properties_and_bad_inputs() -> None:
+    s, t = scores(k=2)
+    # invariant to a per-query shift of either side's scores (only margins matter)
+    shift = torch.randn(s.shape[0], 1, dtype=torch.float64)
+    torch.testing.assert_close(margin_mse_loss(s + shift, t - 2 * shift), margin_mse_loss(s, t))
+    assert abs(float(margin_mse_loss(t + shift, t))) < 1e-24
+    with pytest.raises(ValueError, match="at least 2 columns"):
+        margin_mse_loss(s[:, :1], t[:, :1])
+    with pytest.raises(ValueError, match="teacher_scores"):
+        margin_mse_loss(s, t[:-1])
+    assert losslab.spec("margin_mse").kind == "teacher"
