@@ -73,6 +73,7 @@ from losslab.losses.proxy import (
     ProxyNCALoss,
 )
 from losslab.losses.ranking import (
+    ListNetLoss,
     MarginMSELoss,
 )
 from losslab.losses.regularizers import (
@@ -133,6 +134,7 @@ __all__ = [
     "LDAMLoss",
     "LDRKLLoss",
     "LiftedStructureLoss",
+    "ListNetLoss",
     "LogZPenaltyLoss",
     "LogitAdjustedLoss",
     "LossSpec",

@@ -65,6 +65,7 @@ from losslab.losses.proxy import (
     proxy_nca_loss,
 )
 from losslab.losses.ranking import (
+    listnet_loss,
     margin_mse_loss,
 )
 from losslab.losses.regularizers import (
@@ -121,6 +122,7 @@ __all__ = [
     "ldam_loss",
     "ldr_kl_loss",
     "lifted_structure_loss",
+    "listnet_loss",
     "logit_adjusted_loss",
     "logz_penalty_loss",
     "lovasz_softmax_loss",

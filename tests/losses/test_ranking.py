@@ -54,3 +54,36 @@ def test_margin_mse_properties_and_bad_inputs() -> None:
     with pytest.raises(ValueError, match="teacher_scores"):
         margin_mse_loss(s, t[:-1])
     assert losslab.spec("margin_mse").kind == "teacher"
+
+
+def test_listnet_matches_loop_oracle_with_padding() -> None:
+    import math
+
+    from losslab.functional import listnet_loss
+
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    r = torch.randint(0, 4, (3, 5), generator=g).to(torch.float64)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    mask[2] = False  # an empty (fully padded) list
+    want = []
+    for q in range(2):
+        idx = [i for i in range(5) if mask[q, i]]
+        zs = sum(math.exp(float(s[q, i])) for i in idx)
+        zr = sum(math.exp(float(r[q, i])) for i in idx)
+        want.append(-sum(math.exp(float(r[q, i])) / zr * (float(s[q, i]) - math.log(zs))
+                         for i in idx))
+    got = listnet_loss(s, r, mask=mask, reduction="none")
+    torch.testing.assert_close(got, torch.tensor([*want, 0.0], dtype=torch.float64))
+    out = listnet_loss(s, r, mask=mask)
+    assert float(out.detach()) == pytest.approx(sum(want) / 2, rel=1e-12)
+    out.backward()
+    assert torch.isfinite(s.grad).all() and torch.count_nonzero(s.grad[2]) == 0
+    assert torch.count_nonzero(s.grad[1, 3:]) == 0
+    # minimised when softmax(s) == softmax(r): zero gradient there
+    s2 = r.clone().requires_grad_(True)
+    (g2,) = torch.autograd.grad(listnet_loss(s2, r), s2)
+    assert float(g2.abs().max()) < 1e-12
+    with pytest.raises(ValueError, match="mask"):
+        listnet_loss(s, r, mask=mask.float())
