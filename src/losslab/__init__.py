@@ -44,6 +44,11 @@ from losslab.losses.contrastive import (
     SigLipLoss,
     UniformityLoss,
 )
+from losslab.losses.distillation import (
+    BinaryKLLoss,
+    CosineAlignmentLoss,
+    KDLoss,
+)
 from losslab.losses.fewshot import (
     ICNNLoss,
     ProtoNetLoss,
@@ -70,6 +75,10 @@ from losslab.losses.proxy import (
     ProxyAnchorLoss,
     ProxyNCALoss,
 )
+from losslab.losses.ranking import (
+    ListNetLoss,
+    MarginMSELoss,
+)
 from losslab.losses.regularizers import (
     TCMLoss,
 )
@@ -84,6 +93,15 @@ from losslab.losses.robust import (
     RCELoss,
     SCELoss,
 )
+from losslab.losses.segmentation import (
+    DiceLoss,
+    DiceSemimetricLoss,
+    FocalTverskyLoss,
+    JaccardLoss,
+    JaccardMetricLoss,
+    LovaszSoftmaxLoss,
+    TverskyLoss,
+)
 from losslab.registry import LossSpec, available, create, spec
 
 __version__ = "0.1.0"
@@ -94,29 +112,40 @@ __all__ = [
     "AnyLoss",
     "ArcFaceLoss",
     "BagLevelLoss",
+    "BinaryKLLoss",
     "CircleLoss",
     "ClipLoss",
     "CombinedLoss",
     "CompSumLoss",
     "ContrastiveLoss",
     "CosFaceLoss",
+    "CosineAlignmentLoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
+    "DiceLoss",
+    "DiceSemimetricLoss",
     "FocalLoss",
+    "FocalTverskyLoss",
     "GCELoss",
     "ICNNLoss",
     "InfoNCELoss",
     "InstanceLevelLoss",
     "InterpolatedAggregateLoss",
+    "JaccardLoss",
+    "JaccardMetricLoss",
+    "KDLoss",
     "LDAMLoss",
     "LDRKLLoss",
     "LiftedStructureLoss",
     "LinearCrossEntropyLoss",
+    "ListNetLoss",
     "LogZPenaltyLoss",
     "LogitAdjustedLoss",
     "LossSpec",
+    "LovaszSoftmaxLoss",
     "MAELoss",
     "MadaCosLoss",
+    "MarginMSELoss",
     "Metrix",
     "MultiSimilarityLoss",
     "NCELoss",
@@ -139,6 +168,7 @@ __all__ = [
     "TCMLoss",
     "TripletLoss",
     "TripletRatioLoss",
+    "TverskyLoss",
     "UniformityLoss",
     "WestonWatkinsLoss",
     "ZLoss",

@@ -36,6 +36,11 @@ from losslab.losses.contrastive import (
     siglip_loss,
     uniformity_loss,
 )
+from losslab.losses.distillation import (
+    binary_kl_loss,
+    cosine_alignment_loss,
+    kd_loss,
+)
 from losslab.losses.fewshot import (
     icnn_loss,
     proto_triplet_loss,
@@ -62,6 +67,10 @@ from losslab.losses.proxy import (
     proxy_anchor_loss,
     proxy_nca_loss,
 )
+from losslab.losses.ranking import (
+    listnet_loss,
+    margin_mse_loss,
+)
 from losslab.losses.regularizers import (
     tcm_loss,
 )
@@ -76,6 +85,15 @@ from losslab.losses.robust import (
     rce_loss,
     sce_loss,
 )
+from losslab.losses.segmentation import (
+    dice_loss,
+    dice_semimetric_loss,
+    focal_tversky_loss,
+    jaccard_loss,
+    jaccard_metric_loss,
+    lovasz_softmax_loss,
+    tversky_loss,
+)
 
 __all__ = [
     "aldr_kl_loss",
@@ -83,27 +101,38 @@ __all__ = [
     "anyloss_loss",
     "arcface_loss",
     "bag_level_loss",
+    "binary_kl_loss",
     "circle_loss",
     "clip_loss",
     "comp_sum_loss",
     "contrastive_loss",
     "cosface_loss",
+    "cosine_alignment_loss",
     "crammer_singer_loss",
     "cross_entropy_loss",
+    "dice_loss",
+    "dice_semimetric_loss",
     "focal_loss",
+    "focal_tversky_loss",
     "gce_loss",
     "icnn_loss",
     "infonce_loss",
     "instance_level_loss",
     "interpolated_aggregate_loss",
+    "jaccard_loss",
+    "jaccard_metric_loss",
+    "kd_loss",
     "ldam_loss",
     "ldr_kl_loss",
     "lifted_structure_loss",
     "linear_cross_entropy_loss",
+    "listnet_loss",
     "logit_adjusted_loss",
     "logz_penalty_loss",
+    "lovasz_softmax_loss",
     "madacos_loss",
     "mae_loss",
+    "margin_mse_loss",
     "metrix_loss",
     "multi_similarity_loss",
     "nce_loss",
@@ -126,6 +155,7 @@ __all__ = [
     "tcm_loss",
     "triplet_loss",
     "triplet_ratio_loss",
+    "tversky_loss",
     "uniformity_loss",
     "weston_watkins_loss",
     "z_loss_loss",

@@ -22,13 +22,15 @@ class Call:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def float_inputs(self) -> list[Tensor]:
-        return [a for a in self.args if isinstance(a, Tensor) and a.is_floating_point()]
+        """The differentiable inputs (labels-like float inputs, e.g. relevance, excluded)."""
+        return [a for a in self.args if isinstance(a, Tensor) and a.requires_grad]
 
     def to(self, dtype: torch.dtype) -> Call:
         def cast(a: Any) -> Any:
             if isinstance(a, Tensor) and a.is_floating_point():
                 return a.detach().to(dtype).requires_grad_(a.requires_grad)
             return a
+
 
         return Call(tuple(cast(a) for a in self.args), {k: cast(v) for k, v in self.kwargs.items()})
 
@@ -41,11 +43,17 @@ def _randn(*shape: int, g: torch.Generator, dtype: torch.dtype, scale: float = 1
     return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
 
+# Float inputs that are targets, not predictions: no gradient (kind -> argument positions).
+TARGET_ARGS = {"scores": (1,), "bags": (2,)}
+
+
 def _finish(spec: LossSpec, call: Call, n: int) -> Call:
     if spec.needs_index:
         call.kwargs["index"] = torch.arange(n)
-    for a in call.float_inputs():
-        a.requires_grad_(True)
+    for i, a in enumerate(call.args):
+        if isinstance(a, Tensor) and a.is_floating_point() and i not in TARGET_ARGS.get(
+                spec.kind, ()):
+            a.requires_grad_(True)
     return call
 
 

@@ -10,12 +10,15 @@ from losslab.losses import (
     anyloss,
     classification,
     contrastive,
+    distillation,
     fewshot,
     metric,
     mixup,
     proxy,
+    ranking,
     regularizers,
     robust,
+    segmentation,
 )
 
 __all__ = [
@@ -23,11 +26,14 @@ __all__ = [
     "anyloss",
     "classification",
     "contrastive",
+    "distillation",
     "fewshot",
     "linear_cross_entropy",
     "metric",
     "mixup",
     "proxy",
+    "ranking",
     "regularizers",
     "robust",
+    "segmentation",
 ]

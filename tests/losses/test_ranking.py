@@ -1,0 +1,89 @@
+"""Ranking losses: Margin-MSE against the formula (loops, fp64) and the sentence-transformers
+MarginMSELoss formula written out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import losslab
+from losslab.functional import margin_mse_loss
+
+
+def scores(n: int = 6, k: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(n, 1 + k, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(n, 1 + k, generator=g, dtype=torch.float64) * 3
+    return s, t
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_margin_mse_matches_loop_oracle(k: int) -> None:
+    s, t = scores(k=k)
+    S, T = s.tolist(), t.tolist()
+    want = [sum(((S[i][0] - S[i][j]) - (T[i][0] - T[i][j])) ** 2 for j in range(1, k + 1)) / k
+            for i in range(len(S))]
+    torch.testing.assert_close(margin_mse_loss(s, t, reduction="none"),
+                               torch.tensor(want, dtype=torch.float64))
+    assert float(margin_mse_loss(s, t).detach()) == pytest.approx(sum(want) / len(want),
+                                                                  rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_margin_mse_matches_sentence_transformers_formula(k: int) -> None:
+    """sentence-transformers MarginMSELoss: labels = teacher margins [N] (or [N, k]);
+    loss = MSELoss()(student_pos - student_neg, labels) over all margins."""
+    s, t = scores(k=k, seed=1)
+    labels = t[:, :1] - t[:, 1:]
+    student_margins = torch.stack([s[:, 0] - s[:, j] for j in range(1, k + 1)], dim=1)
+    peer = torch.nn.MSELoss()(student_margins, labels)
+    torch.testing.assert_close(margin_mse_loss(s, t), peer)
+    g1 = torch.autograd.grad(margin_mse_loss(s, t), s)[0]
+    g2 = torch.autograd.grad(peer, s)[0]
+    torch.testing.assert_close(g1, g2)
+
+
+def test_margin_mse_properties_and_bad_inputs() -> None:
+    s, t = scores(k=2)
+    # invariant to a per-query shift of either side's scores (only margins matter)
+    shift = torch.randn(s.shape[0], 1, dtype=torch.float64)
+    torch.testing.assert_close(margin_mse_loss(s + shift, t - 2 * shift), margin_mse_loss(s, t))
+    assert abs(float(margin_mse_loss(t + shift, t))) < 1e-24
+    with pytest.raises(ValueError, match="at least 2 columns"):
+        margin_mse_loss(s[:, :1], t[:, :1])
+    with pytest.raises(ValueError, match="teacher_scores"):
+        margin_mse_loss(s, t[:-1])
+    assert losslab.spec("margin_mse").kind == "teacher"
+
+
+def test_listnet_matches_loop_oracle_with_padding() -> None:
+    import math
+
+    from losslab.functional import listnet_loss
+
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    r = torch.randint(0, 4, (3, 5), generator=g).to(torch.float64)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    mask[2] = False  # an empty (fully padded) list
+    want = []
+    for q in range(2):
+        idx = [i for i in range(5) if mask[q, i]]
+        zs = sum(math.exp(float(s[q, i])) for i in idx)
+        zr = sum(math.exp(float(r[q, i])) for i in idx)
+        want.append(-sum(math.exp(float(r[q, i])) / zr * (float(s[q, i]) - math.log(zs))
+                         for i in idx))
+    got = listnet_loss(s, r, mask=mask, reduction="none")
+    torch.testing.assert_close(got, torch.tensor([*want, 0.0], dtype=torch.float64))
+    out = listnet_loss(s, r, mask=mask)
+    assert float(out.detach()) == pytest.approx(sum(want) / 2, rel=1e-12)
+    out.backward()
+    assert torch.isfinite(s.grad).all() and torch.count_nonzero(s.grad[2]) == 0
+    assert torch.count_nonzero(s.grad[1, 3:]) == 0
+    # minimised when softmax(s) == softmax(r): zero gradient there
+    s2 = r.clone().requires_grad_(True)
+    (g2,) = torch.autograd.grad(listnet_loss(s2, r), s2)
+    assert float(g2.abs().max()) < 1e-12
+    with pytest.raises(ValueError, match="mask"):
+        listnet_loss(s, r, mask=mask.float())

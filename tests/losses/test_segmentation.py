@@ -1,0 +1,374 @@
+"""Segmentation losses: loop oracles from the papers' formulas (fp64), monai and kornia peers,
+and the properties of arXiv 2302.05666 (JML/DML) and arXiv 1705.08790 (Lovász-Softmax)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import losslab
+from losslab.functional import (
+    dice_loss,
+    dice_semimetric_loss,
+    focal_tversky_loss,
+    jaccard_loss,
+    jaccard_metric_loss,
+    lovasz_softmax_loss,
+    tversky_loss,
+)
+
+N, C, H, W = 3, 4, 3, 4
+
+
+def batch(seed: int = 0, *, ignore: bool = True, scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(N, C, H, W, generator=g, dtype=torch.float64) * scale)
+    target = torch.randint(0, C - 1, (N, H, W), generator=g)  # class C-1 absent
+    if ignore:
+        target[0, 0, :2] = -100
+        target[2] = -100  # a fully ignored image
+        target[2, 1, 1] = 1
+    return logits.requires_grad_(True), target
+
+
+def soft_batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(N, C, H, W, generator=g, dtype=torch.float64)
+    soft = torch.softmax(torch.randn(N, C, H, W, generator=g, dtype=torch.float64) * 2, 1)
+    return logits.requires_grad_(True), soft
+
+
+# --------------------------------------------------------------------------------------------
+# Loop oracle: the per-class soft counts written out pixel by pixel
+# --------------------------------------------------------------------------------------------
+
+
+def counts_oracle(logits, target, *, per_image, metric=False, squared=False):
+    """{group: {class: (tp, P, Y)}} from explicit loops over pixels (fp64 Python floats)."""
+    lg = logits.detach().tolist()
+    soft = target.is_floating_point()
+    tg = target.tolist()
+    groups = {}
+    for n in range(N):
+        key = n if per_image else 0
+        for h in range(H):
+            for w in range(W):
+                if not soft and tg[n][h][w] == -100:
+                    continue
+                z = [lg[n][c][h][w] for c in range(C)]
+                m = max(z)
+                e = [math.exp(v - m) for v in z]
+                p = [v / sum(e) for v in e]
+                y = ([tg[n][c][h][w] for c in range(C)] if soft
+                     else [1.0 if tg[n][h][w] == c else 0.0 for c in range(C)])
+                grp = groups.setdefault(key, {c: [0.0, 0.0, 0.0, 0.0] for c in range(C)})
+                for c in range(C):
+                    acc = grp[c]
+                    acc[0] += p[c] * y[c]
+                    acc[1] += p[c] ** 2 if squared else p[c]
+                    acc[2] += y[c] ** 2 if squared else y[c]
+                    acc[3] += abs(p[c] - y[c])
+    out = {}
+    for key, grp in groups.items():
+        out[key] = {}
+        for c, (pyc, pc, yc, l1) in grp.items():
+            tp = (pc + yc - l1) / 2 if metric else pyc
+            out[key][c] = (tp, pc, yc)
+    return out
+
+
+def region_oracle(logits, target, score, *, per_image, classes, metric=False, squared=False,
+                  post=lambda v: v):
+    """Mean over active classes per group, then mean over groups (the "mean" reduction)."""
+    counts = counts_oracle(logits, target, per_image=per_image, metric=metric, squared=squared)
+    group_losses, class_losses = [], []
+    for _key, cls in sorted(counts.items()):
+        losses = [post(1 - score(*cls[c])) for c in range(C)
+                  if classes == "all" or cls[c][2] > 0]
+        class_losses.extend(losses)
+        if losses:
+            group_losses.append(sum(losses) / len(losses))
+    if per_image:
+        return sum(group_losses) / len(group_losses)
+    return sum(class_losses) / len(class_losses)
+
+
+def dice_score(s):
+    return lambda tp, p, y: (2 * tp + s) / (p + y + s)
+
+
+def tversky_score(a, b, s):
+    return lambda tp, p, y: (tp + s) / (tp + a * (p - tp) + b * (y - tp) + s)
+
+
+SETTINGS = list(itertools.product([True, False], ["all", "present"]))
+
+
+@pytest.mark.parametrize("per_image,classes", SETTINGS)
+def test_region_losses_match_loop_oracles(per_image: bool, classes: str) -> None:
+    logits, target = batch()
+    kw = dict(per_image=per_image, classes=classes)
+    s = 0.5  # a visible smoothing term
+    cases = [
+        (dice_loss(logits, target, smooth=s, **kw), dict(score=dice_score(s))),
+        (dice_loss(logits, target, smooth=s, squared_denominator=True, **kw),
+         dict(score=dice_score(s), squared=True)),
+        (jaccard_loss(logits, target, smooth=s, **kw), dict(score=tversky_score(1, 1, s))),
+        (tversky_loss(logits, target, alpha=0.2, beta=0.9, smooth=s, **kw),
+         dict(score=tversky_score(0.2, 0.9, s))),
+        (focal_tversky_loss(logits, target, alpha=0.2, beta=0.9, gamma=1.5, smooth=s, **kw),
+         dict(score=tversky_score(0.2, 0.9, s), post=lambda v: v ** (1 / 1.5))),
+        (jaccard_metric_loss(logits, target, smooth=s, **kw),
+         dict(score=tversky_score(1, 1, s), metric=True)),
+        (dice_semimetric_loss(logits, target, smooth=s, **kw),
+         dict(score=dice_score(s), metric=True)),
+    ]
+    for got, oracle_kw in cases:
+        want = region_oracle(logits, target, per_image=per_image, classes=classes, **oracle_kw)
+        assert float(got.detach()) == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_soft_label_losses_match_loop_oracles(per_image: bool) -> None:
+    logits, soft = soft_batch()
+    kw = dict(per_image=per_image, classes="all", smooth=0.1)
+    got = jaccard_metric_loss(logits, soft, **kw)
+    want = region_oracle(logits, soft, tversky_score(1, 1, 0.1), per_image=per_image,
+                         classes="all", metric=True)
+    assert float(got.detach()) == pytest.approx(want, rel=1e-12)
+    got = dice_loss(logits, soft, **kw)
+    want = region_oracle(logits, soft, dice_score(0.1), per_image=per_image, classes="all")
+    assert float(got.detach()) == pytest.approx(want, rel=1e-12)
+
+
+def test_reduction_none_shapes_and_ignored_image() -> None:
+    logits, target = batch()
+    per_img = dice_loss(logits, target, reduction="none")
+    assert per_img.shape == (N,)
+    # image 2 has a single valid pixel; an image with none is left out of the mean
+    target[2] = -100
+    per_img = dice_loss(logits, target, reduction="none").detach()
+    assert float(per_img[2]) == 0.0
+    mean = dice_loss(logits, target).detach()
+    torch.testing.assert_close(mean, per_img[:2].mean())
+    per_class = jaccard_metric_loss(logits, target, reduction="none").detach()
+    assert per_class.shape == (C,)
+    assert float(per_class[C - 1]) == 0.0  # absent class, "present" mode
+    torch.testing.assert_close(jaccard_metric_loss(logits, target).detach(),
+                               per_class[:C - 1].mean())
+
+
+def test_all_ignored_is_zero_with_zero_gradient() -> None:
+    logits, target = batch()
+    target[:] = -100
+    for fn in (dice_loss, jaccard_loss, tversky_loss, focal_tversky_loss, jaccard_metric_loss,
+               dice_semimetric_loss, lovasz_softmax_loss):
+        for per_image in (True, False):
+            out = fn(logits, target, per_image=per_image)
+            assert float(out.detach()) == 0.0
+            (g,) = torch.autograd.grad(out, logits)
+            assert torch.count_nonzero(g) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Peers
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("squared", [False, True])
+def test_dice_matches_monai(per_image: bool, squared: bool) -> None:
+    monai_losses = pytest.importorskip("monai.losses")
+    logits, target = batch(ignore=False)
+    peer = monai_losses.DiceLoss(softmax=True, to_onehot_y=True, batch=not per_image,
+                                 squared_pred=squared, smooth_nr=1e-5, smooth_dr=1e-5)
+    want = peer(logits, target.unsqueeze(1))
+    got = dice_loss(logits, target, per_image=per_image, squared_denominator=squared)
+    torch.testing.assert_close(got, want)
+    jac = monai_losses.DiceLoss(softmax=True, to_onehot_y=True, batch=not per_image,
+                                jaccard=True, smooth_nr=0.0, smooth_dr=0.0)
+    torch.testing.assert_close(jaccard_loss(logits, target, per_image=per_image, smooth=0.0),
+                               jac(logits, target.unsqueeze(1)))
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_tversky_matches_monai(per_image: bool) -> None:
+    monai_losses = pytest.importorskip("monai.losses")
+    logits, target = batch(ignore=False)
+    peer = monai_losses.TverskyLoss(softmax=True, to_onehot_y=True, batch=not per_image,
+                                    alpha=0.3, beta=0.7)
+    torch.testing.assert_close(tversky_loss(logits, target, per_image=per_image),
+                               peer(logits, target.unsqueeze(1)))
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_soft_label_losses_match_monai_soft_label(per_image: bool) -> None:
+    monai_losses = pytest.importorskip("monai.losses")
+    logits, soft = soft_batch()
+    dml = monai_losses.DiceLoss(softmax=True, batch=not per_image, soft_label=True,
+                                smooth_nr=1e-3, smooth_dr=1e-3)
+    torch.testing.assert_close(
+        dice_semimetric_loss(logits, soft, per_image=per_image, classes="all"), dml(logits, soft))
+    jml = monai_losses.DiceLoss(softmax=True, batch=not per_image, soft_label=True,
+                                jaccard=True, smooth_nr=0.0, smooth_dr=0.0)
+    torch.testing.assert_close(
+        jaccard_metric_loss(logits, soft, per_image=per_image, classes="all", smooth=0.0),
+        jml(logits, soft))
+
+
+def test_dice_matches_kornia_macro() -> None:
+    kornia_losses = pytest.importorskip("kornia.losses")
+    logits, target = batch()
+    target[2, 1, 1] = 0  # kornia's "macro" counts an image without valid pixel as loss 1
+    want = kornia_losses.dice_loss(logits, target, average="macro", eps=0.0)
+    got = dice_loss(logits, target, smooth=0.0, classes="present", per_image=True)
+    torch.testing.assert_close(got, want)
+
+
+# --------------------------------------------------------------------------------------------
+# Properties of JML / DML (arXiv 2302.05666)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_image,classes", SETTINGS)
+def test_jml_dml_equal_soft_jaccard_dice_on_hard_labels(per_image: bool, classes: str) -> None:
+    logits, target = batch(seed=3)
+    kw = dict(per_image=per_image, classes=classes, smooth=0.01)
+    torch.testing.assert_close(jaccard_metric_loss(logits, target, **kw),
+                               jaccard_loss(logits, target, **kw))
+    torch.testing.assert_close(dice_semimetric_loss(logits, target, **kw),
+                               dice_loss(logits, target, **kw))
+
+
+def test_jml_dml_zero_iff_prediction_equals_soft_label() -> None:
+    _, soft = soft_batch(seed=5)
+    at_label = soft.log().requires_grad_(True)  # softmax(log y) == y
+    kw = dict(smooth=0.0, classes="all")
+    for fn in (jaccard_metric_loss, dice_semimetric_loss):
+        out = fn(at_label, soft, **kw)
+        assert abs(float(out)) < 1e-12
+        for per_image in (True, False):
+            assert abs(float(fn(at_label, soft, per_image=per_image, **kw))) < 1e-12
+        off = fn(at_label + 0.3 * torch.randn_like(at_label), soft, **kw)
+        assert float(off) > 1e-3
+    # the classic soft Jaccard / Dice losses are NOT zero at p == y for soft labels
+    assert float(jaccard_loss(at_label, soft, **kw)) > 0.2
+    assert float(dice_loss(at_label, soft, **kw)) > 0.1
+
+
+def test_jml_triangle_inequality_on_soft_vectors() -> None:
+    """JML (smooth=0) is a metric on [0, 1]^n (Theorem of arXiv 2302.05666), per class."""
+    g = torch.Generator().manual_seed(7)
+
+    def jml(x: torch.Tensor, y: torch.Tensor) -> float:
+        a, b, d = x.sum(), y.sum(), (x - y).abs().sum()
+        return float(1 - (a + b - d) / (a + b + d))
+
+    for _ in range(200):
+        x, y, z = torch.rand(3, 6, generator=g, dtype=torch.float64)
+        assert jml(x, z) <= jml(x, y) + jml(y, z) + 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# Lovász-Softmax (arXiv 1705.08790)
+# --------------------------------------------------------------------------------------------
+
+
+def jaccard_set_loss(mistakes: set[int], fg: set[int]) -> float:
+    """Δ_J(M) = |M| / |G ∪ M|."""
+    if not mistakes:
+        return 0.0
+    return len(mistakes) / len(fg | mistakes)
+
+
+def lovasz_extension_integral(m: list[float], fg: set[int]) -> float:
+    """The Lovász extension as ∫_0^1 Δ({i : m_i >= t}) dt (m in [0, 1]^p), independent of the
+    sorting formula: Δ is constant between consecutive distinct values of m."""
+    levels = sorted(set([0.0, *m]))
+    total = 0.0
+    for lo, hi in itertools.pairwise(levels):
+        total += (hi - lo) * jaccard_set_loss({i for i, v in enumerate(m) if v >= hi}, fg)
+    return total
+
+
+def lovasz_oracle(logits, target, *, per_image, classes):
+    lg, tg = logits.detach(), target
+    probs = torch.softmax(lg, 1)
+    groups = [[n] for n in range(N)] if per_image else [list(range(N))]
+    group_losses, class_losses = [], []
+    for grp in groups:
+        pix = [(n, h, w) for n in grp for h in range(H) for w in range(W)
+               if int(tg[n, h, w]) != -100]
+        if not pix:
+            continue
+        losses = []
+        for c in range(C):
+            fg = {i for i, (n, h, w) in enumerate(pix) if int(tg[n, h, w]) == c}
+            if classes == "present" and not fg:
+                continue
+            m = [abs((1.0 if i in fg else 0.0) - float(probs[n, c, h, w]))
+                 for i, (n, h, w) in enumerate(pix)]
+            losses.append(lovasz_extension_integral(m, fg))
+        class_losses.extend(losses)
+        if losses:
+            group_losses.append(sum(losses) / len(losses))
+    if per_image:
+        return sum(group_losses) / len(group_losses)
+    return sum(class_losses) / len(class_losses)
+
+
+@pytest.mark.parametrize("per_image,classes", SETTINGS)
+def test_lovasz_matches_integral_definition(per_image: bool, classes: str) -> None:
+    logits, target = batch(seed=1)
+    got = lovasz_softmax_loss(logits, target, per_image=per_image, classes=classes)
+    want = lovasz_oracle(logits, target, per_image=per_image, classes=classes)
+    assert float(got.detach()) == pytest.approx(want, rel=1e-10)
+
+
+def test_lovasz_equals_discrete_jaccard_loss_at_hard_predictions() -> None:
+    logits, target = batch(seed=2, ignore=False)
+    hard = torch.nn.functional.one_hot(logits.detach().argmax(1), C).permute(0, 3, 1, 2)
+    sharp = hard.to(torch.float64) * 200.0  # softmax is one-hot up to exp(-200)
+    got = lovasz_softmax_loss(sharp, target, classes="present")
+    pred = hard.argmax(1)
+    want = []
+    for c in range(C):
+        gt, pr = target == c, pred == c
+        if gt.any():
+            want.append(1 - float((gt & pr).sum()) / float((gt | pr).sum()))
+    assert float(got) == pytest.approx(sum(want) / len(want), abs=1e-12)
+
+
+def test_lovasz_rejects_soft_labels_and_bad_shapes() -> None:
+    logits, soft = soft_batch()
+    with pytest.raises(ValueError, match="soft"):
+        lovasz_softmax_loss(logits, soft)
+    with pytest.raises(ValueError, match="spatial"):
+        dice_loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="classes"):
+        losslab.create("dice", classes="some")
+    with pytest.raises(ValueError, match="alpha"):
+        losslab.create("tversky", alpha=-1.0)
+
+
+def test_focal_tversky_gamma_one_is_tversky_and_gradient_is_finite_at_perfect_fit() -> None:
+    logits, target = batch()
+    torch.testing.assert_close(focal_tversky_loss(logits, target, gamma=1.0),
+                               tversky_loss(logits, target))
+    perfect = torch.nn.functional.one_hot(target.clamp_min(0), C).permute(0, 3, 1, 2) * 1e3
+    perfect = perfect.to(torch.float64).requires_grad_(True)
+    out = focal_tversky_loss(perfect, target, smooth=0.0, classes="present")
+    out.backward()
+    assert torch.isfinite(perfect.grad).all()
+
+
+def test_gradcheck_with_ignored_pixels_and_soft_labels() -> None:
+    logits, target = batch()
+    _, soft = soft_batch()
+    for fn in (dice_loss, jaccard_metric_loss, lovasz_softmax_loss, focal_tversky_loss):
+        assert torch.autograd.gradcheck(lambda x, f=fn: f(x, target), (logits,), fast_mode=True)
+    for fn in (jaccard_metric_loss, dice_semimetric_loss):
+        assert torch.autograd.gradcheck(lambda x, f=fn: f(x, soft), (logits,), fast_mode=True)
