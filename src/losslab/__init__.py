@@ -76,8 +76,10 @@ from losslab.losses.proxy import (
     ProxyNCALoss,
 )
 from losslab.losses.ranking import (
+    ListMLELoss,
     ListNetLoss,
     MarginMSELoss,
+    RankNetLoss,
 )
 from losslab.losses.regularizers import (
     TCMLoss,
@@ -138,6 +140,7 @@ __all__ = [
     "LDRKLLoss",
     "LiftedStructureLoss",
     "LinearCrossEntropyLoss",
+    "ListMLELoss",
     "ListNetLoss",
     "LogZPenaltyLoss",
     "LogitAdjustedLoss",
@@ -161,6 +164,7 @@ __all__ = [
     "ProxyAnchorLoss",
     "ProxyNCALoss",
     "RCELoss",
+    "RankNetLoss",
     "SCELoss",
     "SigLipLoss",
     "StableMaxCELoss",

@@ -68,8 +68,10 @@ from losslab.losses.proxy import (
     proxy_nca_loss,
 )
 from losslab.losses.ranking import (
+    listmle_loss,
     listnet_loss,
     margin_mse_loss,
+    ranknet_loss,
 )
 from losslab.losses.regularizers import (
     tcm_loss,
@@ -126,6 +128,7 @@ __all__ = [
     "ldr_kl_loss",
     "lifted_structure_loss",
     "linear_cross_entropy_loss",
+    "listmle_loss",
     "listnet_loss",
     "logit_adjusted_loss",
     "logz_penalty_loss",
@@ -147,6 +150,7 @@ __all__ = [
     "protonet_loss",
     "proxy_anchor_loss",
     "proxy_nca_loss",
+    "ranknet_loss",
     "rce_loss",
     "sce_loss",
     "siglip_loss",

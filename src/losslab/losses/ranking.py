@@ -1,4 +1,5 @@
-"""Learning-to-rank losses: Margin-MSE (kind ``teacher``) and ListNet (kind ``scores``).
+"""Learning-to-rank losses: Margin-MSE (kind ``teacher``); ListNet, RankNet and ListMLE
+(kind ``scores``).
 
 Kind ``scores``: ``loss(scores[Q, L], relevance[Q, L], *, mask=None)``: ``Q`` queries (lists) of
 ``L`` items, graded relevance (float, higher is better), and an optional bool ``mask`` (True =
@@ -30,10 +31,14 @@ from losslab.losses.distillation import check_teacher_pair
 from losslab.registry import register
 
 __all__ = [
+    "ListMLELoss",
     "ListNetLoss",
     "MarginMSELoss",
+    "RankNetLoss",
+    "listmle_loss",
     "listnet_loss",
     "margin_mse_loss",
+    "ranknet_loss",
 ]
 
 
@@ -185,7 +190,107 @@ class _ScoresModule(LossModule):
     peers=("allrank.models.losses.listNet",),
     reduction="per query",
 )
-# RankNet and ListMLE are not registered: their pair set / sort order depends on ties of the
-# relevance, and the contract suite gradchecks the (float) relevance too (see the report).
 class ListNetLoss(_ScoresModule):
     """Module form of :func:`listnet_loss`."""
+
+
+def ranknet_loss(
+    scores: Tensor,
+    relevance: Tensor,
+    *,
+    mask: Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""RankNet: pairwise logistic loss on every pair of items with different relevance.
+
+    .. math::
+        \ell_q = \frac{1}{|P_q|} \sum_{(i, j) \in P_q} \log\big(1 + e^{-(s_i - s_j)}\big),
+        \qquad P_q = \{(i, j) : r_i > r_j\}
+
+    (the target probability of "i above j" is 1 for every ordered pair; tied pairs carry no
+    term). RankT5 trains its rankers with this loss among others.
+
+    Args:
+        scores: ``[Q, L]`` predicted scores; ``relevance``: ``[Q, L]`` graded relevance.
+        mask: optional ``[Q, L]`` bool, False for padding.
+        reduction: ``"mean"`` over queries with at least one pair, ``"sum"``, ``"none"``
+            (``[Q]``, 0 for lists without a pair). Memory ``O(Q L^2)``.
+
+    Paper: Burges et al., "Learning to Rank using Gradient Descent" (ICML 2005; no arXiv id);
+    used by Zhuang et al., "RankT5", arXiv 2210.10634.
+    """
+    s, r, m, dtype = prepare_scores(scores, relevance, mask)
+    pairs = (r.unsqueeze(2) > r.unsqueeze(1)) & m.unsqueeze(2) & m.unsqueeze(1)
+    diff = s.unsqueeze(2) - s.unsqueeze(1)
+    terms = torch.where(pairs, F.softplus(-diff), torch.zeros_like(diff))
+    n_pairs = pairs.sum((1, 2)).to(s.dtype)
+    values = terms.sum((1, 2)) / n_pairs.clamp_min(1)
+    return reduce(values, reduction, count=(n_pairs > 0).sum().to(s.dtype)).to(dtype)
+
+
+def listmle_loss(
+    scores: Tensor,
+    relevance: Tensor,
+    *,
+    mask: Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""ListMLE: negative log-likelihood of the ideal ranking under the Plackett-Luce model.
+
+    .. math::
+        \ell_q = -\sum_{i=1}^{n} \Big(s_{\pi_i} - \log \sum_{k \ge i} e^{s_{\pi_k}}\Big)
+
+    with :math:`\pi` the items sorted by decreasing relevance. Ties are broken by position
+    (a stable sort: the earlier item first), which makes the loss deterministic; allRank breaks
+    them at random.
+
+    Args:
+        scores: ``[Q, L]`` predicted scores; ``relevance``: ``[Q, L]`` graded relevance.
+        mask: optional ``[Q, L]`` bool, False for padding (padding is ranked last and left
+            out).
+        reduction: ``"mean"`` over queries with at least one item, ``"sum"``, ``"none"``
+            (``[Q]``).
+
+    Paper: Xia, Liu, Wang, Zhang, Li, "Listwise Approach to Learning to Rank: Theory and
+    Algorithm" (ICML 2008; no arXiv id); used by RankT5, arXiv 2210.10634.
+    """
+    s, r, m, dtype = prepare_scores(scores, relevance, mask)
+    key = torch.where(m, r, torch.full_like(r, float("-inf")))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    s_sorted, m_sorted = s.gather(1, order), m.gather(1, order)
+    x = torch.where(m_sorted, s_sorted, torch.full_like(s_sorted, float("-inf")))
+    # log sum_{k >= i} exp(x_k): a reversed cumulative logsumexp
+    tail = torch.logcumsumexp(x.flip(1), dim=1).flip(1)
+    terms = torch.where(m_sorted, tail - s_sorted, torch.zeros_like(s_sorted))
+    values = terms.sum(1)
+    return reduce(values, reduction, count=m.any(1).sum().to(s.dtype)).to(dtype)
+
+
+@register(
+    "ranknet",
+    family="ranking-recsys",
+    kind="scores",
+    paper="Learning to Rank using Gradient Descent",
+    arxiv="",
+    function=ranknet_loss,
+    summary="mean over pairs r_i > r_j of log(1 + exp(-(s_i - s_j)))",
+    peers=("allrank.models.losses.rankNet",),
+    reduction="per query",
+)
+class RankNetLoss(_ScoresModule):
+    """Module form of :func:`ranknet_loss`."""
+
+
+@register(
+    "listmle",
+    family="ranking-recsys",
+    kind="scores",
+    paper="Listwise Approach to Learning to Rank: Theory and Algorithm",
+    arxiv="",
+    function=listmle_loss,
+    summary="-sum_i (s_pi_i - log sum_{k>=i} exp s_pi_k), pi = ideal order",
+    peers=("allrank.models.losses.listMLE",),
+    reduction="per query",
+)
+class ListMLELoss(_ScoresModule):
+    """Module form of :func:`listmle_loss`."""
