@@ -247,6 +247,8 @@ def _line_plot(s: Summary, metric: Metric, path: Path) -> bool:
                             marker=markers[i % len(markers)], markersize=4.5, capsize=3,
                             linewidth=1.3, elinewidth=0.9, zorder=3)
         ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
+        if len(xs_all) == 1:
+            ax.set_xlim(xs_all[0] - 0.5, xs_all[0] + 0.5)
         ax.set_xlabel(s.task.line_x_label or x_key)
         if n_g > 1 or group:
             ax.set_title(group, fontsize=9)
