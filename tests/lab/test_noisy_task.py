@@ -241,3 +241,28 @@ def test_shipped_config_resolves():
     assert [s["rate"] for s in task.settings(cfg)] == [0.0, 0.4, 0.8]
     assert cfg["loss_hparams"]["comp_sum"] == {"tau": 1.5}
     assert json.dumps(cfg)  # JSON-serialisable (config.json)
+
+
+def test_line_plot_one_panel_per_noise_kind(tmp_path):
+    from losslab.lab.report import _line_groups, summarise, write_report
+    from losslab.lab.results import append_row
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "task": "noisy", "losses": ["cross_entropy", "gce"], "dataset": "fashion_mnist",
+        "model": "cnn", "train_subset": 0, "epochs": 1, "optimizer": "sgd", "lr": 0.1,
+        "noise": ["symmetric:0.0", "symmetric:0.4", "pair:0.3"]}))
+    for loss in ("cross_entropy", "gce"):
+        for kind, rate in (("symmetric", 0.0), ("symmetric", 0.4), ("pair", 0.3)):
+            for seed in range(2):
+                append_row(tmp_path / "results.jsonl", {
+                    "job_id": f"{loss}{kind}{rate}{seed}", "task": "noisy", "loss": loss,
+                    "setting": {"noise": kind, "rate": rate},
+                    "setting_label": f"{kind} {rate:g}", "seed": seed,
+                    "metrics": {"test_acc": 80 - 50 * rate + seed, "ece": 5.0 + seed,
+                                "aece": 5.0}})
+    groups = _line_groups(summarise(tmp_path), "rate")
+    assert groups == {"noise=symmetric": [(0.0, "symmetric 0"), (0.4, "symmetric 0.4")],
+                      "noise=pair": [(0.3, "pair 0.3")]}
+    rep = write_report(tmp_path)
+    assert [p.name for p in rep["plots"]] == ["test_acc.png", "ece.png"]
+    assert "| pair 0.3 | `gce` |" in rep["markdown"]
