@@ -255,6 +255,9 @@ def _line_plot(s: Summary, metric: Metric, path: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.set_axisbelow(True)
     axes[0][0].set_ylabel(metric.label)
+    values = [v for (_, _, k), c in s.cells.items() if k == metric.key for v in c.values]
+    if values and min(values) >= 0:  # error bars must not push a non-negative axis below 0
+        axes[0][0].set_ylim(bottom=max(0.0, axes[0][0].get_ylim()[0]))
     n_seeds = max((c.n for c in s.cells.values()), default=0)
     fig.suptitle(f"{s.title}\nmean over {n_seeds} seeds, 95% t-interval; dots: seeds",
                  fontsize=10)
