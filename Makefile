@@ -1,4 +1,4 @@
-# losslab: `make demo` and `make test` set up .venv themselves (offline-friendly).
+# losslab: `make demo`, `make bench-noisy` and `make test` set up .venv themselves.
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
@@ -26,6 +26,22 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# The noisy-label comparison (docs/lab.md, "The noisy-label task"): Fashion-MNIST from the Debian
+# package dataset-fashion-mnist -- the system copy, or fetched without root into $(CACHE)/ by
+# `apt-get download` + `dpkg -x` (python -m losslab.lab.data.fetch). DATA_DIR=... points to
+# your own copy of the IDX files; ARGS=... adds `losslab bench noisy` flags (e.g. --seeds 5).
+CACHE     ?= .cache
+DATA_DIR  ?=
+NOISY_OUT ?= runs/noisy_fmnist
+ARGS      ?=
+
+bench-noisy: $(STAMP)
+	@dir=$$($(PY) -m losslab.lab.data.fetch fashion-mnist --cache-dir "$(CACHE)" \
+		$(if $(DATA_DIR),--data-dir "$(DATA_DIR)")) || exit 1; \
+	echo "Fashion-MNIST: $$dir"; \
+	$(PY) -m losslab.cli bench noisy --config noisy_fmnist --data-dir "$$dir" \
+		--out "$(NOISY_OUT)" $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests $(wildcard benchmarks scripts)

@@ -6,7 +6,9 @@ std over seeds, ``n`` seeds), the mean of the per-seed episode CIs where the tas
 (few-shot: ``1.96 * std / sqrt(episodes)``, the paper's convention), and ``n``. The best mean
 of each metric within a setting is bold in ``table.md``. ``<metric>.png``: grouped bar chart
 (settings on the x axis, one bar per loss, t-interval error bars, one dot per seed), with
-matplotlib's Agg backend.
+matplotlib's Agg backend. A task with a numeric setting ``line_x`` (e.g. the label-noise rate)
+gets line plots instead: that value on the x axis, one line per loss with t-interval error bars,
+one panel per combination of its other setting values (e.g. the noise kind).
 """
 
 from __future__ import annotations
@@ -190,7 +192,87 @@ def _csv_rows(s: Summary) -> list[dict[str, Any]]:
     return out
 
 
+def _line_groups(s: Summary, x_key: str) -> dict[str, list[tuple[float, str]]]:
+    """Settings grouped by their values other than ``x_key``: ``{group label: [(x, setting
+    label), ...]}`` sorted by x (settings without a numeric ``x_key`` are left out)."""
+    groups: dict[str, list[tuple[float, str]]] = {}
+    for st in s.settings:
+        sd = s.setting_dicts.get(st, {})
+        x = sd.get(x_key)
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            continue
+        rest = ", ".join(f"{k}={v}" for k, v in sd.items() if k != x_key)
+        groups.setdefault(rest, []).append((float(x), st))
+    return {g: sorted(v) for g, v in groups.items()}
+
+
+def _line_plot(s: Summary, metric: Metric, path: Path) -> bool:
+    """``metric`` against the numeric setting value ``task.line_x``: one line per loss with
+    t-interval error bars and a dot per seed; one panel per group of the other setting values.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    x_key = s.task.line_x
+    assert x_key is not None
+    groups = {g: pts for g, pts in _line_groups(s, x_key).items()
+              if any((st, loss, metric.key) in s.cells for _, st in pts for loss in s.losses)}
+    if not groups:
+        return False
+    n_g, n_l = len(groups), len(s.losses)
+    fig, axes = plt.subplots(1, n_g, figsize=(max(6.0, 5.2 * n_g), 4.6), sharey=True,
+                             squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    markers = "osD^v<>pPX*h"
+    for ax, (group, pts) in zip(axes[0], groups.items()):
+        xs_all = sorted({x for x, _ in pts})
+        span = (xs_all[-1] - xs_all[0]) if len(xs_all) > 1 else 1.0
+        dodge = 0.012 * span  # spread the losses a little so error bars do not overlap
+        for i, loss in enumerate(s.losses):
+            xs, ms, es = [], [], []
+            off = (i - (n_l - 1) / 2) * dodge
+            for x, st in pts:
+                c = s.cells.get((st, loss, metric.key))
+                if c is None:
+                    continue
+                xs.append(x + off)
+                ms.append(c.mean)
+                es.append(c.ci if math.isfinite(c.ci) else 0.0)
+                ax.scatter(np.full(len(c.values), x + off), c.values, s=7,
+                           color=cmap(i % 10), alpha=0.5, linewidths=0, zorder=2)
+            if xs:
+                ax.errorbar(xs, ms, yerr=es, label=loss, color=cmap(i % 10),
+                            marker=markers[i % len(markers)], markersize=4.5, capsize=3,
+                            linewidth=1.3, elinewidth=0.9, zorder=3)
+        ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
+        if len(xs_all) == 1:
+            ax.set_xlim(xs_all[0] - 0.5, xs_all[0] + 0.5)
+        ax.set_xlabel(s.task.line_x_label or x_key)
+        if n_g > 1 or group:
+            ax.set_title(group, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.set_axisbelow(True)
+    axes[0][0].set_ylabel(metric.label)
+    values = [v for (_, _, k), c in s.cells.items() if k == metric.key for v in c.values]
+    if values and min(values) >= 0:  # error bars must not push a non-negative axis below 0
+        axes[0][0].set_ylim(bottom=max(0.0, axes[0][0].get_ylim()[0]))
+    n_seeds = max((c.n for c in s.cells.values()), default=0)
+    fig.suptitle(f"{s.title}\nmean over {n_seeds} seeds, 95% t-interval; dots: seeds",
+                 fontsize=10)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=min(n_l, 4), loc="lower center",
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * math.ceil(n_l / 4), 1, 1))
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
 def _plot(s: Summary, metric: Metric, path: Path) -> bool:
+    if s.task.line_x is not None and _line_groups(s, s.task.line_x):
+        return _line_plot(s, metric, path)
     import matplotlib
 
     matplotlib.use("Agg", force=True)

@@ -14,8 +14,14 @@ def _fewshot() -> type[Task]:
     return FewShotTask
 
 
+def _noisy() -> type[Task]:
+    from losslab.lab.tasks.noisy import NoisyTask
+
+    return NoisyTask
+
+
 #: name -> zero-argument callable returning the task class (imported lazily).
-TASKS = {"fewshot": _fewshot}
+TASKS = {"fewshot": _fewshot, "noisy": _noisy}
 
 
 def available_tasks() -> list[str]:

@@ -18,6 +18,10 @@ the :class:`Task` class below. To add a task:
      shows, their labels, whether higher is better, whether to plot them; exactly one is
      ``primary`` (the plot's headline metric and the one of the one-line job summary).
    * ``setting_columns`` -- keys of a setting dict shown as columns in ``table.csv``.
+   * ``line_x`` (optional) -- the key of a *numeric* setting value (e.g. the label-noise
+     ``"rate"``): the report then draws each plotted metric as lines over that value (one
+     line per loss, t-interval error bars, one panel per combination of the other setting
+     values) instead of grouped bars; ``line_x_label`` is its axis label.
 
 2. Implement:
 
@@ -261,6 +265,8 @@ class Task(ABC):
     options: ClassVar[tuple[Option, ...]]
     metrics: ClassVar[tuple[Metric, ...]]
     setting_columns: ClassVar[tuple[str, ...]] = ()
+    line_x: ClassVar[str | None] = None
+    line_x_label: ClassVar[str | None] = None
 
     @abstractmethod
     def settings(self, config: Mapping[str, Any]) -> list[dict[str, Any]]:

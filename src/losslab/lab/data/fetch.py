@@ -1,0 +1,167 @@
+"""Find Fashion-MNIST on disk, or fetch its Debian package without root (``make bench-noisy``).
+
+Lookup order of :func:`ensure_fashion_mnist`: an explicit ``data_dir``; the system install of
+the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``); a copy
+unpacked earlier under ``CACHE/debroot``. If none holds the four IDX files, the package is
+fetched with the system's own package client -- ``apt-get download dataset-fashion-mnist``
+(no root needed) into ``CACHE/`` -- and unpacked with ``dpkg -x`` into ``CACHE/debroot``. When
+that is impossible (no apt-get, no network access to the distribution's archive), the error
+says what to install or where to point ``--data-dir``.
+
+Command line (prints the folder on stdout; exit status 1 with a message on stderr)::
+
+    python -m losslab.lab.data.fetch fashion-mnist [--cache-dir .cache] [--data-dir DIR]
+                                                   [--no-download]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from losslab.lab.data.classification import FASHION_MNIST_DIR
+
+__all__ = [
+    "DEB_PACKAGE",
+    "FASHION_MNIST_FILES",
+    "FetchError",
+    "ensure_fashion_mnist",
+    "fetch_fashion_mnist_deb",
+    "find_fashion_mnist",
+    "has_fashion_mnist",
+    "main",
+]
+
+DEB_PACKAGE = "dataset-fashion-mnist"
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+)
+_DEB_SUBDIR = Path(FASHION_MNIST_DIR.lstrip("/"))  # usr/share/datasets/fashion-mnist
+
+Runner = Callable[..., Any]  # subprocess.run-compatible
+
+
+class FetchError(RuntimeError):
+    """The dataset is not on disk and could not be fetched; the message says what to do."""
+
+
+def has_fashion_mnist(folder: str | Path) -> bool:
+    """Whether ``folder`` holds the four Fashion-MNIST IDX files (``.gz`` or not)."""
+    d = Path(folder)
+    return all((d / f"{f}.gz").is_file() or (d / f).is_file() for f in FASHION_MNIST_FILES)
+
+
+def _candidates(data_dir: str | Path | None, cache_dir: str | Path,
+                system_dir: str | Path) -> list[Path]:
+    out = [Path(data_dir)] if data_dir else []
+    return [*out, Path(system_dir), Path(cache_dir) / "debroot" / _DEB_SUBDIR]
+
+
+def find_fashion_mnist(data_dir: str | Path | None = None, cache_dir: str | Path = ".cache",
+                       *, system_dir: str | Path = FASHION_MNIST_DIR) -> Path | None:
+    """The first folder holding Fashion-MNIST: ``data_dir``, the system install, then the
+    unpacked package under ``cache_dir``; ``None`` if none does."""
+    for d in _candidates(data_dir, cache_dir, system_dir):
+        if has_fashion_mnist(d):
+            return d
+    return None
+
+
+def _how_to_install(cache_dir: Path) -> str:
+    return (
+        f"Install the Debian/Ubuntu package {DEB_PACKAGE} (`sudo apt-get install {DEB_PACKAGE}`"
+        f"; files land in {FASHION_MNIST_DIR}), or put train-images-idx3-ubyte.gz, "
+        "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "
+        "(the official Fashion-MNIST release) in a folder and pass it as --data-dir "
+        f"(make bench-noisy DATA_DIR=...), or unpack the package into {cache_dir}/debroot "
+        "yourself (`apt-get download ...; dpkg -x ...`)."
+    )
+
+
+def fetch_fashion_mnist_deb(cache_dir: str | Path = ".cache", *,
+                            run: Runner = subprocess.run) -> Path:
+    """``apt-get download dataset-fashion-mnist`` into ``cache_dir`` and ``dpkg -x`` it into
+    ``cache_dir/debroot`` (no root needed); return the folder of the IDX files.
+
+    ``run`` is :func:`subprocess.run` (injectable for tests). Raises :class:`FetchError` with
+    instructions when apt-get/dpkg are missing or fail.
+    """
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    missing = [t for t in ("apt-get", "dpkg") if shutil.which(t) is None]
+    if missing and run is subprocess.run:
+        raise FetchError(f"Fashion-MNIST not found and {' and '.join(missing)} not available "
+                         f"to fetch it. {_how_to_install(cache)}")
+    debs = sorted(cache.glob(f"{DEB_PACKAGE}_*.deb"))
+    if not debs:
+        try:
+            res = run(["apt-get", "download", DEB_PACKAGE], cwd=str(cache),
+                      capture_output=True, text=True)
+        except OSError as e:
+            raise FetchError(f"`apt-get download {DEB_PACKAGE}` could not start ({e}). "
+                             f"{_how_to_install(cache)}") from None
+        debs = sorted(cache.glob(f"{DEB_PACKAGE}_*.deb"))
+        if res.returncode != 0 or not debs:
+            detail = (getattr(res, "stderr", "") or "").strip().splitlines()[-3:]
+            raise FetchError(
+                f"`apt-get download {DEB_PACKAGE}` failed (exit {res.returncode}"
+                + (": " + " / ".join(detail) if detail else "") + "). Run `apt-get update` "
+                f"first if the package is unknown. {_how_to_install(cache)}"
+            )
+    root = cache / "debroot"
+    try:
+        res = run(["dpkg", "-x", str(debs[-1]), str(root)], capture_output=True, text=True)
+    except OSError as e:
+        raise FetchError(f"`dpkg -x` could not start ({e}). {_how_to_install(cache)}") from None
+    folder = root / _DEB_SUBDIR
+    if res.returncode != 0 or not has_fashion_mnist(folder):
+        raise FetchError(f"unpacking {debs[-1]} with `dpkg -x` did not produce the IDX files in "
+                         f"{folder}. {_how_to_install(cache)}")
+    return folder
+
+
+def ensure_fashion_mnist(data_dir: str | Path | None = None, cache_dir: str | Path = ".cache",
+                         *, download: bool = True, system_dir: str | Path = FASHION_MNIST_DIR,
+                         run: Runner = subprocess.run) -> Path:
+    """The Fashion-MNIST folder (see :func:`find_fashion_mnist`), fetching the Debian package
+    into ``cache_dir`` when it is nowhere on disk and ``download`` is true."""
+    if data_dir and not has_fashion_mnist(data_dir):
+        raise FetchError(f"--data-dir {data_dir} does not hold the Fashion-MNIST IDX files. "
+                         f"{_how_to_install(Path(cache_dir))}")
+    found = find_fashion_mnist(data_dir, cache_dir, system_dir=system_dir)
+    if found is not None:
+        return found
+    if not download:
+        raise FetchError(f"Fashion-MNIST not found in {system_dir} or "
+                         f"{Path(cache_dir) / 'debroot' / _DEB_SUBDIR}. "
+                         f"{_how_to_install(Path(cache_dir))}")
+    return fetch_fashion_mnist_deb(cache_dir, run=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m losslab.lab.data.fetch",
+                                description="Print the folder of a dataset, fetching its "
+                                "Debian package without root when needed.")
+    p.add_argument("dataset", choices=["fashion-mnist"])
+    p.add_argument("--cache-dir", default=".cache")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--no-download", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        folder = ensure_fashion_mnist(args.data_dir, args.cache_dir,
+                                      download=not args.no_download)
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
