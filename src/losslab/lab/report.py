@@ -266,7 +266,8 @@ def _plot(s: Summary, metric: Metric, path: Path) -> bool:
         pad = (top - lo) * 0.25 + 1e-9
         ax.set_ylim(max(0.0, lo - pad), top + pad * 0.5)
     n_seeds = max((c.n for c in s.cells.values()), default=0)
-    ax.set_title(f"{s.title}\nmean over {n_seeds} seeds, 95% t-interval; dots: seeds",
+    cut = "; y axis does not start at 0" if ax.get_ylim()[0] > 0 else ""
+    ax.set_title(f"{s.title}\nmean over {n_seeds} seeds, 95% t-interval; dots: seeds{cut}",
                  fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
