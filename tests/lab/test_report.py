@@ -32,8 +32,11 @@ def test_table_numbers_and_bold(tmp_path):
     rep = write_report(folder)
     md = rep["markdown"]
     ci = 4.302653 * 2.0 / math.sqrt(3)
-    assert f"| 5-way 1-shot | `protonet` | 52.00 ± {ci:.2f} | ± 2.00 |" in md
-    assert f"| 5-way 1-shot | `proto_triplet` | **61.00 ± {ci / 2:.2f}** |" in md
+    assert f"| 5-way 1-shot | `protonet` | 52.00 ± {ci:.2f} | ± 2.00 | — |" in md
+    # paired: differences 10, 9, 8 -> +9.00 ± t(0.975, 2) * 1 / sqrt(3)
+    d_ci = 4.302653 / math.sqrt(3)
+    assert (f"| 5-way 1-shot | `proto_triplet` | **61.00 ± {ci / 2:.2f}** | ± 2.00 | "
+            f"+9.00 ± {d_ci:.2f} |") in md
     assert f"| 5-way 5-shot | `protonet` | **82.00 ± {ci:.2f}** |" in md
     assert md.index("5-way 1-shot") < md.index("5-way 5-shot")  # config order
     assert "Student-t" in md and "1.96·std/√E" in md
@@ -45,6 +48,8 @@ def test_table_numbers_and_bold(tmp_path):
     assert float(r["test_acc_mean"]) == pytest.approx(52.0)
     assert float(r["test_acc_ci95"]) == pytest.approx(ci)
     assert float(r["test_acc_episode_ci95_mean"]) == pytest.approx(2.0)
+    assert r["test_acc_delta_vs_first"] == ""
+    assert float(rows[1]["test_acc_delta_vs_first"]) == pytest.approx(9.0)
     assert [p.name for p in rep["plots"]] == ["test_acc.png", "icnn.png"]
     assert (folder / "test_acc.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -54,4 +59,5 @@ def test_single_seed_has_no_interval(tmp_path):
     s = summarise(folder)
     cell = s.cells[("5-way 1-shot", "protonet", "test_acc")]
     assert cell.n == 1 and math.isnan(cell.ci)
-    assert "| 5-way 1-shot | `protonet` | 50.00 | ± 1.00 |" in write_report(folder)["markdown"]
+    md = write_report(folder)["markdown"]
+    assert "| 5-way 1-shot | `protonet` | 50.00 | ± 1.00 | 0.550 | 1 |" in md

@@ -64,3 +64,18 @@ def test_plan_is_seed_major(tiny_config):
     assert [j.seed for j in jobs[:4]] == [0, 0, 0, 0]
     assert [j.index for j in jobs] == list(range(1, 9)) and jobs[0].total == 8
     assert len({j.job_id for j in jobs}) == 8
+
+
+def test_truncated_last_line_is_redone(tmp_path, tiny_config):
+    task, cfg = tiny_config()
+    run_bench(task, cfg, tmp_path, quiet=True, report=False)
+    p = tmp_path / "results.jsonl"
+    data = p.read_bytes()
+    last_start = data.rstrip(b"\n").rfind(b"\n") + 1
+    last = read_rows(p)[-1]
+    p.write_bytes(data[: last_start + (len(data) - last_start) // 2])  # killed mid-write
+    with pytest.warns(RuntimeWarning, match="truncated"):
+        run_bench(task, cfg, tmp_path, quiet=True, report=False)
+    rows = read_rows(p)
+    assert len(rows) == 2 and rows[-1]["job_id"] == last["job_id"]
+    assert rows[-1]["metrics"]["test_acc"] == last["metrics"]["test_acc"]  # same seed, same run

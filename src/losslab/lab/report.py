@@ -35,6 +35,7 @@ class Cell:
     """Statistics of one metric of one (setting, loss) over seeds."""
 
     values: list[float]
+    seeds: list[int]
     mean: float
     ci: float  # t half-width (NaN for one seed)
     std: float
@@ -51,6 +52,23 @@ class Summary:
     setting_dicts: dict[str, dict[str, Any]]
     cells: dict[tuple[str, str, str], Cell] = field(default_factory=dict)  # (setting, loss, key)
     n_rows: int = 0
+
+    def paired_delta(
+        self, setting: str, loss: str, metric: Metric
+    ) -> tuple[float, float, int] | None:
+        """``(mean, t half-width, n)`` of the per-seed difference ``loss - baseline`` on the
+        seeds both have (the baseline is the first loss; the test episodes of a seed are the
+        same for every loss, so the comparison is paired)."""
+        base = self.cells.get((setting, self.losses[0], metric.key)) if self.losses else None
+        cell = self.cells.get((setting, loss, metric.key))
+        if base is None or cell is None or loss == self.losses[0]:
+            return None
+        b = dict(zip(base.seeds, base.values))
+        diffs = [v - b[sd] for sd, v in zip(cell.seeds, cell.values) if sd in b]
+        if not diffs:
+            return None
+        mean, ci, _, n = mean_t_interval(diffs)
+        return mean, ci, n
 
     def best(self, setting: str, metric: Metric) -> str | None:
         cands = [
@@ -102,8 +120,10 @@ def summarise(folder: str | Path, *, task: Task | None = None) -> Summary:
                 continue
             group.sort(key=lambda r: r["seed"])
             for m in task.metrics:
-                vals = [float(r["metrics"][m.key]) for r in group if m.key in r["metrics"]]
-                vals = [v for v in vals if v is not None and math.isfinite(v)]
+                pairs = [(r["seed"], r["metrics"].get(m.key)) for r in group]
+                pairs = [(sd, float(v)) for sd, v in pairs
+                         if isinstance(v, (int, float)) and math.isfinite(v)]
+                vals = [v for _, v in pairs]
                 if not vals:
                     continue
                 mean, ci, std, n = mean_t_interval(vals)
@@ -112,7 +132,8 @@ def summarise(folder: str | Path, *, task: Task | None = None) -> Summary:
                     eps = [float(r["metrics"][m.episode_ci]) for r in group
                            if m.episode_ci in r["metrics"]]
                     ep = float(np.mean(eps)) if eps else None
-                s.cells[(setting, loss, m.key)] = Cell(vals, mean, ci, std, n, ep)
+                s.cells[(setting, loss, m.key)] = Cell(vals, [sd for sd, _ in pairs], mean, ci, std,
+                                                       n, ep)
     return s
 
 
@@ -122,11 +143,14 @@ def _fmt(x: float, fmt: str) -> str:
 
 def _markdown(s: Summary) -> str:
     metrics = s.task.metrics
+    prim = s.task.primary_metric()
     header = ["Setting", "Loss"]
     for m in metrics:
         header.append(f"{m.label} (mean ± 95% CI)")
         if m.episode_ci:
             header.append(f"{m.label}: episode CI (mean)")
+        if m is prim and len(s.losses) > 1:
+            header.append(f"Δ vs `{s.losses[0]}` (paired)")
     header.append("n seeds")
     lines = [f"## {s.title}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
@@ -149,6 +173,10 @@ def _markdown(s: Summary) -> str:
                 row.append(txt)
                 if m.episode_ci:
                     row.append("—" if c.episode_ci is None else f"± {_fmt(c.episode_ci, m.fmt)}")
+                if m is prim and len(s.losses) > 1:
+                    d = s.paired_delta(setting, loss, m)
+                    row.append("—" if d is None else f"{d[0]:+{m.fmt}}"
+                               + ("" if d[2] < 2 else f" ± {_fmt(d[1], m.fmt)}"))
             row.append(str(n))
             lines.append("| " + " | ".join(row) + " |")
     lines += [
@@ -159,6 +187,9 @@ def _markdown(s: Summary) -> str:
         + ("'Episode CI' is the mean over seeds of each run's ±1.96·std/√E over its E test "
            "episodes (the few-shot literature's convention), which ignores seed-to-seed "
            "variance. " if any(m.episode_ci for m in metrics) else "")
+        + "Δ (paired): mean over seeds of the per-seed difference to the first loss, ± its "
+        "t-interval; each seed tests every loss on the same episodes, so this is the sharper "
+        "comparison. "
         + "Bold: best mean of the setting"
         + " (" + ", ".join(
             f"{m.label}: {'higher' if m.higher_is_better else 'lower'} is better"
@@ -187,6 +218,11 @@ def _csv_rows(s: Summary) -> list[dict[str, Any]]:
                 row[f"{m.key}_std"] = None if c is None or not math.isfinite(c.std) else c.std
                 if m.episode_ci:
                     row[f"{m.key}_episode_ci95_mean"] = None if c is None else c.episode_ci
+            prim = s.task.primary_metric()
+            d = s.paired_delta(setting, loss, prim)
+            row[f"{prim.key}_delta_vs_first"] = None if d is None else d[0]
+            row[f"{prim.key}_delta_ci95"] = (None if d is None or not math.isfinite(d[1])
+                                             else d[1])
             row["n_seeds"] = max((c.n for c in cells.values() if c is not None), default=0)
             out.append(row)
     return out
@@ -312,7 +348,8 @@ def _plot(s: Summary, metric: Metric, path: Path) -> bool:
         pad = (top - lo) * 0.25 + 1e-9
         ax.set_ylim(max(0.0, lo - pad), top + pad * 0.5)
     n_seeds = max((c.n for c in s.cells.values()), default=0)
-    ax.set_title(f"{s.title}\nmean over {n_seeds} seeds, 95% t-interval; dots: seeds",
+    cut = "; y axis does not start at 0" if ax.get_ylim()[0] > 0 else ""
+    ax.set_title(f"{s.title}\nmean over {n_seeds} seeds, 95% t-interval; dots: seeds{cut}",
                  fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
