@@ -79,3 +79,20 @@ def test_truncated_last_line_is_redone(tmp_path, tiny_config):
     rows = read_rows(p)
     assert len(rows) == 2 and rows[-1]["job_id"] == last["job_id"]
     assert rows[-1]["metrics"]["test_acc"] == last["metrics"]["test_acc"]  # same seed, same run
+
+
+def test_parallel_workers_give_the_sequential_results(tmp_path, tiny_config):
+    """workers=2 runs jobs in spawned processes; every job's metrics equal the sequential run."""
+    from losslab.lab.results import read_rows
+    from losslab.lab.runner import run_bench
+
+    task, cfg = tiny_config(seeds=2)
+    seq = run_bench(task, cfg, tmp_path / "seq", quiet=True, report=False)
+    par = run_bench(task, {**cfg, "workers": 2}, tmp_path / "par", quiet=True, report=False)
+    a = {r["job_id"]: r["metrics"] for r in read_rows(seq / "results.jsonl")}
+    b = {r["job_id"]: r["metrics"] for r in read_rows(par / "results.jsonl")}
+    assert a.keys() == b.keys() and len(a) == 4
+    for k in a:
+        diff = {m: (a[k][m], b[k].get(m)) for m in a[k]
+                if a[k][m] != b[k].get(m) and not m.endswith("seconds")}
+        assert not diff, diff

@@ -208,6 +208,54 @@ def _summary(job: Job, task: Task, metrics: Mapping[str, Any], seconds: float) -
     )
 
 
+def _run_one(task: Task, config: Mapping[str, Any], job: Job, progress: Any
+             ) -> tuple[Job, dict[str, Any], float]:
+    """Seed, run and check one job."""
+    _seed_everything(job.seed)
+    t0 = time.perf_counter()
+    metrics = task.run_job(job, config, progress)
+    seconds = time.perf_counter() - t0
+    missing = [m.key for m in task.metrics if m.key not in metrics]
+    if missing:
+        raise RuntimeError(f"task {task.name}: run_job returned no {missing}")
+    return job, metrics, seconds
+
+
+def _worker_job(task_name: str, config: Mapping[str, Any], job: Job
+                ) -> tuple[Job, dict[str, Any], float]:
+    """Entry point of a worker process: a fresh task instance, no progress bars."""
+    from losslab.lab.tasks import get_task
+
+    torch.set_num_threads(max(1, int(config.get("threads", 0) or 1)))
+    return _run_one(get_task(task_name), config, job, TqdmProgress(enabled=False))
+
+
+def _execute(task: Task, config: Mapping[str, Any], jobs: list[Job], progress: Any,
+             workers: int) -> Iterator[tuple[Job, dict[str, Any], float]]:
+    """Run ``jobs`` in order (``workers == 1``) or in a pool of worker processes, yielding
+    each finished job as it completes. Only this (parent) process writes results, so a
+    ``kill -9`` loses at most the jobs in flight (one per worker)."""
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield _run_one(task, config, job, progress)
+        return
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # no fork of a process with live OpenMP threads
+    with progress.bar(len(jobs), f"{len(jobs)} jobs, {workers} workers") as bar, \
+            cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_worker_job, task.name, dict(config), job) for job in jobs]
+        try:
+            for fut in cf.as_completed(futures):
+                yield fut.result()
+                bar.update(1)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
 def run_bench(
     task: Task,
     config: Mapping[str, Any],
@@ -242,14 +290,12 @@ def run_bench(
         progress.log(
             f"{task.name}: {len(jobs)} jobs ({len(jobs) - len(todo)} already done) -> {folder}"
         )
-        for job in todo:
-            _seed_everything(job.seed)
-            t0 = time.perf_counter()
-            metrics = task.run_job(job, config, progress)
-            seconds = time.perf_counter() - t0
-            missing = [m.key for m in task.metrics if m.key not in metrics]
-            if missing:
-                raise RuntimeError(f"task {task.name}: run_job returned no {missing}")
+        workers = int(config.get("workers", 1) or 1)
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if workers > 1 and device.type != "cpu":
+            raise ValueError("workers > 1 runs jobs in parallel CPU processes; use device=cpu")
+        for job, metrics, seconds in _execute(task, config, todo, progress, workers):
             row = {
                 "job_id": job.job_id,
                 "task": task.name,

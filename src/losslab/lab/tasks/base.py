@@ -40,8 +40,8 @@ the :class:`Task` class below. To add a task:
 3. Add the class to :data:`losslab.lab.tasks.TASKS`.
 
 The ``config`` passed around is a flat ``dict``: the runner's own keys (:data:`RUNNER_OPTIONS`:
-``losses``, ``seeds``, ``device``, ``threads``, ``loss_hparams``) plus one key per task option,
-resolved as task defaults < config file < explicit CLI flags.
+``losses``, ``seeds``, ``device``, ``threads``, ``workers``, ``loss_hparams``) plus one key per
+task option, resolved as task defaults < config file < explicit CLI flags.
 """
 
 from __future__ import annotations
@@ -150,8 +150,10 @@ RUNNER_OPTIONS: tuple[Option, ...] = (
            multiple=True, grid=True),
     Option("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N", str,
            affects_results=False),
-    Option("threads", 0, "torch CPU threads (0: leave torch's default)", int,
-           affects_results=False),
+    Option("threads", 0, "torch CPU threads (0: leave torch's default; with workers > 1: "
+           "threads per worker, default 1)", int, affects_results=False),
+    Option("workers", 1, "jobs run in parallel, each in its own process (CPU; results are "
+           "the same as sequential runs)", int, affects_results=False),
 )
 
 
