@@ -19,6 +19,9 @@ A kernel is ``kernel(mat, members, mean) -> (values, G)``:
   ever built and m-per-class batches cost O(N·m) for their positives;
 * ``mean``: return the terms already divided by the kernel's ``"mean"`` denominator (so that
   ``values.sum()`` is the mean reduction), else the raw per-row sums;
+* optionally a third element, the number of non-zeros of ``G`` when the kernel knows it
+  cheaply: a gradient with few non-zeros is kept as a sparse list of pairs, and the backward
+  pass then costs O(nnz·D) instead of an ``[N, M] x [M, D]`` product;
 * ``values``: ``[N]`` (``axis=1``: one value per row/anchor) or ``[M]`` (``axis=0``: one per
   column/proxy); ``G``: ``d values.sum() / d mat``, where every entry of ``G`` belongs to the
   value of its row (``axis=1``) or column (``axis=0``), so that the gradient for any upstream
@@ -28,7 +31,8 @@ Kernels may overwrite ``mat`` for similarity metrics only (the euclidean chain r
 distances after the kernel). A kernel whose ``G`` is symmetric for the batch against itself (a
 function of the unordered pair only, e.g. contrastive) sets the attribute
 ``kernel.symmetric = True``, which saves a transpose in the backward pass. Gradients are exact
-(checked by the fp64 gradcheck of the contract suite), except where a loss documents a stop-gradient surrogate.
+(checked by the fp64 gradcheck of the contract suite), except where a loss documents a
+stop-gradient surrogate.
 """
 
 from __future__ import annotations
@@ -168,55 +172,45 @@ class MatrixLoss(torch.autograd.Function):
             if metric == "euclidean":
                 mat.sqrt_()
         mem = members(labels, labels if ref_labels is None else ref_labels, ref is None)
-        values, grad = kernel(mat, mem, mean)
+        out = kernel(mat, mem, mean)
+        values, grad = out[0], out[1]
+        nnz = out[2] if len(out) > 2 else None
+        ctx.half = 1.0
         if metric == "euclidean":  # d sqrt(q) / dq = 1 / (2 sqrt(q)), and 0 where q = 0
-            torch.nan_to_num_(grad.div_(mat.mul_(2.0)), nan=0.0, posinf=0.0, neginf=0.0)
+            torch.nan_to_num_(grad.div_(mat), nan=0.0, posinf=0.0, neginf=0.0)
+            ctx.half = 0.5  # the 1/2, applied to the [N, D] result in the backward pass
         del mat, mem
+        sparse = None
+        if nnz is not None and nnz * SPARSE_RATIO <= grad.numel():
+            rows, cols = grad.nonzero(as_tuple=True)
+            sparse = (rows, cols, grad[rows, cols])
+            grad = None
         ctx.metric, ctx.axis, ctx.self_ref, ctx.total = metric, axis, ref is None, total
         ctx.symmetric = total and ref is None and getattr(kernel, "symmetric", False)
         ctx.in_dtypes = (x.dtype, None if ref is None else ref.dtype)
         ctx.norms = norms
-        ctx.save_for_backward(xc, rc if ref is not None else None, grad)
-        out = values.sum() if total else values
-        return out.to(x.dtype)
+        ctx.sparse = sparse is not None
+        saved = sparse if sparse is not None else (grad,)
+        ctx.save_for_backward(xc, rc if ref is not None else None, *saved)
+        res = values.sum() if total else values
+        return res.to(x.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gout: Tensor):  # type: ignore[override]
-        xc, rc, grad = ctx.saved_tensors
-        gout = gout.to(grad.dtype)
+        xc, rc, *saved = ctx.saved_tensors
+        gout = gout.to(xc.dtype)
         need_x = ctx.needs_input_grad[0]
         need_r = (not ctx.self_ref) and ctx.needs_input_grad[1]
-        euclid = ctx.metric in ("euclidean", "squared_euclidean")
-        gx = gr = None
         if ctx.self_ref:
-            # d/dx of f(x x^T) (or of the squared distances) only needs g + g^T: one product.
-            if ctx.symmetric:
-                g, scale = grad, 2.0 * gout
-            else:
-                if ctx.total:
-                    g = grad
-                else:
-                    g = grad * (gout.unsqueeze(1) if ctx.axis == 1 else gout.unsqueeze(0))
-                g, scale = g.t().contiguous().add_(g), gout if ctx.total else None
-            gx = g @ xc
-            if euclid:  # q_ij = |x_i|^2 + |x_j|^2 - 2 x_i.x_j
-                gx = gx.sub_(g.sum(1, keepdim=True) * xc).mul_(-2.0)
-            if scale is not None:
-                gx.mul_(scale)
+            rc = xc
+        if ctx.sparse:
+            gx, gr = _sparse_backward(ctx, xc, rc, *saved, gout, need_x or ctx.self_ref, need_r)
         else:
-            if ctx.total:
-                g = grad * gout
-            else:
-                g = grad * (gout.unsqueeze(1) if ctx.axis == 1 else gout.unsqueeze(0))
-            if need_x:
-                gx = g @ rc
-                if euclid:
-                    gx = gx.sub_(g.sum(1, keepdim=True) * xc).mul_(-2.0)
-            if need_r:
-                gr = g.t() @ xc
-                if euclid:
-                    gr = gr.sub_(g.sum(0).unsqueeze(1) * rc).mul_(-2.0)
+            gx, gr = _dense_backward(ctx, xc, rc, saved[0], gout, need_x, need_r)
+        if ctx.half != 1.0:
+            gx = None if gx is None else gx.mul_(ctx.half)
+            gr = None if gr is None else gr.mul_(ctx.half)
         if ctx.metric == "cosine":
             nx, nr = ctx.norms
             if gx is not None:
@@ -227,6 +221,73 @@ class MatrixLoss(torch.autograd.Function):
         gx = None if gx is None or not need_x else gx.to(x_dtype)
         gr = None if gr is None else gr.to(r_dtype)
         return gx, gr, None, None, None, None, None, None, None
+
+
+SPARSE_RATIO = 32  # a gradient with fewer than numel / 32 non-zeros is stored sparse
+
+
+def _dense_backward(ctx, xc: Tensor, rc: Tensor, grad: Tensor, gout: Tensor, need_x: bool,
+                    need_r: bool) -> tuple[Tensor | None, Tensor | None]:
+    euclid = ctx.metric in ("euclidean", "squared_euclidean")
+    gx = gr = None
+    if ctx.self_ref:
+        # d/dx of f(x x^T) (or of the squared distances) only needs g + g^T: one product.
+        if ctx.symmetric:
+            g, scale = grad, 2.0 * gout
+        else:
+            if ctx.total:
+                g = grad
+            else:
+                g = grad * (gout.unsqueeze(1) if ctx.axis == 1 else gout.unsqueeze(0))
+            g, scale = g.t().contiguous().add_(g), gout if ctx.total else None
+        gx = g @ xc
+        if euclid:  # q_ij = |x_i|^2 + |x_j|^2 - 2 x_i.x_j
+            gx = gx.sub_(g.sum(1, keepdim=True) * xc).mul_(-2.0)
+        if scale is not None:
+            gx.mul_(scale)
+        return gx, None
+    if ctx.total:
+        g = grad * gout
+    else:
+        g = grad * (gout.unsqueeze(1) if ctx.axis == 1 else gout.unsqueeze(0))
+    if need_x:
+        gx = g @ rc
+        if euclid:
+            gx = gx.sub_(g.sum(1, keepdim=True) * xc).mul_(-2.0)
+    if need_r:
+        gr = g.t() @ xc
+        if euclid:
+            gr = gr.sub_(g.sum(0).unsqueeze(1) * rc).mul_(-2.0)
+    return gx, gr
+
+
+def _sparse_backward(ctx, xc: Tensor, rc: Tensor, rows: Tensor, cols: Tensor, vals: Tensor,
+                     gout: Tensor, need_x: bool, need_r: bool
+                     ) -> tuple[Tensor | None, Tensor | None]:
+    """The backward pass from a sparse ``G`` (``rows, cols, vals``), in chunks of pairs."""
+    euclid = ctx.metric in ("euclidean", "squared_euclidean")
+    if ctx.total:
+        v = vals * gout
+    else:
+        v = vals * gout[rows if ctx.axis == 1 else cols]
+    gx = torch.zeros_like(xc) if need_x else None
+    gr = (gx if ctx.self_ref else torch.zeros_like(rc)) if (need_r or ctx.self_ref) else None
+    chunk = max(1, (1 << 22) // max(1, xc.shape[1]))
+    for s in range(0, rows.numel(), chunk):
+        r, c, w = rows[s : s + chunk], cols[s : s + chunk], v[s : s + chunk].unsqueeze(1)
+        xr, rr = xc.index_select(0, r), rc.index_select(0, c)
+        if euclid:  # dq/dx_r = 2 (x_r - r_c), dq/dr_c = -2 (x_r - r_c)
+            t = (xr - rr).mul_(w).mul_(2.0)
+            if gx is not None:
+                gx.index_add_(0, r, t)
+            if gr is not None:
+                gr.index_add_(0, c, t, alpha=-1.0)
+        else:  # ds/dx_r = r_c, ds/dr_c = x_r
+            if gx is not None:
+                gx.index_add_(0, r, rr.mul_(w))
+            if gr is not None:
+                gr.index_add_(0, c, xr.mul_(w))
+    return gx, (None if ctx.self_ref else gr)
 
 
 def matrix_loss(

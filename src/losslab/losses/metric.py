@@ -127,22 +127,30 @@ def _contrastive_kernel(pos_margin: float, neg_margin: float, power: float, simi
         u = mat.neg_() if similarity else mat
         a, b = su * pos_margin, su * neg_margin
         hp = (mem.gather(u) - a).clamp_min_(0.0).masked_fill_(~mem.pos, 0.0)
+        tp, gp = hinge(hp)
         hn = torch.rsub(u, b)
         mem.fill_(hn, 0.0).clamp_min_(0.0)
-        tp, gp = hinge(hp)
-        tn, grad = hinge(hn)
-        per_p, per_n = tp.sum(1), tn.sum(1)
+        if power == 1:
+            per_n = hn.sum(1)
+            grad = hn.sign_()
+            active_n = grad.sum(1)
+        else:
+            tn, grad = hinge(hn)
+            per_n = tn.sum(1)
+            del tn
+            active_n = (hn > 0).sum(1)
+        per_p = tp.sum(1)
+        cn = float(active_n.sum(dtype=torch.float64))  # non-zero negative terms
+        cp = float((hp > 0).sum())
         wp = wn = 1.0
         if mean:
-            if mean_over == "nonzero":
-                cp = float((hp > 0).sum())
-                cn = float((hn > 0).sum(1, dtype=torch.int32).sum())
-            else:
+            if mean_over == "all":
                 cp, cn = float(mem.n_pos.sum()), float(mem.n_neg.sum())
             wp, wn = 1.0 / max(cp, 1.0), 1.0 / max(cn, 1.0)
         grad.mul_(-wn * su)  # d[b - u]_+ / du = -1 where active
         mem.add_pos_(grad, gp * (wp * su))
-        return per_p * wp + per_n * wn, grad
+        nnz = float(active_n.sum(dtype=torch.float64)) + float((gp != 0).sum())
+        return per_p * wp + per_n * wn, grad, nnz
 
     kernel.symmetric = True  # type: ignore[attr-defined]  # a function of the pair only
     return kernel
@@ -306,7 +314,7 @@ def _triplet_all_kernel(margin: float, similarity: bool, mean_over: str):
                 grad.sub_(t)
         else:
             sk = un.sort(dim=1).values
-            sv = sk.to(torch.float64).masked_fill_(torch.isinf(sk), 0.0)
+            sv = torch.where(torch.isinf(sk), 0.0, sk).to(torch.float64)
             csum = F.pad(sv.cumsum(dim=1), (1, 0))
             del sv
             ci = torch.searchsorted(sk, thr.contiguous(), side="left")  # [N, K]
