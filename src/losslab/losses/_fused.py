@@ -49,6 +49,7 @@ __all__ = [
     "Kernel",
     "MatrixLoss",
     "Members",
+    "fixed_shift",
     "label_masks",
     "log1p_sum_exp_",
     "logsumexp_",
@@ -211,12 +212,14 @@ class MatrixLoss(torch.autograd.Function):
         if ctx.half != 1.0:
             gx = None if gx is None else gx.mul_(ctx.half)
             gr = None if gr is None else gr.mul_(ctx.half)
-        if ctx.metric == "cosine":
+        if ctx.metric == "cosine":  # through x / |x|: (g - xn (xn . g)) / |x|
             nx, nr = ctx.norms
             if gx is not None:
-                gx = gx.sub_(xc * (gx * xc).sum(1, keepdim=True)).div_(nx)
+                gx = gx.addcmul_(xc, torch.linalg.vecdot(gx, xc).unsqueeze(1), value=-1.0)
+                gx = gx.div_(nx)
             if gr is not None:
-                gr = gr.sub_(rc * (gr * rc).sum(1, keepdim=True)).div_(nr)
+                gr = gr.addcmul_(rc, torch.linalg.vecdot(gr, rc).unsqueeze(1), value=-1.0)
+                gr = gr.div_(nr)
         x_dtype, r_dtype = ctx.in_dtypes
         gx = None if gx is None or not need_x else gx.to(x_dtype)
         gr = None if gr is None else gr.to(r_dtype)
@@ -246,18 +249,20 @@ def _dense_backward(ctx, xc: Tensor, rc: Tensor, grad: Tensor, gout: Tensor, nee
         if scale is not None:
             gx.mul_(scale)
         return gx, None
-    if ctx.total:
-        g = grad * gout
-    else:
-        g = grad * (gout.unsqueeze(1) if ctx.axis == 1 else gout.unsqueeze(0))
+    # a scalar upstream gradient (reduced loss) scales the [N, D] results, not the matrix
+    g = grad if ctx.total else grad * (gout.unsqueeze(1) if ctx.axis == 1 else gout.unsqueeze(0))
     if need_x:
         gx = g @ rc
         if euclid:
             gx = gx.sub_(g.sum(1, keepdim=True) * xc).mul_(-2.0)
+        if ctx.total:
+            gx.mul_(gout)
     if need_r:
         gr = g.t() @ xc
         if euclid:
             gr = gr.sub_(g.sum(0).unsqueeze(1) * rc).mul_(-2.0)
+        if ctx.total:
+            gr.mul_(gout)
     return gx, gr
 
 
@@ -322,23 +327,50 @@ def select(mask: Tensor, a: float, b: float, like: Tensor) -> Tensor:
                        torch.tensor(b, dtype=like.dtype, device=like.device))
 
 
-def log1p_sum_exp_(logits: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    r""":math:`\log(1 + \sum_j e^{L_j})` along ``dim`` (``-inf`` entries are absent) and the
-    weights :math:`e^{L_j} / (1 + \sum e^{L})`, which overwrite ``logits``. Shifted by
-    :math:`\max(0, \max_j L_j)`: no overflow, and an empty set gives exactly 0."""
-    c = logits.amax(dim=dim, keepdim=True).clamp_min_(0.0)
-    w = logits.sub_(c).exp_()
-    total = w.sum(dim=dim, keepdim=True).add_(torch.exp(-c))
-    w.div_(total)
+MAX_SHIFT_SPAN = {torch.float64: 600.0}  # exp(-span) must stay a normal number
+DEFAULT_SPAN = 60.0  # float32 (and half inputs, computed in float32)
+
+
+def fixed_shift(upper: float, lower: float, dtype: torch.dtype) -> float | None:
+    """A constant log-sum-exp shift for logits known to lie in ``[lower, upper]`` (e.g. affine in
+    a cosine similarity), or ``None`` when that range is too wide for ``dtype`` (then the exact
+    per-row maximum is used). Saves a max pass and a subtraction over the matrix."""
+    return upper if upper - lower <= MAX_SHIFT_SPAN.get(dtype, DEFAULT_SPAN) else None
+
+
+def log1p_sum_exp_(logits: Tensor, dim: int, shift: float | None = None,
+                   scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    r""":math:`\log(1 + \sum_j e^{L_j})` along ``dim`` (``-inf`` entries are absent) and
+    ``scale`` times the weights :math:`e^{L_j} / (1 + \sum e^{L})`, which overwrite ``logits``.
+
+    Shifted by :math:`c = \max(0, \max_j L_j)` (no overflow; an empty set gives exactly 0), or
+    by ``max(0, shift)`` when the caller knows an upper bound of the logits (:func:`fixed_shift`).
+    """
+    if shift is None:
+        c = logits.amax(dim=dim, keepdim=True).clamp_min_(0.0)
+        w = logits.sub_(c).exp_()
+        e = torch.exp(-c)
+    else:
+        c0 = max(0.0, shift)
+        w = (logits.sub_(c0) if c0 else logits).exp_()
+        e = torch.full((), -c0, dtype=w.dtype, device=w.device).exp_()
+        c = torch.full((), c0, dtype=w.dtype, device=w.device)
+    total = w.sum(dim=dim, keepdim=True).add_(e)
+    w.mul_(total.reciprocal() * scale)
     return (total.log_() + c).squeeze(dim), w
 
 
-def logsumexp_(logits: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+def logsumexp_(logits: Tensor, dim: int, shift: float | None = None) -> tuple[Tensor, Tensor]:
     """``logsumexp`` along ``dim`` (``-inf`` for an empty set) and the softmax weights (0 on an
-    empty set), which overwrite ``logits``."""
-    c = logits.amax(dim=dim, keepdim=True)
-    c = torch.where(torch.isfinite(c), c, 0.0)
-    w = logits.sub_(c).exp_()
+    empty set), which overwrite ``logits``; ``shift``: a known upper bound (:func:`fixed_shift`)
+    used instead of the per-row maximum."""
+    if shift is None:
+        c = logits.amax(dim=dim, keepdim=True)
+        c = torch.where(torch.isfinite(c), c, 0.0)
+        w = logits.sub_(c).exp_()
+    else:
+        c = torch.full((), shift, dtype=logits.dtype, device=logits.device)
+        w = (logits.sub_(shift) if shift else logits).exp_()
     total = w.sum(dim=dim, keepdim=True)
-    w.div_(total.clamp_min(torch.finfo(w.dtype).tiny))
+    w.mul_(total.clamp_min(torch.finfo(w.dtype).tiny).reciprocal())
     return (total.log_() + c).squeeze(dim), w

@@ -40,6 +40,7 @@ from losslab._core import (
 from losslab.distances import METRICS, cosine_similarity, is_similarity, paired, pairwise
 from losslab.losses._fused import (
     Members,
+    fixed_shift,
     log1p_sum_exp_,
     logsumexp_,
     matrix_loss,
@@ -627,7 +628,8 @@ def ms_terms(s: Tensor, w_pos: Tensor, w_neg: Tensor, alpha: float, beta: float,
     return pos + neg
 
 
-def _ms_kernel(alpha: float, beta: float, base: float, epsilon: float, mining: bool):
+def _ms_kernel(alpha: float, beta: float, base: float, epsilon: float, mining: bool,
+               cosine: bool):
     r"""Fused multi-similarity kernel: with :math:`L = -\alpha(s - \lambda)` on positives and
     :math:`\beta(s - \lambda)` on negatives, :math:`\partial \ell / \partial s` is minus /
     plus the "softmax with a 1" weight of the pair (:func:`log1p_sum_exp_`)."""
@@ -645,7 +647,9 @@ def _ms_kernel(alpha: float, beta: float, base: float, epsilon: float, mining: b
             logits = torch.where(logits > cut, logits, float("-inf"))
         lp, wp = log1p_sum_exp_((sp - base).mul_(-alpha).masked_fill_(~keep_p, float("-inf")),
                                 dim=1)
-        ln, grad = log1p_sum_exp_(logits, dim=1)
+        # cosine: beta (s - base) <= beta (1 - base), a constant shift
+        shift = fixed_shift(beta * (1 - base), -beta * (1 + base), s.dtype) if cosine else None
+        ln, grad = log1p_sum_exp_(logits, dim=1, shift=shift)
         per = lp / alpha + ln / beta
         mem.add_pos_(grad, wp.neg_())
         if mean:
@@ -697,7 +701,7 @@ def multi_similarity_loss(
         check_reduction(reduction)
         check_choice("metric", metric, SIMILARITIES)
         validate_batch(embeddings, labels, ref_embeddings, ref_labels)
-        kernel = _ms_kernel(alpha, beta, base, epsilon, mining)
+        kernel = _ms_kernel(alpha, beta, base, epsilon, mining, metric == "cosine")
         out = matrix_loss(embeddings, labels, ref_embeddings, ref_labels, metric=metric,
                           kernel=kernel, reduction=reduction)
         return out
@@ -1063,7 +1067,7 @@ class NPairsLoss(LossModule):
 # --------------------------------------------------------------------------------------------
 
 
-def _supcon_kernel(temperature: float):
+def _supcon_kernel(temperature: float, cosine: bool):
     r"""Fused SupCon kernel: :math:`\partial \ell_i / \partial s_{ij} = (\mathrm{softmax}_j
     - [j \in P(i)] / |P(i)|) / \tau` over :math:`A(i)` (every reference but the anchor)."""
 
@@ -1074,7 +1078,9 @@ def _supcon_kernel(temperature: float):
         pos_mean = mem.gather(x).masked_fill_(~mem.pos, 0.0).sum(1).mul_(inv_p)
         if mem.self_ref:
             x.fill_diagonal_(float("-inf"))
-        lse, grad = logsumexp_(x, dim=1)
+        # cosine: s / t in [-1/t, 1/t], a constant shift
+        shift = fixed_shift(1 / temperature, -1 / temperature, x.dtype) if cosine else None
+        lse, grad = logsumexp_(x, dim=1, shift=shift)
         per = torch.where(valid, lse - pos_mean, 0.0)
         w = valid.to(x.dtype) / temperature
         if mean:
@@ -1122,9 +1128,9 @@ def supcon_loss(
         check_reduction(reduction)
         check_choice("metric", metric, SIMILARITIES)
         validate_batch(embeddings, labels, ref_embeddings, ref_labels)
-        out = matrix_loss(embeddings, labels, ref_embeddings, ref_labels, metric=metric,
-                          kernel=_supcon_kernel(temperature), reduction=reduction)
-        return out
+        kernel = _supcon_kernel(temperature, metric == "cosine")
+        return matrix_loss(embeddings, labels, ref_embeddings, ref_labels, metric=metric,
+                           kernel=kernel, reduction=reduction)
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric=metric,
                    allowed=SIMILARITIES)
     x = b.mat / temperature

@@ -31,7 +31,7 @@ from losslab._core import (
     zero_loss,
 )
 from losslab.distances import cosine_similarity, squared_euclidean
-from losslab.losses._fused import Members, log1p_sum_exp_, matrix_loss
+from losslab.losses._fused import Members, fixed_shift, log1p_sum_exp_, matrix_loss
 from losslab.losses._pairs import weighted_log1p_sum_exp
 from losslab.registry import register
 
@@ -226,16 +226,18 @@ def _proxy_anchor_kernel(margin: float, alpha: float):
         total = torch.exp(-shift).index_add_(0, lab, ex)
         lp = total.log() + shift
         wp = ex / total[lab]  # [N]
-        # negatives: log(1 + sum_{x not of class p} e^{a(s_xp + d)})
-        logits = s.add_(margin).mul_(alpha)
-        mem.fill_(logits, float("-inf"))
-        ln, grad = log1p_sum_exp_(logits, dim=0)
+        # negatives: log(1 + sum_{x not of class p} e^{a(s_xp + d)}); a (s + d) <= a (1 + d)
         a_p = a_n = alpha
         if mean:
             n_with = max(int(torch.unique(lab).numel()), 1)  # proxies with a positive
+            lp = lp / n_with
             a_p, a_n = alpha / n_with, alpha / c
-            lp, ln = lp / n_with, ln / c
-        grad.mul_(a_n)
+        logits = s.add_(margin).mul_(alpha)
+        mem.fill_(logits, float("-inf"))
+        shift = fixed_shift(alpha * (1 + margin), -alpha * (1 - margin), s.dtype)
+        ln, grad = log1p_sum_exp_(logits, dim=0, shift=shift, scale=a_n)
+        if mean:
+            ln = ln / c
         mem.add_pos_(grad, (wp * -a_p).unsqueeze(1))
         return lp + ln, grad
 
