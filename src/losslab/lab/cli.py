@@ -1,0 +1,143 @@
+"""``losslab bench TASK ...`` and ``losslab report DIR``.
+
+The top-level ``losslab`` CLI (``losslab.cli``) calls :func:`add_bench_parser` and
+:func:`add_report_parser` on its subparsers; each sets ``func`` (``args.func(args) -> int``).
+``python -m losslab.lab.cli bench ...`` works on its own too.
+
+Option precedence: task defaults < ``--config FILE`` (TOML; or a shipped config name such as
+``demo``) < explicit flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_bench_parser", "add_report_parser", "bench_main", "main", "report_main"]
+
+
+def _add_option(p: argparse.ArgumentParser, opt: Any) -> None:
+    default = ",".join(map(str, opt.default)) if opt.multiple else opt.default
+    help_ = f"{opt.help} (default: {default})"
+    if opt.type is bool and not opt.multiple:
+        p.add_argument(opt.flag, dest=opt.name, action=argparse.BooleanOptionalAction,
+                       default=argparse.SUPPRESS, help=help_)
+    else:
+        metavar = "A,B,..." if opt.multiple else opt.name.upper()
+        if opt.choices and not opt.multiple:
+            metavar = "{" + ",".join(map(str, opt.choices)) + "}"
+        p.add_argument(opt.flag, dest=opt.name, default=argparse.SUPPRESS, metavar=metavar,
+                       help=help_)
+
+
+def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``bench`` (with one sub-command per task) to an argparse ``subparsers``."""
+    from losslab.lab.tasks import available_tasks, get_task
+    from losslab.lab.tasks.base import RUNNER_OPTIONS
+
+    bench = subparsers.add_parser(
+        "bench", help="train and evaluate losses on real data (resumable run folder)",
+        description="Compare losses: one job per (loss, setting, seed), results appended to "
+        "OUT/results.jsonl; re-running the same command resumes.",
+    )
+    tasks = bench.add_subparsers(dest="task", metavar="TASK", required=True)
+    for name in available_tasks():
+        task = get_task(name)
+        p = tasks.add_parser(name, help=task.description, description=task.description)
+        p.add_argument("--config", default=None, metavar="FILE",
+                       help="TOML config file or shipped config name (explicit flags win)")
+        p.add_argument("--out", default=None, metavar="DIR",
+                       help="run folder (default: the config's out, else runs/TASK-DATASET)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--no-report", action="store_true",
+                       help="do not write table/plots at the end")
+        g = p.add_argument_group("runner")
+        for opt in RUNNER_OPTIONS:
+            _add_option(g, opt)
+        g = p.add_argument_group(f"{name} task")
+        for opt in task.options:
+            _add_option(g, opt)
+        p.set_defaults(func=bench_main)
+    return bench
+
+
+def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``report DIR`` to an argparse ``subparsers``."""
+    p = subparsers.add_parser(
+        "report", help="regenerate table.md, table.csv and plots of a run folder",
+        description="Regenerate table.md, table.csv and the PNG plots from DIR/results.jsonl.",
+    )
+    p.add_argument("run_dir", metavar="DIR", help="a run folder written by `losslab bench`")
+    p.set_defaults(func=report_main)
+    return p
+
+
+def _error(cmd: str, e: BaseException) -> int:
+    print(f"losslab {cmd}: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _print_report(rep: dict[str, Any]) -> None:
+    print(rep["markdown"])
+    print(f"table: {rep['table_md']}  (csv: {rep['table_csv']})")
+    for p in rep["plots"]:
+        print(f"plot: {p}")
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    from losslab.lab.config import load_config_file, resolve_config
+    from losslab.lab.data.formats import DatasetLayoutError
+    from losslab.lab.report import write_report
+    from losslab.lab.results import CorruptResultsError
+    from losslab.lab.runner import ConfigMismatchError, run_bench
+    from losslab.lab.tasks import get_task
+    from losslab.lab.tasks.base import RUNNER_OPTIONS
+
+    task = get_task(args.task)
+    names = [o.name for o in (*RUNNER_OPTIONS, *task.options)]
+    cli = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    try:
+        file_config = load_config_file(args.config) if args.config else {}
+        config = resolve_config(task, file_config, cli)
+        out = args.out or file_config.get("out")
+        if not out:
+            out = f"runs/{task.name}" + (f"-{config['dataset']}" if "dataset" in config else "")
+        folder = run_bench(task, config, out, quiet=args.quiet, report=False)
+    except (ValueError, ConfigMismatchError, CorruptResultsError, DatasetLayoutError,
+            RuntimeError) as e:
+        return _error("bench", e)
+    if not args.no_report:
+        _print_report(write_report(folder, task=task))
+    return 0
+
+
+def report_main(args: argparse.Namespace) -> int:
+    from losslab.lab.report import write_report
+    from losslab.lab.results import CorruptResultsError
+
+    folder = Path(args.run_dir)
+    if not (folder / "results.jsonl").exists():
+        return _error("report", ValueError(f"{folder} has no results.jsonl"))
+    try:
+        rep = write_report(folder)
+    except (ValueError, CorruptResultsError) as e:
+        return _error("report", e)
+    _print_report(rep)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry: ``python -m losslab.lab.cli bench|report ...``."""
+    parser = argparse.ArgumentParser(prog="losslab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_bench_parser(sub)
+    add_report_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""Lab tasks. ``TASKS`` maps a task name to its class; see :mod:`losslab.lab.tasks.base` for
+the plug-in interface."""
+
+from __future__ import annotations
+
+from losslab.lab.tasks.base import Job, Metric, Option, Progress, Task
+
+__all__ = ["TASKS", "Job", "Metric", "Option", "Progress", "Task", "available_tasks", "get_task"]
+
+
+def _fewshot() -> type[Task]:
+    from losslab.lab.tasks.fewshot import FewShotTask
+
+    return FewShotTask
+
+
+#: name -> zero-argument callable returning the task class (imported lazily).
+TASKS = {"fewshot": _fewshot}
+
+
+def available_tasks() -> list[str]:
+    return sorted(TASKS)
+
+
+def get_task(name: str) -> Task:
+    """A fresh instance of the task ``name``."""
+    try:
+        factory = TASKS[name]
+    except KeyError:
+        known = ", ".join(available_tasks())
+        raise ValueError(f"unknown task {name!r}; available: {known}") from None
+    return factory()()

@@ -1,0 +1,297 @@
+"""The task plug-in interface of the lab.
+
+A *task* is one kind of experiment (few-shot classification, noise-robust classification,
+metric-learning retrieval, ...). The runner (:mod:`losslab.lab.runner`) and the report
+(:mod:`losslab.lab.report`) know nothing about any task: everything task-specific goes through
+the :class:`Task` class below. To add a task:
+
+1. Subclass :class:`Task` in ``src/losslab/lab/tasks/<name>.py`` and set the class attributes:
+
+   * ``name`` -- the CLI name (``losslab bench <name>``); ``description`` -- one line.
+   * ``options`` -- a tuple of :class:`Option` (the task's settings, with defaults). Each one
+     becomes a CLI flag ``--<name-with-dashes>`` and a config-file key ``<name>``. Mark
+     options that only change *how fast* a job runs (batch size for evaluation, ...) with
+     ``affects_results=False``; mark options that define the grid of settings with
+     ``grid=True`` (they are recorded in each job's setting instead of the run fingerprint,
+     so a run folder can be extended with new settings).
+   * ``metrics`` -- a tuple of :class:`Metric`: which numbers of a job's result the report
+     shows, their labels, whether higher is better, whether to plot them; exactly one is
+     ``primary`` (the plot's headline metric and the one of the one-line job summary).
+   * ``setting_columns`` -- keys of a setting dict shown as columns in ``table.csv``.
+
+2. Implement:
+
+   * ``settings(config) -> list[dict]`` -- the grid of settings (JSON-serialisable dicts, e.g.
+     ``{"way": 5, "shot": 1, "train_way": 30}``), one job per (loss, setting, seed).
+   * ``setting_label(setting) -> str`` -- short label for tables and the plot's x axis
+     (``"5-way 1-shot"``).
+   * ``run_job(job, config, progress) -> dict[str, float]`` -- train and evaluate one loss on
+     one setting with one seed; return the metrics (at least every ``Metric.key``, plus any
+     extra numbers worth keeping, all JSON-serialisable). Use ``progress.bar(total, desc)``
+     for loops and ``job.build_loss(config)`` for the loss. The runner has already seeded
+     python/numpy/torch with ``job.seed`` and set the torch thread count.
+   * optionally ``validate(config)`` (fail early with a clear ``ValueError``, e.g. a missing
+     dataset folder) and ``title(config)`` (a line for the table and plot titles).
+
+3. Add the class to :data:`losslab.lab.tasks.TASKS`.
+
+The ``config`` passed around is a flat ``dict``: the runner's own keys (:data:`RUNNER_OPTIONS`:
+``losses``, ``seeds``, ``device``, ``threads``, ``loss_hparams``) plus one key per task option,
+resolved as task defaults < config file < explicit CLI flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from torch import nn
+
+__all__ = [
+    "RUNNER_OPTIONS",
+    "Bar",
+    "Job",
+    "Metric",
+    "Option",
+    "Progress",
+    "Task",
+    "build_loss",
+    "parse_loss_spec",
+]
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {value!r}")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting of a task (or of the runner).
+
+    Attributes:
+        name: config key, snake_case; the CLI flag is ``--`` + name with dashes.
+        default: value when neither the config file nor the command line sets it.
+        help: one line for ``--help``.
+        type: ``int``, ``float``, ``str`` or ``bool`` (of one element when ``multiple``).
+        multiple: a list of values (comma-separated on the command line, a TOML array or a
+            comma-separated string in a config file).
+        choices: allowed values (of each element), or ``None``.
+        grid: the option defines the grid of settings (recorded per job, not in the run
+            fingerprint).
+        affects_results: ``False`` for options that only change speed or display; they are
+            left out of the run fingerprint and the job identity.
+    """
+
+    name: str
+    default: Any
+    help: str
+    type: type = str
+    multiple: bool = False
+    choices: tuple[Any, ...] | None = None
+    grid: bool = False
+    affects_results: bool = True
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def parse(self, value: Any) -> Any:
+        """Convert a CLI string or a config-file value to this option's type (``ValueError``)."""
+        if self.multiple:
+            if isinstance(value, str):
+                items: Sequence[Any] = [v for v in (p.strip() for p in value.split(",")) if v]
+            elif isinstance(value, (list, tuple)):
+                items = value
+            else:
+                items = [value]
+            return [self._one(v) for v in items]
+        return self._one(value)
+
+    def _one(self, value: Any) -> Any:
+        try:
+            if self.type is bool:
+                out: Any = _parse_bool(value)
+            elif self.type is int:
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError
+                out = int(value)
+            elif self.type is float:
+                out = float(value)
+            else:
+                out = str(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"option {self.name}: expected {self.type.__name__}, got {value!r}"
+            ) from None
+        if self.choices is not None and out not in self.choices:
+            raise ValueError(f"option {self.name}: must be one of {self.choices}, got {out!r}")
+        return out
+
+
+#: Options of the runner itself, shared by every task.
+RUNNER_OPTIONS: tuple[Option, ...] = (
+    Option("losses", [], "losses to compare, comma-separated; '+' combines losses (mean of the "
+           "terms), e.g. protonet,protonet+icnn", str, multiple=True, grid=True),
+    Option("seeds", [1], "number of seeds N (seeds 0..N-1), or an explicit list '0,5,7'", int,
+           multiple=True, grid=True),
+    Option("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N", str,
+           affects_results=False),
+    Option("threads", 0, "torch CPU threads (0: leave torch's default)", int,
+           affects_results=False),
+)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A number of a job's result that the report shows.
+
+    Attributes:
+        key: key in the dict returned by :meth:`Task.run_job`.
+        label: column header / axis label, with its unit (``"Accuracy (%)"``).
+        higher_is_better: decides the bold "best" entry of each setting.
+        fmt: format spec of the value (``".2f"``).
+        episode_ci: key of a per-job confidence half-width of this metric (e.g. the 95% CI
+            over test episodes); the table shows its mean over seeds.
+        plot: draw a bar chart of this metric.
+        primary: the headline metric (exactly one per task).
+    """
+
+    key: str
+    label: str
+    higher_is_better: bool = True
+    fmt: str = ".2f"
+    episode_ci: str | None = None
+    plot: bool = True
+    primary: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (loss, setting, seed) of a run. ``job_id`` is its identity in ``results.jsonl``."""
+
+    task: str
+    loss: str
+    setting: Mapping[str, Any]
+    setting_label: str
+    seed: int
+    job_id: str
+    index: int = 0
+    total: int = 1
+
+    def build_loss(self, config: Mapping[str, Any]) -> nn.Module:
+        """The loss module of this job (see :func:`build_loss`)."""
+        return build_loss(self.loss, config.get("loss_hparams") or {})
+
+
+class Bar(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+    def set_postfix(self, **kwargs: Any) -> Any: ...
+
+
+class Progress(Protocol):
+    """What :meth:`Task.run_job` may use to show progress (a no-op when ``--quiet``)."""
+
+    def bar(self, total: int, desc: str) -> contextlib.AbstractContextManager[Bar]: ...
+    def log(self, message: str) -> None: ...
+
+
+class NullBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        pass
+
+
+class NullProgress:
+    """Progress that shows nothing (tests, ``--quiet``)."""
+
+    @contextlib.contextmanager
+    def bar(self, total: int, desc: str) -> Iterator[Bar]:
+        yield NullBar()
+
+    def log(self, message: str) -> None:
+        pass
+
+
+def parse_loss_spec(spec: str) -> list[str]:
+    """``"protonet+proto_triplet"`` -> ``["protonet", "proto_triplet"]``, checked against the
+    registry (``ValueError`` naming the unknown loss)."""
+    from losslab.registry import spec as loss_spec
+
+    names = [p.strip() for p in spec.split("+")]
+    if not spec.strip() or any(not n for n in names):
+        raise ValueError(f"bad loss spec {spec!r}: expected names joined by '+'")
+    for n in names:
+        loss_spec(n)  # raises ValueError listing the available losses
+    return names
+
+
+def build_loss(spec: str, hparams: Mapping[str, Mapping[str, Any]] | None = None) -> nn.Module:
+    """Build the loss of a spec string: one registered loss, or ``a+b+...`` combined as the
+    SuSana Distancia paper does (the unweighted mean of the terms, :func:`losslab.combine`).
+
+    ``hparams`` maps loss names to keyword hyperparameters (``{"icnn": {"k": 3}}``).
+    """
+    from losslab.combine import combine
+    from losslab.registry import create
+
+    names = parse_loss_spec(spec)
+    hp = dict(hparams or {})
+    if len(names) == 1:
+        return create(names[0], **dict(hp.get(names[0], {})))
+    return combine(names, **{n: dict(v) for n, v in hp.items() if n in names})
+
+
+class Task(ABC):
+    """Base class of a lab task; see the module docstring."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    options: ClassVar[tuple[Option, ...]]
+    metrics: ClassVar[tuple[Metric, ...]]
+    setting_columns: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def settings(self, config: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The grid of settings of a run."""
+
+    def setting_label(self, setting: Mapping[str, Any]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in setting.items())
+
+    @abstractmethod
+    def run_job(self, job: Job, config: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
+        """Train and evaluate one job; return its metrics."""
+
+    def validate(self, config: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Raise ``ValueError`` for a configuration that cannot run (called before any job)."""
+
+    def title(self, config: Mapping[str, Any]) -> str:
+        return self.name
+
+    # -- helpers used by the runner and the report ------------------------------------------
+
+    @classmethod
+    def primary_metric(cls) -> Metric:
+        prim = [m for m in cls.metrics if m.primary]
+        if len(prim) != 1:
+            raise TypeError(f"task {cls.name}: exactly one metric must be primary")
+        return prim[0]
+
+    @classmethod
+    def option(cls, name: str) -> Option:
+        for o in (*RUNNER_OPTIONS, *cls.options):
+            if o.name == name:
+                return o
+        raise KeyError(name)
+
