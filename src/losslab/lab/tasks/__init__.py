@@ -14,8 +14,14 @@ def _fewshot() -> type[Task]:
     return FewShotTask
 
 
+def _retrieval() -> type[Task]:
+    from losslab.lab.tasks.retrieval import RetrievalTask
+
+    return RetrievalTask
+
+
 #: name -> zero-argument callable returning the task class (imported lazily).
-TASKS = {"fewshot": _fewshot}
+TASKS = {"fewshot": _fewshot, "retrieval": _retrieval}
 
 
 def available_tasks() -> list[str]:
