@@ -21,7 +21,8 @@ A kernel is ``kernel(mat, members, mean) -> (values, G)``:
   ``values.sum()`` is the mean reduction), else the raw per-row sums;
 * optionally a third element, the number of non-zeros of ``G`` when the kernel knows it
   cheaply: a gradient with few non-zeros is kept as a sparse list of pairs, and the backward
-  pass then costs O(nnz·D) instead of an ``[N, M] x [M, D]`` product;
+  pass then costs O(nnz·D) instead of an ``[N, M] x [M, D]`` product; a kernel that knows
+  where its few non-zeros are may return ``G`` directly as ``(rows, cols, vals)``;
 * ``values``: ``[N]`` (``axis=1``: one value per row/anchor) or ``[M]`` (``axis=0``: one per
   column/proxy); ``G``: ``d values.sum() / d mat``, where every entry of ``G`` belongs to the
   value of its row (``axis=1``) or column (``axis=0``), so that the gradient for any upstream
@@ -176,16 +177,22 @@ class MatrixLoss(torch.autograd.Function):
         out = kernel(mat, mem, mean)
         values, grad = out[0], out[1]
         nnz = out[2] if len(out) > 2 else None
-        ctx.half = 1.0
-        if metric == "euclidean":  # d sqrt(q) / dq = 1 / (2 sqrt(q)), and 0 where q = 0
-            torch.nan_to_num_(grad.div_(mat), nan=0.0, posinf=0.0, neginf=0.0)
-            ctx.half = 0.5  # the 1/2, applied to the [N, D] result in the backward pass
-        del mat, mem
+        ctx.half = 0.5 if metric == "euclidean" else 1.0  # applied to the [N, D] results
         sparse = None
-        if nnz is not None and nnz * SPARSE_RATIO <= grad.numel():
+        if isinstance(grad, tuple):  # the kernel gave (rows, cols, vals) itself
+            sparse, grad = grad, None
+        elif nnz is not None and nnz * SPARSE_RATIO <= grad.numel():
             rows, cols = grad.nonzero(as_tuple=True)
-            sparse = (rows, cols, grad[rows, cols])
-            grad = None
+            sparse, grad = (rows, cols, grad[rows, cols]), None
+        if metric == "euclidean":  # d sqrt(q) / dq = 1 / (2 sqrt(q)), and 0 where q = 0
+            if sparse is not None:
+                rows, cols, vals = sparse
+                vals = torch.nan_to_num_(vals / mat[rows, cols], nan=0.0, posinf=0.0,
+                                         neginf=0.0)
+                sparse = (rows, cols, vals)
+            else:
+                torch.nan_to_num_(grad.div_(mat), nan=0.0, posinf=0.0, neginf=0.0)
+        del mat, mem
         ctx.metric, ctx.axis, ctx.self_ref, ctx.total = metric, axis, ref is None, total
         ctx.symmetric = total and ref is None and getattr(kernel, "symmetric", False)
         ctx.in_dtypes = (x.dtype, None if ref is None else ref.dtype)

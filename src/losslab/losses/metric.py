@@ -131,8 +131,19 @@ def _contrastive_kernel(pos_margin: float, neg_margin: float, power: float, simi
         tp, gp = hinge(hp)
         hn = torch.rsub(u, b)
         mem.fill_(hn, 0.0).clamp_min_(0.0)
+        per_p = tp.sum(1)
+        per_n = hn.sum(1)
+        if not bool((per_n > 0).any()):  # no active negative: G lives on the positive slots
+            wp = 1.0
+            if mean:
+                cp = float((hp > 0).sum()) if mean_over == "nonzero" else float(
+                    mem.n_pos.sum())
+                wp = 1.0 / max(cp, 1.0)
+            keep = gp != 0
+            rows = torch.arange(u.shape[0], device=u.device).unsqueeze(1).expand_as(gp)[keep]
+            sparse = (rows, mem.idx[keep], gp[keep] * (wp * su))
+            return per_p * wp, sparse
         if power == 1:
-            per_n = hn.sum(1)
             grad = hn.sign_()
             active_n = grad.sum(1)
         else:
@@ -140,7 +151,6 @@ def _contrastive_kernel(pos_margin: float, neg_margin: float, power: float, simi
             per_n = tn.sum(1)
             del tn
             active_n = (hn > 0).sum(1)
-        per_p = tp.sum(1)
         cn = float(active_n.sum(dtype=torch.float64))  # non-zero negative terms
         cp = float((hp > 0).sum())
         wp = wn = 1.0
