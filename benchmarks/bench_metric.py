@@ -158,6 +158,9 @@ def main() -> None:
     if args.quick:
         args.batches, args.dims, args.reps, args.warmup = "512", "128", 3, 1
     rows = []
+    load0 = os.getloadavg()
+    print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} "
+          f"({os.cpu_count()} CPUs)")
     header = ("| loss | B | D | ours ms | PML ms | speed-up | ours MiB | PML MiB | mem ratio "
               "| values equal |")
     print(header)
@@ -187,8 +190,13 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r, _ in rows))
+    load1 = os.getloadavg()
+    loads = (f"load average (1/5/15 min) at start {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, "
+             f"at end {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} on {os.cpu_count()} CPUs")
+    print(loads)
     out.with_suffix(".md").write_text(
-        "\n".join([header, "|" + "---|" * 10] + [line for _, line in rows]) + "\n")
+        "\n".join([header, "|" + "---|" * 10] + [line for _, line in rows] + ["", loads])
+        + "\n")
 
 
 if __name__ == "__main__":
