@@ -104,8 +104,14 @@ class Members:
 Kernel = Callable[[Tensor, Members, bool], tuple[Tensor, Tensor]]
 
 
-def members(labels: Tensor, ref_labels: Tensor, self_ref: bool) -> Members:
-    """The :class:`Members` of ``labels`` in ``ref_labels`` (O((N + M) log M))."""
+def members(labels: Tensor, ref_labels: Tensor | int, self_ref: bool) -> Members:
+    """The :class:`Members` of ``labels`` in ``ref_labels`` (O((N + M) log M)); an ``int``
+    ``ref_labels`` C means the references are the classes ``0..C-1`` themselves (proxies)."""
+    if isinstance(ref_labels, int):  # one member per row: its class (labels in [0, C))
+        n = labels.shape[0]
+        ones = torch.ones(n, dtype=torch.long, device=labels.device)
+        return Members(labels.long().unsqueeze(1), ones.bool().unsqueeze(1), ones,
+                       ones * (ref_labels - 1), ones.bool(), True, False)
     n, m = labels.shape[0], ref_labels.shape[0]
     order = torch.argsort(ref_labels, stable=True)
     srt = ref_labels[order].contiguous()
@@ -144,7 +150,7 @@ class MatrixLoss(torch.autograd.Function):
         x: Tensor,
         ref: Tensor | None,
         labels: Tensor,
-        ref_labels: Tensor | None,
+        ref_labels: Tensor | int | None,
         metric: str,
         kernel: Kernel,
         mean: bool,
@@ -156,12 +162,12 @@ class MatrixLoss(torch.autograd.Function):
         rc = xc if ref is None else ref.to(dt)
         norms: tuple[Tensor, Tensor] | None = None
         if metric == "cosine":
-            nx = xc.norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
+            nx = torch.linalg.vecdot(xc, xc).sqrt_().clamp_min_(NORM_EPS).unsqueeze(1)
             xc = xc / nx
             if ref is None:
                 rc, nr = xc, nx
             else:
-                nr = rc.norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
+                nr = torch.linalg.vecdot(rc, rc).sqrt_().clamp_min_(NORM_EPS).unsqueeze(1)
                 rc = rc / nr
             norms = (nx, nr)
             mat = xc @ rc.t()
@@ -306,7 +312,7 @@ def matrix_loss(
     embeddings: Tensor,
     labels: Tensor,
     ref_embeddings: Tensor | None,
-    ref_labels: Tensor | None,
+    ref_labels: Tensor | int | None,
     *,
     metric: str,
     kernel: Kernel,
@@ -315,6 +321,8 @@ def matrix_loss(
 ) -> Tensor:
     """Apply :class:`MatrixLoss` (``ref_embeddings=None``: the batch against itself).
 
+    ``ref_labels`` may be an ``int`` C: the reference rows are the classes ``0..C-1`` (class
+    proxies / weights; ``labels`` already checked to lie in ``[0, C)``).
     ``reduction="none"`` returns the kernel's per-row (per-column for ``axis=0``) values,
     ``"sum"`` their sum and ``"mean"`` the sum of the kernel's mean-scaled values.
     """

@@ -841,8 +841,8 @@ def circle_loss(
 
         validate_proxy_inputs(embeddings, labels, proxies, None, None, None,
                               name="circle (class-level)")
-        classes = torch.arange(proxies.shape[0], device=labels.device)
-        out = matrix_loss(embeddings, labels, proxies, classes, metric="cosine", kernel=kernel,
+        out = matrix_loss(embeddings, labels, proxies, proxies.shape[0], metric="cosine",
+                          kernel=kernel,
                           reduction=reduction)
         return out
     if proxies is None and indices is None:

@@ -279,8 +279,7 @@ def proxy_anchor_loss(
                                     ref_labels, indices,
                           name="proxy_anchor")
     check_reduction(reduction)
-    classes = torch.arange(proxies.shape[0], device=labels.device)
-    out = matrix_loss(embeddings, labels, proxies, classes, metric="cosine",
+    out = matrix_loss(embeddings, labels, proxies, proxies.shape[0], metric="cosine",
                       kernel=_proxy_anchor_kernel(margin, alpha), reduction=reduction,
                       axis=0)
     return out
