@@ -101,21 +101,3 @@ def test_opis_oracle_and_properties():
     assert opis(xs, ys, far_range=(1e-3, 1.0)) >= 0.0
     with pytest.raises(ValueError, match="far_range"):
         opis(x, y, far_range=(0.5, 0.1))
-
-
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_self_topk_blocks_match_brute_force(metric):
-    from losslab.metrics.retrieval import _self_topk
-
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(23, 5, generator=g, dtype=torch.float64)
-    if metric == "cosine":
-        x = torch.nn.functional.normalize(x, dim=1)
-        s = x @ x.t()
-    else:
-        s = -torch.cdist(x, x)
-    s.fill_diagonal_(float("-inf"))
-    want = s.topk(6, dim=1).indices
-    for block in (1, 3, 7, 23, 64):
-        got = _self_topk(x, 6, metric, x.pow(2).sum(1), block=block)
-        torch.testing.assert_close(got, want)

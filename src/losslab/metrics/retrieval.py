@@ -42,49 +42,6 @@ def _scores(q: Tensor, r: Tensor, r_sq: Tensor | None, metric: str) -> Tensor:
     return q @ r.t()
 
 
-def _merge_topk(best_v: Tensor, best_i: Tensor, rows: slice, scores: Tensor, col0: int,
-                k: int) -> None:
-    """Fold a block of ``scores`` (columns from ``col0``) into the running top-``k`` of
-    ``rows``, in place."""
-    kk = min(k, scores.shape[1])
-    v, i = scores.topk(kk, dim=1, largest=True, sorted=False)
-    v = torch.cat([best_v[rows], v], dim=1)
-    i = torch.cat([best_i[rows], i + col0], dim=1)
-    top = v.topk(k, dim=1, largest=True, sorted=True)
-    best_v[rows] = top.values
-    best_i[rows] = i.gather(1, top.indices)
-
-
-def _self_topk(x: Tensor, k: int, metric: str, x_sq: Tensor | None, *, block: int) -> Tensor:
-    """Indices ``[N, k]`` of every row's ``k`` nearest other rows of ``x``, nearest first.
-
-    The ``N x N`` dot products are computed once per unordered pair of row blocks (the matrix
-    is symmetric): ``block x block`` scores at a time, memory O(N·k + block²)."""
-    n = x.shape[0]
-    best_v = torch.full((n, k), float("-inf"), dtype=x.dtype, device=x.device)
-    best_i = torch.zeros((n, k), dtype=torch.long, device=x.device)
-    starts = list(range(0, n, block))
-    for a, i0 in enumerate(starts):
-        ri = slice(i0, min(n, i0 + block))
-        for j0 in starts[a:]:
-            rj = slice(j0, min(n, j0 + block))
-            d = x[ri] @ x[rj].t()
-            if metric == "euclidean":  # -|a - b|^2 + |a|^2 = 2 a.b - |b|^2 (per row order)
-                si = d.mul(2.0).sub_(x_sq[rj].unsqueeze(0))  # type: ignore[index]
-            else:
-                si = d
-            if i0 == j0:
-                si.fill_diagonal_(float("-inf"))
-                _merge_topk(best_v, best_i, ri, si, j0, k)
-                continue
-            _merge_topk(best_v, best_i, ri, si, j0, k)
-            dt = d.t().contiguous()
-            if metric == "euclidean":
-                dt.mul_(2.0).sub_(x_sq[ri].unsqueeze(0))  # type: ignore[index]
-            _merge_topk(best_v, best_i, rj, dt, i0, k)
-    return best_i
-
-
 @torch.no_grad()
 def retrieval_metrics(
     query: Tensor,
@@ -169,13 +126,7 @@ def retrieval_metrics(
         index.add(rn)
     want_mrr = "mrr" in metrics
     hits_all, rr_all = [], []
-    if self_mode and index is None and not want_mrr:
-        # the query set against itself: each block of dot products serves both of its row
-        # blocks (half the matrix products), with a running top-K per row
-        idx = _self_topk(q, K, metric, r_sq, block=int(max(256, min(4096, chunk_size * 8))))
-        hits_all.append(rl[idx] == ql.unsqueeze(1))
-        chunk_size = q.shape[0] + 1  # skip the loop below
-    for s in range(0, q.shape[0] if not hits_all else 0, chunk_size):
+    for s in range(0, q.shape[0], chunk_size):
         qc = q[s : s + chunk_size]
         rows = torch.arange(qc.shape[0], device=q.device)
         need_block = index is None or want_mrr
