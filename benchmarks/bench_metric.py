@@ -2,9 +2,12 @@
 
 Every (implementation, loss, batch, dim) case runs in a fresh subprocess (so that peak RSS is
 its own): peak memory = ``ru_maxrss`` after the timed steps minus ``ru_maxrss`` after building
-the inputs. Inputs: float32 ``randn(B, D)``, B/4 classes x 4 samples (shuffled), CPU. Both
-implementations are configured to the same definition (distance, margin, reducer) and their
-values are compared.
+the inputs. Time: median of the timed steps (at least ``--reps`` after ``--warmup``, more
+until ``--min-time`` seconds for fast cases); the two implementations alternate
+``--rounds`` times and each keeps its best median (a load spike on the shared machine then
+does not decide a ratio). Inputs: float32 ``randn(B, D)``, B/4 classes x 4 samples
+(shuffled), CPU. Both implementations are configured to the same definition (distance,
+margin, reducer) and their values are compared.
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src python benchmarks/bench_metric.py [--quick]
         [--losses triplet_all,contrastive] [--batches 512,2048] [--dims 128,512]
@@ -94,15 +97,19 @@ def worker(args: argparse.Namespace) -> None:
     step = build(args.impl, args.case, args.batch, args.dim)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times, value = [], None
-    for i in range(args.warmup + args.reps):
+    i, spent = 0, 0.0
+    # at least `reps` timed steps, more for fast cases (until ~min_time seconds, at most 50)
+    while i < args.warmup + args.reps or (spent < args.min_time and len(times) < 50):
         x = x0.clone().requires_grad_(True)
         t0 = time.perf_counter()
         loss = step(x, y)
         loss.backward()
         dt = time.perf_counter() - t0
-        value = float(loss)
+        value = float(loss.detach())
         if i >= args.warmup:
             times.append(dt)
+            spent += dt
+        i += 1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"time_s": statistics.median(times), "min_s": min(times), "value": value,
                       "peak_mib": (peak - base) / 1024.0}))
@@ -111,7 +118,7 @@ def worker(args: argparse.Namespace) -> None:
 def run_case(impl: str, case: str, b: int, d: int, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--case", case, "--batch",
            str(b), "--dim", str(d), "--reps", str(args.reps), "--warmup", str(args.warmup),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--min-time", str(args.min_time)]
     cap = int(args.mem_cap_gib * (1 << 30))
 
     def limit() -> None:
@@ -134,6 +141,24 @@ def run_case(impl: str, case: str, b: int, d: int, args: argparse.Namespace) -> 
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def best_of(case: str, b: int, d: int, args: argparse.Namespace) -> tuple[dict, dict]:
+    """Alternate the two implementations ``args.rounds`` times (ours, PML, ours, PML, ...) so
+    that a load change on the shared machine hits both; keep each side's fastest median and
+    its largest peak memory (conservative for both)."""
+    best: dict[str, dict] = {}
+    for _ in range(max(1, args.rounds)):
+        for impl in ("ours", "pml"):
+            r = run_case(impl, case, b, d, args)
+            prev = best.get(impl)
+            if prev is None or "error" in prev:
+                best[impl] = r
+            elif "error" not in r:
+                keep = dict(r if r["time_s"] < prev["time_s"] else prev)
+                keep["peak_mib"] = max(r["peak_mib"], prev["peak_mib"])
+                best[impl] = keep
+    return best["ours"], best["pml"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -146,6 +171,10 @@ def main() -> None:
     ap.add_argument("--dims", default="128,512")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--min-time", type=float, default=1.0,
+                    help="keep timing steps until this many seconds (at most 50 steps)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="alternate ours/PML this many times; each side keeps its best median")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mem-cap-gib", type=float, default=10.0)
     ap.add_argument("--timeout", type=float, default=600.0)
@@ -158,6 +187,9 @@ def main() -> None:
     if args.quick:
         args.batches, args.dims, args.reps, args.warmup = "512", "128", 3, 1
     rows = []
+    load0 = os.getloadavg()
+    print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} "
+          f"({os.cpu_count()} CPUs)")
     header = ("| loss | B | D | ours ms | PML ms | speed-up | ours MiB | PML MiB | mem ratio "
               "| values equal |")
     print(header)
@@ -165,8 +197,7 @@ def main() -> None:
     for case in args.losses.split(","):
         for b in map(int, args.batches.split(",")):
             for d in map(int, args.dims.split(",")):
-                ours = run_case("ours", case, b, d, args)
-                theirs = run_case("pml", case, b, d, args)
+                ours, theirs = best_of(case, b, d, args)
                 row = {"loss": case, "batch": b, "dim": d, "ours": ours, "pml": theirs}
                 if "error" in ours or "error" in theirs:
                     o = ours.get("error") or f"{ours['time_s'] * 1e3:.1f}"
@@ -187,8 +218,13 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r, _ in rows))
+    load1 = os.getloadavg()
+    loads = (f"load average (1/5/15 min) at start {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, "
+             f"at end {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} on {os.cpu_count()} CPUs")
+    print(loads)
     out.with_suffix(".md").write_text(
-        "\n".join([header, "|" + "---|" * 10] + [line for _, line in rows]) + "\n")
+        "\n".join([header, "|" + "---|" * 10] + [line for _, line in rows] + ["", loads])
+        + "\n")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ __all__ = [
     "euclidean",
     "is_similarity",
     "knn",
+    "paired",
     "pairwise",
     "squared_euclidean",
 ]
@@ -110,6 +111,24 @@ def pairwise(x: Tensor, y: Tensor | None = None, *, metric: str = "euclidean",
     if metric == "cosine":
         return cosine_similarity(x, y)
     return dot(x, y)
+
+
+def paired(x: Tensor, y: Tensor, *, metric: str = "euclidean", eps: float = 1e-6) -> Tensor:
+    """``v[i] = metric(x_i, y_i)`` for two ``[N, D]`` matrices (row by row, no ``[N, M]``)."""
+    check_choice("metric", metric, METRICS)
+    check_matrix("x", x)
+    check_matrix("y", y, dim=x.shape[1])
+    if metric in ("euclidean", "squared_euclidean"):
+        sq = (x - y).pow(2).sum(1)
+        if metric == "squared_euclidean":
+            return sq
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        return _SafeSqrt.apply(sq) if eps == 0 else (sq + eps).sqrt()
+    if metric == "cosine":
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        y = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return (x * y).sum(1)
 
 
 @torch.no_grad()

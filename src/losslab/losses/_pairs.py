@@ -26,6 +26,7 @@ from losslab._core import (
     check_same_device,
 )
 from losslab.distances import METRICS, is_similarity, pairwise
+from losslab.losses._fused import label_masks
 
 __all__ = [
     "PairBatch",
@@ -162,15 +163,6 @@ def validate_batch(
         )
     check_same_device(embeddings=embeddings, ref_embeddings=ref_embeddings, ref_labels=ref_labels)
     return ref_embeddings, ref_labels, False  # type: ignore[return-value]
-
-
-def label_masks(labels: Tensor, ref_labels: Tensor, ref_is_batch: bool) -> tuple[Tensor, Tensor]:
-    """``(pos, neg)`` bool ``[N, M]`` masks; the diagonal is not a positive for the batch itself."""
-    same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
-    neg = ~same
-    if ref_is_batch:
-        same.fill_diagonal_(False)
-    return same, neg
 
 
 def pair_batch(

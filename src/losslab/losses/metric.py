@@ -37,12 +37,21 @@ from losslab._core import (
     reduce,
     zero_loss,
 )
-from losslab.distances import cosine_similarity
+from losslab.distances import METRICS, cosine_similarity, is_similarity, paired, pairwise
+from losslab.losses._fused import (
+    Members,
+    fixed_shift,
+    log1p_sum_exp_,
+    logsumexp_,
+    matrix_loss,
+    members,
+)
 from losslab.losses._pairs import (
     PairBatch,
     masked_logsumexp,
     pair_batch,
     triplets_from_indices,
+    validate_batch,
     weighted_log1p_sum_exp,
 )
 from losslab.registry import register
@@ -102,6 +111,62 @@ def _contrastive_terms(
     return pos, neg
 
 
+def _contrastive_kernel(pos_margin: float, neg_margin: float, power: float, similarity: bool,
+                        mean_over: str):
+    """Fused contrastive kernel (see :mod:`losslab.losses._fused`): positives on the gathered
+    ``[N, K]`` member slots, negatives on the full rows with the members zeroed."""
+
+    def hinge(h: Tensor) -> tuple[Tensor, Tensor]:  # [h]_+^q and its derivative, h clamped
+        if power == 1:
+            return h, torch.sign(h)
+        g = torch.where(h > 0, h.pow(power - 1) * power, 0.0)
+        return h.pow(power), g
+
+    def kernel(mat: Tensor, mem: Members, mean: bool) -> tuple[Tensor, Tensor]:
+        # u: distance-like (-s for similarities); hinges [u - a]_+ and [b - u]_+
+        su = -1.0 if similarity else 1.0
+        u = mat.neg_() if similarity else mat
+        a, b = su * pos_margin, su * neg_margin
+        hp = (mem.gather(u) - a).clamp_min_(0.0).masked_fill_(~mem.pos, 0.0)
+        tp, gp = hinge(hp)
+        hn = torch.rsub(u, b)
+        mem.fill_(hn, 0.0).clamp_min_(0.0)
+        per_p = tp.sum(1)
+        per_n = hn.sum(1)
+        if not bool((per_n > 0).any()):  # no active negative: G lives on the positive slots
+            wp = 1.0
+            if mean:
+                cp = float((hp > 0).sum()) if mean_over == "nonzero" else float(
+                    mem.n_pos.sum())
+                wp = 1.0 / max(cp, 1.0)
+            keep = gp != 0
+            rows = torch.arange(u.shape[0], device=u.device).unsqueeze(1).expand_as(gp)[keep]
+            sparse = (rows, mem.idx[keep], gp[keep] * (wp * su))
+            return per_p * wp, sparse
+        if power == 1:
+            grad = hn.sign_()
+            active_n = grad.sum(1)
+        else:
+            tn, grad = hinge(hn)
+            per_n = tn.sum(1)
+            del tn
+            active_n = (hn > 0).sum(1)
+        cn = float(active_n.sum(dtype=torch.float64))  # non-zero negative terms
+        cp = float((hp > 0).sum())
+        wp = wn = 1.0
+        if mean:
+            if mean_over == "all":
+                cp, cn = float(mem.n_pos.sum()), float(mem.n_neg.sum())
+            wp, wn = 1.0 / max(cp, 1.0), 1.0 / max(cn, 1.0)
+        grad.mul_(-wn * su)  # d[b - u]_+ / du = -1 where active
+        mem.add_pos_(grad, gp * (wp * su))
+        nnz = float(active_n.sum(dtype=torch.float64)) + float((gp != 0).sum())
+        return per_p * wp + per_n * wn, grad, nnz
+
+    kernel.symmetric = True  # type: ignore[attr-defined]  # a function of the pair only
+    return kernel
+
+
 def contrastive_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -142,6 +207,15 @@ def contrastive_loss(
     """
     check_choice("mean_over", mean_over, MEAN_OVER)
     check_positive("power", power)
+    if indices is None:
+        check_reduction(reduction)
+        check_choice("metric", metric, METRICS)
+        validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+        kernel = _contrastive_kernel(pos_margin, neg_margin, power, is_similarity(metric),
+                                     mean_over)
+        out = matrix_loss(embeddings, labels, ref_embeddings, ref_labels, metric=metric,
+                          kernel=kernel, reduction=reduction)
+        return out
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric=metric)
     n = embeddings.shape[0]
     if b.pairs is not None:
@@ -216,27 +290,101 @@ def _accumulation_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype != torch.float64 else t.dtype
 
 
-def triplet_all_sums(u: Tensor, pos: Tensor, neg: Tensor, margin: float) -> tuple[Tensor, Tensor]:
-    r"""Per-anchor :math:`\sum_{p, n} [u_{ap} - u_{an} + m]_+` over all valid triplets, and the
-    number of non-zero terms, in O(N·M log M) time and O(N·M) memory.
+DIRECT_MAX_POSITIVES = 16  # direct per-positive sweeps up to this many positives, else sorting
 
-    Per anchor, the negatives' ``u`` are sorted once; for each positive, the negatives that
-    violate the margin are those with :math:`u_{an} < u_{ap} + m`, a prefix of the sorted row
-    found by ``searchsorted``. With prefix sums :math:`C_k` of the sorted values and the prefix
-    length :math:`k`, the sum over that positive is :math:`k (u_{ap} + m) - C_k`. Autograd
-    through the sort/gather/cumsum gives the exact (sub)gradient of the hinge sum. Prefix sums
-    are accumulated in float64 so that the difference is exact to the input precision.
+
+def _triplet_all_kernel(margin: float, similarity: bool, mean_over: str):
+    r"""Fused all-triplets kernel. With :math:`u` the distance (``-s`` for similarities), the
+    per-anchor sum :math:`\sum_{p,n}[u_{ap} - u_{an} + m]_+` has gradient :math:`c_{ap}` (the
+    number of negatives violating the margin with that positive) on :math:`u_{ap}` and
+    :math:`-c_{an}` (the number of positives it violates with) on :math:`u_{an}`.
+
+    With at most :data:`DIRECT_MAX_POSITIVES` member slots per anchor (m-per-class batches
+    have m), one ``[N, M]`` sweep per slot does it; otherwise the negatives are sorted once
+    per anchor and every positive's violating negatives are a prefix found by
+    ``searchsorted`` (prefix sums in float64), O(N·M log M).
     """
-    acc = _accumulation_dtype(u)
-    key = u.detach().masked_fill(~neg, float("inf"))
-    sk, order = key.sort(dim=1)
-    sv = u.gather(1, order).to(acc).masked_fill(torch.isinf(sk), 0.0)
-    csum = F.pad(sv.cumsum(dim=1), (1, 0))
-    thr = u + margin
-    cnt = torch.searchsorted(sk, thr.detach().contiguous(), side="left").masked_fill(~pos, 0)
-    per = cnt.to(acc) * thr.to(acc) - csum.gather(1, cnt)
-    per = per.masked_fill(~pos, 0.0)
-    return per.sum(dim=1).to(u.dtype), cnt.sum()
+
+    def kernel(mat: Tensor, mem: Members, mean: bool) -> tuple[Tensor, Tensor]:
+        u = mat.neg_() if similarity else mat
+        thr = (mem.gather(u) + margin).masked_fill_(~mem.pos, float("-inf"))  # [N, K]
+        un = u.clone()
+        mem.fill_(un, float("inf"))  # negatives only
+        grad = torch.zeros_like(u)
+        k_slots = thr.shape[1]
+        if k_slots <= DIRECT_MAX_POSITIVES:
+            per = u.new_zeros(u.shape[0])
+            cnt = torch.zeros_like(thr)
+            for k in range(k_slots):
+                if not bool(mem.pos[:, k].any()):
+                    continue
+                t = torch.rsub(un, thr[:, k : k + 1]).clamp_min_(0.0)  # [thr_k - u_an]_+
+                per += t.sum(1)
+                t.sign_()
+                cnt[:, k] = t.sum(1)
+                grad.sub_(t)
+        else:
+            sk = un.sort(dim=1).values
+            sv = torch.where(torch.isinf(sk), 0.0, sk).to(torch.float64)
+            csum = F.pad(sv.cumsum(dim=1), (1, 0))
+            del sv
+            ci = torch.searchsorted(sk, thr.contiguous(), side="left")  # [N, K]
+            per = (ci.to(csum.dtype) * thr.to(csum.dtype) - csum.gather(1, ci))
+            per = per.masked_fill_(~mem.pos, 0.0).sum(1).to(u.dtype)
+            cnt = ci.masked_fill_(~mem.pos, 0).to(u.dtype)
+            # a negative's gradient: minus the number of thresholds above it
+            st = thr.sort(dim=1).values
+            above = k_slots - torch.searchsorted(st, un, side="right")
+            grad.sub_(above.to(grad.dtype))
+        mem.add_pos_(grad, cnt)
+        if similarity:
+            grad.neg_()
+        if mean:
+            if mean_over == "nonzero":
+                count = float(cnt.sum(1, dtype=torch.float64).sum())
+            else:
+                count = float((mem.n_pos.to(torch.float64) * mem.n_neg).sum())
+            w = 1.0 / max(count, 1.0)
+            per.mul_(w)
+            grad.mul_(w)
+        return per, grad
+
+    return kernel
+
+
+def _batch_hard(
+    embeddings: Tensor,
+    labels: Tensor,
+    ref_embeddings: Tensor | None,
+    ref_labels: Tensor | None,
+    *,
+    metric: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Hardest positive and negative of every anchor: ``(u_ap, u_an, valid)``.
+
+    Selected without gradient on the matrix (squared distances for ``"euclidean"``: same
+    order, no square root; positives gathered from the class members, negatives = the row
+    with its members overwritten), then ``u`` is recomputed with gradient on the ``2N``
+    selected pairs only, from the embeddings (a sparse, O(N·D) backward).
+    """
+    ref, ref_lab, ref_is_batch = validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+    similarity = is_similarity(metric)
+    with torch.no_grad():
+        sel_metric = "squared_euclidean" if metric == "euclidean" else metric
+        mat = pairwise(embeddings.detach(), None if ref_is_batch else ref.detach(),
+                       metric=sel_metric)
+        if similarity:
+            mat.neg_()
+        mem = members(labels, ref_lab, ref_is_batch)
+        up = mem.gather(mat).masked_fill_(~mem.pos, float("-inf"))
+        hp_idx = mem.idx.gather(1, up.argmax(dim=1, keepdim=True)).squeeze(1)
+        hn_idx = mem.fill_(mat, float("inf")).argmin(dim=1)
+        valid = (mem.n_pos > 0) & (mem.n_neg > 0)
+        del mat
+    sign = -1.0 if similarity else 1.0
+    u_ap = sign * paired(embeddings, ref.index_select(0, hp_idx), metric=metric, eps=0.0)
+    u_an = sign * paired(embeddings, ref.index_select(0, hn_idx), metric=metric, eps=0.0)
+    return u_ap, u_an, valid
 
 
 def _semi_hard_negatives(u: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
@@ -272,7 +420,7 @@ def triplet_loss(
     (for a similarity metric, :math:`[s_{an} - s_{ap} + m]_+`). Strategies:
 
     * ``"all"`` (batch all): every valid triplet of the batch. Computed per anchor from the
-      sorted negative distances (:func:`triplet_all_sums`): O(N·M log M) time, O(N·M) memory,
+      sorted negative distances (:func:`_triplet_all_kernel`): O(N·M log M) time, O(N·M) memory,
       no triplet list and no ``[N, M, M]`` tensor.
     * ``"batch_hard"``: one triplet per anchor, its farthest positive and nearest negative.
     * ``"semi_hard"``: one triplet per positive pair, the nearest negative farther than the
@@ -298,6 +446,18 @@ def triplet_loss(
     """
     check_choice("strategy", strategy, STRATEGIES)
     check_choice("mean_over", mean_over, MEAN_OVER)
+    if indices is None and strategy in ("all", "batch_hard", "soft_margin"):
+        check_reduction(reduction)
+        check_choice("metric", metric, METRICS)
+        if strategy == "all":
+            validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+            kernel = _triplet_all_kernel(margin, is_similarity(metric), mean_over)
+            out = matrix_loss(embeddings, labels, ref_embeddings, ref_labels, metric=metric,
+                              kernel=kernel, reduction=reduction)
+            return out
+        hp, hn, valid = _batch_hard(embeddings, labels, ref_embeddings, ref_labels,
+                                    metric=metric)
+        return _batch_hard_terms(hp, hn, valid, margin, strategy, mean_over, reduction)
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric=metric)
     u = b.u
     n = embeddings.shape[0]
@@ -309,29 +469,23 @@ def triplet_loss(
         per_anchor = u.new_zeros(n).index_add(0, a, terms)
         count = (terms > 0).sum() if mean_over == "nonzero" else float(a.numel())
         return _finish(per_anchor + z, reduce(terms, "mean", count=count) + z, reduction)
-    if strategy == "all":
-        per_anchor, nonzero = triplet_all_sums(u, b.pos, b.neg, margin)
-        if mean_over == "nonzero":
-            count = nonzero.to(u.dtype)
-        else:
-            count = (b.pos.sum(1).to(u.dtype) * b.neg.sum(1).to(u.dtype)).sum()
-        return _finish(per_anchor + z, reduce(per_anchor, "mean", count=count) + z, reduction)
-    if strategy == "semi_hard":
-        u_an, has_neg = _semi_hard_negatives(u, b.neg)
-        valid = b.pos & has_neg.unsqueeze(1)
-        terms = F.relu(u - u_an + margin).masked_fill(~valid, 0.0)
-        count = (terms > 0).sum() if mean_over == "nonzero" else valid.sum()
-        return _finish(terms.sum(1) + z, reduce(terms, "mean", count=count) + z, reduction)
-    # batch hard / soft margin
-    hp = u.masked_fill(~b.pos, float("-inf")).max(dim=1).values
-    hn = u.masked_fill(~b.neg, float("inf")).min(dim=1).values
-    valid = b.pos.any(1) & b.neg.any(1)
+    # semi hard (batch all / hard / soft margin without indices: the fused paths above)
+    u_an, has_neg = _semi_hard_negatives(u, b.neg)
+    valid = b.pos & has_neg.unsqueeze(1)
+    terms = F.relu(u - u_an + margin).masked_fill(~valid, 0.0)
+    count = (terms > 0).sum() if mean_over == "nonzero" else valid.sum()
+    return _finish(terms.sum(1) + z, reduce(terms, "mean", count=count) + z, reduction)
+
+
+def _batch_hard_terms(hp: Tensor, hn: Tensor, valid: Tensor, margin: float, strategy: str,
+                      mean_over: str, reduction: str) -> Tensor:
+    """Batch-hard / soft-margin terms from the hardest pairs' ``u`` values."""
     hp = torch.where(valid, hp, torch.zeros_like(hp))
     hn = torch.where(valid, hn, torch.zeros_like(hn))
     terms = F.softplus(hp - hn) if strategy == "soft_margin" else F.relu(hp - hn + margin)
     terms = terms.masked_fill(~valid, 0.0)
     count = (terms > 0).sum() if mean_over == "nonzero" else valid.sum()
-    return _finish(terms + z, reduce(terms, "mean", count=count) + z, reduction)
+    return _finish(terms, reduce(terms, "mean", count=count), reduction)
 
 
 @register(
@@ -484,6 +638,38 @@ def ms_terms(s: Tensor, w_pos: Tensor, w_neg: Tensor, alpha: float, beta: float,
     return pos + neg
 
 
+def _ms_kernel(alpha: float, beta: float, base: float, epsilon: float, mining: bool,
+               cosine: bool):
+    r"""Fused multi-similarity kernel: with :math:`L = -\alpha(s - \lambda)` on positives and
+    :math:`\beta(s - \lambda)` on negatives, :math:`\partial \ell / \partial s` is minus /
+    plus the "softmax with a 1" weight of the pair (:func:`log1p_sum_exp_`)."""
+
+    def kernel(s: Tensor, mem: Members, mean: bool) -> tuple[Tensor, Tensor]:
+        sp = mem.gather(s)  # [N, K]
+        logits = s.sub_(base).mul_(beta)  # negatives
+        mem.fill_(logits, float("-inf"))
+        keep_p = mem.pos
+        if mining:
+            max_neg = logits.amax(dim=1, keepdim=True) / beta + base
+            min_pos = sp.masked_fill(~mem.pos, float("inf")).amin(dim=1, keepdim=True)
+            keep_p = mem.pos & (sp - epsilon < max_neg)
+            cut = beta * (min_pos - epsilon - base)  # keep negatives with s + eps > min_pos
+            logits = torch.where(logits > cut, logits, float("-inf"))
+        lp, wp = log1p_sum_exp_((sp - base).mul_(-alpha).masked_fill_(~keep_p, float("-inf")),
+                                dim=1)
+        # cosine: beta (s - base) <= beta (1 - base), a constant shift
+        shift = fixed_shift(beta * (1 - base), -beta * (1 + base), s.dtype) if cosine else None
+        ln, grad = log1p_sum_exp_(logits, dim=1, shift=shift)
+        per = lp / alpha + ln / beta
+        mem.add_pos_(grad, wp.neg_())
+        if mean:
+            per /= per.numel()
+            grad /= per.numel()
+        return per, grad
+
+    return kernel
+
+
 def multi_similarity_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -521,6 +707,14 @@ def multi_similarity_loss(
     Paper: Wang et al., "Multi-Similarity Loss with General Pair Weighting for Deep Metric
     Learning", arXiv 1904.06627.
     """
+    if indices is None:
+        check_reduction(reduction)
+        check_choice("metric", metric, SIMILARITIES)
+        validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+        kernel = _ms_kernel(alpha, beta, base, epsilon, mining, metric == "cosine")
+        out = matrix_loss(embeddings, labels, ref_embeddings, ref_labels, metric=metric,
+                          kernel=kernel, reduction=reduction)
+        return out
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric=metric,
                    allowed=SIMILARITIES)
     pos, neg = b.pos, b.neg
@@ -576,6 +770,35 @@ def _circle_from_sims(s: Tensor, pos: Tensor, neg: Tensor, margin: float,
     return F.softplus(x).masked_fill(~valid, 0.0), valid
 
 
+def _circle_kernel(margin: float, scale: float):
+    r"""Fused circle kernel (``mat`` = cosine similarities to batch samples or to class
+    proxies). With :math:`\alpha` held constant, :math:`\partial \ell_a/\partial s_{aj} =
+    \sigma(x_a)\,\mathrm{softmax}_j\,(\mp\gamma\alpha_j)` on positives / negatives."""
+
+    def kernel(s: Tensor, mem: Members, mean: bool) -> tuple[Tensor, Tensor]:
+        sp = mem.gather(s)  # [N, K]
+        slope_p = (1.0 + margin - sp).clamp_min_(0.0).mul_(-scale)  # -g [1 + m - s]_+
+        lp, wp = logsumexp_((sp - (1.0 - margin)).mul_(slope_p).masked_fill_(~mem.pos,
+                                                                              float("-inf")), 1)
+        slope = (s + margin).clamp_min_(0.0).mul_(scale)  # g [s + m]_+
+        logits = s.sub_(margin).mul_(slope)
+        mem.fill_(logits, float("-inf"))
+        ln, grad = logsumexp_(logits, dim=1)
+        valid = (mem.n_pos > 0) & (mem.n_neg > 0)
+        x = torch.where(valid, lp + ln, 0.0)
+        per = F.softplus(x).masked_fill_(~valid, 0.0)
+        sig = torch.sigmoid(x).masked_fill_(~valid, 0.0)
+        if mean:
+            count = max(int(valid.sum()), 1)
+            per /= count
+            sig /= count
+        grad.mul_(slope).mul_(sig.unsqueeze(1))
+        mem.add_pos_(grad, wp.mul_(slope_p).mul_(sig.unsqueeze(1)))
+        return per, grad
+
+    return kernel
+
+
 def circle_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -611,6 +834,22 @@ def circle_loss(
     Paper: Sun et al., "Circle Loss: A Unified Perspective of Pair Similarity Optimization",
     arXiv 2002.10857.
     """
+    check_reduction(reduction)
+    kernel = _circle_kernel(margin, scale)
+    if proxies is not None and indices is None and ref_embeddings is None and ref_labels is None:
+        from losslab.losses.proxy import validate_proxy_inputs
+
+        validate_proxy_inputs(embeddings, labels, proxies, None, None, None,
+                              name="circle (class-level)")
+        out = matrix_loss(embeddings, labels, proxies, proxies.shape[0], metric="cosine",
+                          kernel=kernel,
+                          reduction=reduction)
+        return out
+    if proxies is None and indices is None:
+        validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+        out = matrix_loss(embeddings, labels, ref_embeddings, ref_labels, metric="cosine",
+                          kernel=kernel, reduction=reduction)
+        return out
     if proxies is not None:
         from losslab.losses.proxy import class_masks, validate_proxy_inputs
 
@@ -838,6 +1077,33 @@ class NPairsLoss(LossModule):
 # --------------------------------------------------------------------------------------------
 
 
+def _supcon_kernel(temperature: float, cosine: bool):
+    r"""Fused SupCon kernel: :math:`\partial \ell_i / \partial s_{ij} = (\mathrm{softmax}_j
+    - [j \in P(i)] / |P(i)|) / \tau` over :math:`A(i)` (every reference but the anchor)."""
+
+    def kernel(s: Tensor, mem: Members, mean: bool) -> tuple[Tensor, Tensor]:
+        x = s.div_(temperature)
+        valid = (mem.n_pos > 0) & (mem.n_neg > 0)
+        inv_p = 1.0 / mem.n_pos.clamp_min(1).to(x.dtype)
+        pos_mean = mem.gather(x).masked_fill_(~mem.pos, 0.0).sum(1).mul_(inv_p)
+        if mem.self_ref:
+            x.fill_diagonal_(float("-inf"))
+        # cosine: s / t in [-1/t, 1/t], a constant shift
+        shift = fixed_shift(1 / temperature, -1 / temperature, x.dtype) if cosine else None
+        lse, grad = logsumexp_(x, dim=1, shift=shift)
+        per = torch.where(valid, lse - pos_mean, 0.0)
+        w = valid.to(x.dtype) / temperature
+        if mean:
+            count = max(int(valid.sum()), 1)
+            per /= count
+            w /= count
+        grad.mul_(w.unsqueeze(1))
+        mem.add_pos_(grad, (-(inv_p * w)).unsqueeze(1).expand_as(mem.idx))
+        return per, grad
+
+    return kernel
+
+
 def supcon_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -868,6 +1134,13 @@ def supcon_loss(
     Paper: Khosla et al., "Supervised Contrastive Learning", arXiv 2004.11362.
     """
     check_positive("temperature", temperature)
+    if indices is None:
+        check_reduction(reduction)
+        check_choice("metric", metric, SIMILARITIES)
+        validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+        kernel = _supcon_kernel(temperature, metric == "cosine")
+        return matrix_loss(embeddings, labels, ref_embeddings, ref_labels, metric=metric,
+                           kernel=kernel, reduction=reduction)
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric=metric,
                    allowed=SIMILARITIES)
     x = b.mat / temperature

@@ -31,6 +31,7 @@ from losslab._core import (
     zero_loss,
 )
 from losslab.distances import cosine_similarity, squared_euclidean
+from losslab.losses._fused import Members, fixed_shift, log1p_sum_exp_, matrix_loss
 from losslab.losses._pairs import weighted_log1p_sum_exp
 from losslab.registry import register
 
@@ -208,6 +209,41 @@ def proxy_anchor_terms(s: Tensor, w_pos: Tensor, w_neg: Tensor, margin: float,
     return pos, neg, (w_pos > 0).any(dim=0)
 
 
+def _proxy_anchor_kernel(margin: float, alpha: float):
+    r"""Fused Proxy-Anchor kernel over ``s [N, C]``, one value per proxy (column). Each sample
+    is the only member of its class's column: the positive terms are per-class sums over the
+    ``N`` gathered similarities (``index_add``), the negative terms column log-sum-exps with
+    the members removed; :math:`\partial/\partial s = \mp\alpha\,W`."""
+
+    def kernel(s: Tensor, mem: Members, mean: bool) -> tuple[Tensor, Tensor]:
+        c = s.shape[1]
+        lab = mem.idx[:, 0]
+        # positives: log(1 + sum_{x of class p} e^{-a(s_xp - d)}), shifted per class
+        lx = (mem.gather(s).squeeze(1) - margin).mul_(-alpha)  # [N]
+        shift = torch.zeros(c, dtype=s.dtype, device=s.device).scatter_reduce_(
+            0, lab, lx, "amax", include_self=True)  # max(0, max of the class)
+        ex = (lx - shift[lab]).exp_()
+        total = torch.exp(-shift).index_add_(0, lab, ex)
+        lp = total.log() + shift
+        wp = ex / total[lab]  # [N]
+        # negatives: log(1 + sum_{x not of class p} e^{a(s_xp + d)}); a (s + d) <= a (1 + d)
+        a_p = a_n = alpha
+        if mean:
+            n_with = max(int(torch.unique(lab).numel()), 1)  # proxies with a positive
+            lp = lp / n_with
+            a_p, a_n = alpha / n_with, alpha / c
+        logits = s.add_(margin).mul_(alpha)
+        mem.fill_(logits, float("-inf"))
+        shift = fixed_shift(alpha * (1 + margin), -alpha * (1 - margin), s.dtype)
+        ln, grad = log1p_sum_exp_(logits, dim=0, shift=shift, scale=a_n)
+        if mean:
+            ln = ln / c
+        mem.add_pos_(grad, (wp * -a_p).unsqueeze(1))
+        return lp + ln, grad
+
+    return kernel
+
+
 def proxy_anchor_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -243,17 +279,10 @@ def proxy_anchor_loss(
                                     ref_labels, indices,
                           name="proxy_anchor")
     check_reduction(reduction)
-    s = cosine_similarity(embeddings, proxies)
-    pos, neg = class_masks(labels, proxies.shape[0])
-    pos_t, neg_t, with_pos = proxy_anchor_terms(s, pos.to(s.dtype), neg.to(s.dtype), margin,
-                                                alpha)
-    z = zero_loss(embeddings, proxies)
-    if reduction == "none":
-        return pos_t + neg_t
-    if reduction == "sum":
-        return (pos_t + neg_t).sum() + z
-    n_pos = with_pos.sum().clamp_min(1).to(s.dtype)
-    return pos_t.sum() / n_pos + neg_t.sum() / proxies.shape[0] + z
+    out = matrix_loss(embeddings, labels, proxies, proxies.shape[0], metric="cosine",
+                      kernel=_proxy_anchor_kernel(margin, alpha), reduction=reduction,
+                      axis=0)
+    return out
 
 
 @register(

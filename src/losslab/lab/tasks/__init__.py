@@ -20,8 +20,14 @@ def _noisy() -> type[Task]:
     return NoisyTask
 
 
+def _retrieval() -> type[Task]:
+    from losslab.lab.tasks.retrieval import RetrievalTask
+
+    return RetrievalTask
+
+
 #: name -> zero-argument callable returning the task class (imported lazily).
-TASKS = {"fewshot": _fewshot, "noisy": _noisy}
+TASKS = {"fewshot": _fewshot, "noisy": _noisy, "retrieval": _retrieval}
 
 
 def available_tasks() -> list[str]:
