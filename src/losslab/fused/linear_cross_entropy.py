@@ -51,12 +51,16 @@ __all__ = [
     "BACKENDS",
     "STRATEGIES",
     "LinearCrossEntropyLoss",
+    "WEIGHT_GRADS",
     "auto_chunk_size",
+    "auto_weight_grad",
     "linear_cross_entropy_loss",
 ]
 
 Strategy = Literal["auto", "grad_in_forward", "recompute"]
 STRATEGIES: tuple[str, ...] = ("auto", "grad_in_forward", "recompute")
+WeightGrad = Literal["auto", "token_chunks", "vocab_blocks"]
+WEIGHT_GRADS: tuple[str, ...] = ("auto", "token_chunks", "vocab_blocks")
 
 #: Bytes of per-chunk buffers that :func:`auto_chunk_size` aims for.
 CHUNK_BYTES = 48 * 1024 * 1024
@@ -67,6 +71,13 @@ MIN_CHUNK, MAX_CHUNK = 256, 1024
 HALF_SCRATCH_BYTES = 8 * 1024 * 1024
 #: Vocabulary rows per block of the half-precision ``dweight`` matmul (bounds its scratch).
 HALF_VOCAB_BLOCK = 2048
+
+#: Vocabulary rows per block of the ``weight_grad="vocab_blocks"`` pass.
+VOCAB_BLOCK = 4096
+#: Bytes of that pass's ``tokens x VOCAB_BLOCK`` logits buffer (tokens are grouped beyond it).
+VOCAB_PASS_BYTES = 64 * 1024 * 1024
+#: Bytes of one float32 row block of elementwise work (kept cache-resident).
+ROW_BLOCK_BYTES = 1024 * 1024
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -95,6 +106,7 @@ class _Opts:
     softcap: float | None
     logz_penalty: float
     chunk_size: int
+    weight_grad: str = "token_chunks"
 
 
 @dataclass
@@ -102,6 +114,10 @@ class _Grads:
     dh: Tensor | None
     dw: Tensor | None  # accumulator dtype (fp32 for half / fp32 inputs)
     db: Tensor | None
+    # per-token coefficients of the logit gradient ``A p - B e_t - C w`` (None: no gradient)
+    coef_a: Tensor | None = None
+    coef_b: Tensor | None = None
+    coef_c: Tensor | None = None
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -130,6 +146,7 @@ def _chunk_loop(
     g_loss: Tensor | None,
     g_lse: Tensor | None,
     need: tuple[bool, bool, bool],
+    coefs: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, _Grads]:
     r"""The chunked pass shared by forward and backward.
 
@@ -149,7 +166,7 @@ def _chunk_loop(
     acc = _acc_dtype(dtype)
     half = dtype in _HALF
     eps, lam, cap = opts.label_smoothing, opts.logz_penalty, opts.softcap
-    want_grad = any(need) and (g_loss is not None or g_lse is not None)
+    want_grad = (any(need) or coefs) and (g_loss is not None or g_lse is not None)
     chunk = max(1, min(opts.chunk_size, n))
 
     ce = torch.empty(n, dtype=acc, device=dev) if stats else None
@@ -167,6 +184,9 @@ def _chunk_loop(
     c_h_sum = torch.zeros(d, dtype=acc, device=dev) if (need_dw and eps > 0) else None
     c_total = torch.zeros((), dtype=acc, device=dev) if (need_db and eps > 0) else None
 
+    coef_a_all = torch.zeros(n, dtype=acc, device=dev) if want_grad else None
+    coef_b_all = torch.zeros(n, dtype=acc, device=dev) if want_grad else None
+    coef_c_all = torch.zeros(n, dtype=acc, device=dev) if want_grad and eps > 0 else None
     buf = torch.empty(chunk, v, dtype=dtype, device=dev)
     # Half inputs: the logits come out of a half matmul; the softmax runs on float32 copies of
     # row blocks of ``half_rows`` rows (a small scratch, so the half chunk can stay large).
@@ -187,9 +207,9 @@ def _chunk_loop(
         torch.mm(hc, wt, out=logits)
         if b is not None:
             logits.add_(b)
-        coef_a = torch.zeros(m, dtype=acc, device=dev) if want_grad else None
-        coef_b = torch.zeros(m, dtype=acc, device=dev) if want_grad else None
-        coef_c = torch.zeros(m, dtype=acc, device=dev) if want_grad and eps > 0 else None
+        coef_a = coef_a_all[s:e] if coef_a_all is not None else None
+        coef_b = coef_b_all[s:e] if coef_b_all is not None else None
+        coef_c = coef_c_all[s:e] if coef_c_all is not None else None
         step = half_rows if half else m
         for r0 in range(0, m, step):
             r1 = min(r0 + step, m)
@@ -298,7 +318,7 @@ def _chunk_loop(
         if db is not None and c_total is not None:
             db.sub_(c_total * (cwf if cwf is not None else 1.0))
     del buf, tbuf, scratch, wblk
-    return ce, smooth, lse_all, _Grads(dh, dw, db)
+    return ce, smooth, lse_all, _Grads(dh, dw, db, coef_a_all, coef_b_all, coef_c_all)
 
 
 def _add_weight_grad(dw: Tensor, p: Tensor, hs: Tensor, wblk: Tensor | None) -> None:
@@ -312,6 +332,116 @@ def _add_weight_grad(dw: Tensor, p: Tensor, hs: Tensor, wblk: Tensor | None) -> 
         out = wblk[: e - s]
         torch.mm(p[:, s:e].t(), hs, out=out)
         dw[s:e].add_(out)
+
+
+def _weight_grad_by_vocab_blocks(
+    h: Tensor, w: Tensor, b: Tensor | None, tsafe: Tensor, lse: Tensor, gr: _Grads,
+    cw: Tensor | None, opts: _Opts,
+) -> Tensor:
+    r"""``dweight`` in ``weight``'s dtype by vocabulary blocks (the second pass of
+    ``weight_grad="vocab_blocks"``).
+
+    For each block of :data:`VOCAB_BLOCK` vocabulary rows the logits of all tokens are
+    recomputed (``h @ W[block].T``), turned into the logit gradient
+    ``(A exp(z - lse) - B e_t - C w) * cap'(z)`` with the per-token LSE and coefficients of the
+    first pass, and ``dW[block] = G.T @ h`` is written once by one GEMM over all tokens: no
+    ``V x d`` accumulator is re-read per token chunk, and for half inputs the sum over tokens
+    happens inside the GEMM (float32 accumulation in the kernel, one rounding to the output).
+    When the ``tokens x block`` buffer would exceed :data:`VOCAB_PASS_BYTES` the tokens are
+    split into groups whose partial GEMMs are summed in a ``block x d`` float32 accumulator.
+    The elementwise work runs on row blocks of about :data:`ROW_BLOCK_BYTES` (cache-resident).
+    """
+    n, d = h.shape
+    v = w.shape[0]
+    dtype, dev = h.dtype, h.device
+    acc = _acc_dtype(dtype)
+    half = dtype in _HALF
+    ca, cb, cc = gr.coef_a, gr.coef_b, gr.coef_c
+    assert ca is not None and cb is not None
+    cwf = cw.to(acc) if cw is not None else None
+    cap = opts.softcap
+    vb = max(1, min(VOCAB_BLOCK, v))
+    grp = max(1, min(n, max(MIN_CHUNK, VOCAB_PASS_BYTES // (vb * dtype.itemsize))))
+    rows = max(1, min(grp, ROW_BLOCK_BYTES // (4 * vb)))
+    dw = torch.empty(v, d, dtype=dtype, device=dev)
+    zbuf = torch.empty(grp * vb, dtype=dtype, device=dev)
+    xbuf = torch.empty(rows * vb, dtype=acc, device=dev) if half else None
+    tbuf = torch.empty(rows * vb, dtype=acc, device=dev) if cap is not None else None
+    blk_acc = torch.empty(vb, d, dtype=acc, device=dev) if grp < n else None
+    wt = w.t()
+    for v0 in range(0, v, vb):
+        v1 = min(v0 + vb, v)
+        m = v1 - v0
+        tr = tsafe - v0
+        onehot = ((tr >= 0) & (tr < m) & (cb != 0)).nonzero().squeeze(1)  # sorted token ids
+        for g0 in range(0, n, grp):
+            g1 = min(g0 + grp, n)
+            k = g1 - g0
+            z = zbuf[: k * m].view(k, m)
+            torch.mm(h[g0:g1], wt[:, v0:v1], out=z)
+            if b is not None:
+                z.add_(b[v0:v1])
+            bounds = torch.searchsorted(
+                onehot, torch.arange(g0, g1 + rows, rows, device=dev).clamp_(max=g1)).tolist()
+            for j, r0 in enumerate(range(g0, g1, rows)):
+                r1 = min(r0 + rows, g1)
+                zr = z[r0 - g0 : r1 - g0]
+                x = xbuf[: (r1 - r0) * m].view(r1 - r0, m).copy_(zr) if xbuf is not None else zr
+                t = None
+                if cap is not None:
+                    assert tbuf is not None
+                    t = tbuf[: (r1 - r0) * m].view(r1 - r0, m)
+                    torch.div(x, cap, out=t)
+                    t.tanh_()
+                    torch.mul(t, cap, out=x)
+                x.sub_(lse[r0:r1].unsqueeze(1)).exp_().mul_(ca[r0:r1].unsqueeze(1))
+                if cc is not None:
+                    if cwf is None:
+                        x.sub_(cc[r0:r1].unsqueeze(1))
+                    else:
+                        x.addr_(cc[r0:r1], cwf[v0:v1], alpha=-1.0)
+                if bounds[j + 1] > bounds[j]:
+                    sel = onehot[bounds[j] : bounds[j + 1]]
+                    x.index_put_((sel - r0, tr[sel]), -cb[sel], accumulate=True)
+                if t is not None:
+                    x.mul_(t.square_().neg_().add_(1.0))
+                if xbuf is not None:
+                    zr.copy_(x)
+            if blk_acc is None:
+                torch.mm(z.t(), h, out=dw[v0:v1])
+            elif half:
+                part = blk_acc[:m]
+                if g0 == 0:
+                    part.copy_(torch.mm(z.t(), h[g0:g1]))
+                else:
+                    part.add_(torch.mm(z.t(), h[g0:g1]))
+                if g1 == n:
+                    dw[v0:v1].copy_(part)
+            elif g0 == 0:
+                torch.mm(z.t(), h[g0:g1], out=dw[v0:v1])
+            else:
+                dw[v0:v1].addmm_(z.t(), h[g0:g1])
+    return dw
+
+
+def _grad_pass(
+    h: Tensor, w: Tensor, b: Tensor | None, tsafe: Tensor, valid: Tensor, cw: Tensor | None,
+    opts: _Opts, *, stats: bool, g_loss: Tensor | None, g_lse: Tensor | None,
+    need: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, _Grads]:
+    """:func:`_chunk_loop`, with ``dweight`` from the token chunks (``weight_grad=
+    "token_chunks"``: one float32/float64 accumulator, in the accumulator dtype) or from
+    :func:`_weight_grad_by_vocab_blocks` (``"vocab_blocks"``: in ``weight``'s dtype)."""
+    if opts.weight_grad != "vocab_blocks" or not need[1] or (g_loss is None and g_lse is None):
+        return _chunk_loop(h, w, b, tsafe, valid, cw, opts, stats=stats, g_loss=g_loss,
+                           g_lse=g_lse, need=need)
+    ce, smooth, lse, gr = _chunk_loop(h, w, b, tsafe, valid, cw, opts, stats=stats,
+                                      g_loss=g_loss, g_lse=g_lse,
+                                      need=(need[0], False, need[2]), coefs=True)
+    assert lse is not None
+    gr.dw = _weight_grad_by_vocab_blocks(h, w, b, tsafe, lse, gr, cw, opts)
+    gr.coef_a = gr.coef_b = gr.coef_c = None
+    return ce, smooth, lse, gr
 
 
 def _round_in_place(acc: Tensor, dtype: torch.dtype) -> Tensor:
@@ -365,7 +495,7 @@ class _GradInForward(torch.autograd.Function):
                 b is not None and ctx.needs_input_grad[2])
         # d(loss)/d(l_n) = token_weight_n * scale (scale = 1/denominator for "mean", 1 for "sum").
         g = scale.expand(h.shape[0]) if tw is None else tw * scale
-        ce, smooth, lse, gr = _chunk_loop(h, w, b, tsafe, valid, cw, opts, stats=True,
+        ce, smooth, lse, gr = _grad_pass(h, w, b, tsafe, valid, cw, opts, stats=True,
                                           g_loss=g, g_lse=None, need=need)
         assert ce is not None
         per_token = _loss_from_stats(ce, smooth, lse, valid, opts, w.shape[0])
@@ -392,7 +522,7 @@ class _GradInForward(torch.autograd.Function):
         if ctx.grads is None:
             # A second backward through the same graph (retain_graph, gradcheck): the
             # precomputed gradients were handed out already, so recompute them.
-            *_, gr = _chunk_loop(h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
+            *_, gr = _grad_pass(h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
                                  g_loss=g * g_loss.to(acc),
                                  g_lse=g_lse.to(acc) if g_lse is not None else None,
                                  need=ctx.need)
@@ -407,7 +537,7 @@ class _GradInForward(torch.autograd.Function):
             db = db.mul_(g_loss) if db is not None else None
         if g_lse is not None:
             need = (dh is not None, dw is not None, db is not None)
-            *_, gr = _chunk_loop(h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
+            *_, gr = _grad_pass(h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
                                  g_loss=None, g_lse=g_lse.to(acc), need=need)
             dh = dh + gr.dh if dh is not None else None
             dw = dw + gr.dw.to(dw.dtype) if dw is not None else None  # type: ignore[union-attr]
@@ -443,7 +573,7 @@ class _Recompute(torch.autograd.Function):
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 b is not None and ctx.needs_input_grad[2])
         acc = _acc_dtype(h.dtype)
-        *_, gr = _chunk_loop(
+        *_, gr = _grad_pass(
             h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
             g_loss=g_loss.to(acc) if g_loss is not None else None,
             g_lse=g_lse.to(acc) if g_lse is not None else None, need=need,
@@ -504,7 +634,7 @@ def _backend(h: Tensor) -> Backend:
 def _validate(
     hidden: Any, weight: Any, target: Any, bias: Any, class_weight: Any, token_weight: Any,
     ignore_index: int, label_smoothing: float, softcap: float | None, logz_penalty: float,
-    chunk_size: int | None, reduction: str, strategy: str,
+    chunk_size: int | None, reduction: str, strategy: str, weight_grad: str = "auto",
 ) -> None:
     for name, x in (("hidden", hidden), ("weight", weight), ("target", target)):
         if not isinstance(x, Tensor):
@@ -569,6 +699,15 @@ def _validate(
         raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
     check_reduction(reduction)
     check_choice("strategy", strategy, STRATEGIES)
+    check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
+
+
+def auto_weight_grad(dtype: torch.dtype) -> str:
+    """The ``weight_grad="auto"`` policy: ``"vocab_blocks"`` for float16/bfloat16 (no float32
+    ``V x d`` accumulator; the GEMM accumulates over all tokens in float32 internally),
+    ``"token_chunks"`` otherwise (3 GEMMs instead of 4). Chosen from the CPU measurements in
+    ``docs/linear_cross_entropy.md``."""
+    return "vocab_blocks" if dtype in _HALF else "token_chunks"
 
 
 def linear_cross_entropy_loss(
@@ -587,6 +726,7 @@ def linear_cross_entropy_loss(
     return_lse: bool = False,
     chunk_size: int | None = None,
     strategy: Strategy = "auto",
+    weight_grad: WeightGrad = "auto",
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Cross-entropy of a linear output layer, chunked over tokens: no ``N x V`` logits.
 
@@ -633,6 +773,12 @@ def linear_cross_entropy_loss(
         chunk_size: tokens per chunk; default :func:`auto_chunk_size` (a ~64 MiB buffer,
             256..1024 tokens).
         strategy: ``"auto"``, ``"grad_in_forward"`` (mean/sum only) or ``"recompute"``.
+        weight_grad: how ``dweight`` is formed. ``"token_chunks"``: each token chunk's
+            contribution is added to one ``V x d`` accumulator (float32 for half inputs;
+            3 GEMMs). ``"vocab_blocks"``: a second pass over vocabulary blocks recomputes
+            their logits for all tokens and writes ``dweight[block] = G.T @ hidden`` once
+            (4 GEMMs, no accumulator; half inputs accumulate over tokens in float32 inside
+            the GEMM). ``"auto"``: :func:`auto_weight_grad`.
 
     Returns:
         The loss (float32 for half inputs, else the input dtype), and the LSE if ``return_lse``.
@@ -643,7 +789,8 @@ def linear_cross_entropy_loss(
     not do).
     """
     _validate(hidden, weight, target, bias, class_weight, token_weight, ignore_index,
-              label_smoothing, softcap, logz_penalty, chunk_size, reduction, strategy)
+              label_smoothing, softcap, logz_penalty, chunk_size, reduction, strategy,
+              weight_grad)
     lead = tuple(target.shape)
     v, d = weight.shape
     h = hidden.reshape(-1, d)
@@ -666,6 +813,7 @@ def linear_cross_entropy_loss(
         logz_penalty=float(logz_penalty),
         chunk_size=chunk_size if chunk_size is not None else auto_chunk_size(
             max(n, 1), v, hidden.dtype, softcap=softcap is not None),
+        weight_grad=auto_weight_grad(hidden.dtype) if weight_grad == "auto" else weight_grad,
     )
     w = weight if weight.is_contiguous() else weight.contiguous()
     tw = token_weight.reshape(-1) if token_weight is not None else None
@@ -714,8 +862,10 @@ class LinearCrossEntropyLoss(LossModule):
         logz_penalty: float = 0.0,
         chunk_size: int | None = None,
         strategy: Strategy = "auto",
+        weight_grad: WeightGrad = "auto",
     ) -> None:
         check_choice("strategy", strategy, STRATEGIES)
+        check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
         super().__init__(
             ignore_index=ignore_index,
             label_smoothing=label_smoothing,
@@ -724,6 +874,7 @@ class LinearCrossEntropyLoss(LossModule):
             logz_penalty=logz_penalty,
             chunk_size=chunk_size,
             strategy=strategy,
+            weight_grad=weight_grad,
         )
 
     def forward(
