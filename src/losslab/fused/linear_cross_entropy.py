@@ -50,8 +50,8 @@ from losslab.registry import register
 __all__ = [
     "BACKENDS",
     "STRATEGIES",
-    "LinearCrossEntropyLoss",
     "WEIGHT_GRADS",
+    "LinearCrossEntropyLoss",
     "auto_chunk_size",
     "auto_weight_grad",
     "linear_cross_entropy_loss",
@@ -62,39 +62,42 @@ STRATEGIES: tuple[str, ...] = ("auto", "grad_in_forward", "recompute")
 WeightGrad = Literal["auto", "token_chunks", "vocab_blocks"]
 WEIGHT_GRADS: tuple[str, ...] = ("auto", "token_chunks", "vocab_blocks")
 
-#: Bytes of per-chunk buffers that :func:`auto_chunk_size` aims for.
-CHUNK_BYTES = 48 * 1024 * 1024
-#: Fewest / most tokens per automatic chunk (smaller GEMMs lose efficiency on CPU, and every
-#: chunk re-reads/re-writes the ``V x d`` weight-gradient accumulator).
+#: Largest per-chunk logits buffer of :func:`auto_chunk_size` with ``weight_grad=
+#: "token_chunks"`` (every chunk re-reads and re-writes the ``V x d`` weight-gradient
+#: accumulator, so chunks are made as large as this allows, up to :data:`MAX_CHUNK`).
+CHUNK_BYTES = 512 * 1024 * 1024
+#: The same with ``weight_grad="vocab_blocks"`` (no accumulator: small chunks cost little).
+VOCAB_BLOCKS_CHUNK_BYTES = 32 * 1024 * 1024
+#: Fewest / most tokens per automatic chunk (smaller GEMMs lose efficiency on CPU).
 MIN_CHUNK, MAX_CHUNK = 256, 1024
 #: Bytes of the float32 row-block scratch used with half-precision inputs.
-HALF_SCRATCH_BYTES = 8 * 1024 * 1024
+HALF_SCRATCH_BYTES = 32 * 1024 * 1024
 #: Vocabulary rows per block of the half-precision ``dweight`` matmul (bounds its scratch).
 HALF_VOCAB_BLOCK = 2048
-
-#: Vocabulary rows per block of the ``weight_grad="vocab_blocks"`` pass.
-VOCAB_BLOCK = 4096
-#: Bytes of that pass's ``tokens x VOCAB_BLOCK`` logits buffer (tokens are grouped beyond it).
+#: Most / fewest vocabulary rows per block of the ``weight_grad="vocab_blocks"`` pass.
+VOCAB_BLOCK, MIN_VOCAB_BLOCK = 8192, 256
+#: Bytes of that pass's ``tokens x block`` buffers (tokens are grouped beyond it).
 VOCAB_PASS_BYTES = 64 * 1024 * 1024
-#: Bytes of one float32 row block of elementwise work (kept cache-resident).
-ROW_BLOCK_BYTES = 1024 * 1024
 
 _HALF = (torch.float16, torch.bfloat16)
 
 
 def auto_chunk_size(
-    n_tokens: int, vocab_size: int, dtype: torch.dtype = torch.float32, *, softcap: bool = False
+    n_tokens: int, vocab_size: int, dtype: torch.dtype = torch.float32, *, softcap: bool = False,
+    weight_grad: str = "token_chunks",
 ) -> int:
-    """Tokens per chunk so that the chunk buffers take about :data:`CHUNK_BYTES` (48 MiB).
+    """Tokens per chunk: as many as fit a logits buffer of :data:`CHUNK_BYTES` (512 MiB) with
+    ``weight_grad="token_chunks"`` or :data:`VOCAB_BLOCKS_CHUNK_BYTES` (32 MiB) with
+    ``"vocab_blocks"``, as a multiple of 64 clamped to ``[MIN_CHUNK, MAX_CHUNK]`` = [256, 1024]
+    and to ``n_tokens``.
 
     Per token and vocabulary entry the buffer holds the logits in the input dtype (plus a tanh
-    buffer with ``softcap``; half inputs use a separate small float32 row-block scratch). The
-    result is a multiple of 64, clamped to ``[MIN_CHUNK, MAX_CHUNK]`` and to
-    ``n_tokens``.
+    buffer with ``softcap``; half inputs use a separate float32 row-block scratch). 1024 tokens
+    keep the chunk GEMMs efficient on CPU and, with ``token_chunks``, the ``V x d``
+    accumulator traffic low (it is read and written once per chunk).
     """
     per = dtype.itemsize + (_acc_dtype(dtype).itemsize if softcap and dtype not in _HALF else 0)
-    # half inputs also keep a float32 weight-gradient accumulator: a smaller buffer budget
-    budget = CHUNK_BYTES * 2 // 3 if dtype in _HALF else CHUNK_BYTES
+    budget = CHUNK_BYTES if weight_grad == "token_chunks" else VOCAB_BLOCKS_CHUNK_BYTES
     c = (budget // (per * max(vocab_size, 1))) // 64 * 64
     return max(1, min(max(MIN_CHUNK, min(MAX_CHUNK, c)), n_tokens))
 
@@ -341,15 +344,18 @@ def _weight_grad_by_vocab_blocks(
     r"""``dweight`` in ``weight``'s dtype by vocabulary blocks (the second pass of
     ``weight_grad="vocab_blocks"``).
 
-    For each block of :data:`VOCAB_BLOCK` vocabulary rows the logits of all tokens are
-    recomputed (``h @ W[block].T``), turned into the logit gradient
+    For each block of vocabulary rows the logits of all tokens are recomputed
+    (``h @ W[block].T``), turned into the logit gradient
     ``(A exp(z - lse) - B e_t - C w) * cap'(z)`` with the per-token LSE and coefficients of the
     first pass, and ``dW[block] = G.T @ h`` is written once by one GEMM over all tokens: no
     ``V x d`` accumulator is re-read per token chunk, and for half inputs the sum over tokens
     happens inside the GEMM (float32 accumulation in the kernel, one rounding to the output).
-    When the ``tokens x block`` buffer would exceed :data:`VOCAB_PASS_BYTES` the tokens are
-    split into groups whose partial GEMMs are summed in a ``block x d`` float32 accumulator.
-    The elementwise work runs on row blocks of about :data:`ROW_BLOCK_BYTES` (cache-resident).
+    The block width is chosen so that the ``tokens x block`` buffers take about
+    :data:`VOCAB_PASS_BYTES` (between :data:`MIN_VOCAB_BLOCK` and :data:`VOCAB_BLOCK`
+    columns); with more tokens than that budget allows, the tokens are split into groups whose
+    partial GEMMs are summed in a ``block x d`` float32 accumulator. The elementwise work is a
+    handful of whole-block in-place ops (few large ops: robust on a shared, oversubscribed CPU,
+    where every small parallel op pays a thread-synchronisation cost).
     """
     n, d = h.shape
     v = w.shape[0]
@@ -360,14 +366,18 @@ def _weight_grad_by_vocab_blocks(
     assert ca is not None and cb is not None
     cwf = cw.to(acc) if cw is not None else None
     cap = opts.softcap
-    vb = max(1, min(VOCAB_BLOCK, v))
-    grp = max(1, min(n, max(MIN_CHUNK, VOCAB_PASS_BYTES // (vb * dtype.itemsize))))
-    rows = max(1, min(grp, ROW_BLOCK_BYTES // (4 * vb)))
+    per = dtype.itemsize + (4 if half else 0) + (4 if cap is not None else 0)
+    vb = max(MIN_VOCAB_BLOCK, min(VOCAB_BLOCK, VOCAB_PASS_BYTES // max(1, n * per)))
+    vb = min(vb, v)
+    grp = max(1, min(n, VOCAB_PASS_BYTES // (vb * per)))
     dw = torch.empty(v, d, dtype=dtype, device=dev)
     zbuf = torch.empty(grp * vb, dtype=dtype, device=dev)
-    xbuf = torch.empty(rows * vb, dtype=acc, device=dev) if half else None
-    tbuf = torch.empty(rows * vb, dtype=acc, device=dev) if cap is not None else None
-    blk_acc = torch.empty(vb, d, dtype=acc, device=dev) if grp < n else None
+    xbuf = torch.empty(grp * vb, dtype=acc, device=dev) if half else None
+    tbuf = torch.empty(grp * vb, dtype=acc, device=dev) if cap is not None else None
+    blk_acc = torch.empty(vb, d, dtype=acc, device=dev) if half and grp < n else None
+    # exp(z - lse) * A = exp(z - (lse - log A)) when A >= 0 (A = 0 gives exp(-inf) = 0)
+    fold = bool((ca >= 0).all())
+    shift = (lse - torch.log(ca)) if fold else lse
     wt = w.t()
     for v0 in range(0, v, vb):
         v1 = min(v0 + vb, v)
@@ -381,35 +391,39 @@ def _weight_grad_by_vocab_blocks(
             torch.mm(h[g0:g1], wt[:, v0:v1], out=z)
             if b is not None:
                 z.add_(b[v0:v1])
-            bounds = torch.searchsorted(
-                onehot, torch.arange(g0, g1 + rows, rows, device=dev).clamp_(max=g1)).tolist()
-            for j, r0 in enumerate(range(g0, g1, rows)):
-                r1 = min(r0 + rows, g1)
-                zr = z[r0 - g0 : r1 - g0]
-                x = xbuf[: (r1 - r0) * m].view(r1 - r0, m).copy_(zr) if xbuf is not None else zr
-                t = None
-                if cap is not None:
-                    assert tbuf is not None
-                    t = tbuf[: (r1 - r0) * m].view(r1 - r0, m)
-                    torch.div(x, cap, out=t)
-                    t.tanh_()
-                    torch.mul(t, cap, out=x)
-                x.sub_(lse[r0:r1].unsqueeze(1)).exp_().mul_(ca[r0:r1].unsqueeze(1))
-                if cc is not None:
-                    if cwf is None:
-                        x.sub_(cc[r0:r1].unsqueeze(1))
-                    else:
-                        x.addr_(cc[r0:r1], cwf[v0:v1], alpha=-1.0)
-                if bounds[j + 1] > bounds[j]:
-                    sel = onehot[bounds[j] : bounds[j + 1]]
-                    x.index_put_((sel - r0, tr[sel]), -cb[sel], accumulate=True)
-                if t is not None:
-                    x.mul_(t.square_().neg_().add_(1.0))
-                if xbuf is not None:
-                    zr.copy_(x)
-            if blk_acc is None:
+            x = xbuf[: k * m].view(k, m) if xbuf is not None else z
+            col = shift[g0:g1].unsqueeze(1)
+            t = None
+            if cap is not None:
+                assert tbuf is not None
+                t = tbuf[: k * m].view(k, m)
+                torch.div(z, cap, out=t)
+                t.tanh_()
+                torch.mul(t, cap, out=x)
+                x.sub_(col)
+            elif x is not z:
+                torch.sub(z, col, out=x)  # half -> float32 in one op
+            else:
+                x.sub_(col)
+            x.exp_()
+            if not fold:
+                x.mul_(ca[g0:g1].unsqueeze(1))
+            if cc is not None:
+                if cwf is None:
+                    x.sub_(cc[g0:g1].unsqueeze(1))
+                else:
+                    x.addr_(cc[g0:g1], cwf[v0:v1], alpha=-1.0)
+            lo, hi = torch.searchsorted(onehot, torch.tensor([g0, g1], device=dev)).tolist()
+            if hi > lo:
+                sel = onehot[lo:hi]
+                x.index_put_((sel - g0, tr[sel]), -cb[sel], accumulate=True)
+            if t is not None:
+                x.mul_(t.square_().neg_().add_(1.0))
+            if x is not z:
+                z.copy_(x)
+            if grp == n:
                 torch.mm(z.t(), h, out=dw[v0:v1])
-            elif half:
+            elif blk_acc is not None:
                 part = blk_acc[:m]
                 if g0 == 0:
                     part.copy_(torch.mm(z.t(), h[g0:g1]))
@@ -770,8 +784,7 @@ def linear_cross_entropy_loss(
             when it requires grad the recompute strategy is used.
         return_lse: also return the per-token log-sum-exp ``[...]`` (float32 for half inputs;
             differentiable).
-        chunk_size: tokens per chunk; default :func:`auto_chunk_size` (a ~64 MiB buffer,
-            256..1024 tokens).
+        chunk_size: tokens per chunk; default :func:`auto_chunk_size` (256..1024 tokens).
         strategy: ``"auto"``, ``"grad_in_forward"`` (mean/sum only) or ``"recompute"``.
         weight_grad: how ``dweight`` is formed. ``"token_chunks"``: each token chunk's
             contribution is added to one ``V x d`` accumulator (float32 for half inputs;
@@ -806,14 +819,15 @@ def linear_cross_entropy_loss(
         )
     tsafe = torch.where(valid, t, 0)
     n = h.shape[0]
+    wg = auto_weight_grad(hidden.dtype) if weight_grad == "auto" else weight_grad
     opts = _Opts(
         ignore_index=ignore_index,
         label_smoothing=float(label_smoothing),
         softcap=float(softcap) if softcap is not None else None,
         logz_penalty=float(logz_penalty),
         chunk_size=chunk_size if chunk_size is not None else auto_chunk_size(
-            max(n, 1), v, hidden.dtype, softcap=softcap is not None),
-        weight_grad=auto_weight_grad(hidden.dtype) if weight_grad == "auto" else weight_grad,
+            max(n, 1), v, hidden.dtype, softcap=softcap is not None, weight_grad=wg),
+        weight_grad=wg,
     )
     w = weight if weight.is_contiguous() else weight.contiguous()
     tw = token_weight.reshape(-1) if token_weight is not None else None
