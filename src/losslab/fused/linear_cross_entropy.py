@@ -21,11 +21,18 @@ Two strategies (``strategy=``):
 
 ``"auto"`` picks grad-in-forward when it is valid, else recompute.
 
-Numerics: the loss, the LSE and ``dweight``/``dbias`` are accumulated in float32 (float64 for
-float64 inputs). For bfloat16/float16 inputs the matmuls run in the input dtype (as the naive
-``hidden @ weight.T`` does), the softmax is computed in float32 from the half logits, and each
-chunk's ``dweight`` contribution (a half matmul with float32 internal accumulation) is added to
-a float32 accumulator, which is rounded to the input dtype once at the end. The loss and LSE of
+``weight_grad`` selects how ``dweight`` is formed: ``"token_chunks"`` adds each chunk's
+``G_c.T @ h_c`` to one ``V x d`` accumulator (3 GEMMs; default for float32/float64), and
+``"vocab_blocks"`` runs a second pass over vocabulary blocks that recomputes their logits for
+all tokens and writes ``dweight[block] = G.T @ h`` once (4 GEMMs, no accumulator; default for
+float16/bfloat16, where the GEMM's internal float32 accumulation over all tokens replaces a
+float32 ``V x d`` buffer).
+
+Numerics: the loss, the LSE and ``dbias`` are accumulated in float32 (float64 for float64
+inputs). For bfloat16/float16 inputs the matmuls run in the input dtype (as the naive
+``hidden @ weight.T`` does) and the softmax is computed in float32 from the half logits;
+``dweight`` is accumulated over tokens in float32 (inside one GEMM with ``"vocab_blocks"``; in
+a float32 accumulator rounded once at the end with ``"token_chunks"``). The loss and LSE of
 half inputs are returned in float32.
 
 Dispatch point: :data:`BACKENDS` maps a backend name to its implementation; :func:`_backend`
