@@ -10,10 +10,22 @@ import torch
 import torch.nn.functional as F
 
 import losslab
+import losslab.fused.linear_cross_entropy as lce_mod
 from losslab.functional import linear_cross_entropy_loss as lce
-from losslab.fused.linear_cross_entropy import auto_chunk_size
+from losslab.fused.linear_cross_entropy import auto_chunk_size, auto_weight_grad
 
 N, D, V = 23, 6, 11
+WEIGHT_GRADS = ["token_chunks", "vocab_blocks"]
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Tiny vocabulary blocks / token groups / row blocks, so that the ``vocab_blocks`` pass
+    runs several partial blocks, token groups (the float32 block accumulator) and row blocks
+    even on these small inputs."""
+    monkeypatch.setattr(lce_mod, "VOCAB_BLOCK", 4)
+    monkeypatch.setattr(lce_mod, "MIN_VOCAB_BLOCK", 4)
+    monkeypatch.setattr(lce_mod, "VOCAB_PASS_BYTES", 4 * 4 * 8)  # 4 float64 tokens x 4 rows
 
 
 def make(dtype=torch.float64, seed=0, n=N, v=V, d=D, ignore_every=4):
@@ -82,7 +94,8 @@ OPTION_SETS = [
 @pytest.mark.parametrize("opts", OPTION_SETS, ids=lambda o: "-".join(o) or "plain")
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("strategy", ["auto", "recompute"])
-def test_matches_float64_oracle(opts, reduction, strategy, use_bias=True):
+@pytest.mark.parametrize("weight_grad", WEIGHT_GRADS)
+def test_matches_float64_oracle(opts, reduction, strategy, weight_grad, use_bias=True):
     h, w, b, t, cw, tw = make()
     kw = dict(opts)
     if kw.pop("class_weight", False):
@@ -93,7 +106,7 @@ def test_matches_float64_oracle(opts, reduction, strategy, use_bias=True):
     inputs = (h, w, b) if use_bias else (h, w)
     ref, ref_lse = oracle(h, w, t, bias=bias, reduction=reduction, **kw)
     out, lse = lce(h, w, t, bias=bias, reduction=reduction, chunk_size=4, strategy=strategy,
-                   return_lse=True, **kw)
+                   return_lse=True, weight_grad=weight_grad, **kw)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(lse, ref_lse, rtol=1e-12, atol=1e-12)
     gv = torch.randn(ref.shape, dtype=torch.float64) if reduction == "none" else None
@@ -103,15 +116,17 @@ def test_matches_float64_oracle(opts, reduction, strategy, use_bias=True):
 
 @pytest.mark.parametrize("opts", [OPTION_SETS[0], OPTION_SETS[-1]], ids=["plain", "all"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_grad_in_forward_without_bias(opts, reduction):
-    test_matches_float64_oracle(opts, reduction, "grad_in_forward", use_bias=False)
+@pytest.mark.parametrize("weight_grad", WEIGHT_GRADS)
+def test_grad_in_forward_without_bias(opts, reduction, weight_grad):
+    test_matches_float64_oracle(opts, reduction, "grad_in_forward", weight_grad, use_bias=False)
 
 
 @pytest.mark.parametrize("strategy", ["grad_in_forward", "recompute"])
-def test_lse_in_graph_gets_its_gradient(strategy):
+@pytest.mark.parametrize("weight_grad", WEIGHT_GRADS)
+def test_lse_in_graph_gets_its_gradient(strategy, weight_grad):
     h, w, b, t, _cw, _tw = make()
     out, lse = lce(h, w, t, bias=b, return_lse=True, chunk_size=5, strategy=strategy,
-                   label_smoothing=0.1)
+                   label_smoothing=0.1, weight_grad=weight_grad)
     ref, ref_lse = oracle(h, w, t, bias=b, label_smoothing=0.1)
     gv = torch.randn(N, dtype=torch.float64)
     got = grads(out + (lse * gv).sum(), (h, w, b))
@@ -155,13 +170,15 @@ def test_parity_with_torch_linear_cross_entropy(reduction):
 
 @pytest.mark.parametrize("chunk", [1, 4])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_gradcheck(chunk, reduction):
+@pytest.mark.parametrize("weight_grad", WEIGHT_GRADS)
+def test_gradcheck(chunk, reduction, weight_grad):
     h, w, b, t, cw, tw = make(n=6, d=4, v=7, ignore_every=5)
     tw = tw[:6]
 
     def f(h, w, b):
         out = lce(h, w, t, bias=b, chunk_size=chunk, reduction=reduction, softcap=4.0,
-                  label_smoothing=0.1, class_weight=cw[:7], logz_penalty=0.01, token_weight=tw)
+                  label_smoothing=0.1, class_weight=cw[:7], logz_penalty=0.01, token_weight=tw,
+                  weight_grad=weight_grad)
         return out
 
     assert torch.autograd.gradcheck(f, (h.detach().requires_grad_(), w.detach().requires_grad_(),
@@ -180,11 +197,12 @@ def test_token_weight_with_grad():
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("strategy", ["auto", "recompute"])
-def test_all_ignored_is_zero_with_zero_grads(reduction, strategy):
+@pytest.mark.parametrize("weight_grad", WEIGHT_GRADS)
+def test_all_ignored_is_zero_with_zero_grads(reduction, strategy, weight_grad):
     h, w, b, t, *_ = make()
     t = torch.full_like(t, -100)
     out = lce(h, w, t, bias=b, reduction=reduction, strategy=strategy, logz_penalty=0.1,
-              label_smoothing=0.1)
+              label_smoothing=0.1, weight_grad=weight_grad)
     assert torch.isfinite(out).all() and float(out.abs().sum()) == 0.0
     assert out.requires_grad
     for g in torch.autograd.grad(out.sum(), (h, w, b)):
@@ -201,7 +219,11 @@ def test_leading_dims_are_flattened():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_close_to_reference(dtype):
+@pytest.mark.parametrize("weight_grad", WEIGHT_GRADS)
+def test_half_precision_close_to_reference(dtype, weight_grad, monkeypatch):
+    monkeypatch.setattr(lce_mod, "VOCAB_BLOCK", 512)
+    monkeypatch.setattr(lce_mod, "MIN_VOCAB_BLOCK", 512)
+    monkeypatch.setattr(lce_mod, "VOCAB_PASS_BYTES", 64 * 512 * 10)  # token groups of 64
     torch.manual_seed(0)
     n, d, v = 200, 32, 3000
     h = torch.randn(n, d)
@@ -212,7 +234,8 @@ def test_half_precision_close_to_reference(dtype):
     hx, wx, bx = (x.to(dtype).requires_grad_() for x in (h, w, b))
     h6, w6, b6 = (x.to(dtype).double().requires_grad_() for x in (h, w, b))
     kw = dict(softcap=6.0, label_smoothing=0.05, logz_penalty=1e-3)
-    out, lse = lce(hx, wx, t, bias=bx, chunk_size=64, return_lse=True, **kw)
+    out, lse = lce(hx, wx, t, bias=bx, chunk_size=64, return_lse=True, weight_grad=weight_grad,
+                   **kw)
     ref, ref_lse = oracle(h6, w6, t, bias=b6, **kw)
     assert out.dtype == torch.float32 and lse.dtype == torch.float32
     # loss and LSE: float32 accumulation of (rounded) half logits
@@ -257,9 +280,10 @@ def test_module_and_registry():
 
 
 @pytest.mark.parametrize("strategy", ["grad_in_forward", "recompute"])
-def test_backward_twice(strategy):
+@pytest.mark.parametrize("weight_grad", WEIGHT_GRADS)
+def test_backward_twice(strategy, weight_grad):
     h, w, b, t, *_ = make()
-    out = lce(h, w, t, bias=b, strategy=strategy)
+    out = lce(h, w, t, bias=b, strategy=strategy, weight_grad=weight_grad)
     g1 = torch.autograd.grad(out, (h, w, b), retain_graph=True)
     g2 = torch.autograd.grad(out * 2.0, (h, w, b))
     for a, c in zip(g1, g2):
@@ -290,6 +314,7 @@ BAD = [
     ("class weight", lambda h, w, t: (h, w, t), {"class_weight": torch.ones(V - 1)}),
     ("token weight", lambda h, w, t: (h, w, t), {"token_weight": torch.ones(N - 1)}),
     ("gif none", lambda h, w, t: (h, w, t), {"strategy": "grad_in_forward", "reduction": "none"}),
+    ("weight_grad", lambda h, w, t: (h, w, t), {"weight_grad": "rows"}),
 ]
 
 
@@ -308,11 +333,41 @@ def test_out_of_range_message_names_value():
         lce(h, w, t)
 
 
-def test_auto_chunk_size():
-    assert auto_chunk_size(4096, 32000) == 384
-    assert auto_chunk_size(4096, 128256) == 256
+def test_auto_chunk_size(monkeypatch):
+    monkeypatch.setattr(lce_mod, "MIN_CHUNK", 256)
+    assert auto_chunk_size(4096, 32000) == 1024
+    assert auto_chunk_size(4096, 128256) == 1024
+    assert auto_chunk_size(4096, 262144) == 512
+    assert auto_chunk_size(4096, 32000, torch.bfloat16, weight_grad="vocab_blocks") == 512
+    assert auto_chunk_size(4096, 128256, torch.bfloat16, weight_grad="vocab_blocks") == 256
     assert auto_chunk_size(10, 128256) == 10
     for n, v, dt, sc in itertools.product([1, 300, 5000], [7, 32000, 262144],
                                           [torch.float32, torch.bfloat16], [False, True]):
         c = auto_chunk_size(n, v, dt, softcap=sc)
         assert 1 <= c <= max(n, 1)
+
+
+def test_auto_weight_grad_policy():
+    assert auto_weight_grad(torch.bfloat16) == "vocab_blocks"
+    assert auto_weight_grad(torch.float16) == "vocab_blocks"
+    assert auto_weight_grad(torch.float32) == "token_chunks"
+
+
+def test_vocab_blocks_half_dweight_as_accurate_as_float32_accumulator(monkeypatch):
+    """bf16 ``dweight`` of ``vocab_blocks`` (one GEMM over all tokens, float32 accumulation in
+    the kernel, rounded once) is as close to the float64 gradient as the float32-accumulator
+    ``token_chunks`` path."""
+    monkeypatch.setattr(lce_mod, "VOCAB_PASS_BYTES", 64 * 1024 * 1024)
+    torch.manual_seed(1)
+    n, d, v = 256, 16, 300
+    h0, w0 = torch.randn(n, d).bfloat16(), (torch.randn(v, d) * 0.3).bfloat16()
+    t = torch.randint(0, v, (n,))
+    w6 = w0.double().requires_grad_()
+    F.cross_entropy(h0.double() @ w6.T, t).backward()
+    errs = {}
+    for mode in WEIGHT_GRADS:
+        wx = w0.clone().requires_grad_()
+        lce(h0, wx, t, weight_grad=mode, chunk_size=16).backward()
+        errs[mode] = float((wx.grad.double() - w6.grad).norm() / w6.grad.norm())
+    assert errs["vocab_blocks"] < 1e-2
+    assert errs["vocab_blocks"] <= 1.5 * errs["token_chunks"] + 1e-4, errs

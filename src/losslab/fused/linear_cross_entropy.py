@@ -21,11 +21,18 @@ Two strategies (``strategy=``):
 
 ``"auto"`` picks grad-in-forward when it is valid, else recompute.
 
-Numerics: the loss, the LSE and ``dweight``/``dbias`` are accumulated in float32 (float64 for
-float64 inputs). For bfloat16/float16 inputs the matmuls run in the input dtype (as the naive
-``hidden @ weight.T`` does), the softmax is computed in float32 from the half logits, and each
-chunk's ``dweight`` contribution (a half matmul with float32 internal accumulation) is added to
-a float32 accumulator, which is rounded to the input dtype once at the end. The loss and LSE of
+``weight_grad`` selects how ``dweight`` is formed: ``"token_chunks"`` adds each chunk's
+``G_c.T @ h_c`` to one ``V x d`` accumulator (3 GEMMs; default for float32/float64), and
+``"vocab_blocks"`` runs a second pass over vocabulary blocks that recomputes their logits for
+all tokens and writes ``dweight[block] = G.T @ h`` once (4 GEMMs, no accumulator; default for
+float16/bfloat16, where the GEMM's internal float32 accumulation over all tokens replaces a
+float32 ``V x d`` buffer).
+
+Numerics: the loss, the LSE and ``dbias`` are accumulated in float32 (float64 for float64
+inputs). For bfloat16/float16 inputs the matmuls run in the input dtype (as the naive
+``hidden @ weight.T`` does) and the softmax is computed in float32 from the half logits;
+``dweight`` is accumulated over tokens in float32 (inside one GEMM with ``"vocab_blocks"``; in
+a float32 accumulator rounded once at the end with ``"token_chunks"``). The loss and LSE of
 half inputs are returned in float32.
 
 Dispatch point: :data:`BACKENDS` maps a backend name to its implementation; :func:`_backend`
@@ -50,40 +57,54 @@ from losslab.registry import register
 __all__ = [
     "BACKENDS",
     "STRATEGIES",
+    "WEIGHT_GRADS",
     "LinearCrossEntropyLoss",
     "auto_chunk_size",
+    "auto_weight_grad",
     "linear_cross_entropy_loss",
 ]
 
 Strategy = Literal["auto", "grad_in_forward", "recompute"]
 STRATEGIES: tuple[str, ...] = ("auto", "grad_in_forward", "recompute")
+WeightGrad = Literal["auto", "token_chunks", "vocab_blocks"]
+WEIGHT_GRADS: tuple[str, ...] = ("auto", "token_chunks", "vocab_blocks")
 
-#: Bytes of per-chunk buffers that :func:`auto_chunk_size` aims for.
-CHUNK_BYTES = 48 * 1024 * 1024
-#: Fewest / most tokens per automatic chunk (smaller GEMMs lose efficiency on CPU, and every
-#: chunk re-reads/re-writes the ``V x d`` weight-gradient accumulator).
+#: Largest per-chunk logits buffer of :func:`auto_chunk_size` with ``weight_grad=
+#: "token_chunks"`` (every chunk re-reads and re-writes the ``V x d`` weight-gradient
+#: accumulator, so chunks are made as large as this allows, up to :data:`MAX_CHUNK`).
+CHUNK_BYTES = 512 * 1024 * 1024
+#: The same with ``weight_grad="vocab_blocks"`` (no accumulator: small chunks cost little).
+VOCAB_BLOCKS_CHUNK_BYTES = 32 * 1024 * 1024
+#: Fewest / most tokens per automatic chunk (smaller GEMMs lose efficiency on CPU).
 MIN_CHUNK, MAX_CHUNK = 256, 1024
 #: Bytes of the float32 row-block scratch used with half-precision inputs.
-HALF_SCRATCH_BYTES = 8 * 1024 * 1024
+HALF_SCRATCH_BYTES = 32 * 1024 * 1024
 #: Vocabulary rows per block of the half-precision ``dweight`` matmul (bounds its scratch).
 HALF_VOCAB_BLOCK = 2048
+#: Most / fewest vocabulary rows per block of the ``weight_grad="vocab_blocks"`` pass.
+VOCAB_BLOCK, MIN_VOCAB_BLOCK = 8192, 256
+#: Bytes of that pass's ``tokens x block`` buffers (tokens are grouped beyond it).
+VOCAB_PASS_BYTES = 64 * 1024 * 1024
 
 _HALF = (torch.float16, torch.bfloat16)
 
 
 def auto_chunk_size(
-    n_tokens: int, vocab_size: int, dtype: torch.dtype = torch.float32, *, softcap: bool = False
+    n_tokens: int, vocab_size: int, dtype: torch.dtype = torch.float32, *, softcap: bool = False,
+    weight_grad: str = "token_chunks",
 ) -> int:
-    """Tokens per chunk so that the chunk buffers take about :data:`CHUNK_BYTES` (48 MiB).
+    """Tokens per chunk: as many as fit a logits buffer of :data:`CHUNK_BYTES` (512 MiB) with
+    ``weight_grad="token_chunks"`` or :data:`VOCAB_BLOCKS_CHUNK_BYTES` (32 MiB) with
+    ``"vocab_blocks"``, as a multiple of 64 clamped to ``[MIN_CHUNK, MAX_CHUNK]`` = [256, 1024]
+    and to ``n_tokens``.
 
     Per token and vocabulary entry the buffer holds the logits in the input dtype (plus a tanh
-    buffer with ``softcap``; half inputs use a separate small float32 row-block scratch). The
-    result is a multiple of 64, clamped to ``[MIN_CHUNK, MAX_CHUNK]`` and to
-    ``n_tokens``.
+    buffer with ``softcap``; half inputs use a separate float32 row-block scratch). 1024 tokens
+    keep the chunk GEMMs efficient on CPU and, with ``token_chunks``, the ``V x d``
+    accumulator traffic low (it is read and written once per chunk).
     """
     per = dtype.itemsize + (_acc_dtype(dtype).itemsize if softcap and dtype not in _HALF else 0)
-    # half inputs also keep a float32 weight-gradient accumulator: a smaller buffer budget
-    budget = CHUNK_BYTES * 2 // 3 if dtype in _HALF else CHUNK_BYTES
+    budget = CHUNK_BYTES if weight_grad == "token_chunks" else VOCAB_BLOCKS_CHUNK_BYTES
     c = (budget // (per * max(vocab_size, 1))) // 64 * 64
     return max(1, min(max(MIN_CHUNK, min(MAX_CHUNK, c)), n_tokens))
 
@@ -95,6 +116,7 @@ class _Opts:
     softcap: float | None
     logz_penalty: float
     chunk_size: int
+    weight_grad: str = "token_chunks"
 
 
 @dataclass
@@ -102,6 +124,10 @@ class _Grads:
     dh: Tensor | None
     dw: Tensor | None  # accumulator dtype (fp32 for half / fp32 inputs)
     db: Tensor | None
+    # per-token coefficients of the logit gradient ``A p - B e_t - C w`` (None: no gradient)
+    coef_a: Tensor | None = None
+    coef_b: Tensor | None = None
+    coef_c: Tensor | None = None
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -130,6 +156,7 @@ def _chunk_loop(
     g_loss: Tensor | None,
     g_lse: Tensor | None,
     need: tuple[bool, bool, bool],
+    coefs: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, _Grads]:
     r"""The chunked pass shared by forward and backward.
 
@@ -149,7 +176,7 @@ def _chunk_loop(
     acc = _acc_dtype(dtype)
     half = dtype in _HALF
     eps, lam, cap = opts.label_smoothing, opts.logz_penalty, opts.softcap
-    want_grad = any(need) and (g_loss is not None or g_lse is not None)
+    want_grad = (any(need) or coefs) and (g_loss is not None or g_lse is not None)
     chunk = max(1, min(opts.chunk_size, n))
 
     ce = torch.empty(n, dtype=acc, device=dev) if stats else None
@@ -167,6 +194,9 @@ def _chunk_loop(
     c_h_sum = torch.zeros(d, dtype=acc, device=dev) if (need_dw and eps > 0) else None
     c_total = torch.zeros((), dtype=acc, device=dev) if (need_db and eps > 0) else None
 
+    coef_a_all = torch.zeros(n, dtype=acc, device=dev) if want_grad else None
+    coef_b_all = torch.zeros(n, dtype=acc, device=dev) if want_grad else None
+    coef_c_all = torch.zeros(n, dtype=acc, device=dev) if want_grad and eps > 0 else None
     buf = torch.empty(chunk, v, dtype=dtype, device=dev)
     # Half inputs: the logits come out of a half matmul; the softmax runs on float32 copies of
     # row blocks of ``half_rows`` rows (a small scratch, so the half chunk can stay large).
@@ -187,9 +217,9 @@ def _chunk_loop(
         torch.mm(hc, wt, out=logits)
         if b is not None:
             logits.add_(b)
-        coef_a = torch.zeros(m, dtype=acc, device=dev) if want_grad else None
-        coef_b = torch.zeros(m, dtype=acc, device=dev) if want_grad else None
-        coef_c = torch.zeros(m, dtype=acc, device=dev) if want_grad and eps > 0 else None
+        coef_a = coef_a_all[s:e] if coef_a_all is not None else None
+        coef_b = coef_b_all[s:e] if coef_b_all is not None else None
+        coef_c = coef_c_all[s:e] if coef_c_all is not None else None
         step = half_rows if half else m
         for r0 in range(0, m, step):
             r1 = min(r0 + step, m)
@@ -298,7 +328,7 @@ def _chunk_loop(
         if db is not None and c_total is not None:
             db.sub_(c_total * (cwf if cwf is not None else 1.0))
     del buf, tbuf, scratch, wblk
-    return ce, smooth, lse_all, _Grads(dh, dw, db)
+    return ce, smooth, lse_all, _Grads(dh, dw, db, coef_a_all, coef_b_all, coef_c_all)
 
 
 def _add_weight_grad(dw: Tensor, p: Tensor, hs: Tensor, wblk: Tensor | None) -> None:
@@ -312,6 +342,127 @@ def _add_weight_grad(dw: Tensor, p: Tensor, hs: Tensor, wblk: Tensor | None) -> 
         out = wblk[: e - s]
         torch.mm(p[:, s:e].t(), hs, out=out)
         dw[s:e].add_(out)
+
+
+def _weight_grad_by_vocab_blocks(
+    h: Tensor, w: Tensor, b: Tensor | None, tsafe: Tensor, lse: Tensor, gr: _Grads,
+    cw: Tensor | None, opts: _Opts,
+) -> Tensor:
+    r"""``dweight`` in ``weight``'s dtype by vocabulary blocks (the second pass of
+    ``weight_grad="vocab_blocks"``).
+
+    For each block of vocabulary rows the logits of all tokens are recomputed
+    (``h @ W[block].T``), turned into the logit gradient
+    ``(A exp(z - lse) - B e_t - C w) * cap'(z)`` with the per-token LSE and coefficients of the
+    first pass, and ``dW[block] = G.T @ h`` is written once by one GEMM over all tokens: no
+    ``V x d`` accumulator is re-read per token chunk, and for half inputs the sum over tokens
+    happens inside the GEMM (float32 accumulation in the kernel, one rounding to the output).
+    The block width is chosen so that the ``tokens x block`` buffers take about
+    :data:`VOCAB_PASS_BYTES` (between :data:`MIN_VOCAB_BLOCK` and :data:`VOCAB_BLOCK`
+    columns); with more tokens than that budget allows, the tokens are split into groups whose
+    partial GEMMs are summed in a ``block x d`` float32 accumulator. The elementwise work is a
+    handful of whole-block in-place ops (few large ops: robust on a shared, oversubscribed CPU,
+    where every small parallel op pays a thread-synchronisation cost).
+    """
+    n, d = h.shape
+    v = w.shape[0]
+    dtype, dev = h.dtype, h.device
+    acc = _acc_dtype(dtype)
+    half = dtype in _HALF
+    ca, cb, cc = gr.coef_a, gr.coef_b, gr.coef_c
+    assert ca is not None and cb is not None
+    cwf = cw.to(acc) if cw is not None else None
+    cap = opts.softcap
+    per = dtype.itemsize + (4 if half else 0) + (4 if cap is not None else 0)
+    vb = max(MIN_VOCAB_BLOCK, min(VOCAB_BLOCK, VOCAB_PASS_BYTES // max(1, n * per)))
+    vb = min(vb, v)
+    grp = max(1, min(n, VOCAB_PASS_BYTES // (vb * per)))
+    dw = torch.empty(v, d, dtype=dtype, device=dev)
+    zbuf = torch.empty(grp * vb, dtype=dtype, device=dev)
+    xbuf = torch.empty(grp * vb, dtype=acc, device=dev) if half else None
+    tbuf = torch.empty(grp * vb, dtype=acc, device=dev) if cap is not None else None
+    blk_acc = torch.empty(vb, d, dtype=acc, device=dev) if half and grp < n else None
+    # exp(z - lse) * A = exp(z - (lse - log A)) when A >= 0 (A = 0 gives exp(-inf) = 0)
+    fold = bool((ca >= 0).all())
+    shift = (lse - torch.log(ca)) if fold else lse
+    wt = w.t()
+    for v0 in range(0, v, vb):
+        v1 = min(v0 + vb, v)
+        m = v1 - v0
+        tr = tsafe - v0
+        onehot = ((tr >= 0) & (tr < m) & (cb != 0)).nonzero().squeeze(1)  # sorted token ids
+        for g0 in range(0, n, grp):
+            g1 = min(g0 + grp, n)
+            k = g1 - g0
+            z = zbuf[: k * m].view(k, m)
+            torch.mm(h[g0:g1], wt[:, v0:v1], out=z)
+            if b is not None:
+                z.add_(b[v0:v1])
+            x = xbuf[: k * m].view(k, m) if xbuf is not None else z
+            col = shift[g0:g1].unsqueeze(1)
+            t = None
+            if cap is not None:
+                assert tbuf is not None
+                t = tbuf[: k * m].view(k, m)
+                torch.div(z, cap, out=t)
+                t.tanh_()
+                torch.mul(t, cap, out=x)
+                x.sub_(col)
+            elif x is not z:
+                torch.sub(z, col, out=x)  # half -> float32 in one op
+            else:
+                x.sub_(col)
+            x.exp_()
+            if not fold:
+                x.mul_(ca[g0:g1].unsqueeze(1))
+            if cc is not None:
+                if cwf is None:
+                    x.sub_(cc[g0:g1].unsqueeze(1))
+                else:
+                    x.addr_(cc[g0:g1], cwf[v0:v1], alpha=-1.0)
+            lo, hi = torch.searchsorted(onehot, torch.tensor([g0, g1], device=dev)).tolist()
+            if hi > lo:
+                sel = onehot[lo:hi]
+                x.index_put_((sel - g0, tr[sel]), -cb[sel], accumulate=True)
+            if t is not None:
+                x.mul_(t.square_().neg_().add_(1.0))
+            if x is not z:
+                z.copy_(x)
+            if grp == n:
+                torch.mm(z.t(), h, out=dw[v0:v1])
+            elif blk_acc is not None:
+                part = blk_acc[:m]
+                if g0 == 0:
+                    part.copy_(torch.mm(z.t(), h[g0:g1]))
+                else:
+                    part.add_(torch.mm(z.t(), h[g0:g1]))
+                if g1 == n:
+                    dw[v0:v1].copy_(part)
+            elif g0 == 0:
+                torch.mm(z.t(), h[g0:g1], out=dw[v0:v1])
+            else:
+                dw[v0:v1].addmm_(z.t(), h[g0:g1])
+    return dw
+
+
+def _grad_pass(
+    h: Tensor, w: Tensor, b: Tensor | None, tsafe: Tensor, valid: Tensor, cw: Tensor | None,
+    opts: _Opts, *, stats: bool, g_loss: Tensor | None, g_lse: Tensor | None,
+    need: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, _Grads]:
+    """:func:`_chunk_loop`, with ``dweight`` from the token chunks (``weight_grad=
+    "token_chunks"``: one float32/float64 accumulator, in the accumulator dtype) or from
+    :func:`_weight_grad_by_vocab_blocks` (``"vocab_blocks"``: in ``weight``'s dtype)."""
+    if opts.weight_grad != "vocab_blocks" or not need[1] or (g_loss is None and g_lse is None):
+        return _chunk_loop(h, w, b, tsafe, valid, cw, opts, stats=stats, g_loss=g_loss,
+                           g_lse=g_lse, need=need)
+    ce, smooth, lse, gr = _chunk_loop(h, w, b, tsafe, valid, cw, opts, stats=stats,
+                                      g_loss=g_loss, g_lse=g_lse,
+                                      need=(need[0], False, need[2]), coefs=True)
+    assert lse is not None
+    gr.dw = _weight_grad_by_vocab_blocks(h, w, b, tsafe, lse, gr, cw, opts)
+    gr.coef_a = gr.coef_b = gr.coef_c = None
+    return ce, smooth, lse, gr
 
 
 def _round_in_place(acc: Tensor, dtype: torch.dtype) -> Tensor:
@@ -365,7 +516,7 @@ class _GradInForward(torch.autograd.Function):
                 b is not None and ctx.needs_input_grad[2])
         # d(loss)/d(l_n) = token_weight_n * scale (scale = 1/denominator for "mean", 1 for "sum").
         g = scale.expand(h.shape[0]) if tw is None else tw * scale
-        ce, smooth, lse, gr = _chunk_loop(h, w, b, tsafe, valid, cw, opts, stats=True,
+        ce, smooth, lse, gr = _grad_pass(h, w, b, tsafe, valid, cw, opts, stats=True,
                                           g_loss=g, g_lse=None, need=need)
         assert ce is not None
         per_token = _loss_from_stats(ce, smooth, lse, valid, opts, w.shape[0])
@@ -392,7 +543,7 @@ class _GradInForward(torch.autograd.Function):
         if ctx.grads is None:
             # A second backward through the same graph (retain_graph, gradcheck): the
             # precomputed gradients were handed out already, so recompute them.
-            *_, gr = _chunk_loop(h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
+            *_, gr = _grad_pass(h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
                                  g_loss=g * g_loss.to(acc),
                                  g_lse=g_lse.to(acc) if g_lse is not None else None,
                                  need=ctx.need)
@@ -407,7 +558,7 @@ class _GradInForward(torch.autograd.Function):
             db = db.mul_(g_loss) if db is not None else None
         if g_lse is not None:
             need = (dh is not None, dw is not None, db is not None)
-            *_, gr = _chunk_loop(h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
+            *_, gr = _grad_pass(h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
                                  g_loss=None, g_lse=g_lse.to(acc), need=need)
             dh = dh + gr.dh if dh is not None else None
             dw = dw + gr.dw.to(dw.dtype) if dw is not None else None  # type: ignore[union-attr]
@@ -443,7 +594,7 @@ class _Recompute(torch.autograd.Function):
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 b is not None and ctx.needs_input_grad[2])
         acc = _acc_dtype(h.dtype)
-        *_, gr = _chunk_loop(
+        *_, gr = _grad_pass(
             h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
             g_loss=g_loss.to(acc) if g_loss is not None else None,
             g_lse=g_lse.to(acc) if g_lse is not None else None, need=need,
@@ -504,7 +655,7 @@ def _backend(h: Tensor) -> Backend:
 def _validate(
     hidden: Any, weight: Any, target: Any, bias: Any, class_weight: Any, token_weight: Any,
     ignore_index: int, label_smoothing: float, softcap: float | None, logz_penalty: float,
-    chunk_size: int | None, reduction: str, strategy: str,
+    chunk_size: int | None, reduction: str, strategy: str, weight_grad: str = "auto",
 ) -> None:
     for name, x in (("hidden", hidden), ("weight", weight), ("target", target)):
         if not isinstance(x, Tensor):
@@ -569,6 +720,15 @@ def _validate(
         raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
     check_reduction(reduction)
     check_choice("strategy", strategy, STRATEGIES)
+    check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
+
+
+def auto_weight_grad(dtype: torch.dtype) -> str:
+    """The ``weight_grad="auto"`` policy: ``"vocab_blocks"`` for float16/bfloat16 (no float32
+    ``V x d`` accumulator; the GEMM accumulates over all tokens in float32 internally),
+    ``"token_chunks"`` otherwise (3 GEMMs instead of 4). Chosen from the CPU measurements in
+    ``docs/linear_cross_entropy.md``."""
+    return "vocab_blocks" if dtype in _HALF else "token_chunks"
 
 
 def linear_cross_entropy_loss(
@@ -587,6 +747,7 @@ def linear_cross_entropy_loss(
     return_lse: bool = False,
     chunk_size: int | None = None,
     strategy: Strategy = "auto",
+    weight_grad: WeightGrad = "auto",
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Cross-entropy of a linear output layer, chunked over tokens: no ``N x V`` logits.
 
@@ -630,9 +791,14 @@ def linear_cross_entropy_loss(
             when it requires grad the recompute strategy is used.
         return_lse: also return the per-token log-sum-exp ``[...]`` (float32 for half inputs;
             differentiable).
-        chunk_size: tokens per chunk; default :func:`auto_chunk_size` (a ~64 MiB buffer,
-            256..1024 tokens).
+        chunk_size: tokens per chunk; default :func:`auto_chunk_size` (256..1024 tokens).
         strategy: ``"auto"``, ``"grad_in_forward"`` (mean/sum only) or ``"recompute"``.
+        weight_grad: how ``dweight`` is formed. ``"token_chunks"``: each token chunk's
+            contribution is added to one ``V x d`` accumulator (float32 for half inputs;
+            3 GEMMs). ``"vocab_blocks"``: a second pass over vocabulary blocks recomputes
+            their logits for all tokens and writes ``dweight[block] = G.T @ hidden`` once
+            (4 GEMMs, no accumulator; half inputs accumulate over tokens in float32 inside
+            the GEMM). ``"auto"``: :func:`auto_weight_grad`.
 
     Returns:
         The loss (float32 for half inputs, else the input dtype), and the LSE if ``return_lse``.
@@ -643,7 +809,8 @@ def linear_cross_entropy_loss(
     not do).
     """
     _validate(hidden, weight, target, bias, class_weight, token_weight, ignore_index,
-              label_smoothing, softcap, logz_penalty, chunk_size, reduction, strategy)
+              label_smoothing, softcap, logz_penalty, chunk_size, reduction, strategy,
+              weight_grad)
     lead = tuple(target.shape)
     v, d = weight.shape
     h = hidden.reshape(-1, d)
@@ -659,13 +826,15 @@ def linear_cross_entropy_loss(
         )
     tsafe = torch.where(valid, t, 0)
     n = h.shape[0]
+    wg = auto_weight_grad(hidden.dtype) if weight_grad == "auto" else weight_grad
     opts = _Opts(
         ignore_index=ignore_index,
         label_smoothing=float(label_smoothing),
         softcap=float(softcap) if softcap is not None else None,
         logz_penalty=float(logz_penalty),
         chunk_size=chunk_size if chunk_size is not None else auto_chunk_size(
-            max(n, 1), v, hidden.dtype, softcap=softcap is not None),
+            max(n, 1), v, hidden.dtype, softcap=softcap is not None, weight_grad=wg),
+        weight_grad=wg,
     )
     w = weight if weight.is_contiguous() else weight.contiguous()
     tw = token_weight.reshape(-1) if token_weight is not None else None
@@ -714,8 +883,10 @@ class LinearCrossEntropyLoss(LossModule):
         logz_penalty: float = 0.0,
         chunk_size: int | None = None,
         strategy: Strategy = "auto",
+        weight_grad: WeightGrad = "auto",
     ) -> None:
         check_choice("strategy", strategy, STRATEGIES)
+        check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
         super().__init__(
             ignore_index=ignore_index,
             label_smoothing=label_smoothing,
@@ -724,6 +895,7 @@ class LinearCrossEntropyLoss(LossModule):
             logz_penalty=logz_penalty,
             chunk_size=chunk_size,
             strategy=strategy,
+            weight_grad=weight_grad,
         )
 
     def forward(
