@@ -117,6 +117,13 @@ class _ProxyModule(LossModule):
             super().extra_repr()
         )
 
+    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
+                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
+        """The registered function of the loss, with this module's proxies."""
+        return self.spec.function(embeddings, labels, self.proxies,
+                                  ref_embeddings=ref_embeddings, ref_labels=ref_labels,
+                                  indices=indices, **self.hparams)
+
 
 # --------------------------------------------------------------------------------------------
 # Proxy-NCA
@@ -188,10 +195,6 @@ class ProxyNCALoss(_ProxyModule):
         super().__init__(scale=scale, exclude_positive=exclude_positive, reduction=reduction)
         self._make_proxies(num_classes, embedding_dim)
 
-    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
-                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
-        return proxy_nca_loss(embeddings, labels, self.proxies, ref_embeddings=ref_embeddings,
-                              ref_labels=ref_labels, indices=indices, **self.hparams)
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,10 +313,6 @@ class ProxyAnchorLoss(_ProxyModule):
     def reset_parameters(self) -> None:
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")
 
-    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
-                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
-        return proxy_anchor_loss(embeddings, labels, self.proxies, ref_embeddings=ref_embeddings,
-                                 ref_labels=ref_labels, indices=indices, **self.hparams)
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,12 +525,6 @@ class NormalizedSoftmaxLoss(_ProxyModule):
         super().__init__(temperature=temperature, reduction=reduction)
         self._make_proxies(num_classes, embedding_dim)
 
-    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
-                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
-        return normalized_softmax_loss(embeddings, labels, self.proxies,
-                                       ref_embeddings=ref_embeddings, ref_labels=ref_labels,
-                                       indices=indices, **self.hparams)
-
 
 @register(
     "arcface",
@@ -554,11 +547,6 @@ class ArcFaceLoss(_ProxyModule):
         super().__init__(margin=margin, scale=scale, reduction=reduction)
         self._make_proxies(num_classes, embedding_dim)
 
-    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
-                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
-        return arcface_loss(embeddings, labels, self.proxies, ref_embeddings=ref_embeddings,
-                            ref_labels=ref_labels, indices=indices, **self.hparams)
-
 
 @register(
     "cosface",
@@ -580,11 +568,6 @@ class CosFaceLoss(_ProxyModule):
         check_positive("scale", scale)
         super().__init__(margin=margin, scale=scale, reduction=reduction)
         self._make_proxies(num_classes, embedding_dim)
-
-    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
-                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
-        return cosface_loss(embeddings, labels, self.proxies, ref_embeddings=ref_embeddings,
-                            ref_labels=ref_labels, indices=indices, **self.hparams)
 
 
 @register(
@@ -616,7 +599,3 @@ class MadaCosLoss(_ProxyModule):
         bound = 1.0 / math.sqrt(self.proxies.shape[1])
         nn.init.uniform_(self.proxies, -bound, bound)
 
-    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
-                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
-        return madacos_loss(embeddings, labels, self.proxies, ref_embeddings=ref_embeddings,
-                            ref_labels=ref_labels, indices=indices, **self.hparams)
