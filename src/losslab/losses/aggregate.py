@@ -233,20 +233,25 @@ def interpolated_aggregate_loss(
     return reduce(per, reduction).to(pred.dtype)
 
 
+class _BagsModule(LossModule):
+    """Shell of a ``bags`` loss: ``forward(pred, bag_index, bag_target)`` calls the registered
+    function with this module's hyperparameters."""
+
+    def forward(self, pred: Tensor, bag_index: Tensor, bag_target: Tensor) -> Tensor:
+        return self.spec.function(pred, bag_index, bag_target, **self.hparams)
+
+
 @register(
     "bag_level", family="aggregate-labels", kind="bags", paper=PAPER, arxiv=ARXIV,
     function=bag_level_loss, summary="sum_a l(ybar_a, mean_{i in a} f(x_i))",
     reduction="per bag",
 )
-class BagLevelLoss(LossModule):
+class BagLevelLoss(_BagsModule):
     """Module form of :func:`bag_level_loss`."""
 
     def __init__(self, *, base: Base = "mse", reduction: Reduction = "mean") -> None:
         check_choice("base", base, BASES)
         super().__init__(base=base, reduction=reduction)
-
-    def forward(self, pred: Tensor, bag_index: Tensor, bag_target: Tensor) -> Tensor:
-        return bag_level_loss(pred, bag_index, bag_target, **self.hparams)
 
 
 @register(
@@ -254,15 +259,12 @@ class BagLevelLoss(LossModule):
     function=instance_level_loss, summary="sum_a mean_{i in a} l(ybar_a, f(x_i))",
     reduction="per bag",
 )
-class InstanceLevelLoss(LossModule):
+class InstanceLevelLoss(_BagsModule):
     """Module form of :func:`instance_level_loss`."""
 
     def __init__(self, *, base: Base = "mse", reduction: Reduction = "mean") -> None:
         check_choice("base", base, BASES)
         super().__init__(base=base, reduction=reduction)
-
-    def forward(self, pred: Tensor, bag_index: Tensor, bag_target: Tensor) -> Tensor:
-        return instance_level_loss(pred, bag_index, bag_target, **self.hparams)
 
 
 @register(
@@ -271,7 +273,7 @@ class InstanceLevelLoss(LossModule):
     summary="(1 - rho) L_bag + rho L_ins (= L_bag + rho * within-bag variance for mse)",
     reduction="per bag",
 )
-class InterpolatedAggregateLoss(LossModule):
+class InterpolatedAggregateLoss(_BagsModule):
     """Module form of :func:`interpolated_aggregate_loss`."""
 
     def __init__(self, *, rho: float = 0.5, base: Base = "mse",
@@ -280,9 +282,6 @@ class InterpolatedAggregateLoss(LossModule):
             raise ValueError(f"rho must be in [0, 1], got {rho}")
         check_choice("base", base, BASES)
         super().__init__(rho=rho, base=base, reduction=reduction)
-
-    def forward(self, pred: Tensor, bag_index: Tensor, bag_target: Tensor) -> Tensor:
-        return interpolated_aggregate_loss(pred, bag_index, bag_target, **self.hparams)
 
 
 def random_bags(n: int, bag_size: int, *, generator: torch.Generator | None = None) -> Tensor:
