@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "HALF_DTYPES",
     "REDUCTIONS",
     "LossModule",
     "Reduction",
@@ -74,13 +75,17 @@ def reduce(
     return total / count
 
 
+#: Half-precision dtypes: losses compute them in float32 (:func:`compute_dtype`).
+HALF_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype losses compute in: float32 for half inputs (fp16/bf16), else ``dtype``.
 
     Losses upcast half-precision inputs, compute in float32 and return the input dtype, so
     that small epsilons and exponentials neither underflow nor overflow.
     """
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    return torch.float32 if dtype in HALF_DTYPES else dtype
 
 
 def zero_loss(*tensors: Tensor) -> Tensor:

@@ -51,7 +51,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_choice, check_reduction
+from losslab._core import (
+    HALF_DTYPES,
+    LossModule,
+    Reduction,
+    check_choice,
+    check_reduction,
+    compute_dtype,
+)
 from losslab.registry import register
 
 __all__ = [
@@ -86,7 +93,6 @@ VOCAB_BLOCK, MIN_VOCAB_BLOCK = 8192, 256
 #: Bytes of that pass's ``tokens x block`` buffers (tokens are grouped beyond it).
 VOCAB_PASS_BYTES = 64 * 1024 * 1024
 
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def auto_chunk_size(
@@ -103,7 +109,8 @@ def auto_chunk_size(
     keep the chunk GEMMs efficient on CPU and, with ``token_chunks``, the ``V x d``
     accumulator traffic low (it is read and written once per chunk).
     """
-    per = dtype.itemsize + (_acc_dtype(dtype).itemsize if softcap and dtype not in _HALF else 0)
+    softcap_scratch = softcap and dtype not in HALF_DTYPES
+    per = dtype.itemsize + (compute_dtype(dtype).itemsize if softcap_scratch else 0)
     budget = CHUNK_BYTES if weight_grad == "token_chunks" else VOCAB_BLOCKS_CHUNK_BYTES
     c = (budget // (per * max(vocab_size, 1))) // 64 * 64
     return max(1, min(max(MIN_CHUNK, min(MAX_CHUNK, c)), n_tokens))
@@ -128,10 +135,6 @@ class _Grads:
     coef_a: Tensor | None = None
     coef_b: Tensor | None = None
     coef_c: Tensor | None = None
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in _HALF else dtype
 
 
 def _weighted_row_sum(weight: Tensor, cw: Tensor | None, acc: torch.dtype) -> Tensor:
@@ -173,8 +176,8 @@ def _chunk_loop(
     n, d = h.shape
     v = w.shape[0]
     dtype, dev = h.dtype, h.device
-    acc = _acc_dtype(dtype)
-    half = dtype in _HALF
+    acc = compute_dtype(dtype)
+    half = dtype in HALF_DTYPES
     eps, lam, cap = opts.label_smoothing, opts.logz_penalty, opts.softcap
     want_grad = (any(need) or coefs) and (g_loss is not None or g_lse is not None)
     chunk = max(1, min(opts.chunk_size, n))
@@ -367,8 +370,8 @@ def _weight_grad_by_vocab_blocks(
     n, d = h.shape
     v = w.shape[0]
     dtype, dev = h.dtype, h.device
-    acc = _acc_dtype(dtype)
-    half = dtype in _HALF
+    acc = compute_dtype(dtype)
+    half = dtype in HALF_DTYPES
     ca, cb, cc = gr.coef_a, gr.coef_b, gr.coef_c
     assert ca is not None and cb is not None
     cwf = cw.to(acc) if cw is not None else None
@@ -537,7 +540,7 @@ class _GradInForward(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g_loss: Tensor, g_lse: Tensor | None) -> tuple[Tensor | None, ...]:
         h, w, b, tsafe, valid, cw, g = ctx.saved_tensors
-        acc = _acc_dtype(h.dtype)
+        acc = compute_dtype(h.dtype)
         if g_lse is not None and not bool(g_lse.ne(0).any()):
             g_lse = None
         if ctx.grads is None:
@@ -593,7 +596,7 @@ class _Recompute(torch.autograd.Function):
         h, w, b, tsafe, valid, cw = ctx.saved_tensors
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 b is not None and ctx.needs_input_grad[2])
-        acc = _acc_dtype(h.dtype)
+        acc = compute_dtype(h.dtype)
         *_, gr = _grad_pass(
             h, w, b, tsafe, valid, cw, ctx.opts, stats=False,
             g_loss=g_loss.to(acc) if g_loss is not None else None,
@@ -608,7 +611,7 @@ def _torch_backend(
     h: Tensor, w: Tensor, b: Tensor | None, tsafe: Tensor, valid: Tensor, cw: Tensor | None,
     tw: Tensor | None, opts: _Opts, reduction: str, strategy: str,
 ) -> tuple[Tensor, Tensor]:
-    acc = _acc_dtype(h.dtype)
+    acc = compute_dtype(h.dtype)
     tw_acc = tw.to(acc) if tw is not None else None
     if reduction == "mean":
         denom_terms = valid.to(acc)
@@ -728,7 +731,7 @@ def auto_weight_grad(dtype: torch.dtype) -> str:
     ``V x d`` accumulator; the GEMM accumulates over all tokens in float32 internally),
     ``"token_chunks"`` otherwise (3 GEMMs instead of 4). Chosen from the CPU measurements in
     ``docs/linear_cross_entropy.md``."""
-    return "vocab_blocks" if dtype in _HALF else "token_chunks"
+    return "vocab_blocks" if dtype in HALF_DTYPES else "token_chunks"
 
 
 def linear_cross_entropy_loss(
@@ -839,7 +842,7 @@ def linear_cross_entropy_loss(
     w = weight if weight.is_contiguous() else weight.contiguous()
     tw = token_weight.reshape(-1) if token_weight is not None else None
     if n == 0:
-        acc = _acc_dtype(h.dtype)
+        acc = compute_dtype(h.dtype)
         zero = (h.sum() * 0 + w.sum() * 0).to(acc)
         loss = zero.expand(lead) if reduction == "none" else zero
         lse = torch.zeros(lead, dtype=acc)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, check_float, reduce
+from losslab._core import LossModule, check_float, compute_dtype, reduce
 
 __all__ = [
     "LogitsBatch",
@@ -33,7 +33,6 @@ __all__ = [
     "target_log_prob",
 ]
 
-HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ def prepare(
         raise ValueError(
             f"logits and target must be on one device, got {logits.device} and {target.device}"
         )
-    compute = torch.float32 if logits.dtype in HALF else logits.dtype
+    compute = compute_dtype(logits.dtype)
     flat = _flatten_classes(logits).to(compute)
     item_shape = (logits.shape[0], *logits.shape[2:])
     if target.is_floating_point():

@@ -18,7 +18,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from losslab._core import check_choice, check_labels, check_matrix, check_positive
+from losslab._core import (
+    check_choice,
+    check_labels,
+    check_matrix,
+    check_positive,
+    compute_dtype,
+)
 
 __all__ = ["RETRIEVAL_METRICS", "epsilon_opis", "opis", "retrieval_metrics"]
 
@@ -96,8 +102,8 @@ def retrieval_metrics(
     else:
         check_matrix("reference", reference, dim=query.shape[1])
         check_labels("reference_labels", reference_labels, reference.shape[0], of="reference")
-    q = query.float() if query.dtype in (torch.float16, torch.bfloat16) else query
-    r = reference.float() if reference.dtype in (torch.float16, torch.bfloat16) else reference
+    q = query.to(compute_dtype(query.dtype))
+    r = reference.to(compute_dtype(reference.dtype))
     if metric == "cosine":
         q = torch.nn.functional.normalize(q, dim=1)
         r = q if self_mode else torch.nn.functional.normalize(r, dim=1)
