@@ -338,6 +338,10 @@ def test_auto_chunk_size(monkeypatch):
     assert auto_chunk_size(4096, 32000) == 1024
     assert auto_chunk_size(4096, 128256) == 1024
     assert auto_chunk_size(4096, 262144) == 512
+    # half inputs with token_chunks: a 16 MiB half logits chunk (their float32 accumulator
+    # already costs V*d bytes more than the half gradient)
+    assert auto_chunk_size(4096, 32000, torch.bfloat16) == 256
+    assert auto_chunk_size(4096, 128256, torch.bfloat16) == 256
     assert auto_chunk_size(4096, 32000, torch.bfloat16, weight_grad="vocab_blocks") == 512
     assert auto_chunk_size(4096, 128256, torch.bfloat16, weight_grad="vocab_blocks") == 256
     assert auto_chunk_size(10, 128256) == 10
@@ -348,9 +352,24 @@ def test_auto_chunk_size(monkeypatch):
 
 
 def test_auto_weight_grad_policy():
-    assert auto_weight_grad(torch.bfloat16) == "vocab_blocks"
-    assert auto_weight_grad(torch.float16) == "vocab_blocks"
-    assert auto_weight_grad(torch.float32) == "token_chunks"
+    for dt in (torch.bfloat16, torch.float16, torch.float32):
+        assert auto_weight_grad(dt) == "token_chunks"
+
+
+@pytest.mark.parametrize("d,v", [(2048, 5), (64, 3000)])
+def test_half_token_chunks_weight_grad_scratch_shapes(d, v):
+    """The half dW accumulation borrows the softmax scratch when it fits a vocabulary block
+    (v=3000) and allocates its own float32 block when it does not (v=5, d=2048)."""
+    torch.manual_seed(3)
+    h0 = torch.randn(40, d).bfloat16()
+    w0 = (torch.randn(v, d) * 0.05).bfloat16()
+    t = torch.randint(0, v, (40,))
+    w6 = w0.double().requires_grad_()
+    F.cross_entropy(h0.double() @ w6.T, t).backward()
+    wx = w0.clone().requires_grad_()
+    lce(h0, wx, t, weight_grad="token_chunks", chunk_size=16).backward()
+    assert wx.grad.dtype == torch.bfloat16
+    assert (wx.grad.double() - w6.grad).norm() / w6.grad.norm() < 1e-2
 
 
 def test_vocab_blocks_half_dweight_as_accurate_as_float32_accumulator(monkeypatch):

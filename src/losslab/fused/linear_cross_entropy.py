@@ -82,12 +82,16 @@ WEIGHT_GRADS: tuple[str, ...] = ("auto", "token_chunks", "vocab_blocks")
 CHUNK_BYTES = 512 * 1024 * 1024
 #: The same with ``weight_grad="vocab_blocks"`` (no accumulator: small chunks cost little).
 VOCAB_BLOCKS_CHUNK_BYTES = 32 * 1024 * 1024
+#: The same for half-precision inputs with ``weight_grad="token_chunks"``: their float32
+#: ``V x d`` accumulator already costs ``V d`` bytes more than the half gradient, so the chunk
+#: is kept small (256 tokens at V = 32000) to stay within 0.15x of the naive path's memory.
+HALF_CHUNK_BYTES = 16 * 1024 * 1024
 #: Fewest / most tokens per automatic chunk (smaller GEMMs lose efficiency on CPU).
 MIN_CHUNK, MAX_CHUNK = 256, 1024
 #: Bytes of the float32 row-block scratch used with half-precision inputs.
-HALF_SCRATCH_BYTES = 32 * 1024 * 1024
+HALF_SCRATCH_BYTES = 2 * 1024 * 1024
 #: Vocabulary rows per block of the half-precision ``dweight`` matmul (bounds its scratch).
-HALF_VOCAB_BLOCK = 2048
+HALF_VOCAB_BLOCK = 1024
 #: Most / fewest vocabulary rows per block of the ``weight_grad="vocab_blocks"`` pass.
 VOCAB_BLOCK, MIN_VOCAB_BLOCK = 8192, 256
 #: Bytes of that pass's ``tokens x block`` buffers (tokens are grouped beyond it).
@@ -100,9 +104,9 @@ def auto_chunk_size(
     weight_grad: str = "token_chunks",
 ) -> int:
     """Tokens per chunk: as many as fit a logits buffer of :data:`CHUNK_BYTES` (512 MiB) with
-    ``weight_grad="token_chunks"`` or :data:`VOCAB_BLOCKS_CHUNK_BYTES` (32 MiB) with
-    ``"vocab_blocks"``, as a multiple of 64 clamped to ``[MIN_CHUNK, MAX_CHUNK]`` = [256, 1024]
-    and to ``n_tokens``.
+    ``weight_grad="token_chunks"`` (:data:`HALF_CHUNK_BYTES`, 16 MiB, for float16/bfloat16)
+    or :data:`VOCAB_BLOCKS_CHUNK_BYTES` (32 MiB) with ``"vocab_blocks"``, as a multiple of 64
+    clamped to ``[MIN_CHUNK, MAX_CHUNK]`` = [256, 1024] and to ``n_tokens``.
 
     Per token and vocabulary entry the buffer holds the logits in the input dtype (plus a tanh
     buffer with ``softcap``; half inputs use a separate float32 row-block scratch). 1024 tokens
@@ -111,7 +115,10 @@ def auto_chunk_size(
     """
     softcap_scratch = softcap and dtype not in HALF_DTYPES
     per = dtype.itemsize + (compute_dtype(dtype).itemsize if softcap_scratch else 0)
-    budget = CHUNK_BYTES if weight_grad == "token_chunks" else VOCAB_BLOCKS_CHUNK_BYTES
+    if weight_grad != "token_chunks":
+        budget = VOCAB_BLOCKS_CHUNK_BYTES
+    else:
+        budget = HALF_CHUNK_BYTES if dtype in HALF_DTYPES else CHUNK_BYTES
     c = (budget // (per * max(vocab_size, 1))) // 64 * 64
     return max(1, min(max(MIN_CHUNK, min(MAX_CHUNK, c)), n_tokens))
 
@@ -188,7 +195,8 @@ def _chunk_loop(
 
     need_dh, need_dw, need_db = need if want_grad else (False, False, False)
     dh = torch.empty(n, d, dtype=dtype, device=dev) if need_dh else None
-    dw = torch.zeros(v, d, dtype=acc, device=dev) if need_dw else None
+    # Written (not added) by the first chunk's GEMM: no zero-fill pass over V x d.
+    dw = torch.empty(v, d, dtype=acc, device=dev) if need_dw else None
     db = torch.zeros(v, dtype=acc, device=dev) if need_db else None
 
     cwf = cw.to(acc) if cw is not None else None
@@ -207,8 +215,18 @@ def _chunk_loop(
     rows_max = half_rows if half else chunk
     tbuf = torch.empty(rows_max, v, dtype=acc, device=dev) if cap is not None else None
     scratch = torch.empty(half_rows, v, dtype=acc, device=dev) if half else None
-    wblk = (torch.empty(min(HALF_VOCAB_BLOCK, v), d, dtype=dtype, device=dev)
-            if half and need_dw else None)
+    wblk = wblk32 = None
+    if half and need_dw:
+        assert scratch is not None
+        # The float32 side of the dW accumulation reuses the softmax scratch (idle by then).
+        vb = min(HALF_VOCAB_BLOCK, v)
+        fit = scratch.numel() // d
+        if fit >= min(vb, 64):
+            vb = min(vb, fit)
+            wblk32 = scratch.view(-1)[: vb * d].view(vb, d)
+        else:
+            wblk32 = torch.empty(vb, d, dtype=acc, device=dev)
+        wblk = torch.empty(vb, d, dtype=dtype, device=dev)
     wt = w.t()
     materialize = cap is not None  # softcap: the logit gradient is not A p - B e_t - C w
 
@@ -301,7 +319,7 @@ def _chunk_loop(
             if dh is not None:
                 torch.mm(logits, w, out=dh[s:e])
             if dw is not None:
-                _add_weight_grad(dw, logits, hc, wblk)
+                _add_weight_grad(dw, logits, hc, wblk, wblk32, first=s == 0)
             continue
         # logits holds p; fold A, B, C into the small operands.
         if dh is not None:
@@ -313,7 +331,7 @@ def _chunk_loop(
             dh[s:e] = g
         if dw is not None:
             hs = (hc.to(acc) * coef_a.unsqueeze(1)).to(dtype)
-            _add_weight_grad(dw, logits, hs, wblk)
+            _add_weight_grad(dw, logits, hs, wblk, wblk32, first=s == 0)
             dw.index_add_(0, tc, hc.to(acc) * coef_b.unsqueeze(1), alpha=-1.0)
             if coef_c is not None:
                 assert c_h_sum is not None
@@ -330,21 +348,40 @@ def _chunk_loop(
                      alpha=-1.0)
         if db is not None and c_total is not None:
             db.sub_(c_total * (cwf if cwf is not None else 1.0))
-    del buf, tbuf, scratch, wblk
+    del buf, tbuf, scratch, wblk, wblk32
     return ce, smooth, lse_all, _Grads(dh, dw, db, coef_a_all, coef_b_all, coef_c_all)
 
 
-def _add_weight_grad(dw: Tensor, p: Tensor, hs: Tensor, wblk: Tensor | None) -> None:
-    """``dw += p.T @ hs``; half operands go through a small half scratch, by vocab blocks."""
+def _add_weight_grad(
+    dw: Tensor, p: Tensor, hs: Tensor, wblk: Tensor | None, wblk32: Tensor | None,
+    *, first: bool,
+) -> None:
+    """``dw += p.T @ hs`` (``dw = p.T @ hs`` when ``first``: ``dw`` may be uninitialised).
+
+    Half operands go by vocabulary blocks: the block's half GEMM writes a small half scratch
+    ``wblk``, which is widened into the float32 scratch ``wblk32`` (a view of the idle
+    softmax scratch) and added to the float32 accumulator. (A mixed-dtype ``dw.add_(half)``
+    would allocate a fresh float32 temporary per block; on this CPU that made the
+    accumulation 4x slower.)
+    """
     if wblk is None:
-        dw.addmm_(p.t(), hs)
+        if first:
+            torch.mm(p.t(), hs, out=dw)
+        else:
+            dw.addmm_(p.t(), hs)
         return
+    assert wblk32 is not None
     v = p.shape[1]
     for s in range(0, v, wblk.shape[0]):
         e = min(s + wblk.shape[0], v)
         out = wblk[: e - s]
         torch.mm(p[:, s:e].t(), hs, out=out)
-        dw[s:e].add_(out)
+        if first:
+            dw[s:e].copy_(out)
+        else:
+            out32 = wblk32[: e - s]
+            out32.copy_(out)
+            dw[s:e].add_(out32)
 
 
 def _weight_grad_by_vocab_blocks(
@@ -727,11 +764,11 @@ def _validate(
 
 
 def auto_weight_grad(dtype: torch.dtype) -> str:
-    """The ``weight_grad="auto"`` policy: ``"vocab_blocks"`` for float16/bfloat16 (no float32
-    ``V x d`` accumulator; the GEMM accumulates over all tokens in float32 internally),
-    ``"token_chunks"`` otherwise (3 GEMMs instead of 4). Chosen from the CPU measurements in
-    ``docs/linear_cross_entropy.md``."""
-    return "vocab_blocks" if dtype in HALF_DTYPES else "token_chunks"
+    """The ``weight_grad="auto"`` policy: ``"token_chunks"`` for every dtype (3 GEMMs; the
+    4th GEMM of ``"vocab_blocks"`` made it 1.3x slower than naive bf16 on the CPU measured
+    in ``docs/linear_cross_entropy.md``). ``"vocab_blocks"`` stays available: it needs no
+    float32 ``V x d`` accumulator, so for half inputs it uses less memory."""
+    return "token_chunks"
 
 
 def linear_cross_entropy_loss(
