@@ -241,10 +241,29 @@ def _chunk_loop(
         coef_a = coef_a_all[s:e] if coef_a_all is not None else None
         coef_b = coef_b_all[s:e] if coef_b_all is not None else None
         coef_c = coef_c_all[s:e] if coef_c_all is not None else None
+        vr = valid[s:e]
+        w_t = cwf[tsafe[s:e]] if cwf is not None else None
+        gl = None
+        if want_grad:
+            # Per-token coefficients of the logit gradient A p - B e_t - C w, for the whole
+            # chunk; only the z-loss part of A (2 lam lse) waits for the LSE of its rows.
+            assert coef_a is not None and coef_b is not None
+            coef_a.zero_()
+            if g_loss is not None:
+                gl = torch.where(vr, g_loss[s:e], 0.0)
+                gb = gl * (1.0 - eps) if w_t is None else gl * (1.0 - eps) * w_t
+                coef_b.copy_(gb)
+                coef_a.add_(gb).add_(gl * ((eps / v) * w_sum))
+                if coef_c is not None:
+                    torch.mul(gl, eps / v, out=coef_c)
+            if g_lse is not None:
+                coef_a.add_(g_lse[s:e])
+        z_t = torch.empty(m, dtype=acc, device=dev)
+        z_sum = torch.empty(m, dtype=acc, device=dev) if smooth is not None else None
+        t_chunk = tsafe[s:e].unsqueeze(1)
         step = half_rows if half else m
         for r0 in range(0, m, step):
             r1 = min(r0 + step, m)
-            rows = slice(s + r0, s + r1)
             if half:
                 assert scratch is not None
                 z = scratch[: r1 - r0].copy_(logits[r0:r1])
@@ -257,44 +276,27 @@ def _chunk_loop(
                 torch.div(z, cap, out=tb)
                 tb.tanh_()
                 torch.mul(tb, cap, out=z)
-            t_idx = tsafe[rows].unsqueeze(1)
-            z_t = z.gather(1, t_idx).squeeze(1)
-            torch.ops.aten._log_softmax.out(z, 1, False, out=z)  # z <- log p, in place
-            lp_t = z.gather(1, t_idx).squeeze(1)
-            lse = z_t - lp_t
-            lse_all[rows] = lse
-            vr = valid[rows]
-            w_t = cwf[tsafe[rows]] if cwf is not None else None
-            if stats:
-                assert ce is not None
-                ce[rows] = torch.where(vr, -lp_t * (w_t if w_t is not None else 1.0), 0.0)
-                if smooth is not None:
-                    sl = z.sum(1) if cwf is None else torch.mv(z, cwf)
-                    smooth[rows] = torch.where(vr, -sl, 0.0)
+            z_t[r0:r1] = z.gather(1, t_chunk[r0:r1]).squeeze(1)
+            if z_sum is not None:
+                z_sum[r0:r1] = z.sum(1) if cwf is None else torch.mv(z, cwf)
+            z_max = z.amax(1)
+            # z <- p in place. The row's LSE follows from the probability of its maximum,
+            # p_max = exp(z_max - lse) >= 1/V (never underflows): one fused softmax and two
+            # row maxima instead of a log-softmax pass plus a softmax pass.
+            torch.ops.aten._softmax.out(z, 1, False, out=z)
+            lse = z_max.sub_(z.amax(1).log_())
+            lse_all[s + r0 : s + r1] = lse
             if not want_grad:
                 continue
-            # Per-token coefficients of the logit gradient A p - B e_t - C w.
-            ga = torch.zeros(r1 - r0, dtype=acc, device=dev)
-            if g_loss is not None:
-                gl = torch.where(vr, g_loss[rows], 0.0)
-                wt_ = w_t if w_t is not None else torch.ones_like(gl)
-                gb = gl * (1.0 - eps) * wt_
-                ga = ga + gb + gl * (eps / v) * w_sum
-                if lam != 0.0:
-                    ga = ga + gl * (2.0 * lam) * lse
-                coef_b[r0:r1] = gb  # type: ignore[index]
-                if coef_c is not None:
-                    coef_c[r0:r1] = gl * (eps / v)
-            if g_lse is not None:
-                ga = ga + g_lse[rows]
-            coef_a[r0:r1] = ga  # type: ignore[index]
-            # z <- p: softmax of the log-probabilities (its fused exp is faster than exp_)
-            torch.ops.aten._softmax.out(z, 1, False, out=z)
+            assert coef_a is not None and coef_b is not None
+            ga = coef_a[r0:r1]
+            if lam != 0.0 and gl is not None:
+                ga.add_(gl[r0:r1] * (2.0 * lam) * lse)
             if materialize:
                 assert tb is not None
                 z.mul_(ga.unsqueeze(1))
                 ar = torch.arange(r1 - r0, device=dev)
-                z.index_put_((ar, tsafe[rows]), -coef_b[r0:r1], accumulate=True)  # type: ignore[index]
+                z.index_put_((ar, t_chunk[r0:r1, 0]), -coef_b[r0:r1], accumulate=True)
                 if coef_c is not None:
                     cc = coef_c[r0:r1]
                     if cwf is None:
@@ -309,6 +311,15 @@ def _chunk_loop(
                 db += ga @ z
             if half:
                 logits[r0:r1].copy_(z)
+        if stats:
+            assert ce is not None
+            lse_c = lse_all[s:e]
+            lp_t = z_t - lse_c
+            ce[s:e] = torch.where(vr, -lp_t if w_t is None else -lp_t * w_t, 0.0)
+            if smooth is not None:
+                assert z_sum is not None
+                # sum_k w_k log p_k = sum_k w_k z_k - (sum_k w_k) lse
+                smooth[s:e] = torch.where(vr, z_sum.sub_(lse_c * w_sum).neg_(), 0.0)
 
         if not want_grad:
             continue
