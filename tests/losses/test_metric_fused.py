@@ -81,6 +81,8 @@ def test_contrastive_sparse_gradient(monkeypatch):
                 check(LF.contrastive_loss, x, y, r, ry, all_pairs(y, ry), red, neg_margin=0.5)
                 check(LF.contrastive_loss, x, y, r, ry, all_pairs(y, ry), red, metric="cosine",
                       neg_margin=0.3)
+                check(LF.contrastive_loss, x, y, r, ry, all_pairs(y, ry), red,
+                      metric="squared_euclidean", neg_margin=4.0)
 
 
 @pytest.mark.parametrize("direct", [True, False])

@@ -282,30 +282,39 @@ def _dense_backward(ctx, xc: Tensor, rc: Tensor, grad: Tensor, gout: Tensor, nee
 def _sparse_backward(ctx, xc: Tensor, rc: Tensor, rows: Tensor, cols: Tensor, vals: Tensor,
                      gout: Tensor, need_x: bool, need_r: bool
                      ) -> tuple[Tensor | None, Tensor | None]:
-    """The backward pass from a sparse ``G`` (``rows, cols, vals``), in chunks of pairs."""
+    """The backward pass from a sparse ``G`` (``rows, cols, vals``): one sparse-dense product
+    per input (``G @ ref`` and ``G^T @ x``; one with ``G + G^T`` for the batch against itself).
+
+    No ``[nnz, D]`` gathers: an uncoalesced COO matrix (duplicates add up) goes straight to
+    ``torch.sparse.mm``, which was 4-8x faster than gathering the pair rows and scattering
+    them back with ``index_add_`` (``benchmarks/README.md``).
+    """
     euclid = ctx.metric in ("euclidean", "squared_euclidean")
-    if ctx.total:
-        v = vals * gout
-    else:
-        v = vals * gout[rows if ctx.axis == 1 else cols]
-    gx = torch.zeros_like(xc) if need_x else None
-    gr = (gx if ctx.self_ref else torch.zeros_like(rc)) if (need_r or ctx.self_ref) else None
-    chunk = max(1, (1 << 22) // max(1, xc.shape[1]))
-    for s in range(0, rows.numel(), chunk):
-        r, c, w = rows[s : s + chunk], cols[s : s + chunk], v[s : s + chunk].unsqueeze(1)
-        xr, rr = xc.index_select(0, r), rc.index_select(0, c)
-        if euclid:  # dq/dx_r = 2 (x_r - r_c), dq/dr_c = -2 (x_r - r_c)
-            t = (xr - rr).mul_(w).mul_(2.0)
-            if gx is not None:
-                gx.index_add_(0, r, t)
-            if gr is not None:
-                gr.index_add_(0, c, t, alpha=-1.0)
-        else:  # ds/dx_r = r_c, ds/dr_c = x_r
-            if gx is not None:
-                gx.index_add_(0, r, rr.mul_(w))
-            if gr is not None:
-                gr.index_add_(0, c, xr.mul_(w))
-    return gx, (None if ctx.self_ref else gr)
+    v = vals * gout if ctx.total else vals * gout[rows if ctx.axis == 1 else cols]
+    n, m = xc.shape[0], rc.shape[0]
+    if ctx.self_ref:
+        # d/dx of sum_k v_k f(x_r, x_c) through both ends: one product with G + G^T.
+        idx = torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])])
+        vv = torch.cat([v, v])
+        g = torch.sparse_coo_tensor(idx, vv, (n, n), check_invariants=False)
+        gx = torch.sparse.mm(g, xc)
+        if euclid:  # dq_rc/dx_r = 2 (x_r - x_c): sum_c G_rc (x_r - x_c) = rowsum * x_r - G x
+            rs = torch.zeros(n, dtype=xc.dtype, device=xc.device).index_add_(0, idx[0], vv)
+            gx = gx.sub_(rs.unsqueeze(1) * xc).mul_(-2.0)
+        return gx, None
+    g = torch.sparse_coo_tensor(torch.stack([rows, cols]), v, (n, m), check_invariants=False)
+    gx = gr = None
+    if need_x:
+        gx = torch.sparse.mm(g, rc)  # ds/dx_r = r_c
+        if euclid:  # dq/dx_r = 2 (x_r - r_c)
+            rs = torch.zeros(n, dtype=xc.dtype, device=xc.device).index_add_(0, rows, v)
+            gx = gx.sub_(rs.unsqueeze(1) * xc).mul_(-2.0)
+    if need_r:
+        gr = torch.sparse.mm(g.t(), xc)  # ds/dr_c = x_r
+        if euclid:  # dq/dr_c = -2 (x_r - r_c)
+            cs = torch.zeros(m, dtype=rc.dtype, device=rc.device).index_add_(0, cols, v)
+            gr = gr.sub_(cs.unsqueeze(1) * rc).mul_(-2.0)
+    return gx, gr
 
 
 def matrix_loss(
