@@ -162,12 +162,12 @@ class MatrixLoss(torch.autograd.Function):
         rc = xc if ref is None else ref.to(dt)
         norms: tuple[Tensor, Tensor] | None = None
         if metric == "cosine":
-            nx = torch.linalg.vecdot(xc, xc).sqrt_().clamp_min_(NORM_EPS).unsqueeze(1)
+            nx = torch.linalg.vector_norm(xc, dim=1, keepdim=True).clamp_min_(NORM_EPS)
             xc = xc / nx
             if ref is None:
                 rc, nr = xc, nx
             else:
-                nr = torch.linalg.vecdot(rc, rc).sqrt_().clamp_min_(NORM_EPS).unsqueeze(1)
+                nr = torch.linalg.vector_norm(rc, dim=1, keepdim=True).clamp_min_(NORM_EPS)
                 rc = rc / nr
             norms = (nx, nr)
             mat = xc @ rc.t()
