@@ -157,3 +157,13 @@ def test_members():
     mat = torch.zeros(5, 3)
     m.fill_(mat, 1.0)
     torch.testing.assert_close(mat, (y[:, None] == ref[None]).float())
+
+
+def test_gather_rows_backward_sums_repeated_indices():
+    src = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    idx = torch.tensor([3, 3, 0, 6, 3, 0])
+    assert torch.autograd.gradcheck(lambda s: _fused.gather_rows(s, idx), (src,))
+    w = torch.arange(18.0, dtype=torch.float64).view(6, 3)
+    (_fused.gather_rows(src, idx) * w).sum().backward()
+    ref = torch.zeros(7, 3, dtype=torch.float64).index_add_(0, idx, w)
+    assert torch.equal(src.grad, ref)

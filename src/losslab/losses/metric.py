@@ -41,6 +41,7 @@ from losslab.distances import METRICS, cosine_similarity, is_similarity, paired,
 from losslab.losses._fused import (
     Members,
     fixed_shift,
+    gather_rows,
     log1p_sum_exp_,
     logsumexp_,
     matrix_loss,
@@ -370,9 +371,15 @@ def _batch_hard(
     ref, ref_lab, ref_is_batch = validate_batch(embeddings, labels, ref_embeddings, ref_labels)
     similarity = is_similarity(metric)
     with torch.no_grad():
-        sel_metric = "squared_euclidean" if metric == "euclidean" else metric
-        mat = pairwise(embeddings.detach(), None if ref_is_batch else ref.detach(),
-                       metric=sel_metric)
+        if metric in ("euclidean", "squared_euclidean"):
+            # Same order within a row as the (squared) distance: |r_j|^2 - 2 x_i . r_j (the
+            # row constant |x_i|^2 and the square root change no argmin/argmax): one GEMM.
+            x, r = embeddings.detach(), ref.detach()
+            rr = torch.linalg.vector_norm(r, dim=1).square_().unsqueeze(0)
+            mat = torch.addmm(rr, x, r.t(), beta=1.0, alpha=-2.0)
+        else:
+            mat = pairwise(embeddings.detach(), None if ref_is_batch else ref.detach(),
+                           metric=metric)
         if similarity:
             mat.neg_()
         mem = members(labels, ref_lab, ref_is_batch)
@@ -382,8 +389,8 @@ def _batch_hard(
         valid = (mem.n_pos > 0) & (mem.n_neg > 0)
         del mat
     sign = -1.0 if similarity else 1.0
-    u_ap = sign * paired(embeddings, ref.index_select(0, hp_idx), metric=metric, eps=0.0)
-    u_an = sign * paired(embeddings, ref.index_select(0, hn_idx), metric=metric, eps=0.0)
+    u_ap = sign * paired(embeddings, gather_rows(ref, hp_idx), metric=metric, eps=0.0)
+    u_an = sign * paired(embeddings, gather_rows(ref, hn_idx), metric=metric, eps=0.0)
     return u_ap, u_an, valid
 
 
