@@ -2,9 +2,10 @@ r"""Memory-efficient fused linear + cross-entropy for large vocabularies.
 
 ``loss = cross_entropy(hidden @ weight.T + bias, target)`` without ever building the ``N x V``
 logits: the tokens are processed in chunks of ``chunk_size`` rows; each chunk's logits live in
-one reused buffer of ``chunk_size x V`` elements, are turned into log-probabilities in place
-(a row-wise log-softmax, i.e. the online log-sum-exp of the chunk), and from there into the
-per-token loss, the per-token log-sum-exp and, when gradients are needed, the gradient
+one reused buffer of ``chunk_size x V`` elements, are turned into probabilities in place by
+one fused softmax per row block (the row's log-sum-exp is ``z_max - log p_max``: the
+probability of the row maximum is at least ``1/V`` and never underflows), and from there into
+the per-token loss, the per-token log-sum-exp and, when gradients are needed, the gradient
 contributions ``dhidden``, ``dweight`` and ``dbias``.
 
 Two strategies (``strategy=``):
@@ -22,11 +23,11 @@ Two strategies (``strategy=``):
 ``"auto"`` picks grad-in-forward when it is valid, else recompute.
 
 ``weight_grad`` selects how ``dweight`` is formed: ``"token_chunks"`` adds each chunk's
-``G_c.T @ h_c`` to one ``V x d`` accumulator (3 GEMMs; default for float32/float64), and
-``"vocab_blocks"`` runs a second pass over vocabulary blocks that recomputes their logits for
-all tokens and writes ``dweight[block] = G.T @ h`` once (4 GEMMs, no accumulator; default for
-float16/bfloat16, where the GEMM's internal float32 accumulation over all tokens replaces a
-float32 ``V x d`` buffer).
+``G_c.T @ h_c`` to one ``V x d`` accumulator (3 GEMMs, the default), and ``"vocab_blocks"``
+runs a second pass over vocabulary blocks that recomputes their logits for all tokens and
+writes ``dweight[block] = G.T @ h`` once (4 GEMMs, no accumulator: for half inputs the GEMM's
+internal float32 accumulation over all tokens replaces a float32 ``V x d`` buffer, so it uses
+less memory and more time).
 
 Numerics: the loss, the LSE and ``dbias`` are accumulated in float32 (float64 for float64
 inputs). For bfloat16/float16 inputs the matmuls run in the input dtype (as the naive
@@ -229,6 +230,10 @@ def _chunk_loop(
         wblk = torch.empty(vb, d, dtype=dtype, device=dev)
     wt = w.t()
     materialize = cap is not None  # softcap: the logit gradient is not A p - B e_t - C w
+    folded = want_grad and not materialize and (need_dh or need_dw)
+    ra = torch.empty(chunk, d, dtype=acc, device=dev) if folded else None
+    rb = torch.empty(chunk, d, dtype=acc, device=dev) if folded else None
+    rh = torch.empty(chunk, d, dtype=dtype, device=dev) if folded and half else None
 
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
@@ -332,21 +337,43 @@ def _chunk_loop(
             if dw is not None:
                 _add_weight_grad(dw, logits, hc, wblk, wblk32, first=s == 0)
             continue
-        # logits holds p; fold A, B, C into the small operands.
+        # logits holds p; fold A, B, C into the small operands, in reused [chunk, d] buffers
+        # (no per-chunk temporaries: they fragmented the heap by a few MiB).
+        ra_ = ra[:m] if ra is not None else None
+        rb_ = rb[:m] if rb is not None else None
         if dh is not None:
-            g = torch.mm(logits, w).to(acc).mul_(coef_a.unsqueeze(1))
-            g.sub_(w[tc].to(acc) * coef_b.unsqueeze(1))
+            assert ra_ is not None and rb_ is not None
+            dhs = dh[s:e]
+            torch.mm(logits, w, out=dhs)
+            if half:
+                ra_.copy_(dhs)
+            g = ra_ if half else dhs
+            g.mul_(coef_a.unsqueeze(1))
+            if half:
+                assert rh is not None
+                rb_.copy_(torch.index_select(w, 0, tc, out=rh[:m]))
+            else:
+                torch.index_select(w, 0, tc, out=rb_)
+            g.addcmul_(rb_, coef_b.unsqueeze(1), value=-1.0)
             if coef_c is not None:
                 assert u is not None
-                g.sub_(coef_c.unsqueeze(1) * u)
-            dh[s:e] = g
+                g.addr_(coef_c, u, alpha=-1.0)
+            if half:
+                dhs.copy_(g)
         if dw is not None:
-            hs = (hc.to(acc) * coef_a.unsqueeze(1)).to(dtype)
+            assert ra_ is not None and rb_ is not None
+            ra_.copy_(hc).mul_(coef_a.unsqueeze(1))
+            if half:
+                assert rh is not None
+                hs = rh[:m].copy_(ra_)
+            else:
+                hs = ra_
             _add_weight_grad(dw, logits, hs, wblk, wblk32, first=s == 0)
-            dw.index_add_(0, tc, hc.to(acc) * coef_b.unsqueeze(1), alpha=-1.0)
+            rb_.copy_(hc)
             if coef_c is not None:
                 assert c_h_sum is not None
-                c_h_sum += coef_c @ hc.to(acc)
+                c_h_sum.addmv_(rb_.t(), coef_c)
+            dw.index_add_(0, tc, rb_.mul_(coef_b.unsqueeze(1)), alpha=-1.0)
         if db is not None:
             db.index_add_(0, tc, coef_b, alpha=-1.0)
             if coef_c is not None:
@@ -359,7 +386,7 @@ def _chunk_loop(
                      alpha=-1.0)
         if db is not None and c_total is not None:
             db.sub_(c_total * (cwf if cwf is not None else 1.0))
-    del buf, tbuf, scratch, wblk, wblk32
+    del buf, tbuf, scratch, wblk, wblk32, ra, rb, rh
     return ce, smooth, lse_all, _Grads(dh, dw, db, coef_a_all, coef_b_all, coef_c_all)
 
 
@@ -842,7 +869,8 @@ def linear_cross_entropy_loss(
             when it requires grad the recompute strategy is used.
         return_lse: also return the per-token log-sum-exp ``[...]`` (float32 for half inputs;
             differentiable).
-        chunk_size: tokens per chunk; default :func:`auto_chunk_size` (256..1024 tokens).
+        chunk_size: tokens per chunk; default :func:`auto_chunk_size` (1024 tokens for
+            float32 up to a 512 MiB buffer, 256 for half inputs).
         strategy: ``"auto"``, ``"grad_in_forward"`` (mean/sum only) or ``"recompute"``.
         weight_grad: how ``dweight`` is formed. ``"token_chunks"``: each token chunk's
             contribution is added to one ``V x d`` accumulator (float32 for half inputs;
