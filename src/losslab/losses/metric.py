@@ -130,11 +130,12 @@ def _contrastive_kernel(pos_margin: float, neg_margin: float, power: float, simi
         a, b = su * pos_margin, su * neg_margin
         hp = (mem.gather(u) - a).clamp_min_(0.0).masked_fill_(~mem.pos, 0.0)
         tp, gp = hinge(hp)
-        hn = torch.rsub(u, b)
-        mem.fill_(hn, 0.0).clamp_min_(0.0)
         per_p = tp.sum(1)
-        per_n = hn.sum(1)
-        if not bool((per_n > 0).any()):  # no active negative: G lives on the positive slots
+        # Any active negative ([b - u]_+ > 0, i.e. u < b)? A bool test first, so that the
+        # common case "every negative beyond the margin" builds no float [N, M] hinge matrix.
+        active = torch.lt(u, b)
+        if not bool(mem.fill_(active, False).any()):
+            # no active negative: G lives on the positive slots
             wp = 1.0
             if mean:
                 cp = float((hp > 0).sum()) if mean_over == "nonzero" else float(
@@ -144,6 +145,10 @@ def _contrastive_kernel(pos_margin: float, neg_margin: float, power: float, simi
             rows = torch.arange(u.shape[0], device=u.device).unsqueeze(1).expand_as(gp)[keep]
             sparse = (rows, mem.idx[keep], gp[keep] * (wp * su))
             return per_p * wp, sparse
+        del active
+        hn = torch.rsub(u, b)
+        mem.fill_(hn, 0.0).clamp_min_(0.0)
+        per_n = hn.sum(1)
         if power == 1:
             grad = hn.sign_()
             active_n = grad.sum(1)
