@@ -144,6 +144,13 @@ class _Grads:
     coef_b: Tensor | None = None
     coef_c: Tensor | None = None
 
+    def in_param_dtypes(self, w: Tensor, b: Tensor | None) -> tuple[Tensor | None, ...]:
+        """``(dh, dw, db)`` in the dtypes of ``hidden``, ``weight`` and ``bias`` (a float32
+        ``dw`` accumulator of half weights is rounded in place)."""
+        dw = _round_in_place(self.dw, w.dtype) if self.dw is not None else None
+        db = self.db.to(b.dtype) if self.db is not None and b is not None else None
+        return self.dh, dw, db
+
 
 def _weighted_row_sum(weight: Tensor, cw: Tensor | None, acc: torch.dtype) -> Tensor:
     """``sum_k cw_k weight_k`` (a ``[d]`` vector) in ``acc``, by vocabulary blocks."""
@@ -601,11 +608,7 @@ class _GradInForward(torch.autograd.Function):
         if tw is not None:
             per_token = per_token * tw
         loss = per_token.sum() * scale
-        ctx.grads = (
-            gr.dh,
-            _round_in_place(gr.dw, w.dtype) if gr.dw is not None else None,
-            gr.db.to(b.dtype) if gr.db is not None and b is not None else None,
-        )
+        ctx.grads = gr.in_param_dtypes(w, b)
         del gr
         ctx.opts = opts
         ctx.need = need
@@ -625,9 +628,7 @@ class _GradInForward(torch.autograd.Function):
                                  g_loss=g * g_loss.to(acc),
                                  g_lse=g_lse.to(acc) if g_lse is not None else None,
                                  need=ctx.need)
-            dw = _round_in_place(gr.dw, w.dtype) if gr.dw is not None else None
-            db = gr.db.to(b.dtype) if gr.db is not None and b is not None else None
-            return gr.dh, dw, db, None, None, None, None, None, None
+            return (*gr.in_param_dtypes(w, b), None, None, None, None, None, None)
         dh, dw, db = ctx.grads
         ctx.grads = None  # handed over to autograd (no copy, no in-place reuse later)
         if not bool(g_loss == 1):
@@ -677,9 +678,7 @@ class _Recompute(torch.autograd.Function):
             g_loss=g_loss.to(acc) if g_loss is not None else None,
             g_lse=g_lse.to(acc) if g_lse is not None else None, need=need,
         )
-        dw = _round_in_place(gr.dw, w.dtype) if gr.dw is not None else None
-        db = gr.db.to(b.dtype) if gr.db is not None and b is not None else None
-        return gr.dh, dw, db, None, None, None, None
+        return (*gr.in_param_dtypes(w, b), None, None, None, None)
 
 
 def _torch_backend(

@@ -242,6 +242,12 @@ class MatrixLoss(torch.autograd.Function):
 SPARSE_RATIO = 32  # a gradient with fewer than numel / 32 non-zeros is stored sparse
 
 
+def _sq_dist_grad(prod: Tensor, weight_sums: Tensor, x: Tensor) -> Tensor:
+    """Gradient w.r.t. the rows ``x_i`` of ``sum_ij G_ij |x_i - y_j|^2`` from ``prod = G @ y`` and
+    ``weight_sums = G.sum(1)``: ``2 (weight_sums_i x_i - prod_i)``, in place on ``prod``."""
+    return prod.sub_(weight_sums.unsqueeze(1) * x).mul_(-2.0)
+
+
 def _dense_backward(ctx, xc: Tensor, rc: Tensor, grad: Tensor, gout: Tensor, need_x: bool,
                     need_r: bool) -> tuple[Tensor | None, Tensor | None]:
     euclid = ctx.metric in ("euclidean", "squared_euclidean")
@@ -258,7 +264,7 @@ def _dense_backward(ctx, xc: Tensor, rc: Tensor, grad: Tensor, gout: Tensor, nee
             g, scale = g.t().contiguous().add_(g), gout if ctx.total else None
         gx = g @ xc
         if euclid:  # q_ij = |x_i|^2 + |x_j|^2 - 2 x_i.x_j
-            gx = gx.sub_(g.sum(1, keepdim=True) * xc).mul_(-2.0)
+            gx = _sq_dist_grad(gx, g.sum(1), xc)
         if scale is not None:
             gx.mul_(scale)
         return gx, None
@@ -267,13 +273,13 @@ def _dense_backward(ctx, xc: Tensor, rc: Tensor, grad: Tensor, gout: Tensor, nee
     if need_x:
         gx = g @ rc
         if euclid:
-            gx = gx.sub_(g.sum(1, keepdim=True) * xc).mul_(-2.0)
+            gx = _sq_dist_grad(gx, g.sum(1), xc)
         if ctx.total:
             gx.mul_(gout)
     if need_r:
         gr = g.t() @ xc
         if euclid:
-            gr = gr.sub_(g.sum(0).unsqueeze(1) * rc).mul_(-2.0)
+            gr = _sq_dist_grad(gr, g.sum(0), rc)
         if ctx.total:
             gr.mul_(gout)
     return gx, gr
@@ -300,7 +306,7 @@ def _sparse_backward(ctx, xc: Tensor, rc: Tensor, rows: Tensor, cols: Tensor, va
         gx = torch.sparse.mm(g, xc)
         if euclid:  # dq_rc/dx_r = 2 (x_r - x_c): sum_c G_rc (x_r - x_c) = rowsum * x_r - G x
             rs = torch.zeros(n, dtype=xc.dtype, device=xc.device).index_add_(0, idx[0], vv)
-            gx = gx.sub_(rs.unsqueeze(1) * xc).mul_(-2.0)
+            gx = _sq_dist_grad(gx, rs, xc)
         return gx, None
     g = torch.sparse_coo_tensor(torch.stack([rows, cols]), v, (n, m), check_invariants=False)
     gx = gr = None
@@ -308,12 +314,12 @@ def _sparse_backward(ctx, xc: Tensor, rc: Tensor, rows: Tensor, cols: Tensor, va
         gx = torch.sparse.mm(g, rc)  # ds/dx_r = r_c
         if euclid:  # dq/dx_r = 2 (x_r - r_c)
             rs = torch.zeros(n, dtype=xc.dtype, device=xc.device).index_add_(0, rows, v)
-            gx = gx.sub_(rs.unsqueeze(1) * xc).mul_(-2.0)
+            gx = _sq_dist_grad(gx, rs, xc)
     if need_r:
         gr = torch.sparse.mm(g.t(), xc)  # ds/dr_c = x_r
         if euclid:  # dq/dr_c = -2 (x_r - r_c)
             cs = torch.zeros(m, dtype=rc.dtype, device=rc.device).index_add_(0, cols, v)
-            gr = gr.sub_(cs.unsqueeze(1) * rc).mul_(-2.0)
+            gr = _sq_dist_grad(gr, cs, rc)
     return gx, gr
 
 
