@@ -6,7 +6,9 @@ its inputs, so that the same mistake gives the same clear ``ValueError`` everywh
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +26,7 @@ __all__ = [
     "check_reduction",
     "check_same_device",
     "compute_dtype",
+    "keyword_parameters",
     "reduce",
     "zero_loss",
 ]
@@ -154,21 +157,123 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
 
 
 class LossModule(nn.Module):
-    """Thin ``nn.Module`` shell around a functional loss.
+    """Thin ``nn.Module`` shell around a functional loss, generated from the function.
 
-    Subclasses declare their hyperparameters as keyword-only ``__init__`` arguments, pass them
-    to ``super().__init__(**hparams)`` and implement ``forward`` by calling their functional
-    twin with ``**self.hparams``. Learnable parameters or state (proxies, per-sample buffers)
-    are registered by the subclass.
+    A stateless loss declares only its function::
+
+        class ProtoNetLoss(LossModule, function=protonet_loss, check=_check_protonet):
+            "Module form of :func:`protonet_loss`."
+
+    ``__init__`` (and ``__signature__``, so ``inspect.signature``, ``help()`` and
+    ``losslab info`` show the real parameters) is built from the function's keyword-only
+    parameters by :meth:`generate_init` (called by ``@register``, which knows the kind's
+    call-time keywords). Construction validates ``reduction`` and, when ``check`` is given, calls
+    ``check(**hparams)`` -- the same validator the function calls, so the rules live in one
+    place. ``forward`` comes from the per-kind call adapter of :mod:`losslab.registry`
+    (installed by ``@register`` unless the class defines one).
+
+    Per-class tensor hyperparameters named in ``tensor_hparams`` (class weights, priors) are
+    kept as buffers, so they follow ``.to(device)`` and are saved by ``state_dict()``.
+
+    Losses with learnable parameters or state (proxies, learned temperatures, per-sample
+    buffers) write an explicit keyword-only ``__init__`` that calls
+    ``super().__init__(**hparams)`` with the function's hyperparameters; their module-only
+    options are kept apart in ``self.config``.
     """
 
-    spec: Any  # the LossSpec, set by ``registry.register``
+    spec: ClassVar[Any]  # the LossSpec, set by ``registry.register``
+    function: ClassVar[Callable[..., Any]]  # the functional twin
+    check: ClassVar[Callable[..., None] | None] = None
+    tensor_hparams: ClassVar[tuple[str, ...]] = ()
+    _call_keywords: ClassVar[frozenset[str]] = frozenset()  # set by ``register``
+
+    def __init_subclass__(
+        cls,
+        *,
+        function: Callable[..., Any] | None = None,
+        check: Callable[..., None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if function is not None:
+            cls.function = staticmethod(function)  # type: ignore[assignment]
+        if check is not None:
+            cls.check = staticmethod(check)  # type: ignore[assignment]
+
+    @classmethod
+    def hparam_parameters(
+        cls, call_keywords: frozenset[str] = frozenset()
+    ) -> list[inspect.Parameter]:
+        """The function's keyword-only parameters that are hyperparameters (not call-time
+        keywords such as ``mask=`` or ``ref_embeddings=``)."""
+        return [p for p in keyword_parameters(cls.function) if p.name not in call_keywords]
+
+    @classmethod
+    def generate_init(cls, call_keywords: frozenset[str] = frozenset()) -> None:
+        """Build ``__init__`` and its ``__signature__`` from the function (unless the class
+        writes its own ``__init__``). Called by ``registry.register``, which knows the kind
+        and hence which keyword-only parameters are call-time inputs."""
+        if "__init__" in cls.__dict__ or "function" not in cls.__dict__:
+            return
+        sig = inspect.Signature(
+            [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+             *cls.hparam_parameters(call_keywords)],
+            return_annotation=None,
+        )
+
+        def __init__(self: LossModule, **hparams: Any) -> None:
+            bound = sig.bind(self, **hparams)
+            bound.apply_defaults()
+            values = dict(bound.arguments)
+            values.pop("self")
+            LossModule.__init__(self, **values)
+
+        __init__.__signature__ = sig  # type: ignore[attr-defined]
+        __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+        __init__.__module__ = cls.__module__
+        __init__.__doc__ = f"Hyperparameters of :func:`{cls.function.__name__}`."
+        cls.__init__ = __init__  # type: ignore[method-assign]
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__()
         if "reduction" in hparams:
             check_reduction(hparams["reduction"])
-        self.hparams: dict[str, Any] = dict(hparams)
+        tensors = {k: hparams[k] for k in self.tensor_hparams if k in hparams}
+        plain = {k: v for k, v in hparams.items() if k not in tensors}
+        check = type(self).check
+        if check is not None:
+            check(**_accepted_by(check, plain))
+        self.hparams: dict[str, Any] = plain
+        self._tensor_names = tuple(tensors)
+        for k, v in tensors.items():
+            if v is None:
+                setattr(self, k, None)
+            else:
+                t = torch.as_tensor(v, dtype=torch.float32)
+                if t.ndim != 1 or t.numel() == 0:
+                    raise ValueError(f"{k} must be a non-empty 1-d sequence, got {tuple(t.shape)}")
+                self.register_buffer(k, t.clone())
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the functional twin: hyperparameters and tensor buffers."""
+        return {**self.hparams, **{k: getattr(self, k) for k in self._tensor_names}}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+
+
+def _accepted_by(fn: Callable[..., Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` that ``fn`` accepts as keywords (all, if it takes ``**``)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return values
+    return {k: v for k, v in values.items() if k in params}
+
+
+def keyword_parameters(function: Callable[..., Any]) -> list[inspect.Parameter]:
+    """The keyword-only parameters of ``function`` (its hyperparameters), in order."""
+    return [
+        p
+        for p in inspect.signature(function).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from losslab._core import check_positive
+from losslab._ops.pairs import PairBatch, pair_batch
 from losslab.distances import METRICS
-from losslab.losses._pairs import PairBatch, pair_batch
 from losslab.losses.metric import ms_pair_mining
 
 __all__ = ["batch_hard", "distance_weighted", "multi_similarity", "semi_hard"]

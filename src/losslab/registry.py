@@ -2,8 +2,13 @@
 
 Every loss in losslab is a pair (functional form, ``nn.Module`` shell) living in its family
 module. The module class is decorated with :func:`register`, which records where the loss comes
-from (paper, arXiv id), how it is called (its *kind*) and its defaults. ``create``, ``available``
-and ``spec`` read the registry; the contract test suite runs over it.
+from (paper, arXiv id), how it is called (its *kind*) and its defaults, and completes the shell:
+``__init__`` from the function's keyword-only hyperparameters and ``forward`` from the kind's
+call adapter (:data:`KIND_CALLS`). ``create``, ``available`` and ``spec`` read the registry; the
+contract test suite runs over it.
+
+This module imports no loss: the package ``losslab`` imports :mod:`losslab.losses`, whose family
+modules register themselves (as timm's model registry is filled).
 """
 
 from __future__ import annotations
@@ -15,11 +20,16 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 import torch
+from torch import Tensor
+
+from losslab._core import LossModule
 
 __all__ = [
     "DEGENERATE_CASES",
     "FAMILIES",
+    "FAMILY_MODULES",
     "KINDS",
+    "KIND_CALLS",
     "LossSpec",
     "available",
     "create",
@@ -28,6 +38,9 @@ __all__ = [
 ]
 
 #: The call signature of each kind (see DESIGN.md). The contract suite builds inputs per kind.
+#: ``indices=`` (embeddings kind) are miner tuples (pairs or triplets of row indices);
+#: ``index=`` (any kind, losses with ``needs_index``) are the dataset ids of the batch's samples,
+#: used to address per-sample state.
 KINDS: Mapping[str, str] = MappingProxyType(
     {
         "logits": "(logits[N,C,...], target[N,...] int or probs[N,C,...])",
@@ -57,6 +70,25 @@ FAMILIES: tuple[str, ...] = (
     "aggregate-labels",
     "regression",
     "sequence-lm",
+)
+
+#: Where each family lives: a module (or package) of ``losslab.losses``. The layout test checks
+#: that every registered loss is defined there.
+FAMILY_MODULES: Mapping[str, str] = MappingProxyType(
+    {
+        "classification": "losslab.losses.classification",
+        "robust-noisy": "losslab.losses.robust",
+        "calibration": "losslab.losses.calibration",
+        "metric-learning": "losslab.losses.metric_learning",
+        "few-shot": "losslab.losses.fewshot",
+        "contrastive-ssl": "losslab.losses.contrastive_ssl",
+        "ranking-recsys": "losslab.losses.ranking",
+        "segmentation": "losslab.losses.segmentation",
+        "distillation": "losslab.losses.distillation",
+        "aggregate-labels": "losslab.losses.aggregate",
+        "regression": "losslab.losses.regression",
+        "sequence-lm": "losslab.losses.sequence",
+    }
 )
 
 #: Degenerate batches a loss may declare (see ``LossSpec.degenerate``).
@@ -116,8 +148,14 @@ class LossSpec:
 
     @property
     def function_name(self) -> str:
-        """Name of the functional twin in ``losslab.functional``."""
-        return f"{self.name}_loss"
+        """Name of the functional twin in ``losslab.functional`` (:func:`function_name`)."""
+        return function_name(self.name)
+
+
+def function_name(name: str) -> str:
+    """The functional twin of loss ``name``: ``<name>_loss``, or ``name`` itself when it
+    already ends in ``loss`` (``z_loss``, ``anyloss``), so that no word is doubled."""
+    return name if name.endswith("loss") else f"{name}_loss"
 
 
 _REGISTRY: dict[str, LossSpec] = {}
@@ -139,6 +177,100 @@ def _keyword_defaults(module: type[torch.nn.Module]) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# Per-kind call adapters: the ``forward`` of every generated module shell.
+# --------------------------------------------------------------------------------------------
+
+
+def _call(self: LossModule, *inputs: Any, **keywords: Any) -> Any:
+    """Call the functional twin with the inputs, the call-time keywords it accepts (others must
+    be left at None) and the module's hyperparameters."""
+    accepted = type(self)._call_keywords
+    passed = {}
+    for k, v in keywords.items():
+        if k in accepted:
+            passed[k] = v
+        elif v is not None:
+            raise ValueError(f"{self.spec.name} takes no {k}= argument")
+    return type(self).function(*inputs, **passed, **self.call_kwargs())
+
+
+def _forward_logits(self: LossModule, logits: Tensor, target: Tensor, *,
+                    index: Tensor | None = None) -> Tensor:
+    return _call(self, logits, target, index=index)
+
+
+def _forward_embeddings(self: LossModule, embeddings: Tensor, labels: Tensor, *,
+                        ref_embeddings: Tensor | None = None, ref_labels: Tensor | None = None,
+                        indices: Any = None, index: Tensor | None = None) -> Tensor:
+    return _call(self, embeddings, labels, ref_embeddings=ref_embeddings, ref_labels=ref_labels,
+                 indices=indices, index=index)
+
+
+def _forward_episode(self: LossModule, support: Tensor, support_labels: Tensor, query: Tensor,
+                     query_labels: Tensor) -> Tensor:
+    return _call(self, support, support_labels, query, query_labels)
+
+
+def _forward_paired(self: LossModule, a: Tensor, b: Tensor, *,
+                    index: Tensor | None = None) -> Tensor:
+    return _call(self, a, b, index=index)
+
+
+def _forward_scores(self: LossModule, scores: Tensor, relevance: Tensor, *,
+                    mask: Tensor | None = None) -> Tensor:
+    return _call(self, scores, relevance, mask=mask)
+
+
+def _forward_dense(self: LossModule, logits: Tensor, target: Tensor) -> Tensor:
+    return _call(self, logits, target)
+
+
+def _forward_teacher(self: LossModule, student_logits: Tensor, teacher_logits: Tensor, *,
+                     target: Tensor | None = None) -> Tensor:
+    return _call(self, student_logits, teacher_logits, target=target)
+
+
+def _forward_bags(self: LossModule, pred: Tensor, bag_index: Tensor, bag_target: Tensor) -> Tensor:
+    return _call(self, pred, bag_index, bag_target)
+
+
+def _forward_linear(self: LossModule, hidden: Tensor, weight: Tensor, target: Tensor, *,
+                    bias: Tensor | None = None, class_weight: Tensor | None = None,
+                    token_weight: Tensor | None = None, return_lse: bool = False) -> Any:
+    return _call(self, hidden, weight, target, bias=bias, class_weight=class_weight,
+                 token_weight=token_weight, return_lse=return_lse)
+
+
+@dataclass(frozen=True)
+class KindCall:
+    """How a kind is called: the ``forward`` of its generated shells and the keyword-only
+    parameters of the function that are call-time inputs rather than hyperparameters."""
+
+    forward: Callable[..., Any]
+    keywords: frozenset[str]
+
+
+def _kind_call(forward: Callable[..., Any]) -> KindCall:
+    params = inspect.signature(forward).parameters.values()
+    return KindCall(forward, frozenset(
+        p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY))
+
+
+#: kind -> its call adapter (the ``forward`` installed by :func:`register`).
+KIND_CALLS: Mapping[str, KindCall] = MappingProxyType({
+    "logits": _kind_call(_forward_logits),
+    "embeddings": _kind_call(_forward_embeddings),
+    "episode": _kind_call(_forward_episode),
+    "paired": _kind_call(_forward_paired),
+    "scores": _kind_call(_forward_scores),
+    "dense": _kind_call(_forward_dense),
+    "teacher": _kind_call(_forward_teacher),
+    "bags": _kind_call(_forward_bags),
+    "linear": _kind_call(_forward_linear),
+})
+
+
 def register(
     name: str,
     *,
@@ -146,8 +278,8 @@ def register(
     kind: Kind,
     paper: str,
     arxiv: str,
-    function: Callable[..., torch.Tensor],
     summary: str,
+    function: Callable[..., torch.Tensor] | None = None,
     peers: tuple[str, ...] = (),
     reduction: str | None = "per sample",
     needs_index: bool = False,
@@ -155,7 +287,13 @@ def register(
     degenerate: tuple[str, ...] = (),
     surrogate_gradient: str | None = None,
 ) -> Callable[[M], M]:
-    """Class decorator that registers an ``nn.Module`` loss under ``name``."""
+    """Class decorator that registers a :class:`~losslab._core.LossModule` loss under ``name``.
+
+    The functional twin is the class's ``function`` (``class X(LossModule, function=f)``),
+    named ``<name>_loss`` (:func:`function_name`). Unless the class writes them, ``__init__`` is
+    generated from the function's keyword-only hyperparameters and ``forward`` is the kind's
+    adapter (:data:`KIND_CALLS`).
+    """
     if not name.isidentifier() or name != name.lower():
         raise ValueError(f"loss name must be a snake_case identifier, got {name!r}")
     if kind not in KINDS:
@@ -165,12 +303,30 @@ def register(
     bad = set(degenerate) - set(DEGENERATE_CASES)
     if bad:
         raise ValueError(f"degenerate cases must be among {DEGENERATE_CASES}, got {sorted(bad)}")
-    if function.__name__ != f"{name}_loss":
-        raise ValueError(f"the functional twin of {name!r} must be named {name}_loss")
 
     def decorate(module: M) -> M:
         if name in _REGISTRY and _REGISTRY[name].module is not module:
             raise ValueError(f"loss {name!r} is already registered")
+        if not (isinstance(module, type) and issubclass(module, LossModule)):
+            raise TypeError(f"{name}: a registered loss must subclass LossModule")
+        if function is not None and "function" not in module.__dict__:
+            # transitional: shells that still pass function= to register
+            module.function = staticmethod(function)  # type: ignore[assignment]
+        fn = module.__dict__.get("function")
+        if fn is None:
+            raise TypeError(f"{module.__name__}: declare the functional twin, "
+                            f"class {module.__name__}(LossModule, function={function_name(name)})")
+        fn = getattr(fn, "__func__", fn)
+        if fn.__name__ != function_name(name) and fn.__name__ != f"{name}_loss":
+            raise ValueError(
+                f"the functional twin of {name!r} must be named {function_name(name)}, "
+                f"got {fn.__name__}")
+        call = KIND_CALLS[kind]
+        accepted = {p.name for p in inspect.signature(fn).parameters.values()}
+        module._call_keywords = frozenset(call.keywords & accepted)  # type: ignore[attr-defined]
+        module.generate_init(call.keywords)
+        if module.forward is torch.nn.Module.forward:
+            module.forward = call.forward  # type: ignore[method-assign]
         s = LossSpec(
             name=name,
             family=family,
@@ -180,7 +336,7 @@ def register(
             peers=tuple(peers),
             defaults=MappingProxyType(_keyword_defaults(module)),
             summary=summary,
-            function=function,
+            function=fn,
             module=module,
             reduction=reduction,
             needs_index=needs_index,
@@ -189,20 +345,14 @@ def register(
             surrogate_gradient=surrogate_gradient,
         )
         _REGISTRY[name] = s
-        module.spec = s  # type: ignore[attr-defined]
+        module.spec = s
         return module
 
     return decorate
 
 
-def _ensure_loaded() -> None:
-    # Importing the family modules fills the registry.
-    import losslab.losses  # noqa: F401
-
-
 def spec(name: str) -> LossSpec:
     """The :class:`LossSpec` of a registered loss."""
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -213,7 +363,6 @@ def spec(name: str) -> LossSpec:
 
 def available(family: str | None = None, *, kind: str | None = None) -> list[str]:
     """Sorted names of the registered losses, optionally of one family and/or kind."""
-    _ensure_loaded()
     if family is not None and family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     if kind is not None and kind not in KINDS:

@@ -1,4 +1,4 @@
-"""The fused paths (closed-form gradient in the forward pass, :mod:`losslab.losses._fused`)
+"""The fused paths (closed-form gradient in the forward pass, :mod:`losslab.kernels.matrix_loss`)
 against the autograd path that the same losses take with explicit ``indices=`` (all pairs or
 all triplets of the labels): values and gradients, float64, in every regime the fused code
 branches on (batch vs reference set with missing classes, distances vs similarities, dense vs
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import losslab.functional as LF
-from losslab.losses import _fused, metric
+from losslab.kernels import matrix_loss as _fused
+from losslab.losses import metric
 
 TOL = {"rtol": 1e-8, "atol": 1e-10}
 

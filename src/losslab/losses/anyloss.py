@@ -11,11 +11,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from losslab._core import check_choice, check_positive
-from losslab.losses._logits import LogitsLossModule, prepare
+from losslab._core import LossModule, check_choice, check_positive
+from losslab._ops.logits import prepare
 from losslab.registry import register
 
-__all__ = ["AnyLoss", "anyloss_loss", "soft_confusion"]
+__all__ = ["AnyLoss", "anyloss", "soft_confusion"]
 
 Metric = Literal["f1", "fbeta", "balanced_accuracy", "gmean", "accuracy"]
 METRICS = ("f1", "fbeta", "balanced_accuracy", "gmean", "accuracy")
@@ -57,7 +57,7 @@ def _metric(tp: Tensor, fn: Tensor, fp: Tensor, tn: Tensor, metric: str, beta: f
     return (tpr * tnr + _EPS).sqrt()
 
 
-def anyloss_loss(
+def anyloss(
     logits: Tensor,
     target: Tensor,
     *,
@@ -136,12 +136,12 @@ def _check(metric: str, beta: float, amplifier: float) -> None:
     kind="logits", degenerate=("all_ignored",),
     paper="AnyLoss: Transforming Classification Metrics into Loss Functions",
     arxiv="2405.14745",
-    function=anyloss_loss,
+    function=anyloss,
     summary="1 - metric(TP, FN, FP, TN), y_hat = sigmoid(73 (p - 0.5)); macro over classes",
     reduction=None,
 )
-class AnyLoss(LogitsLossModule):
-    """Module form of :func:`anyloss_loss`."""
+class AnyLoss(LossModule):
+    """Module form of :func:`anyloss`."""
 
     def __init__(
         self,

@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import Reduction, check_positive
-from losslab.losses._logits import (
+from losslab._core import LossModule, Reduction, check_positive
+from losslab._ops.logits import (
     LogitsBatch,
-    LogitsLossModule,
     class_vector,
     finish,
     gather_target,
@@ -61,7 +60,7 @@ __all__ = [
     "poly1_loss",
     "stablemax_ce_loss",
     "weston_watkins_loss",
-    "z_loss_loss",
+    "z_loss",
 ]
 
 Weights = Sequence[float] | Tensor | None
@@ -141,7 +140,7 @@ def cross_entropy_loss(
     summary="-(1-eps) w_y log p_y - eps/C sum_c w_c log p_c; torch.nn.functional.cross_entropy",
     peers=("torch.nn.functional.cross_entropy",),
 )
-class CrossEntropyLoss(LogitsLossModule):
+class CrossEntropyLoss(LossModule):
     """Module form of :func:`cross_entropy_loss` (``weight`` is kept as a buffer)."""
 
     tensor_hparams = ("weight",)
@@ -266,7 +265,7 @@ def focal_loss(
     summary="-alpha_y (1 - p_y)^gamma log p_y, gamma=2",
     peers=("kornia.losses.focal_loss",),
 )
-class FocalLoss(LogitsLossModule):
+class FocalLoss(LossModule):
     """Module form of :func:`focal_loss`."""
 
     def __init__(
@@ -339,7 +338,7 @@ def poly1_loss(
     function=poly1_loss,
     summary="CE + epsilon (1 - p_t); focal=True: FL + epsilon (1 - p_t)^(gamma+1)",
 )
-class Poly1Loss(LogitsLossModule):
+class Poly1Loss(LossModule):
     """Module form of :func:`poly1_loss`."""
 
     def __init__(
@@ -450,7 +449,7 @@ def comp_sum_loss(
     function=comp_sum_loss,
     summary="(1 - p_y^(tau-1)) / (tau-1); tau=0 sum-exp, 1 CE, 1+q GCE, 2 (1 - p_y)",
 )
-class CompSumLoss(LogitsLossModule):
+class CompSumLoss(LossModule):
     """Module form of :func:`comp_sum_loss`."""
 
     def __init__(
@@ -497,7 +496,7 @@ def _check_q(q: float) -> None:
     function=gce_loss,
     summary="(1 - p_y^q) / q, q=0.7 (comp_sum with tau = 1 + q)",
 )
-class GCELoss(LogitsLossModule):
+class GCELoss(LossModule):
     """Module form of :func:`gce_loss`."""
 
     def __init__(
@@ -538,7 +537,7 @@ def mae_loss(
     function=mae_loss,
     summary="||e_y - softmax||_1 = 2 (1 - p_y)",
 )
-class MAELoss(LogitsLossModule):
+class MAELoss(LossModule):
     """Module form of :func:`mae_loss`."""
 
     def __init__(self, *, ignore_index: int = -100, reduction: Reduction = "mean") -> None:
@@ -550,7 +549,7 @@ class MAELoss(LogitsLossModule):
 # --------------------------------------------------------------------------------------------
 
 
-def z_loss_loss(
+def z_loss(
     logits: Tensor,
     target: Tensor,
     *,
@@ -602,11 +601,11 @@ def z_loss_loss(
     paper="The Z-loss: a shift and scale invariant classification loss belonging to the "
     "Spherical Family",
     arxiv="1604.08859",
-    function=z_loss_loss,
+    function=z_loss,
     summary="(1/a) softplus(a (b - z_y)), z = (o - mean(o)) / std(o)",
 )
-class ZLoss(LogitsLossModule):
-    """Module form of :func:`z_loss_loss`."""
+class ZLoss(LossModule):
+    """Module form of :func:`z_loss`."""
 
     def __init__(
         self,
@@ -644,7 +643,7 @@ def logz_penalty_loss(
 
     Paper: Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", arXiv 2204.02311
     (also in Mesh-TensorFlow/T5 code). Not the Z-loss of de Brébisson & Vincent
-    (:func:`z_loss_loss`).
+    (:func:`z_loss`).
     """
     check_positive("coefficient", coefficient, strict=False)
     batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True, loss="logz_penalty")
@@ -661,7 +660,7 @@ def logz_penalty_loss(
     function=logz_penalty_loss,
     summary="coefficient * logsumexp(logits)^2, coefficient=1e-4",
 )
-class LogZPenaltyLoss(LogitsLossModule):
+class LogZPenaltyLoss(LossModule):
     """Module form of :func:`logz_penalty_loss`."""
 
     def __init__(
@@ -720,7 +719,7 @@ def logit_adjusted_loss(
     summary="CE(logits + tau log prior), tau=1",
     example_hparams={"class_priors": (0.4, 0.3, 0.2, 0.1)},
 )
-class LogitAdjustedLoss(LogitsLossModule):
+class LogitAdjustedLoss(LossModule):
     """Module form of :func:`logit_adjusted_loss` (``class_priors`` kept as a buffer)."""
 
     tensor_hparams = ("class_priors",)
@@ -794,7 +793,7 @@ def ldam_loss(
     summary="CE(s (f - m_y e_y)), m_c = C_m n_c^(-1/4) scaled to max C_m=0.5, s=30",
     example_hparams={"class_counts": (500, 100, 50, 10)},
 )
-class LDAMLoss(LogitsLossModule):
+class LDAMLoss(LossModule):
     """Module form of :func:`ldam_loss` (``class_counts`` and ``weight`` kept as buffers)."""
 
     tensor_hparams = ("class_counts", "weight")
@@ -868,7 +867,7 @@ def crammer_singer_loss(
     function=crammer_singer_loss,
     summary="max(0, margin + max_{k!=y} f_k - f_y), margin=1",
 )
-class CrammerSingerLoss(LogitsLossModule):
+class CrammerSingerLoss(LossModule):
     """Module form of :func:`crammer_singer_loss`."""
 
     def __init__(
@@ -917,7 +916,7 @@ def weston_watkins_loss(
     summary="sum_{k!=y} max(0, margin + f_k - f_y), margin=1",
     peers=("torch.nn.functional.multi_margin_loss",),
 )
-class WestonWatkinsLoss(LogitsLossModule):
+class WestonWatkinsLoss(LossModule):
     """Module form of :func:`weston_watkins_loss`."""
 
     def __init__(
@@ -980,7 +979,7 @@ def stablemax_ce_loss(
     function=stablemax_ce_loss,
     summary="-log s(x_y)/sum_j s(x_j), s(x) = x+1 (x>=0), 1/(1-x) (x<0)",
 )
-class StableMaxCELoss(LogitsLossModule):
+class StableMaxCELoss(LossModule):
     """Module form of :func:`stablemax_ce_loss`."""
 
     def __init__(self, *, ignore_index: int = -100, reduction: Reduction = "mean") -> None:

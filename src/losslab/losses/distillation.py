@@ -30,7 +30,7 @@ from losslab._core import (
     compute_dtype,
     reduce,
 )
-from losslab.losses.contrastive import _paired
+from losslab.losses.contrastive_ssl import _paired
 from losslab.registry import register
 
 __all__ = [

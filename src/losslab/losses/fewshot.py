@@ -143,11 +143,15 @@ def protonet_loss(
 
     Paper: Snell, Swersky, Zemel, "Prototypical Networks for Few-shot Learning", arXiv 1703.05175.
     """
-    check_positive("temperature", temperature)
+    _check_protonet(temperature=temperature)
     ep = make_episode(support, support_labels, query, query_labels)
     logits = -squared_euclidean(ep.query, ep.prototypes) / temperature
     per_query = F.cross_entropy(logits, ep.query_index, reduction="none")
     return reduce(per_query, reduction).to(ep.dtype)
+
+
+def _check_protonet(*, temperature: float) -> None:
+    check_positive("temperature", temperature)
 
 
 @register(
@@ -156,23 +160,13 @@ def protonet_loss(
     kind="episode",
     paper=PROTONET,
     arxiv="1703.05175",
-    function=protonet_loss,
     summary="CE over logits -||q - c_n||^2 / T, c_n = class mean of the support",
     peers=("easyfsl.methods.PrototypicalNetworks",),
     reduction="per query",
     degenerate=("one_class",),
 )
-class ProtoNetLoss(LossModule):
+class ProtoNetLoss(LossModule, function=protonet_loss, check=_check_protonet):
     """Module form of :func:`protonet_loss`."""
-
-    def __init__(self, *, temperature: float = 1.0, reduction: Reduction = "mean") -> None:
-        check_positive("temperature", temperature)
-        super().__init__(temperature=temperature, reduction=reduction)
-
-    def forward(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, query_labels: Tensor
-    ) -> Tensor:
-        return protonet_loss(support, support_labels, query, query_labels, **self.hparams)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +203,7 @@ def proto_triplet_loss(
 
     Paper: Mendez-Ruiz et al., "SuSana Distancia is all you need", arXiv 2305.09062.
     """
-    check_positive("eps", eps, strict=False)
+    _check_proto_triplet(eps=eps)
     ep = make_episode(support, support_labels, query, query_labels)
     d = euclidean(ep.query, ep.prototypes, eps=eps)
     own = F.one_hot(ep.query_index, ep.n_classes).bool()
@@ -219,30 +213,22 @@ def proto_triplet_loss(
     return reduce(per_query, reduction).to(ep.dtype)
 
 
+def _check_proto_triplet(*, eps: float) -> None:
+    check_positive("eps", eps, strict=False)
+
+
 @register(
     "proto_triplet",
     family="few-shot",
     kind="episode",
     paper=SUSANA,
     arxiv="2305.09062",
-    function=proto_triplet_loss,
     summary="mean_q max(0, d(q, c_yq) - min_{n!=yq} d(q, c_n) + m), d = sqrt(||.||^2 + 1e-6)",
     reduction="per query",
     degenerate=("one_class",),
 )
-class ProtoTripletLoss(LossModule):
+class ProtoTripletLoss(LossModule, function=proto_triplet_loss, check=_check_proto_triplet):
     """Module form of :func:`proto_triplet_loss`."""
-
-    def __init__(
-        self, *, margin: float = 0.5, eps: float = 1e-6, reduction: Reduction = "mean"
-    ) -> None:
-        check_positive("eps", eps, strict=False)
-        super().__init__(margin=margin, eps=eps, reduction=reduction)
-
-    def forward(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, query_labels: Tensor
-    ) -> Tensor:
-        return proto_triplet_loss(support, support_labels, query, query_labels, **self.hparams)
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,7 +332,8 @@ def icnn_loss(
 
     Paper: Mendez-Ruiz et al., "SuSana Distancia is all you need", arXiv 2305.09062.
     """
-    _check_icnn_hparams(variant, k, ipc, query_targets, drop_first, degenerate_gamma, eps)
+    _check_icnn(variant=variant, k=k, ipc=ipc, query_targets=query_targets,
+                drop_first=drop_first, degenerate_gamma=degenerate_gamma, eps=eps)
     ep = make_episode(support, support_labels, query, query_labels)
     opts = {"k": k, "drop_first": drop_first, "degenerate_gamma": degenerate_gamma, "eps": eps}
     if variant == "support":
@@ -367,8 +354,8 @@ def icnn_loss(
     return (-torch.log(score)).to(ep.dtype)
 
 
-def _check_icnn_hparams(
-    variant: str, k: int, ipc: int | None, query_targets: str, drop_first: object,
+def _check_icnn(
+    *, variant: str, k: int, ipc: int | None, query_targets: str, drop_first: object,
     degenerate_gamma: str, eps: float,
 ) -> None:
     check_choice("variant", variant, ("support", "query", "full"))
@@ -389,32 +376,9 @@ def _check_icnn_hparams(
     kind="episode",
     paper=SUSANA,
     arxiv="2305.09062",
-    function=icnn_loss,
     summary="-log ICNN score: ((lambda_sc + lambda_dc)/2 + gamma)/2 over k=4 nearest neighbours",
     reduction=None,
     degenerate=("one_class",),
 )
-class ICNNLoss(LossModule):
+class ICNNLoss(LossModule, function=icnn_loss, check=_check_icnn):
     """Module form of :func:`icnn_loss`."""
-
-    def __init__(
-        self,
-        *,
-        variant: ICNNVariant = "full",
-        k: int = 4,
-        ipc: int | None = None,
-        query_targets: Literal["support", "prototypes"] = "support",
-        drop_first: DropFirst = True,
-        degenerate_gamma: Literal["one", "compute"] = "one",
-        eps: float = 1e-6,
-    ) -> None:
-        _check_icnn_hparams(variant, k, ipc, query_targets, drop_first, degenerate_gamma, eps)
-        super().__init__(
-            variant=variant, k=k, ipc=ipc, query_targets=query_targets, drop_first=drop_first,
-            degenerate_gamma=degenerate_gamma, eps=eps,
-        )
-
-    def forward(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, query_labels: Tensor
-    ) -> Tensor:
-        return icnn_loss(support, support_labels, query, query_labels, **self.hparams)

@@ -37,8 +37,16 @@ from losslab._core import (
     reduce,
     zero_loss,
 )
+from losslab._ops.pairs import (
+    PairBatch,
+    masked_logsumexp,
+    pair_batch,
+    triplets_from_indices,
+    validate_batch,
+    weighted_log1p_sum_exp,
+)
 from losslab.distances import METRICS, cosine_similarity, is_similarity, paired, pairwise
-from losslab.losses._fused import (
+from losslab.kernels.matrix_loss import (
     Members,
     fixed_shift,
     gather_rows,
@@ -46,14 +54,6 @@ from losslab.losses._fused import (
     logsumexp_,
     matrix_loss,
     members,
-)
-from losslab.losses._pairs import (
-    PairBatch,
-    masked_logsumexp,
-    pair_batch,
-    triplets_from_indices,
-    validate_batch,
-    weighted_log1p_sum_exp,
 )
 from losslab.registry import register
 
@@ -114,7 +114,7 @@ def _contrastive_terms(
 
 def _contrastive_kernel(pos_margin: float, neg_margin: float, power: float, similarity: bool,
                         mean_over: str):
-    """Fused contrastive kernel (see :mod:`losslab.losses._fused`): positives on the gathered
+    """Fused contrastive kernel (see :mod:`losslab.kernels.matrix_loss`): positives on the gathered
     ``[N, K]`` member slots, negatives on the full rows with the members zeroed."""
 
     def hinge(h: Tensor) -> tuple[Tensor, Tensor]:  # [h]_+^q and its derivative, h clamped

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from losslab._core import LossModule, check_choice, check_positive, zero_loss
+from losslab._ops.pairs import validate_batch
 from losslab.distances import cosine_similarity, pairwise
-from losslab.losses._pairs import validate_batch
 from losslab.losses.metric import _contrastive_terms, ms_terms
 from losslab.losses.proxy import proxy_anchor_terms, validate_proxy_inputs
 from losslab.registry import create, register, spec

@@ -30,9 +30,9 @@ from losslab._core import (
     reduce,
     zero_loss,
 )
+from losslab._ops.pairs import weighted_log1p_sum_exp
 from losslab.distances import cosine_similarity, squared_euclidean
-from losslab.losses._fused import Members, fixed_shift, log1p_sum_exp_, matrix_loss
-from losslab.losses._pairs import weighted_log1p_sum_exp
+from losslab.kernels.matrix_loss import Members, fixed_shift, log1p_sum_exp_, matrix_loss
 from losslab.registry import register
 
 __all__ = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from losslab._core import LossModule, check_positive, zero_loss
-from losslab.losses._pairs import pair_batch
+from losslab._ops.pairs import pair_batch
 from losslab.registry import register
 
 __all__ = ["TCMLoss", "tcm_loss"]

@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import Reduction, check_choice, check_positive
-from losslab.losses._logits import (
+from losslab._core import LossModule, Reduction, check_choice, check_positive
+from losslab._ops.logits import (
     LogitsBatch,
-    LogitsLossModule,
     finish,
     gather_target,
     log_softmax,
@@ -141,7 +140,7 @@ def ldr_kl_loss(
     function=ldr_kl_loss,
     summary="lam log mean_k exp((margin [k!=y] + f_k - f_y) / lam), margin=0.1, lam=10",
 )
-class LDRKLLoss(LogitsLossModule):
+class LDRKLLoss(LossModule):
     """Module form of :func:`ldr_kl_loss`."""
 
     def __init__(
@@ -271,7 +270,7 @@ def aldr_kl_loss(
     needs_index=True,
     example_hparams={"num_samples": 64},
 )
-class ALDRKLLoss(LogitsLossModule):
+class ALDRKLLoss(LossModule):
     """Module form of :func:`aldr_kl_loss`; keeps the per-sample lambdas in the buffer
     ``lambdas`` (saved by ``state_dict()``). ``forward(logits, target, *, index)``; in
     ``eval()`` mode the lambdas are not updated."""
@@ -515,7 +514,7 @@ def nce_mae_loss(
     function=nce_loss,
     summary="-log p_y / -sum_k log p_k",
 )
-class NCELoss(LogitsLossModule):
+class NCELoss(LossModule):
     """Module form of :func:`nce_loss`."""
 
     def __init__(self, *, ignore_index: int = -100, reduction: Reduction = "mean") -> None:
@@ -532,7 +531,7 @@ class NCELoss(LogitsLossModule):
     function=nfl_loss,
     summary="FL_y / sum_k FL_k, FL_k = -(1-p_k)^gamma log p_k, gamma=0.5",
 )
-class NFLLoss(LogitsLossModule):
+class NFLLoss(LossModule):
     """Module form of :func:`nfl_loss`."""
 
     def __init__(
@@ -552,7 +551,7 @@ class NFLLoss(LogitsLossModule):
     function=rce_loss,
     summary="-sum_k p_k log q_k with log 0 = A = -4: -A (1 - p_y)",
 )
-class RCELoss(LogitsLossModule):
+class RCELoss(LossModule):
     """Module form of :func:`rce_loss`."""
 
     def __init__(
@@ -572,7 +571,7 @@ class RCELoss(LogitsLossModule):
     function=sce_loss,
     summary="alpha CE + beta RCE, alpha=0.1, beta=1, A=-4",
 )
-class SCELoss(LogitsLossModule):
+class SCELoss(LossModule):
     """Module form of :func:`sce_loss`."""
 
     def __init__(
@@ -594,7 +593,7 @@ class SCELoss(LogitsLossModule):
     function=nce_rce_loss,
     summary="alpha NCE + beta RCE, alpha=beta=1",
 )
-class NCERCELoss(LogitsLossModule):
+class NCERCELoss(LossModule):
     """Module form of :func:`nce_rce_loss`."""
 
     def __init__(
@@ -616,7 +615,7 @@ class NCERCELoss(LogitsLossModule):
     function=nfl_rce_loss,
     summary="alpha NFL + beta RCE, alpha=beta=1, gamma=0.5",
 )
-class NFLRCELoss(LogitsLossModule):
+class NFLRCELoss(LossModule):
     """Module form of :func:`nfl_rce_loss`."""
 
     def __init__(
@@ -639,7 +638,7 @@ class NFLRCELoss(LogitsLossModule):
     function=nce_mae_loss,
     summary="alpha NCE + beta MAE, MAE = 2(1 - p_y), alpha=beta=1",
 )
-class NCEMAELoss(LogitsLossModule):
+class NCEMAELoss(LossModule):
     """Module form of :func:`nce_mae_loss`."""
 
     def __init__(

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import Reduction, check_choice, check_positive, reduce
-from losslab.losses._logits import LogitsLossModule, prepare
+from losslab._core import LossModule, Reduction, check_choice, check_positive, reduce
+from losslab._ops.logits import prepare
 from losslab.registry import register
 
 __all__ = [
@@ -572,7 +572,7 @@ _REDUCTION_DOC = "per image (per class with per_image=False)"
     reduction=_REDUCTION_DOC,
     degenerate=("all_ignored",),
 )
-class DiceLoss(LogitsLossModule):
+class DiceLoss(LossModule):
     """Module form of :func:`dice_loss`."""
 
     def __init__(
@@ -604,7 +604,7 @@ class DiceLoss(LogitsLossModule):
     reduction=_REDUCTION_DOC,
     degenerate=("all_ignored",),
 )
-class JaccardLoss(LogitsLossModule):
+class JaccardLoss(LossModule):
     """Module form of :func:`jaccard_loss`."""
 
     def __init__(
@@ -634,7 +634,7 @@ class JaccardLoss(LogitsLossModule):
     reduction=_REDUCTION_DOC,
     degenerate=("all_ignored",),
 )
-class TverskyLoss(LogitsLossModule):
+class TverskyLoss(LossModule):
     """Module form of :func:`tversky_loss`."""
 
     def __init__(
@@ -666,7 +666,7 @@ class TverskyLoss(LogitsLossModule):
     reduction=_REDUCTION_DOC,
     degenerate=("all_ignored",),
 )
-class FocalTverskyLoss(LogitsLossModule):
+class FocalTverskyLoss(LossModule):
     """Module form of :func:`focal_tversky_loss`."""
 
     def __init__(
@@ -701,7 +701,7 @@ class FocalTverskyLoss(LogitsLossModule):
     reduction=_REDUCTION_DOC,
     degenerate=("all_ignored",),
 )
-class JaccardMetricLoss(LogitsLossModule):
+class JaccardMetricLoss(LossModule):
     """Module form of :func:`jaccard_metric_loss`."""
 
     def __init__(
@@ -730,7 +730,7 @@ class JaccardMetricLoss(LogitsLossModule):
     reduction=_REDUCTION_DOC,
     degenerate=("all_ignored",),
 )
-class DiceSemimetricLoss(LogitsLossModule):
+class DiceSemimetricLoss(LossModule):
     """Module form of :func:`dice_semimetric_loss`."""
 
     def __init__(
@@ -759,7 +759,7 @@ class DiceSemimetricLoss(LogitsLossModule):
     reduction=_REDUCTION_DOC,
     degenerate=("all_ignored",),
 )
-class LovaszSoftmaxLoss(LogitsLossModule):
+class LovaszSoftmaxLoss(LossModule):
     """Module form of :func:`lovasz_softmax_loss`."""
 
     def __init__(

@@ -6,7 +6,7 @@ other side is a negative. Embeddings are L2-normalised first (``normalize=True``
 papers here do.
 
 Large batches: ``chunk_size`` (default: automatic, tiles once ``N >= 8192``) computes the
-losses in row tiles with an exact custom backward (:mod:`losslab.fused.tiled_contrastive`),
+losses in row tiles with an exact custom backward (:mod:`losslab.kernels.tiled_contrastive`),
 never materialising the ``N x N`` similarity matrix (Inf-CL, arXiv 2410.17243).
 """
 
@@ -28,7 +28,7 @@ from losslab._core import (
     reduce,
 )
 from losslab.distances import squared_euclidean
-from losslab.fused.tiled_contrastive import tiled_infonce_terms, tiled_sigmoid_terms
+from losslab.kernels.tiled_contrastive import tiled_infonce_terms, tiled_sigmoid_terms
 from losslab.registry import register
 
 __all__ = [

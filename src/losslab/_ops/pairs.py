@@ -26,7 +26,7 @@ from losslab._core import (
     check_same_device,
 )
 from losslab.distances import METRICS, is_similarity, pairwise
-from losslab.losses._fused import label_masks
+from losslab.kernels.matrix_loss import label_masks
 
 __all__ = [
     "PairBatch",

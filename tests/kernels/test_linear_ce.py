@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import losslab
-import losslab.fused.linear_cross_entropy as lce_mod
+import losslab.kernels.linear_ce as lce_mod
 from losslab.functional import linear_cross_entropy_loss as lce
-from losslab.fused.linear_cross_entropy import auto_chunk_size, auto_weight_grad
+from losslab.kernels.linear_ce import auto_chunk_size, auto_weight_grad
 
 N, D, V = 23, 6, 11
 WEIGHT_GRADS = ["token_chunks", "vocab_blocks"]

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, check_float, compute_dtype, reduce
+from losslab._core import check_float, compute_dtype, reduce
 
 __all__ = [
     "LogitsBatch",
-    "LogitsLossModule",
     "class_vector",
     "finish",
     "gather_target",
@@ -206,32 +204,3 @@ def class_vector(
 def log_softmax(batch: LogitsBatch) -> Tensor:
     """``log_softmax`` of the flattened logits over classes."""
     return F.log_softmax(batch.logits, dim=1)
-
-
-class LogitsLossModule(LossModule):
-    """Module shell of a ``logits`` loss: ``forward(logits, target)`` calls the functional twin.
-
-    Per-class tensor hyperparameters named in ``tensor_hparams`` (class weights, priors) are
-    kept as buffers, so they follow ``.to(device)`` and are saved by ``state_dict()``.
-    """
-
-    tensor_hparams: tuple[str, ...] = ()
-
-    def __init__(self, **hparams: Any) -> None:
-        tensors = {k: hparams.pop(k) for k in self.tensor_hparams if k in hparams}
-        super().__init__(**hparams)
-        self._tensor_names = tuple(tensors)
-        for k, v in tensors.items():
-            if v is None:
-                setattr(self, k, None)
-            else:
-                t = torch.as_tensor(v, dtype=torch.float32)
-                if t.ndim != 1 or t.numel() == 0:
-                    raise ValueError(f"{k} must be a non-empty 1-d sequence, got {tuple(t.shape)}")
-                self.register_buffer(k, t.clone())
-
-    def call_kwargs(self) -> dict[str, Any]:
-        return {**self.hparams, **{k: getattr(self, k) for k in self._tensor_names}}
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return self.spec.function(logits, target, **self.call_kwargs())

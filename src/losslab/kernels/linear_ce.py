@@ -54,22 +54,17 @@ from torch import Tensor
 
 from losslab._core import (
     HALF_DTYPES,
-    LossModule,
-    Reduction,
     check_choice,
     check_reduction,
     compute_dtype,
 )
-from losslab.registry import register
 
 __all__ = [
     "BACKENDS",
     "STRATEGIES",
     "WEIGHT_GRADS",
-    "LinearCrossEntropyLoss",
     "auto_chunk_size",
     "auto_weight_grad",
-    "linear_cross_entropy_loss",
 ]
 
 Strategy = Literal["auto", "grad_in_forward", "recompute"]
@@ -806,188 +801,3 @@ def auto_weight_grad(dtype: torch.dtype) -> str:
     in ``docs/linear_cross_entropy.md``). ``"vocab_blocks"`` stays available: it needs no
     float32 ``V x d`` accumulator, so for half inputs it uses less memory."""
     return "token_chunks"
-
-
-def linear_cross_entropy_loss(
-    hidden: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    *,
-    bias: Tensor | None = None,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    class_weight: Tensor | None = None,
-    reduction: Reduction = "mean",
-    softcap: float | None = None,
-    logz_penalty: float = 0.0,
-    token_weight: Tensor | None = None,
-    return_lse: bool = False,
-    chunk_size: int | None = None,
-    strategy: Strategy = "auto",
-    weight_grad: WeightGrad = "auto",
-) -> Tensor | tuple[Tensor, Tensor]:
-    r"""Cross-entropy of a linear output layer, chunked over tokens: no ``N x V`` logits.
-
-    With :math:`z_n = \mathrm{cap}(W h_n + b)` (``cap(x) = c tanh(x / c)`` when ``softcap=c``),
-    :math:`\mathrm{lse}_n = \log \sum_k e^{z_{nk}}`, :math:`\log p_{nk} = z_{nk} - \mathrm{lse}_n`,
-    class weights :math:`w` (ones by default), token weights :math:`\tau` (ones by default),
-    smoothing :math:`\varepsilon`, z-loss coefficient :math:`\lambda` and
-    :math:`v_n = [t_n \ne \text{ignore\_index}]`:
-
-    .. math::
-        \ell_n = v_n \Big[ -(1-\varepsilon)\, w_{t_n} \log p_{n t_n}
-            - \frac{\varepsilon}{V} \sum_k w_k \log p_{nk}
-            + \lambda\, \mathrm{lse}_n^2 \Big], \qquad
-        \text{loss} = \frac{\sum_n \tau_n \ell_n}{\sum_n v_n\, \tau_n\, w_{t_n}}
-        \ \ (\text{"mean"}).
-
-    Without ``token_weight``/``logz_penalty`` this is exactly
-    ``F.cross_entropy(hidden @ weight.T + bias, target, weight=class_weight,
-    ignore_index=..., label_smoothing=..., reduction=...)`` (including torch's definition of
-    weighted label smoothing); ``token_weight`` matches
-    ``(F.cross_entropy(..., reduction="none") * token_weight).sum() / denominator``. The z-loss
-    term is the PaLM z-loss (coefficient 1e-4 in PaLM). A "mean" over no valid token is 0 with
-    zero gradients.
-
-    Args:
-        hidden: ``[..., d]`` hidden states (leading dims are flattened to ``N`` tokens).
-        weight: ``[V, d]`` output-layer weight (same dtype as ``hidden``).
-        target: ``[...]`` integer class ids in ``[0, V)`` or ``ignore_index``.
-        bias: optional ``[V]`` output-layer bias.
-        ignore_index: target value that contributes neither loss nor gradient (default -100,
-            as in torch).
-        label_smoothing: :math:`\varepsilon \in [0, 1]` (torch's definition).
-        class_weight: optional ``[V]`` per-class weights (torch CE's ``weight``).
-        reduction: ``"mean"`` (weighted mean above), ``"sum"`` or ``"none"`` (``[...]``, the
-            per-token :math:`\tau_n \ell_n`; its gradients are recomputed in backward, so any
-            per-token upstream gradient is exact).
-        softcap: logit soft-capping :math:`c` (Gemma 2), applied before the loss; default None.
-        logz_penalty: :math:`\lambda`, z-loss coefficient (default 0).
-        token_weight: optional ``[...]`` float per-token weights (e.g. a goldfish mask from
-            :func:`losslab.fused.goldfish.goldfish_mask`, or loss reweighting). Differentiable:
-            when it requires grad the recompute strategy is used.
-        return_lse: also return the per-token log-sum-exp ``[...]`` (float32 for half inputs;
-            differentiable).
-        chunk_size: tokens per chunk; default :func:`auto_chunk_size` (1024 tokens for
-            float32 up to a 512 MiB buffer, 256 for half inputs).
-        strategy: ``"auto"``, ``"grad_in_forward"`` (mean/sum only) or ``"recompute"``.
-        weight_grad: how ``dweight`` is formed. ``"token_chunks"``: each token chunk's
-            contribution is added to one ``V x d`` accumulator (float32 for half inputs;
-            3 GEMMs). ``"vocab_blocks"``: a second pass over vocabulary blocks recomputes
-            their logits for all tokens and writes ``dweight[block] = G.T @ hidden`` once
-            (4 GEMMs, no accumulator; half inputs accumulate over tokens in float32 inside
-            the GEMM). ``"auto"``: :func:`auto_weight_grad`.
-
-    Returns:
-        The loss (float32 for half inputs, else the input dtype), and the LSE if ``return_lse``.
-
-    Paper: Wijmans, Huval, Hertzberg, Koltun, Krähenbühl, "Cut Your Losses in Large-Vocabulary
-    Language Models", arXiv 2411.09009 (the chunked / recompute formulation; CCE tiles the
-    vocabulary too and filters small gradients on GPU, which this exact CPU/GPU reference does
-    not do).
-    """
-    _validate(hidden, weight, target, bias, class_weight, token_weight, ignore_index,
-              label_smoothing, softcap, logz_penalty, chunk_size, reduction, strategy,
-              weight_grad)
-    lead = tuple(target.shape)
-    v, d = weight.shape
-    h = hidden.reshape(-1, d)
-    if not h.is_contiguous():
-        h = h.contiguous()
-    t = target.reshape(-1).long()
-    valid = t != ignore_index
-    bad = valid & ((t < 0) | (t >= v))
-    if bool(bad.any()):
-        raise ValueError(
-            f"target has value(s) {sorted(set(t[bad].tolist()))[:5]} outside [0, {v}) that are "
-            f"not ignore_index={ignore_index}"
-        )
-    tsafe = torch.where(valid, t, 0)
-    n = h.shape[0]
-    wg = auto_weight_grad(hidden.dtype) if weight_grad == "auto" else weight_grad
-    opts = _Opts(
-        ignore_index=ignore_index,
-        label_smoothing=float(label_smoothing),
-        softcap=float(softcap) if softcap is not None else None,
-        logz_penalty=float(logz_penalty),
-        chunk_size=chunk_size if chunk_size is not None else auto_chunk_size(
-            max(n, 1), v, hidden.dtype, softcap=softcap is not None, weight_grad=wg),
-        weight_grad=wg,
-    )
-    w = weight if weight.is_contiguous() else weight.contiguous()
-    tw = token_weight.reshape(-1) if token_weight is not None else None
-    if n == 0:
-        acc = compute_dtype(h.dtype)
-        zero = (h.sum() * 0 + w.sum() * 0).to(acc)
-        loss = zero.expand(lead) if reduction == "none" else zero
-        lse = torch.zeros(lead, dtype=acc)
-        return (loss, lse) if return_lse else loss
-    loss, lse = _backend(h)(h, w, bias, tsafe, valid, class_weight, tw, opts, reduction,
-                            strategy)
-    if reduction == "none":
-        loss = loss.reshape(lead)
-    if return_lse:
-        return loss, lse.reshape(lead)
-    return loss
-
-
-@register(
-    "linear_cross_entropy",
-    family="sequence-lm",
-    kind="linear",
-    paper="Cut Your Losses in Large-Vocabulary Language Models",
-    arxiv="2411.09009",
-    function=linear_cross_entropy_loss,
-    summary="CE(hidden @ weight.T + bias, target) chunked over tokens with an online "
-    "log-sum-exp; optional label smoothing, class/token weights, softcap, z-loss",
-    peers=(
-        "torch.nn.functional.linear_cross_entropy",
-        "liger_kernel.transformers.LigerFusedLinearCrossEntropyLoss",
-        "cut_cross_entropy.linear_cross_entropy",
-    ),
-    reduction="per token",
-    degenerate=("all_ignored",),
-)
-class LinearCrossEntropyLoss(LossModule):
-    """Module shell of :func:`linear_cross_entropy_loss` (the output weight is passed in)."""
-
-    def __init__(
-        self,
-        *,
-        ignore_index: int = -100,
-        label_smoothing: float = 0.0,
-        reduction: Reduction = "mean",
-        softcap: float | None = None,
-        logz_penalty: float = 0.0,
-        chunk_size: int | None = None,
-        strategy: Strategy = "auto",
-        weight_grad: WeightGrad = "auto",
-    ) -> None:
-        check_choice("strategy", strategy, STRATEGIES)
-        check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
-        super().__init__(
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            reduction=reduction,
-            softcap=softcap,
-            logz_penalty=logz_penalty,
-            chunk_size=chunk_size,
-            strategy=strategy,
-            weight_grad=weight_grad,
-        )
-
-    def forward(
-        self,
-        hidden: Tensor,
-        weight: Tensor,
-        target: Tensor,
-        *,
-        bias: Tensor | None = None,
-        class_weight: Tensor | None = None,
-        token_weight: Tensor | None = None,
-        return_lse: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        return linear_cross_entropy_loss(
-            hidden, weight, target, bias=bias, class_weight=class_weight,
-            token_weight=token_weight, return_lse=return_lse, **self.hparams,
-        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from losslab.fused.goldfish import apply_goldfish, goldfish_mask
+from losslab.losses.sequence import apply_goldfish, goldfish_mask
 
 
 def test_shape_and_first_h_kept():
