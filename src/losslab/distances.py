@@ -25,6 +25,7 @@ __all__ = [
     "euclidean",
     "is_similarity",
     "knn",
+    "normalize_rows",
     "paired",
     "pairwise",
     "squared_euclidean",
@@ -80,11 +81,20 @@ def euclidean(x: Tensor, y: Tensor | None = None, *, eps: float = 1e-6) -> Tenso
     return (sq + eps).sqrt()
 
 
-def cosine_similarity(x: Tensor, y: Tensor | None = None, *, eps: float = 1e-12) -> Tensor:
+#: The one row-normalisation epsilon of the library (norms are clamped at it).
+NORM_EPS = 1e-12
+
+
+def normalize_rows(x: Tensor, *, eps: float = NORM_EPS) -> Tensor:
+    """``x_i / max(|x_i|, eps)`` row by row: the one row normalisation every loss uses."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
+
+
+def cosine_similarity(x: Tensor, y: Tensor | None = None, *, eps: float = NORM_EPS) -> Tensor:
     """``S[i, j] = x_i.y_j / (|x_i| |y_j|)`` (norms clamped at ``eps``)."""
     x, y = _pair(x, y)
-    xn = x / x.norm(dim=1, keepdim=True).clamp_min(eps)
-    yn = xn if y is x else y / y.norm(dim=1, keepdim=True).clamp_min(eps)
+    xn = normalize_rows(x, eps=eps)
+    yn = xn if y is x else normalize_rows(y, eps=eps)
     return xn @ yn.t()
 
 
@@ -126,8 +136,7 @@ def paired(x: Tensor, y: Tensor, *, metric: str = "euclidean", eps: float = 1e-6
             raise ValueError(f"eps must be >= 0, got {eps}")
         return _SafeSqrt.apply(sq) if eps == 0 else (sq + eps).sqrt()
     if metric == "cosine":
-        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        y = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        x, y = normalize_rows(x), normalize_rows(y)
     return (x * y).sum(1)
 
 
