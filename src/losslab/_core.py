@@ -185,6 +185,9 @@ class LossModule(nn.Module):
     function: ClassVar[Callable[..., Any]]  # the functional twin
     check: ClassVar[Callable[..., None] | None] = None
     tensor_hparams: ClassVar[tuple[str, ...]] = ()
+    #: keyword-only parameters of the function that the module supplies itself (its state,
+    #: e.g. ALDR-KL's ``lambdas``; a random generator): not hyperparameters.
+    function_only: ClassVar[tuple[str, ...]] = ()
     _call_keywords: ClassVar[frozenset[str]] = frozenset()  # set by ``register``
 
     def __init_subclass__(
@@ -206,7 +209,8 @@ class LossModule(nn.Module):
     ) -> list[inspect.Parameter]:
         """The function's keyword-only parameters that are hyperparameters (not call-time
         keywords such as ``mask=`` or ``ref_embeddings=``)."""
-        return [p for p in keyword_parameters(cls.function) if p.name not in call_keywords]
+        skip = call_keywords | set(cls.function_only)
+        return [p for p in keyword_parameters(cls.function) if p.name not in skip]
 
     @classmethod
     def generate_init(cls, call_keywords: frozenset[str] = frozenset()) -> None:

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import losslab
-from losslab.registry import KINDS, LossSpec
+from losslab._core import keyword_parameters
+from losslab.registry import KIND_CALLS, KINDS, LossSpec
 from tests.contract.cases import Call, bad_calls, degenerate_call, make_call
 
 NAMES = losslab.available()
@@ -204,3 +205,28 @@ def test_torch_compile_smoke(s: LossSpec) -> None:
     eager = first(run(m, call))
     compiled = torch.compile(m, dynamic=False)
     torch.testing.assert_close(first(run(compiled, call)), eager)
+
+
+@pytest.mark.parametrize("s", SPECS, ids=NAMES)
+def test_module_defaults_equal_function_defaults(s: LossSpec) -> None:
+    """``create(name)`` and ``functional.<name>_loss`` may not drift apart: every
+    hyperparameter the module shares with the function has the same default, and the module
+    exposes every hyperparameter of the function (the kind's call-time keywords aside)."""
+    call_keywords = KIND_CALLS[s.kind].keywords
+    fn = {p.name: p for p in keyword_parameters(s.function) if p.name not in call_keywords}
+    for k, p in fn.items():
+        if k in s.defaults and p.default is not inspect.Parameter.empty:
+            assert s.defaults[k] == p.default, f"{s.name}: default of {k!r} differs"
+    missing = set(fn) - set(s.defaults) - set(getattr(s.module, "function_only", ()))
+    assert not missing, f"{s.name}: function hyperparameters {sorted(missing)} not in module"
+
+
+@pytest.mark.parametrize("s", SPECS, ids=NAMES)
+def test_signatures_are_real(s: LossSpec) -> None:
+    """``inspect.signature`` / ``help()`` / ``losslab info`` show the real parameters."""
+    sig = inspect.signature(s.module)
+    assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in sig.parameters.values())
+    assert set(sig.parameters) == set(s.defaults)
+    fwd = inspect.signature(s.module.forward)
+    assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in fwd.parameters.values())
