@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.losslab-installed
 
-.PHONY: setup demo test test-all lint bench bench-noisy clean catalog
+.PHONY: setup demo test test-all lint typecheck bench bench-noisy clean catalog
 
 # torch first (a CPU wheel; override with `make demo TORCH=torch==X`), then the package.
 $(STAMP): pyproject.toml
@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests $(wildcard benchmarks scripts)
+	$(VENV)/bin/pyright --pythonpath $(PY)
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)
@@ -45,6 +46,9 @@ bench-noisy: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests $(wildcard benchmarks scripts)
+
+typecheck: $(STAMP)
+	$(VENV)/bin/pyright --pythonpath $(PY)
 
 catalog: $(STAMP)
 	$(VENV)/bin/losslab list --update-readme README.md
