@@ -144,3 +144,29 @@ def test_combine_rejects_mixed_kinds_and_non_scalars() -> None:
         losslab.combine(["protonet"], icnn={"k": 3})
     with pytest.raises(ValueError, match="at least one"):
         losslab.combine([])
+
+
+def test_check_labels_converts_integer_dtypes_and_rejects_bool():
+    from losslab._core import check_labels
+
+    for dtype in (torch.int32, torch.uint8, torch.int16):
+        out = check_labels("labels", torch.tensor([0, 1, 2], dtype=dtype), 3, of="x")
+        assert out.dtype == torch.int64 and out.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="labels must be an integer tensor of labels, got a bool"):
+        check_labels("labels", torch.tensor([True, False, True]), 3, of="x")
+
+
+def test_check_probabilities():
+    from losslab._core import check_probabilities
+
+    p = torch.softmax(torch.randn(4, 5), 1)
+    check_probabilities("target", p)
+    check_probabilities("target", p.to(torch.bfloat16))
+    check_probabilities("target", p.to(torch.float16))
+    nan = p.clone()
+    nan[0, 0] = float("nan")
+    neg = p.clone()
+    neg[0, 0], neg[0, 1] = -0.2, neg[0, 1] + neg[0, 0] + 0.2
+    for bad, msg in ((p * 2, "sum to 1"), (neg, ">= 0"), (nan, "finite")):
+        with pytest.raises(ValueError, match=msg):
+            check_probabilities("target", bad)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "HALF_DTYPES",
+    "PROB_ATOL",
     "REDUCTIONS",
     "LossModule",
     "Reduction",
@@ -22,6 +23,7 @@ __all__ = [
     "check_float",
     "check_labels",
     "check_matrix",
+    "check_probabilities",
     "check_positive",
     "check_reduction",
     "check_same_device",
@@ -85,8 +87,9 @@ HALF_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype losses compute in: float32 for half inputs (fp16/bf16), else ``dtype``.
 
-    Losses upcast half-precision inputs, compute in float32 and return the input dtype, so
-    that small epsilons and exponentials neither underflow nor overflow.
+    Losses upcast half-precision inputs, compute in float32 and return float32 (as autocast
+    and the fused kernels do), so that small epsilons and exponentials neither underflow nor
+    overflow and the value is not rounded back to 3 significant digits.
     """
     return torch.float32 if dtype in HALF_DTYPES else dtype
 
@@ -124,15 +127,53 @@ def check_matrix(name: str, x: Any, *, dim: int | None = None, min_rows: int = 1
         raise ValueError(f"{name} must have at least {min_rows} row(s), got {x.shape[0]}")
 
 
-def check_labels(name: str, labels: Any, n: int, *, of: str) -> None:
-    """Raise unless ``labels`` is an integer vector of length ``n`` (one per row of ``of``)."""
+def check_labels(name: str, labels: Any, n: int, *, of: str) -> Tensor:
+    """Validate an integer label vector of length ``n`` (one per row of ``of``) and return it
+    as int64.
+
+    Any integer dtype is accepted (int32, uint8, ... are converted); bool and floating-point
+    labels are a ``ValueError`` (a bool tensor is a mask, not labels).
+    """
     if not isinstance(labels, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+    if labels.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor of labels, got a bool tensor "
+                         f"(a mask?); convert with .long() if it holds class ids")
+    if labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
     if labels.ndim != 1 or labels.shape[0] != n:
         raise ValueError(
             f"{name} must have shape [{n}] (one label per row of {of}), got {tuple(labels.shape)}"
+        )
+    return labels.long()
+
+
+#: Tolerance of probability targets: entries >= -PROB_ATOL and rows summing to 1 +- PROB_ATOL
+#: (or +- the dtype's epsilon, for bfloat16 targets).
+PROB_ATOL = 1e-3
+
+
+def check_probabilities(name: str, probs: Tensor, *, dim: int = 1,
+                        atol: float = PROB_ATOL) -> None:
+    """Raise a ``ValueError`` unless ``probs`` holds distributions along ``dim``: finite,
+    non-negative and summing to 1, within ``atol`` (the default :data:`PROB_ATOL` admits
+    float16/bfloat16 targets). Every loss that takes soft targets calls it, with
+    ``validate=False`` as the documented escape for speed."""
+    if probs.numel() == 0:
+        return
+    p = probs.detach()
+    if not bool(torch.isfinite(p).all()):
+        raise ValueError(f"{name} (probabilities) must be finite, got NaN or inf entries")
+    lo = float(p.min())
+    if lo < -atol:
+        raise ValueError(f"{name} (probabilities) must be >= 0, got an entry {lo:.4g}")
+    sums = p.sum(dim, dtype=torch.float64)
+    worst = float((sums - 1).abs().max())
+    tol = max(atol, float(torch.finfo(p.dtype).eps))  # bf16 targets round at 2^-7
+    if worst > tol:
+        raise ValueError(
+            f"{name} (probabilities) must sum to 1 over dim {dim} (tolerance {tol:g}), got a "
+            f"row summing to {float(sums.flatten()[(sums - 1).abs().flatten().argmax()]):.6g}"
         )
 
 
