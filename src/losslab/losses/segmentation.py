@@ -146,8 +146,13 @@ def dice_loss(
         reduction: see the module docstring.
 
     Peers: ``monai.losses.DiceLoss(softmax=True, to_onehot_y=True)`` (identical with
-    ``classes="all"``); ``kornia.losses.dice_loss(average="macro")`` (``smooth=0``,
-    ``classes="present"``, per image).
+    ``classes="all"``); ``kornia.losses.dice_loss(average="macro")``: per image with
+    ``smooth=0`` (kornia adds its ``eps`` to the denominator only), and the class set depends
+    on the kornia release. Up to 0.9.0rc1 kornia averages over every class, i.e.
+    ``classes="all"`` (the value its own ``test_averaging_macro`` asserts, a class absent from
+    the target counting with loss 1); kornia 0.9.0 averages over the classes present in the
+    image's non-ignored target, i.e. ``classes="present"``. kornia counts an image whose pixels
+    are all ignored as loss 1; here such an image is left out of the mean.
 
     Paper: Milletari, Navab, Ahmadi, "V-Net: Fully Convolutional Neural Networks for Volumetric
     Medical Image Segmentation", arXiv 1606.04797.
