@@ -16,19 +16,14 @@ from losslab.losses.aggregate import (
     InstanceLevelLoss,
     InterpolatedAggregateLoss,
 )
-from losslab.losses.anyloss import (
-    AnyLoss,
-)
 from losslab.losses.classification import (
+    AnyLoss,
     CompSumLoss,
     CrammerSingerLoss,
     CrossEntropyLoss,
     FocalLoss,
-    GCELoss,
     LDAMLoss,
     LogitAdjustedLoss,
-    LogZPenaltyLoss,
-    MAELoss,
     Poly1Loss,
     StableMaxCELoss,
     WestonWatkinsLoss,
@@ -83,7 +78,9 @@ from losslab.losses.regularizers import (
 )
 from losslab.losses.robust import (
     ALDRKLLoss,
+    GCELoss,
     LDRKLLoss,
+    MAELoss,
     NCELoss,
     NCEMAELoss,
     NCERCELoss,
@@ -103,6 +100,7 @@ from losslab.losses.segmentation import (
 )
 from losslab.losses.sequence import (
     LinearCrossEntropyLoss,
+    LogZPenaltyLoss,
 )
 from losslab.registry import LossSpec, available, create, spec
 

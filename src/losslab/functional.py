@@ -15,19 +15,14 @@ from losslab.losses.aggregate import (
     instance_level_loss,
     interpolated_aggregate_loss,
 )
-from losslab.losses.anyloss import (
-    anyloss,
-)
 from losslab.losses.classification import (
+    anyloss,
     comp_sum_loss,
     crammer_singer_loss,
     cross_entropy_loss,
     focal_loss,
-    gce_loss,
     ldam_loss,
     logit_adjusted_loss,
-    logz_penalty_loss,
-    mae_loss,
     poly1_loss,
     stablemax_ce_loss,
     weston_watkins_loss,
@@ -82,7 +77,9 @@ from losslab.losses.regularizers import (
 )
 from losslab.losses.robust import (
     aldr_kl_loss,
+    gce_loss,
     ldr_kl_loss,
+    mae_loss,
     nce_loss,
     nce_mae_loss,
     nce_rce_loss,
@@ -102,6 +99,7 @@ from losslab.losses.segmentation import (
 )
 from losslab.losses.sequence import (
     linear_cross_entropy_loss,
+    logz_penalty_loss,
 )
 
 

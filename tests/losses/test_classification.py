@@ -1,8 +1,10 @@
-"""Tests of the classification losses (losslab.losses.classification, losslab.losses.anyloss).
+"""Tests of the classification losses (losslab.losses.classification, AnyLoss included).
 
 Oracles are written from the papers' formulas with explicit loops in float64; peers are
 torch.nn.functional (cross_entropy, multi_margin_loss) and kornia (focal loss). The last
-section runs contract-style checks over every ``logits`` loss of this branch.
+section runs contract-style checks over every ``logits`` loss of the classification, robust
+and sequence families (the robust and sequence losses' own tests are in test_robust.py and
+test_sequence.py).
 """
 
 from __future__ import annotations
@@ -207,7 +209,7 @@ def test_poly1_soft_targets_and_eps0_is_ce():
 
 
 # --------------------------------------------------------------------------------------------
-# comp_sum, gce, mae
+# comp_sum (and its members gce, mae of losslab.losses.robust)
 # --------------------------------------------------------------------------------------------
 
 
@@ -238,12 +240,6 @@ def test_comp_sum_special_cases():
     close(LF.comp_sum_loss(x, t, tau=1 + 1e-7), F.cross_entropy(x, t), rtol=1e-5)
 
 
-def test_mae_is_l1_distance_to_one_hot():
-    x, t = rand_logits(), rand_target()
-    ref = (F.one_hot(t, 5).to(D) - torch.softmax(x, 1)).abs().sum(1)
-    close(LF.mae_loss(x, t, reduction="none"), ref)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_comp_sum_small_tau_extreme_logits_finite(dtype):
     x = torch.tensor([[0.0, 300.0, -300.0], [5.0, 0.0, 1.0]], dtype=dtype, requires_grad=True)
@@ -256,7 +252,7 @@ def test_comp_sum_small_tau_extreme_logits_finite(dtype):
 
 
 # --------------------------------------------------------------------------------------------
-# z_loss, logz_penalty
+# z_loss
 # --------------------------------------------------------------------------------------------
 
 
@@ -285,13 +281,6 @@ def test_z_loss_shift_scale_invariant_and_constant_logits():
     loss.backward()
     close(loss, F.softplus(torch.tensor(1.0, dtype=D)))
     assert torch.isfinite(const.grad).all()
-
-
-def test_logz_penalty():
-    x, t = rand_logits(4, 6, 3), rand_target(4, 6, 3)
-    ref = 1e-4 * torch.logsumexp(x, 1) ** 2
-    close(LF.logz_penalty_loss(x, t, reduction="none"), ref)
-    close(LF.logz_penalty_loss(x, rand_soft(4, 6, 3), coefficient=0.5), 0.5 * (ref / 1e-4).mean())
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,7 +416,7 @@ def test_anyloss_perfect_prediction_near_zero_and_ignore():
 
 
 # --------------------------------------------------------------------------------------------
-# Contract-style checks over every logits loss of this branch
+# Contract-style checks over the logits losses of classification, robust and sequence
 # --------------------------------------------------------------------------------------------
 
 MY_LOSSES = [

@@ -1,6 +1,7 @@
-"""Tests of the noise-robust losses (losslab.losses.robust): LDR-KL, ALDR-KL, normalized and
-active-passive losses, symmetric CE. Oracles from the papers' formulas, loops in float64.
-(Contract-style checks for these losses run in test_classification.py.)"""
+"""Tests of the noise-robust losses (losslab.losses.robust): LDR-KL, ALDR-KL, GCE and MAE,
+normalized and active-passive losses, symmetric CE. Oracles from the papers' formulas, loops in
+float64. (Contract-style checks for these losses run in test_classification.py; GCE and MAE as
+members of comp-sum are tested there too.)"""
 
 from __future__ import annotations
 
@@ -187,6 +188,17 @@ def test_aldr_kl_rejects_spatial():
     mod = losslab.create("aldr_kl", num_samples=4)
     with pytest.raises(ValueError, match=r"\[N, C\]"):
         mod(torch.randn(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), index=torch.arange(2))
+
+
+# --------------------------------------------------------------------------------------------
+# GCE, MAE
+# --------------------------------------------------------------------------------------------
+
+
+def test_mae_is_l1_distance_to_one_hot():
+    x, t = rand_logits(), rand_target()
+    ref = (F.one_hot(t, 5).to(D) - torch.softmax(x, 1)).abs().sum(1)
+    close(LF.mae_loss(x, t, reduction="none"), ref)
 
 
 # --------------------------------------------------------------------------------------------

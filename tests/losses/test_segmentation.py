@@ -219,13 +219,49 @@ def test_soft_label_losses_match_monai_soft_label(per_image: bool) -> None:
         jml(logits, soft))
 
 
+def kornia_macro_classes(version: str) -> str:
+    """Which ``classes=`` option equals ``kornia.losses.dice_loss(average="macro")``: every
+    class up to 0.9.0rc1 (its ``test_averaging_macro``), the present classes from 0.9.0."""
+    from packaging.version import Version  # a dependency of pytest
+
+    return "present" if Version(version) >= Version("0.9.0") else "all"
+
+
 def test_dice_matches_kornia_macro() -> None:
-    kornia_losses = pytest.importorskip("kornia.losses")
+    kornia = pytest.importorskip("kornia")
     logits, target = batch()
     target[2, 1, 1] = 0  # kornia's "macro" counts an image without valid pixel as loss 1
-    want = kornia_losses.dice_loss(logits, target, average="macro", eps=0.0)
-    got = dice_loss(logits, target, smooth=0.0, classes="present", per_image=True)
+    want = kornia.losses.dice_loss(logits, target, average="macro", eps=0.0)
+    classes = kornia_macro_classes(kornia.__version__)
+    got = dice_loss(logits, target, smooth=0.0, classes=classes, per_image=True)
     torch.testing.assert_close(got, want)
+    # the batch has a class absent from every target (C - 1), so the two options differ and
+    # the comparison above tells them apart
+    other = "all" if classes == "present" else "present"
+    assert abs(float(dice_loss(logits, target, smooth=0.0, classes=other)) - float(want)) > 1e-3
+
+
+def test_dice_reproduces_kornia_macro_test_values() -> None:
+    """kornia's ``test_averaging_macro`` case, in closed form (no kornia needed): 2 classes,
+    every pixel labelled 0. Its expected value (kornia <= 0.9.0rc1) averages the loss of the
+    absent class 1 (loss 1) with class 0's: ``classes="all"``; only class 0 is present."""
+    logits = torch.zeros(1, 2, 4, 1, dtype=torch.float64)
+    logits[:, 0, 0:3], logits[:, 0, 3:4] = 10.0, 1.0
+    logits[:, 1, 0:3], logits[:, 1, 3:4] = 1.0, 10.0
+    labels = torch.zeros(1, 4, 1, dtype=torch.int64)
+    e1, e10 = math.exp(1.0), math.exp(10.0)
+    inter_0 = (3 * e10 + e1) / (e1 + e10)
+    loss_0 = 1 - 2 * inter_0 / (4 + inter_0)
+    loss_1 = 1.0  # class 1: predicted mass but no target pixel, no intersection
+    kw = dict(smooth=0.0, per_image=True)
+    torch.testing.assert_close(dice_loss(logits, labels, classes="all", **kw),
+                               torch.tensor((loss_0 + loss_1) / 2, dtype=torch.float64))
+    torch.testing.assert_close(dice_loss(logits, labels, classes="present", **kw),
+                               torch.tensor(loss_0, dtype=torch.float64))
+    kornia = pytest.importorskip("kornia")
+    want = kornia.losses.dice_loss(logits, labels, average="macro", eps=0.0)
+    torch.testing.assert_close(
+        dice_loss(logits, labels, classes=kornia_macro_classes(kornia.__version__), **kw), want)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,11 +1,49 @@
-"""The hashed goldfish mask (arXiv 2406.10209): determinism, context dependence, drop rate."""
+"""Tests of losslab.losses.sequence: the log-partition penalty, and the hashed goldfish mask
+(arXiv 2406.10209): determinism, context dependence, drop rate. (linear_cross_entropy is tested
+in tests/kernels/test_linear_ce.py.)"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from losslab import functional as LF
 from losslab.losses.sequence import apply_goldfish, goldfish_mask
+
+D = torch.float64
+
+
+def rand_logits(n, c, *spatial, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, *spatial, generator=g, dtype=D) * 2.0
+
+
+def rand_target(n, c, *spatial, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, c, (n, *spatial), generator=g)
+
+
+def rand_soft(n, c, *spatial, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(n, c, *spatial, generator=g, dtype=D) * 2, dim=1)
+
+
+def close(a, b, **kw):
+    kw.setdefault("rtol", 1e-10)
+    kw.setdefault("atol", 1e-12)
+    torch.testing.assert_close(torch.as_tensor(a, dtype=D), torch.as_tensor(b, dtype=D), **kw)
+
+
+def test_logz_penalty():
+    x, t = rand_logits(4, 6, 3), rand_target(4, 6, 3)
+    ref = 1e-4 * torch.logsumexp(x, 1) ** 2
+    close(LF.logz_penalty_loss(x, t, reduction="none"), ref)
+    close(LF.logz_penalty_loss(x, rand_soft(4, 6, 3), coefficient=0.5), 0.5 * (ref / 1e-4).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# The goldfish mask
+# --------------------------------------------------------------------------------------------
 
 
 def test_shape_and_first_h_kept():

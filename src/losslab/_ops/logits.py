@@ -13,6 +13,7 @@ dtype (as ``torch.nn.functional.cross_entropy`` returns the input dtype).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,16 +22,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from losslab._core import check_float, compute_dtype, reduce
+from losslab._ops.numerics import safe_pow
 
 __all__ = [
     "LogitsBatch",
     "class_vector",
+    "comp_sum_items",
+    "comp_sum_values",
     "finish",
     "gather_target",
+    "log_softmax",
+    "one_minus_pt_power",
     "prepare",
     "target_log_prob",
 ]
-
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,13 @@ class LogitsBatch:
     @property
     def soft(self) -> bool:
         return self.probs is not None
+
+    @property
+    def class_ids(self) -> Tensor:
+        """``index``, for the losses that take class ids only (``prepare(soft_ok=False)``)."""
+        if self.index is None:
+            raise ValueError("this loss needs class-id targets, got soft targets")
+        return self.index
 
 
 def _flatten_classes(x: Tensor) -> Tensor:
@@ -204,3 +216,65 @@ def class_vector(
 def log_softmax(batch: LogitsBatch) -> Tensor:
     """``log_softmax`` of the flattened logits over classes."""
     return F.log_softmax(batch.logits, dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Functions of log p shared by the classification and robust families
+# --------------------------------------------------------------------------------------------
+
+
+def one_minus_pt_power(logp: Tensor, gamma: float) -> Tensor:
+    r""":math:`(1 - p)^\gamma` from :math:`\log p`, computed as ``-expm1(log p)``.
+
+    Where :math:`p` rounds to 1 and :math:`0 < \gamma < 1`, the derivative of
+    :math:`x^\gamma` at 0 is infinite; there the factor is 0 with a zero gradient
+    (:func:`~losslab._ops.numerics.safe_pow`; the loss term it multiplies has a zero derivative
+    there too), so gradients stay finite. ``gamma=0`` gives ones.
+    """
+    return safe_pow(-torch.expm1(logp), gamma)
+
+
+#: Largest exponent evaluated exactly in the tau < 1 branch of comp-sum; beyond it exp is
+#: continued linearly (value and slope continuous), so the loss stays finite with a positive
+#: gradient. exp(60) ~ 1.1e26 is far from float32 overflow (3.4e38); for float16 inputs
+#: (max 65504) the cap is 5 (slope e^5 ~ 148), so the gradient stays finite in float16.
+COMP_SUM_MAX_EXPONENT = 60.0
+COMP_SUM_MAX_EXPONENT_FP16 = 5.0
+
+
+def comp_sum_values(logpt: Tensor, tau: float, *, max_exponent: float = COMP_SUM_MAX_EXPONENT
+                    ) -> Tensor:
+    r"""The comp-sum loss as a function of :math:`\log p_y`.
+
+    .. math::
+        \ell_\tau = \frac{1 - p_y^{\tau - 1}}{\tau - 1}
+        = -\frac{\operatorname{expm1}((\tau-1)\log p_y)}{\tau - 1} \quad (\tau \ne 1),
+        \qquad \ell_1 = -\log p_y
+
+    For :math:`\tau < 1` the exponent :math:`u = (1-\tau)(-\log p_y)` is positive; above
+    ``u = max_exponent`` (60; 5 for float16 inputs) ``exp`` is continued by its tangent, so an
+    extremely wrong prediction gives a large finite loss with a finite positive gradient
+    instead of ``inf``. ``1 - p_y`` (``tau=2``) is ``-expm1(log p_y)``, accurate for ``p_y``
+    near 1.
+    """
+    if tau == 1.0:
+        return -logpt
+    if tau > 1.0:
+        return -torch.expm1((tau - 1.0) * logpt) / (tau - 1.0)
+    u = (1.0 - tau) * (-logpt)
+    top = max_exponent
+    expm1_u = torch.expm1(u.clamp(max=top)) + math.exp(top) * (u - top).clamp(min=0)
+    return expm1_u / (1.0 - tau)
+
+
+def comp_sum_items(
+    logits: Tensor, target: Tensor, *, tau: float, scale: float, ignore_index: int,
+    reduction: str, loss: str,
+) -> Tensor:
+    """``scale`` times the comp-sum loss of every item (class-id targets), reduced: the body of
+    ``comp_sum``, ``gce`` (``tau = 1 + q``) and ``mae`` (``tau = 2``, ``scale = 2``). The
+    exponent cap is :data:`COMP_SUM_MAX_EXPONENT_FP16` for float16 inputs."""
+    batch = prepare(logits, target, ignore_index=ignore_index, loss=loss)
+    logpt = gather_target(log_softmax(batch), batch)
+    top = COMP_SUM_MAX_EXPONENT_FP16 if batch.dtype == torch.float16 else COMP_SUM_MAX_EXPONENT
+    return finish(scale * comp_sum_values(logpt, tau, max_exponent=top), batch, reduction)

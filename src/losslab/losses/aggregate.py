@@ -65,8 +65,18 @@ def bag_means(values: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
     return sums / counts.reshape(-1, *([1] * (values.ndim - 1)))
 
 
-def _validate(pred: Tensor, bag_index: Tensor, bag_target: Tensor, base: str) -> None:
+def _check_aggregate(*, base: str) -> None:
     check_choice("base", base, BASES)
+
+
+def _check_interpolated(*, rho: float, base: str) -> None:
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    _check_aggregate(base=base)
+
+
+def _validate(pred: Tensor, bag_index: Tensor, bag_target: Tensor, base: str) -> None:
+    """The inputs of the ``bags`` kind (every bag non-empty, shapes consistent with ``base``)."""
     check_float("pred", pred)
     check_float("bag_target", bag_target)
     if not isinstance(bag_index, Tensor) or bag_index.is_floating_point() or bag_index.ndim != 1:
@@ -166,8 +176,18 @@ def bag_level_loss(
     Paper: Javanmard et al., "Learning from Aggregate responses: Instance Level versus Bag
     Level Loss Functions", arXiv 2401.11081.
     """
+    _check_aggregate(base=base)
     _validate(pred, bag_index, bag_target, base)
     return reduce(_per_bag(pred, bag_index, bag_target, base, "bag"), reduction).to(pred.dtype)
+
+
+@register(
+    "bag_level", family="aggregate-labels", kind="bags", paper=PAPER, arxiv=ARXIV,
+    summary="sum_a l(ybar_a, mean_{i in a} f(x_i))",
+    reduction="per bag",
+)
+class BagLevelLoss(LossModule, function=bag_level_loss, check=_check_aggregate):
+    """Module form of :func:`bag_level_loss`."""
 
 
 def instance_level_loss(
@@ -192,9 +212,19 @@ def instance_level_loss(
 
     Paper: Javanmard et al., arXiv 2401.11081.
     """
+    _check_aggregate(base=base)
     _validate(pred, bag_index, bag_target, base)
     per = _per_bag(pred, bag_index, bag_target, base, "instance")
     return reduce(per, reduction).to(pred.dtype)
+
+
+@register(
+    "instance_level", family="aggregate-labels", kind="bags", paper=PAPER, arxiv=ARXIV,
+    summary="sum_a mean_{i in a} l(ybar_a, f(x_i))",
+    reduction="per bag",
+)
+class InstanceLevelLoss(LossModule, function=instance_level_loss, check=_check_aggregate):
+    """Module form of :func:`instance_level_loss`."""
 
 
 def interpolated_aggregate_loss(
@@ -224,8 +254,7 @@ def interpolated_aggregate_loss(
 
     Paper: Javanmard et al., arXiv 2401.11081.
     """
-    if not 0.0 <= rho <= 1.0:
-        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    _check_interpolated(rho=rho, base=base)
     _validate(pred, bag_index, bag_target, base)
     per = (1 - rho) * _per_bag(pred, bag_index, bag_target, base, "bag") + rho * _per_bag(
         pred, bag_index, bag_target, base, "instance"
@@ -233,55 +262,14 @@ def interpolated_aggregate_loss(
     return reduce(per, reduction).to(pred.dtype)
 
 
-class _BagsModule(LossModule):
-    """Shell of a ``bags`` loss: ``forward(pred, bag_index, bag_target)`` calls the registered
-    function with this module's hyperparameters."""
-
-    def forward(self, pred: Tensor, bag_index: Tensor, bag_target: Tensor) -> Tensor:
-        return self.spec.function(pred, bag_index, bag_target, **self.hparams)
-
-
-@register(
-    "bag_level", family="aggregate-labels", kind="bags", paper=PAPER, arxiv=ARXIV,
-    function=bag_level_loss, summary="sum_a l(ybar_a, mean_{i in a} f(x_i))",
-    reduction="per bag",
-)
-class BagLevelLoss(_BagsModule):
-    """Module form of :func:`bag_level_loss`."""
-
-    def __init__(self, *, base: Base = "mse", reduction: Reduction = "mean") -> None:
-        check_choice("base", base, BASES)
-        super().__init__(base=base, reduction=reduction)
-
-
-@register(
-    "instance_level", family="aggregate-labels", kind="bags", paper=PAPER, arxiv=ARXIV,
-    function=instance_level_loss, summary="sum_a mean_{i in a} l(ybar_a, f(x_i))",
-    reduction="per bag",
-)
-class InstanceLevelLoss(_BagsModule):
-    """Module form of :func:`instance_level_loss`."""
-
-    def __init__(self, *, base: Base = "mse", reduction: Reduction = "mean") -> None:
-        check_choice("base", base, BASES)
-        super().__init__(base=base, reduction=reduction)
-
-
 @register(
     "interpolated_aggregate", family="aggregate-labels", kind="bags", paper=PAPER, arxiv=ARXIV,
-    function=interpolated_aggregate_loss,
     summary="(1 - rho) L_bag + rho L_ins (= L_bag + rho * within-bag variance for mse)",
     reduction="per bag",
 )
-class InterpolatedAggregateLoss(_BagsModule):
+class InterpolatedAggregateLoss(LossModule, function=interpolated_aggregate_loss,
+                                check=_check_interpolated):
     """Module form of :func:`interpolated_aggregate_loss`."""
-
-    def __init__(self, *, rho: float = 0.5, base: Base = "mse",
-                 reduction: Reduction = "mean") -> None:
-        if not 0.0 <= rho <= 1.0:
-            raise ValueError(f"rho must be in [0, 1], got {rho}")
-        check_choice("base", base, BASES)
-        super().__init__(rho=rho, base=base, reduction=reduction)
 
 
 def random_bags(n: int, bag_size: int, *, generator: torch.Generator | None = None) -> Tensor:

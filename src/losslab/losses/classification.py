@@ -1,4 +1,4 @@
-"""Classification losses that replace or repair cross-entropy.
+"""Classification losses that replace or repair cross-entropy (family ``classification``).
 
 Kind ``logits``: ``loss(logits[N, C, d1, ...], target)`` with ``target`` integer class ids
 ``[N, d1, ...]`` or, where a loss says so, class probabilities ``[N, C, d1, ...]`` (soft
@@ -8,56 +8,59 @@ over the non-ignored items (``N·d1·...`` of them); all items ignored gives 0 w
 gradient (``torch.nn.functional.cross_entropy`` gives NaN there). fp16/bf16 inputs are computed
 in float32 and the result has the input dtype.
 
-Soft targets are accepted by: ``cross_entropy``, ``focal``, ``poly1``, ``logit_adjusted``,
-``stablemax_ce`` and ``logz_penalty`` (which ignores the target).
+Soft targets are accepted by: ``cross_entropy``, ``focal``, ``poly1``, ``logit_adjusted`` and
+``stablemax_ce``. ``anyloss`` is a batch-level loss (one value per batch, no ``reduction``).
+
+The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
+:mod:`losslab.losses.robust`; the log-partition penalty ``logz_penalty`` in
+:mod:`losslab.losses.sequence`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_positive
+from losslab._core import LossModule, Reduction, check_choice, check_positive
 from losslab._ops.logits import (
     LogitsBatch,
     class_vector,
+    comp_sum_items,
     finish,
     gather_target,
     log_softmax,
+    one_minus_pt_power,
     prepare,
     target_log_prob,
 )
 from losslab.registry import register
 
 __all__ = [
+    "AnyLoss",
     "CompSumLoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
     "FocalLoss",
-    "GCELoss",
     "LDAMLoss",
-    "LogZPenaltyLoss",
     "LogitAdjustedLoss",
-    "MAELoss",
     "Poly1Loss",
     "StableMaxCELoss",
     "WestonWatkinsLoss",
     "ZLoss",
+    "anyloss",
     "comp_sum_loss",
     "crammer_singer_loss",
     "cross_entropy_loss",
     "focal_loss",
-    "gce_loss",
     "ldam_loss",
+    "log_stablemax",
     "logit_adjusted_loss",
-    "logz_penalty_loss",
-    "mae_loss",
-    "one_minus_pt_power",
     "poly1_loss",
+    "soft_confusion",
     "stablemax_ce_loss",
     "weston_watkins_loss",
     "z_loss",
@@ -92,6 +95,11 @@ def _cross_entropy_values(
     return values, count
 
 
+def _check_cross_entropy(*, label_smoothing: float) -> None:
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+
+
 def cross_entropy_loss(
     logits: Tensor,
     target: Tensor,
@@ -122,8 +130,7 @@ def cross_entropy_loss(
 
     All items ignored: 0 (torch: NaN). Peer: ``torch.nn.functional.cross_entropy``.
     """
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    _check_cross_entropy(label_smoothing=label_smoothing)
     batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True, loss="cross_entropy")
     w = class_vector("weight", weight, batch)
     values, count = _cross_entropy_values(batch, log_softmax(batch), w, label_smoothing)
@@ -136,49 +143,18 @@ def cross_entropy_loss(
     kind="logits", degenerate=("all_ignored",),
     paper="(standard) softmax cross-entropy",
     arxiv="",
-    function=cross_entropy_loss,
     summary="-(1-eps) w_y log p_y - eps/C sum_c w_c log p_c; torch.nn.functional.cross_entropy",
     peers=("torch.nn.functional.cross_entropy",),
 )
-class CrossEntropyLoss(LossModule):
+class CrossEntropyLoss(LossModule, function=cross_entropy_loss, check=_check_cross_entropy):
     """Module form of :func:`cross_entropy_loss` (``weight`` is kept as a buffer)."""
 
     tensor_hparams = ("weight",)
-
-    def __init__(
-        self,
-        *,
-        weight: Weights = None,
-        ignore_index: int = -100,
-        label_smoothing: float = 0.0,
-        reduction: Reduction = "mean",
-    ) -> None:
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-        super().__init__(
-            weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            reduction=reduction,
-        )
 
 
 # --------------------------------------------------------------------------------------------
 # Focal and Poly-1
 # --------------------------------------------------------------------------------------------
-
-
-def one_minus_pt_power(logp: Tensor, gamma: float) -> Tensor:
-    r""":math:`(1 - p)^\gamma` from :math:`\log p`, computed as ``-expm1(log p)``.
-
-    Where :math:`p` rounds to 1 and :math:`0 < \gamma < 1`, the derivative of
-    :math:`x^\gamma` at 0 is infinite; there the factor is taken from a detached copy (its
-    value is 0 and the loss term it multiplies has a zero derivative), so gradients stay finite.
-    """
-    base = -torch.expm1(logp)
-    if gamma == 0:
-        return torch.ones_like(base)
-    zero = base <= 0
-    safe = torch.where(zero, torch.ones_like(base), base)
-    return torch.where(zero, base.detach().clamp_min(0).pow(gamma), safe.pow(gamma))
 
 
 def _alpha_vector(alpha: float | Weights, batch: LogitsBatch) -> Tensor | None:
@@ -187,8 +163,6 @@ def _alpha_vector(alpha: float | Weights, batch: LogitsBatch) -> Tensor | None:
     if alpha is None:
         return None
     if isinstance(alpha, (int, float)):
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         a = torch.full((batch.num_classes,), float(alpha), dtype=batch.logits.dtype,
                        device=batch.logits.device)
         a[0] = 1.0 - alpha
@@ -196,7 +170,10 @@ def _alpha_vector(alpha: float | Weights, batch: LogitsBatch) -> Tensor | None:
     return class_vector("alpha", alpha, batch)
 
 
-def _check_alpha(alpha: float | Weights) -> None:
+def _check_focal(*, gamma: float, alpha: float | Weights) -> None:
+    """``gamma >= 0``; a float ``alpha`` in ``[0, 1]`` (a per-class ``alpha`` is checked against
+    the number of classes at call time)."""
+    check_positive("gamma", gamma, strict=False)
     if isinstance(alpha, (int, float)) and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
 
@@ -248,8 +225,7 @@ def focal_loss(
     Paper: Lin, Goyal, Girshick, He, Dollár, "Focal Loss for Dense Object Detection",
     arXiv 1708.02002.
     """
-    check_positive("gamma", gamma, strict=False)
-    _check_alpha(alpha)
+    _check_focal(gamma=gamma, alpha=alpha)
     batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True, loss="focal")
     values = _focal_values(batch, log_softmax(batch), gamma, _alpha_vector(alpha, batch))
     return finish(values, batch, reduction)
@@ -261,26 +237,15 @@ def focal_loss(
     kind="logits", degenerate=("all_ignored",),
     paper="Focal Loss for Dense Object Detection",
     arxiv="1708.02002",
-    function=focal_loss,
     summary="-alpha_y (1 - p_y)^gamma log p_y, gamma=2",
     peers=("kornia.losses.focal_loss",),
 )
-class FocalLoss(LossModule):
+class FocalLoss(LossModule, function=focal_loss, check=_check_focal):
     """Module form of :func:`focal_loss`."""
 
-    def __init__(
-        self,
-        *,
-        gamma: float = 2.0,
-        alpha: float | Weights = None,
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        check_positive("gamma", gamma, strict=False)
-        _check_alpha(alpha)
-        if isinstance(alpha, Tensor):
-            alpha = alpha.tolist()
-        super().__init__(gamma=gamma, alpha=alpha, ignore_index=ignore_index, reduction=reduction)
+
+def _check_poly1(*, gamma: float) -> None:
+    check_positive("gamma", gamma, strict=False)
 
 
 def poly1_loss(
@@ -313,7 +278,7 @@ def poly1_loss(
     Paper: Leng et al., "PolyLoss: A Polynomial Expansion Perspective of Classification Loss
     Functions", arXiv 2204.12511.
     """
-    check_positive("gamma", gamma, strict=False)
+    _check_poly1(gamma=gamma)
     batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True, loss="poly1")
     logp = log_softmax(batch)
     if batch.probs is not None:
@@ -335,73 +300,18 @@ def poly1_loss(
     kind="logits", degenerate=("all_ignored",),
     paper="PolyLoss: A Polynomial Expansion Perspective of Classification Loss Functions",
     arxiv="2204.12511",
-    function=poly1_loss,
     summary="CE + epsilon (1 - p_t); focal=True: FL + epsilon (1 - p_t)^(gamma+1)",
 )
-class Poly1Loss(LossModule):
+class Poly1Loss(LossModule, function=poly1_loss, check=_check_poly1):
     """Module form of :func:`poly1_loss`."""
 
-    def __init__(
-        self,
-        *,
-        epsilon: float = 1.0,
-        focal: bool = False,
-        gamma: float = 2.0,
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        check_positive("gamma", gamma, strict=False)
-        super().__init__(
-            epsilon=epsilon, focal=focal, gamma=gamma, ignore_index=ignore_index,
-            reduction=reduction,
-        )
-
 
 # --------------------------------------------------------------------------------------------
-# Comp-sum family: comp_sum, gce, mae
+# Comp-sum
 # --------------------------------------------------------------------------------------------
 
-#: Largest exponent evaluated exactly in the tau < 1 branch of comp-sum; beyond it exp is
-#: continued linearly (value and slope continuous), so the loss stays finite with a positive
-#: gradient. exp(60) ~ 1.1e26 is far from float32 overflow (3.4e38); for float16 inputs
-#: (max 65504) the cap is 5 (slope e^5 ~ 148), so the gradient stays finite in float16.
-_COMP_SUM_MAX_EXPONENT = 60.0
-_COMP_SUM_MAX_EXPONENT_FP16 = 5.0
-
-
-def comp_sum_values(logpt: Tensor, tau: float, *, max_exponent: float = _COMP_SUM_MAX_EXPONENT
-                    ) -> Tensor:
-    r"""The comp-sum loss as a function of :math:`\log p_y`.
-
-    .. math::
-        \ell_\tau = \frac{1 - p_y^{\tau - 1}}{\tau - 1}
-        = -\frac{\operatorname{expm1}((\tau-1)\log p_y)}{\tau - 1} \quad (\tau \ne 1),
-        \qquad \ell_1 = -\log p_y
-
-    For :math:`\tau < 1` the exponent :math:`u = (1-\tau)(-\log p_y)` is positive; above
-    ``u = max_exponent`` (60; 5 for float16 inputs) ``exp`` is continued by its tangent, so an
-    extremely wrong prediction gives a large finite loss with a finite positive gradient
-    instead of ``inf``. ``1 - p_y`` (``tau=2``) is ``-expm1(log p_y)``, accurate for ``p_y``
-    near 1.
-    """
-    if tau == 1.0:
-        return -logpt
-    if tau > 1.0:
-        return -torch.expm1((tau - 1.0) * logpt) / (tau - 1.0)
-    u = (1.0 - tau) * (-logpt)
-    top = max_exponent
-    expm1_u = torch.expm1(u.clamp(max=top)) + math.exp(top) * (u - top).clamp(min=0)
-    return expm1_u / (1.0 - tau)
-
-
-def _comp_sum_core(
-    logits: Tensor, target: Tensor, tau: float, scale: float, ignore_index: int,
-    reduction: str, loss: str,
-) -> Tensor:
-    batch = prepare(logits, target, ignore_index=ignore_index, loss=loss)
-    logpt = gather_target(log_softmax(batch), batch)
-    top = _COMP_SUM_MAX_EXPONENT_FP16 if batch.dtype == torch.float16 else _COMP_SUM_MAX_EXPONENT
-    return finish(scale * comp_sum_values(logpt, tau, max_exponent=top), batch, reduction)
+def _check_comp_sum(*, tau: float) -> None:
+    check_positive("tau", tau, strict=False)
 
 
 def comp_sum_loss(
@@ -421,12 +331,14 @@ def comp_sum_loss(
         \;=\; \frac{1 - p_y^{\tau-1}}{\tau - 1}
 
     ``tau=0``: sum-exponential loss :math:`1/p_y - 1`; ``tau=1``: cross-entropy;
-    ``1 < tau < 2``: generalized cross-entropy with ``q = tau - 1`` (:func:`gce_loss`);
-    ``tau=2``: :math:`1 - p_y`, half the usual MAE (:func:`mae_loss`). Computed from
+    ``1 < tau < 2``: generalized cross-entropy with ``q = tau - 1``
+    (:func:`~losslab.losses.robust.gce_loss`); ``tau=2``: :math:`1 - p_y`, half the usual MAE
+    (:func:`~losslab.losses.robust.mae_loss`). Computed from
     ``log_softmax`` with ``expm1``; stable for ``tau < 1``: beyond an exponent of 60 (5 for
     float16 inputs) the exponential is continued linearly, so extreme logits give a large finite
-    loss and a finite gradient (see :func:`comp_sum_values`). With float16 inputs the value of
-    a ``tau < 1`` loss can still overflow to ``inf`` (it is genuinely larger than 65504).
+    loss and a finite gradient (see :func:`~losslab._ops.logits.comp_sum_values`). With float16
+    inputs the value of a ``tau < 1`` loss can still overflow to ``inf`` (it is genuinely larger
+    than 65504).
 
     Args:
         logits, target: see the module docstring (class ids only).
@@ -436,8 +348,9 @@ def comp_sum_loss(
     Paper: Mao, Mohri, Zhong, "Cross-Entropy Loss Functions: Theoretical Analysis and
     Applications", arXiv 2304.07288.
     """
-    check_positive("tau", tau, strict=False)
-    return _comp_sum_core(logits, target, tau, 1.0, ignore_index, reduction, "comp_sum")
+    _check_comp_sum(tau=tau)
+    return comp_sum_items(logits, target, tau=tau, scale=1.0, ignore_index=ignore_index,
+                          reduction=reduction, loss="comp_sum")
 
 
 @register(
@@ -446,107 +359,20 @@ def comp_sum_loss(
     kind="logits", degenerate=("all_ignored",),
     paper="Cross-Entropy Loss Functions: Theoretical Analysis and Applications",
     arxiv="2304.07288",
-    function=comp_sum_loss,
     summary="(1 - p_y^(tau-1)) / (tau-1); tau=0 sum-exp, 1 CE, 1+q GCE, 2 (1 - p_y)",
 )
-class CompSumLoss(LossModule):
+class CompSumLoss(LossModule, function=comp_sum_loss, check=_check_comp_sum):
     """Module form of :func:`comp_sum_loss`."""
 
-    def __init__(
-        self, *, tau: float = 1.0, ignore_index: int = -100, reduction: Reduction = "mean"
-    ) -> None:
-        check_positive("tau", tau, strict=False)
-        super().__init__(tau=tau, ignore_index=ignore_index, reduction=reduction)
-
-
-def gce_loss(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    q: float = 0.7,
-    ignore_index: int = -100,
-    reduction: Reduction = "mean",
-) -> Tensor:
-    r"""Generalized cross-entropy :math:`(1 - p_y^q)/q` (comp-sum with ``tau = 1 + q``).
-
-    ``q → 0`` is cross-entropy, ``q = 1`` is :math:`1 - p_y` (half the MAE).
-
-    Args:
-        q: :math:`q \in (0, 1]` (default 0.7, the paper's choice).
-        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
-
-    Paper: Zhang, Sabuncu, "Generalized Cross Entropy Loss for Training Deep Neural Networks
-    with Noisy Labels", arXiv 1805.07836 (a member of the comp-sum family, arXiv 2304.07288).
-    """
-    _check_q(q)
-    return _comp_sum_core(logits, target, 1.0 + q, 1.0, ignore_index, reduction, "gce")
-
-
-def _check_q(q: float) -> None:
-    if not 0.0 < q <= 1.0:
-        raise ValueError(f"q must be in (0, 1], got {q!r}")
-
-
-@register(
-    "gce",
-    family="robust-noisy",
-    kind="logits", degenerate=("all_ignored",),
-    paper="Generalized Cross Entropy Loss for Training Deep Neural Networks with Noisy Labels",
-    arxiv="1805.07836",
-    function=gce_loss,
-    summary="(1 - p_y^q) / q, q=0.7 (comp_sum with tau = 1 + q)",
-)
-class GCELoss(LossModule):
-    """Module form of :func:`gce_loss`."""
-
-    def __init__(
-        self, *, q: float = 0.7, ignore_index: int = -100, reduction: Reduction = "mean"
-    ) -> None:
-        _check_q(q)
-        super().__init__(q=q, ignore_index=ignore_index, reduction=reduction)
-
-
-def mae_loss(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    ignore_index: int = -100,
-    reduction: Reduction = "mean",
-) -> Tensor:
-    r"""Mean absolute error between the one-hot target and the softmax:
-    :math:`\|e_y - p\|_1 = 2(1 - p_y)`.
-
-    Twice comp-sum with ``tau = 2``. (Some released code, e.g. Ma et al.'s, uses
-    :math:`1 - p_y`; scale the weight by 2 to compare.)
-
-    Args:
-        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
-
-    Paper: Ghosh, Kumar, Sastry, "Robust Loss Functions under Label Noise for Deep Neural
-    Networks", arXiv 1712.09482.
-    """
-    return _comp_sum_core(logits, target, 2.0, 2.0, ignore_index, reduction, "mae")
-
-
-@register(
-    "mae",
-    family="robust-noisy",
-    kind="logits", degenerate=("all_ignored",),
-    paper="Robust Loss Functions under Label Noise for Deep Neural Networks",
-    arxiv="1712.09482",
-    function=mae_loss,
-    summary="||e_y - softmax||_1 = 2 (1 - p_y)",
-)
-class MAELoss(LossModule):
-    """Module form of :func:`mae_loss`."""
-
-    def __init__(self, *, ignore_index: int = -100, reduction: Reduction = "mean") -> None:
-        super().__init__(ignore_index=ignore_index, reduction=reduction)
-
 
 # --------------------------------------------------------------------------------------------
-# Z-loss (spherical) and the log-partition penalty
+# Z-loss (spherical)
 # --------------------------------------------------------------------------------------------
+
+
+def _check_z_loss(*, a: float, eps: float) -> None:
+    check_positive("a", a)
+    check_positive("eps", eps)
 
 
 def z_loss(
@@ -568,7 +394,7 @@ def z_loss(
 
     Invariant to ``logits * alpha + beta`` for ``alpha > 0``. ``z_y`` lies in
     :math:`[-\sqrt{C-1}, \sqrt{C-1}]`. Not the log-partition penalty of large-LM training (that
-    is :func:`logz_penalty_loss`).
+    is :func:`~losslab.losses.sequence.logz_penalty_loss`).
 
     Args:
         logits, target: see the module docstring (class ids only; ``C >= 2``).
@@ -583,8 +409,7 @@ def z_loss(
     Paper: de Brébisson, Vincent, "The Z-loss: a shift and scale invariant classification loss
     belonging to the Spherical Family", arXiv 1604.08859.
     """
-    check_positive("a", a)
-    check_positive("eps", eps)
+    _check_z_loss(a=a, eps=eps)
     batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2, loss="z_loss")
     o = batch.logits
     mu = o.mean(1)
@@ -601,74 +426,10 @@ def z_loss(
     paper="The Z-loss: a shift and scale invariant classification loss belonging to the "
     "Spherical Family",
     arxiv="1604.08859",
-    function=z_loss,
     summary="(1/a) softplus(a (b - z_y)), z = (o - mean(o)) / std(o)",
 )
-class ZLoss(LossModule):
+class ZLoss(LossModule, function=z_loss, check=_check_z_loss):
     """Module form of :func:`z_loss`."""
-
-    def __init__(
-        self,
-        *,
-        a: float = 1.0,
-        b: float = 1.0,
-        eps: float = 1e-4,
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        check_positive("a", a)
-        check_positive("eps", eps)
-        super().__init__(a=a, b=b, eps=eps, ignore_index=ignore_index, reduction=reduction)
-
-
-def logz_penalty_loss(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    coefficient: float = 1e-4,
-    ignore_index: int = -100,
-    reduction: Reduction = "mean",
-) -> Tensor:
-    r"""Log-partition penalty ("z-loss" of large-LM training): keeps ``log Z`` near 0.
-
-    .. math::
-        \ell = c \cdot \Big(\log \sum_k e^{o_k}\Big)^2
-
-    A regulariser added to cross-entropy, not a classification loss on its own; the target is
-    used only to skip ``ignore_index`` items (soft targets are accepted and ignored).
-
-    Args:
-        coefficient: :math:`c` (default 1e-4, as PaLM).
-        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
-
-    Paper: Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", arXiv 2204.02311
-    (also in Mesh-TensorFlow/T5 code). Not the Z-loss of de Brébisson & Vincent
-    (:func:`z_loss`).
-    """
-    check_positive("coefficient", coefficient, strict=False)
-    batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True, loss="logz_penalty")
-    logz = torch.logsumexp(batch.logits, dim=1)
-    return finish(coefficient * logz.pow(2), batch, reduction)
-
-
-@register(
-    "logz_penalty",
-    family="sequence-lm",
-    kind="logits", degenerate=("all_ignored",),
-    paper="PaLM: Scaling Language Modeling with Pathways",
-    arxiv="2204.02311",
-    function=logz_penalty_loss,
-    summary="coefficient * logsumexp(logits)^2, coefficient=1e-4",
-)
-class LogZPenaltyLoss(LossModule):
-    """Module form of :func:`logz_penalty_loss`."""
-
-    def __init__(
-        self, *, coefficient: float = 1e-4, ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        check_positive("coefficient", coefficient, strict=False)
-        super().__init__(coefficient=coefficient, ignore_index=ignore_index, reduction=reduction)
 
 
 # --------------------------------------------------------------------------------------------
@@ -704,7 +465,8 @@ def logit_adjusted_loss(
     batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True,
                     loss="logit_adjusted")
     priors = class_vector("class_priors", class_priors, batch, positive=True)
-    assert priors is not None
+    if priors is None:
+        raise ValueError("class_priors is required (one positive value per class)")
     logp = F.log_softmax(batch.logits + tau * priors.log(), dim=1)
     return finish(target_log_prob(logp, batch), batch, reduction)
 
@@ -715,28 +477,18 @@ def logit_adjusted_loss(
     kind="logits", degenerate=("all_ignored",),
     paper="Long-tail learning via logit adjustment",
     arxiv="2007.07314",
-    function=logit_adjusted_loss,
     summary="CE(logits + tau log prior), tau=1",
     example_hparams={"class_priors": (0.4, 0.3, 0.2, 0.1)},
 )
-class LogitAdjustedLoss(LossModule):
+class LogitAdjustedLoss(LossModule, function=logit_adjusted_loss):
     """Module form of :func:`logit_adjusted_loss` (``class_priors`` kept as a buffer)."""
 
     tensor_hparams = ("class_priors",)
 
-    def __init__(
-        self,
-        *,
-        class_priors: Weights,
-        tau: float = 1.0,
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        if class_priors is None:
-            raise ValueError("class_priors is required (one positive value per class)")
-        super().__init__(
-            class_priors=class_priors, tau=tau, ignore_index=ignore_index, reduction=reduction
-        )
+
+def _check_ldam(*, max_margin: float, scale: float) -> None:
+    check_positive("max_margin", max_margin, strict=False)
+    check_positive("scale", scale)
 
 
 def ldam_loss(
@@ -769,14 +521,14 @@ def ldam_loss(
     Paper: Cao, Wei, Gaidon, Arechiga, Ma, "Learning Imbalanced Datasets with
     Label-Distribution-Aware Margin Loss", arXiv 1906.07413.
     """
-    check_positive("max_margin", max_margin, strict=False)
-    check_positive("scale", scale)
+    _check_ldam(max_margin=max_margin, scale=scale)
     batch = prepare(logits, target, ignore_index=ignore_index, loss="ldam")
     counts = class_vector("class_counts", class_counts, batch, positive=True)
-    assert counts is not None
+    if counts is None:
+        raise ValueError("class_counts is required (one positive count per class)")
     margins = counts.pow(-0.25)
     margins = margins * (max_margin / margins.max())
-    onehot = F.one_hot(batch.index, batch.num_classes).to(batch.logits.dtype)
+    onehot = F.one_hot(batch.class_ids, batch.num_classes).to(batch.logits.dtype)
     shifted = scale * (batch.logits - onehot * margins)
     w = class_vector("weight", weight, batch)
     values, count = _cross_entropy_values(batch, F.log_softmax(shifted, dim=1), w, 0.0)
@@ -789,33 +541,13 @@ def ldam_loss(
     kind="logits", degenerate=("all_ignored",),
     paper="Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss",
     arxiv="1906.07413",
-    function=ldam_loss,
     summary="CE(s (f - m_y e_y)), m_c = C_m n_c^(-1/4) scaled to max C_m=0.5, s=30",
     example_hparams={"class_counts": (500, 100, 50, 10)},
 )
-class LDAMLoss(LossModule):
+class LDAMLoss(LossModule, function=ldam_loss, check=_check_ldam):
     """Module form of :func:`ldam_loss` (``class_counts`` and ``weight`` kept as buffers)."""
 
     tensor_hparams = ("class_counts", "weight")
-
-    def __init__(
-        self,
-        *,
-        class_counts: Weights,
-        max_margin: float = 0.5,
-        scale: float = 30.0,
-        weight: Weights = None,
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        if class_counts is None:
-            raise ValueError("class_counts is required (one positive count per class)")
-        check_positive("max_margin", max_margin, strict=False)
-        check_positive("scale", scale)
-        super().__init__(
-            class_counts=class_counts, max_margin=max_margin, scale=scale, weight=weight,
-            ignore_index=ignore_index, reduction=reduction,
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -826,7 +558,7 @@ class LDAMLoss(LossModule):
 def _margin_violations(batch: LogitsBatch, margin: float) -> tuple[Tensor, Tensor]:
     """``margin + f_k - f_y`` for every class and the mask of ``k != y``."""
     f_y = gather_target(batch.logits, batch).unsqueeze(1)
-    others = ~F.one_hot(batch.index, batch.num_classes).bool()
+    others = ~F.one_hot(batch.class_ids, batch.num_classes).bool()
     return margin + batch.logits - f_y, others
 
 
@@ -864,16 +596,10 @@ def crammer_singer_loss(
     kind="logits", degenerate=("all_ignored",),
     paper="On the Algorithmic Implementation of Multiclass Kernel-based Vector Machines",
     arxiv="",
-    function=crammer_singer_loss,
     summary="max(0, margin + max_{k!=y} f_k - f_y), margin=1",
 )
-class CrammerSingerLoss(LossModule):
+class CrammerSingerLoss(LossModule, function=crammer_singer_loss):
     """Module form of :func:`crammer_singer_loss`."""
-
-    def __init__(
-        self, *, margin: float = 1.0, ignore_index: int = -100, reduction: Reduction = "mean"
-    ) -> None:
-        super().__init__(margin=margin, ignore_index=ignore_index, reduction=reduction)
 
 
 def weston_watkins_loss(
@@ -912,17 +638,11 @@ def weston_watkins_loss(
     kind="logits", degenerate=("all_ignored",),
     paper="Support Vector Machines for Multi-Class Pattern Recognition",
     arxiv="",
-    function=weston_watkins_loss,
     summary="sum_{k!=y} max(0, margin + f_k - f_y), margin=1",
     peers=("torch.nn.functional.multi_margin_loss",),
 )
-class WestonWatkinsLoss(LossModule):
+class WestonWatkinsLoss(LossModule, function=weston_watkins_loss):
     """Module form of :func:`weston_watkins_loss`."""
-
-    def __init__(
-        self, *, margin: float = 1.0, ignore_index: int = -100, reduction: Reduction = "mean"
-    ) -> None:
-        super().__init__(margin=margin, ignore_index=ignore_index, reduction=reduction)
 
 
 # --------------------------------------------------------------------------------------------
@@ -976,11 +696,138 @@ def stablemax_ce_loss(
     kind="logits", degenerate=("all_ignored",),
     paper="Grokking at the Edge of Numerical Stability",
     arxiv="2501.04697",
-    function=stablemax_ce_loss,
     summary="-log s(x_y)/sum_j s(x_j), s(x) = x+1 (x>=0), 1/(1-x) (x<0)",
 )
-class StableMaxCELoss(LossModule):
+class StableMaxCELoss(LossModule, function=stablemax_ce_loss):
     """Module form of :func:`stablemax_ce_loss`."""
 
-    def __init__(self, *, ignore_index: int = -100, reduction: Reduction = "mean") -> None:
-        super().__init__(ignore_index=ignore_index, reduction=reduction)
+
+# --------------------------------------------------------------------------------------------
+# AnyLoss: confusion-matrix metrics as a batch-level loss
+# --------------------------------------------------------------------------------------------
+
+
+#: The confusion-matrix metrics AnyLoss turns into losses.
+AnyLossMetric = Literal["f1", "fbeta", "balanced_accuracy", "gmean", "accuracy"]
+ANYLOSS_METRICS: tuple[str, ...] = ("f1", "fbeta", "balanced_accuracy", "gmean", "accuracy")
+
+#: Added to every denominator (and under the square root of G-mean) so that an empty class
+#: gives a finite value and gradient.
+_ANYLOSS_EPS = 1e-7
+
+
+def soft_confusion(
+    probs: Tensor, positive: Tensor, valid: Tensor, amplifier: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""Differentiable confusion entries from probabilities ``[M, K]`` and 0/1 labels ``[M, K]``.
+
+    :math:`\hat y = A(p) = \sigma(L (p - 0.5))`; :math:`TP = \sum y \hat y`,
+    :math:`FN = \sum y (1 - \hat y)`, :math:`FP = \sum (1 - y) \hat y`,
+    :math:`TN = \sum (1-y)(1-\hat y)` over the valid rows, one entry per column.
+    """
+    y_hat = torch.sigmoid(amplifier * (probs - 0.5))
+    m = valid.to(probs.dtype).unsqueeze(1)
+    y = positive.to(probs.dtype) * m
+    tp = (y * y_hat).sum(0)
+    fn = (y * (1 - y_hat)).sum(0)
+    fp = ((m - y) * y_hat).sum(0)
+    tn = ((m - y) * (1 - y_hat)).sum(0)
+    return tp, fn, fp, tn
+
+
+def _confusion_metric(tp: Tensor, fn: Tensor, fp: Tensor, tn: Tensor, metric: str,
+                      beta: float) -> Tensor:
+    if metric in ("f1", "fbeta"):
+        b2 = 1.0 if metric == "f1" else beta * beta
+        return (1 + b2) * tp / ((1 + b2) * tp + b2 * fn + fp + _ANYLOSS_EPS)
+    if metric == "accuracy":
+        return (tp + tn) / (tp + tn + fp + fn + _ANYLOSS_EPS)
+    tpr = tp / (tp + fn + _ANYLOSS_EPS)
+    tnr = tn / (tn + fp + _ANYLOSS_EPS)
+    if metric == "balanced_accuracy":
+        return (tpr + tnr) / 2
+    return (tpr * tnr + _ANYLOSS_EPS).sqrt()
+
+
+def _check_anyloss(*, metric: str, beta: float, amplifier: float) -> None:
+    check_choice("metric", metric, ANYLOSS_METRICS)
+    check_positive("beta", beta)
+    check_positive("amplifier", amplifier)
+
+
+def anyloss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    metric: AnyLossMetric = "f1",
+    beta: float = 1.0,
+    amplifier: float = 73.0,
+    ignore_index: int = -100,
+) -> Tensor:
+    r"""AnyLoss: ``1 - metric`` of a differentiable confusion matrix.
+
+    .. math::
+        \hat y_i = A(p_i) = \frac{1}{1 + e^{-L (p_i - 0.5)}},\quad
+        TP = \sum_i y_i \hat y_i,\ FN = \sum_i y_i (1-\hat y_i),\
+        FP = \sum_i (1-y_i)\hat y_i,\ TN = \sum_i (1-y_i)(1-\hat y_i)
+
+    and the loss is :math:`1 - M(TP, FN, FP, TN)` with, for ``metric``:
+
+    * ``"f1"`` / ``"fbeta"``: :math:`\frac{(1+\beta^2) TP}{(1+\beta^2) TP + \beta^2 FN + FP}`;
+    * ``"balanced_accuracy"``: :math:`\frac12 (\frac{TP}{TP+FN} + \frac{TN}{TN+FP})`;
+    * ``"gmean"``: :math:`\sqrt{\frac{TP}{TP+FN} \cdot \frac{TN}{TN+FP}}`;
+    * ``"accuracy"``: :math:`\frac{TP+TN}{TP+TN+FP+FN}`.
+
+    A small ``1e-7`` is added to each denominator (and inside the square root).
+
+    Binary: ``logits`` of shape ``[N]`` (or ``[N, 1]``) are positive-class logits,
+    :math:`p = \sigma(\text{logit})`, ``target`` is ``[N]`` of 0/1 (class 1 positive).
+    Multi-class (``logits[N, C, ...]`` with ``C >= 2``): :math:`p = \operatorname{softmax}`, the
+    metric is computed one-vs-rest for every class and macro-averaged (the paper is binary;
+    macro averaging is the usual extension). For a binary problem given as 2-class logits this
+    averages the metric of both classes; use ``[N]`` logits for the paper's binary loss.
+
+    Args:
+        logits: ``[N]``/``[N, 1]`` (binary) or ``[N, C, ...]``; target: ``[N]`` 0/1 or
+            ``[N, ...]`` class ids (no soft targets). ``ignore_index`` items are left out.
+        metric: ``"f1"`` (default), ``"fbeta"``, ``"balanced_accuracy"``, ``"gmean"``,
+            ``"accuracy"``.
+        beta: :math:`\beta` of ``"fbeta"`` (default 1).
+        amplifier: :math:`L` (default 73, the paper's choice).
+
+    Returns a scalar (batch-level loss; no ``reduction``). No valid item: 0 with zero gradient.
+
+    Paper: Han, Moniz, Chawla, "AnyLoss: Transforming Classification Metrics into Loss
+    Functions", arXiv 2405.14745.
+    """
+    _check_anyloss(metric=metric, beta=beta, amplifier=amplifier)
+    if isinstance(logits, Tensor) and logits.ndim == 1:
+        logits = logits.unsqueeze(1)
+    binary = isinstance(logits, Tensor) and logits.ndim == 2 and logits.shape[1] == 1
+    if binary:
+        batch = prepare(logits, target, ignore_index=ignore_index, loss="anyloss (binary)",
+                        id_range=2)
+        probs = torch.sigmoid(batch.logits)
+        positive = batch.class_ids.unsqueeze(1) == 1
+    else:
+        batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2, loss="anyloss")
+        probs = torch.softmax(batch.logits, dim=1)
+        classes = torch.arange(batch.num_classes, device=probs.device)
+        positive = batch.class_ids.unsqueeze(1) == classes
+    tp, fn, fp, tn = soft_confusion(probs, positive, batch.valid, amplifier)
+    loss = 1 - _confusion_metric(tp, fn, fp, tn, metric, beta).mean()
+    # No valid item: a zero that stays connected to the graph (zero gradient).
+    return torch.where(batch.valid.any(), loss, (probs * 0.0).sum()).to(batch.dtype)
+
+
+@register(
+    "anyloss",
+    family="classification",
+    kind="logits", degenerate=("all_ignored",),
+    paper="AnyLoss: Transforming Classification Metrics into Loss Functions",
+    arxiv="2405.14745",
+    summary="1 - metric(TP, FN, FP, TN), y_hat = sigmoid(73 (p - 0.5)); macro over classes",
+    reduction=None,
+)
+class AnyLoss(LossModule, function=anyloss, check=_check_anyloss):
+    """Module form of :func:`anyloss`."""

@@ -1,4 +1,5 @@
-"""Losses robust to label noise: LDR-KL / ALDR-KL and the normalized / active-passive losses.
+"""Losses robust to label noise (family ``robust-noisy``): LDR-KL / ALDR-KL, the comp-sum
+members GCE and MAE, and the normalized / active-passive losses.
 
 Kind ``logits``: ``loss(logits[N, C, d1, ...], target[N, d1, ...])`` with integer class ids
 (soft targets raise ``ValueError``); ``ignore_index`` (default -100) items are skipped and
@@ -19,17 +20,21 @@ from torch import Tensor
 from losslab._core import LossModule, Reduction, check_choice, check_positive
 from losslab._ops.logits import (
     LogitsBatch,
+    comp_sum_items,
+    comp_sum_values,
     finish,
     gather_target,
     log_softmax,
+    one_minus_pt_power,
     prepare,
 )
-from losslab.losses.classification import comp_sum_values, one_minus_pt_power
 from losslab.registry import register
 
 __all__ = [
     "ALDRKLLoss",
+    "GCELoss",
     "LDRKLLoss",
+    "MAELoss",
     "NCELoss",
     "NCEMAELoss",
     "NCERCELoss",
@@ -38,7 +43,9 @@ __all__ = [
     "RCELoss",
     "SCELoss",
     "aldr_kl_loss",
+    "gce_loss",
     "ldr_kl_loss",
+    "mae_loss",
     "nce_loss",
     "nce_mae_loss",
     "nce_rce_loss",
@@ -46,6 +53,7 @@ __all__ = [
     "nfl_rce_loss",
     "rce_loss",
     "sce_loss",
+    "transform_scores",
 ]
 
 LDR = (
@@ -85,12 +93,17 @@ def transform_scores(scores: Tensor, score_transform: ScoreTransform) -> Tensor:
 
 def _ldr_kl_values(f: Tensor, batch: LogitsBatch, margin: float, lam: Tensor | float) -> Tensor:
     r""":math:`\lambda (\log \sum_k \exp((\delta_{k,y} + f_k - f_y)/\lambda) - \log K)`."""
-    onehot = F.one_hot(batch.index, batch.num_classes).to(f.dtype)
+    onehot = F.one_hot(batch.class_ids, batch.num_classes).to(f.dtype)
     delta = margin * (1.0 - onehot)
     f_y = (f * onehot).sum(1, keepdim=True)
     lam_col = lam.unsqueeze(1) if isinstance(lam, Tensor) else lam
     lse = torch.logsumexp((delta + f - f_y) / lam_col, dim=1)
     return lam * (lse - math.log(batch.num_classes))
+
+
+def _check_ldr_kl(*, lam: float, score_transform: ScoreTransform) -> None:
+    check_positive("lam", lam)
+    check_choice("score_transform", score_transform, SCORE_TRANSFORMS)
 
 
 def ldr_kl_loss(
@@ -125,7 +138,7 @@ def ldr_kl_loss(
     Paper: Zhu, Ying, Yang, "Label Distributionally Robust Losses for Multi-class
     Classification: Consistency, Robustness and Adaptivity", arXiv 2112.14869.
     """
-    check_positive("lam", lam)
+    _check_ldr_kl(lam=lam, score_transform=score_transform)
     batch = prepare(logits, target, ignore_index=ignore_index, loss="ldr_kl")
     f = transform_scores(batch.logits, score_transform)
     return finish(_ldr_kl_values(f, batch, margin, lam), batch, reduction)
@@ -137,30 +150,13 @@ def ldr_kl_loss(
     kind="logits", degenerate=("all_ignored",),
     paper=LDR,
     arxiv="2112.14869",
-    function=ldr_kl_loss,
     summary="lam log mean_k exp((margin [k!=y] + f_k - f_y) / lam), margin=0.1, lam=10",
 )
-class LDRKLLoss(LossModule):
+class LDRKLLoss(LossModule, function=ldr_kl_loss, check=_check_ldr_kl):
     """Module form of :func:`ldr_kl_loss`."""
 
-    def __init__(
-        self,
-        *,
-        margin: float = 0.1,
-        lam: float = 10.0,
-        score_transform: ScoreTransform = None,
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        check_positive("lam", lam)
-        check_choice("score_transform", score_transform, SCORE_TRANSFORMS)
-        super().__init__(
-            margin=margin, lam=lam, score_transform=score_transform, ignore_index=ignore_index,
-            reduction=reduction,
-        )
 
-
-def _check_index(index: Tensor | None, n: int, num_samples: int) -> Tensor:
+def _check_sample_ids(index: Tensor | None, n: int, num_samples: int) -> Tensor:
     if index is None:
         raise ValueError("aldr_kl needs index= (the dataset ids of the batch, LongTensor [N])")
     if not isinstance(index, Tensor) or index.is_floating_point() or index.dtype == torch.bool:
@@ -172,6 +168,16 @@ def _check_index(index: Tensor | None, n: int, num_samples: int) -> Tensor:
         raise ValueError(f"index must hold dataset ids in [0, {num_samples}), got values in "
                          f"[{int(index.min())}, {int(index.max())}]")
     return index.long()
+
+
+def _check_aldr_kl(*, num_samples: int | None, lam0: float, alpha: float,
+                   score_transform: ScoreTransform) -> None:
+    if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    check_positive("lam0", lam0)
+    if not alpha > 1:
+        raise ValueError(f"alpha must be > 1 (keeps lambda positive), got {alpha!r}")
+    check_choice("score_transform", score_transform, SCORE_TRANSFORMS)
 
 
 def aldr_kl_loss(
@@ -226,9 +232,8 @@ def aldr_kl_loss(
 
     Paper: Zhu, Ying, Yang, arXiv 2112.14869 (Algorithm 1, "ALDR-KL").
     """
-    check_positive("lam0", lam0)
-    if not alpha > 1:
-        raise ValueError(f"alpha must be > 1 (keeps lambda positive), got {alpha!r}")
+    _check_aldr_kl(num_samples=num_samples, lam0=lam0, alpha=alpha,
+                   score_transform=score_transform)
     batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2, spatial_ok=False,
                     loss="aldr_kl")
     n = batch.logits.shape[0]
@@ -236,9 +241,9 @@ def aldr_kl_loss(
         if num_samples is not None and lambdas.shape != (num_samples,):
             raise ValueError(f"lambdas must have shape [{num_samples}] (num_samples), "
                              f"got {tuple(lambdas.shape)}")
-        idx = _check_index(index, n, lambdas.shape[0])
+        idx = _check_sample_ids(index, n, lambdas.shape[0])
     elif index is not None and num_samples is not None:
-        _check_index(index, n, num_samples)
+        _check_sample_ids(index, n, num_samples)
     k = batch.num_classes
     log_k = math.log(k)
     f = transform_scores(batch.logits, score_transform)
@@ -265,20 +270,26 @@ def aldr_kl_loss(
     kind="logits", degenerate=("all_ignored",),
     paper=LDR,
     arxiv="2112.14869",
-    function=aldr_kl_loss,
     summary="LDR-KL with per-sample lambda_i = lam0 - lam0 KL(p_i||u)/(alpha log K), by index",
     needs_index=True,
     example_hparams={"num_samples": 64},
 )
-class ALDRKLLoss(LossModule):
+class ALDRKLLoss(LossModule, function=aldr_kl_loss, check=_check_aldr_kl):
     """Module form of :func:`aldr_kl_loss`; keeps the per-sample lambdas in the buffer
     ``lambdas`` (saved by ``state_dict()``). ``forward(logits, target, *, index)``; in
-    ``eval()`` mode the lambdas are not updated."""
+    ``eval()`` mode the lambdas are not updated.
+
+    ``num_samples`` (the dataset size, the length of ``lambdas``) is required here; it defaults
+    to ``None`` only because it is optional in the function (which then keeps no state).
+    """
+
+    function_only = ("lambdas", "update")  # the module's buffer and its train/eval mode
+    lambdas: Tensor
 
     def __init__(
         self,
         *,
-        num_samples: int,
+        num_samples: int | None = None,
         lam0: float = 10.0,
         alpha: float = 2.0,
         margin: float = 0.1,
@@ -286,12 +297,9 @@ class ALDRKLLoss(LossModule):
         ignore_index: int = -100,
         reduction: Reduction = "mean",
     ) -> None:
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-        check_positive("lam0", lam0)
-        if not alpha > 1:
-            raise ValueError(f"alpha must be > 1 (keeps lambda positive), got {alpha!r}")
-        check_choice("score_transform", score_transform, SCORE_TRANSFORMS)
+        if num_samples is None:
+            raise ValueError("aldr_kl needs num_samples (the dataset size: one lambda per "
+                             "sample)")
         super().__init__(
             num_samples=num_samples, lam0=lam0, alpha=alpha, margin=margin,
             score_transform=score_transform, ignore_index=ignore_index, reduction=reduction,
@@ -299,10 +307,90 @@ class ALDRKLLoss(LossModule):
         self.register_buffer("lambdas", torch.full((num_samples,), float(lam0)))
 
     def forward(self, logits: Tensor, target: Tensor, *, index: Tensor | None = None) -> Tensor:
-        return aldr_kl_loss(
-            logits, target, index=index, lambdas=self.lambdas, update=self.training,
-            **self.hparams,
-        )
+        return aldr_kl_loss(logits, target, index=index, lambdas=self.lambdas,
+                            update=self.training, **self.call_kwargs())
+
+
+# --------------------------------------------------------------------------------------------
+# Members of the comp-sum family: GCE and MAE
+# --------------------------------------------------------------------------------------------
+
+
+def _check_gce(*, q: float) -> None:
+    if not 0.0 < q <= 1.0:
+        raise ValueError(f"q must be in (0, 1], got {q!r}")
+
+
+def gce_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    q: float = 0.7,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Generalized cross-entropy :math:`(1 - p_y^q)/q` (comp-sum with ``tau = 1 + q``).
+
+    ``q → 0`` is cross-entropy, ``q = 1`` is :math:`1 - p_y` (half the MAE).
+
+    Args:
+        q: :math:`q \in (0, 1]` (default 0.7, the paper's choice).
+        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
+
+    Paper: Zhang, Sabuncu, "Generalized Cross Entropy Loss for Training Deep Neural Networks
+    with Noisy Labels", arXiv 1805.07836 (a member of the comp-sum family, arXiv 2304.07288;
+    :func:`~losslab.losses.classification.comp_sum_loss`).
+    """
+    _check_gce(q=q)
+    return comp_sum_items(logits, target, tau=1.0 + q, scale=1.0, ignore_index=ignore_index,
+                          reduction=reduction, loss="gce")
+
+
+@register(
+    "gce",
+    family="robust-noisy",
+    kind="logits", degenerate=("all_ignored",),
+    paper="Generalized Cross Entropy Loss for Training Deep Neural Networks with Noisy Labels",
+    arxiv="1805.07836",
+    summary="(1 - p_y^q) / q, q=0.7 (comp_sum with tau = 1 + q)",
+)
+class GCELoss(LossModule, function=gce_loss, check=_check_gce):
+    """Module form of :func:`gce_loss`."""
+
+
+def mae_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Mean absolute error between the one-hot target and the softmax:
+    :math:`\|e_y - p\|_1 = 2(1 - p_y)`.
+
+    Twice comp-sum with ``tau = 2``. (Some released code, e.g. Ma et al.'s, uses
+    :math:`1 - p_y`; scale the weight by 2 to compare.)
+
+    Args:
+        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
+
+    Paper: Ghosh, Kumar, Sastry, "Robust Loss Functions under Label Noise for Deep Neural
+    Networks", arXiv 1712.09482.
+    """
+    return comp_sum_items(logits, target, tau=2.0, scale=2.0, ignore_index=ignore_index,
+                          reduction=reduction, loss="mae")
+
+
+@register(
+    "mae",
+    family="robust-noisy",
+    kind="logits", degenerate=("all_ignored",),
+    paper="Robust Loss Functions under Label Noise for Deep Neural Networks",
+    arxiv="1712.09482",
+    summary="||e_y - softmax||_1 = 2 (1 - p_y)",
+)
+class MAELoss(LossModule, function=mae_loss):
+    """Module form of :func:`mae_loss`."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,9 +418,19 @@ def _mae_values(logp: Tensor, batch: LogitsBatch) -> Tensor:
     return 2.0 * comp_sum_values(gather_target(logp, batch), 2.0)
 
 
-def _check_log_zero(log_zero: float) -> None:
+def _check_rce(*, log_zero: float) -> None:
+    """The check of every loss with an RCE term (``rce``, ``sce``, ``nce_rce``)."""
     if not log_zero < 0:
         raise ValueError(f"log_zero must be < 0 (the value that replaces log 0), got {log_zero!r}")
+
+
+def _check_nfl(*, gamma: float) -> None:
+    check_positive("gamma", gamma, strict=False)
+
+
+def _check_nfl_rce(*, gamma: float, log_zero: float) -> None:
+    _check_nfl(gamma=gamma)
+    _check_rce(log_zero=log_zero)
 
 
 def nce_loss(
@@ -349,6 +447,19 @@ def nce_loss(
     """
     batch = prepare(logits, target, ignore_index=ignore_index, loss="nce")
     return finish(_nce_values(log_softmax(batch), batch), batch, reduction)
+
+
+@register(
+    "nce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    summary="-log p_y / -sum_k log p_k",
+)
+class NCELoss(LossModule, function=nce_loss):
+    """Module form of :func:`nce_loss`."""
 
 
 def nfl_loss(
@@ -368,9 +479,22 @@ def nfl_loss(
 
     Paper: Ma et al., arXiv 2006.13554.
     """
-    check_positive("gamma", gamma, strict=False)
+    _check_nfl(gamma=gamma)
     batch = prepare(logits, target, ignore_index=ignore_index, loss="nfl")
     return finish(_nfl_values(log_softmax(batch), batch, gamma), batch, reduction)
+
+
+@register(
+    "nfl",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    summary="FL_y / sum_k FL_k, FL_k = -(1-p_k)^gamma log p_k, gamma=0.5",
+)
+class NFLLoss(LossModule, function=nfl_loss, check=_check_nfl):
+    """Module form of :func:`nfl_loss`."""
 
 
 def rce_loss(
@@ -392,9 +516,22 @@ def rce_loss(
     Paper: Wang, Ma, Chen, Luo, Yi, Bailey, "Symmetric Cross Entropy for Robust Learning with
     Noisy Labels", arXiv 1908.06112.
     """
-    _check_log_zero(log_zero)
+    _check_rce(log_zero=log_zero)
     batch = prepare(logits, target, ignore_index=ignore_index, loss="rce")
     return finish(_rce_values(log_softmax(batch), batch, log_zero), batch, reduction)
+
+
+@register(
+    "rce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=SCE,
+    arxiv="1908.06112",
+    summary="-sum_k p_k log q_k with log 0 = A = -4: -A (1 - p_y)",
+)
+class RCELoss(LossModule, function=rce_loss, check=_check_rce):
+    """Module form of :func:`rce_loss`."""
 
 
 def sce_loss(
@@ -417,11 +554,24 @@ def sce_loss(
     Paper: Wang et al., "Symmetric Cross Entropy for Robust Learning with Noisy Labels",
     arXiv 1908.06112.
     """
-    _check_log_zero(log_zero)
+    _check_rce(log_zero=log_zero)
     batch = prepare(logits, target, ignore_index=ignore_index, loss="sce")
     logp = log_softmax(batch)
     ce = -gather_target(logp, batch)
     return finish(alpha * ce + beta * _rce_values(logp, batch, log_zero), batch, reduction)
+
+
+@register(
+    "sce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=SCE,
+    arxiv="1908.06112",
+    summary="alpha CE + beta RCE, alpha=0.1, beta=1, A=-4",
+)
+class SCELoss(LossModule, function=sce_loss, check=_check_rce):
+    """Module form of :func:`sce_loss`."""
 
 
 def nce_rce_loss(
@@ -444,11 +594,24 @@ def nce_rce_loss(
 
     Paper: Ma et al., arXiv 2006.13554.
     """
-    _check_log_zero(log_zero)
+    _check_rce(log_zero=log_zero)
     batch = prepare(logits, target, ignore_index=ignore_index, loss="nce_rce")
     logp = log_softmax(batch)
     values = alpha * _nce_values(logp, batch) + beta * _rce_values(logp, batch, log_zero)
     return finish(values, batch, reduction)
+
+
+@register(
+    "nce_rce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    summary="alpha NCE + beta RCE, alpha=beta=1",
+)
+class NCERCELoss(LossModule, function=nce_rce_loss, check=_check_rce):
+    """Module form of :func:`nce_rce_loss`."""
 
 
 def nfl_rce_loss(
@@ -471,12 +634,24 @@ def nfl_rce_loss(
 
     Paper: Ma et al., arXiv 2006.13554.
     """
-    check_positive("gamma", gamma, strict=False)
-    _check_log_zero(log_zero)
+    _check_nfl_rce(gamma=gamma, log_zero=log_zero)
     batch = prepare(logits, target, ignore_index=ignore_index, loss="nfl_rce")
     logp = log_softmax(batch)
     values = alpha * _nfl_values(logp, batch, gamma) + beta * _rce_values(logp, batch, log_zero)
     return finish(values, batch, reduction)
+
+
+@register(
+    "nfl_rce",
+    family="robust-noisy",
+    kind="logits",
+    degenerate=("all_ignored",),
+    paper=APL,
+    arxiv="2006.13554",
+    summary="alpha NFL + beta RCE, alpha=beta=1, gamma=0.5",
+)
+class NFLRCELoss(LossModule, function=nfl_rce_loss, check=_check_nfl_rce):
+    """Module form of :func:`nfl_rce_loss`."""
 
 
 def nce_mae_loss(
@@ -489,7 +664,7 @@ def nce_mae_loss(
     reduction: Reduction = "mean",
 ) -> Tensor:
     r"""Active-passive loss NCE+MAE: :math:`\alpha\, \mathrm{NCE} + \beta\, \mathrm{MAE}`, with
-    :math:`\mathrm{MAE} = 2(1 - p_y)` (:func:`~losslab.losses.classification.mae_loss`; the
+    :math:`\mathrm{MAE} = 2(1 - p_y)` (:func:`mae_loss`; the
     released code uses :math:`1 - p_y`, so its ``beta`` is twice ours).
 
     Args:
@@ -505,144 +680,15 @@ def nce_mae_loss(
 
 
 @register(
-    "nce",
-    family="robust-noisy",
-    kind="logits",
-    degenerate=("all_ignored",),
-    paper=APL,
-    arxiv="2006.13554",
-    function=nce_loss,
-    summary="-log p_y / -sum_k log p_k",
-)
-class NCELoss(LossModule):
-    """Module form of :func:`nce_loss`."""
-
-    def __init__(self, *, ignore_index: int = -100, reduction: Reduction = "mean") -> None:
-        super().__init__(ignore_index=ignore_index, reduction=reduction)
-
-
-@register(
-    "nfl",
-    family="robust-noisy",
-    kind="logits",
-    degenerate=("all_ignored",),
-    paper=APL,
-    arxiv="2006.13554",
-    function=nfl_loss,
-    summary="FL_y / sum_k FL_k, FL_k = -(1-p_k)^gamma log p_k, gamma=0.5",
-)
-class NFLLoss(LossModule):
-    """Module form of :func:`nfl_loss`."""
-
-    def __init__(
-        self, *, gamma: float = 0.5, ignore_index: int = -100, reduction: Reduction = "mean"
-    ) -> None:
-        check_positive("gamma", gamma, strict=False)
-        super().__init__(gamma=gamma, ignore_index=ignore_index, reduction=reduction)
-
-
-@register(
-    "rce",
-    family="robust-noisy",
-    kind="logits",
-    degenerate=("all_ignored",),
-    paper=SCE,
-    arxiv="1908.06112",
-    function=rce_loss,
-    summary="-sum_k p_k log q_k with log 0 = A = -4: -A (1 - p_y)",
-)
-class RCELoss(LossModule):
-    """Module form of :func:`rce_loss`."""
-
-    def __init__(
-        self, *, log_zero: float = -4.0, ignore_index: int = -100, reduction: Reduction = "mean"
-    ) -> None:
-        _check_log_zero(log_zero)
-        super().__init__(log_zero=log_zero, ignore_index=ignore_index, reduction=reduction)
-
-
-@register(
-    "sce",
-    family="robust-noisy",
-    kind="logits",
-    degenerate=("all_ignored",),
-    paper=SCE,
-    arxiv="1908.06112",
-    function=sce_loss,
-    summary="alpha CE + beta RCE, alpha=0.1, beta=1, A=-4",
-)
-class SCELoss(LossModule):
-    """Module form of :func:`sce_loss`."""
-
-    def __init__(
-        self, *, alpha: float = 0.1, beta: float = 1.0, log_zero: float = -4.0,
-        ignore_index: int = -100, reduction: Reduction = "mean",
-    ) -> None:
-        _check_log_zero(log_zero)
-        super().__init__(alpha=alpha, beta=beta, log_zero=log_zero, ignore_index=ignore_index,
-                         reduction=reduction)
-
-
-@register(
-    "nce_rce",
-    family="robust-noisy",
-    kind="logits",
-    degenerate=("all_ignored",),
-    paper=APL,
-    arxiv="2006.13554",
-    function=nce_rce_loss,
-    summary="alpha NCE + beta RCE, alpha=beta=1",
-)
-class NCERCELoss(LossModule):
-    """Module form of :func:`nce_rce_loss`."""
-
-    def __init__(
-        self, *, alpha: float = 1.0, beta: float = 1.0, log_zero: float = -4.0,
-        ignore_index: int = -100, reduction: Reduction = "mean",
-    ) -> None:
-        _check_log_zero(log_zero)
-        super().__init__(alpha=alpha, beta=beta, log_zero=log_zero, ignore_index=ignore_index,
-                         reduction=reduction)
-
-
-@register(
-    "nfl_rce",
-    family="robust-noisy",
-    kind="logits",
-    degenerate=("all_ignored",),
-    paper=APL,
-    arxiv="2006.13554",
-    function=nfl_rce_loss,
-    summary="alpha NFL + beta RCE, alpha=beta=1, gamma=0.5",
-)
-class NFLRCELoss(LossModule):
-    """Module form of :func:`nfl_rce_loss`."""
-
-    def __init__(
-        self, *, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.5,
-        log_zero: float = -4.0, ignore_index: int = -100, reduction: Reduction = "mean",
-    ) -> None:
-        check_positive("gamma", gamma, strict=False)
-        _check_log_zero(log_zero)
-        super().__init__(alpha=alpha, beta=beta, gamma=gamma, log_zero=log_zero,
-                         ignore_index=ignore_index, reduction=reduction)
-
-
-@register(
     "nce_mae",
     family="robust-noisy",
     kind="logits",
     degenerate=("all_ignored",),
     paper=APL,
     arxiv="2006.13554",
-    function=nce_mae_loss,
     summary="alpha NCE + beta MAE, MAE = 2(1 - p_y), alpha=beta=1",
 )
-class NCEMAELoss(LossModule):
+class NCEMAELoss(LossModule, function=nce_mae_loss):
     """Module form of :func:`nce_mae_loss`."""
 
-    def __init__(
-        self, *, alpha: float = 1.0, beta: float = 1.0, ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        super().__init__(alpha=alpha, beta=beta, ignore_index=ignore_index, reduction=reduction)
+

@@ -35,15 +35,20 @@ dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_choice, check_positive, reduce
-from losslab._ops.logits import prepare
+from losslab._core import LossModule, Reduction, check_choice, check_positive
+from losslab._ops.dense import (
+    CLASS_MODES,
+    Classes,
+    active_classes,
+    prepare_dense,
+    reduce_groups,
+    safe_ratio,
+    soft_counts,
+)
+from losslab._ops.numerics import safe_pow
 from losslab.registry import register
 
 __all__ = [
@@ -59,134 +64,44 @@ __all__ = [
     "focal_tversky_loss",
     "jaccard_loss",
     "jaccard_metric_loss",
+    "lovasz_jaccard_weights",
     "lovasz_softmax_loss",
     "tversky_loss",
 ]
 
-Classes = Literal["all", "present"]
-CLASS_MODES: tuple[str, ...] = ("all", "present")
-
 JML_PAPER = "Jaccard Metric Losses: Optimizing the Jaccard Index with Soft Labels"
+#: What ``reduction="none"`` returns, for the registry.
+_REDUCTION_DOC = "per image (per class with per_image=False)"
 
 
-# --------------------------------------------------------------------------------------------
-# Shared plumbing: validation, soft counts, active classes, reduction
-# --------------------------------------------------------------------------------------------
+# The shared pieces (grouped softmax batch, soft counts, active classes, the reduction over
+# groups) are in losslab._ops.dense.
+#
+# Hyperparameter checks: one per group of losses, called by the function and at construction.
 
 
-@dataclass(frozen=True)
-class DenseBatch:
-    """Softmax prediction and target of a dense batch, grouped for aggregation.
-
-    Attributes:
-        probs: ``[G, C, S]`` softmax probabilities, 0 at ignored pixels (compute dtype).
-        target: ``[G, C, S]`` one-hot (hard labels) or soft labels, 0 at ignored pixels.
-        valid: ``[G, S]`` bool, False at ignored pixels.
-        soft: the target holds soft labels (float input).
-        dtype: dtype of the input logits (the dtype of the result).
-    """
-
-    probs: Tensor
-    target: Tensor
-    valid: Tensor
-    soft: bool
-    dtype: torch.dtype
-
-
-def prepare_dense(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    ignore_index: int,
-    per_image: bool,
-    soft_ok: bool = True,
-    loss: str,
-) -> DenseBatch:
-    """Validate ``(logits[N, C, *spatial], target)``, apply softmax and group the pixels."""
-    if isinstance(logits, Tensor) and logits.ndim < 3:
-        raise ValueError(
-            f"{loss} needs logits of shape [N, C, *spatial] (at least one spatial dim), "
-            f"got {tuple(logits.shape)}"
-        )
-    b = prepare(logits, target, ignore_index=ignore_index, soft_ok=soft_ok, min_classes=2,
-                loss=loss)
-    n, c = logits.shape[0], logits.shape[1]
-    probs = F.softmax(b.logits, dim=1)  # [M, C], M = N·S in (image, pixel) order
-    if b.probs is not None:
-        tgt = b.probs
-    else:
-        assert b.index is not None
-        tgt = F.one_hot(b.index, c).to(probs.dtype)
-    valid = b.valid.unsqueeze(1)
-    probs = torch.where(valid, probs, torch.zeros_like(probs))
-    tgt = torch.where(valid, tgt, torch.zeros_like(tgt))
-    groups = n if per_image else 1
-    probs = probs.reshape(groups, -1, c).transpose(1, 2)
-    tgt = tgt.reshape(groups, -1, c).transpose(1, 2)
-    return DenseBatch(probs, tgt, b.valid.reshape(groups, -1), b.probs is not None, b.dtype)
-
-
-def soft_counts(
-    batch: DenseBatch, *, metric: bool, squared: bool = False
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-group, per-class ``(TP, P, Y)``, each ``[G, C]``.
-
-    ``metric=False``: :math:`TP = \\sum p y`; ``metric=True``: the L1 decomposition
-    :math:`TP = (\\|p\\|_1 + \\|y\\|_1 - \\|p - y\\|_1)/2` of arXiv 2302.05666. ``squared``:
-    cardinalities :math:`\\sum p^2`, :math:`\\sum y^2` (V-Net), with :math:`TP = \\sum p y`.
-    """
-    p, y = batch.probs, batch.target
-    if squared:
-        return (p * y).sum(2), (p * p).sum(2), (y * y).sum(2)
-    pc, yc = p.sum(2), y.sum(2)
-    if metric:
-        tp = (pc + yc - (p - y).abs().sum(2)) / 2
-    else:
-        tp = (p * y).sum(2)
-    return tp, pc, yc
-
-
-def safe_ratio(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den``, and 1 where ``den == 0`` (an empty class: nothing to get wrong), with
-    finite gradients everywhere."""
-    ok = den > 0
-    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.ones_like(num))
-
-
-def active_classes(batch: DenseBatch, y_mass: Tensor, classes: str) -> Tensor:
-    """``[G, C]`` bool: the classes that count in each group (see the module docstring)."""
-    has_pixels = batch.valid.any(1, keepdim=True)
-    if classes == "all":
-        return has_pixels.expand_as(y_mass)
-    return (y_mass > 0) & has_pixels
-
-
-def reduce_groups(
-    per_class: Tensor, active: Tensor, batch: DenseBatch, reduction: str, per_image: bool
-) -> Tensor:
-    """Mean over active classes per group, then the ``reduction`` over groups (``per_image``)
-    or over classes (batch aggregation). See the module docstring."""
-    per_class = torch.where(active, per_class, torch.zeros_like(per_class))
-    act = active.to(per_class.dtype)
-    if per_image:
-        n_act = act.sum(1)
-        values = per_class.sum(1) / n_act.clamp_min(1)
-        out = reduce(values, reduction, count=(n_act > 0).to(values.dtype).sum())
-    else:
-        out = reduce(per_class[0], reduction, count=act.sum())
-    return out.to(batch.dtype)
-
-
-def _check_common(smooth: float, classes: str) -> None:
+def _check_region(*, smooth: float, classes: str) -> None:
+    """Dice, Jaccard and their metric forms: ``smooth >= 0``, ``classes`` in ``CLASS_MODES``."""
     check_positive("smooth", smooth, strict=False)
     check_choice("classes", classes, CLASS_MODES)
 
 
-def _check_tversky(alpha: float, beta: float) -> None:
+def _check_tversky(*, alpha: float, beta: float, smooth: float, classes: str) -> None:
+    _check_region(smooth=smooth, classes=classes)
     check_positive("alpha", alpha, strict=False)
     check_positive("beta", beta, strict=False)
     if alpha + beta <= 0:
         raise ValueError(f"alpha + beta must be > 0, got {alpha!r} + {beta!r}")
+
+
+def _check_focal_tversky(*, alpha: float, beta: float, gamma: float, smooth: float,
+                         classes: str) -> None:
+    _check_tversky(alpha=alpha, beta=beta, smooth=smooth, classes=classes)
+    check_positive("gamma", gamma)
+
+
+def _check_lovasz_softmax(*, classes: str) -> None:
+    check_choice("classes", classes, CLASS_MODES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,19 +146,39 @@ def dice_loss(
         reduction: see the module docstring.
 
     Peers: ``monai.losses.DiceLoss(softmax=True, to_onehot_y=True)`` (identical with
-    ``classes="all"``); ``kornia.losses.dice_loss(average="macro")`` (``smooth=0``,
-    ``classes="present"``, per image).
+    ``classes="all"``); ``kornia.losses.dice_loss(average="macro")``: per image with
+    ``smooth=0`` (kornia adds its ``eps`` to the denominator only), and the class set depends
+    on the kornia release. Up to 0.9.0rc1 kornia averages over every class, i.e.
+    ``classes="all"`` (the value its own ``test_averaging_macro`` asserts, a class absent from
+    the target counting with loss 1); kornia 0.9.0 averages over the classes present in the
+    image's non-ignored target, i.e. ``classes="present"``. kornia counts an image whose pixels
+    are all ignored as loss 1; here such an image is left out of the mean.
 
     Paper: Milletari, Navab, Ahmadi, "V-Net: Fully Convolutional Neural Networks for Volumetric
     Medical Image Segmentation", arXiv 1606.04797.
     """
-    _check_common(smooth, classes)
+    _check_region(smooth=smooth, classes=classes)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           loss="dice")
     tp, pc, yc = soft_counts(batch, metric=False, squared=squared_denominator)
     per_class = 1 - safe_ratio(2 * tp + smooth, pc + yc + smooth)
     return reduce_groups(per_class, active_classes(batch, yc, classes), batch, reduction,
                          per_image)
+
+
+@register(
+    "dice",
+    family="segmentation",
+    kind="dense",
+    paper="V-Net: Fully Convolutional Neural Networks for Volumetric Medical Image Segmentation",
+    arxiv="1606.04797",
+    summary="1 - (2 sum p y + s) / (sum p + sum y + s) per class, mean over classes",
+    peers=("monai.losses.DiceLoss", "kornia.losses.dice_loss"),
+    reduction=_REDUCTION_DOC,
+    degenerate=("all_ignored",),
+)
+class DiceLoss(LossModule, function=dice_loss, check=_check_region):
+    """Module form of :func:`dice_loss`."""
 
 
 def _tversky_index(tp: Tensor, pc: Tensor, yc: Tensor, alpha: float, beta: float,
@@ -281,13 +216,29 @@ def jaccard_loss(
     Paper: Rahman, Wang, "Optimizing Intersection-Over-Union in Deep Neural Networks for Image
     Segmentation" (ISVC 2016; no arXiv id); the multi-class soft form as in arXiv 2302.05666.
     """
-    _check_common(smooth, classes)
+    _check_region(smooth=smooth, classes=classes)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           loss="jaccard")
     tp, pc, yc = soft_counts(batch, metric=False)
     per_class = 1 - _tversky_index(tp, pc, yc, 1.0, 1.0, smooth)
     return reduce_groups(per_class, active_classes(batch, yc, classes), batch, reduction,
                          per_image)
+
+
+@register(
+    "jaccard",
+    family="segmentation",
+    kind="dense",
+    paper="Optimizing Intersection-Over-Union in Deep Neural Networks for Image Segmentation",
+    arxiv="",
+    summary="1 - (sum p y + s) / (sum p + sum y - sum p y + s) per class, mean over classes",
+    peers=("monai.losses.DiceLoss(jaccard=True)",
+           "segmentation_models_pytorch.losses.JaccardLoss"),
+    reduction=_REDUCTION_DOC,
+    degenerate=("all_ignored",),
+)
+class JaccardLoss(LossModule, function=jaccard_loss, check=_check_region):
+    """Module form of :func:`jaccard_loss`."""
 
 
 def tversky_loss(
@@ -324,8 +275,7 @@ def tversky_loss(
     Paper: Salehi, Erdogmus, Gholipour, "Tversky loss function for image segmentation using 3D
     fully convolutional deep networks", arXiv 1706.05721.
     """
-    _check_common(smooth, classes)
-    _check_tversky(alpha, beta)
+    _check_tversky(alpha=alpha, beta=beta, smooth=smooth, classes=classes)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           loss="tversky")
     tp, pc, yc = soft_counts(batch, metric=False)
@@ -334,13 +284,20 @@ def tversky_loss(
                          per_image)
 
 
-def _safe_pow(base: Tensor, exponent: float) -> Tensor:
-    """``base ** exponent`` for ``base >= 0``; where ``base == 0`` the value is 0 with a zero
-    (not infinite) gradient, for exponents below 1."""
-    base = base.clamp_min(0)
-    pos = base > 0
-    return torch.where(pos, torch.where(pos, base, torch.ones_like(base)).pow(exponent),
-                       torch.zeros_like(base))
+@register(
+    "tversky",
+    family="segmentation",
+    kind="dense",
+    paper="Tversky loss function for image segmentation using 3D fully convolutional deep "
+    "networks",
+    arxiv="1706.05721",
+    summary="1 - (TP + s) / (TP + alpha FP + beta FN + s), alpha=0.3 (FP), beta=0.7 (FN)",
+    peers=("monai.losses.TverskyLoss",),
+    reduction=_REDUCTION_DOC,
+    degenerate=("all_ignored",),
+)
+class TverskyLoss(LossModule, function=tversky_loss, check=_check_tversky):
+    """Module form of :func:`tversky_loss`."""
 
 
 def focal_tversky_loss(
@@ -380,15 +337,28 @@ def focal_tversky_loss(
     Paper: Abraham, Khan, "A Novel Focal Tversky loss function with improved Attention U-Net for
     lesion segmentation", arXiv 1810.07842.
     """
-    _check_common(smooth, classes)
-    _check_tversky(alpha, beta)
-    check_positive("gamma", gamma)
+    _check_focal_tversky(alpha=alpha, beta=beta, gamma=gamma, smooth=smooth, classes=classes)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           loss="focal_tversky")
     tp, pc, yc = soft_counts(batch, metric=False)
-    per_class = _safe_pow(1 - _tversky_index(tp, pc, yc, alpha, beta, smooth), 1.0 / gamma)
+    per_class = safe_pow(1 - _tversky_index(tp, pc, yc, alpha, beta, smooth), 1.0 / gamma)
     return reduce_groups(per_class, active_classes(batch, yc, classes), batch, reduction,
                          per_image)
+
+
+@register(
+    "focal_tversky",
+    family="segmentation",
+    kind="dense",
+    paper="A Novel Focal Tversky loss function with improved Attention U-Net for lesion "
+    "segmentation",
+    arxiv="1810.07842",
+    summary="(1 - Tversky index)^(1/gamma), gamma=4/3, alpha=0.3 (FP), beta=0.7 (FN)",
+    reduction=_REDUCTION_DOC,
+    degenerate=("all_ignored",),
+)
+class FocalTverskyLoss(LossModule, function=focal_tversky_loss, check=_check_focal_tversky):
+    """Module form of :func:`focal_tversky_loss`."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,13 +407,28 @@ def jaccard_metric_loss(
     Paper: Wang, Ning, Blaschko, "Jaccard Metric Losses: Optimizing the Jaccard Index with Soft
     Labels", arXiv 2302.05666.
     """
-    _check_common(smooth, classes)
+    _check_region(smooth=smooth, classes=classes)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           loss="jaccard_metric")
     tp, pc, yc = soft_counts(batch, metric=True)
     per_class = 1 - _tversky_index(tp, pc, yc, 1.0, 1.0, smooth)
     return reduce_groups(per_class, active_classes(batch, yc, classes), batch, reduction,
                          per_image)
+
+
+@register(
+    "jaccard_metric",
+    family="segmentation",
+    kind="dense",
+    paper=JML_PAPER,
+    arxiv="2302.05666",
+    summary="1 - (|p|+|y|-|p-y|)/(|p|+|y|+|p-y|) (L1 norms) per class; soft-label exact",
+    peers=("monai.losses.DiceLoss(jaccard=True, soft_label=True)",),
+    reduction=_REDUCTION_DOC,
+    degenerate=("all_ignored",),
+)
+class JaccardMetricLoss(LossModule, function=jaccard_metric_loss, check=_check_region):
+    """Module form of :func:`jaccard_metric_loss`."""
 
 
 def dice_semimetric_loss(
@@ -478,13 +463,28 @@ def dice_semimetric_loss(
     Labels", arXiv 2302.05666 (DML: Wang, Popordanoska, Bertels, Lemmens, Blaschko, "Dice
     Semimetric Losses: Optimizing the Dice Score with Soft Labels", arXiv 2303.16296).
     """
-    _check_common(smooth, classes)
+    _check_region(smooth=smooth, classes=classes)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           loss="dice_semimetric")
     tp, pc, yc = soft_counts(batch, metric=True)
     per_class = 1 - safe_ratio(2 * tp + smooth, pc + yc + smooth)
     return reduce_groups(per_class, active_classes(batch, yc, classes), batch, reduction,
                          per_image)
+
+
+@register(
+    "dice_semimetric",
+    family="segmentation",
+    kind="dense",
+    paper=JML_PAPER,
+    arxiv="2302.05666",
+    summary="1 - (|p|+|y|-|p-y|)/(|p|+|y|) (L1 norms) per class; soft-label exact",
+    peers=("monai.losses.DiceLoss(soft_label=True)",),
+    reduction=_REDUCTION_DOC,
+    degenerate=("all_ignored",),
+)
+class DiceSemimetricLoss(LossModule, function=dice_semimetric_loss, check=_check_region):
+    """Module form of :func:`dice_semimetric_loss`."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,7 +542,7 @@ def lovasz_softmax_loss(
     the optimization of the intersection-over-union measure in neural networks",
     arXiv 1705.08790.
     """
-    check_choice("classes", classes, CLASS_MODES)
+    _check_lovasz_softmax(classes=classes)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           soft_ok=False, loss="lovasz_softmax")
     errors = (batch.target - batch.probs).abs()  # 0 at ignored pixels
@@ -553,200 +553,6 @@ def lovasz_softmax_loss(
     return reduce_groups(per_class, active, batch, reduction, per_image)
 
 
-# --------------------------------------------------------------------------------------------
-# Module shells and registration
-# --------------------------------------------------------------------------------------------
-
-_REDUCTION_DOC = "per image (per class with per_image=False)"
-
-
-@register(
-    "dice",
-    family="segmentation",
-    kind="dense",
-    paper="V-Net: Fully Convolutional Neural Networks for Volumetric Medical Image Segmentation",
-    arxiv="1606.04797",
-    function=dice_loss,
-    summary="1 - (2 sum p y + s) / (sum p + sum y + s) per class, mean over classes",
-    peers=("monai.losses.DiceLoss", "kornia.losses.dice_loss"),
-    reduction=_REDUCTION_DOC,
-    degenerate=("all_ignored",),
-)
-class DiceLoss(LossModule):
-    """Module form of :func:`dice_loss`."""
-
-    def __init__(
-        self,
-        *,
-        smooth: float = 1e-5,
-        per_image: bool = True,
-        squared_denominator: bool = False,
-        classes: Classes = "all",
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        _check_common(smooth, classes)
-        super().__init__(smooth=smooth, per_image=per_image,
-                         squared_denominator=squared_denominator, classes=classes,
-                         ignore_index=ignore_index, reduction=reduction)
-
-
-@register(
-    "jaccard",
-    family="segmentation",
-    kind="dense",
-    paper="Optimizing Intersection-Over-Union in Deep Neural Networks for Image Segmentation",
-    arxiv="",
-    function=jaccard_loss,
-    summary="1 - (sum p y + s) / (sum p + sum y - sum p y + s) per class, mean over classes",
-    peers=("monai.losses.DiceLoss(jaccard=True)",
-           "segmentation_models_pytorch.losses.JaccardLoss"),
-    reduction=_REDUCTION_DOC,
-    degenerate=("all_ignored",),
-)
-class JaccardLoss(LossModule):
-    """Module form of :func:`jaccard_loss`."""
-
-    def __init__(
-        self,
-        *,
-        smooth: float = 1e-5,
-        per_image: bool = True,
-        classes: Classes = "all",
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        _check_common(smooth, classes)
-        super().__init__(smooth=smooth, per_image=per_image, classes=classes,
-                         ignore_index=ignore_index, reduction=reduction)
-
-
-@register(
-    "tversky",
-    family="segmentation",
-    kind="dense",
-    paper="Tversky loss function for image segmentation using 3D fully convolutional deep "
-    "networks",
-    arxiv="1706.05721",
-    function=tversky_loss,
-    summary="1 - (TP + s) / (TP + alpha FP + beta FN + s), alpha=0.3 (FP), beta=0.7 (FN)",
-    peers=("monai.losses.TverskyLoss",),
-    reduction=_REDUCTION_DOC,
-    degenerate=("all_ignored",),
-)
-class TverskyLoss(LossModule):
-    """Module form of :func:`tversky_loss`."""
-
-    def __init__(
-        self,
-        *,
-        alpha: float = 0.3,
-        beta: float = 0.7,
-        smooth: float = 1e-5,
-        per_image: bool = True,
-        classes: Classes = "all",
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        _check_common(smooth, classes)
-        _check_tversky(alpha, beta)
-        super().__init__(alpha=alpha, beta=beta, smooth=smooth, per_image=per_image,
-                         classes=classes, ignore_index=ignore_index, reduction=reduction)
-
-
-@register(
-    "focal_tversky",
-    family="segmentation",
-    kind="dense",
-    paper="A Novel Focal Tversky loss function with improved Attention U-Net for lesion "
-    "segmentation",
-    arxiv="1810.07842",
-    function=focal_tversky_loss,
-    summary="(1 - Tversky index)^(1/gamma), gamma=4/3, alpha=0.3 (FP), beta=0.7 (FN)",
-    reduction=_REDUCTION_DOC,
-    degenerate=("all_ignored",),
-)
-class FocalTverskyLoss(LossModule):
-    """Module form of :func:`focal_tversky_loss`."""
-
-    def __init__(
-        self,
-        *,
-        alpha: float = 0.3,
-        beta: float = 0.7,
-        gamma: float = 4.0 / 3.0,
-        smooth: float = 1e-5,
-        per_image: bool = True,
-        classes: Classes = "all",
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        _check_common(smooth, classes)
-        _check_tversky(alpha, beta)
-        check_positive("gamma", gamma)
-        super().__init__(alpha=alpha, beta=beta, gamma=gamma, smooth=smooth,
-                         per_image=per_image, classes=classes, ignore_index=ignore_index,
-                         reduction=reduction)
-
-
-@register(
-    "jaccard_metric",
-    family="segmentation",
-    kind="dense",
-    paper=JML_PAPER,
-    arxiv="2302.05666",
-    function=jaccard_metric_loss,
-    summary="1 - (|p|+|y|-|p-y|)/(|p|+|y|+|p-y|) (L1 norms) per class; soft-label exact",
-    peers=("monai.losses.DiceLoss(jaccard=True, soft_label=True)",),
-    reduction=_REDUCTION_DOC,
-    degenerate=("all_ignored",),
-)
-class JaccardMetricLoss(LossModule):
-    """Module form of :func:`jaccard_metric_loss`."""
-
-    def __init__(
-        self,
-        *,
-        smooth: float = 1e-3,
-        per_image: bool = False,
-        classes: Classes = "present",
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        _check_common(smooth, classes)
-        super().__init__(smooth=smooth, per_image=per_image, classes=classes,
-                         ignore_index=ignore_index, reduction=reduction)
-
-
-@register(
-    "dice_semimetric",
-    family="segmentation",
-    kind="dense",
-    paper=JML_PAPER,
-    arxiv="2302.05666",
-    function=dice_semimetric_loss,
-    summary="1 - (|p|+|y|-|p-y|)/(|p|+|y|) (L1 norms) per class; soft-label exact",
-    peers=("monai.losses.DiceLoss(soft_label=True)",),
-    reduction=_REDUCTION_DOC,
-    degenerate=("all_ignored",),
-)
-class DiceSemimetricLoss(LossModule):
-    """Module form of :func:`dice_semimetric_loss`."""
-
-    def __init__(
-        self,
-        *,
-        smooth: float = 1e-3,
-        per_image: bool = False,
-        classes: Classes = "present",
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        _check_common(smooth, classes)
-        super().__init__(smooth=smooth, per_image=per_image, classes=classes,
-                         ignore_index=ignore_index, reduction=reduction)
-
-
 @register(
     "lovasz_softmax",
     family="segmentation",
@@ -754,22 +560,9 @@ class DiceSemimetricLoss(LossModule):
     paper="The Lovász-Softmax loss: A tractable surrogate for the optimization of the "
     "intersection-over-union measure in neural networks",
     arxiv="1705.08790",
-    function=lovasz_softmax_loss,
     summary="Lovász extension of the per-class Jaccard loss at the errors |[y=c] - p_c|",
     reduction=_REDUCTION_DOC,
     degenerate=("all_ignored",),
 )
-class LovaszSoftmaxLoss(LossModule):
+class LovaszSoftmaxLoss(LossModule, function=lovasz_softmax_loss, check=_check_lovasz_softmax):
     """Module form of :func:`lovasz_softmax_loss`."""
-
-    def __init__(
-        self,
-        *,
-        per_image: bool = False,
-        classes: Classes = "present",
-        ignore_index: int = -100,
-        reduction: Reduction = "mean",
-    ) -> None:
-        check_choice("classes", classes, CLASS_MODES)
-        super().__init__(per_image=per_image, classes=classes, ignore_index=ignore_index,
-                         reduction=reduction)

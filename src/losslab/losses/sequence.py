@@ -2,6 +2,8 @@ r"""Sequence and language-model losses (family ``sequence-lm``).
 
 * ``linear_cross_entropy``: linear output layer + cross-entropy chunked over tokens, never the
   ``N x V`` logits (the kernel is :mod:`losslab.kernels.linear_ce`).
+* ``logz_penalty``: the log-partition penalty (PaLM's "z-loss") on given logits, kind
+  ``logits``; the same term is ``logz_penalty=`` of ``linear_cross_entropy``.
 * The goldfish loss mask (:func:`goldfish_mask`, :func:`apply_goldfish`), which feeds
   ``token_weight=`` / ``ignore_index`` of the token losses.
 """
@@ -11,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_choice, compute_dtype
+from losslab._core import LossModule, Reduction, check_choice, check_positive, compute_dtype
+from losslab._ops.logits import finish, prepare
 from losslab.kernels.linear_ce import (
     STRATEGIES,
     WEIGHT_GRADS,
@@ -27,9 +30,11 @@ from losslab.registry import register
 
 __all__ = [
     "LinearCrossEntropyLoss",
+    "LogZPenaltyLoss",
     "apply_goldfish",
     "goldfish_mask",
     "linear_cross_entropy_loss",
+    "logz_penalty_loss",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -184,6 +189,60 @@ def _check_linear_ce(*, strategy: str, weight_grad: str) -> None:
 class LinearCrossEntropyLoss(LossModule, function=linear_cross_entropy_loss,
                              check=_check_linear_ce):
     """Module shell of :func:`linear_cross_entropy_loss` (the output weight is passed in)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Log-partition penalty
+# --------------------------------------------------------------------------------------------
+
+
+def _check_logz_penalty(*, coefficient: float) -> None:
+    check_positive("coefficient", coefficient, strict=False)
+
+
+def logz_penalty_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    coefficient: float = 1e-4,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Log-partition penalty ("z-loss" of large-LM training): keeps ``log Z`` near 0.
+
+    .. math::
+        \ell = c \cdot \Big(\log \sum_k e^{o_k}\Big)^2
+
+    A regulariser added to cross-entropy, not a classification loss on its own; the target is
+    used only to skip ``ignore_index`` items (soft targets are accepted and ignored).
+
+    Args:
+        logits: ``[N, C, d1, ...]`` scores; target: ``[N, d1, ...]`` class ids or
+            ``[N, C, d1, ...]`` soft targets (kind ``logits``, as
+            :mod:`losslab.losses.classification`).
+        coefficient: :math:`c` (default 1e-4, as PaLM).
+        reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
+
+    Paper: Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", arXiv 2204.02311
+    (also in Mesh-TensorFlow/T5 code). Not the Z-loss of de Brébisson & Vincent
+    (:func:`~losslab.losses.classification.z_loss`).
+    """
+    _check_logz_penalty(coefficient=coefficient)
+    batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True, loss="logz_penalty")
+    logz = torch.logsumexp(batch.logits, dim=1)
+    return finish(coefficient * logz.pow(2), batch, reduction)
+
+
+@register(
+    "logz_penalty",
+    family="sequence-lm",
+    kind="logits", degenerate=("all_ignored",),
+    paper="PaLM: Scaling Language Modeling with Pathways",
+    arxiv="2204.02311",
+    summary="coefficient * logsumexp(logits)^2, coefficient=1e-4",
+)
+class LogZPenaltyLoss(LossModule, function=logz_penalty_loss, check=_check_logz_penalty):
+    """Module form of :func:`logz_penalty_loss`."""
 
 
 # --------------------------------------------------------------------------------------------

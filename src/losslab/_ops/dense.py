@@ -1,0 +1,148 @@
+"""Shared plumbing of the ``dense`` kind (segmentation): grouped softmax batches, per-class
+soft counts, the active classes of a group and the reduction over groups.
+
+A dense loss is called as ``loss(logits[N, C, *spatial], target)`` with ``target`` integer
+class ids ``[N, *spatial]`` (``ignore_index`` marks pixels to leave out) or soft labels
+``[N, C, *spatial]``. :func:`prepare_dense` validates the pair, applies the softmax and groups
+the pixels per image (``per_image=True``) or over the whole batch; :func:`soft_counts` gives the
+per-group, per-class counts; the loss forms a per-class value; :func:`reduce_groups` averages it
+over the active classes (:func:`active_classes`) of each group and applies the ``reduction``.
+See :mod:`losslab.losses.segmentation` for the conventions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from losslab._core import reduce
+from losslab._ops.logits import prepare
+
+__all__ = [
+    "CLASS_MODES",
+    "Classes",
+    "DenseBatch",
+    "active_classes",
+    "prepare_dense",
+    "reduce_groups",
+    "safe_ratio",
+    "soft_counts",
+]
+
+#: Which classes a group's loss averages over: every class, or those with target mass.
+Classes = Literal["all", "present"]
+CLASS_MODES: tuple[str, ...] = ("all", "present")
+
+
+@dataclass(frozen=True)
+class DenseBatch:
+    """Softmax prediction and target of a dense batch, grouped for aggregation.
+
+    Attributes:
+        probs: ``[G, C, S]`` softmax probabilities, 0 at ignored pixels (compute dtype).
+        target: ``[G, C, S]`` one-hot (hard labels) or soft labels, 0 at ignored pixels.
+        valid: ``[G, S]`` bool, False at ignored pixels.
+        soft: the target holds soft labels (float input).
+        dtype: dtype of the input logits (the dtype of the result).
+    """
+
+    probs: Tensor
+    target: Tensor
+    valid: Tensor
+    soft: bool
+    dtype: torch.dtype
+
+
+def prepare_dense(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int,
+    per_image: bool,
+    soft_ok: bool = True,
+    loss: str,
+) -> DenseBatch:
+    """Validate ``(logits[N, C, *spatial], target)``, apply softmax and group the pixels.
+
+    Raises ``ValueError`` for logits without a spatial dim, fewer than 2 classes, and every
+    input error of :func:`losslab._ops.logits.prepare`.
+    """
+    if isinstance(logits, Tensor) and logits.ndim < 3:
+        raise ValueError(
+            f"{loss} needs logits of shape [N, C, *spatial] (at least one spatial dim), "
+            f"got {tuple(logits.shape)}"
+        )
+    b = prepare(logits, target, ignore_index=ignore_index, soft_ok=soft_ok, min_classes=2,
+                loss=loss)
+    n, c = logits.shape[0], logits.shape[1]
+    probs = F.softmax(b.logits, dim=1)  # [M, C], M = N·S in (image, pixel) order
+    if b.probs is not None:
+        tgt = b.probs
+    else:
+        tgt = F.one_hot(b.class_ids, c).to(probs.dtype)
+    valid = b.valid.unsqueeze(1)
+    probs = torch.where(valid, probs, torch.zeros_like(probs))
+    tgt = torch.where(valid, tgt, torch.zeros_like(tgt))
+    groups = n if per_image else 1
+    probs = probs.reshape(groups, -1, c).transpose(1, 2)
+    tgt = tgt.reshape(groups, -1, c).transpose(1, 2)
+    return DenseBatch(probs, tgt, b.valid.reshape(groups, -1), b.probs is not None, b.dtype)
+
+
+def soft_counts(
+    batch: DenseBatch, *, metric: bool, squared: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-group, per-class ``(TP, P, Y)``, each ``[G, C]``.
+
+    ``metric=False``: :math:`TP = \\sum p y`; ``metric=True``: the L1 decomposition
+    :math:`TP = (\\|p\\|_1 + \\|y\\|_1 - \\|p - y\\|_1)/2` of arXiv 2302.05666. ``squared``:
+    cardinalities :math:`\\sum p^2`, :math:`\\sum y^2` (V-Net), with :math:`TP = \\sum p y`.
+    """
+    p, y = batch.probs, batch.target
+    if squared:
+        return (p * y).sum(2), (p * p).sum(2), (y * y).sum(2)
+    pc, yc = p.sum(2), y.sum(2)
+    if metric:
+        tp = (pc + yc - (p - y).abs().sum(2)) / 2
+    else:
+        tp = (p * y).sum(2)
+    return tp, pc, yc
+
+
+def safe_ratio(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den``, and 1 where ``den == 0`` (an empty class: nothing to get wrong), with
+    finite gradients everywhere."""
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.ones_like(num))
+
+
+def active_classes(batch: DenseBatch, y_mass: Tensor, classes: str) -> Tensor:
+    """``[G, C]`` bool: the classes that count in each group: every class of a group with a
+    non-ignored pixel (``classes="all"``), or those with target mass ``y_mass > 0``
+    (``"present"``)."""
+    has_pixels = batch.valid.any(1, keepdim=True)
+    if classes == "all":
+        return has_pixels.expand_as(y_mass)
+    return (y_mass > 0) & has_pixels
+
+
+def reduce_groups(
+    per_class: Tensor, active: Tensor, batch: DenseBatch, reduction: str, per_image: bool
+) -> Tensor:
+    """Mean over active classes per group, then the ``reduction`` over groups (``per_image``:
+    ``"none"`` gives ``[N]``) or over classes (batch aggregation: ``"none"`` gives ``[C]``, 0
+    for inactive classes). Groups or classes that do not count are left out of ``"mean"``; none
+    at all gives 0 with zero gradient. The result has the dtype of the input logits."""
+    per_class = torch.where(active, per_class, torch.zeros_like(per_class))
+    act = active.to(per_class.dtype)
+    if per_image:
+        n_act = act.sum(1)
+        values = per_class.sum(1) / n_act.clamp_min(1)
+        out = reduce(values, reduction, count=(n_act > 0).to(values.dtype).sum())
+    else:
+        out = reduce(per_class[0], reduction, count=act.sum())
+    return out.to(batch.dtype)

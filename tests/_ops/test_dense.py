@@ -1,0 +1,69 @@
+"""losslab._ops.dense: grouping, soft counts, active classes and the reduction over groups,
+checked on a hand-sized batch (the segmentation losses' oracles are in
+tests/losses/test_segmentation.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from losslab._ops.dense import (
+    active_classes,
+    prepare_dense,
+    reduce_groups,
+    safe_ratio,
+    soft_counts,
+)
+
+D = torch.float64
+
+
+def small_batch():
+    logits = torch.randn(2, 3, 2, 2, dtype=D, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([[[0, 0], [1, -100]], [[-100, -100], [-100, -100]]])
+    return logits, target
+
+
+def test_grouping_and_counts() -> None:
+    logits, target = small_batch()
+    b = prepare_dense(logits, target, ignore_index=-100, per_image=True, loss="t")
+    assert b.probs.shape == (2, 3, 4) and b.valid.shape == (2, 4) and not b.soft
+    p = torch.softmax(logits, 1).reshape(2, 3, 4)
+    tp, pc, yc = soft_counts(b, metric=False)
+    torch.testing.assert_close(pc[0], p[0, :, :3].sum(1))  # the ignored pixel is left out
+    torch.testing.assert_close(yc[0], torch.tensor([2.0, 1.0, 0.0], dtype=D))
+    torch.testing.assert_close(tp[0], torch.stack([p[0, 0, :2].sum(), p[0, 1, 2],
+                                                   torch.zeros((), dtype=D)]))
+    assert torch.equal(pc[1], torch.zeros(3, dtype=D))  # image without valid pixel
+    whole = prepare_dense(logits, target, ignore_index=-100, per_image=False, loss="t")
+    assert whole.probs.shape == (1, 3, 8)
+    # hard labels: the metric (L1) counts equal the classic ones
+    for metric in (False, True):
+        torch.testing.assert_close(soft_counts(b, metric=metric)[0], tp)
+
+
+def test_active_classes_and_reduction() -> None:
+    logits, target = small_batch()
+    b = prepare_dense(logits, target, ignore_index=-100, per_image=True, loss="t")
+    _, _, yc = soft_counts(b, metric=False)
+    everything = active_classes(b, yc, "all")
+    present = active_classes(b, yc, "present")
+    assert everything.tolist() == [[True, True, True], [False, False, False]]
+    assert present.tolist() == [[True, True, False], [False, False, False]]
+    per_class = torch.tensor([[0.2, 0.4, 0.9], [0.5, 0.5, 0.5]], dtype=D, requires_grad=True)
+    none = reduce_groups(per_class, present, b, "none", per_image=True)
+    torch.testing.assert_close(none, torch.tensor([0.3, 0.0], dtype=D))
+    mean = reduce_groups(per_class, present, b, "mean", per_image=True)
+    torch.testing.assert_close(mean, torch.tensor(0.3, dtype=D))  # the empty image is left out
+    nothing = reduce_groups(per_class, torch.zeros_like(present), b, "mean", per_image=True)
+    (g,) = torch.autograd.grad(nothing, per_class)
+    assert nothing.item() == 0.0 and torch.equal(g, torch.zeros_like(g))
+
+
+def test_safe_ratio_is_one_on_an_empty_denominator_with_finite_gradients() -> None:
+    num = torch.tensor([1.0, 0.0, 2.0], dtype=D, requires_grad=True)
+    den = torch.tensor([2.0, 0.0, 4.0], dtype=D, requires_grad=True)
+    out = safe_ratio(num, den)
+    torch.testing.assert_close(out, torch.tensor([0.5, 1.0, 0.5], dtype=D))
+    out.sum().backward()
+    assert torch.isfinite(num.grad).all() and torch.isfinite(den.grad).all()
+    assert num.grad[1] == 0 and den.grad[1] == 0
