@@ -142,6 +142,8 @@ def test_binary_kl_sees_logit_shifts_that_softmax_kd_ignores() -> None:
     assert torch.isfinite(out) and torch.isfinite(big.grad).all()
     with pytest.raises(ValueError, match="target"):
         binary_kl_loss(s, t, target=torch.tensor([0]))
+    with pytest.raises(ValueError, match="target"):
+        losslab.create("binary_kl")(s, t, target=torch.tensor([0]))
 
 
 def test_cosine_alignment_matches_loop_and_cosine_embedding_loss() -> None:

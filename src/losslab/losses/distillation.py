@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -24,13 +23,12 @@ from losslab._core import (
     LossModule,
     Reduction,
     check_labels,
-    check_matrix,
     check_positive,
     check_same_device,
-    compute_dtype,
     reduce,
 )
-from losslab.losses.contrastive_ssl import _paired
+from losslab._ops.paired import prepare_paired
+from losslab._ops.teacher import check_teacher_pair
 from losslab.registry import register
 
 __all__ = [
@@ -38,7 +36,6 @@ __all__ = [
     "CosineAlignmentLoss",
     "KDLoss",
     "binary_kl_loss",
-    "check_teacher_pair",
     "cosine_alignment_loss",
     "kd_loss",
 ]
@@ -46,36 +43,6 @@ __all__ = [
 HINTON = "Distilling the Knowledge in a Neural Network"
 DISTILBERT = "DistilBERT, a distilled version of BERT: smaller, faster, cheaper and lighter"
 DHKD = "Dual-Head Knowledge Distillation: Enhancing Logits Utilization with an Auxiliary Head"
-
-
-def check_teacher_pair(
-    student: Tensor, teacher: Tensor, *, names: tuple[str, str] = ("student_logits",
-                                                                   "teacher_logits"),
-    min_cols: int = 1,
-) -> tuple[Tensor, Tensor, torch.dtype]:
-    """Validate a ``(student[N, C], teacher[N, C])`` pair; return both in the compute dtype and
-    the input dtype."""
-    s_name, t_name = names
-    check_matrix(s_name, student)
-    check_matrix(t_name, teacher)
-    if teacher.shape != student.shape:
-        raise ValueError(
-            f"{t_name} must have the shape of {s_name} {tuple(student.shape)} (row i of both is "
-            f"the same input), got {tuple(teacher.shape)}"
-        )
-    if student.shape[1] < min_cols:
-        raise ValueError(
-            f"{s_name} must have at least {min_cols} columns, got {student.shape[1]}"
-        )
-    check_same_device(**{s_name: student, t_name: teacher})
-    dtype = student.dtype
-    cd = compute_dtype(dtype)
-    return student.to(cd), teacher.to(cd), dtype
-
-
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,8 +97,7 @@ def kd_loss(
     Paper: Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network",
     arXiv 1503.02531.
     """
-    check_positive("temperature", temperature)
-    _check_alpha(alpha)
+    _check_kd(temperature=temperature, alpha=alpha)
     s, t, dtype = check_teacher_pair(student_logits, teacher_logits)
     log_p = F.log_softmax(s / temperature, dim=1)
     log_q = F.log_softmax(t / temperature, dim=1)
@@ -147,19 +113,10 @@ def kd_loss(
     return reduce(values, reduction).to(dtype)
 
 
-class _TeacherModule(LossModule):
-    """Module shell of a ``teacher`` loss: ``forward(student, teacher, *, target=None)``."""
-
-    takes_target = True
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, *,
-                target: Tensor | None = None) -> Tensor:
-        if self.takes_target:
-            return self.spec.function(student_logits, teacher_logits, target=target,
-                                      **self.hparams)
-        if target is not None:
-            raise ValueError(f"{self.spec.name} takes no target")
-        return self.spec.function(student_logits, teacher_logits, **self.hparams)
+def _check_kd(*, temperature: float, alpha: float) -> None:
+    check_positive("temperature", temperature)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
 
 
 @register(
@@ -168,18 +125,11 @@ class _TeacherModule(LossModule):
     kind="teacher",
     paper=HINTON,
     arxiv="1503.02531",
-    function=kd_loss,
     summary="alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) CE(s, y), T=2, alpha=0.5",
     peers=("torch.nn.functional.kl_div",),
 )
-class KDLoss(_TeacherModule):
+class KDLoss(LossModule, function=kd_loss, check=_check_kd):
     """Module form of :func:`kd_loss`."""
-
-    def __init__(self, *, temperature: float = 2.0, alpha: float = 0.5,
-                 reduction: Reduction = "mean") -> None:
-        check_positive("temperature", temperature)
-        _check_alpha(alpha)
-        super().__init__(temperature=temperature, alpha=alpha, reduction=reduction)
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,7 +179,7 @@ def binary_kl_loss(
     Paper: Yang, Zong, Huang, Feng, An, "Dual-Head Knowledge Distillation: Enhancing Logits
     Utilization with an Auxiliary Head", arXiv 2411.08937 (code: github.com/penghui-yang/DHKD).
     """
-    check_positive("temperature", temperature)
+    _check_binary_kl(temperature=temperature)
     if target is not None:
         raise ValueError("binary_kl takes no target (it distils logits only); got a target")
     s, t, dtype = check_teacher_pair(student_logits, teacher_logits)
@@ -246,24 +196,20 @@ def binary_kl_loss(
     return reduce(values, reduction).to(dtype)
 
 
+def _check_binary_kl(*, temperature: float) -> None:
+    check_positive("temperature", temperature)
+
+
 @register(
     "binary_kl",
     family="distillation",
     kind="teacher",
     paper=DHKD,
     arxiv="2411.08937",
-    function=binary_kl_loss,
     summary="T^2 sum_c KL(Bern(sigmoid(t_c/T)) || Bern(sigmoid(s_c/T))), T=2; norm: -Norm variant",
 )
-class BinaryKLLoss(_TeacherModule):
+class BinaryKLLoss(LossModule, function=binary_kl_loss, check=_check_binary_kl):
     """Module form of :func:`binary_kl_loss`."""
-
-    takes_target = False
-
-    def __init__(self, *, temperature: float = 2.0, norm: bool = False,
-                 reduction: Reduction = "mean") -> None:
-        check_positive("temperature", temperature)
-        super().__init__(temperature=temperature, norm=norm, reduction=reduction)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,11 +240,9 @@ def cosine_alignment_loss(
     Paper: Sanh, Debut, Chaumond, Wolf, "DistilBERT, a distilled version of BERT: smaller,
     faster, cheaper and lighter", arXiv 1910.01108.
     """
-    dtype = a.dtype if isinstance(a, Tensor) else None
-    a, b = _paired(a, b, normalize=True)
-    values = 1 - (a * b).sum(1)
-    out = reduce(values, reduction)
-    return out.to(dtype) if dtype is not None else out
+    a_unit, b_unit = prepare_paired(a, b, normalize=True)
+    values = 1 - (a_unit * b_unit).sum(1)
+    return reduce(values, reduction).to(a.dtype)
 
 
 @register(
@@ -307,15 +251,8 @@ def cosine_alignment_loss(
     kind="paired",
     paper=DISTILBERT,
     arxiv="1910.01108",
-    function=cosine_alignment_loss,
     summary="1 - cos(student_hidden_i, teacher_hidden_i), mean over rows",
     peers=("torch.nn.CosineEmbeddingLoss",),
 )
-class CosineAlignmentLoss(LossModule):
+class CosineAlignmentLoss(LossModule, function=cosine_alignment_loss):
     """Module form of :func:`cosine_alignment_loss`."""
-
-    def __init__(self, *, reduction: Reduction = "mean") -> None:
-        super().__init__(reduction=reduction)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return cosine_alignment_loss(a, b, **self.hparams)
