@@ -1,5 +1,5 @@
 """Shared plumbing of the ``teacher`` kind: ``(student[N, C], teacher[N, C])``, row ``i`` of both
-the same input (distillation, Margin-MSE).
+the same input (distillation, Margin-MSE), and the KL term of two distributions in log space.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from torch import Tensor
 
 from losslab._core import check_matrix, check_same_device, compute_dtype
 
-__all__ = ["check_teacher_pair"]
+__all__ = ["check_teacher_pair", "kl_terms"]
 
 
 def check_teacher_pair(
@@ -43,3 +43,17 @@ def check_teacher_pair(
     dtype = student.dtype
     cd = compute_dtype(dtype)
     return student.to(cd), teacher.to(cd), dtype
+
+
+def kl_terms(log_q: Tensor, log_p: Tensor) -> Tensor:
+    r"""Elementwise :math:`q\,(\log q - \log p)` from log-probabilities, with
+    :math:`0 \log 0 = 0`: an entry where :math:`q = 0` (``log_q = -inf``, e.g. a masked
+    vocabulary class of the teacher) contributes exactly 0 with a zero gradient, also when
+    ``log_p`` is ``-inf`` there too. Summed over the classes of a distribution this is
+    :math:`\mathrm{KL}(q \,\|\, p)`, exactly 0 when ``log_p`` equals ``log_q``.
+    """
+    q = log_q.exp()
+    # where() before the product: the masked entries (-inf - x or -inf + inf) never enter q * .,
+    # so neither the value nor the gradient sees 0 * inf.
+    diff = torch.where(q > 0, log_q - log_p, torch.zeros_like(q))
+    return q * diff

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -28,7 +29,7 @@ from losslab._core import (
     reduce,
 )
 from losslab._ops.paired import prepare_paired
-from losslab._ops.teacher import check_teacher_pair
+from losslab._ops.teacher import check_teacher_pair, kl_terms
 from losslab.registry import register
 
 __all__ = [
@@ -71,6 +72,12 @@ def kd_loss(
     soft-target cross-entropy minus the teacher's entropy (a constant in the student), so the
     gradients are those of the paper's soft-target CE.
 
+    The KL is computed in log space with :math:`0 \log 0 = 0`: a class the teacher gives
+    probability 0 (a ``-inf`` logit, e.g. a masked vocabulary entry) contributes exactly 0 with
+    a zero gradient, also when the student's logit is ``-inf`` there too; ``kd_loss(t, t)`` is
+    exactly 0. (A ``-inf`` student logit where the teacher's probability is positive is an
+    infinite KL, as it should be.)
+
     DistilBERT's triple loss (Sanh et al., arXiv 1910.01108) is
     :math:`5.0\, L_{ce} + 2.0\, L_{mlm} + 1.0\, L_{cos}` (weights ``--alpha_ce 5.0 --alpha_mlm 2.0
     --alpha_cos 1.0`` of the training command in the authors' distillation README; temperature
@@ -101,7 +108,7 @@ def kd_loss(
     s, t, dtype = check_teacher_pair(student_logits, teacher_logits)
     log_p = F.log_softmax(s / temperature, dim=1)
     log_q = F.log_softmax(t / temperature, dim=1)
-    kl = (log_q.exp() * (log_q - log_p)).sum(1)
+    kl = kl_terms(log_q, log_p).sum(1)
     values = alpha * temperature**2 * kl
     if target is not None:
         check_labels("target", target, s.shape[0], of="student_logits")
@@ -162,7 +169,10 @@ def binary_kl_loss(
 
     Computed in log space (:math:`\log\sigma(x) = -\operatorname{softplus}(-x)`); the official
     code clamps :math:`\sigma` to :math:`[10^{-8}, 1 - 10^{-8}]` instead, which differs only for
-    logits beyond about :math:`\pm 18 T`.
+    logits beyond about :math:`\pm 18 T`. A teacher logit of :math:`\pm\infty` (a Bernoulli
+    probability of exactly 1 or 0) gives the finite KL of that limit (:math:`0 \log 0 = 0`), and
+    the same infinite logit in student and teacher contributes 0, for BinaryKL-Norm too (there
+    :math:`s = t`); a finite teacher facing an infinite student logit is an infinite KL.
 
     In DHKD this loss trains an auxiliary head (a second linear classifier on the same
     features) while CE and softmax KD train the main head; apply it to the auxiliary head's
@@ -184,14 +194,15 @@ def binary_kl_loss(
         raise ValueError("binary_kl takes no target (it distils logits only); got a target")
     s, t, dtype = check_teacher_pair(student_logits, teacher_logits)
     if norm:
-        d = (s - t) / temperature
+        # the same infinite logit on both sides (a class masked in both) is s = t: d = 0
+        same_inf = torch.isinf(t) & (s == t)
+        d = torch.where(same_inf, torch.zeros_like(s), s - t) / temperature
         per_class = 0.5 * (F.softplus(d) + F.softplus(-d)) - math.log(2.0)
     else:
         zs, zt = s / temperature, t / temperature
         log_qt, log_1mqt = -F.softplus(-zt), -F.softplus(zt)
         log_ps, log_1mps = -F.softplus(-zs), -F.softplus(zs)
-        per_class = (log_qt.exp() * (log_qt - log_ps)
-                     + log_1mqt.exp() * (log_1mqt - log_1mps))
+        per_class = kl_terms(log_qt, log_ps) + kl_terms(log_1mqt, log_1mps)
     values = temperature**2 * per_class.sum(1)
     return reduce(values, reduction).to(dtype)
 
