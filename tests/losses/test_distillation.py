@@ -95,6 +95,97 @@ def test_kd_bad_inputs() -> None:
     torch.testing.assert_close(m(s, t, target=y), kd_loss(s, t, target=y, alpha=0.2))
 
 
+# ---------------------------------------------------------------------------------------------
+# Masked classes: -inf logits (issue #10 item 8)
+# ---------------------------------------------------------------------------------------------
+
+INF = float("inf")
+
+
+def masked_teacher(seed: int = 7):
+    """Student logits [4, 5] and teacher logits with -inf at some classes (a masked vocabulary),
+    never a whole row."""
+    s, t, y = logits_pair(n=4, c=5, seed=seed)
+    t = t.detach().clone()
+    t[0, 1] = t[2, 4] = t[2, 0] = t[3, 3] = -INF
+    y = torch.tensor([0, 2, 1, 4])  # no target on a masked class
+    return s, t.requires_grad_(True), y
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_kd_with_minus_inf_teacher_logits_matches_oracle_and_has_finite_gradients(
+        temperature: float) -> None:
+    s, t, y = masked_teacher()
+    S, T = s.tolist(), t.tolist()
+    want = []
+    for i in range(len(S)):
+        p, q = softmax_list(S[i], temperature), softmax_list(T[i], temperature)
+        kl = sum(qc * math.log(qc / pc) for pc, qc in zip(p, q) if qc > 0)  # 0 log 0 = 0
+        ce = -math.log(softmax_list(S[i], 1.0)[int(y[i])])
+        want.append(0.5 * temperature**2 * kl + 0.5 * ce)
+    got = kd_loss(s, t, target=y, temperature=temperature, reduction="none")
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
+    gs, gt = torch.autograd.grad(got.sum(), (s, t))
+    assert torch.isfinite(gs).all() and torch.isfinite(gt).all()
+    assert torch.count_nonzero(gt[torch.isinf(t)]) == 0
+    m = losslab.create("kd", temperature=temperature)
+    torch.testing.assert_close(m(s, t, target=y), got.mean())
+
+
+def test_kd_with_minus_inf_in_both_equals_kd_without_that_class() -> None:
+    s, t, y = masked_teacher(seed=8)
+    s = s.detach().clone()
+    s[0, 1] = -INF  # the same class masked in the student: as if the class did not exist
+    s.requires_grad_(True)
+    got = kd_loss(s, t, target=y, reduction="none")
+    row0 = kd_loss(s[:1, [0, 2, 3, 4]], t[:1, [0, 2, 3, 4]], target=y[:1], reduction="none")
+    torch.testing.assert_close(got[:1], row0)
+    assert torch.isfinite(got).all()
+    gs, gt = torch.autograd.grad(got.sum(), (s, t))
+    assert torch.isfinite(gs).all() and torch.isfinite(gt).all()
+
+
+def test_kd_of_a_teacher_with_itself_is_exactly_zero_also_with_minus_inf() -> None:
+    _, t, _ = masked_teacher(seed=9)
+    for temperature in (0.5, 1.0, 4.0):
+        student = t.detach().clone().requires_grad_(True)
+        out = kd_loss(student, t, temperature=temperature, alpha=1.0, reduction="none")
+        assert torch.isfinite(out).all()
+        assert float(out.detach().abs().max()) < 1e-15
+        (g,) = torch.autograd.grad(out.sum(), student)
+        assert torch.isfinite(g).all() and float(g.abs().max()) < 1e-15
+    # half precision (computed in float32) stays finite too
+    half = t.detach().to(torch.float16)
+    assert float(kd_loss(half, half).abs()) == 0.0
+
+
+def test_binary_kl_with_infinite_teacher_logits_is_the_finite_limit() -> None:
+    """KL(Bern(q) || Bern(p)) with q in {0, 1} is -log(1 - p) or -log(p) (0 log 0 = 0)."""
+    s, _, _ = logits_pair(n=2, c=3, seed=10)
+    t = torch.tensor([[-INF, 1.0, INF], [0.5, INF, -2.0]], dtype=torch.float64,
+                     requires_grad=True)
+    T = 2.0
+    want = []
+    for srow, trow in zip(s.tolist(), t.tolist()):
+        tot = 0.0
+        for sc, tc in zip(srow, trow):
+            p, q = sigmoid(sc / T), sigmoid(tc / T)
+            for qq, pp in ((q, p), (1 - q, 1 - p)):
+                tot += qq * math.log(qq / pp) if qq > 0 else 0.0
+        want.append(T**2 * tot)
+    got = binary_kl_loss(s, t, temperature=T, reduction="none")
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
+    gs, gt = torch.autograd.grad(got.sum(), (s, t))
+    assert torch.isfinite(gs).all() and torch.isfinite(gt).all()
+    # the same infinite logit on both sides contributes 0 (norm=False and BinaryKL-Norm)
+    for norm in (False, True):
+        student = t.detach().clone().requires_grad_(True)
+        out = binary_kl_loss(student, t, norm=norm, reduction="none")
+        assert torch.isfinite(out).all() and float(out.detach().abs().max()) < 1e-15
+        (g,) = torch.autograd.grad(out.sum(), student)
+        assert torch.isfinite(g).all()
+
+
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
 def test_binary_kl_matches_loop_oracle(temperature: float) -> None:
     s, t, _ = logits_pair(seed=3)
@@ -142,6 +233,8 @@ def test_binary_kl_sees_logit_shifts_that_softmax_kd_ignores() -> None:
     assert torch.isfinite(out) and torch.isfinite(big.grad).all()
     with pytest.raises(ValueError, match="target"):
         binary_kl_loss(s, t, target=torch.tensor([0]))
+    with pytest.raises(ValueError, match="target"):
+        losslab.create("binary_kl")(s, t, target=torch.tensor([0]))
 
 
 def test_cosine_alignment_matches_loop_and_cosine_embedding_loss() -> None:

@@ -54,6 +54,10 @@ def test_margin_mse_properties_and_bad_inputs() -> None:
     with pytest.raises(ValueError, match="teacher_scores"):
         margin_mse_loss(s, t[:-1])
     assert losslab.spec("margin_mse").kind == "teacher"
+    m = losslab.create("margin_mse", reduction="none")
+    torch.testing.assert_close(m(s, t), margin_mse_loss(s, t, reduction="none"))
+    with pytest.raises(ValueError, match="takes no target"):
+        m(s, t, target=torch.zeros(s.shape[0], dtype=torch.long))
 
 
 def test_listnet_matches_loop_oracle_with_padding() -> None:
@@ -140,3 +144,14 @@ def test_listmle_matches_loop_oracle() -> None:
     got = listmle_loss(s, r, mask=m, reduction="none")
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
     assert torch.isfinite(torch.autograd.grad(got.sum(), s)[0]).all()
+
+
+@pytest.mark.parametrize("name", ["listnet", "ranknet", "listmle"])
+def test_scores_modules_pass_the_mask_to_the_function(name: str) -> None:
+    s, r, m = _lists(2)
+    fn = losslab.spec(name).function
+    for reduction in ("mean", "none"):
+        module = losslab.create(name, reduction=reduction)
+        torch.testing.assert_close(module(s, r, mask=m), fn(s, r, mask=m, reduction=reduction))
+        torch.testing.assert_close(module(s, r), fn(s, r, reduction=reduction))
+    assert not torch.allclose(losslab.create(name)(s, r, mask=m), losslab.create(name)(s, r))

@@ -13,20 +13,14 @@ never materialising the ``N x N`` similarity matrix (Inf-CL, arXiv 2410.17243).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from losslab._core import (
-    LossModule,
-    Reduction,
-    check_matrix,
-    check_positive,
-    check_same_device,
-    compute_dtype,
-    reduce,
-)
+from losslab._core import LossModule, Reduction, check_positive, reduce
+from losslab._ops.paired import prepare_paired
 from losslab.distances import squared_euclidean
 from losslab.kernels.tiled_contrastive import tiled_infonce_terms, tiled_sigmoid_terms
 from losslab.registry import register
@@ -48,37 +42,30 @@ AUTO_TILE_FROM = 8192  # batch size from which the tiled path is used by default
 DEFAULT_TILE = 1024
 
 
-def _paired(a: Tensor, b: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
-    check_matrix("a", a)
-    check_matrix("b", b, dim=a.shape[1])
-    if b.shape[0] != a.shape[0]:
-        raise ValueError(
-            f"a and b must have the same number of rows (row i of a pairs with row i of b), "
-            f"got {a.shape[0]} and {b.shape[0]}"
-        )
-    check_same_device(a=a, b=b)
-    dtype = compute_dtype(a.dtype)
-    a, b = a.to(dtype), b.to(dtype)
-    if normalize:
-        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-    return a, b
+def _check_temperature_and_chunk_size(*, temperature: float | Tensor,
+                                      chunk_size: int | None) -> None:
+    """InfoNCE, CLIP, SigLIP: a float ``temperature`` > 0 (a tensor, e.g. a learned one, must be
+    a scalar) and ``chunk_size`` ``None`` or an integer >= 1."""
+    if isinstance(temperature, Tensor):
+        if temperature.numel() != 1:
+            raise ValueError("temperature must be a scalar")
+    else:
+        check_positive("temperature", temperature)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
 
 
 def _tile(n: int, chunk_size: int | None) -> int | None:
     """Row tile for the tiled path, or ``None`` for the dense path."""
     if chunk_size is None:
         return DEFAULT_TILE if n >= AUTO_TILE_FROM else None
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
     return chunk_size
 
 
 def _scale(temperature: float | Tensor, like: Tensor) -> Tensor:
+    """``1 / temperature`` as a 0-d tensor of ``like``'s dtype (differentiable for a tensor)."""
     if isinstance(temperature, Tensor):
-        if temperature.numel() != 1:
-            raise ValueError("temperature must be a scalar")
         return (1.0 / temperature.reshape(())).to(like.dtype)
-    check_positive("temperature", temperature)
     return torch.tensor(1.0 / temperature, dtype=like.dtype, device=like.device)
 
 
@@ -90,6 +77,22 @@ def _infonce_terms(a: Tensor, b: Tensor, scale: Tensor, chunk_size: int | None
     logits = (a @ b.t()) * scale
     diag = logits.diagonal()
     return torch.logsumexp(logits, 1) - diag, torch.logsumexp(logits, 0) - diag
+
+
+# --------------------------------------------------------------------------------------------
+# Learned temperature (module option of InfoNCE, CLIP and SigLIP)
+# --------------------------------------------------------------------------------------------
+
+
+def _learned_log_scale(temperature: float) -> nn.Parameter:
+    """The learned logit scale ``log(1 / temperature)`` (CLIP's and SigLIP's parametrisation),
+    initialised at the given temperature."""
+    return nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+
+def _clipped_temperature(log_scale: Tensor) -> Tensor:
+    """``tau = exp(-log_scale)`` with the logit scale ``1 / tau`` clipped at 100, as CLIP."""
+    return torch.exp(-log_scale.clamp(max=math.log(100.0)))
 
 
 def infonce_loss(
@@ -122,11 +125,40 @@ def infonce_loss(
     Paper: van den Oord, Li, Vinyals, "Representation Learning with Contrastive Predictive
     Coding", arXiv 1807.03748; tiling after Inf-CL, arXiv 2410.17243.
     """
-    a, b = _paired(a, b, normalize)
+    _check_temperature_and_chunk_size(temperature=temperature, chunk_size=chunk_size)
+    a, b = prepare_paired(a, b, normalize=normalize)
     dtype = a.dtype
     row, col = _infonce_terms(a, b, _scale(temperature, a), chunk_size)
     per_pair = (row + col) / 2 if symmetric else row
     return reduce(per_pair, reduction).to(dtype)
+
+
+@register(
+    "infonce", family="contrastive-ssl", kind="paired",
+    paper="Representation Learning with Contrastive Predictive Coding", arxiv="1807.03748",
+    summary="-log softmax_j(cos(a_i, b_j)/tau)_i",
+    peers=("pytorch_metric_learning.losses.NTXentLoss",), reduction="per pair",
+)
+class InfoNCELoss(LossModule, function=infonce_loss, check=_check_temperature_and_chunk_size):
+    """Module form of :func:`infonce_loss`.
+
+    ``learnable_temperature=True`` (a module option, kept in ``self.config``) learns the logit
+    scale ``log(1/tau)`` as the parameter ``log_scale``, initialised at ``log(1/temperature)``
+    and clipped at ``log 100`` (as CLIP)."""
+
+    def __init__(self, *, temperature: float = 0.1, normalize: bool = True,
+                 symmetric: bool = False, chunk_size: int | None = None,
+                 learnable_temperature: bool = False, reduction: Reduction = "mean") -> None:
+        super().__init__(temperature=temperature, normalize=normalize, symmetric=symmetric,
+                         chunk_size=chunk_size, reduction=reduction)
+        self.config: dict[str, Any] = {"learnable_temperature": learnable_temperature}
+        self.log_scale = _learned_log_scale(temperature) if learnable_temperature else None
+
+    def call_kwargs(self) -> dict[str, Any]:
+        kwargs = super().call_kwargs()
+        if self.log_scale is not None:
+            kwargs["temperature"] = _clipped_temperature(self.log_scale)
+        return kwargs
 
 
 def clip_loss(
@@ -161,6 +193,35 @@ def clip_loss(
                         chunk_size=chunk_size, reduction=reduction)
 
 
+@register(
+    "clip", family="contrastive-ssl", kind="paired",
+    paper="Learning Transferable Visual Models From Natural Language Supervision",
+    arxiv="2103.00020",
+    summary="(CE(l, diag) + CE(l^T, diag))/2, l = cos(a, b)/tau; tiled for large N",
+    peers=("open_clip.ClipLoss", "inf_cl.cal_inf_loss"), reduction="per pair",
+)
+class ClipLoss(LossModule, function=clip_loss, check=_check_temperature_and_chunk_size):
+    """Module form of :func:`clip_loss`.
+
+    ``learnable_temperature=True`` (a module option, kept in ``self.config``) learns
+    ``log(1/tau)`` as the parameter ``log_scale`` (initialised at ``log(1/0.07)`` by default,
+    clipped at ``log 100``, as CLIP)."""
+
+    def __init__(self, *, temperature: float = 0.07, normalize: bool = True,
+                 chunk_size: int | None = None, learnable_temperature: bool = False,
+                 reduction: Reduction = "mean") -> None:
+        super().__init__(temperature=temperature, normalize=normalize, chunk_size=chunk_size,
+                         reduction=reduction)
+        self.config: dict[str, Any] = {"learnable_temperature": learnable_temperature}
+        self.log_scale = _learned_log_scale(temperature) if learnable_temperature else None
+
+    def call_kwargs(self) -> dict[str, Any]:
+        kwargs = super().call_kwargs()
+        if self.log_scale is not None:
+            kwargs["temperature"] = _clipped_temperature(self.log_scale)
+        return kwargs
+
+
 def siglip_loss(
     a: Tensor,
     b: Tensor,
@@ -191,7 +252,8 @@ def siglip_loss(
     Paper: Zhai, Mustafa, Kolesnikov, Beyer, "Sigmoid Loss for Language Image Pre-Training",
     arXiv 2303.15343.
     """
-    a, b = _paired(a, b, normalize)
+    _check_temperature_and_chunk_size(temperature=temperature, chunk_size=chunk_size)
+    a, b = prepare_paired(a, b, normalize=normalize)
     scale = _scale(temperature, a)
     bias_t = (bias if isinstance(bias, Tensor)
               else torch.tensor(bias, device=a.device)).to(a.dtype).reshape(())
@@ -202,6 +264,38 @@ def siglip_loss(
         logits = (a @ b.t()) * scale + bias_t
         rows = F.softplus(logits).sum(1) - logits.diagonal()
     return reduce(rows, reduction).to(a.dtype)
+
+
+@register(
+    "siglip", family="contrastive-ssl", kind="paired",
+    paper="Sigmoid Loss for Language Image Pre-Training", arxiv="2303.15343",
+    summary="mean_i sum_j softplus(-z_ij (t cos(a_i, b_j) + b)), z = +1 on the diagonal",
+    peers=("open_clip.SigLipLoss",), reduction="per row",
+)
+class SigLipLoss(LossModule, function=siglip_loss, check=_check_temperature_and_chunk_size):
+    """Module form of :func:`siglip_loss`.
+
+    ``learnable_temperature=True`` (a module option, kept in ``self.config``) learns *both* of
+    the paper's scalars: ``t' = log t`` as the parameter ``log_scale`` (initialised at
+    ``log(1/temperature)`` = ``log 10``, not clipped) and the bias ``b`` as the parameter
+    ``learned_bias`` (initialised at ``bias`` = -10)."""
+
+    def __init__(self, *, temperature: float = 0.1, bias: float = -10.0, normalize: bool = True,
+                 chunk_size: int | None = None, learnable_temperature: bool = False,
+                 reduction: Reduction = "mean") -> None:
+        super().__init__(temperature=temperature, bias=bias, normalize=normalize,
+                         chunk_size=chunk_size, reduction=reduction)
+        self.config: dict[str, Any] = {"learnable_temperature": learnable_temperature}
+        self.log_scale = _learned_log_scale(temperature) if learnable_temperature else None
+        self.learned_bias = (nn.Parameter(torch.tensor(float(bias))) if learnable_temperature
+                             else None)
+
+    def call_kwargs(self) -> dict[str, Any]:
+        kwargs = super().call_kwargs()
+        if self.log_scale is not None:
+            kwargs["temperature"] = torch.exp(-self.log_scale)
+            kwargs["bias"] = self.learned_bias
+        return kwargs
 
 
 def alignment_loss(
@@ -225,11 +319,25 @@ def alignment_loss(
     Paper: Wang & Isola, "Understanding Contrastive Representation Learning through Alignment
     and Uniformity on the Hypersphere", arXiv 2005.10242.
     """
-    check_positive("alpha", alpha)
-    a, b = _paired(a, b, normalize)
+    _check_alignment(alpha=alpha)
+    a, b = prepare_paired(a, b, normalize=normalize)
     sq = (a - b).pow(2).sum(1)
     per_pair = sq if alpha == 2 else sq.clamp_min(torch.finfo(sq.dtype).tiny).pow(alpha / 2)
     return reduce(per_pair, reduction).to(a.dtype)
+
+
+def _check_alignment(*, alpha: float) -> None:
+    check_positive("alpha", alpha)
+
+
+@register(
+    "alignment", family="contrastive-ssl", kind="paired",
+    paper="Understanding Contrastive Representation Learning through Alignment and Uniformity "
+    "on the Hypersphere", arxiv="2005.10242",
+    summary="||f(x_i) - f(y_i)||^alpha over positive pairs", reduction="per pair",
+)
+class AlignmentLoss(LossModule, function=alignment_loss, check=_check_alignment):
+    """Module form of :func:`alignment_loss`."""
 
 
 def _log_uniformity(x: Tensor, t: float) -> Tensor:
@@ -262,136 +370,22 @@ def uniformity_loss(
 
     Paper: Wang & Isola, arXiv 2005.10242.
     """
-    check_positive("t", t)
-    a, b = _paired(a, b, normalize)
+    _check_uniformity(t=t)
+    a, b = prepare_paired(a, b, normalize=normalize)
     if a.shape[0] < 2:
         raise ValueError(f"uniformity needs at least 2 rows in a and b, got {a.shape[0]}")
     return ((_log_uniformity(a, t) + _log_uniformity(b, t)) / 2).to(a.dtype)
 
 
-class _LearnableTemperature(LossModule):
-    """Shared shell for losses whose inverse temperature may be learned (as CLIP's)."""
-
-    def _init_scale(self, temperature: float, learnable: bool) -> None:
-        check_positive("temperature", temperature)
-        if learnable:
-            self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
-        else:
-            self.log_scale = None
-
-    def _temperature(self) -> float | Tensor:
-        if self.log_scale is None:
-            return self.hparams["temperature"]
-        # CLIP clips the learned logit scale at 100.
-        return torch.exp(-self.log_scale.clamp(max=math.log(100.0)))
-
-    def _call_hparams(self) -> dict[str, object]:
-        hp = {k: v for k, v in self.hparams.items() if k != "learnable_temperature"}
-        hp["temperature"] = self._temperature()
-        return hp
-
-
-@register(
-    "infonce", family="contrastive-ssl", kind="paired",
-    paper="Representation Learning with Contrastive Predictive Coding", arxiv="1807.03748",
-    function=infonce_loss, summary="-log softmax_j(cos(a_i, b_j)/tau)_i",
-    peers=("pytorch_metric_learning.losses.NTXentLoss",), reduction="per pair",
-    degenerate=(),
-)
-class InfoNCELoss(_LearnableTemperature):
-    """Module form of :func:`infonce_loss` (``learnable_temperature`` learns ``1/tau``)."""
-
-    def __init__(self, *, temperature: float = 0.1, normalize: bool = True,
-                 symmetric: bool = False, chunk_size: int | None = None,
-                 learnable_temperature: bool = False, reduction: Reduction = "mean") -> None:
-        super().__init__(temperature=temperature, normalize=normalize, symmetric=symmetric,
-                         chunk_size=chunk_size, learnable_temperature=learnable_temperature,
-                         reduction=reduction)
-        self._init_scale(temperature, learnable_temperature)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return infonce_loss(a, b, **self._call_hparams())  # type: ignore[arg-type]
-
-
-@register(
-    "clip", family="contrastive-ssl", kind="paired",
-    paper="Learning Transferable Visual Models From Natural Language Supervision",
-    arxiv="2103.00020", function=clip_loss,
-    summary="(CE(l, diag) + CE(l^T, diag))/2, l = cos(a, b)/tau; tiled for large N",
-    peers=("open_clip.ClipLoss", "inf_cl.cal_inf_loss"), reduction="per pair",
-)
-class ClipLoss(_LearnableTemperature):
-    """Module form of :func:`clip_loss`; ``learnable_temperature=True`` learns ``log(1/tau)``
-    (initialised at ``1/0.07``, clipped at 100, as CLIP)."""
-
-    def __init__(self, *, temperature: float = 0.07, normalize: bool = True,
-                 chunk_size: int | None = None, learnable_temperature: bool = False,
-                 reduction: Reduction = "mean") -> None:
-        super().__init__(temperature=temperature, normalize=normalize, chunk_size=chunk_size,
-                         learnable_temperature=learnable_temperature, reduction=reduction)
-        self._init_scale(temperature, learnable_temperature)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return clip_loss(a, b, **self._call_hparams())  # type: ignore[arg-type]
-
-
-@register(
-    "siglip", family="contrastive-ssl", kind="paired",
-    paper="Sigmoid Loss for Language Image Pre-Training", arxiv="2303.15343",
-    function=siglip_loss,
-    summary="mean_i sum_j softplus(-z_ij (t cos(a_i, b_j) + b)), z = +1 on the diagonal",
-    peers=("open_clip.SigLipLoss",), reduction="per row",
-)
-class SigLipLoss(_LearnableTemperature):
-    """Module form of :func:`siglip_loss`; ``learnable=True`` learns ``t' = log t`` and ``b``
-    (initialised at ``log 10`` and ``-10``, the paper's values)."""
-
-    def __init__(self, *, temperature: float = 0.1, bias: float = -10.0, normalize: bool = True,
-                 chunk_size: int | None = None, learnable: bool = False,
-                 reduction: Reduction = "mean") -> None:
-        super().__init__(temperature=temperature, bias=bias, normalize=normalize,
-                         chunk_size=chunk_size, learnable=learnable, reduction=reduction)
-        self._init_scale(temperature, learnable)
-        self.learned_bias = nn.Parameter(torch.tensor(float(bias))) if learnable else None
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        hp = {k: v for k, v in self.hparams.items() if k != "learnable"}
-        if self.log_scale is not None:
-            hp["temperature"] = torch.exp(-self.log_scale)
-            hp["bias"] = self.learned_bias
-        return siglip_loss(a, b, **hp)  # type: ignore[arg-type]
-
-
-@register(
-    "alignment", family="contrastive-ssl", kind="paired",
-    paper="Understanding Contrastive Representation Learning through Alignment and Uniformity "
-    "on the Hypersphere", arxiv="2005.10242", function=alignment_loss,
-    summary="||f(x_i) - f(y_i)||^alpha over positive pairs", reduction="per pair",
-)
-class AlignmentLoss(LossModule):
-    """Module form of :func:`alignment_loss`."""
-
-    def __init__(self, *, alpha: float = 2.0, normalize: bool = True,
-                 reduction: Reduction = "mean") -> None:
-        check_positive("alpha", alpha)
-        super().__init__(alpha=alpha, normalize=normalize, reduction=reduction)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return alignment_loss(a, b, **self.hparams)
+def _check_uniformity(*, t: float) -> None:
+    check_positive("t", t)
 
 
 @register(
     "uniformity", family="contrastive-ssl", kind="paired",
     paper="Understanding Contrastive Representation Learning through Alignment and Uniformity "
-    "on the Hypersphere", arxiv="2005.10242", function=uniformity_loss,
+    "on the Hypersphere", arxiv="2005.10242",
     summary="(log E_{i<j} exp(-t ||a_i - a_j||^2) + same for b) / 2", reduction=None,
 )
-class UniformityLoss(LossModule):
+class UniformityLoss(LossModule, function=uniformity_loss, check=_check_uniformity):
     """Module form of :func:`uniformity_loss`."""
-
-    def __init__(self, *, t: float = 2.0, normalize: bool = True) -> None:
-        check_positive("t", t)
-        super().__init__(t=t, normalize=normalize)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return uniformity_loss(a, b, **self.hparams)

@@ -24,13 +24,12 @@ from losslab._core import (
     LossModule,
     Reduction,
     check_labels,
-    check_matrix,
     check_positive,
     check_same_device,
-    compute_dtype,
     reduce,
 )
-from losslab.losses.contrastive_ssl import _paired
+from losslab._ops.paired import prepare_paired
+from losslab._ops.teacher import check_teacher_pair, kl_terms
 from losslab.registry import register
 
 __all__ = [
@@ -38,7 +37,6 @@ __all__ = [
     "CosineAlignmentLoss",
     "KDLoss",
     "binary_kl_loss",
-    "check_teacher_pair",
     "cosine_alignment_loss",
     "kd_loss",
 ]
@@ -46,36 +44,6 @@ __all__ = [
 HINTON = "Distilling the Knowledge in a Neural Network"
 DISTILBERT = "DistilBERT, a distilled version of BERT: smaller, faster, cheaper and lighter"
 DHKD = "Dual-Head Knowledge Distillation: Enhancing Logits Utilization with an Auxiliary Head"
-
-
-def check_teacher_pair(
-    student: Tensor, teacher: Tensor, *, names: tuple[str, str] = ("student_logits",
-                                                                   "teacher_logits"),
-    min_cols: int = 1,
-) -> tuple[Tensor, Tensor, torch.dtype]:
-    """Validate a ``(student[N, C], teacher[N, C])`` pair; return both in the compute dtype and
-    the input dtype."""
-    s_name, t_name = names
-    check_matrix(s_name, student)
-    check_matrix(t_name, teacher)
-    if teacher.shape != student.shape:
-        raise ValueError(
-            f"{t_name} must have the shape of {s_name} {tuple(student.shape)} (row i of both is "
-            f"the same input), got {tuple(teacher.shape)}"
-        )
-    if student.shape[1] < min_cols:
-        raise ValueError(
-            f"{s_name} must have at least {min_cols} columns, got {student.shape[1]}"
-        )
-    check_same_device(**{s_name: student, t_name: teacher})
-    dtype = student.dtype
-    cd = compute_dtype(dtype)
-    return student.to(cd), teacher.to(cd), dtype
-
-
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,6 +72,12 @@ def kd_loss(
     soft-target cross-entropy minus the teacher's entropy (a constant in the student), so the
     gradients are those of the paper's soft-target CE.
 
+    The KL is computed in log space with :math:`0 \log 0 = 0`: a class the teacher gives
+    probability 0 (a ``-inf`` logit, e.g. a masked vocabulary entry) contributes exactly 0 with
+    a zero gradient, also when the student's logit is ``-inf`` there too; ``kd_loss(t, t)`` is
+    exactly 0. (A ``-inf`` student logit where the teacher's probability is positive is an
+    infinite KL, as it should be.)
+
     DistilBERT's triple loss (Sanh et al., arXiv 1910.01108) is
     :math:`5.0\, L_{ce} + 2.0\, L_{mlm} + 1.0\, L_{cos}` (weights ``--alpha_ce 5.0 --alpha_mlm 2.0
     --alpha_cos 1.0`` of the training command in the authors' distillation README; temperature
@@ -130,12 +104,11 @@ def kd_loss(
     Paper: Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network",
     arXiv 1503.02531.
     """
-    check_positive("temperature", temperature)
-    _check_alpha(alpha)
+    _check_kd(temperature=temperature, alpha=alpha)
     s, t, dtype = check_teacher_pair(student_logits, teacher_logits)
     log_p = F.log_softmax(s / temperature, dim=1)
     log_q = F.log_softmax(t / temperature, dim=1)
-    kl = (log_q.exp() * (log_q - log_p)).sum(1)
+    kl = kl_terms(log_q, log_p).sum(1)
     values = alpha * temperature**2 * kl
     if target is not None:
         check_labels("target", target, s.shape[0], of="student_logits")
@@ -147,19 +120,10 @@ def kd_loss(
     return reduce(values, reduction).to(dtype)
 
 
-class _TeacherModule(LossModule):
-    """Module shell of a ``teacher`` loss: ``forward(student, teacher, *, target=None)``."""
-
-    takes_target = True
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, *,
-                target: Tensor | None = None) -> Tensor:
-        if self.takes_target:
-            return self.spec.function(student_logits, teacher_logits, target=target,
-                                      **self.hparams)
-        if target is not None:
-            raise ValueError(f"{self.spec.name} takes no target")
-        return self.spec.function(student_logits, teacher_logits, **self.hparams)
+def _check_kd(*, temperature: float, alpha: float) -> None:
+    check_positive("temperature", temperature)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
 
 
 @register(
@@ -168,18 +132,11 @@ class _TeacherModule(LossModule):
     kind="teacher",
     paper=HINTON,
     arxiv="1503.02531",
-    function=kd_loss,
     summary="alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) CE(s, y), T=2, alpha=0.5",
     peers=("torch.nn.functional.kl_div",),
 )
-class KDLoss(_TeacherModule):
+class KDLoss(LossModule, function=kd_loss, check=_check_kd):
     """Module form of :func:`kd_loss`."""
-
-    def __init__(self, *, temperature: float = 2.0, alpha: float = 0.5,
-                 reduction: Reduction = "mean") -> None:
-        check_positive("temperature", temperature)
-        _check_alpha(alpha)
-        super().__init__(temperature=temperature, alpha=alpha, reduction=reduction)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,7 +169,10 @@ def binary_kl_loss(
 
     Computed in log space (:math:`\log\sigma(x) = -\operatorname{softplus}(-x)`); the official
     code clamps :math:`\sigma` to :math:`[10^{-8}, 1 - 10^{-8}]` instead, which differs only for
-    logits beyond about :math:`\pm 18 T`.
+    logits beyond about :math:`\pm 18 T`. A teacher logit of :math:`\pm\infty` (a Bernoulli
+    probability of exactly 1 or 0) gives the finite KL of that limit (:math:`0 \log 0 = 0`), and
+    the same infinite logit in student and teacher contributes 0, for BinaryKL-Norm too (there
+    :math:`s = t`); a finite teacher facing an infinite student logit is an infinite KL.
 
     In DHKD this loss trains an auxiliary head (a second linear classifier on the same
     features) while CE and softmax KD train the main head; apply it to the auxiliary head's
@@ -229,21 +189,26 @@ def binary_kl_loss(
     Paper: Yang, Zong, Huang, Feng, An, "Dual-Head Knowledge Distillation: Enhancing Logits
     Utilization with an Auxiliary Head", arXiv 2411.08937 (code: github.com/penghui-yang/DHKD).
     """
-    check_positive("temperature", temperature)
+    _check_binary_kl(temperature=temperature)
     if target is not None:
         raise ValueError("binary_kl takes no target (it distils logits only); got a target")
     s, t, dtype = check_teacher_pair(student_logits, teacher_logits)
     if norm:
-        d = (s - t) / temperature
+        # the same infinite logit on both sides (a class masked in both) is s = t: d = 0
+        same_inf = torch.isinf(t) & (s == t)
+        d = torch.where(same_inf, torch.zeros_like(s), s - t) / temperature
         per_class = 0.5 * (F.softplus(d) + F.softplus(-d)) - math.log(2.0)
     else:
         zs, zt = s / temperature, t / temperature
         log_qt, log_1mqt = -F.softplus(-zt), -F.softplus(zt)
         log_ps, log_1mps = -F.softplus(-zs), -F.softplus(zs)
-        per_class = (log_qt.exp() * (log_qt - log_ps)
-                     + log_1mqt.exp() * (log_1mqt - log_1mps))
+        per_class = kl_terms(log_qt, log_ps) + kl_terms(log_1mqt, log_1mps)
     values = temperature**2 * per_class.sum(1)
     return reduce(values, reduction).to(dtype)
+
+
+def _check_binary_kl(*, temperature: float) -> None:
+    check_positive("temperature", temperature)
 
 
 @register(
@@ -252,18 +217,10 @@ def binary_kl_loss(
     kind="teacher",
     paper=DHKD,
     arxiv="2411.08937",
-    function=binary_kl_loss,
     summary="T^2 sum_c KL(Bern(sigmoid(t_c/T)) || Bern(sigmoid(s_c/T))), T=2; norm: -Norm variant",
 )
-class BinaryKLLoss(_TeacherModule):
+class BinaryKLLoss(LossModule, function=binary_kl_loss, check=_check_binary_kl):
     """Module form of :func:`binary_kl_loss`."""
-
-    takes_target = False
-
-    def __init__(self, *, temperature: float = 2.0, norm: bool = False,
-                 reduction: Reduction = "mean") -> None:
-        check_positive("temperature", temperature)
-        super().__init__(temperature=temperature, norm=norm, reduction=reduction)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,11 +251,9 @@ def cosine_alignment_loss(
     Paper: Sanh, Debut, Chaumond, Wolf, "DistilBERT, a distilled version of BERT: smaller,
     faster, cheaper and lighter", arXiv 1910.01108.
     """
-    dtype = a.dtype if isinstance(a, Tensor) else None
-    a, b = _paired(a, b, normalize=True)
-    values = 1 - (a * b).sum(1)
-    out = reduce(values, reduction)
-    return out.to(dtype) if dtype is not None else out
+    a_unit, b_unit = prepare_paired(a, b, normalize=True)
+    values = 1 - (a_unit * b_unit).sum(1)
+    return reduce(values, reduction).to(a.dtype)
 
 
 @register(
@@ -307,15 +262,8 @@ def cosine_alignment_loss(
     kind="paired",
     paper=DISTILBERT,
     arxiv="1910.01108",
-    function=cosine_alignment_loss,
     summary="1 - cos(student_hidden_i, teacher_hidden_i), mean over rows",
     peers=("torch.nn.CosineEmbeddingLoss",),
 )
-class CosineAlignmentLoss(LossModule):
+class CosineAlignmentLoss(LossModule, function=cosine_alignment_loss):
     """Module form of :func:`cosine_alignment_loss`."""
-
-    def __init__(self, *, reduction: Reduction = "mean") -> None:
-        super().__init__(reduction=reduction)
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return cosine_alignment_loss(a, b, **self.hparams)

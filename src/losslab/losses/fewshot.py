@@ -27,8 +27,8 @@ from losslab._core import (
     compute_dtype,
     reduce,
 )
+from losslab._ops.icnn import icnn_effective_k, icnn_score_from_neighbours
 from losslab.distances import euclidean, squared_euclidean
-from losslab.metrics.icnn import icnn_effective_k, icnn_score_from_neighbours
 from losslab.registry import register
 
 __all__ = [

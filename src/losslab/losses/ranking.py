@@ -27,7 +27,7 @@ from losslab._core import (
     compute_dtype,
     reduce,
 )
-from losslab.losses.distillation import check_teacher_pair
+from losslab._ops.teacher import check_teacher_pair
 from losslab.registry import register
 
 __all__ = [
@@ -85,23 +85,16 @@ def margin_mse_loss(
     paper="Improving Efficient Neural Ranking Models with Cross-Architecture Knowledge "
     "Distillation",
     arxiv="2010.02666",
-    function=margin_mse_loss,
     summary="mean_j ((s_pos - s_neg_j) - (t_pos - t_neg_j))^2",
     peers=("sentence_transformers.losses.MarginMSELoss",),
     reduction="per query",
 )
-class MarginMSELoss(LossModule):
+class MarginMSELoss(LossModule, function=margin_mse_loss):
     """Module form of :func:`margin_mse_loss`."""
-
-    def __init__(self, *, reduction: Reduction = "mean") -> None:
-        super().__init__(reduction=reduction)
-
-    def forward(self, student_scores: Tensor, teacher_scores: Tensor) -> Tensor:
-        return margin_mse_loss(student_scores, teacher_scores, **self.hparams)
 
 
 # --------------------------------------------------------------------------------------------
-# Kind "scores": ListNet
+# Kind "scores": ListNet, RankNet, ListMLE
 # --------------------------------------------------------------------------------------------
 
 
@@ -168,29 +161,17 @@ def listnet_loss(
     return reduce(values, reduction, count=has.sum().to(s.dtype)).to(dtype)
 
 
-class _ScoresModule(LossModule):
-    """Module shell of a ``scores`` loss: ``forward(scores, relevance, *, mask=None)``."""
-
-    def __init__(self, *, reduction: Reduction = "mean") -> None:
-        super().__init__(reduction=reduction)
-
-    def forward(self, scores: Tensor, relevance: Tensor, *, mask: Tensor | None = None
-                ) -> Tensor:
-        return self.spec.function(scores, relevance, mask=mask, **self.hparams)
-
-
 @register(
     "listnet",
     family="ranking-recsys",
     kind="scores",
     paper="Learning to Rank: From Pairwise Approach to Listwise Approach",
     arxiv="",
-    function=listnet_loss,
     summary="-sum_i softmax(r)_i log softmax(s)_i per list",
     peers=("allrank.models.losses.listNet",),
     reduction="per query",
 )
-class ListNetLoss(_ScoresModule):
+class ListNetLoss(LossModule, function=listnet_loss):
     """Module form of :func:`listnet_loss`."""
 
 
@@ -226,6 +207,20 @@ def ranknet_loss(
     n_pairs = pairs.sum((1, 2)).to(s.dtype)
     values = terms.sum((1, 2)) / n_pairs.clamp_min(1)
     return reduce(values, reduction, count=(n_pairs > 0).sum().to(s.dtype)).to(dtype)
+
+
+@register(
+    "ranknet",
+    family="ranking-recsys",
+    kind="scores",
+    paper="Learning to Rank using Gradient Descent",
+    arxiv="",
+    summary="mean over pairs r_i > r_j of log(1 + exp(-(s_i - s_j)))",
+    peers=("allrank.models.losses.rankNet",),
+    reduction="per query",
+)
+class RankNetLoss(LossModule, function=ranknet_loss):
+    """Module form of :func:`ranknet_loss`."""
 
 
 def listmle_loss(
@@ -267,30 +262,14 @@ def listmle_loss(
 
 
 @register(
-    "ranknet",
-    family="ranking-recsys",
-    kind="scores",
-    paper="Learning to Rank using Gradient Descent",
-    arxiv="",
-    function=ranknet_loss,
-    summary="mean over pairs r_i > r_j of log(1 + exp(-(s_i - s_j)))",
-    peers=("allrank.models.losses.rankNet",),
-    reduction="per query",
-)
-class RankNetLoss(_ScoresModule):
-    """Module form of :func:`ranknet_loss`."""
-
-
-@register(
     "listmle",
     family="ranking-recsys",
     kind="scores",
     paper="Listwise Approach to Learning to Rank: Theory and Algorithm",
     arxiv="",
-    function=listmle_loss,
     summary="-sum_i (s_pi_i - log sum_{k>=i} exp s_pi_k), pi = ideal order",
     peers=("allrank.models.losses.listMLE",),
     reduction="per query",
 )
-class ListMLELoss(_ScoresModule):
+class ListMLELoss(LossModule, function=listmle_loss):
     """Module form of :func:`listmle_loss`."""

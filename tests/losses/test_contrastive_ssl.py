@@ -1,4 +1,7 @@
-"""Contrastive losses: oracles from the formulas, the tiled path against the dense one, PML."""
+"""Contrastive / self-supervised losses: oracles from the formulas, PML, learned temperature.
+
+The tiled (memory-efficient) path is tested in ``tests/kernels/test_tiled_contrastive.py``.
+"""
 
 from __future__ import annotations
 
@@ -68,36 +71,6 @@ def test_alignment_and_uniformity_oracles() -> None:
     assert float(uniformity_loss(a, b).detach()) == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("tile", [1, 3, 7, 100])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_tiled_path_equals_dense_path_values_and_gradients(tile: int, reduction: str) -> None:
-    a, b = pairs(n=11, scale=3.0)
-    w = torch.randn(11, dtype=torch.float64)
-    for f, kw in ((infonce_loss, {}), (clip_loss, {}), (infonce_loss, {"symmetric": True}),
-                  (siglip_loss, {})):
-        temp = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
-        outs = []
-        for chunk in (None, tile):
-            out = f(a, b, temperature=temp, chunk_size=chunk, reduction=reduction, **kw)
-            loss = (out * w).sum() if reduction == "none" else out
-            grads = torch.autograd.grad(loss, (a, b, temp))
-            outs.append((out, grads))
-        torch.testing.assert_close(outs[0][0], outs[1][0])
-        for g_dense, g_tiled in zip(outs[0][1], outs[1][1]):
-            torch.testing.assert_close(g_dense, g_tiled)
-
-
-def test_tiled_paths_pass_gradcheck() -> None:
-    a, b = pairs(n=5, d=3)
-    temp = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
-    bias = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda x, y, t: clip_loss(x, y, temperature=t, chunk_size=2), (a, b, temp))
-    assert torch.autograd.gradcheck(
-        lambda x, y, t, c: siglip_loss(x, y, temperature=t, bias=c, chunk_size=2),
-        (a, b, temp, bias))
-
-
 def test_infonce_matches_pml_ntxent() -> None:
     losses = pytest.importorskip("pytorch_metric_learning.losses")
     a, b = pairs(n=9)
@@ -119,9 +92,33 @@ def test_learnable_temperature_and_bias_get_gradients() -> None:
     clip(a, b).backward()
     assert clip.log_scale.grad is not None
     assert float(clip.log_scale.detach()) == pytest.approx(math.log(1 / 0.07))
-    sig = losslab.create("siglip", learnable=True).double()
+    sig = losslab.create("siglip", learnable_temperature=True).double()
     sig(a, b).backward()
     assert sig.log_scale.grad is not None and sig.learned_bias.grad is not None
+    assert float(sig.learned_bias.detach()) == -10.0
+    assert float(sig.log_scale.detach()) == pytest.approx(math.log(10.0))
+
+
+@pytest.mark.parametrize("name", ["infonce", "clip", "siglip"])
+def test_learnable_temperature_is_a_module_option_not_a_hyperparameter(name: str) -> None:
+    a, b = pairs()
+    spec = losslab.spec(name)
+    assert spec.defaults["learnable_temperature"] is False
+    learned = losslab.create(name, learnable_temperature=True, temperature=0.25).double()
+    fixed = losslab.create(name, temperature=0.25)
+    assert learned.config == {"learnable_temperature": True}
+    assert fixed.config == {"learnable_temperature": False}
+    assert "learnable_temperature" not in learned.hparams
+    assert fixed.log_scale is None and not list(fixed.parameters())
+    # at initialisation the learned temperature is the given one: same value as the function
+    torch.testing.assert_close(learned(a, b), spec.function(a, b, temperature=0.25))
+    torch.testing.assert_close(fixed(a, b), spec.function(a, b, temperature=0.25))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        losslab.create(name, temperature=-1.0, learnable_temperature=True)
+    with pytest.raises(ValueError, match="chunk_size must be"):
+        losslab.create(name, chunk_size=0)
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        losslab.create(name, learnable=True)  # one word per concept: learnable_temperature
 
 
 def test_single_pair_infonce_is_zero_and_uniformity_needs_two() -> None:

@@ -1,0 +1,97 @@
+"""The ICNN score (inter-/intra-class nearest neighbours) of SuSana Distancia, from neighbour
+windows: the math shared by the ICNN loss (:func:`losslab.losses.fewshot.icnn_loss`) and the
+evaluation metric (:func:`losslab.metrics.icnn.icnn_score`).
+
+Mendez-Ruiz et al., "SuSana Distancia is all you need: Enforcing class separability in metric
+learning via two novel distance-based loss functions for few-shot image classification",
+arXiv 2305.09062. The algorithm is the released one (``modified_score`` of the authors' code);
+``core-papers-spec.md`` §1.4 of the losslab research notes describes it step by step.
+
+Given, for each origin point i, its nearest target points ("window", ascending distances
+``d_i1 <= ... <= d_iw``) and whether each neighbour has the same class (``s_ij``):
+
+* ``delta_i`` = distance to the nearest other-class neighbour in the window (``inf`` if none);
+* on the first ``k`` neighbours, ``r_ij = d_ij / (delta_i + 1e-7)``, normalised per point by
+  ``max(1, max_j r_ij)``;
+* same-class term ``lambda_sc = 1 - mean_{i with a same-class nb} (sum_j s_ij r_ij / n_same_i)``;
+* other-class term: ``e_ij = d_ij (1 - s_ij) / max_{i,j} d_ij (1 - s_ij)`` (a *global* max),
+  ``lambda_dc = |mean_{i with an other-class nb} (sum_j e_ij / n_other_i) + c|`` with ``c = -1``
+  when no point has any other-class neighbour (then ``lambda_dc = 1``), else 0;
+* ``gamma`` = mean fraction of same-class neighbours among the first ``k`` (forced to 1 by the
+  released code whenever ``k`` had to be reduced because the target set is small);
+* ``score = ((lambda_sc + lambda_dc) / 2 + gamma) / 2`` in ``[0.25, 1]`` (at least 1/4: a point
+  with no same-class neighbour has ``lambda_sc = 1``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["icnn_effective_k", "icnn_score_from_neighbours"]
+
+_EPS = 1e-7  # the released code's epsilon in the score
+
+
+def icnn_effective_k(k: int, n_targets: int) -> tuple[int, bool]:
+    """``(k_eff, reduced)``: the released code uses ``k = n_targets - 2`` when ``k + 2 >= n``."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if n_targets < 3:
+        raise ValueError(
+            f"the ICNN score needs at least 3 target points (k >= 1 neighbours after the "
+            f"released code's k = n - 2 reduction), got {n_targets}"
+        )
+    if k + 2 >= n_targets:
+        return n_targets - 2, True
+    return k, False
+
+
+def icnn_score_from_neighbours(
+    distances: Tensor, same_class: Tensor, k: int, *, gamma_one: bool = False
+) -> Tensor:
+    """ICNN score from neighbour windows (differentiable through ``distances``).
+
+    Args:
+        distances: ``[n, w]`` ascending distances of each origin point to its ``w >= k``
+            nearest target points.
+        same_class: ``[n, w]`` bool, neighbour has the origin point's class.
+        k: number of neighbours used by the lambda and gamma terms (``w`` may be larger: the
+            nearest other-class distance ``delta`` is searched over the whole window). When
+            the window is narrower than ``k``, the released code uses the ``w`` columns it has
+            but still divides gamma's count by ``k``; so does this function.
+        gamma_one: force ``gamma = 1`` (the released code does so when ``k`` was reduced).
+    """
+    if distances.shape != same_class.shape or distances.ndim != 2:
+        raise ValueError(
+            f"distances and same_class must be [n, w] of one shape, got "
+            f"{tuple(distances.shape)} and {tuple(same_class.shape)}"
+        )
+    if k < 1 or distances.shape[1] < 1:
+        raise ValueError(f"k and the window must be >= 1, got k={k}, window={distances.shape[1]}")
+    other = ~same_class
+    inf = torch.full_like(distances, float("inf"))
+    delta = torch.where(other, distances, inf).min(dim=1).values
+
+    d_k, s_k, o_k = distances[:, :k], same_class[:, :k], other[:, :k]
+    s_f, o_f = s_k.to(distances.dtype), o_k.to(distances.dtype)
+
+    ratio = d_k / (delta + _EPS).unsqueeze(1)
+    ratio = ratio / ratio.max(dim=1, keepdim=True).values.clamp_min(1.0)
+    n_same = s_f.sum(1)
+    per_point_sc = (ratio * s_f).sum(1) / (n_same + _EPS)
+    lambda_sc = 1.0 - per_point_sc.sum() / ((n_same > 0).sum() + _EPS)
+
+    e = d_k * o_f
+    e = e / (e.max() + _EPS)
+    n_other = o_f.sum(1)
+    per_point_dc = e.sum(1) / (n_other + _EPS)
+    offset = torch.where(o_k.any(), 0.0, -1.0).to(distances.dtype)
+    lambda_dc = (per_point_dc.sum() / ((n_other > 0).sum() + _EPS) + offset).abs()
+
+    lam = (lambda_sc + lambda_dc) / 2
+    if gamma_one:
+        gamma = torch.ones((), dtype=distances.dtype, device=distances.device)
+    else:
+        gamma = (n_same / k).mean()
+    return (lam + gamma) / 2
