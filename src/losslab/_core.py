@@ -304,7 +304,8 @@ class LossModule(nn.Module):
         return {**self.hparams, **{k: getattr(self, k) for k in self._tensor_names}}
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+        config = getattr(self, "config", {})
+        return ", ".join(f"{k}={v!r}" for k, v in {**self.hparams, **config}.items())
 
 
 def _accepted_by(fn: Callable[..., Any], values: dict[str, Any]) -> dict[str, Any]:
