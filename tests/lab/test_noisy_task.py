@@ -19,10 +19,10 @@ from losslab.lab.data.fetch import (
     fetch_fashion_mnist_deb,
     find_fashion_mnist,
 )
+from losslab.lab.progress import NullProgress
 from losslab.lab.results import read_rows
 from losslab.lab.runner import run_bench
 from losslab.lab.tasks import get_task
-from losslab.lab.tasks.base import NullProgress
 from losslab.lab.tasks.noisy import apply_noise, parse_noise, stratified_subset
 
 N_TRAIN, N_TEST = 300, 100

@@ -25,7 +25,8 @@ import numpy as np
 
 from losslab.lab.results import read_rows
 from losslab.lab.stats import mean_t_interval
-from losslab.lab.tasks.base import Metric, Task
+from losslab.lab.tasks import get_task
+from losslab.lab.tasks.base import ReportColumn, Task
 
 __all__ = ["Cell", "Summary", "summarise", "write_report"]
 
@@ -54,7 +55,7 @@ class Summary:
     n_rows: int = 0
 
     def paired_delta(
-        self, setting: str, loss: str, metric: Metric
+        self, setting: str, loss: str, metric: ReportColumn
     ) -> tuple[float, float, int] | None:
         """``(mean, t half-width, n)`` of the per-seed difference ``loss - baseline`` on the
         seeds both have (the baseline is the first loss; the test episodes of a seed are the
@@ -70,7 +71,7 @@ class Summary:
         mean, ci, _, n = mean_t_interval(diffs)
         return mean, ci, n
 
-    def best(self, setting: str, metric: Metric) -> str | None:
+    def best(self, setting: str, metric: ReportColumn) -> str | None:
         cands = [
             (c.mean, loss) for loss in self.losses
             if (c := self.cells.get((setting, loss, metric.key))) is not None
@@ -91,8 +92,6 @@ def _task_of(folder: Path, task: Task | None) -> tuple[Task, dict[str, Any]]:
     cfg_path = folder / "config.json"
     config = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     if task is None:
-        from losslab.lab.tasks import get_task
-
         if "task" not in config:
             raise ValueError(f"{folder}: no config.json naming the task; is it a run folder?")
         task = get_task(config["task"])
@@ -242,7 +241,7 @@ def _line_groups(s: Summary, x_key: str) -> dict[str, list[tuple[float, str]]]:
     return {g: sorted(v) for g, v in groups.items()}
 
 
-def _line_plot(s: Summary, metric: Metric, path: Path) -> bool:
+def _line_plot(s: Summary, metric: ReportColumn, path: Path) -> bool:
     """``metric`` against the numeric setting value ``task.line_x``: one line per loss with
     t-interval error bars and a dot per seed; one panel per group of the other setting values.
     """
@@ -306,7 +305,7 @@ def _line_plot(s: Summary, metric: Metric, path: Path) -> bool:
     return True
 
 
-def _plot(s: Summary, metric: Metric, path: Path) -> bool:
+def _plot(s: Summary, metric: ReportColumn, path: Path) -> bool:
     if s.task.line_x is not None and _line_groups(s, s.task.line_x):
         return _line_plot(s, metric, path)
     import matplotlib

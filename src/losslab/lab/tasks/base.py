@@ -46,21 +46,21 @@ task option, resolved as task defaults < config file < explicit CLI flags.
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from torch import nn
 
+from losslab.lab.progress import Progress
+
 __all__ = [
     "RUNNER_OPTIONS",
-    "Bar",
     "Job",
-    "Metric",
     "Option",
     "Progress",
+    "ReportColumn",
     "Task",
     "build_loss",
     "parse_loss_spec",
@@ -158,8 +158,8 @@ RUNNER_OPTIONS: tuple[Option, ...] = (
 
 
 @dataclass(frozen=True)
-class Metric:
-    """A number of a job's result that the report shows.
+class ReportColumn:
+    """A number of a job's result that the report shows (a column of ``table.md``).
 
     Attributes:
         key: key in the dict returned by :meth:`Task.run_job`.
@@ -199,37 +199,6 @@ class Job:
         return build_loss(self.loss, config.get("loss_hparams") or {})
 
 
-class Bar(Protocol):
-    def update(self, n: int = 1) -> Any: ...
-    def set_postfix(self, **kwargs: Any) -> Any: ...
-
-
-class Progress(Protocol):
-    """What :meth:`Task.run_job` may use to show progress (a no-op when ``--quiet``)."""
-
-    def bar(self, total: int, desc: str) -> contextlib.AbstractContextManager[Bar]: ...
-    def log(self, message: str) -> None: ...
-
-
-class NullBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, **kwargs: Any) -> None:
-        pass
-
-
-class NullProgress:
-    """Progress that shows nothing (tests, ``--quiet``)."""
-
-    @contextlib.contextmanager
-    def bar(self, total: int, desc: str) -> Iterator[Bar]:
-        yield NullBar()
-
-    def log(self, message: str) -> None:
-        pass
-
-
 def parse_loss_spec(spec: str) -> list[str]:
     """``"protonet+proto_triplet"`` -> ``["protonet", "proto_triplet"]``, checked against the
     registry (``ValueError`` naming the unknown loss)."""
@@ -265,7 +234,7 @@ class Task(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     options: ClassVar[tuple[Option, ...]]
-    metrics: ClassVar[tuple[Metric, ...]]
+    metrics: ClassVar[tuple[ReportColumn, ...]]
     setting_columns: ClassVar[tuple[str, ...]] = ()
     line_x: ClassVar[str | None] = None
     line_x_label: ClassVar[str | None] = None
@@ -290,7 +259,7 @@ class Task(ABC):
     # -- helpers used by the runner and the report ------------------------------------------
 
     @classmethod
-    def primary_metric(cls) -> Metric:
+    def primary_metric(cls) -> ReportColumn:
         prim = [m for m in cls.metrics if m.primary]
         if len(prim) != 1:
             raise TypeError(f"task {cls.name}: exactly one metric must be primary")

@@ -39,9 +39,9 @@ import torch
 
 from losslab.lab.backbones import BACKBONES, build_backbone
 from losslab.lab.data import DATASETS, FewShotDataset, load_fewshot_dataset
+from losslab.lab.env import resolve_device
 from losslab.lab.episodes import EpisodeBatch, EpisodeSampler, embed, prototype_accuracy
-from losslab.lab.runner import resolve_device
-from losslab.lab.tasks.base import Job, Metric, Option, Progress, Task
+from losslab.lab.tasks.base import Job, Option, Progress, ReportColumn, Task
 
 __all__ = ["FewShotTask"]
 
@@ -84,9 +84,9 @@ class FewShotTask(Task):
         Option("eval_batch", 512, "images per forward pass when embedding for evaluation", int,
                affects_results=False),
     )
-    metrics: ClassVar[tuple[Metric, ...]] = (
-        Metric("test_acc", "Accuracy (%)", True, ".2f", episode_ci="test_ci95", primary=True),
-        Metric("icnn", "ICNN score", True, ".3f"),
+    metrics: ClassVar[tuple[ReportColumn, ...]] = (
+        ReportColumn("test_acc", "Accuracy (%)", True, ".2f", episode_ci="test_ci95", primary=True),
+        ReportColumn("icnn", "ICNN score", True, ".3f"),
     )
     setting_columns: ClassVar[tuple[str, ...]] = ("way", "shot", "train_way")
 

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from losslab.lab.runner import resolve_device
-from losslab.lab.tasks.base import Job, Metric, Option, Progress, Task
+from losslab.lab.env import resolve_device
+from losslab.lab.tasks.base import Job, Option, Progress, ReportColumn, Task
 
 __all__ = ["NOISE_KINDS", "NoisyTask", "build_classifier", "parse_noise"]
 
@@ -303,10 +303,10 @@ class NoisyTask(Task):
         Option("eval_batch", 1000, "images per forward pass in evaluation", int,
                affects_results=False),
     )
-    metrics: ClassVar[tuple[Metric, ...]] = (
-        Metric("test_acc", "Clean test accuracy (%)", True, ".2f", primary=True),
-        Metric("ece", "ECE (%)", False, ".2f"),
-        Metric("aece", "Adaptive ECE (%)", False, ".2f", plot=False),
+    metrics: ClassVar[tuple[ReportColumn, ...]] = (
+        ReportColumn("test_acc", "Clean test accuracy (%)", True, ".2f", primary=True),
+        ReportColumn("ece", "ECE (%)", False, ".2f"),
+        ReportColumn("aece", "Adaptive ECE (%)", False, ".2f", plot=False),
     )
     setting_columns: ClassVar[tuple[str, ...]] = ("noise", "rate")
     line_x: ClassVar[str | None] = "rate"

@@ -39,10 +39,18 @@ from torch import nn
 
 from losslab.lab.backbones import BACKBONES, build_backbone, embedding_dim
 from losslab.lab.data.retrieval import RETRIEVAL_DATASETS, load_retrieval_dataset
+from losslab.lab.env import resolve_device
 from losslab.lab.episodes import embed
-from losslab.lab.runner import resolve_device
 from losslab.lab.samplers import MPerClassSampler
-from losslab.lab.tasks.base import Job, Metric, Option, Progress, Task, build_loss, parse_loss_spec
+from losslab.lab.tasks.base import (
+    Job,
+    Option,
+    Progress,
+    ReportColumn,
+    Task,
+    build_loss,
+    parse_loss_spec,
+)
 
 __all__ = ["EmbeddingNet", "RetrievalTask"]
 
@@ -87,10 +95,10 @@ class RetrievalTask(Task):
         Option("eval_batch", 512, "images per forward pass when embedding for evaluation", int,
                affects_results=False),
     )
-    metrics: ClassVar[tuple[Metric, ...]] = (
-        Metric("map_at_r", "MAP@R (%)", True, ".2f", primary=True),
-        Metric("r_precision", "R-precision (%)", True, ".2f"),
-        Metric("precision_at_1", "P@1 (%)", True, ".2f"),
+    metrics: ClassVar[tuple[ReportColumn, ...]] = (
+        ReportColumn("map_at_r", "MAP@R (%)", True, ".2f", primary=True),
+        ReportColumn("r_precision", "R-precision (%)", True, ".2f"),
+        ReportColumn("precision_at_1", "P@1 (%)", True, ".2f"),
     )
     setting_columns: ClassVar[tuple[str, ...]] = ("m", "batch_size")
 
