@@ -65,18 +65,19 @@ def _config(data_dir: Path, **over):
 
 
 def test_end_to_end_noise_on_train_only_and_report(fmnist_dir, tmp_path, monkeypatch):
-    from losslab.lab.tasks import noisy as noisy_mod
+    import losslab
 
     task, cfg = _config(fmnist_dir)
     seen: dict[str, list] = {"index": [], "noisy_targets": []}
-    orig_call = noisy_mod._call_loss
+    aldr_cls = type(losslab.create("aldr_kl", num_samples=1))
+    orig_forward = aldr_cls.forward
 
-    def spy(loss_fn, logits, target, index):
-        if noisy_mod._needs_index(loss_fn):
-            seen["index"].append(index.clone())
-        return orig_call(loss_fn, logits, target, index)
+    def spy(self, logits, target, **kwargs):
+        if kwargs.get("index") is not None:
+            seen["index"].append(kwargs["index"].clone())
+        return orig_forward(self, logits, target, **kwargs)
 
-    monkeypatch.setattr(noisy_mod, "_call_loss", spy)
+    monkeypatch.setattr(aldr_cls, "forward", spy)
     clean_test = task.data(cfg).y_test.clone()
     out = run_bench(task, cfg, tmp_path / "run", quiet=True)
     rows = read_rows(out / "results.jsonl")

@@ -248,31 +248,6 @@ def stratified_subset(labels: np.ndarray, size: int, *, seed: Any) -> np.ndarray
 # --------------------------------------------------------------------------------------------
 
 
-def _needs_index(loss_fn: nn.Module) -> bool:
-    terms = getattr(loss_fn, "terms", None)
-    mods = list(terms) if terms is not None else [loss_fn]
-    return any(getattr(getattr(m, "spec", None), "needs_index", False) for m in mods)
-
-
-def _call_loss(loss_fn: nn.Module, logits: Tensor, target: Tensor, index: Tensor) -> Tensor:
-    """``loss_fn(logits, target)``, with ``index=`` for the terms that keep per-sample state
-    (a combined ``a+b`` loss passes it only to those terms)."""
-    terms = getattr(loss_fn, "terms", None)
-    if terms is None:
-        if _needs_index(loss_fn):
-            return loss_fn(logits, target, index=index)
-        return loss_fn(logits, target)
-    total: Tensor | None = None
-    values = {}
-    for name, w, term in zip(loss_fn.names, loss_fn.weights, terms):
-        v = term(logits, target, index=index) if _needs_index(term) else term(logits, target)
-        values[name] = float(v.detach())
-        total = w * v if total is None else total + w * v
-    loss_fn.last_terms = values
-    assert total is not None
-    return total
-
-
 class NoisyTask(Task):
     name: ClassVar[str] = "noisy"
     description: ClassVar[str] = (
@@ -390,9 +365,9 @@ class NoisyTask(Task):
         from losslab.lab.tasks.base import build_loss, parse_loss_spec
         from losslab.registry import spec as loss_spec
 
-        for name in parse_loss_spec(job.loss):
-            if loss_spec(name).needs_index:
-                hp.setdefault(name, {})["num_samples"] = n_train
+        stateful = [n for n in parse_loss_spec(job.loss) if loss_spec(n).needs_index]
+        for name in stateful:
+            hp.setdefault(name, {})["num_samples"] = n_train
         loss_fn = build_loss(job.loss, hp).to(device)
         params = [*model.parameters(), *loss_fn.parameters()]
         if config["optimizer"] == "sgd":
@@ -420,7 +395,10 @@ class NoisyTask(Task):
                 for b in range(steps_per_epoch):
                     idx = perm[b * bs:(b + 1) * bs]
                     logits = model(x_tr[idx])
-                    loss = _call_loss(loss_fn, logits, y_tr[idx], idx)
+                    # index=: dataset ids for the terms with per-sample state (a combined
+                    # loss passes it to those terms only)
+                    loss = (loss_fn(logits, y_tr[idx], index=idx) if stateful
+                            else loss_fn(logits, y_tr[idx]))
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
                             f"{job.loss}: non-finite loss at epoch {epoch}; lower --lr?")
