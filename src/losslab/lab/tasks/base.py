@@ -198,6 +198,11 @@ class Job:
         """The loss module of this job (see :func:`build_loss`)."""
         return build_loss(self.loss, config.get("loss_hparams") or {})
 
+    @property
+    def loss_names(self) -> list[str]:
+        """The registered losses of the job's loss spec (``"a+b"`` -> ``["a", "b"]``)."""
+        return parse_loss_spec(self.loss)
+
 
 def parse_loss_spec(spec: str) -> list[str]:
     """``"protonet+proto_triplet"`` -> ``["protonet", "proto_triplet"]``, checked against the
