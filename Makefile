@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m losslab.demo
+	$(PY) -m losslab.lab.demo
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests $(wildcard benchmarks scripts)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from losslab.registry import create
 
-__all__ = ["CombinedLoss", "combine"]
+__all__ = ["CombinedLoss", "combine", "term_keys"]
 
 Term = str | nn.Module
 
@@ -20,11 +20,34 @@ def _term_name(term: nn.Module) -> str:
     return s.name if s is not None else type(term).__name__
 
 
+def _needs_index(term: nn.Module) -> bool:
+    return bool(getattr(getattr(term, "spec", None), "needs_index", False))
+
+
+def term_keys(names: Sequence[str]) -> list[str]:
+    """The keys of :attr:`CombinedLoss.last_terms`: a term's name, or ``name#i`` (``i``: its
+    position, from 0) when an earlier term has that key already.
+
+    >>> term_keys(["protonet", "icnn", "protonet"])
+    ['protonet', 'icnn', 'protonet#2']
+    """
+    keys: list[str] = []
+    for i, name in enumerate(names):
+        keys.append(name if name not in keys else f"{name}#{i}")
+    return keys
+
+
 class CombinedLoss(nn.Module):
     """``sum_i w_i * loss_i(*args, **kwargs)`` over losses of one kind.
 
-    Every term must return a scalar (a reduced loss). After each call, :attr:`last_terms` holds
-    the value of each term (detached), for logging.
+    Every term must return a scalar (a reduced loss). ``index=`` (the dataset ids of the batch's
+    samples) goes only to the terms whose ``spec.needs_index`` is true (losses with per-sample
+    state, e.g. ``aldr_kl``); the other terms are called without it. Every other argument goes
+    to every term.
+
+    After each call, :attr:`last_terms` maps each term to its value in that call (a detached
+    float), for logging; the keys are :attr:`keys` (the term names, ``name#i`` for a repeated
+    name, see :func:`term_keys`).
     """
 
     def __init__(self, terms: Sequence[nn.Module], weights: Sequence[float]) -> None:
@@ -45,20 +68,23 @@ class CombinedLoss(nn.Module):
         self.terms = nn.ModuleList(terms)
         self.weights = [float(w) for w in weights]
         self.names = [_term_name(t) for t in terms]
+        self.keys = term_keys(self.names)
         self.kind = kinds.pop()
         self.last_terms: dict[str, float] = {}
 
-    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+    def forward(self, *args: Any, index: Tensor | None = None, **kwargs: Any) -> Tensor:
         total: Tensor | None = None
         values: dict[str, float] = {}
-        for name, w, term in zip(self.names, self.weights, self.terms):
-            value = term(*args, **kwargs)
+        for key, w, term in zip(self.keys, self.weights, self.terms):
+            if index is not None and _needs_index(term):
+                value = term(*args, index=index, **kwargs)
+            else:
+                value = term(*args, **kwargs)
             if value.ndim != 0:
                 raise ValueError(
-                    f"combined loss term {name!r} returned shape {tuple(value.shape)}; every "
+                    f"combined loss term {key!r} returned shape {tuple(value.shape)}; every "
                     "term must return a scalar (use reduction='mean' or 'sum')"
                 )
-            key = name if name not in values else f"{name}#{len(values)}"
             values[key] = float(value.detach())
             total = w * value if total is None else total + w * value
         self.last_terms = values

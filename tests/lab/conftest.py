@@ -1,10 +1,17 @@
-"""Shared helpers of the lab tests: a tiny, fast few-shot configuration on synthetic data."""
+"""Shared helpers of the lab tests: a tiny, fast few-shot configuration on synthetic data, and a
+tiny generated Fashion-MNIST-format dataset."""
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+
+#: images in the train / test split of the generated Fashion-MNIST look-alike
+FMNIST_TRAIN, FMNIST_TEST = 300, 100
 
 TINY = {
     "dataset": "synthetic",
@@ -54,3 +61,32 @@ def tiny_config():
         return task, resolve_config(task, {**TINY, **over}, None)
 
     return make
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    code = {np.dtype(np.uint8): 0x08}[arr.dtype]
+    header = bytes([0, 0, code, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.tobytes())
+
+
+def write_fmnist(folder: Path, seed: int = 0) -> Path:
+    """Tiny Fashion-MNIST look-alike: 10 classes, each a bright square at its own place."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", FMNIST_TRAIN), ("t10k", FMNIST_TEST)):
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            r, col = 2 + 8 * (c // 4), 2 + 6 * (c % 4)
+            images[i, r:r + 6, col:col + 6] = 250
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fmnist_dir(tmp_path_factory):
+    return write_fmnist(tmp_path_factory.mktemp("fmnist"))
+

@@ -72,14 +72,3 @@ def test_help_lists_task_options(capsys):
     out = capsys.readouterr().out
     for flag in ("--train-way", "--test-episodes", "--flatten", "--losses", "--seeds"):
         assert flag in out
-
-
-def test_demo_entry_with_overrides(tmp_path, tiny_flags, capsys):
-    from losslab import demo
-
-    assert demo.main([*tiny_flags(losses=["protonet"]), "--out", str(tmp_path / "d"),
-                      "--quiet"]) == 0
-    text = capsys.readouterr().out
-    assert "| 3-way 1-shot | `protonet` |" in text and "plot: " in text
-    saved = (tmp_path / "d" / "config.json").read_text()
-    assert '"train_query": 3' in saved  # flags beat the demo config

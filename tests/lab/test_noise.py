@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from losslab.lab.noise import ASYMMETRIC_MAPPINGS, asymmetric_noise, symmetric_noise
+from losslab.lab.data.classification import load_classification_data
+from losslab.lab.noise import (
+    ASYMMETRIC_MAPPINGS,
+    apply_noise,
+    asymmetric_noise,
+    parse_noise,
+    stream_seed,
+    symmetric_noise,
+)
 
 
 def labels(n=20000, c=10, seed=0):
@@ -70,3 +78,36 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="mapping"):
         asymmetric_noise([0, 1], 0.1, mapping="nope")
     assert symmetric_noise(np.array([], dtype=np.int64), 0.5, num_classes=3).rate == 0.0
+
+
+# -- the noise settings of the noisy task ------------------------------------------------------
+
+
+def test_parse_noise():
+    assert parse_noise("symmetric:0.4") == {"noise": "symmetric", "rate": 0.4}
+    assert parse_noise("asym:0.2") == {"noise": "asymmetric", "rate": 0.2}
+    for bad in ("symmetric", "uniform:0.2", "pair:1.5", "symmetric:x"):
+        with pytest.raises(ValueError, match="noise"):
+            parse_noise(bad)
+
+
+def test_noise_depends_on_seed_and_only_on_train_labels(fmnist_dir):
+    data = load_classification_data("fashion_mnist", str(fmnist_dir))
+    s = parse_noise("symmetric:0.4")
+    a = apply_noise(data.y_train, s, dataset="fashion_mnist", num_classes=10, seed=0)
+    b = apply_noise(data.y_train, s, dataset="fashion_mnist", num_classes=10, seed=0)
+    c = apply_noise(data.y_train, s, dataset="fashion_mnist", num_classes=10, seed=1)
+    assert np.array_equal(a.labels, b.labels) and not np.array_equal(a.labels, c.labels)
+    asym = apply_noise(data.y_train, parse_noise("asymmetric:1.0"), dataset="fashion_mnist",
+                       num_classes=10, seed=0)
+    assert set(np.unique(data.y_train[asym.changed])) == {0, 2, 5, 6, 9}
+    pair = apply_noise(data.y_train, parse_noise("pair:1.0"), dataset="fashion_mnist",
+                       num_classes=10, seed=0)
+    assert np.array_equal(pair.labels, (data.y_train + 1) % 10)
+
+
+def test_stream_seed_is_a_seed_sequence_per_stream():
+    assert stream_seed(3, 1) == stream_seed(3, 1)
+    assert len({stream_seed(s, k) for s in range(3) for k in range(4)}) == 12
+    assert stream_seed(0, 1) == int(np.random.SeedSequence([0, 1]).generate_state(1)[0])
+

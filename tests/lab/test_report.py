@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from losslab.lab.report import summarise, write_report
+from losslab.lab.report import write_report
 from losslab.lab.results import append_row
+from losslab.lab.summary import summarise
 
 
 def _folder(tmp_path, accs):

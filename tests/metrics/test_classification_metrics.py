@@ -9,7 +9,6 @@ from losslab.metrics import (
     accuracy,
     adaptive_calibration_error,
     expected_calibration_error,
-    plot_reliability_diagram,
     reliability_diagram,
     top_k_accuracy,
 )
@@ -112,10 +111,3 @@ def test_bad_inputs():
         top_k_accuracy(probs, target, k=0)
     with pytest.raises(ValueError, match="n_bins"):
         expected_calibration_error(probs, target, n_bins=0)
-
-
-def test_plot_reliability_diagram(tmp_path):
-    pytest.importorskip("matplotlib")
-    _, probs, target = data(200)
-    out = plot_reliability_diagram(probs, target, tmp_path / "sub" / "rel.png", adaptive=True)
-    assert out.exists() and out.stat().st_size > 1000

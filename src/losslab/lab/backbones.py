@@ -1,4 +1,6 @@
-"""Embedding backbones of the few-shot literature: Conv-4 and ResNet-12.
+"""The networks of the lab tasks.
+
+Embedding backbones of the few-shot literature (``fewshot`` and ``retrieval`` tasks):
 
 * :class:`Conv4` -- four blocks ``conv3x3(64) -> BatchNorm -> ReLU -> maxpool2`` (Vinyals et al.;
   Snell et al.). By default the feature map is global-average-pooled to a 64-d embedding, as in
@@ -7,6 +9,11 @@
 * :class:`ResNet12` -- four residual blocks of three ``conv3x3 -> BN -> LeakyReLU(0.1)`` with a
   ``1x1`` projection shortcut and ``maxpool2`` (widths 64-128-256-512 by default, as TADAM and
   the SuSana Distancia ResNet-12 runs), global average pooling -> 512-d. Meant for GPU users.
+
+:class:`EmbeddingNet` (``retrieval``): a backbone, an optional linear head and an optional L2
+normalisation. Classifiers (``noisy``, :func:`build_classifier`): :class:`SmallCNN` -- 2 x
+(conv3x3-32 -> BN -> ReLU -> maxpool2) -> FC-128 -> ReLU -> FC-C, channels-last; ``mlp`` --
+flatten -> 256 -> ReLU -> 256 -> ReLU -> C.
 """
 
 from __future__ import annotations
@@ -16,7 +23,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BACKBONES", "Conv4", "ResNet12", "build_backbone"]
+__all__ = [
+    "BACKBONES",
+    "CLASSIFIERS",
+    "Conv4",
+    "EmbeddingNet",
+    "ResNet12",
+    "SmallCNN",
+    "build_backbone",
+    "build_classifier",
+    "embedding_dim",
+]
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -101,3 +118,61 @@ def embedding_dim(model: nn.Module, in_channels: int, image_size: int) -> int:
         d = model(torch.zeros(1, in_channels, image_size, image_size)).shape[1]
     model.train(was_training)
     return int(d)
+
+
+class EmbeddingNet(nn.Module):
+    """Backbone, optional linear head (``out_dim``; 0: none), optional L2 normalisation."""
+
+    def __init__(self, backbone: nn.Module, in_dim: int, out_dim: int, normalize: bool) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(in_dim, out_dim) if out_dim else nn.Identity()
+        self.normalize = normalize
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.head(self.backbone(x))
+        return nn.functional.normalize(z, dim=1) if self.normalize else z
+
+
+# --------------------------------------------------------------------------------------------
+# Classifiers
+# --------------------------------------------------------------------------------------------
+
+
+class SmallCNN(nn.Module):
+    """2 x (conv3x3-``width`` -> BN -> ReLU -> maxpool2) -> FC-``hidden`` -> ReLU -> FC-C."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, *,
+                 width: int = 32, hidden: int = 128) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for _ in range(2):
+            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c = width
+        self.features = nn.Sequential(*layers)
+        side = image_size // 4
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(width * side * side, hidden),
+                                  nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # channels-last activations: 2-4x faster convolutions on CPU (oneDNN) than NCHW
+        return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
+
+
+CLASSIFIERS = ("cnn", "mlp")
+
+
+def build_classifier(name: str, in_channels: int, image_size: int, num_classes: int
+                     ) -> nn.Module:
+    """``cnn`` (:class:`SmallCNN`, channels-last) or ``mlp`` (``D -> 256 -> 256 -> C``, ReLU)."""
+    if name == "cnn":
+        return SmallCNN(in_channels, image_size, num_classes).to(
+            memory_format=torch.channels_last)
+    if name == "mlp":
+        d = in_channels * image_size * image_size
+        return nn.Sequential(nn.Flatten(), nn.Linear(d, 256), nn.ReLU(inplace=True),
+                             nn.Linear(256, 256), nn.ReLU(inplace=True),
+                             nn.Linear(256, num_classes))
+    raise ValueError(f"model must be one of {CLASSIFIERS}, got {name!r}")

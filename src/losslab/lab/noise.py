@@ -21,6 +21,9 @@ Conventions:
   ``"fashion_mnist"``: **our** choice of confusable pairs (neither paper uses Fashion-MNIST):
   T-shirt→Shirt, Pullover→Coat, Sandal→Sneaker, Ankle boot→Sneaker, Shirt→T-shirt; or any
   ``{class: partner}`` dict.
+
+The ``noisy`` task's settings are strings ``KIND:RATE`` (:func:`parse_noise`) applied with
+:func:`apply_noise` (seeded with :func:`stream_seed` ``(seed, 1)``).
 """
 
 from __future__ import annotations
@@ -33,9 +36,13 @@ import numpy as np
 
 __all__ = [
     "ASYMMETRIC_MAPPINGS",
+    "NOISE_KINDS",
     "NoisyLabels",
+    "apply_noise",
     "asymmetric_noise",
     "pair_mapping",
+    "parse_noise",
+    "stream_seed",
     "symmetric_noise",
 ]
 
@@ -171,3 +178,53 @@ def asymmetric_noise(
     noisy = y.copy()
     noisy[hit] = lookup[y[hit]]
     return _result(y, noisy)
+
+
+# --------------------------------------------------------------------------------------------
+# Noise settings of the lab's noisy-label task
+# --------------------------------------------------------------------------------------------
+
+#: The kinds of a ``KIND:RATE`` noise setting.
+NOISE_KINDS = ("symmetric", "asymmetric", "pair")
+
+
+def parse_noise(spec: str) -> dict[str, Any]:
+    """``"symmetric:0.4"`` -> ``{"noise": "symmetric", "rate": 0.4}`` (``ValueError`` on a bad
+    spec). Kinds: ``symmetric`` (alias ``sym``), ``asymmetric`` (``asym``; the dataset's
+    class-pair flips), ``pair`` (``c -> c+1 mod C``); the rate is in ``[0, 1]``."""
+    kind, sep, rate_s = str(spec).partition(":")
+    kind = kind.strip().lower()
+    if kind == "sym":
+        kind = "symmetric"
+    if kind == "asym":
+        kind = "asymmetric"
+    try:
+        rate = float(rate_s)
+    except ValueError:
+        rate = float("nan")
+    if not sep or kind not in NOISE_KINDS or not 0.0 <= rate <= 1.0:
+        raise ValueError(
+            f"noise: expected KIND:RATE with KIND in {NOISE_KINDS} and RATE in [0, 1], e.g. "
+            f"symmetric:0.4, got {spec!r}"
+        )
+    return {"noise": kind, "rate": rate}
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """An integer seed for the random stream ``stream`` of a job seeded with ``seed``
+    (``numpy.random.SeedSequence([seed, stream])``): independent streams per purpose."""
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+
+
+def apply_noise(labels: np.ndarray, setting: Mapping[str, Any], *, dataset: str,
+                num_classes: int, seed: int) -> NoisyLabels:
+    """The noisy labels of a setting (:func:`parse_noise`) at a job seed: ``symmetric`` ->
+    :func:`symmetric_noise`; ``asymmetric`` -> the class-pair flips of ``dataset``; ``pair`` ->
+    ``c -> c+1 mod C``. Drawn from :func:`stream_seed` ``(seed, 1)``, so the noise depends on
+    the seed only."""
+    rate, kind = float(setting["rate"]), setting["noise"]
+    s = stream_seed(seed, 1)
+    if kind == "symmetric":
+        return symmetric_noise(labels, rate, num_classes=num_classes, seed=s)
+    mapping = "pair" if kind == "pair" else dataset
+    return asymmetric_noise(labels, rate, mapping=mapping, num_classes=num_classes, seed=s)

@@ -15,6 +15,9 @@ between jobs: the best checkpoint of a job lives in memory only, so a killed job
 mistaken for a finished one. Re-running with a *different* result-affecting configuration in
 the same folder is refused (use a new ``--out``); more losses, seeds or settings may be added
 to an existing folder. A lock file prevents two runs from writing one folder at once.
+
+The runner knows a task only through the :class:`~losslab.lab.tasks.base.Task` object it is
+given (it never looks a task up by name): worker processes rebuild it from its class.
 """
 
 from __future__ import annotations
@@ -22,10 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -35,90 +35,17 @@ import numpy as np
 import torch
 
 from losslab.lab.config import fingerprint
+from losslab.lab.env import environment, resolve_device
+from losslab.lab.progress import Progress, TqdmProgress
+from losslab.lab.report import write_report
 from losslab.lab.results import append_row, job_id, read_rows
-from losslab.lab.tasks.base import Bar, Job, NullBar, Task
+from losslab.lab.tasks.base import Job, Task
 
-__all__ = ["ConfigMismatchError", "TqdmProgress", "environment", "plan_jobs", "run_bench"]
+__all__ = ["ConfigMismatchError", "plan_jobs", "run_bench"]
 
 
 class ConfigMismatchError(RuntimeError):
     """The run folder holds results of a different configuration."""
-
-
-class TqdmProgress:
-    """Progress bars with tqdm (imported lazily), on stderr, only when it is a terminal."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-
-    @contextlib.contextmanager
-    def bar(self, total: int, desc: str) -> Iterator[Bar]:
-        if not self.enabled:
-            yield NullBar()
-            return
-        from tqdm.auto import tqdm
-
-        with tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True) as b:
-            yield b
-
-    def log(self, message: str) -> None:
-        if self.enabled:
-            from tqdm.auto import tqdm
-
-            tqdm.write(message)
-        else:
-            print(message, flush=True)
-
-
-def _git_sha() -> tuple[str | None, bool | None]:
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-            timeout=5, check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()
-        return sha or None, bool(dirty)
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: cuda requested but torch.cuda.is_available() is False")
-    return dev
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """What produced the numbers: versions, platform, device, git SHA."""
-    import losslab
-
-    sha, dirty = _git_sha()
-    env: dict[str, Any] = {
-        "git_sha": sha,
-        "git_dirty": dirty,
-        "losslab": losslab.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "argv": sys.argv,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if device.type == "cuda":
-        env["cuda_device"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -208,7 +135,7 @@ def _summary(job: Job, task: Task, metrics: Mapping[str, Any], seconds: float) -
     )
 
 
-def _run_one(task: Task, config: Mapping[str, Any], job: Job, progress: Any
+def _run_one(task: Task, config: Mapping[str, Any], job: Job, progress: Progress
              ) -> tuple[Job, dict[str, Any], float]:
     """Seed, run and check one job."""
     _seed_everything(job.seed)
@@ -221,16 +148,15 @@ def _run_one(task: Task, config: Mapping[str, Any], job: Job, progress: Any
     return job, metrics, seconds
 
 
-def _worker_job(task_name: str, config: Mapping[str, Any], job: Job
+def _worker_job(task_class: type[Task], config: Mapping[str, Any], job: Job
                 ) -> tuple[Job, dict[str, Any], float]:
-    """Entry point of a worker process: a fresh task instance, no progress bars."""
-    from losslab.lab.tasks import get_task
-
+    """Entry point of a worker process: a fresh instance of the task's class (pickled by
+    reference, so the worker imports the task's module itself), no progress bars."""
     torch.set_num_threads(max(1, int(config.get("threads", 0) or 1)))
-    return _run_one(get_task(task_name), config, job, TqdmProgress(enabled=False))
+    return _run_one(task_class(), config, job, TqdmProgress(enabled=False))
 
 
-def _execute(task: Task, config: Mapping[str, Any], jobs: list[Job], progress: Any,
+def _execute(task: Task, config: Mapping[str, Any], jobs: list[Job], progress: Progress,
              workers: int) -> Iterator[tuple[Job, dict[str, Any], float]]:
     """Run ``jobs`` in order (``workers == 1``) or in a pool of worker processes, yielding
     each finished job as it completes. Only this (parent) process writes results, so a
@@ -245,7 +171,7 @@ def _execute(task: Task, config: Mapping[str, Any], jobs: list[Job], progress: A
     ctx = mp.get_context("spawn")  # no fork of a process with live OpenMP threads
     with progress.bar(len(jobs), f"{len(jobs)} jobs, {workers} workers") as bar, \
             cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_worker_job, task.name, dict(config), job) for job in jobs]
+        futures = [pool.submit(_worker_job, type(task), dict(config), job) for job in jobs]
         try:
             for fut in cf.as_completed(futures):
                 yield fut.result()
@@ -312,7 +238,5 @@ def run_bench(
             append_row(results, row)
             progress.log(_summary(job, task, metrics, seconds))
     if report:
-        from losslab.lab.report import write_report
-
         write_report(folder, task=task)
     return folder

@@ -4,7 +4,6 @@ from losslab.metrics.classification import (
     accuracy,
     adaptive_calibration_error,
     expected_calibration_error,
-    plot_reliability_diagram,
     reliability_diagram,
     top_k_accuracy,
 )
@@ -20,7 +19,6 @@ __all__ = [
     "icnn_score",
     "mean_confidence_interval",
     "opis",
-    "plot_reliability_diagram",
     "reliability_diagram",
     "retrieval_metrics",
     "top_k_accuracy",

@@ -3,13 +3,13 @@
 Inputs: ``scores[N, C]`` (logits or probabilities: accuracy only needs the ranking) or
 ``probs[N, C]`` (probabilities, for calibration), and ``target[N]`` integer class ids; items
 whose target is ``ignore_index`` (default -100) are left out. Results are Python floats
-(no gradient).
+(no gradient). Plotting a reliability diagram is the lab's
+(:func:`losslab.lab.plots.plot_reliability_diagram`): the core metrics never import matplotlib.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +20,6 @@ __all__ = [
     "accuracy",
     "adaptive_calibration_error",
     "expected_calibration_error",
-    "plot_reliability_diagram",
     "reliability_diagram",
     "top_k_accuracy",
 ]
@@ -173,46 +172,3 @@ def adaptive_calibration_error(
     """Adaptive (equal-mass) ECE: :func:`expected_calibration_error` with ``adaptive=True``."""
     return expected_calibration_error(probs, target, n_bins=n_bins, adaptive=True,
                                       ignore_index=ignore_index)
-
-
-def plot_reliability_diagram(
-    probs: Tensor,
-    target: Tensor,
-    path: str | Path,
-    *,
-    n_bins: int = 15,
-    adaptive: bool = False,
-    title: str | None = None,
-    ignore_index: int = -100,
-) -> Path:
-    """Save a reliability diagram (accuracy vs confidence per bin, with the diagonal) as an
-    image at ``path`` and return the path. Needs matplotlib (the ``lab`` extra)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("plot_reliability_diagram needs matplotlib: pip install "
-                          "'losslab[lab]'") from e
-    bins = reliability_diagram(probs, target, n_bins=n_bins, adaptive=adaptive,
-                               ignore_index=ignore_index)
-    full = bins.count > 0
-    centers = np.where(full, bins.confidence, (bins.lower + bins.upper) / 2)
-    widths = np.maximum(bins.upper - bins.lower, 1.0 / max(n_bins, 1) * 0.9)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.bar(centers[full], bins.accuracy[full], width=widths[full] * 0.9, alpha=0.7,
-           edgecolor="black", label="accuracy")
-    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    kind = "adaptive ECE" if adaptive else "ECE"
-    ax.set_title(title or f"reliability diagram ({kind} = {bins.calibration_error:.4f})")
-    ax.legend(loc="upper left")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return out

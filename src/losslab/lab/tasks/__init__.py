@@ -3,9 +3,10 @@ the plug-in interface."""
 
 from __future__ import annotations
 
-from losslab.lab.tasks.base import Job, Metric, Option, Progress, Task
+from losslab.lab.tasks.base import Job, Option, Progress, ReportColumn, Task
 
-__all__ = ["TASKS", "Job", "Metric", "Option", "Progress", "Task", "available_tasks", "get_task"]
+__all__ = ["TASKS", "Job", "Option", "Progress", "ReportColumn", "Task", "available_tasks",
+           "get_task"]
 
 
 def _fewshot() -> type[Task]:

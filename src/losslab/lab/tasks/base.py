@@ -3,7 +3,9 @@
 A *task* is one kind of experiment (few-shot classification, noise-robust classification,
 metric-learning retrieval, ...). The runner (:mod:`losslab.lab.runner`) and the report
 (:mod:`losslab.lab.report`) know nothing about any task: everything task-specific goes through
-the :class:`Task` class below. To add a task:
+the :class:`Task` class below. A task module imports the lab's building blocks
+(:mod:`~losslab.lab.data`, :mod:`~losslab.lab.backbones`, :mod:`~losslab.lab.training`,
+:mod:`~losslab.lab.env`), never the runner or the report. To add a task:
 
 1. Subclass :class:`Task` in ``src/losslab/lab/tasks/<name>.py`` and set the class attributes:
 
@@ -14,7 +16,7 @@ the :class:`Task` class below. To add a task:
      ``affects_results=False``; mark options that define the grid of settings with
      ``grid=True`` (they are recorded in each job's setting instead of the run fingerprint,
      so a run folder can be extended with new settings).
-   * ``metrics`` -- a tuple of :class:`Metric`: which numbers of a job's result the report
+   * ``metrics`` -- a tuple of :class:`ReportColumn`: which numbers of a job's result the report
      shows, their labels, whether higher is better, whether to plot them; exactly one is
      ``primary`` (the plot's headline metric and the one of the one-line job summary).
    * ``setting_columns`` -- keys of a setting dict shown as columns in ``table.csv``.
@@ -30,14 +32,19 @@ the :class:`Task` class below. To add a task:
    * ``setting_label(setting) -> str`` -- short label for tables and the plot's x axis
      (``"5-way 1-shot"``).
    * ``run_job(job, config, progress) -> dict[str, float]`` -- train and evaluate one loss on
-     one setting with one seed; return the metrics (at least every ``Metric.key``, plus any
-     extra numbers worth keeping, all JSON-serialisable). Use ``progress.bar(total, desc)``
-     for loops and ``job.build_loss(config)`` for the loss. The runner has already seeded
-     python/numpy/torch with ``job.seed`` and set the torch thread count.
+     one setting with one seed; return the metrics (at least every ``ReportColumn.key``, plus
+     any extra numbers worth keeping, all JSON-serialisable). It is data + model + fit +
+     metrics: load (and cache on ``self``) the data, build the model and
+     ``job.build_loss(config)``, an optimizer (:func:`losslab.lab.training.build_optimizer`),
+     describe the training batches as :class:`losslab.lab.training.Batch` objects and train
+     with :func:`losslab.lab.training.fit` (pass ``progress``; ``evaluate=`` for per-epoch
+     validation and best-state keeping), then compute the metrics. The runner has already
+     seeded python/numpy/torch with ``job.seed`` and set the torch thread count.
    * optionally ``validate(config)`` (fail early with a clear ``ValueError``, e.g. a missing
      dataset folder) and ``title(config)`` (a line for the table and plot titles).
 
-3. Add the class to :data:`losslab.lab.tasks.TASKS`.
+3. Add the class to :data:`losslab.lab.tasks.TASKS`. It must be constructible without
+   arguments: worker processes (``workers > 1``) rebuild it from its class.
 
 The ``config`` passed around is a flat ``dict``: the runner's own keys (:data:`RUNNER_OPTIONS`:
 ``losses``, ``seeds``, ``device``, ``threads``, ``workers``, ``loss_hparams``) plus one key per
@@ -46,21 +53,21 @@ task option, resolved as task defaults < config file < explicit CLI flags.
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from torch import nn
 
+from losslab.lab.progress import Progress
+
 __all__ = [
     "RUNNER_OPTIONS",
-    "Bar",
     "Job",
-    "Metric",
     "Option",
     "Progress",
+    "ReportColumn",
     "Task",
     "build_loss",
     "parse_loss_spec",
@@ -158,8 +165,8 @@ RUNNER_OPTIONS: tuple[Option, ...] = (
 
 
 @dataclass(frozen=True)
-class Metric:
-    """A number of a job's result that the report shows.
+class ReportColumn:
+    """A number of a job's result that the report shows (a column of ``table.md``).
 
     Attributes:
         key: key in the dict returned by :meth:`Task.run_job`.
@@ -198,36 +205,10 @@ class Job:
         """The loss module of this job (see :func:`build_loss`)."""
         return build_loss(self.loss, config.get("loss_hparams") or {})
 
-
-class Bar(Protocol):
-    def update(self, n: int = 1) -> Any: ...
-    def set_postfix(self, **kwargs: Any) -> Any: ...
-
-
-class Progress(Protocol):
-    """What :meth:`Task.run_job` may use to show progress (a no-op when ``--quiet``)."""
-
-    def bar(self, total: int, desc: str) -> contextlib.AbstractContextManager[Bar]: ...
-    def log(self, message: str) -> None: ...
-
-
-class NullBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, **kwargs: Any) -> None:
-        pass
-
-
-class NullProgress:
-    """Progress that shows nothing (tests, ``--quiet``)."""
-
-    @contextlib.contextmanager
-    def bar(self, total: int, desc: str) -> Iterator[Bar]:
-        yield NullBar()
-
-    def log(self, message: str) -> None:
-        pass
+    @property
+    def loss_names(self) -> list[str]:
+        """The registered losses of the job's loss spec (``"a+b"`` -> ``["a", "b"]``)."""
+        return parse_loss_spec(self.loss)
 
 
 def parse_loss_spec(spec: str) -> list[str]:
@@ -265,7 +246,7 @@ class Task(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     options: ClassVar[tuple[Option, ...]]
-    metrics: ClassVar[tuple[Metric, ...]]
+    metrics: ClassVar[tuple[ReportColumn, ...]]
     setting_columns: ClassVar[tuple[str, ...]] = ()
     line_x: ClassVar[str | None] = None
     line_x_label: ClassVar[str | None] = None
@@ -290,7 +271,7 @@ class Task(ABC):
     # -- helpers used by the runner and the report ------------------------------------------
 
     @classmethod
-    def primary_metric(cls) -> Metric:
+    def primary_metric(cls) -> ReportColumn:
         prim = [m for m in cls.metrics if m.primary]
         if len(prim) != 1:
             raise TypeError(f"task {cls.name}: exactly one metric must be primary")

@@ -31,17 +31,18 @@ exactly the per-episode evaluation, only faster.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from losslab.lab.backbones import BACKBONES, build_backbone
-from losslab.lab.data import DATASETS, FewShotDataset, load_fewshot_dataset
+from losslab.lab.data import FEWSHOT_DATASETS, FewShotDataset, load_fewshot_dataset
+from losslab.lab.env import resolve_device
 from losslab.lab.episodes import EpisodeBatch, EpisodeSampler, embed, prototype_accuracy
-from losslab.lab.runner import resolve_device
-from losslab.lab.tasks.base import Job, Metric, Option, Progress, Task
+from losslab.lab.tasks.base import Job, Option, Progress, ReportColumn, Task
+from losslab.lab.training import Batch, build_optimizer, fit
 
 __all__ = ["FewShotTask"]
 
@@ -52,7 +53,7 @@ class FewShotTask(Task):
         "episodic few-shot classification (ProtoNet evaluation), the SuSana Distancia protocol"
     )
     options: ClassVar[tuple[Option, ...]] = (
-        Option("dataset", "glyphs", "dataset name", str, choices=DATASETS),
+        Option("dataset", "glyphs", "dataset name", str, choices=FEWSHOT_DATASETS),
         Option("data_root", "", "dataset folder (or a glyphs .npz); empty: the shipped glyphs"),
         Option("image_size", 0, "image side in pixels (0: 84 for RGB sets, 28 for grey)", int),
         Option("preload", "auto", "load images into memory: auto (splits up to 1 GiB), yes, no",
@@ -84,9 +85,10 @@ class FewShotTask(Task):
         Option("eval_batch", 512, "images per forward pass when embedding for evaluation", int,
                affects_results=False),
     )
-    metrics: ClassVar[tuple[Metric, ...]] = (
-        Metric("test_acc", "Accuracy (%)", True, ".2f", episode_ci="test_ci95", primary=True),
-        Metric("icnn", "ICNN score", True, ".3f"),
+    metrics: ClassVar[tuple[ReportColumn, ...]] = (
+        ReportColumn("test_acc", "Accuracy (%)", True, ".2f", episode_ci="test_ci95",
+                     primary=True),
+        ReportColumn("icnn", "ICNN score", True, ".3f"),
     )
     setting_columns: ClassVar[tuple[str, ...]] = ("way", "shot", "train_way")
 
@@ -149,7 +151,8 @@ class FewShotTask(Task):
     # -- one job ----------------------------------------------------------------------------
 
     def run_job(self, job: Job, config: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
-        t_start = time.perf_counter()
+        from losslab.metrics import icnn_score, mean_confidence_interval
+
         device = resolve_device(config["device"])
         data = self.dataset(config)
         train, val, test = data.splits["train"], data.splits["val"], data.splits["test"]
@@ -157,13 +160,7 @@ class FewShotTask(Task):
         seed = job.seed
         tq, q = config["train_query"], config["query"]
 
-        model = build_backbone(config["backbone"], data.channels,
-                               flatten=config["flatten"]).to(device)
-        loss_fn = job.build_loss(config).to(device)
-        params = [*model.parameters(), *loss_fn.parameters()]
-        opt = torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
-        sched = torch.optim.lr_scheduler.StepLR(opt, config["lr_step"], config["lr_gamma"])
-
+        # data: seeded episode streams (0 train, 1 val, 2 test, 3 the ICNN sample)
         train_sampler = EpisodeSampler(train.labels, way=tw, shot=shot, query=tq,
                                        rng=np.random.default_rng([seed, 0]))
         val_eps = None
@@ -176,55 +173,39 @@ class FewShotTask(Task):
                                   ).sample(config["test_episodes"])
         icnn_idx, icnn_lab = self._icnn_sample(test.labels, config, seed)
 
+        # model, loss, optimizer
+        model = build_backbone(config["backbone"], data.channels,
+                               flatten=config["flatten"]).to(device)
+        loss_fn = job.build_loss(config).to(device)
+        opt = build_optimizer("adam", model, loss_fn, lr=config["lr"],
+                              weight_decay=config["weight_decay"])
+        sched = torch.optim.lr_scheduler.StepLR(opt, config["lr_step"], config["lr_gamma"])
+
+        # one episode per step: support and query through the backbone in one forward
         s_lab = torch.arange(tw, device=device).repeat_interleave(shot)
         q_lab = torch.arange(tw, device=device).repeat_interleave(tq)
         n_s = tw * shot
-        best_acc, best_epoch, best_state = -1.0, 0, None
-        epoch_loss = float("nan")
-        terms: dict[str, float] = {}
-        n_ep = config["episodes_per_epoch"]
-        desc = f"{job.loss} {job.setting_label} s{seed}"
-        with progress.bar(config["epochs"] * n_ep, desc) as bar:
-            for epoch in range(1, config["epochs"] + 1):
-                model.train()
-                losses, term_sums = [], {}
-                for _ in range(n_ep):
-                    ep = train_sampler.sample(1)
-                    idx = np.concatenate([ep.support[0], ep.query[0]])
-                    emb = model(train.batch(idx).to(device, non_blocking=True))
-                    loss = loss_fn(emb[:n_s], s_lab, emb[n_s:], q_lab)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"{job.loss}: non-finite loss at epoch {epoch}; lower --lr?"
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    losses.append(float(loss.detach()))
-                    for k, v in getattr(loss_fn, "last_terms", {}).items():
-                        term_sums[k] = term_sums.get(k, 0.0) + v
-                    bar.update(1)
-                sched.step()
-                epoch_loss = float(np.mean(losses))
-                terms = {k: v / n_ep for k, v in term_sums.items()}
-                if val_eps is not None:
-                    acc = float(self._evaluate(model, val, val_eps, device, config).mean())
-                    if acc > best_acc:
-                        best_acc, best_epoch = acc, epoch
-                        best_state = {k: v.detach().clone() for k, v in
-                                      model.state_dict().items()}
-                    bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.3f}", val=f"{acc:.1f}",
-                                    best=f"{best_acc:.1f}@{best_epoch}")
-                else:
-                    bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.3f}")
-        t_train = time.perf_counter() - t_start
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        else:
-            best_epoch = config["epochs"]
 
-        from losslab.metrics import icnn_score, mean_confidence_interval
+        def episode_args(emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return emb[:n_s], s_lab, emb[n_s:], q_lab
 
+        def episodes(epoch: int) -> Iterator[Batch]:
+            for _ in range(config["episodes_per_epoch"]):
+                ep = train_sampler.sample(1)
+                idx = np.concatenate([ep.support[0], ep.query[0]])
+                yield Batch(train.batch(idx).to(device, non_blocking=True), episode_args)
+
+        def val_accuracy(m: torch.nn.Module) -> float:
+            assert val_eps is not None
+            return float(self._evaluate(m, val, val_eps, device, config).mean())
+
+        res = fit(model, loss_fn, episodes, optimizer=opt, scheduler=sched,
+                  epochs=config["epochs"], steps_per_epoch=config["episodes_per_epoch"],
+                  evaluate=val_accuracy if val_eps is not None else None, progress=progress,
+                  desc=f"{job.loss} {job.setting_label} s{seed}")
+
+        # metrics: test episodes and the ICNN score of the test embeddings
+        t_eval = time.perf_counter()
         extra = np.asarray(icnn_idx, dtype=np.int64)
         accs, emb_all, row_of = self._evaluate(model, test, test_eps, device, config,
                                                extra=extra, return_emb=True)
@@ -238,13 +219,13 @@ class FewShotTask(Task):
             "test_acc": acc_mean,
             "test_ci95": acc_ci,
             "icnn": icnn,
-            "val_acc": best_acc if val_eps is not None else None,
-            "best_epoch": best_epoch,
-            "train_loss": epoch_loss,
-            "train_terms": terms,
+            "val_acc": res.best_score if val_eps is not None else None,
+            "best_epoch": res.best_epoch,
+            "train_loss": res.train_loss,
+            "train_terms": res.terms,
             "embedding_dim": int(emb_all.shape[1]),
-            "train_seconds": round(t_train, 2),
-            "eval_seconds": round(time.perf_counter() - t_start - t_train, 2),
+            "train_seconds": round(res.seconds, 2),
+            "eval_seconds": round(time.perf_counter() - t_eval, 2),
         }
 
     @staticmethod

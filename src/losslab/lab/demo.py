@@ -1,10 +1,10 @@
-"""``make demo`` / ``python -m losslab.demo``: the default loss comparison on the glyphs set.
+"""``make demo`` / ``python -m losslab.lab.demo``: the default loss comparison on the glyphs set.
 
 Runs the shipped ``demo`` config (``losslab/lab/configs/demo.toml``): ProtoNet, Proto-Triplet
 and their combinations with the ICNN loss, 5-way 1-shot and 5-shot, 3 seeds, on the embedded
 glyphs dataset, into ``runs/demo``; then prints the table and the path of the plot. Offline,
 CPU-friendly, resumable (re-run to continue after an interruption). Extra arguments are passed
-to ``losslab bench fewshot`` and override the config, e.g. ``python -m losslab.demo --seeds 5
+to ``losslab bench fewshot`` and override the config, e.g. ``python -m losslab.lab.demo --seeds 5
 --out runs/demo5``.
 """
 

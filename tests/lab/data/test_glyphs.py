@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
+import types
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from losslab.lab.data import load_fewshot_dataset
 from losslab.lab.data.glyphs import DEFAULT_PATH, SPLITS, GlyphSet, load_glyphs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +213,60 @@ def test_face_order_round_robin(builder) -> None:
     assert sorted(order) == list(range(5))
     first_designs = {faces[i].design for i in order[:3]}
     assert first_designs == {"a sans", "b serif", "c mono"}
+
+
+# --- the few-shot adapter and the packaging ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FakeGlyphSet:
+    images: np.ndarray
+    labels: np.ndarray
+    class_split: tuple
+    meta: dict = field(default_factory=dict)
+
+    def split(self, name):
+        keep = np.isin(self.labels, [i for i, s in enumerate(self.class_split) if s == name])
+        return self.images[keep], self.labels[keep]
+
+
+def test_glyphs_adapter(monkeypatch):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 4).astype(np.int32)
+    images = rng.integers(0, 256, (24, 28, 28), dtype=np.uint8)
+    gs = FakeGlyphSet(images, labels, ("train", "train", "val", "val", "test", "test"),
+                      {"version": "x", "fonts": [1, 2]})
+    seen = {}
+
+    def load_glyphs(path=None):
+        seen["path"] = path
+        return gs
+
+    mod = types.ModuleType("losslab.lab.data.glyphs")
+    mod.load_glyphs = load_glyphs
+    monkeypatch.setitem(sys.modules, "losslab.lab.data.glyphs", mod)
+    ds = load_fewshot_dataset("glyphs")
+    assert seen["path"] is None
+    assert [len(ds.splits[s]) for s in ("train", "val", "test")] == [8, 8, 8]
+    assert ds.info == {"version": "x"}
+    x = ds.splits["test"].batch([0])
+    assert torch.allclose(x[0, 0], torch.from_numpy(images[16]).float() / 255)
+
+
+def test_glyphs_are_lab_package_data_and_core_import_never_touches_them():
+    text = (ROOT / "pyproject.toml").read_text()
+    section = text.split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
+    lines = {ln.split("=", 1)[0].strip(): ln.split("=", 1)[1] for ln in section.splitlines()
+             if "=" in ln and not ln.lstrip().startswith("#")}
+    assert "*.npz" in lines['"losslab.lab.data"']
+    assert "npz" not in lines["losslab"] and "lab/" not in lines["losslab"]
+    assert DEFAULT_PATH.parent == ROOT / "src" / "losslab" / "lab" / "data"
+    # `import losslab` (and its metrics) imports nothing of the lab, nor matplotlib
+    code = ("import sys, losslab, losslab.metrics, losslab.functional; "
+            "bad = [m for m in sys.modules if m.startswith(('losslab.lab', 'matplotlib'))]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    env_path = str(ROOT / "src")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": env_path}, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+

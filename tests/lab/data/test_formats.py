@@ -1,10 +1,6 @@
-"""Dataset loaders on tiny fixtures generated in each standard layout."""
+"""The few-shot dataset layouts on disk (Ravi CSVs, split CSVs, Omniglot folders), on tiny
+fixtures generated in each layout, through ``load_fewshot_dataset``."""
 
-import sys
-import types
-from dataclasses import dataclass, field
-
-import numpy as np
 import pytest
 import torch
 
@@ -61,17 +57,6 @@ def test_split_csv_layout(tmp_path, name):
     assert ds.splits["test"].n_classes == 2
 
 
-def test_resize_then_center_crop(tmp_path):
-    from losslab.lab.data.images import rgb_loader
-
-    im = np.zeros((50, 100, 3), dtype=np.uint8)
-    im[:, 45:55] = 255  # a bright vertical band in the middle
-    PIL.fromarray(im).save(tmp_path / "a.png")
-    out = rgb_loader(84)(tmp_path / "a.png")
-    assert out.shape == (84, 84, 3)  # shorter side -> 92, centre crop 84
-    assert out[:, 42].mean() > 200 and out[:, 0].mean() < 30
-
-
 def test_omniglot_layout(tmp_path):
     for folder, alphabets in (("images_background", ["Latin", "Greek"]),
                               ("images_evaluation", ["Atlantean", "Braille", "Cyrillic"])):
@@ -120,38 +105,3 @@ def test_missing_image_error(tmp_path):
 def test_disk_dataset_needs_root():
     with pytest.raises(ValueError, match="--data-root"):
         load_fewshot_dataset("cub", None)
-
-
-@dataclass(frozen=True)
-class FakeGlyphSet:
-    images: np.ndarray
-    labels: np.ndarray
-    class_split: tuple
-    meta: dict = field(default_factory=dict)
-
-    def split(self, name):
-        keep = np.isin(self.labels, [i for i, s in enumerate(self.class_split) if s == name])
-        return self.images[keep], self.labels[keep]
-
-
-def test_glyphs_adapter(monkeypatch):
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(6), 4).astype(np.int32)
-    images = rng.integers(0, 256, (24, 28, 28), dtype=np.uint8)
-    gs = FakeGlyphSet(images, labels, ("train", "train", "val", "val", "test", "test"),
-                      {"version": "x", "fonts": [1, 2]})
-    seen = {}
-
-    def load_glyphs(path=None):
-        seen["path"] = path
-        return gs
-
-    mod = types.ModuleType("losslab.lab.data.glyphs")
-    mod.load_glyphs = load_glyphs
-    monkeypatch.setitem(sys.modules, "losslab.lab.data.glyphs", mod)
-    ds = load_fewshot_dataset("glyphs")
-    assert seen["path"] is None
-    assert [len(ds.splits[s]) for s in ("train", "val", "test")] == [8, 8, 8]
-    assert ds.info == {"version": "x"}
-    x = ds.splits["test"].batch([0])
-    assert torch.allclose(x[0, 0], torch.from_numpy(images[16]).float() / 255)
