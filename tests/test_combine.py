@@ -109,3 +109,36 @@ def test_repeated_names_get_their_position() -> None:
     assert c.last_terms["protonet"] == pytest.approx(float(losslab.create("protonet")(*ep)))
     assert c.last_terms["protonet#2"] == pytest.approx(
         float(losslab.create("protonet", temperature=2.0)(*ep)))
+
+
+def test_combine_is_the_mean_of_terms_by_default() -> None:
+    ep = episode()
+    names = ["protonet", "proto_triplet", "icnn"]
+    expected = sum(losslab.create(n)(*ep) for n in names) / 3
+    c = losslab.combine(names)
+    torch.testing.assert_close(c(*ep), expected)
+    assert set(c.last_terms) == set(names)
+    weighted = losslab.combine({"protonet": 1.0, "proto_triplet": 0.5})
+    torch.testing.assert_close(
+        weighted(*ep), losslab.create("protonet")(*ep) + 0.5 * losslab.create("proto_triplet")(*ep)
+    )
+    custom = losslab.combine(["protonet", "icnn"], icnn={"variant": "support"})
+    torch.testing.assert_close(
+        custom(*ep),
+        (losslab.create("protonet")(*ep) + losslab.create("icnn", variant="support")(*ep)) / 2,
+    )
+
+
+def test_combine_rejects_mixed_kinds_and_non_scalars() -> None:
+    class Fake(torch.nn.Module):
+        spec = type("S", (), {"kind": "logits", "name": "fake"})()
+
+    with pytest.raises(ValueError, match="share one kind"):
+        CombinedLoss([losslab.create("protonet"), Fake()], [1.0, 1.0])
+    c = losslab.combine(["protonet"], protonet={"reduction": "none"})
+    with pytest.raises(ValueError, match="must return a scalar"):
+        c(*episode())
+    with pytest.raises(ValueError, match="not in the combination"):
+        losslab.combine(["protonet"], icnn={"k": 3})
+    with pytest.raises(ValueError, match="at least one"):
+        losslab.combine([])

@@ -1,14 +1,12 @@
-"""The shared helpers: reduction, validation, distances, registry, combine."""
+"""The shared helpers of _core: reduction and validation; and the distances."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import losslab
 from losslab import distances
 from losslab._core import reduce, zero_loss
-from losslab.combine import CombinedLoss
 
 
 def test_reduce_modes_and_weights() -> None:
@@ -88,22 +86,6 @@ def test_distances_validate_inputs() -> None:
         distances.pairwise(torch.randn(2, 3), metric="manhattan")
 
 
-def test_registry_surface() -> None:
-    assert losslab.available(family="few-shot")[:3] == ["icnn", "proto_triplet", "protonet"]
-    assert "protonet" in losslab.available(kind="episode")
-    s = losslab.spec("proto_triplet")
-    assert (s.name, s.family, s.kind, s.arxiv) == ("proto_triplet", "few-shot", "episode",
-                                                   "2305.09062")
-    assert dict(s.defaults) == {"margin": 0.5, "eps": 1e-6, "reduction": "mean"}
-    with pytest.raises(ValueError, match="unknown loss 'nope'"):
-        losslab.spec("nope")
-    with pytest.raises(ValueError, match="family must be one of"):
-        losslab.available(family="vision")
-    with pytest.raises(ValueError, match="unknown hyperparameter"):
-        losslab.create("protonet", margin=1.0)
-    with pytest.raises(TypeError):
-        losslab.ProtoTripletLoss(0.5)  # hyperparameters are keyword-only
-
 
 def episode():
     g = torch.Generator().manual_seed(0)
@@ -113,37 +95,6 @@ def episode():
     return s, y, q, y
 
 
-def test_combine_is_the_mean_of_terms_by_default() -> None:
-    ep = episode()
-    names = ["protonet", "proto_triplet", "icnn"]
-    expected = sum(losslab.create(n)(*ep) for n in names) / 3
-    c = losslab.combine(names)
-    torch.testing.assert_close(c(*ep), expected)
-    assert set(c.last_terms) == set(names)
-    weighted = losslab.combine({"protonet": 1.0, "proto_triplet": 0.5})
-    torch.testing.assert_close(
-        weighted(*ep), losslab.create("protonet")(*ep) + 0.5 * losslab.create("proto_triplet")(*ep)
-    )
-    custom = losslab.combine(["protonet", "icnn"], icnn={"variant": "support"})
-    torch.testing.assert_close(
-        custom(*ep),
-        (losslab.create("protonet")(*ep) + losslab.create("icnn", variant="support")(*ep)) / 2,
-    )
-
-
-def test_combine_rejects_mixed_kinds_and_non_scalars() -> None:
-    class Fake(torch.nn.Module):
-        spec = type("S", (), {"kind": "logits", "name": "fake"})()
-
-    with pytest.raises(ValueError, match="share one kind"):
-        CombinedLoss([losslab.create("protonet"), Fake()], [1.0, 1.0])
-    c = losslab.combine(["protonet"], protonet={"reduction": "none"})
-    with pytest.raises(ValueError, match="must return a scalar"):
-        c(*episode())
-    with pytest.raises(ValueError, match="not in the combination"):
-        losslab.combine(["protonet"], icnn={"k": 3})
-    with pytest.raises(ValueError, match="at least one"):
-        losslab.combine([])
 
 
 def test_check_labels_converts_integer_dtypes_and_rejects_bool():

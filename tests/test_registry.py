@@ -1,0 +1,24 @@
+"""The registry surface: create, available, spec, KIND_CALLS."""
+
+from __future__ import annotations
+
+import pytest
+
+import losslab
+
+
+def test_registry_surface() -> None:
+    assert losslab.available(family="few-shot")[:3] == ["icnn", "proto_triplet", "protonet"]
+    assert "protonet" in losslab.available(kind="episode")
+    s = losslab.spec("proto_triplet")
+    assert (s.name, s.family, s.kind, s.arxiv) == ("proto_triplet", "few-shot", "episode",
+                                                   "2305.09062")
+    assert dict(s.defaults) == {"margin": 0.5, "eps": 1e-6, "reduction": "mean"}
+    with pytest.raises(ValueError, match="unknown loss 'nope'"):
+        losslab.spec("nope")
+    with pytest.raises(ValueError, match="family must be one of"):
+        losslab.available(family="vision")
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        losslab.create("protonet", margin=1.0)
+    with pytest.raises(TypeError):
+        losslab.ProtoTripletLoss(0.5)  # hyperparameters are keyword-only
