@@ -1,10 +1,12 @@
-"""Miners: oracles from their definitions (loops), seeding, ref sets."""
+"""Miners: oracles from their definitions (loops), seeding, ref sets, and parity with
+pytorch-metric-learning's miners."""
 
 from __future__ import annotations
 
 import torch
 
 from losslab import miners
+from tests.losses.metric_learning.common import lp_distance, needs_pml, pm, pml_batch
 
 
 def batch(seed=0, n_classes=4, per_class=4, dim=6):
@@ -92,3 +94,48 @@ def test_miners_no_grad():
     x.requires_grad_(True)
     for t in miners.batch_hard(x, y):
         assert not t.requires_grad
+
+
+# -- PML parity --------------------------------------------------------------------------------
+
+
+def as_set(*cols):
+    return set(zip(*(c.tolist() for c in cols)))
+
+
+@needs_pml
+def test_batch_hard_miner_matches_pml():
+    x, y = pml_batch(seed=21)
+    ours = miners.batch_hard(x, y)
+    theirs = pm.BatchHardMiner(distance=lp_distance())(x, y)
+    assert as_set(*ours) == as_set(*theirs)
+    r, ry = pml_batch(seed=22)
+    ours = miners.batch_hard(x, y, ref_embeddings=r, ref_labels=ry, metric="cosine")
+    theirs = pm.BatchHardMiner()(x, y, r, ry)
+    assert as_set(*ours) == as_set(*theirs)
+
+
+@needs_pml
+def test_ms_miner_matches_pml():
+    x, y = pml_batch(seed=23)
+    ours = miners.multi_similarity(x, y, epsilon=0.1)
+    theirs = pm.MultiSimilarityMiner(epsilon=0.1)(x, y)
+    assert as_set(ours[0], ours[1]) == as_set(theirs[0], theirs[1])
+    assert as_set(ours[2], ours[3]) == as_set(theirs[2], theirs[3])
+
+
+@needs_pml
+def test_semi_hard_miner_is_subset_of_pml():
+    x, y = pml_batch(seed=24)
+    ours = miners.semi_hard(x, y, margin=0.5)
+    theirs = as_set(*pm.TripletMarginMiner(margin=0.5, type_of_triplets="semihard",
+                                           distance=lp_distance())(x, y))
+    mine = as_set(*ours)
+    assert mine and mine <= theirs
+    # one per positive pair that has any semi-hard negative, and it is the nearest one
+    d = torch.cdist(x, x)
+    pos_pairs = {(a, p) for a, p, _ in theirs}
+    assert {(a, p) for a, p, _ in mine} == pos_pairs
+    for a, p, n in mine:
+        cands = [nn for aa, pp, nn in theirs if (aa, pp) == (a, p)]
+        assert d[a, n] == min(d[a, c] for c in cands)

@@ -46,20 +46,15 @@ from losslab.losses.fewshot import (
     ProtoNetLoss,
     ProtoTripletLoss,
 )
-from losslab.losses.metric import (
-    CircleLoss,
+from losslab.losses.metric_learning.metrix import (
+    MetrixLoss,
+)
+from losslab.losses.metric_learning.pairs import (
     ContrastiveLoss,
     LiftedStructureLoss,
-    MultiSimilarityLoss,
     NPairsLoss,
-    SupConLoss,
-    TripletLoss,
-    TripletRatioLoss,
 )
-from losslab.losses.mixup import (
-    Metrix,
-)
-from losslab.losses.proxy import (
+from losslab.losses.metric_learning.proxy import (
     ArcFaceLoss,
     CosFaceLoss,
     MadaCosLoss,
@@ -67,14 +62,23 @@ from losslab.losses.proxy import (
     ProxyAnchorLoss,
     ProxyNCALoss,
 )
+from losslab.losses.metric_learning.tcm import (
+    TCMLoss,
+)
+from losslab.losses.metric_learning.triplet import (
+    TripletLoss,
+    TripletRatioLoss,
+)
+from losslab.losses.metric_learning.weighted import (
+    CircleLoss,
+    MultiSimilarityLoss,
+    SupConLoss,
+)
 from losslab.losses.ranking import (
     ListMLELoss,
     ListNetLoss,
     MarginMSELoss,
     RankNetLoss,
-)
-from losslab.losses.regularizers import (
-    TCMLoss,
 )
 from losslab.losses.robust import (
     ALDRKLLoss,
@@ -147,7 +151,7 @@ __all__ = [
     "MAELoss",
     "MadaCosLoss",
     "MarginMSELoss",
-    "Metrix",
+    "MetrixLoss",
     "MultiSimilarityLoss",
     "NCELoss",
     "NCEMAELoss",

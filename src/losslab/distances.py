@@ -19,6 +19,8 @@ from losslab._core import check_choice, check_matrix
 
 __all__ = [
     "METRICS",
+    "NORM_EPS",
+    "DistanceName",
     "Metric",
     "cosine_similarity",
     "dot",
@@ -28,10 +30,14 @@ __all__ = [
     "normalize_rows",
     "paired",
     "pairwise",
+    "row_norms",
     "squared_euclidean",
 ]
 
-Metric = Literal["euclidean", "squared_euclidean", "cosine", "dot"]
+#: The names accepted by the ``metric=`` keyword of the losses, miners and retrieval metrics.
+DistanceName = Literal["euclidean", "squared_euclidean", "cosine", "dot"]
+#: Deprecated alias of :data:`DistanceName` (kept for one release; 0.2 removes it).
+Metric = DistanceName
 METRICS: tuple[str, ...] = ("euclidean", "squared_euclidean", "cosine", "dot")
 
 
@@ -48,8 +54,9 @@ def squared_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
     x, y = _pair(x, y)
     xx = x.pow(2).sum(1, keepdim=True)
     yy = xx if y is x else y.pow(2).sum(1, keepdim=True)
-    d = torch.addmm(xx, x, y.t(), beta=1.0, alpha=-2.0) + yy.t()
-    return d.clamp_min(0.0)
+    d = torch.addmm(xx, x, y.t(), beta=1.0, alpha=-2.0).add_(yy.t())  # add_: no grad needed
+    # in place when nothing records it (no_grad, e.g. inside a fused kernel's forward)
+    return d.clamp_min(0.0) if d.requires_grad else d.clamp_min_(0.0)
 
 
 class _SafeSqrt(torch.autograd.Function):
@@ -85,9 +92,15 @@ def euclidean(x: Tensor, y: Tensor | None = None, *, eps: float = 1e-6) -> Tenso
 NORM_EPS = 1e-12
 
 
+def row_norms(x: Tensor, *, eps: float = NORM_EPS) -> Tensor:
+    """``max(|x_i|, eps)`` for every row, as a ``[..., 1]`` column: the divisor of
+    :func:`normalize_rows` (for code that needs the norms too, e.g. a hand-written backward)."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
+
+
 def normalize_rows(x: Tensor, *, eps: float = NORM_EPS) -> Tensor:
     """``x_i / max(|x_i|, eps)`` row by row: the one row normalisation every loss uses."""
-    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
+    return x / row_norms(x, eps=eps)
 
 
 def cosine_similarity(x: Tensor, y: Tensor | None = None, *, eps: float = NORM_EPS) -> Tensor:

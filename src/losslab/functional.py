@@ -45,20 +45,15 @@ from losslab.losses.fewshot import (
     proto_triplet_loss,
     protonet_loss,
 )
-from losslab.losses.metric import (
-    circle_loss,
-    contrastive_loss,
-    lifted_structure_loss,
-    multi_similarity_loss,
-    npairs_loss,
-    supcon_loss,
-    triplet_loss,
-    triplet_ratio_loss,
-)
-from losslab.losses.mixup import (
+from losslab.losses.metric_learning.metrix import (
     metrix_loss,
 )
-from losslab.losses.proxy import (
+from losslab.losses.metric_learning.pairs import (
+    contrastive_loss,
+    lifted_structure_loss,
+    npairs_loss,
+)
+from losslab.losses.metric_learning.proxy import (
     arcface_loss,
     cosface_loss,
     madacos_loss,
@@ -66,14 +61,23 @@ from losslab.losses.proxy import (
     proxy_anchor_loss,
     proxy_nca_loss,
 )
+from losslab.losses.metric_learning.tcm import (
+    tcm_loss,
+)
+from losslab.losses.metric_learning.triplet import (
+    triplet_loss,
+    triplet_ratio_loss,
+)
+from losslab.losses.metric_learning.weighted import (
+    circle_loss,
+    multi_similarity_loss,
+    supcon_loss,
+)
 from losslab.losses.ranking import (
     listmle_loss,
     listnet_loss,
     margin_mse_loss,
     ranknet_loss,
-)
-from losslab.losses.regularizers import (
-    tcm_loss,
 )
 from losslab.losses.robust import (
     aldr_kl_loss,

@@ -3,20 +3,19 @@
 Every miner runs under ``torch.no_grad`` and returns either triplets ``(a, p, n)`` or pairs
 ``(a1, p, a2, n)``: anchors index rows of ``embeddings``, positives/negatives rows of the
 reference set (``ref_embeddings``, or the batch itself, in which case an anchor is never its
-own positive). Every pair/triplet loss of :mod:`losslab.losses.metric` accepts both forms.
+own positive). Every pair/triplet loss of :mod:`losslab.losses.metric_learning` accepts
+both forms.
 Each miner builds the ``[N, M]`` distance matrix once and works with masked O(N·M) ops.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from losslab._core import check_positive
-from losslab._ops.pairs import PairBatch, pair_batch
-from losslab.distances import METRICS
-from losslab.losses.metric import ms_pair_mining
+from losslab._ops.pairs import PairBatch, ms_pair_mining, pair_batch
+from losslab.distances import METRICS, normalize_rows
 
 __all__ = ["batch_hard", "distance_weighted", "multi_similarity", "semi_hard"]
 
@@ -99,7 +98,7 @@ def multi_similarity(
     """The multi-similarity pair mining: pairs ``(a1, p, a2, n)``.
 
     A positive is kept if ``s_ap - epsilon < max_n s_an``, a negative if
-    ``s_an + epsilon > min_p s_ap`` (see :func:`losslab.losses.metric.ms_pair_mining`). Same
+    ``s_an + epsilon > min_p s_ap`` (see :func:`losslab._ops.pairs.ms_pair_mining`). Same
     pairs as PML's ``MultiSimilarityMiner``.
 
     Paper: Wang et al., "Multi-Similarity Loss with General Pair Weighting", arXiv 1904.06627.
@@ -137,8 +136,8 @@ def distance_weighted(
     Paper: Wu et al., "Sampling Matters in Deep Embedding Learning", arXiv 1706.07567.
     """
     check_positive("cutoff", cutoff)
-    emb = F.normalize(embeddings.detach(), dim=1)
-    ref = None if ref_embeddings is None else F.normalize(ref_embeddings.detach(), dim=1)
+    emb = normalize_rows(embeddings.detach())
+    ref = None if ref_embeddings is None else normalize_rows(ref_embeddings.detach())
     b = _batch(emb, labels, ref, ref_labels, "euclidean")
     dim = float(embeddings.shape[1])
     d = b.mat.clamp_min(cutoff)

@@ -3,13 +3,14 @@
 Embedding-space mixing (the "Metrix/embed" variant of the paper) is what a loss library can do
 on its own: it needs only the batch embeddings and labels. Input mixing and feature (manifold)
 mixing change the forward pass of the network and belong to the training loop; with them, the
-mixed embeddings and their mixing factors can still be scored by :func:`metrix_mixed_loss`.
+mixed embeddings and their mixing factors can still be scored by :func:`metrix_mixed_terms`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,14 +19,21 @@ from torch import Tensor, nn
 from losslab._core import LossModule, check_choice, check_positive, zero_loss
 from losslab._ops.pairs import validate_batch
 from losslab.distances import cosine_similarity, pairwise
-from losslab.losses.metric import _contrastive_terms, ms_terms
-from losslab.losses.proxy import proxy_anchor_terms, validate_proxy_inputs
+from losslab.losses.metric_learning.pairs import contrastive_terms
+from losslab.losses.metric_learning.proxy import proxy_anchor_terms, validate_proxy_inputs
+from losslab.losses.metric_learning.weighted import ms_terms
 from losslab.registry import create, register, spec
 
-__all__ = ["METRIX_BASES", "Metrix", "metrix_loss", "metrix_mixed_loss", "mix_embeddings"]
+__all__ = ["METRIX_BASES", "MetrixLoss", "metrix_loss", "metrix_mixed_terms", "mix_embeddings"]
 
 #: The losses Metrix applies to (the paper's three).
 METRIX_BASES: tuple[str, ...] = ("contrastive", "multi_similarity", "proxy_anchor")
+
+
+def _check_metrix(*, base: str, mix_alpha: float, weight: float) -> None:
+    check_choice("base", base, METRIX_BASES)
+    check_positive("mix_alpha", mix_alpha)
+    check_positive("weight", weight, strict=False)
 
 
 def mix_embeddings(
@@ -59,7 +67,7 @@ def _soft_labels(anchor_labels: Tensor, lam: Tensor, li: Tensor, lj: Tensor) -> 
     return lam * (a == li).to(lam.dtype) + (1 - lam) * (a == lj).to(lam.dtype)
 
 
-def metrix_mixed_loss(
+def metrix_mixed_terms(
     embeddings: Tensor,
     labels: Tensor,
     mixed: Tensor,
@@ -71,7 +79,8 @@ def metrix_mixed_loss(
     proxies: Tensor | None = None,
     base_hparams: Mapping[str, Any] | None = None,
 ) -> Tensor:
-    r"""The mixed part of Metrix: the base loss with interpolated labels.
+    r"""The mixed part of Metrix: the base loss with interpolated labels (a scalar; a helper
+    of :func:`metrix_loss`, not a registered loss).
 
     A mixed sample :math:`v = \lambda x_i + (1-\lambda) x_j` is a positive of anchor :math:`a`
     with weight :math:`y = \lambda [y_i = y_a] + (1 - \lambda)[y_j = y_a]` and a negative with
@@ -105,7 +114,7 @@ def metrix_mixed_loss(
     if base == "contrastive":
         metric = hp.get("metric", "euclidean")
         mat = pairwise(embeddings, mixed, metric=metric, eps=0.0)
-        pos_t, neg_t = _contrastive_terms(mat, metric in ("cosine", "dot"),
+        pos_t, neg_t = contrastive_terms(mat, metric in ("cosine", "dot"),
                                           hp.get("pos_margin", 0.0), hp.get("neg_margin", 1.0),
                                           hp.get("power", 1.0))
         wp, wn = y, 1 - y
@@ -135,7 +144,7 @@ def metrix_loss(
 
     :math:`V` mixes every sample with a random sample of another class
     (:func:`mix_embeddings`, :math:`\lambda \sim \mathrm{Beta}(\alpha, \alpha)`), and the mixed
-    loss :func:`metrix_mixed_loss` scores the clean anchors against :math:`V` with interpolated
+    loss :func:`metrix_mixed_terms` scores the clean anchors against :math:`V` with interpolated
     labels. ``ref_embeddings`` / ``indices`` are passed to the clean loss only.
 
     Args:
@@ -146,13 +155,12 @@ def metrix_loss(
         generator: seeds the mixing.
 
     Not covered: input and feature (manifold) mixup, which need the network's forward pass
-    (score their outputs with :func:`metrix_mixed_loss`), and the "utilization" metric.
+    (score their outputs with :func:`metrix_mixed_terms`), and the "utilization" metric.
 
     Paper: Venkataramanan et al., "It Takes Two to Tango: Mixup for Deep Metric Learning",
     arXiv 2106.04990.
     """
-    check_choice("base", base, METRIX_BASES)
-    check_positive("weight", weight, strict=False)
+    _check_metrix(base=base, mix_alpha=mix_alpha, weight=weight)
     validate_batch(embeddings, labels, ref_embeddings, ref_labels)
     hp = dict(base_hparams or {})
     fn = spec(base).function
@@ -160,8 +168,7 @@ def metrix_loss(
         if proxies is None:
             raise ValueError("metrix with base='proxy_anchor' needs proxies [C, D]")
         proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
-                                        ref_labels, indices,
-                              name="metrix(proxy_anchor)")
+                                        ref_labels, indices, name="metrix(proxy_anchor)")
         clean = fn(embeddings, labels, proxies, **hp)
     else:
         clean = fn(embeddings, labels, ref_embeddings=ref_embeddings, ref_labels=ref_labels,
@@ -172,7 +179,7 @@ def metrix_loss(
         return clean
     mixed, lam, li, lj = mix_embeddings(embeddings, labels, mix_alpha=mix_alpha,
                                         generator=generator)
-    return clean + weight * metrix_mixed_loss(embeddings, labels, mixed, lam, li, lj, base=base,
+    return clean + weight * metrix_mixed_terms(embeddings, labels, mixed, lam, li, lj, base=base,
                                               proxies=proxies, base_hparams=hp)
 
 
@@ -182,23 +189,25 @@ def metrix_loss(
     kind="embeddings",
     paper="It Takes Two to Tango: Mixup for Deep Metric Learning",
     arxiv="2106.04990",
-    function=metrix_loss,
     summary="base loss + w * base loss on embedding mixes with interpolated labels",
     reduction=None,
+    degenerate=("one_class",),
 )
-class Metrix(LossModule):
+class MetrixLoss(LossModule, function=metrix_loss, check=_check_metrix):
     """Module form of :func:`metrix_loss`: wraps a base loss (name or module).
 
-    ``Metrix(base="proxy_anchor", base_hparams={"num_classes": 100, "embedding_dim": 128})``
+    ``MetrixLoss(base="proxy_anchor", base_hparams={"num_classes": 100, "embedding_dim": 128})``
     builds the base module (which owns the proxies); an ``nn.Module`` base is used as is.
-    ``seed`` makes the mixing reproducible.
+    ``seed`` (a module-only option, in ``self.config``) makes the mixing reproducible: the
+    module owns the random generator that the function takes as ``generator=``.
     """
+
+    #: the function's ``generator=`` is the module's own state, not a hyperparameter
+    function_only: ClassVar[tuple[str, ...]] = ("generator",)
 
     def __init__(self, *, base: str | nn.Module = "multi_similarity",
                  base_hparams: Mapping[str, Any] | None = None, mix_alpha: float = 2.0,
                  weight: float = 1.0, seed: int | None = None) -> None:
-        check_positive("mix_alpha", mix_alpha)
-        check_positive("weight", weight, strict=False)
         if isinstance(base, nn.Module):
             name = getattr(getattr(base, "spec", None), "name", None)
             check_choice("base", name, METRIX_BASES)
@@ -207,8 +216,9 @@ class Metrix(LossModule):
         else:
             check_choice("base", base, METRIX_BASES)
             name, module = base, create(base, **dict(base_hparams or {}))
-            hp = dict(module.hparams)  # type: ignore[arg-type]
+            hp = dict(getattr(module, "hparams", {}))
         super().__init__(base=name, base_hparams=hp, mix_alpha=mix_alpha, weight=weight)
+        self.config = {"seed": seed}
         self.base_loss = module
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
@@ -217,4 +227,11 @@ class Metrix(LossModule):
         proxies = getattr(self.base_loss, "proxies", None)
         return metrix_loss(embeddings, labels, proxies, ref_embeddings=ref_embeddings,
                            ref_labels=ref_labels, indices=indices, generator=self.generator,
-                           **self.hparams)
+                           **self.call_kwargs())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Metrix":  # the former name of MetrixLoss, kept for one release (0.2 removes it)
+        warnings.warn("Metrix is deprecated, use MetrixLoss", DeprecationWarning, stacklevel=2)
+        return MetrixLoss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

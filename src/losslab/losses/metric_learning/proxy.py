@@ -2,18 +2,22 @@
 
 ``loss(embeddings[N, D], labels[N])`` with labels in ``[0, C)``. The module owns the proxies /
 class weights as an ``nn.Parameter`` ``proxies [C, D]`` (built from ``num_classes`` and
-``embedding_dim``); the functional form takes them explicitly:
-``proxy_anchor_loss(embeddings, labels, proxies, *, margin=..., alpha=...)``.
+``embedding_dim``, on the shared shell :class:`ProxyLossModule`); the functional form takes them
+explicitly: ``proxy_anchor_loss(embeddings, labels, proxies, *, margin=..., alpha=...)``.
 
 These losses compare samples with class proxies, not with each other, so ``ref_embeddings``
 and ``indices`` are rejected with a ``ValueError`` (PML does the same for ``ref_emb``).
 Embeddings and proxies are L2-normalised inside every loss (cosine similarities), as in the
 papers. Note on PML: its class weights ``W`` are ``[D, C]`` (the transpose of ours).
+Circle loss's class-level form (:mod:`losslab.losses.metric_learning.weighted`) uses the same
+input checks (:func:`validate_proxy_inputs`) and shell.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +34,11 @@ from losslab._core import (
     reduce,
     zero_loss,
 )
-from losslab._ops.pairs import weighted_log1p_sum_exp
-from losslab.distances import cosine_similarity, squared_euclidean
-from losslab.kernels.matrix_loss import Members, fixed_shift, log1p_sum_exp_, matrix_loss
+from losslab._ops.logsumexp import fixed_shift, log1p_sum_exp_, weighted_log1p_sum_exp
+from losslab._ops.pairs import Members, class_masks
+from losslab.distances import cosine_similarity, normalize_rows, squared_euclidean
+from losslab.kernels.matrix_loss import KernelOut, matrix_loss
+from losslab.losses.metric_learning._common import PML
 from losslab.registry import register
 
 __all__ = [
@@ -40,10 +46,11 @@ __all__ = [
     "CosFaceLoss",
     "MadaCosLoss",
     "NormalizedSoftmaxLoss",
+    "ProxyAnchorKernel",
     "ProxyAnchorLoss",
+    "ProxyLossModule",
     "ProxyNCALoss",
     "arcface_loss",
-    "class_masks",
     "cosface_loss",
     "madacos_loss",
     "normalized_softmax_loss",
@@ -52,7 +59,6 @@ __all__ = [
     "validate_proxy_inputs",
 ]
 
-PML = "pytorch_metric_learning.losses"
 EXAMPLE = {"num_classes": 5, "embedding_dim": 8}
 
 
@@ -86,43 +92,65 @@ def validate_proxy_inputs(
     return proxies.to(embeddings.dtype)
 
 
-def class_masks(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """``(pos, neg)`` bool ``[N, C]``: the sample's own class / every other class."""
-    pos = F.one_hot(labels.long(), num_classes).bool()
-    return pos, ~pos
-
-
 def _finish_ce(per_sample: Tensor, embeddings: Tensor, proxies: Tensor, reduction: str) -> Tensor:
     return reduce(per_sample, reduction) + (
         0.0 if reduction == "none" else zero_loss(embeddings, proxies)
     )
 
 
-class _ProxyModule(LossModule):
-    """Shell for the proxy losses: owns ``proxies`` (``nn.Parameter [C, D]``)."""
+class ProxyLossModule(LossModule):
+    """The shell of the losses that own class proxies: ``proxies`` (``nn.Parameter [C, D]``;
+    ``None`` for circle's pair-level form), passed to the function by :meth:`forward`.
 
-    def _make_proxies(self, num_classes: int, embedding_dim: int) -> None:
+    A subclass writes a keyword-only ``__init__`` with the function's hyperparameters (passed to
+    ``super().__init__``) and ``num_classes``, ``embedding_dim`` (module-only options, kept in
+    ``self.config``), then calls :meth:`make_proxies`; it overrides :meth:`reset_parameters`
+    for another initialisation than the normal law.
+    """
+
+    proxies: nn.Parameter | None
+    config: dict[str, Any]
+
+    def make_proxies(self, num_classes: int | None, embedding_dim: int | None, *,
+                     optional: bool = False) -> None:
+        """Create ``proxies [num_classes, embedding_dim]`` (initialised by
+        :meth:`reset_parameters`); with ``optional=True`` both may be ``None`` (no proxies)."""
+        self.config = {"num_classes": num_classes, "embedding_dim": embedding_dim}
+        if optional and num_classes is None and embedding_dim is None:
+            self.proxies = None
+            return
+        if num_classes is None or embedding_dim is None:
+            raise ValueError("num_classes and embedding_dim must be given together" + (
+                " (class-level form) or neither" if optional else ""))
         check_positive("num_classes", num_classes)
         check_positive("embedding_dim", embedding_dim)
-        self.num_classes = int(num_classes)
-        self.embedding_dim = int(embedding_dim)
-        self.proxies = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        self.config = {"num_classes": int(num_classes), "embedding_dim": int(embedding_dim)}
+        self.proxies = nn.Parameter(torch.empty(int(num_classes), int(embedding_dim)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.proxies)
+        """Initialise the proxies (standard normal, unless the paper's code says otherwise)."""
+        if self.proxies is not None:
+            nn.init.normal_(self.proxies)
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.config["num_classes"]
+
+    @property
+    def embedding_dim(self) -> int | None:
+        return self.config["embedding_dim"]
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, " + (
-            super().extra_repr()
-        )
+        config = {k: v for k, v in self.config.items() if v is not None}
+        return ", ".join(f"{k}={v!r}" for k, v in {**config, **self.hparams}.items())
 
     def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
                 ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
-        """The registered function of the loss, with this module's proxies."""
-        return self.spec.function(embeddings, labels, self.proxies,
-                                  ref_embeddings=ref_embeddings, ref_labels=ref_labels,
-                                  indices=indices, **self.hparams)
+        """The loss's function with this module's proxies."""
+        return type(self).function(embeddings, labels, self.proxies,
+                                   ref_embeddings=ref_embeddings, ref_labels=ref_labels,
+                                   indices=indices, **self.call_kwargs())
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,11 +188,10 @@ def proxy_nca_loss(
     Paper: Movshovitz-Attias et al., "No Fuss Distance Metric Learning using Proxies",
     arXiv 1703.07464.
     """
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
-                                    ref_labels, indices,
-                          name="proxy_nca")
-    x = F.normalize(embeddings, dim=1)
-    p = F.normalize(proxies, dim=1)
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
+                                    indices, name="proxy_nca")
+    x = normalize_rows(embeddings)
+    p = normalize_rows(proxies)
     logits = -scale * squared_euclidean(x, p)
     pos, _ = class_masks(labels, proxies.shape[0])
     target = logits.gather(1, labels.long().unsqueeze(1)).squeeze(1)
@@ -181,20 +208,18 @@ def proxy_nca_loss(
     kind="embeddings",
     paper="No Fuss Distance Metric Learning using Proxies",
     arxiv="1703.07464",
-    function=proxy_nca_loss,
     summary="-log e^{-d(x, p_y)} / sum_{z != y} e^{-d(x, p_z)} on normalised x, p",
     peers=(f"{PML}.ProxyNCALoss",),
     reduction="per sample",
     example_hparams=EXAMPLE,
 )
-class ProxyNCALoss(_ProxyModule):
+class ProxyNCALoss(ProxyLossModule, function=proxy_nca_loss):
     """Module form of :func:`proxy_nca_loss` (proxies: normal init)."""
 
     def __init__(self, *, num_classes: int, embedding_dim: int, scale: float = 1.0,
                  exclude_positive: bool = True, reduction: Reduction = "mean") -> None:
         super().__init__(scale=scale, exclude_positive=exclude_positive, reduction=reduction)
-        self._make_proxies(num_classes, embedding_dim)
-
+        self.make_proxies(num_classes, embedding_dim)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,39 +237,63 @@ def proxy_anchor_terms(s: Tensor, w_pos: Tensor, w_neg: Tensor, margin: float,
     return pos, neg, (w_pos > 0).any(dim=0)
 
 
-def _proxy_anchor_kernel(margin: float, alpha: float):
-    r"""Fused Proxy-Anchor kernel over ``s [N, C]``, one value per proxy (column). Each sample
-    is the only member of its class's column: the positive terms are per-class sums over the
-    ``N`` gathered similarities (``index_add``), the negative terms column log-sum-exps with
-    the members removed; :math:`\partial/\partial s = \mp\alpha\,W`."""
+@dataclass(frozen=True)
+class ProxyAnchorKernel:
+    r"""Fused Proxy-Anchor kernel (:class:`~losslab.kernels.matrix_loss.Kernel`) over
+    ``s [N, C]``, one value per proxy (column, ``axis = 0``). Each sample is the only member
+    of its class's column: the positive terms are per-class sums over the ``N`` gathered
+    similarities (``index_add``), the negative terms column log-sum-exps with the members
+    removed; :math:`\partial/\partial s = \mp\alpha\,W`.
 
-    def kernel(s: Tensor, mem: Members, mean: bool) -> tuple[Tensor, Tensor]:
-        c = s.shape[1]
-        lab = mem.idx[:, 0]
+    Glossary:
+
+    * ``label`` ``[N]``: each sample's class (its one member column);
+    * ``logit_p`` ``[N]``: :math:`-\alpha(s_{x,y_x} - \delta)`, each sample's positive logit;
+      ``shift_p`` ``[C]``: the per-class shift :math:`\max(0, \max_x \text{logit}_p)`;
+    * ``total_p``, ``lse_p`` ``[C]``: :math:`1 + \sum_x e^{\text{logit}_p}` (shifted) and its
+      log; ``weight_p`` ``[N]``: each sample's softmax-with-a-1 weight in its class;
+    * ``logits`` ``[N, C]``: :math:`\alpha(s + \delta)` on the negatives (members
+      ``-inf``); ``lse_n`` ``[C]``: the negative terms;
+    * ``scale_p``, ``scale_n``: :math:`\alpha` divided by the ``"mean"`` denominators
+      (:math:`|P^+|`, the proxies with a positive, and :math:`|P| = C`).
+    """
+
+    margin: float
+    alpha: float
+    symmetric: ClassVar[bool] = False
+    axis: ClassVar[int] = 0
+
+    def __call__(self, mat: Tensor, members: Members, mean: bool) -> KernelOut:
+        s = mat
+        n_classes = s.shape[1]
+        label = members.idx[:, 0]
         # positives: log(1 + sum_{x of class p} e^{-a(s_xp - d)}), shifted per class
-        lx = (mem.gather(s).squeeze(1) - margin).mul_(-alpha)  # [N]
-        shift = torch.zeros(c, dtype=s.dtype, device=s.device).scatter_reduce_(
-            0, lab, lx, "amax", include_self=True)  # max(0, max of the class)
-        ex = (lx - shift[lab]).exp_()
-        total = torch.exp(-shift).index_add_(0, lab, ex)
-        lp = total.log() + shift
-        wp = ex / total[lab]  # [N]
+        logit_p = (members.gather(s).squeeze(1) - self.margin).mul_(-self.alpha)  # [N]
+        shift_p = torch.zeros(n_classes, dtype=s.dtype, device=s.device).scatter_reduce_(
+            0, label, logit_p, "amax", include_self=True)  # max(0, max of the class)
+        exp_p = (logit_p - shift_p[label]).exp_()
+        total_p = torch.exp(-shift_p).index_add_(0, label, exp_p)
+        lse_p = total_p.log() + shift_p
+        weight_p = exp_p / total_p[label]  # [N]
+        scale_p = scale_n = self.alpha
+        if mean:
+            n_with = max(int(torch.unique(label).numel()), 1)  # proxies with a positive
+            lse_p = lse_p / n_with
+            scale_p, scale_n = self.alpha / n_with, self.alpha / n_classes
         # negatives: log(1 + sum_{x not of class p} e^{a(s_xp + d)}); a (s + d) <= a (1 + d)
-        a_p = a_n = alpha
+        logits = s.add_(self.margin).mul_(self.alpha)
+        members.fill_(logits, float("-inf"))
+        shift = fixed_shift(self.alpha * (1 + self.margin), -self.alpha * (1 - self.margin),
+                            s.dtype)
+        lse_n, grad = log1p_sum_exp_(logits, dim=0, shift=shift, scale=scale_n)
         if mean:
-            n_with = max(int(torch.unique(lab).numel()), 1)  # proxies with a positive
-            lp = lp / n_with
-            a_p, a_n = alpha / n_with, alpha / c
-        logits = s.add_(margin).mul_(alpha)
-        mem.fill_(logits, float("-inf"))
-        shift = fixed_shift(alpha * (1 + margin), -alpha * (1 - margin), s.dtype)
-        ln, grad = log1p_sum_exp_(logits, dim=0, shift=shift, scale=a_n)
-        if mean:
-            ln = ln / c
-        mem.add_pos_(grad, (wp * -a_p).unsqueeze(1))
-        return lp + ln, grad
+            lse_n = lse_n / n_classes
+        members.add_pos_(grad, (weight_p * -scale_p).unsqueeze(1))
+        return KernelOut(lse_p + lse_n, grad=grad)
 
-    return kernel
+
+def _check_proxy_anchor(*, alpha: float) -> None:
+    check_positive("alpha", alpha)
 
 
 def proxy_anchor_loss(
@@ -276,16 +325,17 @@ def proxy_anchor_loss(
             ``"sum"``: the sum over proxies of both terms without the 1/|P| factors;
             ``"none"``: ``[C]`` per-proxy positive + negative terms.
 
+    The loss and its gradient come from one fused pass over ``[N, C]``
+    (:class:`ProxyAnchorKernel`).
+
     Paper: Kim et al., "Proxy Anchor Loss for Deep Metric Learning", arXiv 2003.13911.
     """
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
-                                    ref_labels, indices,
-                          name="proxy_anchor")
+    _check_proxy_anchor(alpha=alpha)
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
+                                    indices, name="proxy_anchor")
     check_reduction(reduction)
-    out = matrix_loss(embeddings, labels, proxies, proxies.shape[0], metric="cosine",
-                      kernel=_proxy_anchor_kernel(margin, alpha), reduction=reduction,
-                      axis=0)
-    return out
+    return matrix_loss(embeddings, labels, proxies, proxies.shape[0], metric="cosine",
+                       kernel=ProxyAnchorKernel(margin, alpha), reduction=reduction)
 
 
 @register(
@@ -294,30 +344,43 @@ def proxy_anchor_loss(
     kind="embeddings",
     paper="Proxy Anchor Loss for Deep Metric Learning",
     arxiv="2003.13911",
-    function=proxy_anchor_loss,
     summary="1/|P+| sum_p log(1+sum_x+ e^{-a(s-d)}) + 1/|P| sum_p log(1+sum_x- e^{a(s+d)})",
     peers=(f"{PML}.ProxyAnchorLoss",),
     reduction="per proxy",
     example_hparams=EXAMPLE,
 )
-class ProxyAnchorLoss(_ProxyModule):
+class ProxyAnchorLoss(ProxyLossModule, function=proxy_anchor_loss, check=_check_proxy_anchor):
     """Module form of :func:`proxy_anchor_loss` (proxies: kaiming normal, fan_out, as the
     authors' code)."""
 
     def __init__(self, *, num_classes: int, embedding_dim: int, margin: float = 0.1,
                  alpha: float = 32.0, reduction: Reduction = "mean") -> None:
-        check_positive("alpha", alpha)
         super().__init__(margin=margin, alpha=alpha, reduction=reduction)
-        self._make_proxies(num_classes, embedding_dim)
+        self.make_proxies(num_classes, embedding_dim)
 
     def reset_parameters(self) -> None:
-        nn.init.kaiming_normal_(self.proxies, mode="fan_out")
-
+        if self.proxies is not None:
+            nn.init.kaiming_normal_(self.proxies, mode="fan_out")
 
 
 # --------------------------------------------------------------------------------------------
 # Normalized softmax, ArcFace, CosFace, MadaCos
 # --------------------------------------------------------------------------------------------
+
+
+def _check_normalized_softmax(*, temperature: float) -> None:
+    check_positive("temperature", temperature)
+
+
+def _check_scale(*, scale: float) -> None:
+    check_positive("scale", scale)
+
+
+def _check_madacos(*, alpha: float, min_scale: float, prior: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    check_positive("min_scale", min_scale)
+    check_positive("prior", prior)
 
 
 def normalized_softmax_loss(
@@ -342,10 +405,9 @@ def normalized_softmax_loss(
     Paper: Zhai, Wu, "Classification is a Strong Baseline for Deep Metric Learning",
     arXiv 1811.12649.
     """
-    check_positive("temperature", temperature)
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
-                                    ref_labels, indices,
-                          name="normalized_softmax")
+    _check_normalized_softmax(temperature=temperature)
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
+                                    indices, name="normalized_softmax")
     logits = cosine_similarity(embeddings, proxies) / temperature
     per = F.cross_entropy(logits, labels.long(), reduction="none")
     return _finish_ce(per, embeddings, proxies, reduction)
@@ -385,10 +447,9 @@ def arcface_loss(
     Paper: Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition",
     arXiv 1801.07698.
     """
-    check_positive("scale", scale)
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
-                                    ref_labels, indices,
-                          name="arcface")
+    _check_scale(scale=scale)
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
+                                    indices, name="arcface")
     cos = cosine_similarity(embeddings, proxies)
     c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1).clamp(-1.0, 1.0)
     sin = (1.0 - c * c).clamp_min(torch.finfo(c.dtype).tiny).sqrt()
@@ -422,10 +483,9 @@ def cosface_loss(
     Paper: Wang et al., "CosFace: Large Margin Cosine Loss for Deep Face Recognition",
     arXiv 1801.09414.
     """
-    check_positive("scale", scale)
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
-                                    ref_labels, indices,
-                          name="cosface")
+    _check_scale(scale=scale)
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
+                                    indices, name="cosface")
     cos = cosine_similarity(embeddings, proxies)
     c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1)
     return _finish_ce(_margin_ce(cos, labels, c - margin, scale), embeddings, proxies, reduction)
@@ -489,13 +549,9 @@ def madacos_loss(
     Paper: Zhu et al., "Coarse-to-Fine: Learning Compact Discriminative Representation for
     Single-Stage Image Retrieval", arXiv 2308.04008 (official code: bassyess/CFCD).
     """
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    check_positive("min_scale", min_scale)
-    check_positive("prior", prior)
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
-                                    ref_labels, indices,
-                          name="madacos")
+    _check_madacos(alpha=alpha, min_scale=min_scale, prior=prior)
+    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
+                                    indices, name="madacos")
     cos = cosine_similarity(embeddings, proxies)
     s, m = madacos_scale_margin(cos, labels, alpha=alpha, min_scale=min_scale, prior=prior)
     c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1)
@@ -510,20 +566,19 @@ def madacos_loss(
     kind="embeddings",
     paper="Classification is a Strong Baseline for Deep Metric Learning",
     arxiv="1811.12649",
-    function=normalized_softmax_loss,
     summary="CE over cos(x, w_c) / T",
     peers=(f"{PML}.NormalizedSoftmaxLoss",),
     reduction="per sample",
     example_hparams=EXAMPLE,
 )
-class NormalizedSoftmaxLoss(_ProxyModule):
+class NormalizedSoftmaxLoss(ProxyLossModule, function=normalized_softmax_loss,
+                            check=_check_normalized_softmax):
     """Module form of :func:`normalized_softmax_loss` (class weights: normal init)."""
 
     def __init__(self, *, num_classes: int, embedding_dim: int, temperature: float = 0.05,
                  reduction: Reduction = "mean") -> None:
-        check_positive("temperature", temperature)
         super().__init__(temperature=temperature, reduction=reduction)
-        self._make_proxies(num_classes, embedding_dim)
+        self.make_proxies(num_classes, embedding_dim)
 
 
 @register(
@@ -532,20 +587,18 @@ class NormalizedSoftmaxLoss(_ProxyModule):
     kind="embeddings",
     paper="ArcFace: Additive Angular Margin Loss for Deep Face Recognition",
     arxiv="1801.07698",
-    function=arcface_loss,
     summary="CE over s cos(theta + m [target]), cos(x, w_c)",
     peers=(f"{PML}.ArcFaceLoss",),
     reduction="per sample",
     example_hparams=EXAMPLE,
 )
-class ArcFaceLoss(_ProxyModule):
+class ArcFaceLoss(ProxyLossModule, function=arcface_loss, check=_check_scale):
     """Module form of :func:`arcface_loss` (class weights: normal init)."""
 
     def __init__(self, *, num_classes: int, embedding_dim: int, margin: float = 0.5,
                  scale: float = 64.0, reduction: Reduction = "mean") -> None:
-        check_positive("scale", scale)
         super().__init__(margin=margin, scale=scale, reduction=reduction)
-        self._make_proxies(num_classes, embedding_dim)
+        self.make_proxies(num_classes, embedding_dim)
 
 
 @register(
@@ -554,20 +607,18 @@ class ArcFaceLoss(_ProxyModule):
     kind="embeddings",
     paper="CosFace: Large Margin Cosine Loss for Deep Face Recognition",
     arxiv="1801.09414",
-    function=cosface_loss,
     summary="CE over s (cos(x, w_c) - m [target])",
     peers=(f"{PML}.CosFaceLoss",),
     reduction="per sample",
     example_hparams=EXAMPLE,
 )
-class CosFaceLoss(_ProxyModule):
+class CosFaceLoss(ProxyLossModule, function=cosface_loss, check=_check_scale):
     """Module form of :func:`cosface_loss` (class weights: normal init)."""
 
     def __init__(self, *, num_classes: int, embedding_dim: int, margin: float = 0.35,
                  scale: float = 64.0, reduction: Reduction = "mean") -> None:
-        check_positive("scale", scale)
         super().__init__(margin=margin, scale=scale, reduction=reduction)
-        self._make_proxies(num_classes, embedding_dim)
+        self.make_proxies(num_classes, embedding_dim)
 
 
 @register(
@@ -577,25 +628,22 @@ class CosFaceLoss(_ProxyModule):
     paper="Coarse-to-Fine: Learning Compact Discriminative Representation for Single-Stage "
     "Image Retrieval",
     arxiv="2308.04008",
-    function=madacos_loss,
     summary="CE over s (cos - m [target]) with s, m set from the batch median target cosine",
     reduction="per sample",
     example_hparams=EXAMPLE,
     surrogate_gradient="adaptive scale and margin are constants (stop-gradient), as the code",
 )
-class MadaCosLoss(_ProxyModule):
+class MadaCosLoss(ProxyLossModule, function=madacos_loss, check=_check_madacos):
     """Module form of :func:`madacos_loss` (class weights: uniform(+-1/sqrt(D)), as the
     official code)."""
 
     def __init__(self, *, num_classes: int, embedding_dim: int, alpha: float = 0.1,
                  min_scale: float = 32.0, prior: float = 9_999_999.0,
                  reduction: Reduction = "mean") -> None:
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
         super().__init__(alpha=alpha, min_scale=min_scale, prior=prior, reduction=reduction)
-        self._make_proxies(num_classes, embedding_dim)
+        self.make_proxies(num_classes, embedding_dim)
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.proxies.shape[1])
-        nn.init.uniform_(self.proxies, -bound, bound)
-
+        if self.proxies is not None:
+            bound = 1.0 / math.sqrt(self.proxies.shape[1])
+            nn.init.uniform_(self.proxies, -bound, bound)

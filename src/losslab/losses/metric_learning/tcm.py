@@ -17,6 +17,11 @@ from losslab.registry import register
 __all__ = ["TCMLoss", "tcm_loss"]
 
 
+def _check_tcm(*, pos_weight: float, neg_weight: float) -> None:
+    check_positive("pos_weight", pos_weight, strict=False)
+    check_positive("neg_weight", neg_weight, strict=False)
+
+
 def tcm_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -52,6 +57,7 @@ def tcm_loss(
     Paper: Zhang et al., "Threshold-Consistent Margin Loss for Open-World Deep Metric
     Learning", arXiv 2307.04047.
     """
+    _check_tcm(pos_weight=pos_weight, neg_weight=neg_weight)
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric="cosine")
     s = b.mat
     if b.pairs is not None:
@@ -74,23 +80,9 @@ def tcm_loss(
     kind="embeddings",
     paper="Threshold-Consistent Margin Loss for Open-World Deep Metric Learning",
     arxiv="2307.04047",
-    function=tcm_loss,
     summary="l+ mean_{hard pos}(m+ - s) + l- mean_{hard neg}(s - m-); add to a base loss",
     peers=("pytorch_metric_learning.losses.ThresholdConsistentMarginLoss",),
     reduction=None,
 )
-class TCMLoss(LossModule):
+class TCMLoss(LossModule, function=tcm_loss, check=_check_tcm):
     """Module form of :func:`tcm_loss`."""
-
-    def __init__(self, *, pos_margin: float = 0.9, neg_margin: float = 0.5,
-                 pos_weight: float = 1.0, neg_weight: float = 1.0) -> None:
-        check_positive("pos_weight", pos_weight, strict=False)
-        check_positive("neg_weight", neg_weight, strict=False)
-        super().__init__(pos_margin=pos_margin, neg_margin=neg_margin, pos_weight=pos_weight,
-                         neg_weight=neg_weight)
-
-    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
-                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
-        return tcm_loss(embeddings, labels, ref_embeddings=ref_embeddings, ref_labels=ref_labels,
-                        indices=indices, **self.hparams)
-

@@ -1,0 +1,196 @@
+"""Helpers shared by the metric-learning tests: small fp64 batches, the pairs of a labelling,
+the checks every pair/triplet loss runs (``indices=``, bad reference/index inputs, miners) and
+the pytorch-metric-learning (PML) parity harness (tests that need PML skip without it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import losslab
+from losslab import miners
+
+try:  # PML is a dev-only peer
+    from pytorch_metric_learning import distances as pd
+    from pytorch_metric_learning import losses as pl
+    from pytorch_metric_learning import miners as pm
+    from pytorch_metric_learning import reducers as pr
+except ImportError:  # pragma: no cover - depends on the environment
+    pd = pl = pm = pr = None
+
+needs_pml = pytest.mark.skipif(pl is None, reason="pytorch-metric-learning is not installed")
+
+ORACLE_TOL = {"rtol": 1e-9, "atol": 1e-10}
+PML_TOL = {"rtol": 1e-5, "atol": 1e-7}
+
+
+def batch(n_classes=4, per_class=3, dim=5, seed=0):
+    """A shuffled fp64 batch of ``per_class`` samples of each of ``n_classes`` classes."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n_classes).repeat_interleave(per_class)
+    y = y[torch.randperm(y.numel(), generator=g)]
+    return torch.randn(y.numel(), dim, generator=g, dtype=torch.float64), y
+
+
+def pml_batch(n_classes=6, per_class=4, dim=8, seed=0):
+    """The batches of the PML parity tests."""
+    return batch(n_classes, per_class, dim, seed)
+
+
+def dist(a, b):
+    return float(torch.linalg.vector_norm(a - b))
+
+
+def cos(a, b):
+    return float(F.cosine_similarity(a, b, dim=0))
+
+
+def pairs(y, ry=None):
+    """(anchor, ref) positive and negative pairs as Python lists, self excluded when ry is None."""
+    ry = y if ry is None else ry
+    pos = [(i, j) for i in range(len(y)) for j in range(len(ry))
+           if y[i] == ry[j] and not (ry is y and i == j)]
+    neg = [(i, j) for i in range(len(y)) for j in range(len(ry)) if y[i] != ry[j]]
+    return pos, neg
+
+
+def all_pairs(y, ry=None):
+    """Every positive and negative pair of the labels as an ``(a1, p, a2, n)`` tuple."""
+    ry = y if ry is None else ry
+    same = y[:, None] == ry[None]
+    if ry is y:
+        same = same & ~torch.eye(len(y), dtype=torch.bool)
+    a1, p = torch.where(same)
+    a2, n = torch.where(y[:, None] != ry[None])
+    return a1, p, a2, n
+
+
+def all_triplets(y, ry=None):
+    """Every valid triplet of the labels as an ``(a, p, n)`` tuple."""
+    a1, p, a2, n = all_pairs(y, ry)
+    i, j = torch.where(a1[:, None] == a2[None])
+    return a1[i], p[i], n[j]
+
+
+# -- checks every pair/triplet loss runs -------------------------------------------------------
+
+TRIPLET_LOSSES = ("triplet", "triplet_ratio")
+
+
+def check_indices_equal_explicit_pairs(name):
+    """Passing all label pairs (triplets) as indices= gives the label-based value (MS mining
+    off)."""
+    x, y = batch(seed=9)
+    hp = {"mining": False} if name == "multi_similarity" else {}
+    if name in TRIPLET_LOSSES:
+        pos, neg = pairs(y)
+        trip = [(a, p, q) for a, p in pos for a2, q in neg if a2 == a]
+        idx = tuple(torch.tensor(c) for c in zip(*trip))
+    else:
+        a1, p = torch.where((y[:, None] == y[None]) & ~torch.eye(len(y), dtype=torch.bool))
+        a2, q = torch.where(y[:, None] != y[None])
+        idx = (a1, p, a2, q)
+    loss = losslab.create(name, **hp)
+    torch.testing.assert_close(loss(x, y, indices=idx), loss(x, y), **ORACLE_TOL)
+
+
+def check_bad_reference_and_indices_raise(name):
+    """The reference set and miner tuples are validated (the contract suite covers the batch
+    itself: shapes and dtypes of embeddings and labels)."""
+    loss = losslab.create(name)
+    x, y = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    with pytest.raises(ValueError, match="embeddings"):
+        loss(torch.randn(6), y)
+    with pytest.raises(ValueError, match="labels"):
+        loss(x, y[:5])
+    with pytest.raises(ValueError, match="labels"):
+        loss(x, y.float())
+    with pytest.raises(ValueError, match="ref_"):
+        loss(x, y, ref_embeddings=x)
+    with pytest.raises(ValueError, match="ref_embeddings"):
+        loss(x, y, ref_embeddings=torch.randn(3, 5), ref_labels=y[:3])
+    with pytest.raises(ValueError, match="indices"):
+        loss(x, y, indices=(torch.tensor([0]), torch.tensor([9]), torch.tensor([2])))
+    with pytest.raises(ValueError, match="indices"):
+        loss(x, y, indices=(torch.tensor([0]),))
+
+
+def check_miners_feed(name):
+    """Every miner's output is accepted by the loss and gives a finite value."""
+    x, y = batch(seed=14)
+    for idx in (miners.batch_hard(x, y), miners.semi_hard(x, y, margin=1.0),
+                miners.multi_similarity(x, y),
+                miners.distance_weighted(x, y, generator=torch.Generator().manual_seed(0))):
+        assert torch.isfinite(losslab.create(name)(x, y, indices=idx))
+
+
+def check_single_sample_is_zero(name):
+    """A batch without any pair (one sample) is a zero loss with zero gradient (losses whose
+    one-class batches still have positive pairs)."""
+    y = torch.zeros(1, dtype=torch.long)
+    x = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
+    out = losslab.create(name)(x, y)
+    assert out.item() == 0.0
+    out.backward()
+    assert x.grad is not None and torch.all(x.grad == 0)
+
+
+# -- PML parity --------------------------------------------------------------------------------
+
+
+def lp_distance():
+    """PML's plain euclidean distance (our ``metric="euclidean"``)."""
+    return pd.LpDistance(normalize_embeddings=False)
+
+
+def both(ours, theirs, x, labels, **kw):
+    """Our loss and PML's on the same batch: equal values and embedding gradients."""
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    va = ours(xa, labels, **kw)
+    kb = {}
+    if "ref_embeddings" in kw:
+        kb = {"ref_emb": kw["ref_embeddings"], "ref_labels": kw["ref_labels"]}
+    if "indices" in kw:
+        kb["indices_tuple"] = kw["indices"]
+    vb = theirs(xb, labels, **kb)
+    va.backward()
+    vb.backward()
+    torch.testing.assert_close(va, vb, **PML_TOL)
+    torch.testing.assert_close(xa.grad, xb.grad, **PML_TOL)
+    return va
+
+
+# -- fast path vs reference --------------------------------------------------------------------
+
+FUSED_TOL = {"rtol": 1e-8, "atol": 1e-10}
+
+
+def fused_data(n=14, dim=6, classes=4, scale=1.0, seed=0, ref=False):
+    """A float64 batch (and, with ``ref``, a reference set missing some query classes)."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, dim, generator=g, dtype=torch.float64) * scale).requires_grad_(True)
+    y = torch.randint(0, classes, (n,), generator=g)
+    if not ref:
+        return x, y, None, None
+    r = (torch.randn(n + 3, dim, generator=g, dtype=torch.float64) * scale).requires_grad_(True)
+    ry = torch.randint(0, classes + 2, (n + 3,), generator=g)  # some query classes missing
+    ry[0] = y[0]
+    return x, y, r, ry
+
+
+def check_against_reference(fn, x, y, r, ry, idx, reduction, **hp):
+    """``fn`` without ``indices`` (its fast path) equals ``fn`` with ``indices=idx`` (its
+    autograd reference): values and gradients (through a weighted sum, so that every entry of
+    a ``"none"`` reduction counts), fp64."""
+    kw = {"ref_embeddings": r, "ref_labels": ry} if r is not None else {}
+    leaves = [t for t in (x, r) if t is not None]
+    out = fn(x, y, **kw, reduction=reduction, **hp)
+    w = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(out.shape)
+    got = torch.autograd.grad((out * w).sum(), leaves)
+    ref = fn(x, y, **kw, indices=idx, reduction=reduction, **hp)
+    want = torch.autograd.grad((ref * w).sum(), leaves)
+    torch.testing.assert_close(out, ref, **FUSED_TOL)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **FUSED_TOL)

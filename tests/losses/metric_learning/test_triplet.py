@@ -1,0 +1,190 @@
+"""Triplet (all / batch hard / semi hard / soft margin) and triplet ratio: oracles from the
+papers' formulas (loops, fp64), the explicit-triplet form of batch hard, ``indices=`` /
+reference-set / miner inputs, and parity with pytorch-metric-learning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import losslab
+import losslab.functional as LF
+from losslab import miners
+from tests.losses.metric_learning.common import (
+    ORACLE_TOL,
+    batch,
+    both,
+    check_against_reference,
+    check_bad_reference_and_indices_raise,
+    check_indices_equal_explicit_pairs,
+    check_miners_feed,
+    dist,
+    fused_data,
+    lp_distance,
+    needs_pml,
+    pairs,
+    pd,
+    pl,
+    pm,
+    pml_batch,
+    pr,
+)
+
+NAMES = ["triplet", "triplet_ratio"]
+
+
+def test_triplet_all_oracle_and_ref():
+    x, y = batch()
+    r, ry = batch(seed=1)
+    for ref in (None, (r, ry)):
+        rx = x if ref is None else ref[0]
+        pos, neg = pairs(y, None if ref is None else ry)
+        terms = [max(0.0, dist(x[a], rx[p]) - dist(x[a], rx[n]) + 0.3)
+                 for a, p in pos for a2, n in neg if a2 == a]
+        kw = {} if ref is None else {"ref_embeddings": r, "ref_labels": ry}
+        got = LF.triplet_loss(x, y, margin=0.3, **kw)
+        torch.testing.assert_close(got.item(), sum(terms) / len(terms), **ORACLE_TOL)
+        nz = [t for t in terms if t > 0]
+        got = LF.triplet_loss(x, y, margin=0.3, mean_over="nonzero", **kw)
+        torch.testing.assert_close(got.item(), sum(nz) / len(nz), **ORACLE_TOL)
+
+
+def test_triplet_all_large_margin_many_ties_gradcheck():
+    x, y = batch(dim=3)
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda e: LF.triplet_loss(e, y, margin=0.5), (x,))
+
+
+def test_batch_hard_soft_margin_semi_hard_oracles():
+    x, y = batch(seed=2)
+    pos, neg = pairs(y)
+    n = len(y)
+    bh, sm = [], []
+    for a in range(n):
+        dp = max(dist(x[a], x[p]) for aa, p in pos if aa == a)
+        dn = min(dist(x[a], x[q]) for aa, q in neg if aa == a)
+        bh.append(max(0.0, dp - dn + 0.2))
+        sm.append(math.log1p(math.exp(dp - dn)))
+    torch.testing.assert_close(LF.triplet_loss(x, y, strategy="batch_hard").item(),
+                               sum(bh) / n, **ORACLE_TOL)
+    torch.testing.assert_close(LF.triplet_loss(x, y, strategy="soft_margin").item(),
+                               sum(sm) / n, **ORACLE_TOL)
+    sh = []
+    for a, p in pos:
+        dap = dist(x[a], x[p])
+        dns = sorted(dist(x[a], x[q]) for aa, q in neg if aa == a)
+        farther = [d for d in dns if d > dap]
+        dn = farther[0] if farther else dns[-1]
+        sh.append(max(0.0, dap - dn + 0.2))
+    torch.testing.assert_close(LF.triplet_loss(x, y, strategy="semi_hard").item(),
+                               sum(sh) / len(sh), **ORACLE_TOL)
+
+
+def test_batch_hard_matches_explicit_hardest_triplets():
+    """Batch hard (selection without gradient, then the 2N selected pairs) equals the triplet
+    loss on the hardest triplets listed as indices=: values and gradients."""
+    x, y, r, ry = fused_data(ref=True, scale=0.7)
+    for metric in ("euclidean", "cosine"):
+        d = torch.cdist(x.detach(), r.detach()) if metric == "euclidean" else -(
+            F.normalize(x.detach(), dim=1) @ F.normalize(r.detach(), dim=1).t())
+        same = y[:, None] == ry[None]
+        ok = same.any(1) & (~same).any(1)
+        a = torch.where(ok)[0]
+        p = d.masked_fill(~same, float("-inf")).argmax(1)[a]
+        n = d.masked_fill(same, float("inf")).argmin(1)[a]
+        for red in ("mean", "sum"):
+            check_against_reference(LF.triplet_loss, x, y, r, ry, (a, p, n), red,
+                                    strategy="batch_hard", metric=metric, margin=0.3)
+
+
+def test_triplet_ratio_oracle():
+    x, y = batch(seed=3)
+    pos, neg = pairs(y)
+    terms = []
+    for a, p in pos:
+        for a2, q in neg:
+            if a2 != a:
+                continue
+            ep, en = math.exp(dist(x[a], x[p])), math.exp(dist(x[a], x[q]))
+            dp, dn = ep / (ep + en), en / (ep + en)
+            terms.append(dp**2 + (dn - 1) ** 2)
+    torch.testing.assert_close(LF.triplet_ratio_loss(x, y).item(), sum(terms) / len(terms),
+                               **ORACLE_TOL)
+    torch.testing.assert_close(LF.triplet_ratio_loss(x, y, chunk_size=1).item(),
+                               sum(terms) / len(terms), **ORACLE_TOL)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_indices_equal_explicit_triplets(name):
+    check_indices_equal_explicit_pairs(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_reference_and_indices_raise(name):
+    check_bad_reference_and_indices_raise(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_miners_feed_losses(name):
+    check_miners_feed(name)
+
+
+def test_hyperparameters_are_checked_at_construction():
+    with pytest.raises(ValueError, match="strategy"):
+        losslab.create("triplet", strategy="hardest")
+    with pytest.raises(ValueError, match="chunk_size"):
+        losslab.create("triplet_ratio", chunk_size=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        LF.triplet_ratio_loss(*batch(), chunk_size=-1)
+
+
+# -- PML parity --------------------------------------------------------------------------------
+
+
+@needs_pml
+@pytest.mark.parametrize("mean_over", ["nonzero", "all"])
+def test_triplet_all_matches_pml(mean_over):
+    x, y = pml_batch(dim=4)
+    kw = {"reducer": pr.MeanReducer()} if mean_over == "all" else {}
+    theirs = pl.TripletMarginLoss(margin=1.0, distance=lp_distance(), **kw)
+    both(lambda e, l, **k: LF.triplet_loss(e, l, margin=1.0, mean_over=mean_over, **k),
+         theirs, x, y)
+
+
+@needs_pml
+def test_triplet_all_cosine_and_ref_match_pml():
+    x, y = pml_batch(dim=4, seed=3)
+    r, ry = pml_batch(dim=4, seed=4)
+    theirs = pl.TripletMarginLoss(margin=0.3, distance=pd.CosineSimilarity())
+    f = lambda e, l, **k: LF.triplet_loss(e, l, margin=0.3, metric="cosine",  # noqa: E731
+                                          mean_over="nonzero", **k)
+    both(f, theirs, x, y)
+    both(f, theirs, x, y, ref_embeddings=r, ref_labels=ry)
+
+
+@needs_pml
+def test_triplet_batch_hard_matches_pml():
+    x, y = pml_batch(seed=5)
+    miner = pm.BatchHardMiner(distance=lp_distance())
+    theirs_loss = pl.TripletMarginLoss(margin=0.5, distance=lp_distance())
+
+    def theirs(e, l):
+        return theirs_loss(e, l, miner(e, l))
+
+    both(lambda e, l: LF.triplet_loss(e, l, margin=0.5, strategy="batch_hard",
+                                      mean_over="nonzero"), theirs, x, y)
+
+
+@needs_pml
+def test_triplet_indices_match_pml():
+    x, y = pml_batch(seed=6)
+    idx = miners.semi_hard(x, y, margin=1.0)
+    theirs = pl.TripletMarginLoss(margin=1.0, distance=lp_distance())
+    both(lambda e, l, **k: LF.triplet_loss(e, l, margin=1.0, mean_over="nonzero", **k), theirs,
+         x, y, indices=idx)
+    mined_pairs = miners.multi_similarity(x, y, epsilon=0.5)
+    both(lambda e, l, **k: LF.triplet_loss(e, l, margin=1.0, mean_over="nonzero", **k), theirs,
+         x, y, indices=mined_pairs)
