@@ -47,6 +47,22 @@ from losslab.combine import CombinedLoss, combine
 '''
 #: Old functional names kept for one release (0.2 removes them): old name -> new name.
 DEPRECATED_FUNCTIONS = {"anyloss_loss": "anyloss", "z_loss_loss": "z_loss"}
+#: Old class names kept for one release: old name -> registered class name.
+DEPRECATED_CLASSES = {"Metrix": "MetrixLoss"}
+DEPRECATED_CLASSES_BLOCK = """
+_DEPRECATED_CLASSES = {{{table}}}
+
+
+def __getattr__(name: str) -> type:
+    if name in _DEPRECATED_CLASSES:
+        import warnings
+
+        new = _DEPRECATED_CLASSES[name]
+        warnings.warn(f"losslab.{{name}} is deprecated, use losslab.{{new}}", DeprecationWarning,
+                      stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module 'losslab' has no attribute {{name!r}}")
+"""
 FOOTER_FUNCTIONAL = """
 
 def _deprecated(old: str, new: Callable[..., Any]) -> Callable[..., Any]:
@@ -127,6 +143,8 @@ def render() -> dict[Path, str]:
         + '__version__ = "0.1.0"\n\n__all__ = [\n'
         + "".join(f'    "{n}",\n' for n in sorted(API + class_names))
         + "]\n"
+        + DEPRECATED_CLASSES_BLOCK.format(table=", ".join(
+            f'"{old}": "{new}"' for old, new in sorted(DEPRECATED_CLASSES.items())))
     )
     return {
         SRC / "losses" / "__init__.py": losses_init,

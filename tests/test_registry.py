@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import losslab
 
@@ -22,3 +23,16 @@ def test_registry_surface() -> None:
         losslab.create("protonet", margin=1.0)
     with pytest.raises(TypeError):
         losslab.ProtoTripletLoss(0.5)  # hyperparameters are keyword-only
+
+
+def test_deprecated_names_warn_and_work() -> None:
+    x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.warns(DeprecationWarning, match="z_loss"):
+        old = losslab.functional.z_loss_loss(x, t)
+    torch.testing.assert_close(old, losslab.functional.z_loss(x, t))
+    with pytest.warns(DeprecationWarning, match="anyloss"):
+        losslab.functional.anyloss_loss(x, t)
+    with pytest.warns(DeprecationWarning, match="MetrixLoss"):
+        assert losslab.Metrix is losslab.MetrixLoss
+    assert losslab.registry.function_name("z_loss") == "z_loss"
+    assert losslab.registry.function_name("triplet") == "triplet_loss"

@@ -188,3 +188,16 @@ __all__ = [
     "miners",
     "spec",
 ]
+
+_DEPRECATED_CLASSES = {"Metrix": "MetrixLoss"}
+
+
+def __getattr__(name: str) -> type:
+    if name in _DEPRECATED_CLASSES:
+        import warnings
+
+        new = _DEPRECATED_CLASSES[name]
+        warnings.warn(f"losslab.{name} is deprecated, use losslab.{new}", DeprecationWarning,
+                      stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module 'losslab' has no attribute {name!r}")
