@@ -123,7 +123,8 @@ class Int(Rule):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ValueError(f"{name} must be {self.expected()}, got {value!r} "
                              f"({type(value).__name__})")
-        if (self.ge is not None and value < self.ge) or (self.le is not None and value > self.le):
+        v = int(value)
+        if (self.ge is not None and v < self.ge) or (self.le is not None and v > self.le):
             raise ValueError(f"{name} must be {self.expected()}, got {value!r}")
 
     def rejects(self) -> Iterator[Any]:

@@ -279,7 +279,6 @@ def register(
     paper: str,
     arxiv: str,
     summary: str,
-    function: Callable[..., torch.Tensor] | None = None,
     peers: tuple[str, ...] = (),
     reduction: str | None = "per sample",
     needs_index: bool = False,
@@ -309,15 +308,12 @@ def register(
             raise ValueError(f"loss {name!r} is already registered")
         if not (isinstance(module, type) and issubclass(module, LossModule)):
             raise TypeError(f"{name}: a registered loss must subclass LossModule")
-        if function is not None and "function" not in module.__dict__:
-            # transitional: shells that still pass function= to register
-            module.function = staticmethod(function)  # type: ignore[assignment]
         fn = module.__dict__.get("function")
         if fn is None:
             raise TypeError(f"{module.__name__}: declare the functional twin, "
                             f"class {module.__name__}(LossModule, function={function_name(name)})")
         fn = getattr(fn, "__func__", fn)
-        if fn.__name__ != function_name(name) and fn.__name__ != f"{name}_loss":
+        if fn.__name__ != function_name(name):
             raise ValueError(
                 f"the functional twin of {name!r} must be named {function_name(name)}, "
                 f"got {fn.__name__}")

@@ -25,6 +25,7 @@ from losslab._core import (
     check_positive,
     compute_dtype,
 )
+from losslab.distances import normalize_rows
 
 __all__ = ["RETRIEVAL_METRICS", "epsilon_opis", "opis", "retrieval_metrics"]
 
@@ -101,12 +102,14 @@ def retrieval_metrics(
         reference, reference_labels = query, query_labels
     else:
         check_matrix("reference", reference, dim=query.shape[1])
+        if reference_labels is None:
+            raise ValueError("reference_labels must be given with reference")
         check_labels("reference_labels", reference_labels, reference.shape[0], of="reference")
     q = query.to(compute_dtype(query.dtype))
     r = reference.to(compute_dtype(reference.dtype))
     if metric == "cosine":
-        q = torch.nn.functional.normalize(q, dim=1)
-        r = q if self_mode else torch.nn.functional.normalize(r, dim=1)
+        q = normalize_rows(q)
+        r = q if self_mode else normalize_rows(r)
     ql, rl = query_labels.long(), reference_labels.long()
     # R per query: reference count of its label (minus itself in self mode)
     uniq, inv = torch.unique(torch.cat([rl, ql]), return_inverse=True)
@@ -127,6 +130,8 @@ def retrieval_metrics(
     index = None
     if use_faiss:
         faiss = _faiss()
+        if faiss is None:
+            raise ValueError("backend='faiss' but faiss is not importable")
         rn = r.detach().cpu().float().contiguous().numpy()
         index = (faiss.IndexFlatL2 if metric == "euclidean" else faiss.IndexFlatIP)(rn.shape[1])
         index.add(rn)
