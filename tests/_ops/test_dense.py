@@ -4,6 +4,9 @@ tests/losses/test_segmentation.py)."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from losslab._ops.dense import (
@@ -50,11 +53,11 @@ def test_active_classes_and_reduction() -> None:
     assert everything.tolist() == [[True, True, True], [False, False, False]]
     assert present.tolist() == [[True, True, False], [False, False, False]]
     per_class = torch.tensor([[0.2, 0.4, 0.9], [0.5, 0.5, 0.5]], dtype=D, requires_grad=True)
-    none = reduce_groups(per_class, present, b, "none", per_image=True)
+    none = reduce_groups(per_class, present, "none", per_image=True)
     torch.testing.assert_close(none, torch.tensor([0.3, 0.0], dtype=D))
-    mean = reduce_groups(per_class, present, b, "mean", per_image=True)
+    mean = reduce_groups(per_class, present, "mean", per_image=True)
     torch.testing.assert_close(mean, torch.tensor(0.3, dtype=D))  # the empty image is left out
-    nothing = reduce_groups(per_class, torch.zeros_like(present), b, "mean", per_image=True)
+    nothing = reduce_groups(per_class, torch.zeros_like(present), "mean", per_image=True)
     (g,) = torch.autograd.grad(nothing, per_class)
     assert nothing.item() == 0.0 and torch.equal(g, torch.zeros_like(g))
 
@@ -67,3 +70,32 @@ def test_safe_ratio_is_one_on_an_empty_denominator_with_finite_gradients() -> No
     out.sum().backward()
     assert torch.isfinite(num.grad).all() and torch.isfinite(den.grad).all()
     assert num.grad[1] == 0 and den.grad[1] == 0
+
+
+def test_safe_ratio_propagates_nan() -> None:
+    """Finding 1: a NaN denominator is not an empty class."""
+    num = torch.tensor([1.0, math.nan, 0.0], dtype=D)
+    den = torch.tensor([math.nan, 2.0, 0.0], dtype=D)
+    out = safe_ratio(num, den)
+    assert torch.isnan(out[:2]).all() and out[2] == 1.0
+
+
+def test_grouping_of_an_empty_batch() -> None:
+    """Finding 3: N = 0 (or no pixels) groups to [G, C, 0] without a reshape error."""
+    for shape, per_image, grouped in (((0, 3, 2, 2), True, (0, 3, 4)),
+                                      ((0, 3, 2, 2), False, (1, 3, 0)),
+                                      ((2, 3, 0, 2), True, (2, 3, 0))):
+        logits = torch.randn(shape, dtype=D)
+        target = torch.zeros((shape[0], *shape[2:]), dtype=torch.long)
+        b = prepare_dense(logits, target, ignore_index=-100, per_image=per_image, loss="t")
+        assert b.probs.shape == grouped and b.target.shape == grouped
+        assert b.valid.shape == (grouped[0], grouped[2])
+
+
+def test_soft_targets_are_checked() -> None:
+    """Finding 6: prepare_dense rejects soft targets that are not distributions over C."""
+    logits = torch.randn(2, 3, 2, 2, dtype=D)
+    soft = torch.softmax(torch.randn(2, 3, 2, 2, dtype=D), 1)
+    prepare_dense(logits, soft, ignore_index=-100, per_image=True, loss="t")
+    with pytest.raises(ValueError, match="target"):
+        prepare_dense(logits, soft * 1.5, ignore_index=-100, per_image=True, loss="t")

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import losslab
 from losslab.functional import bag_level_loss, instance_level_loss, interpolated_aggregate_loss
 from losslab.losses.aggregate import laplace_bag_targets, random_bags
 
@@ -91,7 +92,7 @@ def test_validation() -> None:
         bag_level_loss(pred, bag_index, y, base="l1")
     with pytest.raises(ValueError, match="base='ce' needs"):
         bag_level_loss(pred, bag_index, props, base="ce")
-    with pytest.raises(ValueError, match="rho must be in"):
+    with pytest.raises(ValueError, match="rho must be a finite real number >= 0 and <= 1"):
         interpolated_aggregate_loss(pred, bag_index, y, rho=1.5)
 
 
@@ -108,3 +109,142 @@ def test_random_bags_and_private_targets() -> None:
     # Laplace(b) has variance 2 b^2 with b = (2 * bound / k) / epsilon = 0.4.
     torch.testing.assert_close(stacked.var(0), torch.full((4,), 2 * 0.4**2, dtype=torch.float64),
                                atol=0.03, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input and faults (issue #11)
+# --------------------------------------------------------------------------------------------
+
+BAG_FNS = (bag_level_loss, instance_level_loss, interpolated_aggregate_loss)
+
+
+def inputs(base: str):
+    bag_index, pred, logits, y, props, frac = data()
+    return {"mse": (pred, y), "bce": (logits[:, 0], frac), "ce": (logits, props)}[base], bag_index
+
+
+@pytest.mark.parametrize("base", ["mse", "bce", "ce"])
+@pytest.mark.parametrize("fn", BAG_FNS, ids=lambda f: f.__name__)
+def test_integer_bag_index_dtypes_and_bool(fn, base: str) -> None:
+    """Finding 7: a uint8 bag_index was a boolean mask in instance_level (a wrong value, or an
+    IndexError); bool crashed in bincount."""
+    (pred, target), bag_index = inputs(base)
+    ref = fn(pred, bag_index, target, base=base, reduction="none")
+    for dtype in (torch.int32, torch.uint8, torch.int16):
+        torch.testing.assert_close(
+            fn(pred, bag_index.to(dtype), target, base=base, reduction="none"), ref)
+    with pytest.raises(ValueError, match="bag_index"):
+        fn(pred, bag_index > 0, target, base=base)
+    with pytest.raises(ValueError, match="bag_index"):
+        fn(pred, bag_index.double(), target, base=base)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("base", ["mse", "bce", "ce"])
+@pytest.mark.parametrize("fn", BAG_FNS, ids=lambda f: f.__name__)
+def test_half_inputs_are_computed_and_returned_in_float32(fn, base: str,
+                                                          dtype: torch.dtype) -> None:
+    """Finding 2: half inputs return float32 (they were cast back to the input dtype)."""
+    (pred, target), bag_index = inputs(base)
+    pred = (pred * 5).to(dtype).requires_grad_(True)
+    target = target.to(dtype)
+    out = fn(pred, bag_index, target, base=base)
+    assert out.dtype == torch.float32
+    ref = fn(pred.detach().float(), bag_index, target.float(), base=base)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    out.backward()
+    assert pred.grad.dtype == dtype and torch.isfinite(pred.grad).all()
+
+
+@pytest.mark.parametrize("fn", BAG_FNS, ids=lambda f: f.__name__)
+def test_bag_targets_of_bce_and_ce_must_be_fractions_and_proportions(fn) -> None:
+    """Finding 6: bce fractions outside [0, 1] and ce proportions that do not sum to 1 (or are
+    negative) were accepted and gave a finite, meaningless loss."""
+    (z, frac), bag_index = inputs("bce")
+    for bad in (frac + 1.5, frac - 2.0, torch.full_like(frac, math.nan)):
+        with pytest.raises(ValueError, match="bag_target"):
+            fn(z, bag_index, bad, base="bce")
+    fn(z, bag_index, torch.tensor([0.0, 1.0, 0.5, 1.0], dtype=torch.float64), base="bce")
+    (logits, props), bag_index = inputs("ce")
+    for bad in (props * 2, props - 0.5 * props.amax(1, keepdim=True)):
+        with pytest.raises(ValueError, match="bag_target"):
+            fn(logits, bag_index, bad, base="ce")
+    fn(logits, bag_index, props.to(torch.bfloat16).double(), base="ce")  # rounded: tolerated
+    # mse targets are any real responses
+    (pred, y), bag_index = inputs("mse")
+    fn(pred, bag_index, y * 100, base="mse")
+
+
+BAD = [("bag_level", "base", None), ("bag_level", "base", "l1"), ("instance_level", "base", 1),
+       ("interpolated_aggregate", "rho", math.nan), ("interpolated_aggregate", "rho", "0.5"),
+       ("interpolated_aggregate", "rho", -0.1), ("interpolated_aggregate", "rho", True),
+       ("interpolated_aggregate", "rho", None)]
+
+
+@pytest.mark.parametrize("name,key,value", BAD, ids=[f"{n}-{k}={v!r}" for n, k, v in BAD])
+def test_bad_hyperparameters_raise_in_module_and_function(name: str, key: str, value) -> None:
+    """Finding 5: NaN rho passed the range check (NaN comparisons are False)."""
+    with pytest.raises(ValueError, match=key):
+        losslab.create(name, **{key: value})
+    (pred, y), bag_index = inputs("mse")
+    with pytest.raises(ValueError, match=key):
+        losslab.spec(name).function(pred, bag_index, y, **{key: value})
+
+
+def test_helpers_validate_their_arguments() -> None:
+    idx = torch.arange(8) % 2
+    labels = torch.randn(8, dtype=torch.float64)
+    for key, value in (("epsilon", math.nan), ("bound", math.nan), ("epsilon", "1"),
+                       ("epsilon", 0.0), ("bound", -1.0)):
+        with pytest.raises(ValueError, match=key):
+            laplace_bag_targets(labels, idx, **{"epsilon": 1.0, "bound": 1.0, key: value})
+    out = laplace_bag_targets(labels, idx.to(torch.uint8), epsilon=1.0, bound=1.0)
+    assert out.shape == (2,)
+    with pytest.raises(ValueError, match="bag_index"):
+        laplace_bag_targets(labels, idx > 0, epsilon=1.0, bound=1.0)
+    for n, size, key in ((0, 2, "n must"), (4, 0, "bag_size"), (4.5, 2, "n must"),
+                         (4, "2", "bag_size")):
+        with pytest.raises(ValueError, match=key):
+            random_bags(n, size)
+
+
+def test_no_degenerate_batch_is_declared() -> None:
+    """Finding 9: none of the degenerate cases makes a bag loss zero: one bag holding every
+    instance and one instance per bag (then bag level = instance level) are ordinary batches
+    with a non-zero loss, and bags have no ignore_index."""
+    (pred, y), _ = inputs("mse")
+    for name, fn in zip(("bag_level", "instance_level", "interpolated_aggregate"), BAG_FNS,
+                        strict=True):
+        assert losslab.spec(name).degenerate == ()
+        one_bag = fn(pred, torch.zeros(12, dtype=torch.long), y[:1])
+        singletons = fn(pred, torch.arange(12), torch.randn(12, dtype=torch.float64))
+        assert float(one_bag) > 0 and float(singletons) > 0
+    torch.testing.assert_close(bag_level_loss(pred, torch.arange(12), pred.flip(0)),
+                               instance_level_loss(pred, torch.arange(12), pred.flip(0)))
+
+
+def test_empty_batch_is_a_value_error() -> None:
+    """An empty batch has no bag: a ValueError naming bag_target (not a torch error)."""
+    (pred, y), bag_index = inputs("mse")
+    for fn in BAG_FNS:
+        with pytest.raises(ValueError, match="bag_target"):
+            fn(pred[:0], bag_index[:0], y[:0])
+
+
+@pytest.mark.parametrize("fn", BAG_FNS, ids=lambda f: f.__name__)
+def test_ce_masked_class_of_proportion_zero_is_finite(fn) -> None:
+    """(Issue #11, finding 8, for the bags kind) a -inf logit on a class whose proportion is 0
+    gave NaN (0 * -inf); the term is 0 log 0 = 0. Mass on a masked class is an infinite loss."""
+    (logits, props), bag_index = inputs("ce")
+    masked_props = torch.cat([props[:, :2] / props[:, :2].sum(1, keepdim=True),
+                              torch.zeros(4, 1, dtype=torch.float64)], 1)
+    x = logits.detach().clone()
+    x[:, 2] = -math.inf
+    x.requires_grad_(True)
+    out = fn(x, bag_index, masked_props, base="ce", reduction="none")
+    (g,) = torch.autograd.grad(out.sum(), x)
+    assert torch.isfinite(out).all() and torch.isfinite(g).all()
+    # equal to the loss over the two unmasked classes
+    torch.testing.assert_close(out, fn(logits[:, :2], bag_index, masked_props[:, :2], base="ce",
+                                       reduction="none"))
+    assert torch.isinf(fn(x.detach(), bag_index, props, base="ce")).all()

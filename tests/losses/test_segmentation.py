@@ -408,3 +408,137 @@ def test_gradcheck_with_ignored_pixels_and_soft_labels() -> None:
         assert torch.autograd.gradcheck(lambda x, f=fn: f(x, target), (logits,), fast_mode=True)
     for fn in (jaccard_metric_loss, dice_semimetric_loss):
         assert torch.autograd.gradcheck(lambda x, f=fn: f(x, soft), (logits,), fast_mode=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input and faults (issue #11)
+# --------------------------------------------------------------------------------------------
+
+ALL_DENSE = (dice_loss, jaccard_loss, tversky_loss, focal_tversky_loss, jaccard_metric_loss,
+             dice_semimetric_loss, lovasz_softmax_loss)
+DENSE_NAMES = ("dice", "jaccard", "tversky", "focal_tversky", "jaccard_metric",
+               "dice_semimetric", "lovasz_softmax")
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("fn", ALL_DENSE, ids=lambda f: f.__name__)
+def test_nan_logit_gives_nan_not_a_plausible_value(fn, per_image: bool) -> None:
+    """Finding 1: a NaN denominator was taken for an empty class (loss 0 or half the value)."""
+    logits, target = batch()
+    x = logits.detach().clone()
+    x[1, 2, 0, 0] = math.nan  # a valid pixel of image 1
+    assert torch.isnan(fn(x, target, per_image=per_image))
+    for reduction in ("sum", "none"):
+        out = fn(x, target, per_image=per_image, reduction=reduction)
+        assert torch.isnan(out).any()
+
+
+@pytest.mark.parametrize("fn", ALL_DENSE, ids=lambda f: f.__name__)
+def test_nan_logit_at_an_ignored_pixel_is_left_out_with_finite_gradient(fn) -> None:
+    logits, target = batch()
+    clean = fn(logits, target).detach()
+    x = logits.detach().clone()
+    x[0, :, 0, 0] = math.nan  # target[0, 0, 0] is ignore_index
+    x.requires_grad_(True)
+    out = fn(x, target)
+    torch.testing.assert_close(out.detach(), clean)
+    out.backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.count_nonzero(x.grad[0, :, 0, 0]) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("fn", ALL_DENSE, ids=lambda f: f.__name__)
+def test_half_logits_are_computed_and_returned_in_float32(fn, dtype: torch.dtype) -> None:
+    """Finding 2: half inputs return float32 (they were cast back to the input dtype)."""
+    logits, target = batch(scale=8.0)
+    half = logits.detach().to(dtype).requires_grad_(True)
+    out = fn(half, target)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, fn(half.detach().to(torch.float32), target),
+                               rtol=1e-6, atol=1e-6)
+    out.backward()
+    assert half.grad.dtype == dtype and torch.isfinite(half.grad).all()
+    assert fn(half, target, reduction="none").dtype == torch.float32
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("fn", ALL_DENSE, ids=lambda f: f.__name__)
+def test_empty_batch_is_zero_with_zero_gradient(fn, per_image: bool) -> None:
+    """Finding 3: N = 0 crashed in reshape (per_image=True); so did an empty spatial size."""
+    for shape in ((0, C, H, W), (2, C, 0, W)):
+        logits = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        target = torch.zeros((shape[0], *shape[2:]), dtype=torch.long)
+        out = fn(logits, target, per_image=per_image)
+        assert out.shape == () and float(out) == 0.0
+        (g,) = torch.autograd.grad(out, logits)
+        assert torch.count_nonzero(g) == 0
+        assert float(fn(logits, target, per_image=per_image, reduction="sum")) == 0.0
+        none = fn(logits, target, per_image=per_image, reduction="none")
+        assert none.shape == ((shape[0],) if per_image else (C,))
+
+
+BAD_HPARAMS = [
+    ("dice", "smooth", math.nan), ("dice", "smooth", "0.1"), ("dice", "smooth", -1.0),
+    ("dice", "per_image", 1), ("dice", "squared_denominator", None),
+    ("dice", "ignore_index", 1.5), ("dice", "ignore_index", "-100"),
+    ("jaccard", "classes", None), ("jaccard_metric", "smooth", math.inf),
+    ("dice_semimetric", "per_image", "yes"),
+    ("tversky", "alpha", math.nan), ("tversky", "beta", -0.5), ("tversky", "beta", "0.7"),
+    ("focal_tversky", "gamma", math.nan), ("focal_tversky", "gamma", 0.0),
+    ("focal_tversky", "alpha", True),
+    ("lovasz_softmax", "per_image", None), ("lovasz_softmax", "ignore_index", math.nan),
+]
+
+
+@pytest.mark.parametrize("name,key,value", BAD_HPARAMS,
+                         ids=[f"{n}-{k}={v!r}" for n, k, v in BAD_HPARAMS])
+def test_bad_hyperparameters_raise_in_module_and_function(name: str, key: str, value) -> None:
+    """Finding 5: NaN, strings, bools-for-numbers and out-of-range values were accepted."""
+    with pytest.raises(ValueError, match=key):
+        losslab.create(name, **{key: value})
+    logits, target = batch()
+    with pytest.raises(ValueError, match=key):
+        losslab.spec(name).function(logits, target, **{key: value})
+
+
+def test_tversky_needs_a_positive_alpha_plus_beta() -> None:
+    with pytest.raises(ValueError, match="alpha \\+ beta"):
+        losslab.create("tversky", alpha=0.0, beta=0.0)
+
+
+@pytest.mark.parametrize("fn", ALL_DENSE[:-1], ids=lambda f: f.__name__)
+def test_soft_targets_must_be_distributions(fn) -> None:
+    """Finding 6: soft targets summing to 2 or holding negative entries were accepted."""
+    logits, soft = soft_batch()
+    for bad in (soft * 2, soft - 0.5 * soft.amax(1, keepdim=True),
+                torch.where(soft > 0.5, math.nan, soft)):
+        with pytest.raises(ValueError, match="target"):
+            fn(logits, bad)
+    # within the tolerance, and targets rounded to a half dtype, are accepted
+    fn(logits, soft * (1 + 5e-4))
+    for dtype in (torch.float16, torch.bfloat16):
+        fn(logits, soft.to(dtype))
+
+
+def test_target_label_dtypes() -> None:
+    """Finding 7 (dense): any integer dtype gives the int64 result, bool is rejected."""
+    logits, target = batch()
+    t = target.clamp_min(0)
+    for fn in ALL_DENSE:
+        ref = fn(logits, t)
+        for dtype in (torch.int32, torch.uint8, torch.int16):
+            torch.testing.assert_close(fn(logits, t.to(dtype)), ref)
+        with pytest.raises(ValueError, match="target"):
+            fn(logits, t > 0)
+
+
+def test_degenerate_declarations() -> None:
+    """Finding 9: every segmentation loss declares the all-ignored batch as zero (tested
+    above); a batch with one class is not degenerate (absent classes count with "all", and the
+    present class still has a non-zero loss for a non-perfect prediction)."""
+    logits, _ = batch()
+    one_class = torch.zeros(N, H, W, dtype=torch.long)
+    for name, fn in zip(DENSE_NAMES, ALL_DENSE, strict=True):
+        assert losslab.spec(name).degenerate == ("all_ignored",)
+        assert float(fn(logits, one_class).detach()) > 0.0

@@ -8,10 +8,18 @@ the pixels per image (``per_image=True``) or over the whole batch; :func:`soft_c
 per-group, per-class counts; the loss forms a per-class value; :func:`reduce_groups` averages it
 over the active classes (:func:`active_classes`) of each group and applies the ``reduction``.
 See :mod:`losslab.losses.segmentation` for the conventions.
+
+Faults: soft targets must be distributions over the class dim
+(:func:`losslab._core.check_probabilities`); a NaN logit at a counted pixel makes its group's
+loss NaN (:func:`safe_ratio` treats only a zero denominator as an empty class), while ignored
+pixels are left out entirely (their logits are not read, so a NaN there changes nothing and
+gets a zero gradient); an empty batch (``N = 0``, or no pixels) gives 0 with zero gradient.
+Half inputs are computed, and returned, in float32 (:func:`losslab._core.compute_dtype`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import reduce
+from losslab._core import check_probabilities, reduce
 from losslab._ops.logits import prepare
 
 __all__ = [
@@ -47,14 +55,12 @@ class DenseBatch:
         target: ``[G, C, S]`` one-hot (hard labels) or soft labels, 0 at ignored pixels.
         valid: ``[G, S]`` bool, False at ignored pixels.
         soft: the target holds soft labels (float input).
-        dtype: dtype of the input logits (the dtype of the result).
     """
 
     probs: Tensor
     target: Tensor
     valid: Tensor
     soft: bool
-    dtype: torch.dtype
 
 
 def prepare_dense(
@@ -68,8 +74,10 @@ def prepare_dense(
 ) -> DenseBatch:
     """Validate ``(logits[N, C, *spatial], target)``, apply softmax and group the pixels.
 
-    Raises ``ValueError`` for logits without a spatial dim, fewer than 2 classes, and every
-    input error of :func:`losslab._ops.logits.prepare`.
+    Raises ``ValueError`` for logits without a spatial dim, fewer than 2 classes, soft targets
+    that are not distributions over dim 1 (:func:`losslab._core.check_probabilities`), and
+    every input error of :func:`losslab._ops.logits.prepare`. Logits of ignored pixels are
+    replaced by 0 before the softmax (they do not reach the loss, nor its gradient).
     """
     if isinstance(logits, Tensor) and logits.ndim < 3:
         raise ValueError(
@@ -78,19 +86,23 @@ def prepare_dense(
         )
     b = prepare(logits, target, ignore_index=ignore_index, soft_ok=soft_ok, min_classes=2,
                 loss=loss)
+    if b.probs is not None:
+        check_probabilities("target", target, dim=1)  # in its own dtype (bf16 tolerance)
     n, c = logits.shape[0], logits.shape[1]
-    probs = F.softmax(b.logits, dim=1)  # [M, C], M = N·S in (image, pixel) order
+    valid = b.valid.unsqueeze(1)
+    scores = torch.where(valid, b.logits, torch.zeros_like(b.logits))
+    probs = F.softmax(scores, dim=1)  # [M, C], M = N·S in (image, pixel) order
     if b.probs is not None:
         tgt = b.probs
     else:
         tgt = F.one_hot(b.class_ids, c).to(probs.dtype)
-    valid = b.valid.unsqueeze(1)
     probs = torch.where(valid, probs, torch.zeros_like(probs))
     tgt = torch.where(valid, tgt, torch.zeros_like(tgt))
     groups = n if per_image else 1
-    probs = probs.reshape(groups, -1, c).transpose(1, 2)
-    tgt = tgt.reshape(groups, -1, c).transpose(1, 2)
-    return DenseBatch(probs, tgt, b.valid.reshape(groups, -1), b.probs is not None, b.dtype)
+    size = math.prod(logits.shape[2:]) * (1 if per_image else n)  # pixels per group (N = 0)
+    probs = probs.reshape(groups, size, c).transpose(1, 2)
+    tgt = tgt.reshape(groups, size, c).transpose(1, 2)
+    return DenseBatch(probs, tgt, b.valid.reshape(groups, size), b.probs is not None)
 
 
 def soft_counts(
@@ -115,9 +127,10 @@ def soft_counts(
 
 def safe_ratio(num: Tensor, den: Tensor) -> Tensor:
     """``num / den``, and 1 where ``den == 0`` (an empty class: nothing to get wrong), with
-    finite gradients everywhere."""
-    ok = den > 0
-    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.ones_like(num))
+    finite gradients everywhere. A NaN denominator is not an empty class: the ratio is NaN."""
+    empty = den == 0
+    return torch.where(empty, torch.ones_like(num),
+                       num / torch.where(empty, torch.ones_like(den), den))
 
 
 def active_classes(batch: DenseBatch, y_mass: Tensor, classes: str) -> Tensor:
@@ -130,13 +143,12 @@ def active_classes(batch: DenseBatch, y_mass: Tensor, classes: str) -> Tensor:
     return (y_mass > 0) & has_pixels
 
 
-def reduce_groups(
-    per_class: Tensor, active: Tensor, batch: DenseBatch, reduction: str, per_image: bool
-) -> Tensor:
+def reduce_groups(per_class: Tensor, active: Tensor, reduction: str, per_image: bool) -> Tensor:
     """Mean over active classes per group, then the ``reduction`` over groups (``per_image``:
     ``"none"`` gives ``[N]``) or over classes (batch aggregation: ``"none"`` gives ``[C]``, 0
     for inactive classes). Groups or classes that do not count are left out of ``"mean"``; none
-    at all gives 0 with zero gradient. The result has the dtype of the input logits."""
+    at all gives 0 with zero gradient. The result has the compute dtype (float32 for half
+    inputs)."""
     per_class = torch.where(active, per_class, torch.zeros_like(per_class))
     act = active.to(per_class.dtype)
     if per_image:
@@ -145,4 +157,4 @@ def reduce_groups(
         out = reduce(values, reduction, count=(n_act > 0).to(values.dtype).sum())
     else:
         out = reduce(per_class[0], reduction, count=act.sum())
-    return out.to(batch.dtype)
+    return out

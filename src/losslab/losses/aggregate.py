@@ -18,6 +18,14 @@ Bases: ``"mse"`` (regression; ``pred`` and ``bag_target`` of one trailing shape)
 the mean *probability*), ``"ce"`` (multi-class learning from label proportions: ``pred`` are
 logits ``[N, C]``, ``bag_target`` proportions ``[B, C]``; the bag prediction is the mean
 predicted distribution). Losses are computed per bag; "mean" averages over bags.
+
+Bad input: ``bag_index`` may have any integer dtype (converted to int64; bool is rejected: it is
+a mask, not bag ids); ``"bce"`` bag targets must be fractions in ``[0, 1]`` and ``"ce"`` bag
+targets label proportions (non-negative rows summing to 1 within ``losslab._core.PROB_ATOL``),
+else ``ValueError``. A batch without bags is a ``ValueError`` (every bag needs an instance). No
+degenerate batch is declared: one bag of every instance, or one instance per bag (where the bag
+and instance losses coincide), are ordinary batches with a positive loss. Half inputs are
+computed, and returned, in float32 (:func:`losslab._core.compute_dtype`).
 """
 
 from __future__ import annotations
@@ -31,12 +39,14 @@ from torch import Tensor
 from losslab._core import (
     LossModule,
     Reduction,
-    check_choice,
     check_float,
+    check_labels,
+    check_probabilities,
     check_same_device,
     compute_dtype,
     reduce,
 )
+from losslab._hparams import Choice, Int, Real, hparams
 from losslab.registry import register
 
 __all__ = [
@@ -65,27 +75,20 @@ def bag_means(values: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
     return sums / counts.reshape(-1, *([1] * (values.ndim - 1)))
 
 
-def _check_aggregate(*, base: str) -> None:
-    check_choice("base", base, BASES)
+_check_aggregate = hparams(base=Choice(*BASES))
+_check_interpolated = _check_aggregate | hparams(rho=Real(ge=0, le=1))
+_check_laplace = hparams(epsilon=Real(gt=0), bound=Real(gt=0))
+_check_random_bags = hparams(n=Int(ge=1), bag_size=Int(ge=1))
 
 
-def _check_interpolated(*, rho: float, base: str) -> None:
-    if not 0.0 <= rho <= 1.0:
-        raise ValueError(f"rho must be in [0, 1], got {rho}")
-    _check_aggregate(base=base)
-
-
-def _validate(pred: Tensor, bag_index: Tensor, bag_target: Tensor, base: str) -> None:
-    """The inputs of the ``bags`` kind (every bag non-empty, shapes consistent with ``base``)."""
+def _validate(pred: Tensor, bag_index: Tensor, bag_target: Tensor, base: str) -> Tensor:
+    """The inputs of the ``bags`` kind (every bag non-empty, shapes consistent with ``base``,
+    bag targets in the range of ``base``); returns ``bag_index`` as int64."""
     check_float("pred", pred)
     check_float("bag_target", bag_target)
-    if not isinstance(bag_index, Tensor) or bag_index.is_floating_point() or bag_index.ndim != 1:
-        raise ValueError("bag_index must be an integer tensor of shape [N]")
-    if pred.ndim == 0 or pred.shape[0] != bag_index.shape[0]:
-        raise ValueError(
-            f"pred must have one row per instance: pred {tuple(pred.shape)}, "
-            f"bag_index {tuple(bag_index.shape)}"
-        )
+    if pred.ndim == 0:
+        raise ValueError("pred must have one row per instance, shape [N, ...], got a scalar")
+    bag_index = check_labels("bag_index", bag_index, pred.shape[0], of="pred")
     check_same_device(pred=pred, bag_index=bag_index, bag_target=bag_target)
     n_bags = bag_target.shape[0] if bag_target.ndim else 0
     if n_bags == 0:
@@ -105,11 +108,19 @@ def _validate(pred: Tensor, bag_index: Tensor, bag_target: Tensor, base: str) ->
                 f"base='ce' needs pred [N, C] logits and bag_target [B, C] proportions, got "
                 f"{tuple(pred.shape)} and {tuple(bag_target.shape)}"
             )
+        check_probabilities("bag_target", bag_target, dim=1)
     elif pred.shape[1:] != bag_target.shape[1:]:
         raise ValueError(
             f"pred[N, ...] and bag_target[B, ...] must share trailing dims, got "
             f"{tuple(pred.shape)} and {tuple(bag_target.shape)}"
         )
+    elif base == "bce":
+        t = bag_target.detach()
+        if not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails too
+            bad = t[~((t >= 0) & (t <= 1))].flatten()[:5].tolist()
+            raise ValueError(
+                f"base='bce' needs bag_target fractions of positives in [0, 1], got {bad}")
+    return bag_index
 
 
 def _per_bag(pred: Tensor, bag_index: Tensor, bag_target: Tensor, base: str, level: str
@@ -136,17 +147,23 @@ def _per_bag(pred: Tensor, bag_index: Tensor, bag_target: Tensor, base: str, lev
         t = bag_target[bag_index]
         per = F.binary_cross_entropy_with_logits(pred, t, reduction="none")
         return bag_means(per.reshape(pred.shape[0], -1).sum(1), bag_index, n_bags)
-    # "ce": learning from label proportions
+    # "ce": learning from label proportions. A class of proportion 0 contributes 0 (0 log 0 =
+    # 0), also where it is masked (a -inf logit): finite value and gradient.
     log_p = F.log_softmax(pred, dim=1)
     if level == "bag":
-        # log of the bag's mean distribution, stably: a per-bag, per-class max shift.
+        # log of the bag's mean distribution, stably: a per-bag, per-class max shift (0 for a
+        # class masked in every instance of the bag, where the max is -inf).
         index = bag_index.unsqueeze(1).expand_as(log_p)
         shift = torch.full((n_bags, log_p.shape[1]), float("-inf"), dtype=dtype,
                            device=pred.device)
         shift = shift.scatter_reduce(0, index, log_p.detach(), reduce="amax").detach()
+        shift = torch.where(shift == float("-inf"), torch.zeros_like(shift), shift)
         mean_p = bag_means((log_p - shift[bag_index]).exp(), bag_index, n_bags)
-        return -(bag_target * (mean_p.log() + shift)).sum(1)
-    per = -(bag_target[bag_index] * log_p).sum(1)
+        used = bag_target > 0
+        log_mean = torch.where(used, mean_p, torch.ones_like(mean_p)).log() + shift
+        return -(bag_target * torch.where(used, log_mean, torch.zeros_like(log_mean))).sum(1)
+    t = bag_target[bag_index]
+    per = -(t * torch.where(t > 0, log_p, torch.zeros_like(log_p))).sum(1)
     return bag_means(per, bag_index, n_bags)
 
 
@@ -177,8 +194,8 @@ def bag_level_loss(
     Level Loss Functions", arXiv 2401.11081.
     """
     _check_aggregate(base=base)
-    _validate(pred, bag_index, bag_target, base)
-    return reduce(_per_bag(pred, bag_index, bag_target, base, "bag"), reduction).to(pred.dtype)
+    bag_index = _validate(pred, bag_index, bag_target, base)
+    return reduce(_per_bag(pred, bag_index, bag_target, base, "bag"), reduction)
 
 
 @register(
@@ -213,9 +230,9 @@ def instance_level_loss(
     Paper: Javanmard et al., arXiv 2401.11081.
     """
     _check_aggregate(base=base)
-    _validate(pred, bag_index, bag_target, base)
+    bag_index = _validate(pred, bag_index, bag_target, base)
     per = _per_bag(pred, bag_index, bag_target, base, "instance")
-    return reduce(per, reduction).to(pred.dtype)
+    return reduce(per, reduction)
 
 
 @register(
@@ -255,11 +272,11 @@ def interpolated_aggregate_loss(
     Paper: Javanmard et al., arXiv 2401.11081.
     """
     _check_interpolated(rho=rho, base=base)
-    _validate(pred, bag_index, bag_target, base)
+    bag_index = _validate(pred, bag_index, bag_target, base)
     per = (1 - rho) * _per_bag(pred, bag_index, bag_target, base, "bag") + rho * _per_bag(
         pred, bag_index, bag_target, base, "instance"
     )
-    return reduce(per, reduction).to(pred.dtype)
+    return reduce(per, reduction)
 
 
 @register(
@@ -275,8 +292,7 @@ class InterpolatedAggregateLoss(LossModule, function=interpolated_aggregate_loss
 def random_bags(n: int, bag_size: int, *, generator: torch.Generator | None = None) -> Tensor:
     """Random disjoint bags of equal size, as in the paper: ``bag_index[n]`` (the last bag
     holds the remainder when ``bag_size`` does not divide ``n``)."""
-    if n < 1 or bag_size < 1:
-        raise ValueError(f"n and bag_size must be >= 1, got {n} and {bag_size}")
+    _check_random_bags(n=n, bag_size=bag_size)
     perm = torch.randperm(n, generator=generator)
     index = torch.empty(n, dtype=torch.long)
     index[perm] = torch.arange(n) // bag_size
@@ -297,9 +313,11 @@ def laplace_bag_targets(
     Laplace noise of scale ``sensitivity / epsilon`` with ``sensitivity = 2 * bound / k`` for a
     bag of ``k`` instances, which gives ``epsilon``-label-DP.
     """
-    if epsilon <= 0 or bound <= 0:
-        raise ValueError(f"epsilon and bound must be > 0, got {epsilon} and {bound}")
+    _check_laplace(epsilon=epsilon, bound=bound)
     check_float("labels", labels)
+    if labels.ndim == 0:
+        raise ValueError("labels must have one row per instance, shape [N, ...], got a scalar")
+    bag_index = check_labels("bag_index", bag_index, labels.shape[0], of="labels")
     n_bags = int(bag_index.max()) + 1
     means = bag_means(labels.clamp(-bound, bound), bag_index, n_bags)
     k = torch.bincount(bag_index, minlength=n_bags).to(means.dtype)

@@ -29,16 +29,26 @@ A group without non-ignored pixels (or without an active class) contributes noth
 gives 0 with zero gradient. ``reduction="none"`` returns ``[N]`` (per-image loss) with
 ``per_image=True`` and ``[C]`` (per-class loss, 0 for inactive classes) with
 ``per_image=False``; ``"sum"`` is the sum of that vector and ``"mean"`` its mean over the
-groups/classes that count. fp16/bf16 logits are computed in float32; the result has the input
-dtype.
+groups/classes that count. fp16/bf16 logits are computed in float32 and the loss is returned
+in float32 (:func:`losslab._core.compute_dtype`).
+
+Bad input: soft labels must be distributions over the class dim (non-negative, summing to 1
+within ``losslab._core.PROB_ATOL``), else ``ValueError``; class ids may have any integer dtype
+(bool is rejected). A NaN logit at a counted pixel gives a NaN loss (never a plausible number);
+ignored pixels are not read. An empty batch (``N = 0`` or no pixels) is 0 with zero gradient,
+like a batch whose targets are all ignored (the declared degenerate case ``all_ignored``); a
+batch of one class is not degenerate (the loss of a non-perfect prediction is positive).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_choice, check_positive
+from losslab._core import LossModule, Reduction
+from losslab._hparams import Choice, Flag, Int, Real, hparams
 from losslab._ops.dense import (
     CLASS_MODES,
     Classes,
@@ -77,31 +87,26 @@ _REDUCTION_DOC = "per image (per class with per_image=False)"
 # The shared pieces (grouped softmax batch, soft counts, active classes, the reduction over
 # groups) are in losslab._ops.dense.
 #
-# Hyperparameter checks: one per group of losses, called by the function and at construction.
+# Hyperparameter rules (losslab._hparams): one declaration per group of losses, checked at
+# construction (``check=``) and by the function.
 
 
-def _check_region(*, smooth: float, classes: str) -> None:
-    """Dice, Jaccard and their metric forms: ``smooth >= 0``, ``classes`` in ``CLASS_MODES``."""
-    check_positive("smooth", smooth, strict=False)
-    check_choice("classes", classes, CLASS_MODES)
+def _tversky_weights(**values: Any) -> None:
+    """Tversky: ``alpha + beta > 0`` (with both 0 the index is 1 and the loss 0 everywhere).
+    Runs after the rules, so ``alpha`` and ``beta`` are finite reals >= 0 when given."""
+    if "alpha" in values and "beta" in values and values["alpha"] + values["beta"] <= 0:
+        raise ValueError(
+            f"alpha + beta must be > 0, got {values['alpha']!r} + {values['beta']!r}")
 
 
-def _check_tversky(*, alpha: float, beta: float, smooth: float, classes: str) -> None:
-    _check_region(smooth=smooth, classes=classes)
-    check_positive("alpha", alpha, strict=False)
-    check_positive("beta", beta, strict=False)
-    if alpha + beta <= 0:
-        raise ValueError(f"alpha + beta must be > 0, got {alpha!r} + {beta!r}")
-
-
-def _check_focal_tversky(*, alpha: float, beta: float, gamma: float, smooth: float,
-                         classes: str) -> None:
-    _check_tversky(alpha=alpha, beta=beta, smooth=smooth, classes=classes)
-    check_positive("gamma", gamma)
-
-
-def _check_lovasz_softmax(*, classes: str) -> None:
-    check_choice("classes", classes, CLASS_MODES)
+#: Lovász-Softmax; every other loss adds ``smooth``.
+_check_lovasz_softmax = hparams(per_image=Flag(), classes=Choice(*CLASS_MODES),
+                                ignore_index=Int())
+#: Jaccard, Jaccard Metric and Dice Semimetric.
+_check_region = _check_lovasz_softmax | hparams(smooth=Real(ge=0))
+_check_dice = _check_region | hparams(squared_denominator=Flag())
+_check_tversky = _check_region | hparams(_tversky_weights, alpha=Real(ge=0), beta=Real(ge=0))
+_check_focal_tversky = _check_tversky | hparams(gamma=Real(gt=0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,13 +162,13 @@ def dice_loss(
     Paper: Milletari, Navab, Ahmadi, "V-Net: Fully Convolutional Neural Networks for Volumetric
     Medical Image Segmentation", arXiv 1606.04797.
     """
-    _check_region(smooth=smooth, classes=classes)
+    _check_dice(smooth=smooth, squared_denominator=squared_denominator, per_image=per_image,
+                classes=classes, ignore_index=ignore_index)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           loss="dice")
     tp, pc, yc = soft_counts(batch, metric=False, squared=squared_denominator)
     per_class = 1 - safe_ratio(2 * tp + smooth, pc + yc + smooth)
-    return reduce_groups(per_class, active_classes(batch, yc, classes), batch, reduction,
-                         per_image)
+    return reduce_groups(per_class, active_classes(batch, yc, classes), reduction, per_image)
 
 
 @register(
@@ -177,7 +182,7 @@ def dice_loss(
     reduction=_REDUCTION_DOC,
     degenerate=("all_ignored",),
 )
-class DiceLoss(LossModule, function=dice_loss, check=_check_region):
+class DiceLoss(LossModule, function=dice_loss, check=_check_dice):
     """Module form of :func:`dice_loss`."""
 
 
@@ -216,13 +221,12 @@ def jaccard_loss(
     Paper: Rahman, Wang, "Optimizing Intersection-Over-Union in Deep Neural Networks for Image
     Segmentation" (ISVC 2016; no arXiv id); the multi-class soft form as in arXiv 2302.05666.
     """
-    _check_region(smooth=smooth, classes=classes)
+    _check_region(smooth=smooth, per_image=per_image, classes=classes, ignore_index=ignore_index)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           loss="jaccard")
     tp, pc, yc = soft_counts(batch, metric=False)
     per_class = 1 - _tversky_index(tp, pc, yc, 1.0, 1.0, smooth)
-    return reduce_groups(per_class, active_classes(batch, yc, classes), batch, reduction,
-                         per_image)
+    return reduce_groups(per_class, active_classes(batch, yc, classes), reduction, per_image)
 
 
 @register(
@@ -275,13 +279,13 @@ def tversky_loss(
     Paper: Salehi, Erdogmus, Gholipour, "Tversky loss function for image segmentation using 3D
     fully convolutional deep networks", arXiv 1706.05721.
     """
-    _check_tversky(alpha=alpha, beta=beta, smooth=smooth, classes=classes)
+    _check_tversky(alpha=alpha, beta=beta, smooth=smooth, per_image=per_image, classes=classes,
+                   ignore_index=ignore_index)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           loss="tversky")
     tp, pc, yc = soft_counts(batch, metric=False)
     per_class = 1 - _tversky_index(tp, pc, yc, alpha, beta, smooth)
-    return reduce_groups(per_class, active_classes(batch, yc, classes), batch, reduction,
-                         per_image)
+    return reduce_groups(per_class, active_classes(batch, yc, classes), reduction, per_image)
 
 
 @register(
@@ -329,7 +333,8 @@ def focal_tversky_loss(
         alpha: weight of false positives (default 0.3), ``beta`` of false negatives (default
             0.7): the paper's :math:`\alpha = 0.7` on false negatives, in the convention of
             :func:`tversky_loss`.
-        gamma: :math:`\gamma \ge 1` (default 4/3, the paper's value; exponent ``1/gamma``).
+        gamma: :math:`\gamma > 0` (default 4/3, the paper's value; it uses
+            :math:`\gamma \in [1, 3]`; exponent ``1/gamma``).
         smooth, per_image, classes, ignore_index, reduction: as :func:`dice_loss`.
 
     ``gamma=1`` is :func:`tversky_loss`.
@@ -337,13 +342,15 @@ def focal_tversky_loss(
     Paper: Abraham, Khan, "A Novel Focal Tversky loss function with improved Attention U-Net for
     lesion segmentation", arXiv 1810.07842.
     """
-    _check_focal_tversky(alpha=alpha, beta=beta, gamma=gamma, smooth=smooth, classes=classes)
+    _check_focal_tversky(alpha=alpha, beta=beta, gamma=gamma, smooth=smooth,
+                         per_image=per_image, classes=classes, ignore_index=ignore_index)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           loss="focal_tversky")
     tp, pc, yc = soft_counts(batch, metric=False)
-    per_class = safe_pow(1 - _tversky_index(tp, pc, yc, alpha, beta, smooth), 1.0 / gamma)
-    return reduce_groups(per_class, active_classes(batch, yc, classes), batch, reduction,
-                         per_image)
+    tversky = 1 - _tversky_index(tp, pc, yc, alpha, beta, smooth)
+    # safe_pow treats a base <= 0 as 0, and so a NaN base: keep NaN a NaN.
+    per_class = torch.where(tversky.isnan(), tversky, safe_pow(tversky, 1.0 / gamma))
+    return reduce_groups(per_class, active_classes(batch, yc, classes), reduction, per_image)
 
 
 @register(
@@ -407,13 +414,12 @@ def jaccard_metric_loss(
     Paper: Wang, Ning, Blaschko, "Jaccard Metric Losses: Optimizing the Jaccard Index with Soft
     Labels", arXiv 2302.05666.
     """
-    _check_region(smooth=smooth, classes=classes)
+    _check_region(smooth=smooth, per_image=per_image, classes=classes, ignore_index=ignore_index)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           loss="jaccard_metric")
     tp, pc, yc = soft_counts(batch, metric=True)
     per_class = 1 - _tversky_index(tp, pc, yc, 1.0, 1.0, smooth)
-    return reduce_groups(per_class, active_classes(batch, yc, classes), batch, reduction,
-                         per_image)
+    return reduce_groups(per_class, active_classes(batch, yc, classes), reduction, per_image)
 
 
 @register(
@@ -463,13 +469,12 @@ def dice_semimetric_loss(
     Labels", arXiv 2302.05666 (DML: Wang, Popordanoska, Bertels, Lemmens, Blaschko, "Dice
     Semimetric Losses: Optimizing the Dice Score with Soft Labels", arXiv 2303.16296).
     """
-    _check_region(smooth=smooth, classes=classes)
+    _check_region(smooth=smooth, per_image=per_image, classes=classes, ignore_index=ignore_index)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           loss="dice_semimetric")
     tp, pc, yc = soft_counts(batch, metric=True)
     per_class = 1 - safe_ratio(2 * tp + smooth, pc + yc + smooth)
-    return reduce_groups(per_class, active_classes(batch, yc, classes), batch, reduction,
-                         per_image)
+    return reduce_groups(per_class, active_classes(batch, yc, classes), reduction, per_image)
 
 
 @register(
@@ -542,7 +547,7 @@ def lovasz_softmax_loss(
     the optimization of the intersection-over-union measure in neural networks",
     arXiv 1705.08790.
     """
-    _check_lovasz_softmax(classes=classes)
+    _check_lovasz_softmax(per_image=per_image, classes=classes, ignore_index=ignore_index)
     batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
                           soft_ok=False, loss="lovasz_softmax")
     errors = (batch.target - batch.probs).abs()  # 0 at ignored pixels
@@ -550,7 +555,7 @@ def lovasz_softmax_loss(
     fg_sorted = batch.target.gather(-1, order)
     per_class = (errors_sorted * lovasz_jaccard_weights(fg_sorted)).sum(-1)
     active = active_classes(batch, batch.target.sum(-1), classes)
-    return reduce_groups(per_class, active, batch, reduction, per_image)
+    return reduce_groups(per_class, active, reduction, per_image)
 
 
 @register(
