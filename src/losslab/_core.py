@@ -157,8 +157,8 @@ def check_probabilities(name: str, probs: Tensor, *, dim: int = 1,
                         atol: float = PROB_ATOL) -> None:
     """Raise a ``ValueError`` unless ``probs`` holds distributions along ``dim``: finite,
     non-negative and summing to 1, within ``atol`` (the default :data:`PROB_ATOL` admits
-    float16/bfloat16 targets). Every loss that takes soft targets calls it, with
-    ``validate=False`` as the documented escape for speed."""
+    float16/bfloat16 targets). Every loss that takes soft targets calls it (one cheap pass;
+    there is no switch to skip it)."""
     if probs.numel() == 0:
         return
     p = probs.detach()
