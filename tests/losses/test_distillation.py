@@ -268,3 +268,58 @@ def test_distilbert_triple_loss_composes() -> None:
             + 2.0 * F.cross_entropy(s, y)
             + torch.nn.CosineEmbeddingLoss()(hs, ht, torch.ones(5)))
     torch.testing.assert_close(total, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input and faults (issue #11)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["kd", "binary_kl", "cosine_alignment"])
+def test_half_inputs_are_computed_and_returned_in_float32(name: str, dtype) -> None:
+    """Finding 2: the loss of half inputs is float32 and equals the float32 loss of the same
+    values (it used to be rounded back to the input dtype)."""
+    s, t, _ = logits_pair(scale=30.0)
+    s, t = s.detach().to(dtype), t.detach().to(dtype)
+    fn = losslab.spec(name).function
+    out = fn(s, t)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, fn(s.float(), t.float()), rtol=0, atol=0)
+    assert losslab.create(name).to(dtype)(s, t).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_kd_target_of_any_integer_dtype(dtype) -> None:
+    """Finding 7: integer targets of any dtype give the int64 result; bool is rejected."""
+    s, t, y = logits_pair()
+    torch.testing.assert_close(kd_loss(s, t, target=y.to(dtype)), kd_loss(s, t, target=y))
+    with pytest.raises(ValueError, match=r"target .*bool"):
+        kd_loss(s, t, target=y > 2)
+
+
+@pytest.mark.parametrize(
+    "name,hparams",
+    [
+        ("kd", {"temperature": math.nan}),
+        ("kd", {"temperature": math.inf}),
+        ("kd", {"temperature": "2"}),
+        ("kd", {"alpha": math.nan}),
+        ("kd", {"alpha": True}),
+        ("kd", {"alpha": -0.5}),
+        ("binary_kl", {"temperature": math.inf}),
+        ("binary_kl", {"temperature": 0}),
+        ("binary_kl", {"norm": "yes"}),
+        ("binary_kl", {"norm": 1}),
+    ],
+)
+def test_bad_hyperparameters_raise_in_module_and_function(name: str, hparams: dict) -> None:
+    """Finding 5: every hyperparameter is declared (type, finiteness, range) and checked at
+    construction and by the function (an infinite temperature, alpha=True and norm="yes"
+    used to be accepted; a string temperature failed with a TypeError)."""
+    (key,) = hparams
+    with pytest.raises(ValueError, match=key):
+        losslab.create(name, **hparams)
+    s, t, _ = logits_pair()
+    with pytest.raises(ValueError, match=key):
+        losslab.spec(name).function(s, t, **hparams)

@@ -344,3 +344,129 @@ def test_bad_hyperparameters() -> None:
         losslab.create("icnn", drop_first=False)
     with pytest.raises(ValueError, match="k must be"):
         losslab.create("icnn", k=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input and faults (issue #11)
+# ---------------------------------------------------------------------------------------------
+
+FEWSHOT = ("protonet", "proto_triplet", "icnn")
+
+
+def float_episode(seed: int = 5, way: int = 4, shot: int = 3, queries: int = 2,
+                  dtype: torch.dtype = torch.float32):
+    s, sl, q, ql = as_tensors(*random_episode(seed, way, shot, queries))
+    return s.to(dtype), sl, q.to(dtype), ql
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", FEWSHOT)
+def test_half_episodes_are_computed_and_returned_in_float32(name: str, dtype) -> None:
+    """Finding 2: half inputs are computed in float32 and the loss is returned in float32 (it
+    used to be cast back to the input dtype)."""
+    s, sl, q, ql = float_episode(dtype=dtype)
+    fn = losslab.spec(name).function
+    out = fn(s, sl, q, ql)
+    assert out.dtype == torch.float32
+    # exactly the float32 computation on the same (rounded) values: no rounding back
+    torch.testing.assert_close(out, fn(s.float(), sl, q.float(), ql), rtol=0, atol=0)
+    assert losslab.create(name).to(dtype)(s, sl, q, ql).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8, torch.int8])
+def test_labels_of_any_integer_dtype_give_the_int64_result(dtype) -> None:
+    """Finding 7: labels of any integer dtype, also support and query labels of different
+    dtypes, give the int64 result (int32 support labels with int64 query labels used to crash
+    in torch.searchsorted)."""
+    s, sl, q, ql = float_episode(dtype=torch.float64)
+    sl, ql = sl - sl.min(), ql - sl.min()  # non-negative, for uint8
+    sl, ql = sl % 100, ql % 100
+    for fn in (protonet_loss, proto_triplet_loss, icnn_loss):
+        want = fn(s, sl, q, ql)
+        torch.testing.assert_close(fn(s, sl.to(dtype), q, ql.to(dtype)), want)
+        torch.testing.assert_close(fn(s, sl.to(dtype), q, ql), want)
+        torch.testing.assert_close(fn(s, sl, q, ql.to(dtype)), want)
+
+
+def test_bool_labels_are_rejected() -> None:
+    s, _, q, _ = float_episode(way=2)
+    sl = torch.tensor([True, True, True, False, False, False])
+    ql = torch.tensor([True, False, True, False])
+    for fn in (protonet_loss, proto_triplet_loss, icnn_loss):
+        with pytest.raises(ValueError, match=r"support_labels .*bool"):
+            fn(s, sl, q, ql.long())
+        with pytest.raises(ValueError, match=r"query_labels .*bool"):
+            fn(s, sl.long(), q, ql)
+
+
+@pytest.mark.parametrize(
+    "name,hparams",
+    [
+        ("protonet", {"temperature": math.nan}),
+        ("protonet", {"temperature": "1.0"}),
+        ("protonet", {"temperature": math.inf}),
+        ("proto_triplet", {"margin": math.nan}),
+        ("proto_triplet", {"margin": "0.5"}),
+        ("proto_triplet", {"margin": -0.1}),
+        ("proto_triplet", {"eps": math.nan}),
+        ("icnn", {"k": True}),
+        ("icnn", {"k": 2.0}),
+        ("icnn", {"ipc": True}),
+        ("icnn", {"ipc": 0}),
+        ("icnn", {"eps": math.inf}),
+        ("icnn", {"drop_first": 1}),
+        ("icnn", {"degenerate_gamma": None}),
+        ("icnn", {"query_targets": "proto"}),
+    ],
+)
+def test_bad_hyperparameters_raise_in_module_and_function(name: str, hparams: dict) -> None:
+    """Finding 5: NaN, inf, strings, bools for integers and out-of-range values are a
+    ValueError naming the argument, at construction and in the function (NaN margins, string
+    margins and k=True used to be accepted)."""
+    (key,) = hparams
+    with pytest.raises(ValueError, match=key):
+        losslab.create(name, **hparams)
+    s, sl, q, ql = float_episode()
+    with pytest.raises(ValueError, match=key):
+        losslab.spec(name).function(s, sl, q, ql, **hparams)
+
+
+@pytest.mark.parametrize(
+    "hparams",
+    [{"variant": "query", "drop_first": "auto"}, {"variant": "query"},
+     {"variant": "full", "drop_first": "auto"}, {"variant": "query", "k": 1, "ipc": 1}],
+)
+def test_icnn_nan_target_point_is_not_dropped_silently(hparams: dict) -> None:
+    """A NaN support point is never among the nearest neighbours (topk skips NaN), so it used
+    to drop out of every window of the query variant and leave a plausible finite loss. NaN in
+    must give NaN out, in the value and the gradient."""
+    s, sl, q, ql = float_episode(way=5, shot=4, queries=2, dtype=torch.float64)
+    s = s.clone()
+    s[7, 2] = math.nan
+    s.requires_grad_(True)
+    out = icnn_loss(s, sl, q, ql, **hparams)
+    assert torch.isnan(out)
+    (g,) = torch.autograd.grad(out, s)
+    assert not torch.isfinite(g).all()
+    # finite inputs: the guard changes neither the value nor the gradient
+    s2 = s.detach().nan_to_num(0.0).requires_grad_(True)
+    out2 = icnn_loss(s2, sl, q, ql, **hparams)
+    assert torch.isfinite(out2)
+    assert torch.isfinite(torch.autograd.grad(out2, s2)[0]).all()
+
+
+def test_one_class_episode_is_a_zero_loss_with_zero_gradient_in_every_precision() -> None:
+    """Finding 9: all three declare ``one_class``; the zero holds in fp32/bf16/fp16 with an
+    exact-zero gradient."""
+    for name in FEWSHOT:
+        assert losslab.spec(name).degenerate == ("one_class",)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        s = torch.randn(4, 3).to(dtype).requires_grad_(True)
+        q = torch.randn(3, 3).to(dtype).requires_grad_(True)
+        sl, ql = torch.full((4,), 7, dtype=torch.uint8), torch.full((3,), 7, dtype=torch.int32)
+        for name in FEWSHOT:
+            out = losslab.create(name)(s, sl, q, ql)
+            assert float(out.detach()) == 0.0 and out.dtype == torch.float32
+            gs, gq = torch.autograd.grad(out, (s, q), allow_unused=True)
+            for g in (gs, gq):
+                assert g is None or torch.count_nonzero(g) == 0

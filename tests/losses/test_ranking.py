@@ -155,3 +155,81 @@ def test_scores_modules_pass_the_mask_to_the_function(name: str) -> None:
         torch.testing.assert_close(module(s, r, mask=m), fn(s, r, mask=m, reduction=reduction))
         torch.testing.assert_close(module(s, r), fn(s, r, reduction=reduction))
     assert not torch.allclose(losslab.create(name)(s, r, mask=m), losslab.create(name)(s, r))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input and faults (issue #11)
+# ---------------------------------------------------------------------------------------------
+
+RANKING = ("margin_mse", "listnet", "ranknet", "listmle")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", RANKING)
+def test_half_inputs_are_computed_and_returned_in_float32(name: str, dtype) -> None:
+    """Finding 2: the loss of half inputs is float32 and equals the float32 loss of the same
+    values (it used to be rounded back to the input dtype)."""
+    if name == "margin_mse":
+        x, y = scores(k=3)
+    else:
+        x, y, _ = _lists()
+    x, y = (x.detach() * 30).to(dtype), y.detach().to(dtype)
+    fn = losslab.spec(name).function
+    out = fn(x, y)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, fn(x.float(), y.float()), rtol=0, atol=0)
+    assert losslab.create(name).to(dtype)(x, y).dtype == torch.float32
+
+
+@pytest.mark.parametrize("inf", [-float("inf"), float("inf")])
+def test_margin_mse_passage_masked_on_both_sides_is_the_finite_limit(inf: float) -> None:
+    """Finding 8: a negative scored -inf (or +inf) by both the student and the teacher (a
+    masked or padded passage) used to give inf - inf = NaN. Its margin difference is the limit
+    of equal finite scores, (s_0 - t_0)^2: the same value as any equal finite score there,
+    with a zero gradient on the masked score."""
+    s, t = scores(n=4, k=3, seed=2)
+    s_m, t_m = s.detach().clone(), t.clone()
+    s_m[1, 2] = t_m[1, 2] = inf
+    s_m[3, 1:] = t_m[3, 1:] = inf  # every negative of a query masked
+    s_m.requires_grad_(True)
+    out = margin_mse_loss(s_m, t_m, reduction="none")
+    s_f, t_f = s.detach().clone(), t.clone()
+    s_f[1, 2] = t_f[1, 2] = 123.0
+    s_f[3, 1:] = t_f[3, 1:] = -7.0
+    torch.testing.assert_close(out, margin_mse_loss(s_f, t_f, reduction="none"))
+    (g,) = torch.autograd.grad(out.sum(), s_m)
+    assert torch.isfinite(g).all()
+    assert float(g[1, 2]) == 0.0 and torch.count_nonzero(g[3, 1:]) == 0
+    # an infinite score on one side only is an infinite loss, and NaN stays NaN
+    s_one = s.detach().clone()
+    s_one[0, 1] = inf
+    assert torch.isinf(margin_mse_loss(s_one, t))
+    s_one[0, 1] = float("nan")
+    assert torch.isnan(margin_mse_loss(s_one, t))
+
+
+@pytest.mark.parametrize("name", ["listnet", "ranknet", "listmle"])
+def test_non_finite_relevance_of_a_real_item_raises(name: str) -> None:
+    """A NaN grade used to be silently dropped (RankNet compares it False with everything) or
+    sorted somewhere (ListMLE), giving a plausible finite loss. It is a ValueError at a real
+    item; padding (mask False) may hold anything."""
+    s, r, m = _lists(4)
+    fn = losslab.spec(name).function
+    for bad in (float("nan"), float("inf")):
+        r_bad = r.clone()
+        r_bad[0, 2] = bad
+        with pytest.raises(ValueError, match="relevance must be finite"):
+            fn(s, r_bad, mask=m)
+        r_pad = r.clone()
+        r_pad[1, 5] = bad  # a padded item of list 1
+        torch.testing.assert_close(fn(s, r_pad, mask=m), fn(s, r, mask=m))
+
+
+@pytest.mark.parametrize("name", ["listnet", "ranknet", "listmle"])
+def test_integer_relevance_equals_float_relevance_and_bool_is_rejected(name: str) -> None:
+    s, r, m = _lists(5)
+    fn = losslab.spec(name).function
+    for dtype in (torch.int64, torch.int32, torch.uint8):
+        torch.testing.assert_close(fn(s, r.to(dtype), mask=m), fn(s, r, mask=m))
+    with pytest.raises(ValueError, match="relevance"):
+        fn(s, r > 0, mask=m)

@@ -80,14 +80,15 @@ def icnn_score_from_neighbours(
     ratio = ratio / ratio.max(dim=1, keepdim=True).values.clamp_min(1.0)
     n_same = s_f.sum(1)
     per_point_sc = (ratio * s_f).sum(1) / (n_same + _EPS)
-    lambda_sc = 1.0 - per_point_sc.sum() / ((n_same > 0).sum() + _EPS)
+    # point counts in the distances' dtype: an int64 count + 1e-7 would be float32
+    lambda_sc = 1.0 - per_point_sc.sum() / ((n_same > 0).sum().to(s_f.dtype) + _EPS)
 
     e = d_k * o_f
     e = e / (e.max() + _EPS)
     n_other = o_f.sum(1)
     per_point_dc = e.sum(1) / (n_other + _EPS)
     offset = torch.where(o_k.any(), 0.0, -1.0).to(distances.dtype)
-    lambda_dc = (per_point_dc.sum() / ((n_other > 0).sum() + _EPS) + offset).abs()
+    lambda_dc = (per_point_dc.sum() / ((n_other > 0).sum().to(o_f.dtype) + _EPS) + offset).abs()
 
     lam = (lambda_sc + lambda_dc) / 2
     if gamma_one:

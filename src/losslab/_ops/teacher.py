@@ -1,5 +1,6 @@
 """Shared plumbing of the ``teacher`` kind: ``(student[N, C], teacher[N, C])``, row ``i`` of both
-the same input (distillation, Margin-MSE), and the KL term of two distributions in log space.
+the same input (distillation, Margin-MSE), the KL term of two distributions in log space, and
+the difference of two logits of which a class may be masked (``-inf``) in both.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from torch import Tensor
 
 from losslab._core import check_matrix, check_same_device, compute_dtype
 
-__all__ = ["check_teacher_pair", "kl_terms"]
+__all__ = ["check_teacher_pair", "kl_terms", "masked_difference"]
 
 
 def check_teacher_pair(
@@ -18,9 +19,10 @@ def check_teacher_pair(
     *,
     names: tuple[str, str] = ("student_logits", "teacher_logits"),
     min_cols: int = 1,
-) -> tuple[Tensor, Tensor, torch.dtype]:
+) -> tuple[Tensor, Tensor]:
     """Validate a ``(student[N, C], teacher[N, C])`` pair; return both in the compute dtype
-    (float32 for fp16/bf16) and the input dtype (the dtype of the result).
+    (float32 for fp16/bf16, which is also the dtype of the losses' results:
+    :func:`losslab._core.compute_dtype`).
 
     Args:
         student, teacher: float matrices of one shape, on one device.
@@ -40,9 +42,8 @@ def check_teacher_pair(
             f"{s_name} must have at least {min_cols} columns, got {student.shape[1]}"
         )
     check_same_device(**{s_name: student, t_name: teacher})
-    dtype = student.dtype
-    cd = compute_dtype(dtype)
-    return student.to(cd), teacher.to(cd), dtype
+    cd = compute_dtype(student.dtype)
+    return student.to(cd), teacher.to(cd)
 
 
 def kl_terms(log_q: Tensor, log_p: Tensor) -> Tensor:
@@ -57,3 +58,13 @@ def kl_terms(log_q: Tensor, log_p: Tensor) -> Tensor:
     # so neither the value nor the gradient sees 0 * inf.
     diff = torch.where(q > 0, log_q - log_p, torch.zeros_like(q))
     return q * diff
+
+
+def masked_difference(student: Tensor, teacher: Tensor) -> Tensor:
+    r"""``student - teacher`` elementwise, 0 where both hold the same infinite value (a class or
+    passage masked on both sides): the limit of :math:`s - t` as :math:`s = t \to \pm\infty`,
+    instead of :math:`\infty - \infty = \mathrm{NaN}`. The gradient there is 0 (``where``
+    selects a constant), and a NaN or an infinity on one side only propagates.
+    """
+    same_inf = torch.isinf(teacher) & (student == teacher)
+    return torch.where(same_inf, torch.zeros_like(student), student - teacher)

@@ -8,6 +8,9 @@ papers here do.
 Large batches: ``chunk_size`` (default: automatic, tiles once ``N >= 8192``) computes the
 losses in row tiles with an exact custom backward (:mod:`losslab.kernels.tiled_contrastive`),
 never materialising the ``N x N`` similarity matrix (Inf-CL, arXiv 2410.17243).
+
+fp16/bf16 inputs are computed in float32 and the loss is returned in float32
+(:func:`losslab._core.compute_dtype`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from losslab._core import LossModule, Reduction, check_positive, reduce
+from losslab._core import LossModule, Reduction, reduce
+from losslab._hparams import Flag, HParamCheck, Int, Real, hparams
 from losslab._ops.paired import prepare_paired
 from losslab.distances import squared_euclidean
 from losslab.kernels.tiled_contrastive import tiled_infonce_terms, tiled_sigmoid_terms
@@ -42,17 +46,30 @@ AUTO_TILE_FROM = 8192  # batch size from which the tiled path is used by default
 DEFAULT_TILE = 1024
 
 
-def _check_temperature_and_chunk_size(*, temperature: float | Tensor,
-                                      chunk_size: int | None) -> None:
-    """InfoNCE, CLIP, SigLIP: a float ``temperature`` > 0 (a tensor, e.g. a learned one, must be
-    a scalar) and ``chunk_size`` ``None`` or an integer >= 1."""
-    if isinstance(temperature, Tensor):
-        if temperature.numel() != 1:
-            raise ValueError("temperature must be a scalar")
-    else:
-        check_positive("temperature", temperature)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+#: The hyperparameters of InfoNCE, CLIP and SigLIP (each module uses those it has;
+#: ``learnable_temperature`` is their module option).
+_check_contrastive = hparams(
+    temperature=Real(gt=0),
+    bias=Real(),
+    normalize=Flag(),
+    symmetric=Flag(),
+    chunk_size=Int(ge=1, optional=True),
+    learnable_temperature=Flag(),
+)
+
+
+def _check_call(check: HParamCheck, **values: Any) -> None:
+    """The functional forms' check: the declared rules for plain values; a tensor value (a
+    learned ``temperature`` or ``bias``, passed by the module) must be a scalar."""
+    plain = {}
+    for k, v in values.items():
+        if isinstance(v, Tensor):
+            if v.numel() != 1:
+                raise ValueError(f"{k} must be a scalar tensor (a learned {k}), got shape "
+                                 f"{tuple(v.shape)}")
+        else:
+            plain[k] = v
+    check(**plain)
 
 
 def _tile(n: int, chunk_size: int | None) -> int | None:
@@ -125,12 +142,12 @@ def infonce_loss(
     Paper: van den Oord, Li, Vinyals, "Representation Learning with Contrastive Predictive
     Coding", arXiv 1807.03748; tiling after Inf-CL, arXiv 2410.17243.
     """
-    _check_temperature_and_chunk_size(temperature=temperature, chunk_size=chunk_size)
+    _check_call(_check_contrastive, temperature=temperature, normalize=normalize,
+                symmetric=symmetric, chunk_size=chunk_size)
     a, b = prepare_paired(a, b, normalize=normalize)
-    dtype = a.dtype
     row, col = _infonce_terms(a, b, _scale(temperature, a), chunk_size)
     per_pair = (row + col) / 2 if symmetric else row
-    return reduce(per_pair, reduction).to(dtype)
+    return reduce(per_pair, reduction)
 
 
 @register(
@@ -139,7 +156,7 @@ def infonce_loss(
     summary="-log softmax_j(cos(a_i, b_j)/tau)_i",
     peers=("pytorch_metric_learning.losses.NTXentLoss",), reduction="per pair",
 )
-class InfoNCELoss(LossModule, function=infonce_loss, check=_check_temperature_and_chunk_size):
+class InfoNCELoss(LossModule, function=infonce_loss, check=_check_contrastive):
     """Module form of :func:`infonce_loss`.
 
     ``learnable_temperature=True`` (a module option, kept in ``self.config``) learns the logit
@@ -149,6 +166,7 @@ class InfoNCELoss(LossModule, function=infonce_loss, check=_check_temperature_an
     def __init__(self, *, temperature: float = 0.1, normalize: bool = True,
                  symmetric: bool = False, chunk_size: int | None = None,
                  learnable_temperature: bool = False, reduction: Reduction = "mean") -> None:
+        _check_contrastive(learnable_temperature=learnable_temperature)
         super().__init__(temperature=temperature, normalize=normalize, symmetric=symmetric,
                          chunk_size=chunk_size, reduction=reduction)
         self.config: dict[str, Any] = {"learnable_temperature": learnable_temperature}
@@ -200,7 +218,7 @@ def clip_loss(
     summary="(CE(l, diag) + CE(l^T, diag))/2, l = cos(a, b)/tau; tiled for large N",
     peers=("open_clip.ClipLoss", "inf_cl.cal_inf_loss"), reduction="per pair",
 )
-class ClipLoss(LossModule, function=clip_loss, check=_check_temperature_and_chunk_size):
+class ClipLoss(LossModule, function=clip_loss, check=_check_contrastive):
     """Module form of :func:`clip_loss`.
 
     ``learnable_temperature=True`` (a module option, kept in ``self.config``) learns
@@ -210,6 +228,7 @@ class ClipLoss(LossModule, function=clip_loss, check=_check_temperature_and_chun
     def __init__(self, *, temperature: float = 0.07, normalize: bool = True,
                  chunk_size: int | None = None, learnable_temperature: bool = False,
                  reduction: Reduction = "mean") -> None:
+        _check_contrastive(learnable_temperature=learnable_temperature)
         super().__init__(temperature=temperature, normalize=normalize, chunk_size=chunk_size,
                          reduction=reduction)
         self.config: dict[str, Any] = {"learnable_temperature": learnable_temperature}
@@ -252,7 +271,8 @@ def siglip_loss(
     Paper: Zhai, Mustafa, Kolesnikov, Beyer, "Sigmoid Loss for Language Image Pre-Training",
     arXiv 2303.15343.
     """
-    _check_temperature_and_chunk_size(temperature=temperature, chunk_size=chunk_size)
+    _check_call(_check_contrastive, temperature=temperature, bias=bias, normalize=normalize,
+                chunk_size=chunk_size)
     a, b = prepare_paired(a, b, normalize=normalize)
     scale = _scale(temperature, a)
     bias_t = (bias if isinstance(bias, Tensor)
@@ -263,7 +283,7 @@ def siglip_loss(
     else:
         logits = (a @ b.t()) * scale + bias_t
         rows = F.softplus(logits).sum(1) - logits.diagonal()
-    return reduce(rows, reduction).to(a.dtype)
+    return reduce(rows, reduction)
 
 
 @register(
@@ -272,7 +292,7 @@ def siglip_loss(
     summary="mean_i sum_j softplus(-z_ij (t cos(a_i, b_j) + b)), z = +1 on the diagonal",
     peers=("open_clip.SigLipLoss",), reduction="per row",
 )
-class SigLipLoss(LossModule, function=siglip_loss, check=_check_temperature_and_chunk_size):
+class SigLipLoss(LossModule, function=siglip_loss, check=_check_contrastive):
     """Module form of :func:`siglip_loss`.
 
     ``learnable_temperature=True`` (a module option, kept in ``self.config``) learns *both* of
@@ -283,6 +303,7 @@ class SigLipLoss(LossModule, function=siglip_loss, check=_check_temperature_and_
     def __init__(self, *, temperature: float = 0.1, bias: float = -10.0, normalize: bool = True,
                  chunk_size: int | None = None, learnable_temperature: bool = False,
                  reduction: Reduction = "mean") -> None:
+        _check_contrastive(learnable_temperature=learnable_temperature)
         super().__init__(temperature=temperature, bias=bias, normalize=normalize,
                          chunk_size=chunk_size, reduction=reduction)
         self.config: dict[str, Any] = {"learnable_temperature": learnable_temperature}
@@ -319,15 +340,14 @@ def alignment_loss(
     Paper: Wang & Isola, "Understanding Contrastive Representation Learning through Alignment
     and Uniformity on the Hypersphere", arXiv 2005.10242.
     """
-    _check_alignment(alpha=alpha)
+    _check_alignment(alpha=alpha, normalize=normalize)
     a, b = prepare_paired(a, b, normalize=normalize)
     sq = (a - b).pow(2).sum(1)
     per_pair = sq if alpha == 2 else sq.clamp_min(torch.finfo(sq.dtype).tiny).pow(alpha / 2)
-    return reduce(per_pair, reduction).to(a.dtype)
+    return reduce(per_pair, reduction)
 
 
-def _check_alignment(*, alpha: float) -> None:
-    check_positive("alpha", alpha)
+_check_alignment = hparams(alpha=Real(gt=0), normalize=Flag())
 
 
 @register(
@@ -370,15 +390,14 @@ def uniformity_loss(
 
     Paper: Wang & Isola, arXiv 2005.10242.
     """
-    _check_uniformity(t=t)
+    _check_uniformity(t=t, normalize=normalize)
     a, b = prepare_paired(a, b, normalize=normalize)
     if a.shape[0] < 2:
         raise ValueError(f"uniformity needs at least 2 rows in a and b, got {a.shape[0]}")
-    return ((_log_uniformity(a, t) + _log_uniformity(b, t)) / 2).to(a.dtype)
+    return (_log_uniformity(a, t) + _log_uniformity(b, t)) / 2
 
 
-def _check_uniformity(*, t: float) -> None:
-    check_positive("t", t)
+_check_uniformity = hparams(t=Real(gt=0), normalize=Flag())
 
 
 @register(

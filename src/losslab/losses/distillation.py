@@ -5,8 +5,8 @@ of both is the same input. The teacher is normally fixed: pass ``teacher_logits`
 under ``torch.no_grad()`` (or detached). The losses here do not detach it, so the gradient with
 respect to the teacher is the derivative of the value (gradcheck-exact). ``reduction="mean"``
 averages over the ``N`` samples (the sum over classes is kept, i.e. torch's
-``kl_div(reduction="batchmean")``). fp16/bf16 inputs are computed in float32; the result has
-the input dtype.
+``kl_div(reduction="batchmean")``). fp16/bf16 inputs are computed in float32 and the loss is
+returned in float32 (:func:`losslab._core.compute_dtype`).
 
 ``cosine_alignment`` is of kind ``paired`` (``(student_hidden[N, D], teacher_hidden[N, D])``):
 the hidden-state term of DistilBERT's triple loss.
@@ -16,20 +16,13 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import (
-    LossModule,
-    Reduction,
-    check_labels,
-    check_positive,
-    check_same_device,
-    reduce,
-)
+from losslab._core import LossModule, Reduction, check_labels, check_same_device, reduce
+from losslab._hparams import Flag, Real, hparams
 from losslab._ops.paired import prepare_paired
-from losslab._ops.teacher import check_teacher_pair, kl_terms
+from losslab._ops.teacher import check_teacher_pair, kl_terms, masked_difference
 from losslab.registry import register
 
 __all__ = [
@@ -105,25 +98,22 @@ def kd_loss(
     arXiv 1503.02531.
     """
     _check_kd(temperature=temperature, alpha=alpha)
-    s, t, dtype = check_teacher_pair(student_logits, teacher_logits)
+    s, t = check_teacher_pair(student_logits, teacher_logits)
     log_p = F.log_softmax(s / temperature, dim=1)
     log_q = F.log_softmax(t / temperature, dim=1)
     kl = kl_terms(log_q, log_p).sum(1)
     values = alpha * temperature**2 * kl
     if target is not None:
-        check_labels("target", target, s.shape[0], of="student_logits")
+        target = check_labels("target", target, s.shape[0], of="student_logits")
         check_same_device(student_logits=student_logits, target=target)
         if bool(((target < 0) | (target >= s.shape[1])).any()):
             raise ValueError(f"target must hold class ids in [0, {s.shape[1]})")
-        ce = F.cross_entropy(s, target.long(), reduction="none")
+        ce = F.cross_entropy(s, target, reduction="none")
         values = values + (1 - alpha) * ce
-    return reduce(values, reduction).to(dtype)
+    return reduce(values, reduction)
 
 
-def _check_kd(*, temperature: float, alpha: float) -> None:
-    check_positive("temperature", temperature)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+_check_kd = hparams(temperature=Real(gt=0), alpha=Real(ge=0, le=1))
 
 
 @register(
@@ -189,14 +179,13 @@ def binary_kl_loss(
     Paper: Yang, Zong, Huang, Feng, An, "Dual-Head Knowledge Distillation: Enhancing Logits
     Utilization with an Auxiliary Head", arXiv 2411.08937 (code: github.com/penghui-yang/DHKD).
     """
-    _check_binary_kl(temperature=temperature)
+    _check_binary_kl(temperature=temperature, norm=norm)
     if target is not None:
         raise ValueError("binary_kl takes no target (it distils logits only); got a target")
-    s, t, dtype = check_teacher_pair(student_logits, teacher_logits)
+    s, t = check_teacher_pair(student_logits, teacher_logits)
     if norm:
         # the same infinite logit on both sides (a class masked in both) is s = t: d = 0
-        same_inf = torch.isinf(t) & (s == t)
-        d = torch.where(same_inf, torch.zeros_like(s), s - t) / temperature
+        d = masked_difference(s, t) / temperature
         per_class = 0.5 * (F.softplus(d) + F.softplus(-d)) - math.log(2.0)
     else:
         zs, zt = s / temperature, t / temperature
@@ -204,11 +193,10 @@ def binary_kl_loss(
         log_ps, log_1mps = -F.softplus(-zs), -F.softplus(zs)
         per_class = kl_terms(log_qt, log_ps) + kl_terms(log_1mqt, log_1mps)
     values = temperature**2 * per_class.sum(1)
-    return reduce(values, reduction).to(dtype)
+    return reduce(values, reduction)
 
 
-def _check_binary_kl(*, temperature: float) -> None:
-    check_positive("temperature", temperature)
+_check_binary_kl = hparams(temperature=Real(gt=0), norm=Flag())
 
 
 @register(
@@ -253,7 +241,7 @@ def cosine_alignment_loss(
     """
     a_unit, b_unit = prepare_paired(a, b, normalize=True)
     values = 1 - (a_unit * b_unit).sum(1)
-    return reduce(values, reduction).to(a.dtype)
+    return reduce(values, reduction)
 
 
 @register(

@@ -1,10 +1,11 @@
 """Few-shot (episode) losses: ProtoNet, and the Proto-Triplet and ICNN losses of SuSana Distancia.
 
 Kind ``episode``: ``loss(support[Ns, D], support_labels[Ns], query[Nq, D], query_labels[Nq])``.
-Labels may be any integers; the classes of an episode are those present in the support set,
-and a query label absent from it is a ``ValueError``. Prototypes are the class means of the
-support embeddings (classes in ascending label order). Half-precision inputs are computed in
-float32 and the loss is returned in the input dtype.
+Labels may be any integers, of any integer dtype (converted to int64; bool labels are a
+``ValueError``); the classes of an episode are those present in the support set, and a query
+label absent from it is a ``ValueError``. Prototypes are the class means of the support
+embeddings (classes in ascending label order). Half-precision inputs are computed in float32
+and the loss is returned in float32 (:func:`losslab._core.compute_dtype`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from torch import Tensor
 from losslab._core import (
     LossModule,
     Reduction,
-    check_choice,
     check_labels,
     check_matrix,
-    check_positive,
     check_same_device,
     compute_dtype,
     reduce,
 )
+from losslab._hparams import Choice, Int, Real, hparams
 from losslab._ops.icnn import icnn_effective_k, icnn_score_from_neighbours
 from losslab.distances import euclidean, squared_euclidean
 from losslab.registry import register
@@ -58,6 +58,10 @@ class Episode:
         support_index: ``[Ns]`` class index (0..C-1) of each support row.
         query_index: ``[Nq]`` class index of each query row.
         prototypes: ``[C, D]`` class means of the support embeddings.
+        dtype: the inputs' dtype (the embeddings above are in the compute dtype, float32 for
+            half inputs, which is also the dtype of the losses' results).
+
+    The labels are int64 whatever integer dtype was passed.
     """
 
     support: Tensor
@@ -68,7 +72,7 @@ class Episode:
     support_index: Tensor
     query_index: Tensor
     prototypes: Tensor
-    dtype: torch.dtype  # the inputs' dtype (the tensors above are in the compute dtype)
+    dtype: torch.dtype
 
     @property
     def n_classes(self) -> int:
@@ -78,15 +82,20 @@ class Episode:
 def make_episode(
     support: Tensor, support_labels: Tensor, query: Tensor, query_labels: Tensor
 ) -> Episode:
-    """Validate an episode and compute its prototypes (the class means of the support set)."""
+    """Validate an episode and compute its prototypes (the class means of the support set).
+
+    Labels of any integer dtype are accepted (converted to int64, so that support and query
+    labels of different integer dtypes match); bool labels are a ``ValueError``.
+    """
     check_matrix("support", support)
     check_matrix("query", query, dim=support.shape[1])
     if query.dtype != support.dtype:
         raise ValueError(
             f"support and query must have one dtype, got {support.dtype} and {query.dtype}"
         )
-    check_labels("support_labels", support_labels, support.shape[0], of="support")
-    check_labels("query_labels", query_labels, query.shape[0], of="query")
+    support_labels = check_labels("support_labels", support_labels, support.shape[0],
+                                  of="support")
+    query_labels = check_labels("query_labels", query_labels, query.shape[0], of="query")
     check_same_device(
         support=support, query=query, support_labels=support_labels, query_labels=query_labels
     )
@@ -147,11 +156,10 @@ def protonet_loss(
     ep = make_episode(support, support_labels, query, query_labels)
     logits = -squared_euclidean(ep.query, ep.prototypes) / temperature
     per_query = F.cross_entropy(logits, ep.query_index, reduction="none")
-    return reduce(per_query, reduction).to(ep.dtype)
+    return reduce(per_query, reduction)
 
 
-def _check_protonet(*, temperature: float) -> None:
-    check_positive("temperature", temperature)
+_check_protonet = hparams(temperature=Real(gt=0))
 
 
 @register(
@@ -203,18 +211,17 @@ def proto_triplet_loss(
 
     Paper: Mendez-Ruiz et al., "SuSana Distancia is all you need", arXiv 2305.09062.
     """
-    _check_proto_triplet(eps=eps)
+    _check_proto_triplet(margin=margin, eps=eps)
     ep = make_episode(support, support_labels, query, query_labels)
     d = euclidean(ep.query, ep.prototypes, eps=eps)
     own = F.one_hot(ep.query_index, ep.n_classes).bool()
     d_pos = d.gather(1, ep.query_index.unsqueeze(1)).squeeze(1)
     d_neg = d.masked_fill(own, float("inf")).min(dim=1).values
     per_query = F.relu(d_pos - d_neg + margin)
-    return reduce(per_query, reduction).to(ep.dtype)
+    return reduce(per_query, reduction)
 
 
-def _check_proto_triplet(*, eps: float) -> None:
-    check_positive("eps", eps, strict=False)
+_check_proto_triplet = hparams(margin=Real(ge=0), eps=Real(ge=0))
 
 
 @register(
@@ -273,7 +280,11 @@ def _icnn_score_of_sets(
         values, index = d.topk(width, dim=1, largest=False, sorted=True)
     same = target_labels[index] == origin_labels.unsqueeze(1)
     gamma_one = reduced and degenerate_gamma == "one"
-    return icnn_score_from_neighbours(values, same, k_eff, gamma_one=gamma_one)
+    score = icnn_score_from_neighbours(values, same, k_eff, gamma_one=gamma_one)
+    # topk never picks a NaN (or an infinite) distance: a non-finite target point would drop
+    # out of every window and leave a plausible score. Propagate it (value and gradient).
+    finite = torch.isfinite(origin).all() & torch.isfinite(target).all()
+    return score * torch.where(finite, 1.0, float("nan")).to(score.dtype)
 
 
 def icnn_loss(
@@ -351,23 +362,18 @@ def icnn_loss(
         labels = torch.cat([ep.support_labels, ep.query_labels])
         window = ipc if ipc is not None else int(torch.unique(labels, return_counts=True)[1].max())
         score = _icnn_score_of_sets(points, labels, None, None, ipc=window, **opts)
-    return (-torch.log(score)).to(ep.dtype)
+    return -torch.log(score)
 
 
-def _check_icnn(
-    *, variant: str, k: int, ipc: int | None, query_targets: str, drop_first: object,
-    degenerate_gamma: str, eps: float,
-) -> None:
-    check_choice("variant", variant, ("support", "query", "full"))
-    check_choice("query_targets", query_targets, ("support", "prototypes"))
-    if drop_first is not True and drop_first != "auto":
-        raise ValueError(f"drop_first must be True or 'auto', got {drop_first!r}")
-    check_choice("degenerate_gamma", degenerate_gamma, ("one", "compute"))
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    if ipc is not None and (not isinstance(ipc, int) or ipc < 1):
-        raise ValueError(f"ipc must be None or an integer >= 1, got {ipc!r}")
-    check_positive("eps", eps, strict=False)
+_check_icnn = hparams(
+    variant=Choice("support", "query", "full"),
+    k=Int(ge=1),
+    ipc=Int(ge=1, optional=True),
+    query_targets=Choice("support", "prototypes"),
+    drop_first=Choice(True, "auto"),
+    degenerate_gamma=Choice("one", "compute"),
+    eps=Real(ge=0),
+)
 
 
 @register(

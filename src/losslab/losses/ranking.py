@@ -9,8 +9,12 @@ function.
 Margin-MSE is of kind ``teacher``: ``loss(student_scores[N, 1 + k], teacher_scores[N, 1 + k])``
 with, per query ``i``, column 0 the score of the relevant passage and columns ``1..k`` the
 scores of ``k`` negatives (``k = 1``: the paper's triples). The teacher scores are normally
-precomputed (pass them detached). fp16/bf16 inputs are computed in float32; the result has the
-input dtype.
+precomputed (pass them detached).
+
+fp16/bf16 inputs are computed in float32 and the loss is returned in float32
+(:func:`losslab._core.compute_dtype`). Relevance may be of any real dtype (integer grades are
+converted); it must be finite at the real (unmasked) items, since a NaN grade would silently
+drop pairs or reorder a list.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from losslab._core import (
     compute_dtype,
     reduce,
 )
-from losslab._ops.teacher import check_teacher_pair
+from losslab._ops.teacher import check_teacher_pair, masked_difference
 from losslab.registry import register
 
 __all__ = [
@@ -58,6 +62,11 @@ def margin_mse_loss(
     query :math:`i` and :math:`s_{ij}` of its :math:`j`-th negative. For :math:`k = 1` this is
     the paper's :math:`\mathrm{MSE}(M_s(q, p^+) - M_s(q, p^-),\ M_t(q, p^+) - M_t(q, p^-))`.
 
+    Computed as :math:`(s_{i0} - t_{i0}) - (s_{ij} - t_{ij})` (the same value), with a score
+    that is the same :math:`\pm\infty` for the student and the teacher (a passage masked on
+    both sides) giving :math:`s_{ij} - t_{ij} = 0`, the limit of equal finite scores, instead
+    of :math:`\infty - \infty`: the loss stays finite and that passage's gradient is 0.
+
     Args:
         student_scores: ``[N, 1 + k]`` student scores, positive first (``k >= 1``).
         teacher_scores: ``[N, 1 + k]`` teacher scores in the same layout.
@@ -70,12 +79,11 @@ def margin_mse_loss(
     Paper: Hofstätter, Althammer, Schröder, Sertkan, Hanbury, "Improving Efficient Neural Ranking
     Models with Cross-Architecture Knowledge Distillation", arXiv 2010.02666.
     """
-    s, t, dtype = check_teacher_pair(student_scores, teacher_scores,
-                                     names=("student_scores", "teacher_scores"), min_cols=2)
-    student_margin = s[:, :1] - s[:, 1:]
-    teacher_margin = t[:, :1] - t[:, 1:]
-    values = (student_margin - teacher_margin).pow(2).mean(1)
-    return reduce(values, reduction).to(dtype)
+    s, t = check_teacher_pair(student_scores, teacher_scores,
+                              names=("student_scores", "teacher_scores"), min_cols=2)
+    gap = masked_difference(s, t)  # s - t, 0 where both are the same infinity
+    values = (gap[:, :1] - gap[:, 1:]).pow(2).mean(1)
+    return reduce(values, reduction)
 
 
 @register(
@@ -100,9 +108,11 @@ class MarginMSELoss(LossModule, function=margin_mse_loss):
 
 def prepare_scores(
     scores: Tensor, relevance: Tensor, mask: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor, torch.dtype]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Validate ``(scores[Q, L], relevance[Q, L], mask)``; return them in the compute dtype
-    with a bool mask (all True when ``mask`` is None)."""
+    with a bool mask (all True when ``mask`` is None). Relevance of an integer dtype is
+    converted; bool relevance and a non-finite relevance at a real item are a ``ValueError``
+    (padding, ``mask`` False, may hold anything)."""
     check_float("scores", scores)
     if scores.ndim != 2:
         raise ValueError(f"scores must have shape [Q, L], got {tuple(scores.shape)}")
@@ -118,7 +128,11 @@ def prepare_scores(
         raise ValueError(f"mask must be a bool tensor of shape {tuple(scores.shape)}")
     check_same_device(scores=scores, relevance=relevance, mask=mask)
     cd = compute_dtype(scores.dtype)
-    return scores.to(cd), relevance.to(cd), mask, scores.dtype
+    relevance = relevance.to(cd)
+    if not bool((torch.isfinite(relevance) | ~mask).all()):
+        raise ValueError("relevance must be finite at the real items (mask True), got NaN or "
+                         "inf; mark padding with mask=False")
+    return scores.to(cd), relevance, mask
 
 
 def _masked_log_softmax(x: Tensor, m: Tensor) -> Tensor:
@@ -154,11 +168,11 @@ def listnet_loss(
     Paper: Cao, Qin, Liu, Tsai, Li, "Learning to Rank: From Pairwise Approach to Listwise
     Approach" (ICML 2007; no arXiv id).
     """
-    s, r, m, dtype = prepare_scores(scores, relevance, mask)
+    s, r, m = prepare_scores(scores, relevance, mask)
     target = _masked_log_softmax(r, m).exp() * m
     values = -(target * _masked_log_softmax(s, m)).sum(1)
     has = m.any(1)
-    return reduce(values, reduction, count=has.sum().to(s.dtype)).to(dtype)
+    return reduce(values, reduction, count=has.sum().to(s.dtype))
 
 
 @register(
@@ -200,13 +214,13 @@ def ranknet_loss(
     Paper: Burges et al., "Learning to Rank using Gradient Descent" (ICML 2005; no arXiv id);
     used by Zhuang et al., "RankT5", arXiv 2210.10634.
     """
-    s, r, m, dtype = prepare_scores(scores, relevance, mask)
+    s, r, m = prepare_scores(scores, relevance, mask)
     pairs = (r.unsqueeze(2) > r.unsqueeze(1)) & m.unsqueeze(2) & m.unsqueeze(1)
     diff = s.unsqueeze(2) - s.unsqueeze(1)
     terms = torch.where(pairs, F.softplus(-diff), torch.zeros_like(diff))
     n_pairs = pairs.sum((1, 2)).to(s.dtype)
     values = terms.sum((1, 2)) / n_pairs.clamp_min(1)
-    return reduce(values, reduction, count=(n_pairs > 0).sum().to(s.dtype)).to(dtype)
+    return reduce(values, reduction, count=(n_pairs > 0).sum().to(s.dtype))
 
 
 @register(
@@ -249,7 +263,7 @@ def listmle_loss(
     Paper: Xia, Liu, Wang, Zhang, Li, "Listwise Approach to Learning to Rank: Theory and
     Algorithm" (ICML 2008; no arXiv id); used by RankT5, arXiv 2210.10634.
     """
-    s, r, m, dtype = prepare_scores(scores, relevance, mask)
+    s, r, m = prepare_scores(scores, relevance, mask)
     key = torch.where(m, r, torch.full_like(r, float("-inf")))
     order = torch.sort(key, dim=1, descending=True, stable=True).indices
     s_sorted, m_sorted = s.gather(1, order), m.gather(1, order)
@@ -258,7 +272,7 @@ def listmle_loss(
     tail = torch.logcumsumexp(x.flip(1), dim=1).flip(1)
     terms = torch.where(m_sorted, tail - s_sorted, torch.zeros_like(s_sorted))
     values = terms.sum(1)
-    return reduce(values, reduction, count=m.any(1).sum().to(s.dtype)).to(dtype)
+    return reduce(values, reduction, count=m.any(1).sum().to(s.dtype))
 
 
 @register(
