@@ -66,3 +66,42 @@ def test_unknown_names_are_left_alone_and_extra_constraints_run() -> None:
     both = check | hparams(hi=Real(le=0.5))
     with pytest.raises(ValueError, match="hi"):
         both(hi=0.9)
+
+
+# PerClass (added with the logits losses' class weights, priors, counts and focal alpha)
+
+
+@pytest.mark.parametrize("optional", [False, True])
+def test_per_class_rejects_what_it_says_it_rejects(optional: bool) -> None:
+    from losslab._hparams import PerClass
+
+    for rule in (PerClass(gt=0, optional=optional),
+                 PerClass(ge=0, scalar=Real(ge=0, le=1), optional=optional)):
+        for v in rule.rejects():
+            with pytest.raises(ValueError, match="p"):
+                rule.check("p", v)
+
+
+def test_per_class_accepts_vectors_and_optional_scalars() -> None:
+    import torch
+
+    from losslab._hparams import PerClass
+
+    weights = PerClass(ge=0, optional=True)
+    for ok in (None, [0.0, 1.5], (1, 2, 3), torch.tensor([0.5, 2.0])):
+        weights.check("weight", ok)
+    for bad in ([1.0, math.nan], [1.0, -0.1], [], [[1.0]], "1,2", 0.5, True,
+                torch.tensor([True, False]), ["a", "b"]):
+        with pytest.raises(ValueError, match="weight"):
+            weights.check("weight", bad)
+    alpha = PerClass(ge=0, scalar=Real(ge=0, le=1), optional=True)
+    alpha.check("alpha", 0.25)
+    alpha.check("alpha", [0.25, 3.0])
+    with pytest.raises(ValueError, match=r"alpha must be a finite real number >= 0 and <= 1, or "
+                                         r"a non-empty 1-d sequence"):
+        alpha.check("alpha", 1.5)
+    counts = PerClass(gt=0)
+    with pytest.raises(ValueError, match="class_counts must not be None"):
+        counts.check("class_counts", None)
+    with pytest.raises(ValueError, match=r"class_counts must be .* > 0 .*got an entry 0.0"):
+        counts.check("class_counts", [3, 0])

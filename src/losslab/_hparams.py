@@ -220,3 +220,85 @@ def hparams(*extra: Callable[..., None], **rules: Rule) -> HParamCheck:
     passed to the check as keywords and must accept ``**kwargs``.
     """
     return HParamCheck(rules, tuple(extra))
+
+
+# --------------------------------------------------------------------------------------------
+# Per-class vectors (added for the logits losses: class weights, priors, counts, focal alpha)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PerClass(Rule):
+    """A per-class vector: a non-empty 1-d sequence, array or tensor of finite numbers within
+    optional bounds (its length is checked against the number of classes when the loss is
+    called). With ``scalar``, a single number satisfying that rule is accepted too (e.g.
+    focal's ``alpha``: a float or one weight per class).
+
+    The values are read once (one device synchronisation for a tensor on an accelerator).
+    """
+
+    gt: float | None = None
+    ge: float | None = None
+    scalar: Real | None = None
+    optional: bool = False
+
+    def expected(self) -> str:
+        b = _bounds_text(self.gt, self.ge, None, None)
+        text = "a non-empty 1-d sequence of finite numbers" + (f" {b}" if b else "")
+        text += " (one per class)"
+        if self.scalar is not None:
+            text = f"{self.scalar.expected()}, or {text}"
+        return text + (" or None" if self.optional else "")
+
+    def check(self, name: str, value: Any) -> None:
+        if self._none_ok(name, value):
+            return
+        if isinstance(value, (str, bytes, bool)):
+            raise ValueError(f"{name} must be {self.expected()}, got {value!r} "
+                             f"({type(value).__name__})")
+        if isinstance(value, numbers.Number):
+            if self.scalar is None:
+                raise ValueError(f"{name} must be {self.expected()}, got the number {value!r}")
+            try:
+                self.scalar.check(name, value)
+            except ValueError:
+                raise ValueError(f"{name} must be {self.expected()}, got {value!r}") from None
+            return
+        import torch  # the rules above are pure Python; only this one reads tensors
+
+        try:
+            t = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{name} must be {self.expected()}, got {value!r}") from e
+        if t.dtype == torch.bool or t.is_complex():
+            raise ValueError(f"{name} must be {self.expected()}, got dtype {t.dtype}")
+        if t.ndim != 1 or t.numel() == 0:
+            raise ValueError(f"{name} must be {self.expected()}, got shape {tuple(t.shape)}")
+        t = t.to(torch.float64)
+        ok = torch.isfinite(t)
+        if self.gt is not None:
+            ok = ok & (t > self.gt)
+        if self.ge is not None:
+            ok = ok & (t >= self.ge)
+        if not bool(ok.all()):
+            bad = float(t[~ok][0])
+            raise ValueError(f"{name} must be {self.expected()}, got an entry {bad!r}")
+
+    def rejects(self) -> Iterator[Any]:
+        yield from super().rejects()
+        yield [float("nan"), 1.0]
+        yield [float("inf"), 1.0]
+        yield []
+        yield [[1.0, 1.0]]
+        if self.gt is not None:
+            yield [self.gt, 1.0 + abs(self.gt)]
+        if self.ge is not None:
+            yield [self.ge - max(1.0, abs(self.ge)), 1.0 + abs(self.ge)]
+        if self.scalar is None:
+            yield 0.5
+        else:
+            for v in self.scalar.rejects():
+                if v is None and self.optional:
+                    continue
+                if v != "0.5":
+                    yield v

@@ -506,8 +506,8 @@ def test_half_precision_extreme_values_finite(name, dtype):
     x = x.requires_grad_()
     t = rand_target(6, C)
     loss = call(make(name), x, t)
-    assert loss.dtype == dtype
-    loss.float().backward()
+    assert loss.dtype == torch.float32  # half inputs are computed and returned in float32 (#11.2)
+    loss.backward()
     assert torch.isfinite(x.grad.float()).all()
 
 
@@ -540,3 +540,185 @@ def test_state_dict_round_trip(name):
     b.load_state_dict(a.state_dict())
     for k, v in a.state_dict().items():
         close(b.state_dict()[k], v)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue #11 "Bad input and faults", over every logits loss of the three families (the number
+# after "#11." is the finding each test covers)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MY_LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_return_float32_equal_to_float32_inputs(name, dtype):  # 11.2
+    x = rand_logits(6, C, scale=3.0, dtype=dtype)
+    t = rand_target(6, C)
+    out = call(make(name), x, t)
+    assert out.dtype == torch.float32
+    # the same (rounded) values given as float32: the same computation
+    torch.testing.assert_close(out, call(make(name), x.float(), t), rtol=1e-6, atol=1e-6)
+    none = call(make(name, **({} if name == "anyloss" else {"reduction": "none"})), x, t)
+    assert none.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", MY_LOSSES)
+def test_integer_target_dtypes_give_the_int64_result_and_bool_is_rejected(name):  # 11.7
+    x, t = rand_logits(6, C), rand_target(6, C)
+    t[2] = -100
+    ref = call(make(name), x, t)
+    for dtype in (torch.int8, torch.int16, torch.int32):
+        close(call(make(name), x, t.to(dtype)), ref)
+    t_u8 = t.clone()
+    t_u8[2] = 0
+    ref_u8 = call(make(name, ignore_index=255), x, t_u8.masked_fill(t < 0, 255))
+    close(call(make(name, ignore_index=255), x, t_u8.masked_fill(t < 0, 255).to(torch.uint8)),
+          ref_u8)
+    with pytest.raises(ValueError, match="bool"):
+        call(make(name), x, t > 0)
+
+
+@pytest.mark.parametrize("name", MY_LOSSES)
+def test_masked_class_gives_a_finite_loss_and_gradient(name):  # 11.8
+    x, t = rand_logits(6, C), rand_target(6, C)
+    x[torch.arange(6), (t + 1) % C] = -math.inf  # a class that is not the row's target
+    x[0, (t[0] + 2) % C] = -math.inf  # two masked classes in row 0
+    x.requires_grad_()
+    loss = call(make(name), x, t)
+    assert torch.isfinite(loss), f"{name}: {loss}"
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", MY_LOSSES)
+def test_nan_logit_gives_nan_even_beside_a_masked_class(name):  # 11.8 (the mask hides no NaN)
+    x, t = rand_logits(6, C), rand_target(6, C)
+    x[0, (t[0] + 1) % C] = -math.inf
+    x[0, (t[0] + 2) % C] = math.nan
+    assert torch.isnan(call(make(name), x, t))
+
+
+@pytest.mark.parametrize("name", sorted(SOFT))
+@pytest.mark.parametrize("spatial", [(), (2, 3)])
+def test_soft_targets_must_be_distributions(name, spatial):  # 11.6
+    x, q = rand_logits(4, C, *spatial), rand_soft(4, C, *spatial)
+    call(make(name), x, q)
+    call(make(name), x, q * (1 + 5e-4))  # within PROB_ATOL
+    call(make(name), x, q.to(torch.bfloat16))  # rounded to bf16: within the dtype's epsilon
+    negative = q.clone()  # rows that sum to 1 with a negative entry
+    negative[:, 0] = -0.1
+    negative[:, 1:] = q[:, 1:] / q[:, 1:].sum(1, keepdim=True) * 1.1
+    nan = q.clone()
+    nan.view(-1)[0] = math.nan
+    for bad, what in ((q * 2, "sum to 1"), (negative, ">= 0"), (nan, "finite")):
+        with pytest.raises(ValueError, match=f"target.*{what}"):
+            call(make(name), x, bad)
+        with pytest.raises(ValueError, match="target"):
+            losslab.spec(name).function(x, bad, **make(name).call_kwargs())
+
+
+def test_degenerate_declarations():  # 11.9
+    # Every logits loss defines the all-ignored batch as zero (no item counts); none declares
+    # one_class: a batch whose targets are all one class is an ordinary batch (next test).
+    for name in MY_LOSSES:
+        assert losslab.spec(name).degenerate == ("all_ignored",), name
+
+
+@pytest.mark.parametrize("name", MY_LOSSES)
+def test_one_class_batch_is_an_ordinary_batch(name):  # 11.9
+    x = rand_logits(6, C).requires_grad_()
+    loss = call(make(name), x, torch.zeros(6, dtype=torch.long))
+    assert torch.isfinite(loss) and loss != 0
+    (g,) = torch.autograd.grad(loss, x)
+    assert torch.count_nonzero(g) > 0
+
+
+@pytest.mark.parametrize("name", MY_LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_all_ignored_is_an_exact_zero_in_every_dtype(name, dtype):  # 11.9
+    x = rand_logits(4, C, dtype=dtype).requires_grad_()
+    loss = call(make(name), x, torch.full((4,), -100))
+    assert loss.dtype == torch.float32 and loss.item() == 0.0
+    (g,) = torch.autograd.grad(loss, x)
+    assert g.dtype == dtype and torch.count_nonzero(g) == 0
+
+
+NAN = math.nan
+#: (loss, hyperparameter, a value it must reject), from the issue's list and the declared rules
+BAD_HPARAMS = [
+    ("cross_entropy", "label_smoothing", NAN), ("cross_entropy", "label_smoothing", 1.5),
+    ("cross_entropy", "label_smoothing", "0.1"), ("cross_entropy", "ignore_index", 1.5),
+    ("cross_entropy", "ignore_index", "-100"),
+    ("focal", "gamma", NAN), ("focal", "gamma", -1.0), ("focal", "gamma", "2"),
+    ("focal", "alpha", NAN), ("focal", "alpha", 1.5), ("focal", "alpha", True),
+    ("poly1", "epsilon", NAN), ("poly1", "epsilon", -2.0), ("poly1", "focal", 1),
+    ("poly1", "gamma", NAN),
+    ("comp_sum", "tau", NAN), ("comp_sum", "tau", -0.5), ("comp_sum", "tau", "1"),
+    ("z_loss", "a", 0.0), ("z_loss", "a", NAN), ("z_loss", "b", NAN), ("z_loss", "b", "1"),
+    ("z_loss", "eps", 0.0),
+    ("logit_adjusted", "tau", NAN), ("logit_adjusted", "tau", -1.0),
+    ("ldam", "scale", 0.0), ("ldam", "scale", NAN), ("ldam", "max_margin", NAN),
+    ("ldam", "max_margin", -0.5),
+    ("crammer_singer", "margin", "0.2"), ("crammer_singer", "margin", NAN),
+    ("weston_watkins", "margin", -1.0), ("weston_watkins", "margin", math.inf),
+    ("stablemax_ce", "ignore_index", None),
+    ("anyloss", "beta", -1.0), ("anyloss", "beta", NAN), ("anyloss", "amplifier", 0.0),
+    ("anyloss", "metric", "f2"),
+]
+#: per-class vectors (module buffers): checked by every functional call
+BAD_VECTORS = [
+    ("cross_entropy", "weight", [1.0, NAN, 1.0, 1.0]), ("cross_entropy", "weight", [1, -1, 1, 1]),
+    ("cross_entropy", "weight", "1,1,1,1"),
+    ("focal", "alpha", [0.25, NAN, 0.25, 0.25]), ("focal", "alpha", [0.25, -0.1, 0.25, 0.25]),
+    ("logit_adjusted", "class_priors", (0.4, 0.3, 0.0, 0.3)),
+    ("logit_adjusted", "class_priors", (0.4, NAN, 0.2, 0.1)),
+    ("ldam", "class_counts", (500, 100, -1, 10)), ("ldam", "class_counts", (500, math.inf, 5, 1)),
+    ("ldam", "weight", [1.0, 1.0, NAN, 1.0]),
+]
+
+
+@pytest.mark.parametrize("name,key,value", BAD_HPARAMS,
+                         ids=[f"{n}-{k}={v!r}" for n, k, v in BAD_HPARAMS])
+def test_bad_hyperparameters_raise_at_construction_and_call(name, key, value):  # 11.5
+    with pytest.raises(ValueError, match=key):
+        make(name, **{key: value})
+    x, t = rand_logits(4, C), rand_target(4, C)
+    kw = {**make(name).call_kwargs(), key: value}
+    with pytest.raises(ValueError, match=key):
+        losslab.spec(name).function(x, t, **kw)
+
+
+@pytest.mark.parametrize("name,key,value", BAD_VECTORS,
+                         ids=[f"{n}-{k}={v!r}" for n, k, v in BAD_VECTORS])
+def test_bad_per_class_vectors_raise(name, key, value):  # 11.5
+    x, t = rand_logits(4, C), rand_target(4, C)
+    kw = {**make(name).call_kwargs(), key: value}
+    with pytest.raises(ValueError, match=key):
+        losslab.spec(name).function(x, t, **kw)
+
+
+def test_every_shell_declares_its_hyperparameters():  # 11.5
+    from losslab._hparams import HParamCheck
+
+    for name in MY_LOSSES:
+        s = losslab.spec(name)
+        assert isinstance(s.module.check, HParamCheck), name
+        assert set(s.defaults) - {"reduction"} <= set(s.module.check.rules), name
+
+
+def test_z_loss_leaves_masked_classes_out_of_the_statistics():  # 11.8
+    x, t = rand_logits(6, 5), rand_target(6, 5)
+    keep = torch.ones(6, 5, dtype=torch.bool)
+    keep[torch.arange(6), (t + 2) % 5] = False
+    keep[0, (t[0] + 1) % 5] = False
+    xm = x.masked_fill(~keep, -math.inf).requires_grad_()
+    out = LF.z_loss(xm, t, reduction="none")
+    for i in range(6):
+        cols = keep[i].nonzero().squeeze(1)
+        y = int((cols == t[i]).nonzero())
+        close(out[i], LF.z_loss(x[i, cols][None], torch.tensor([y])))
+    out.sum().backward()
+    assert torch.isfinite(xm.grad).all() and (xm.grad[~keep] == 0).all()
+    # a masked target is an impossible prediction: an infinite loss
+    xt = x.clone()
+    xt[0, t[0]] = -math.inf
+    assert LF.z_loss(xt, t, reduction="none")[0] == math.inf

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import losslab
 from losslab import functional as LF
+from losslab.losses.robust import transform_scores
 
 D = torch.float64
 
@@ -282,3 +283,123 @@ def test_defaults_recorded():
         losslab.create("rce", log_zero=1.0)
     with pytest.raises(ValueError, match="score_transform"):
         losslab.create("ldr_kl", score_transform="nope")
+
+
+# --------------------------------------------------------------------------------------------
+# Issue #11 "Bad input and faults" (the number after "#11." is the finding each test covers)
+# --------------------------------------------------------------------------------------------
+
+NORMALISED = ["nce", "nce_mae", "nce_rce", "nfl", "nfl_rce"]
+
+
+@pytest.mark.parametrize("name", NORMALISED)
+def test_normalised_losses_reject_one_class(name):  # 11.4
+    x, t = rand_logits(4, 1), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        losslab.create(name)(x, t)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        losslab.spec(name).function(x, t)
+
+
+def _without_masked(fn, x, t, keep, **kw):
+    """``fn`` row by row on the unmasked classes only (targets renumbered)."""
+    out = []
+    for i in range(x.shape[0]):
+        cols = keep[i].nonzero().squeeze(1)
+        y = int((cols == t[i]).nonzero())
+        out.append(fn(x[i, cols][None], torch.tensor([y]), reduction="none", **kw)[0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("name", NORMALISED)
+def test_normalised_losses_leave_masked_classes_out(name):  # 11.8
+    x, t = rand_logits(), rand_target()
+    keep = torch.ones(8, 5, dtype=torch.bool)
+    keep[torch.arange(8), (t + 1) % 5] = False
+    keep[0, (t[0] + 3) % 5] = False
+    xm = x.masked_fill(~keep, -math.inf).requires_grad_()
+    fn = losslab.spec(name).function
+    out = fn(xm, t, reduction="none")
+    close(out, _without_masked(fn, x, t, keep))
+    assert (out > 0).all()  # not the degenerate 0 of an infinite normaliser
+    out.sum().backward()
+    assert torch.isfinite(xm.grad).all() and (xm.grad[~keep] == 0).all()
+
+
+@pytest.mark.parametrize("name", ["nce", "nfl"])
+def test_row_with_only_its_target_unmasked_is_zero(name):  # 11.8
+    x, t = rand_logits(2, 4), torch.tensor([1, 2])
+    x[0, [0, 2, 3]] = -math.inf
+    x.requires_grad_()
+    out = losslab.spec(name).function(x, t, reduction="none")
+    assert out[0] == 0 and torch.isfinite(out).all()
+    (g,) = torch.autograd.grad(out.sum(), x)
+    assert torch.isfinite(g).all() and (g[0] == 0).all()
+
+
+@pytest.mark.parametrize("transform", [None, "softplus_mean", "l1_mean"])
+def test_ldr_kl_with_masked_classes(transform):  # 11.8
+    x, t = rand_logits(), rand_target()
+    keep = torch.ones(8, 5, dtype=torch.bool)
+    keep[torch.arange(8), (t + 1) % 5] = False
+    xm = x.masked_fill(~keep, -math.inf).requires_grad_()
+    f = transform_scores(xm, transform)
+    assert (f[~keep] == -math.inf).all()
+    for i in range(8):  # the transform averages over the unmasked classes
+        close(f[i, keep[i]], transform_scores(x[i, keep[i]][None], transform)[0])
+    out = LF.ldr_kl_loss(xm, t, score_transform=transform, reduction="none")
+    # exp(-inf) = 0 in the oracle: the masked class gets weight 0; K stays 5
+    close(out, oracle(f.detach(), t, lambda r, y: ldr_oracle(r, y, 0.1, 10.0)))
+    out.sum().backward()
+    assert torch.isfinite(xm.grad).all()
+    loss = LF.aldr_kl_loss(xm, t, score_transform=transform)
+    assert torch.isfinite(loss)
+
+
+def test_aldr_kl_index_of_any_integer_dtype():  # 11.7
+    x, t = rand_logits(), rand_target()
+    ref = losslab.create("aldr_kl", num_samples=20)
+    ref(x, t, index=torch.arange(8) + 3)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        m = losslab.create("aldr_kl", num_samples=20)
+        close(m(x, t, index=(torch.arange(8) + 3).to(dtype)),
+              losslab.create("aldr_kl", num_samples=20)(x, t, index=torch.arange(8) + 3))
+        m(x, t, index=(torch.arange(8) + 3).to(dtype))
+        ref2 = losslab.create("aldr_kl", num_samples=20)
+        ref2(x, t, index=torch.arange(8) + 3)
+        ref2(x, t, index=torch.arange(8) + 3)
+        close(m.lambdas, ref2.lambdas)
+    with pytest.raises(ValueError, match="index"):
+        losslab.create("aldr_kl", num_samples=20)(x, t, index=torch.ones(8, dtype=torch.bool))
+
+
+NAN = math.nan
+BAD_HPARAMS = [
+    ("ldr_kl", "margin", "0.2"), ("ldr_kl", "margin", NAN), ("ldr_kl", "lam", 0.0),
+    ("ldr_kl", "lam", NAN), ("ldr_kl", "score_transform", "l2_mean"),
+    ("aldr_kl", "num_samples", 0), ("aldr_kl", "num_samples", 10.0), ("aldr_kl", "lam0", NAN),
+    ("aldr_kl", "alpha", 1.0), ("aldr_kl", "alpha", NAN), ("aldr_kl", "margin", NAN),
+    ("gce", "q", 0.0), ("gce", "q", NAN), ("gce", "q", 1.5),
+    ("mae", "ignore_index", 2.5),
+    ("nce", "ignore_index", "x"),
+    ("nfl", "gamma", NAN), ("nfl", "gamma", -0.5),
+    ("rce", "log_zero", 0.0), ("rce", "log_zero", NAN), ("rce", "log_zero", "-4"),
+    ("sce", "alpha", NAN), ("sce", "beta", -1.0), ("sce", "log_zero", 1.0),
+    ("nce_rce", "alpha", "1"), ("nce_rce", "beta", -1.0), ("nce_rce", "beta", NAN),
+    ("nfl_rce", "gamma", NAN), ("nfl_rce", "alpha", -1.0), ("nfl_rce", "log_zero", NAN),
+    ("nce_mae", "alpha", NAN), ("nce_mae", "beta", -0.1), ("nce_mae", "beta", math.inf),
+]
+
+
+@pytest.mark.parametrize("name,key,value", BAD_HPARAMS,
+                         ids=[f"{n}-{k}={v!r}" for n, k, v in BAD_HPARAMS])
+def test_bad_hyperparameters_raise_at_construction_and_call(name, key, value):  # 11.5
+    hp = dict(losslab.spec(name).example_hparams)
+    with pytest.raises(ValueError, match=key):
+        losslab.create(name, **{**hp, key: value})
+    x, t = rand_logits(), rand_target()
+    kw = {k: v for k, v in losslab.create(name, **hp).call_kwargs().items()}
+    if name == "aldr_kl":
+        kw["num_samples"] = None
+    with pytest.raises(ValueError, match=key):
+        losslab.spec(name).function(x, t, **{**kw, key: value})

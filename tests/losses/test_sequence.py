@@ -4,9 +4,12 @@ in tests/kernels/test_linear_ce.py.)"""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
+import losslab
 from losslab import functional as LF
 from losslab.losses.sequence import apply_goldfish, goldfish_mask
 
@@ -110,3 +113,27 @@ def test_short_sequences_and_bad_args():
         goldfish_mask(torch.tensor([1, 2]), k=0)
     with pytest.raises(ValueError):
         goldfish_mask(torch.tensor([1, 2]), h=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue #11 "Bad input and faults" (logz_penalty; the number after "#11." is the finding)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [math.nan, -1.0, "1e-4", math.inf, None])
+def test_logz_penalty_coefficient_is_validated(value):  # 11.5
+    x, t = rand_logits(4, 6), rand_target(4, 6)
+    with pytest.raises(ValueError, match="coefficient"):
+        losslab.create("logz_penalty", coefficient=value)
+    with pytest.raises(ValueError, match="coefficient"):
+        LF.logz_penalty_loss(x, t, coefficient=value)
+
+
+def test_logz_penalty_validates_soft_targets_and_returns_float32():  # 11.6, 11.2
+    x, q = rand_logits(4, 6, 3), rand_soft(4, 6, 3)
+    LF.logz_penalty_loss(x, q)
+    with pytest.raises(ValueError, match=r"target.*sum to 1"):
+        LF.logz_penalty_loss(x, q * 2)
+    out = LF.logz_penalty_loss(x.half(), rand_target(4, 6, 3))
+    assert out.dtype == torch.float32
+    close(out, LF.logz_penalty_loss(x.half().float(), rand_target(4, 6, 3)), rtol=1e-6)

@@ -7,8 +7,16 @@ accept soft targets. :func:`prepare` validates the pair and flattens it to ``M =
 items of ``C`` scores; the loss computes one value per item; :func:`finish` applies the mask of
 ignored items, the optional per-item weights and the ``reduction``, and restores the shape.
 
-Precision: fp16/bf16 logits are computed in float32 and the result is cast back to the input
-dtype (as ``torch.nn.functional.cross_entropy`` returns the input dtype).
+Precision: fp16/bf16 logits are computed in float32 and the loss is returned in float32
+(:func:`losslab._core.compute_dtype`, as autocast does).
+
+Probability targets are validated (:func:`losslab._core.check_probabilities`: finite,
+non-negative, summing to 1 over classes within ``PROB_ATOL``). Class ids of any integer dtype
+are accepted (converted to int64); bool targets are rejected.
+
+Masked classes: a ``-inf`` logit (the usual vocabulary or class mask) gives that class
+probability 0 for its row; :func:`masked_classes` marks them for the losses that form
+statistics over classes (normalisers, means), which leave masked classes out.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import check_float, compute_dtype, reduce
+from losslab._core import check_float, check_probabilities, compute_dtype, reduce
 from losslab._ops.numerics import safe_pow
 
 __all__ = [
@@ -32,6 +40,7 @@ __all__ = [
     "finish",
     "gather_target",
     "log_softmax",
+    "masked_classes",
     "one_minus_pt_power",
     "prepare",
     "target_log_prob",
@@ -49,7 +58,8 @@ class LogitsBatch:
         probs: ``[M, C]`` soft targets in the compute dtype (``None`` for class ids).
         valid: ``[M]`` bool, False for items whose target is ``ignore_index``.
         item_shape: ``(N, d1, ...)``, the shape of ``reduction="none"``.
-        dtype: dtype of the input logits (the dtype of the result).
+        dtype: dtype of the input logits (the result is in the compute dtype, float32 for
+            half inputs).
     """
 
     logits: Tensor
@@ -97,9 +107,11 @@ def prepare(
 
     Raises ``ValueError`` for: non-float logits, logits with fewer than 2 dims or fewer than
     ``min_classes`` classes, a target of the wrong shape or dtype, float targets for a loss that
-    does not accept soft targets (``soft_ok=False``), class ids outside ``[0, C)`` other than
-    ``ignore_index`` (``[0, id_range)`` when given, e.g. 2 for single-logit binary inputs),
-    and inputs on different devices.
+    does not accept soft targets (``soft_ok=False``), soft targets that are not distributions
+    over classes (:func:`~losslab._core.check_probabilities`), bool targets, class ids outside
+    ``[0, C)`` other than ``ignore_index`` (``[0, id_range)`` when given, e.g. 2 for
+    single-logit binary inputs), and inputs on different devices. Class ids of any integer
+    dtype are converted to int64.
     """
     check_float("logits", logits)
     if logits.ndim < 2:
@@ -129,10 +141,14 @@ def prepare(
                 "soft target (class probabilities) must have the shape of logits "
                 f"{tuple(logits.shape)}, got {tuple(target.shape)}"
             )
+        check_probabilities("target", target, dim=1)
         probs = _flatten_classes(target).to(compute)
         valid = torch.ones(probs.shape[0], dtype=torch.bool, device=logits.device)
         return LogitsBatch(flat, None, probs, valid, item_shape, logits.dtype)
-    if target.is_complex() or target.dtype == torch.bool:
+    if target.dtype == torch.bool:
+        raise ValueError("target must hold integer class ids, got a bool tensor (a mask?); "
+                         "convert with .long() if it holds class ids")
+    if target.is_complex():
         raise ValueError(f"target must hold integer class ids, got dtype {target.dtype}")
     if tuple(target.shape) != item_shape:
         raise ValueError(
@@ -179,8 +195,8 @@ def finish(
 
     ``"mean"`` divides by ``count`` (default: the sum of ``weights`` over non-ignored items
     if given, else the number of non-ignored items); ``"none"`` returns ``[N, d1, ...]`` with 0
-    at ignored items. All items ignored -> 0 with zero gradient. The result has the dtype of
-    the input logits.
+    at ignored items. All items ignored -> 0 with zero gradient. The result is in the compute
+    dtype of ``values`` (float32 for half inputs: it is not rounded back to the input dtype).
     """
     values = torch.where(batch.valid, values, torch.zeros_like(values))
     if weights is not None:
@@ -190,14 +206,16 @@ def finish(
     out = reduce(values, reduction, weights=weights, count=count)
     if reduction == "none":
         out = out.reshape(batch.item_shape)
-    return out.to(batch.dtype)
+    return out
 
 
 def class_vector(
-    name: str, value: Sequence[float] | Tensor | None, batch: LogitsBatch, *, positive: bool = False
+    name: str, value: Sequence[float] | Tensor | None, batch: LogitsBatch
 ) -> Tensor | None:
     """A per-class hyperparameter (weights, priors, counts) as a ``[C]`` tensor on the logits'
-    device and compute dtype, validated against the number of classes."""
+    device and compute dtype, checked against the number of classes. Its values (finite,
+    within range) are checked by the loss's declared rule
+    (:class:`losslab._hparams.PerClass`)."""
     if value is None:
         return None
     t = torch.as_tensor(value, dtype=batch.logits.dtype, device=batch.logits.device)
@@ -206,16 +224,23 @@ def class_vector(
             f"{name} must have one value per class ([{batch.num_classes}]), got shape "
             f"{tuple(t.shape)}"
         )
-    if positive and not bool((t > 0).all()):
-        raise ValueError(f"{name} must be > 0 for every class")
-    if not positive and bool((t < 0).any()):
-        raise ValueError(f"{name} must be >= 0 for every class")
     return t
 
 
 def log_softmax(batch: LogitsBatch) -> Tensor:
     """``log_softmax`` of the flattened logits over classes."""
     return F.log_softmax(batch.logits, dim=1)
+
+
+def masked_classes(scores: Tensor) -> Tensor:
+    """``[M, C]`` bool: the masked classes of each row, those whose logit is ``-inf``.
+
+    A masked class has probability 0; the losses that form a statistic over the classes of a
+    row (the normaliser of NCE/NFL, the mean and deviation of Z-loss, the score normalisation
+    of LDR-KL) leave it out, as if the row had only its other classes. NaN is not a mask (it
+    propagates).
+    """
+    return torch.isneginf(scores)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,12 @@ targets; other losses raise ``ValueError`` for float targets). Class ids outside
 other than ``ignore_index`` (default -100) raise ``ValueError``. ``reduction="mean"`` averages
 over the non-ignored items (``N·d1·...`` of them); all items ignored gives 0 with zero
 gradient (``torch.nn.functional.cross_entropy`` gives NaN there). fp16/bf16 inputs are computed
-in float32 and the result has the input dtype.
+in float32 and the loss is returned in float32 (:func:`losslab._core.compute_dtype`). Class ids
+of any integer dtype are accepted (bool targets are a ``ValueError``); soft targets must be
+distributions over classes (non-negative, summing to 1 within ``losslab._core.PROB_ATOL``).
+A ``-inf`` logit masks its class for that row (probability 0; Z-loss leaves it out of the mean
+and deviation of the scores). Hyperparameters are declared with :mod:`losslab._hparams` and
+checked at construction and by every functional call.
 
 Soft targets are accepted by: ``cross_entropy``, ``focal``, ``poly1``, ``logit_adjusted`` and
 ``stablemax_ce``. ``anyloss`` is a batch-level loss (one value per batch, no ``reduction``).
@@ -25,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_choice, check_positive
+from losslab._core import LossModule, Reduction
+from losslab._hparams import Choice, Flag, Int, PerClass, Real, hparams
 from losslab._ops.logits import (
     LogitsBatch,
     class_vector,
@@ -33,6 +39,7 @@ from losslab._ops.logits import (
     finish,
     gather_target,
     log_softmax,
+    masked_classes,
     one_minus_pt_power,
     prepare,
     target_log_prob,
@@ -68,6 +75,11 @@ __all__ = [
 
 Weights = Sequence[float] | Tensor | None
 
+#: The rule every logits loss shares: ``ignore_index`` is any integer (usually -100).
+_IGNORE = hparams(ignore_index=Int())
+#: Per-class weights (``weight=``): one finite value >= 0 per class.
+_CLASS_WEIGHTS = PerClass(ge=0, optional=True)
+
 
 # --------------------------------------------------------------------------------------------
 # Cross-entropy
@@ -95,9 +107,7 @@ def _cross_entropy_values(
     return values, count
 
 
-def _check_cross_entropy(*, label_smoothing: float) -> None:
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+_check_cross_entropy = _IGNORE | hparams(weight=_CLASS_WEIGHTS, label_smoothing=Real(ge=0, le=1))
 
 
 def cross_entropy_loss(
@@ -130,7 +140,7 @@ def cross_entropy_loss(
 
     All items ignored: 0 (torch: NaN). Peer: ``torch.nn.functional.cross_entropy``.
     """
-    _check_cross_entropy(label_smoothing=label_smoothing)
+    _check_cross_entropy(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing)
     batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True, loss="cross_entropy")
     w = class_vector("weight", weight, batch)
     values, count = _cross_entropy_values(batch, log_softmax(batch), w, label_smoothing)
@@ -170,12 +180,10 @@ def _alpha_vector(alpha: float | Weights, batch: LogitsBatch) -> Tensor | None:
     return class_vector("alpha", alpha, batch)
 
 
-def _check_focal(*, gamma: float, alpha: float | Weights) -> None:
-    """``gamma >= 0``; a float ``alpha`` in ``[0, 1]`` (a per-class ``alpha`` is checked against
-    the number of classes at call time)."""
-    check_positive("gamma", gamma, strict=False)
-    if isinstance(alpha, (int, float)) and not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+#: ``gamma >= 0``; ``alpha`` a float in ``[0, 1]`` or one weight >= 0 per class (its length is
+#: checked against the number of classes at call time).
+_check_focal = _IGNORE | hparams(gamma=Real(ge=0),
+                                 alpha=PerClass(ge=0, scalar=Real(ge=0, le=1), optional=True))
 
 
 def _focal_values(batch: LogitsBatch, logp: Tensor, gamma: float, alpha: Tensor | None) -> Tensor:
@@ -225,7 +233,7 @@ def focal_loss(
     Paper: Lin, Goyal, Girshick, He, Dollár, "Focal Loss for Dense Object Detection",
     arXiv 1708.02002.
     """
-    _check_focal(gamma=gamma, alpha=alpha)
+    _check_focal(gamma=gamma, alpha=alpha, ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True, loss="focal")
     values = _focal_values(batch, log_softmax(batch), gamma, _alpha_vector(alpha, batch))
     return finish(values, batch, reduction)
@@ -244,8 +252,8 @@ class FocalLoss(LossModule, function=focal_loss, check=_check_focal):
     """Module form of :func:`focal_loss`."""
 
 
-def _check_poly1(*, gamma: float) -> None:
-    check_positive("gamma", gamma, strict=False)
+#: ``epsilon >= -1`` (the paper's range: the loss stays monotone in ``p_t``), ``gamma >= 0``.
+_check_poly1 = _IGNORE | hparams(epsilon=Real(ge=-1), focal=Flag(), gamma=Real(ge=0))
 
 
 def poly1_loss(
@@ -278,7 +286,7 @@ def poly1_loss(
     Paper: Leng et al., "PolyLoss: A Polynomial Expansion Perspective of Classification Loss
     Functions", arXiv 2204.12511.
     """
-    _check_poly1(gamma=gamma)
+    _check_poly1(epsilon=epsilon, focal=focal, gamma=gamma, ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True, loss="poly1")
     logp = log_softmax(batch)
     if batch.probs is not None:
@@ -310,8 +318,7 @@ class Poly1Loss(LossModule, function=poly1_loss, check=_check_poly1):
 # Comp-sum
 # --------------------------------------------------------------------------------------------
 
-def _check_comp_sum(*, tau: float) -> None:
-    check_positive("tau", tau, strict=False)
+_check_comp_sum = _IGNORE | hparams(tau=Real(ge=0))
 
 
 def comp_sum_loss(
@@ -336,9 +343,9 @@ def comp_sum_loss(
     (:func:`~losslab.losses.robust.mae_loss`). Computed from
     ``log_softmax`` with ``expm1``; stable for ``tau < 1``: beyond an exponent of 60 (5 for
     float16 inputs) the exponential is continued linearly, so extreme logits give a large finite
-    loss and a finite gradient (see :func:`~losslab._ops.logits.comp_sum_values`). With float16
-    inputs the value of a ``tau < 1`` loss can still overflow to ``inf`` (it is genuinely larger
-    than 65504).
+    loss and a finite gradient (see :func:`~losslab._ops.logits.comp_sum_values`); the lower cap
+    of float16 inputs keeps their (float16) gradient finite. The loss itself is returned in
+    float32 for half inputs, so it does not overflow at 65504.
 
     Args:
         logits, target: see the module docstring (class ids only).
@@ -348,7 +355,7 @@ def comp_sum_loss(
     Paper: Mao, Mohri, Zhong, "Cross-Entropy Loss Functions: Theoretical Analysis and
     Applications", arXiv 2304.07288.
     """
-    _check_comp_sum(tau=tau)
+    _check_comp_sum(tau=tau, ignore_index=ignore_index)
     return comp_sum_items(logits, target, tau=tau, scale=1.0, ignore_index=ignore_index,
                           reduction=reduction, loss="comp_sum")
 
@@ -370,9 +377,7 @@ class CompSumLoss(LossModule, function=comp_sum_loss, check=_check_comp_sum):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_z_loss(*, a: float, eps: float) -> None:
-    check_positive("a", a)
-    check_positive("eps", eps)
+_check_z_loss = _IGNORE | hparams(a=Real(gt=0), b=Real(), eps=Real(gt=0))
 
 
 def z_loss(
@@ -394,7 +399,9 @@ def z_loss(
 
     Invariant to ``logits * alpha + beta`` for ``alpha > 0``. ``z_y`` lies in
     :math:`[-\sqrt{C-1}, \sqrt{C-1}]`. Not the log-partition penalty of large-LM training (that
-    is :func:`~losslab.losses.sequence.logz_penalty_loss`).
+    is :func:`~losslab.losses.sequence.logz_penalty_loss`). Masked classes (``-inf`` logits)
+    are left out of :math:`\mu` and :math:`\sigma` (``C`` counts the other classes); a masked
+    target gives ``inf``.
 
     Args:
         logits, target: see the module docstring (class ids only; ``C >= 2``).
@@ -409,11 +416,17 @@ def z_loss(
     Paper: de Brébisson, Vincent, "The Z-loss: a shift and scale invariant classification loss
     belonging to the Spherical Family", arXiv 1604.08859.
     """
-    _check_z_loss(a=a, eps=eps)
+    _check_z_loss(a=a, b=b, eps=eps, ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2, loss="z_loss")
     o = batch.logits
-    mu = o.mean(1)
-    var = (o - mu.unsqueeze(1)).pow(2).mean(1)
+    # Masked classes (-inf logits) are left out of the mean and the deviation: the statistics
+    # are those of the row's other classes (with all C classes the plain mean / deviation).
+    keep = ~masked_classes(o)
+    n_keep = keep.sum(1).to(o.dtype)
+    o_kept = torch.where(keep, o, torch.zeros_like(o))
+    mu = o_kept.sum(1) / n_keep
+    dev = torch.where(keep, o - mu.unsqueeze(1), torch.zeros_like(o))
+    var = dev.pow(2).sum(1) / n_keep
     sigma = var.clamp_min(eps * eps).sqrt()
     z = (gather_target(o, batch) - mu) / sigma
     return finish(F.softplus(a * (b - z)) / a, batch, reduction)
@@ -437,6 +450,10 @@ class ZLoss(LossModule, function=z_loss, check=_check_z_loss):
 # --------------------------------------------------------------------------------------------
 
 
+#: ``class_priors`` > 0 per class; ``tau >= 0`` (0 is plain cross-entropy).
+_check_logit_adjusted = _IGNORE | hparams(class_priors=PerClass(gt=0), tau=Real(ge=0))
+
+
 def logit_adjusted_loss(
     logits: Tensor,
     target: Tensor,
@@ -457,14 +474,15 @@ def logit_adjusted_loss(
         logits, target: see the module docstring (soft targets accepted).
         class_priors: ``[C]`` positive class frequencies :math:`\pi` (counts are fine: a
             common factor does not change the loss).
-        tau: :math:`\tau` (default 1, the paper's default).
+        tau: :math:`\tau \ge 0` (default 1, the paper's default; 0 is cross-entropy).
         reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
 
     Paper: Menon et al., "Long-tail learning via logit adjustment", arXiv 2007.07314.
     """
+    _check_logit_adjusted(class_priors=class_priors, tau=tau, ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True,
                     loss="logit_adjusted")
-    priors = class_vector("class_priors", class_priors, batch, positive=True)
+    priors = class_vector("class_priors", class_priors, batch)
     if priors is None:
         raise ValueError("class_priors is required (one positive value per class)")
     logp = F.log_softmax(batch.logits + tau * priors.log(), dim=1)
@@ -480,15 +498,14 @@ def logit_adjusted_loss(
     summary="CE(logits + tau log prior), tau=1",
     example_hparams={"class_priors": (0.4, 0.3, 0.2, 0.1)},
 )
-class LogitAdjustedLoss(LossModule, function=logit_adjusted_loss):
+class LogitAdjustedLoss(LossModule, function=logit_adjusted_loss, check=_check_logit_adjusted):
     """Module form of :func:`logit_adjusted_loss` (``class_priors`` kept as a buffer)."""
 
     tensor_hparams = ("class_priors",)
 
 
-def _check_ldam(*, max_margin: float, scale: float) -> None:
-    check_positive("max_margin", max_margin, strict=False)
-    check_positive("scale", scale)
+_check_ldam = _IGNORE | hparams(class_counts=PerClass(gt=0), max_margin=Real(ge=0),
+                                scale=Real(gt=0), weight=_CLASS_WEIGHTS)
 
 
 def ldam_loss(
@@ -521,9 +538,10 @@ def ldam_loss(
     Paper: Cao, Wei, Gaidon, Arechiga, Ma, "Learning Imbalanced Datasets with
     Label-Distribution-Aware Margin Loss", arXiv 1906.07413.
     """
-    _check_ldam(max_margin=max_margin, scale=scale)
+    _check_ldam(class_counts=class_counts, max_margin=max_margin, scale=scale, weight=weight,
+                ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, loss="ldam")
-    counts = class_vector("class_counts", class_counts, batch, positive=True)
+    counts = class_vector("class_counts", class_counts, batch)
     if counts is None:
         raise ValueError("class_counts is required (one positive count per class)")
     margins = counts.pow(-0.25)
@@ -562,6 +580,10 @@ def _margin_violations(batch: LogitsBatch, margin: float) -> tuple[Tensor, Tenso
     return margin + batch.logits - f_y, others
 
 
+#: ``margin >= 0`` of the multi-class hinge losses.
+_check_hinge = _IGNORE | hparams(margin=Real(ge=0))
+
+
 def crammer_singer_loss(
     logits: Tensor,
     target: Tensor,
@@ -577,12 +599,13 @@ def crammer_singer_loss(
 
     Args:
         logits, target: see the module docstring (class ids only; ``C >= 2``).
-        margin: :math:`m` (default 1).
+        margin: :math:`m \ge 0` (default 1).
         reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
 
     Paper: Crammer, Singer, "On the Algorithmic Implementation of Multiclass Kernel-based
     Vector Machines", JMLR 2001 (no arXiv id).
     """
+    _check_hinge(margin=margin, ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2,
                     loss="crammer_singer")
     v, others = _margin_violations(batch, margin)
@@ -598,7 +621,7 @@ def crammer_singer_loss(
     arxiv="",
     summary="max(0, margin + max_{k!=y} f_k - f_y), margin=1",
 )
-class CrammerSingerLoss(LossModule, function=crammer_singer_loss):
+class CrammerSingerLoss(LossModule, function=crammer_singer_loss, check=_check_hinge):
     """Module form of :func:`crammer_singer_loss`."""
 
 
@@ -619,12 +642,13 @@ def weston_watkins_loss(
 
     Args:
         logits, target: see the module docstring (class ids only; ``C >= 2``).
-        margin: :math:`m` (default 1).
+        margin: :math:`m \ge 0` (default 1).
         reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
 
     Paper: Weston, Watkins, "Support Vector Machines for Multi-Class Pattern Recognition",
     ESANN 1999 (no arXiv id).
     """
+    _check_hinge(margin=margin, ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2,
                     loss="weston_watkins")
     v, others = _margin_violations(batch, margin)
@@ -641,7 +665,7 @@ def weston_watkins_loss(
     summary="sum_{k!=y} max(0, margin + f_k - f_y), margin=1",
     peers=("torch.nn.functional.multi_margin_loss",),
 )
-class WestonWatkinsLoss(LossModule, function=weston_watkins_loss):
+class WestonWatkinsLoss(LossModule, function=weston_watkins_loss, check=_check_hinge):
     """Module form of :func:`weston_watkins_loss`."""
 
 
@@ -686,6 +710,7 @@ def stablemax_ce_loss(
     Paper: Prieto, Barsbey, Mediano, Birdal, "Grokking at the Edge of Numerical Stability",
     arXiv 2501.04697.
     """
+    _IGNORE(ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True, loss="stablemax_ce")
     return finish(target_log_prob(log_stablemax(batch.logits), batch), batch, reduction)
 
@@ -698,7 +723,7 @@ def stablemax_ce_loss(
     arxiv="2501.04697",
     summary="-log s(x_y)/sum_j s(x_j), s(x) = x+1 (x>=0), 1/(1-x) (x<0)",
 )
-class StableMaxCELoss(LossModule, function=stablemax_ce_loss):
+class StableMaxCELoss(LossModule, function=stablemax_ce_loss, check=_IGNORE):
     """Module form of :func:`stablemax_ce_loss`."""
 
 
@@ -749,10 +774,8 @@ def _confusion_metric(tp: Tensor, fn: Tensor, fp: Tensor, tn: Tensor, metric: st
     return (tpr * tnr + _ANYLOSS_EPS).sqrt()
 
 
-def _check_anyloss(*, metric: str, beta: float, amplifier: float) -> None:
-    check_choice("metric", metric, ANYLOSS_METRICS)
-    check_positive("beta", beta)
-    check_positive("amplifier", amplifier)
+_check_anyloss = _IGNORE | hparams(metric=Choice(*ANYLOSS_METRICS), beta=Real(gt=0),
+                                   amplifier=Real(gt=0))
 
 
 def anyloss(
@@ -800,7 +823,7 @@ def anyloss(
     Paper: Han, Moniz, Chawla, "AnyLoss: Transforming Classification Metrics into Loss
     Functions", arXiv 2405.14745.
     """
-    _check_anyloss(metric=metric, beta=beta, amplifier=amplifier)
+    _check_anyloss(metric=metric, beta=beta, amplifier=amplifier, ignore_index=ignore_index)
     if isinstance(logits, Tensor) and logits.ndim == 1:
         logits = logits.unsqueeze(1)
     binary = isinstance(logits, Tensor) and logits.ndim == 2 and logits.shape[1] == 1
@@ -817,7 +840,7 @@ def anyloss(
     tp, fn, fp, tn = soft_confusion(probs, positive, batch.valid, amplifier)
     loss = 1 - _confusion_metric(tp, fn, fp, tn, metric, beta).mean()
     # No valid item: a zero that stays connected to the graph (zero gradient).
-    return torch.where(batch.valid.any(), loss, (probs * 0.0).sum()).to(batch.dtype)
+    return torch.where(batch.valid.any(), loss, (probs * 0.0).sum())
 
 
 @register(

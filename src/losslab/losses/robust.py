@@ -4,8 +4,17 @@ members GCE and MAE, and the normalized / active-passive losses.
 Kind ``logits``: ``loss(logits[N, C, d1, ...], target[N, d1, ...])`` with integer class ids
 (soft targets raise ``ValueError``); ``ignore_index`` (default -100) items are skipped and
 ``reduction="mean"`` averages over the other items. fp16/bf16 inputs are computed in float32
-and the result has the input dtype. ``aldr_kl`` keeps per-sample state and takes
-``index=`` (dataset ids), so it needs logits ``[N, C]``.
+and the loss is returned in float32 (:func:`losslab._core.compute_dtype`). Class ids (and
+``aldr_kl``'s ``index=``) of any integer dtype are accepted; bool tensors are a ``ValueError``.
+``aldr_kl`` keeps per-sample state and takes ``index=`` (dataset ids), so it needs logits
+``[N, C]``. Hyperparameters are declared with :mod:`losslab._hparams` and checked at
+construction and by every functional call.
+
+Masked classes: a ``-inf`` logit gives its class probability 0 for that row. The normalised
+losses (NCE, NFL and their active-passive sums) leave masked classes out of their normaliser
+(otherwise it is infinite and the loss identically 0); the score normalisations of LDR-KL keep
+them masked and average over the other classes. The normalised losses need ``C >= 2`` (with
+one class the normaliser is 0).
 """
 
 from __future__ import annotations
@@ -17,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_choice, check_positive
+from losslab._core import LossModule, Reduction
+from losslab._hparams import Choice, Flag, Int, Real, hparams
 from losslab._ops.logits import (
     LogitsBatch,
     comp_sum_items,
@@ -25,6 +35,7 @@ from losslab._ops.logits import (
     finish,
     gather_target,
     log_softmax,
+    masked_classes,
     one_minus_pt_power,
     prepare,
 )
@@ -69,6 +80,12 @@ SCORE_TRANSFORMS = (None, "softplus_mean", "l1_mean")
 #: Guards the divisions of the score normalisations (a row of all-zero scores).
 _SCORE_EPS = 1e-12
 
+#: The rule every logits loss shares: ``ignore_index`` is any integer (usually -100).
+_IGNORE = hparams(ignore_index=Int())
+_SCORE_TRANSFORM = Choice("softplus_mean", "l1_mean", optional=True)
+#: Weights of the two terms of an active-passive / symmetric loss.
+_TERM_WEIGHTS = hparams(alpha=Real(ge=0), beta=Real(ge=0))
+
 
 # --------------------------------------------------------------------------------------------
 # LDR-KL and ALDR-KL
@@ -82,28 +99,36 @@ def transform_scores(scores: Tensor, score_transform: ScoreTransform) -> Tensor:
     * ``"softplus_mean"`` (``LDRLoss_V1``): :math:`\tilde f = \operatorname{softplus}(f) /
       \operatorname{mean}_k \operatorname{softplus}(f_k)`.
     * ``"l1_mean"`` (``ALDRLoss``): :math:`\tilde f = f / \operatorname{mean}_k |f_k|`.
+
+    Masked classes (``-inf`` scores) stay ``-inf`` and the means run over the row's other
+    classes (:func:`~losslab._ops.logits.masked_classes`).
     """
-    check_choice("score_transform", score_transform, SCORE_TRANSFORMS)
+    _SCORE_TRANSFORM.check("score_transform", score_transform)
     if score_transform is None:
         return scores
+    masked = masked_classes(scores)
+    zeros = torch.zeros_like(scores)
     if score_transform == "softplus_mean":
         scores = F.softplus(scores)
-    return scores / scores.abs().mean(1, keepdim=True).clamp_min(_SCORE_EPS)
+    # masked entries are 0 in the normalisation (their gradient is then 0, not NaN)
+    scores = torch.where(masked, zeros, scores)
+    scale = scores.abs().sum(1, keepdim=True) / (~masked).sum(1, keepdim=True).to(scores.dtype)
+    out = scores / scale.clamp_min(_SCORE_EPS)
+    return torch.where(masked, torch.full_like(out, float("-inf")), out)
 
 
 def _ldr_kl_values(f: Tensor, batch: LogitsBatch, margin: float, lam: Tensor | float) -> Tensor:
     r""":math:`\lambda (\log \sum_k \exp((\delta_{k,y} + f_k - f_y)/\lambda) - \log K)`."""
     onehot = F.one_hot(batch.class_ids, batch.num_classes).to(f.dtype)
     delta = margin * (1.0 - onehot)
-    f_y = (f * onehot).sum(1, keepdim=True)
+    f_y = gather_target(f, batch).unsqueeze(1)  # not (f * onehot).sum: -inf * 0 is NaN
     lam_col = lam.unsqueeze(1) if isinstance(lam, Tensor) else lam
     lse = torch.logsumexp((delta + f - f_y) / lam_col, dim=1)
     return lam * (lse - math.log(batch.num_classes))
 
 
-def _check_ldr_kl(*, lam: float, score_transform: ScoreTransform) -> None:
-    check_positive("lam", lam)
-    check_choice("score_transform", score_transform, SCORE_TRANSFORMS)
+_check_ldr_kl = _IGNORE | hparams(margin=Real(ge=0), lam=Real(gt=0),
+                                  score_transform=_SCORE_TRANSFORM)
 
 
 def ldr_kl_loss(
@@ -125,10 +150,12 @@ def ldr_kl_loss(
 
     ``lam → 0`` gives the Crammer–Singer loss :math:`\max_k(\delta_{k,y} + f_k - f_y)`,
     ``lam → ∞`` the mean over classes; ``margin=0, lam=1`` is cross-entropy minus ``log K``.
+    A masked class (``-inf`` logit) gets weight :math:`p_k = 0` in the maximum; ``K`` is
+    always the number of classes ``C`` (a constant of the row).
 
     Args:
         logits, target: see the module docstring.
-        margin: :math:`c` (default 0.1, ``--margin`` of the official ``experiment.py``).
+        margin: :math:`c \ge 0` (default 0.1, ``--margin`` of the official ``experiment.py``).
         lam: :math:`\lambda > 0` (default 10, ``parameter_set=[10]`` of the official code).
         score_transform: ``None`` (raw logits, default), ``"softplus_mean"`` (the official
             ``LDRLoss_V1``: softplus scores divided by their class mean) or ``"l1_mean"``
@@ -138,7 +165,8 @@ def ldr_kl_loss(
     Paper: Zhu, Ying, Yang, "Label Distributionally Robust Losses for Multi-class
     Classification: Consistency, Robustness and Adaptivity", arXiv 2112.14869.
     """
-    _check_ldr_kl(lam=lam, score_transform=score_transform)
+    _check_ldr_kl(margin=margin, lam=lam, score_transform=score_transform,
+                  ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, loss="ldr_kl")
     f = transform_scores(batch.logits, score_transform)
     return finish(_ldr_kl_values(f, batch, margin, lam), batch, reduction)
@@ -170,14 +198,10 @@ def _check_sample_ids(index: Tensor | None, n: int, num_samples: int) -> Tensor:
     return index.long()
 
 
-def _check_aldr_kl(*, num_samples: int | None, lam0: float, alpha: float,
-                   score_transform: ScoreTransform) -> None:
-    if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    check_positive("lam0", lam0)
-    if not alpha > 1:
-        raise ValueError(f"alpha must be > 1 (keeps lambda positive), got {alpha!r}")
-    check_choice("score_transform", score_transform, SCORE_TRANSFORMS)
+#: ``alpha > 1`` keeps every lambda_i positive (lambda_i >= lam0 (1 - 1/alpha)).
+_check_aldr_kl = _IGNORE | hparams(num_samples=Int(ge=1, optional=True), lam0=Real(gt=0),
+                                   alpha=Real(gt=1), margin=Real(ge=0),
+                                   score_transform=_SCORE_TRANSFORM, update=Flag())
 
 
 def aldr_kl_loss(
@@ -223,7 +247,7 @@ def aldr_kl_loss(
             form owns the buffer and passes both).
         lam0: :math:`\lambda_0` (default 10, official README/run_demo).
         alpha: :math:`\alpha > 1` (default 2, official README/run_demo).
-        margin: :math:`c` (default 0.1, official code).
+        margin: :math:`c \ge 0` (default 0.1, official code).
         score_transform: ``None`` (default), ``"l1_mean"`` (the official ALDR normalisation) or
             ``"softplus_mean"`` (its ``softplus=True`` form, used for CIFAR-100).
         update: write the new :math:`\lambda_i` into ``lambdas`` (False: evaluate only; the
@@ -232,8 +256,8 @@ def aldr_kl_loss(
 
     Paper: Zhu, Ying, Yang, arXiv 2112.14869 (Algorithm 1, "ALDR-KL").
     """
-    _check_aldr_kl(num_samples=num_samples, lam0=lam0, alpha=alpha,
-                   score_transform=score_transform)
+    _check_aldr_kl(num_samples=num_samples, lam0=lam0, alpha=alpha, margin=margin,
+                   score_transform=score_transform, update=update, ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2, spatial_ok=False,
                     loss="aldr_kl")
     n = batch.logits.shape[0]
@@ -316,9 +340,7 @@ class ALDRKLLoss(LossModule, function=aldr_kl_loss, check=_check_aldr_kl):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_gce(*, q: float) -> None:
-    if not 0.0 < q <= 1.0:
-        raise ValueError(f"q must be in (0, 1], got {q!r}")
+_check_gce = _IGNORE | hparams(q=Real(gt=0, le=1))
 
 
 def gce_loss(
@@ -341,7 +363,7 @@ def gce_loss(
     with Noisy Labels", arXiv 1805.07836 (a member of the comp-sum family, arXiv 2304.07288;
     :func:`~losslab.losses.classification.comp_sum_loss`).
     """
-    _check_gce(q=q)
+    _check_gce(q=q, ignore_index=ignore_index)
     return comp_sum_items(logits, target, tau=1.0 + q, scale=1.0, ignore_index=ignore_index,
                           reduction=reduction, loss="gce")
 
@@ -377,6 +399,7 @@ def mae_loss(
     Paper: Ghosh, Kumar, Sastry, "Robust Loss Functions under Label Noise for Deep Neural
     Networks", arXiv 1712.09482.
     """
+    _IGNORE(ignore_index=ignore_index)
     return comp_sum_items(logits, target, tau=2.0, scale=2.0, ignore_index=ignore_index,
                           reduction=reduction, loss="mae")
 
@@ -389,7 +412,7 @@ def mae_loss(
     arxiv="1712.09482",
     summary="||e_y - softmax||_1 = 2 (1 - p_y)",
 )
-class MAELoss(LossModule, function=mae_loss):
+class MAELoss(LossModule, function=mae_loss, check=_IGNORE):
     """Module form of :func:`mae_loss`."""
 
 
@@ -398,15 +421,31 @@ class MAELoss(LossModule, function=mae_loss):
 # --------------------------------------------------------------------------------------------
 
 
+def _unmasked_log_probs(logp: Tensor, batch: LogitsBatch) -> Tensor:
+    """``log p`` with masked classes (``-inf`` logits) replaced by 0, i.e. by :math:`p = 1`:
+    their terms ``-log p`` and :math:`-(1-p)^\\gamma \\log p` vanish from a normaliser, with a
+    zero (not NaN) gradient."""
+    return torch.where(masked_classes(batch.logits), torch.zeros_like(logp), logp)
+
+
 def _nce_values(logp: Tensor, batch: LogitsBatch) -> Tensor:
-    """Normalized CE: :math:`-\\log p_y / -\\sum_k \\log p_k` (in (0, 1])."""
-    return gather_target(logp, batch) / logp.sum(1)
+    """Normalized CE: :math:`-\\log p_y / -\\sum_k \\log p_k` (in [0, 1]), the sum over the
+    classes that are not masked. A row whose only unmasked class is the target (the
+    normaliser is 0) gives 0."""
+    denom = _unmasked_log_probs(logp, batch).sum(1)
+    denom = torch.where(denom < 0, denom, -torch.ones_like(denom))
+    return gather_target(logp, batch) / denom
 
 
 def _nfl_values(logp: Tensor, batch: LogitsBatch, gamma: float) -> Tensor:
-    """Normalized focal: :math:`FL_y / \\sum_k FL_k`, :math:`FL_k = -(1-p_k)^\\gamma \\log p_k`."""
-    fl = -one_minus_pt_power(logp, gamma) * logp
-    return gather_target(fl, batch) / fl.sum(1).clamp_min(torch.finfo(fl.dtype).tiny)
+    """Normalized focal: :math:`FL_y / \\sum_k FL_k`, :math:`FL_k = -(1-p_k)^\\gamma \\log p_k`,
+    the sum over the classes that are not masked."""
+    def focal_terms(lp: Tensor) -> Tensor:
+        return -one_minus_pt_power(lp, gamma) * lp
+
+    denom = focal_terms(_unmasked_log_probs(logp, batch)).sum(1)
+    fl_y = focal_terms(gather_target(logp, batch))
+    return fl_y / denom.clamp_min(torch.finfo(denom.dtype).tiny)
 
 
 def _rce_values(logp: Tensor, batch: LogitsBatch, log_zero: float) -> Tensor:
@@ -418,19 +457,13 @@ def _mae_values(logp: Tensor, batch: LogitsBatch) -> Tensor:
     return 2.0 * comp_sum_values(gather_target(logp, batch), 2.0)
 
 
-def _check_rce(*, log_zero: float) -> None:
-    """The check of every loss with an RCE term (``rce``, ``sce``, ``nce_rce``)."""
-    if not log_zero < 0:
-        raise ValueError(f"log_zero must be < 0 (the value that replaces log 0), got {log_zero!r}")
-
-
-def _check_nfl(*, gamma: float) -> None:
-    check_positive("gamma", gamma, strict=False)
-
-
-def _check_nfl_rce(*, gamma: float, log_zero: float) -> None:
-    _check_nfl(gamma=gamma)
-    _check_rce(log_zero=log_zero)
+#: ``log_zero < 0``: the value that replaces log 0 in every RCE term.
+_check_rce = _IGNORE | hparams(log_zero=Real(lt=0))
+_check_nfl = _IGNORE | hparams(gamma=Real(ge=0))
+_check_sce = _check_rce | _TERM_WEIGHTS
+_check_nce_rce = _check_rce | _TERM_WEIGHTS
+_check_nfl_rce = _check_rce | _check_nfl | _TERM_WEIGHTS
+_check_nce_mae = _IGNORE | _TERM_WEIGHTS
 
 
 def nce_loss(
@@ -438,14 +471,19 @@ def nce_loss(
 ) -> Tensor:
     r"""Normalized cross-entropy: :math:`\ell = \frac{-\log p_y}{-\sum_k \log p_k}`.
 
+    The sum runs over the classes that are not masked (``-inf`` logits, see the module
+    docstring); a row whose only unmasked class is its target gives 0.
+
     Args:
-        logits, target: see the module docstring.
+        logits, target: see the module docstring (``C >= 2``: with one class the normaliser
+            is 0).
         reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
 
     Paper: Ma, Huang, Wang, Romano, Erfani, Bailey, "Normalized Loss Functions for Deep
     Learning with Noisy Labels", arXiv 2006.13554.
     """
-    batch = prepare(logits, target, ignore_index=ignore_index, loss="nce")
+    _IGNORE(ignore_index=ignore_index)
+    batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2, loss="nce")
     return finish(_nce_values(log_softmax(batch), batch), batch, reduction)
 
 
@@ -458,7 +496,7 @@ def nce_loss(
     arxiv="2006.13554",
     summary="-log p_y / -sum_k log p_k",
 )
-class NCELoss(LossModule, function=nce_loss):
+class NCELoss(LossModule, function=nce_loss, check=_IGNORE):
     """Module form of :func:`nce_loss`."""
 
 
@@ -471,16 +509,18 @@ def nfl_loss(
     reduction: Reduction = "mean",
 ) -> Tensor:
     r"""Normalized focal loss:
-    :math:`\ell = \frac{(1-p_y)^\gamma \log p_y}{\sum_k (1-p_k)^\gamma \log p_k}`.
+    :math:`\ell = \frac{(1-p_y)^\gamma \log p_y}{\sum_k (1-p_k)^\gamma \log p_k}`,
+    the sum over the classes that are not masked (``C >= 2``).
 
     Args:
-        gamma: focusing parameter (default 0.5, the value of the authors' released configs).
+        gamma: focusing parameter :math:`\gamma \ge 0` (default 0.5, the value of the authors'
+            released configs).
         reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
 
     Paper: Ma et al., arXiv 2006.13554.
     """
-    _check_nfl(gamma=gamma)
-    batch = prepare(logits, target, ignore_index=ignore_index, loss="nfl")
+    _check_nfl(gamma=gamma, ignore_index=ignore_index)
+    batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2, loss="nfl")
     return finish(_nfl_values(log_softmax(batch), batch, gamma), batch, reduction)
 
 
@@ -516,7 +556,7 @@ def rce_loss(
     Paper: Wang, Ma, Chen, Luo, Yi, Bailey, "Symmetric Cross Entropy for Robust Learning with
     Noisy Labels", arXiv 1908.06112.
     """
-    _check_rce(log_zero=log_zero)
+    _check_rce(log_zero=log_zero, ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, loss="rce")
     return finish(_rce_values(log_softmax(batch), batch, log_zero), batch, reduction)
 
@@ -554,7 +594,7 @@ def sce_loss(
     Paper: Wang et al., "Symmetric Cross Entropy for Robust Learning with Noisy Labels",
     arXiv 1908.06112.
     """
-    _check_rce(log_zero=log_zero)
+    _check_sce(alpha=alpha, beta=beta, log_zero=log_zero, ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, loss="sce")
     logp = log_softmax(batch)
     ce = -gather_target(logp, batch)
@@ -570,7 +610,7 @@ def sce_loss(
     arxiv="1908.06112",
     summary="alpha CE + beta RCE, alpha=0.1, beta=1, A=-4",
 )
-class SCELoss(LossModule, function=sce_loss, check=_check_rce):
+class SCELoss(LossModule, function=sce_loss, check=_check_sce):
     """Module form of :func:`sce_loss`."""
 
 
@@ -594,8 +634,8 @@ def nce_rce_loss(
 
     Paper: Ma et al., arXiv 2006.13554.
     """
-    _check_rce(log_zero=log_zero)
-    batch = prepare(logits, target, ignore_index=ignore_index, loss="nce_rce")
+    _check_nce_rce(alpha=alpha, beta=beta, log_zero=log_zero, ignore_index=ignore_index)
+    batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2, loss="nce_rce")
     logp = log_softmax(batch)
     values = alpha * _nce_values(logp, batch) + beta * _rce_values(logp, batch, log_zero)
     return finish(values, batch, reduction)
@@ -610,7 +650,7 @@ def nce_rce_loss(
     arxiv="2006.13554",
     summary="alpha NCE + beta RCE, alpha=beta=1",
 )
-class NCERCELoss(LossModule, function=nce_rce_loss, check=_check_rce):
+class NCERCELoss(LossModule, function=nce_rce_loss, check=_check_nce_rce):
     """Module form of :func:`nce_rce_loss`."""
 
 
@@ -634,8 +674,9 @@ def nfl_rce_loss(
 
     Paper: Ma et al., arXiv 2006.13554.
     """
-    _check_nfl_rce(gamma=gamma, log_zero=log_zero)
-    batch = prepare(logits, target, ignore_index=ignore_index, loss="nfl_rce")
+    _check_nfl_rce(alpha=alpha, beta=beta, gamma=gamma, log_zero=log_zero,
+                   ignore_index=ignore_index)
+    batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2, loss="nfl_rce")
     logp = log_softmax(batch)
     values = alpha * _nfl_values(logp, batch, gamma) + beta * _rce_values(logp, batch, log_zero)
     return finish(values, batch, reduction)
@@ -673,7 +714,8 @@ def nce_mae_loss(
 
     Paper: Ma et al., arXiv 2006.13554.
     """
-    batch = prepare(logits, target, ignore_index=ignore_index, loss="nce_mae")
+    _check_nce_mae(alpha=alpha, beta=beta, ignore_index=ignore_index)
+    batch = prepare(logits, target, ignore_index=ignore_index, min_classes=2, loss="nce_mae")
     logp = log_softmax(batch)
     values = alpha * _nce_values(logp, batch) + beta * _mae_values(logp, batch)
     return finish(values, batch, reduction)
@@ -688,7 +730,7 @@ def nce_mae_loss(
     arxiv="2006.13554",
     summary="alpha NCE + beta MAE, MAE = 2(1 - p_y), alpha=beta=1",
 )
-class NCEMAELoss(LossModule, function=nce_mae_loss):
+class NCEMAELoss(LossModule, function=nce_mae_loss, check=_check_nce_mae):
     """Module form of :func:`nce_mae_loss`."""
 
 

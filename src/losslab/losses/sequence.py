@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_choice, check_positive, compute_dtype
+from losslab._core import LossModule, Reduction, check_choice, compute_dtype
+from losslab._hparams import Int, Real, hparams
 from losslab._ops.logits import finish, prepare
 from losslab.kernels.linear_ce import (
     STRATEGIES,
@@ -196,8 +197,7 @@ class LinearCrossEntropyLoss(LossModule, function=linear_cross_entropy_loss,
 # --------------------------------------------------------------------------------------------
 
 
-def _check_logz_penalty(*, coefficient: float) -> None:
-    check_positive("coefficient", coefficient, strict=False)
+_check_logz_penalty = hparams(coefficient=Real(ge=0), ignore_index=Int())
 
 
 def logz_penalty_loss(
@@ -214,20 +214,21 @@ def logz_penalty_loss(
         \ell = c \cdot \Big(\log \sum_k e^{o_k}\Big)^2
 
     A regulariser added to cross-entropy, not a classification loss on its own; the target is
-    used only to skip ``ignore_index`` items (soft targets are accepted and ignored).
+    used only to skip ``ignore_index`` items (soft targets are accepted, validated as
+    distributions over classes, and otherwise ignored). Half inputs return float32.
 
     Args:
         logits: ``[N, C, d1, ...]`` scores; target: ``[N, d1, ...]`` class ids or
             ``[N, C, d1, ...]`` soft targets (kind ``logits``, as
             :mod:`losslab.losses.classification`).
-        coefficient: :math:`c` (default 1e-4, as PaLM).
+        coefficient: :math:`c \ge 0` (default 1e-4, as PaLM).
         reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
 
     Paper: Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", arXiv 2204.02311
     (also in Mesh-TensorFlow/T5 code). Not the Z-loss of de Brébisson & Vincent
     (:func:`~losslab.losses.classification.z_loss`).
     """
-    _check_logz_penalty(coefficient=coefficient)
+    _check_logz_penalty(coefficient=coefficient, ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True, loss="logz_penalty")
     logz = torch.logsumexp(batch.logits, dim=1)
     return finish(coefficient * logz.pow(2), batch, reduction)
