@@ -287,7 +287,7 @@ class LossModule(nn.Module):
         plain = {k: v for k, v in hparams.items() if k not in tensors}
         check = type(self).check
         if check is not None:
-            check(**_accepted_by(check, plain))
+            check(**_accepted_by(check, hparams))
         self.hparams: dict[str, Any] = plain
         self._tensor_names = tuple(tensors)
         for k, v in tensors.items():

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Choice", "Flag", "HParamCheck", "Int", "Real", "Rule", "hparams"]
+__all__ = ["Choice", "Flag", "HParamCheck", "Int", "PerClass", "Real", "Rule", "hparams"]
 
 
 class Rule:
