@@ -220,3 +220,35 @@ def hparams(*extra: Callable[..., None], **rules: Rule) -> HParamCheck:
     passed to the check as keywords and must accept ``**kwargs``.
     """
     return HParamCheck(rules, tuple(extra))
+
+
+# --------------------------------------------------------------------------------------------
+# Keyword mappings (added for metrix's base_hparams: the hyperparameters of a wrapped loss)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kwargs(Rule):
+    """A mapping of keyword arguments: string keys that are identifiers (e.g. the
+    hyperparameters of a wrapped base loss, which that loss's own rules then check)."""
+
+    optional: bool = False
+
+    def expected(self) -> str:
+        return "a mapping of keyword arguments (identifier keys)" + (
+            " or None" if self.optional else "")
+
+    def check(self, name: str, value: Any) -> None:
+        if self._none_ok(name, value):
+            return
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{name} must be {self.expected()}, got {value!r} "
+                             f"({type(value).__name__})")
+        bad = [k for k in value if not (isinstance(k, str) and k.isidentifier())]
+        if bad:
+            raise ValueError(f"{name} must be {self.expected()}, got the key(s) {bad!r}")
+
+    def rejects(self) -> Iterator[Any]:
+        yield from super().rejects()
+        yield [("margin", 0.1)]
+        yield {1: 0.1}
