@@ -1,11 +1,10 @@
-"""The shared helpers of _core: reduction and validation; and the distances."""
+"""The shared helpers of _core: reduction and validation."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from losslab import distances
 from losslab._core import reduce, zero_loss
 
 
@@ -31,59 +30,6 @@ def test_mean_over_nothing_is_a_connected_zero() -> None:
     z = zero_loss(x)
     z.backward()
     assert z.item() == 0.0 and torch.count_nonzero(x.grad) == 0
-
-
-@pytest.mark.parametrize("metric", distances.METRICS)
-def test_pairwise_matches_brute_force(metric: str) -> None:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
-    y = torch.randn(4, 5, generator=g, dtype=torch.float64)
-    diff = x[:, None, :] - y[None, :, :]  # brute force: fine at this size
-    expected = {
-        "euclidean": (diff.pow(2).sum(-1) + 1e-6).sqrt(),
-        "squared_euclidean": diff.pow(2).sum(-1),
-        "cosine": torch.nn.functional.cosine_similarity(x[:, None], y[None], dim=-1),
-        "dot": x @ y.T,
-    }[metric]
-    torch.testing.assert_close(distances.pairwise(x, y, metric=metric), expected)
-    assert distances.is_similarity(metric) == (metric in ("cosine", "dot"))
-
-
-def test_euclidean_at_coincident_points_has_finite_gradient() -> None:
-    x = torch.zeros(3, 4, dtype=torch.float64, requires_grad=True)
-    for eps in (1e-6, 0.0):
-        d = distances.euclidean(x, eps=eps)
-        (g,) = torch.autograd.grad(d.sum(), x)
-        assert torch.isfinite(g).all()
-    assert distances.euclidean(x, eps=0.0).sum() == 0.0
-    x2 = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
-    y2 = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: distances.euclidean(a, b, eps=0.0), (x2, y2))
-
-
-def test_knn_is_chunk_invariant_and_excludes_self() -> None:
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(50, 6, generator=g, dtype=torch.float64)
-    full = torch.cdist(x, x)
-    full.fill_diagonal_(float("inf"))
-    ref_v, ref_i = full.topk(5, largest=False)
-    for chunk in (1, 7, 50):
-        v, i = distances.knn(x, k=5, exclude_self=True, chunk_size=chunk)
-        torch.testing.assert_close(v, ref_v)
-        assert torch.equal(i, ref_i)
-    v, _ = distances.knn(x, k=3, metric="cosine")
-    torch.testing.assert_close(v[:, 0], torch.ones(50, dtype=torch.float64))
-    with pytest.raises(ValueError, match="k must be in"):
-        distances.knn(x, k=50, exclude_self=True)
-
-
-def test_distances_validate_inputs() -> None:
-    with pytest.raises(ValueError, match="y must have 3 columns"):
-        distances.euclidean(torch.randn(2, 3), torch.randn(2, 4))
-    with pytest.raises(ValueError, match="x must have shape"):
-        distances.dot(torch.randn(3))
-    with pytest.raises(ValueError, match="metric must be one of"):
-        distances.pairwise(torch.randn(2, 3), metric="manhattan")
 
 
 

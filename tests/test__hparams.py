@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from losslab._hparams import Choice, Flag, Int, Real, hparams
+from losslab._hparams import Choice, Flag, Int, Kwargs, Real, hparams
 
 
 def test_real_accepts_numbers_in_range_and_rejects_the_rest() -> None:
@@ -45,7 +45,8 @@ def test_choice_does_not_confuse_true_with_one() -> None:
 
 
 @pytest.mark.parametrize("rule", [Real(ge=0), Real(gt=0, lt=1), Real(optional=True), Int(ge=1),
-                                  Int(ge=0, le=3, optional=True), Choice("x", "y"), Flag()])
+                                  Int(ge=0, le=3, optional=True), Choice("x", "y"), Flag(),
+                                  Kwargs()])
 def test_every_rule_rejects_what_it_says_it_rejects(rule) -> None:
     values = list(rule.rejects())
     assert values

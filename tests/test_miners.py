@@ -1,8 +1,11 @@
-"""Miners: oracles from their definitions (loops), seeding, ref sets, and parity with
-pytorch-metric-learning's miners."""
+"""Miners: oracles from their definitions (loops), seeding, ref sets, bad input (NaN, label
+dtypes, half inputs, hyperparameters), and parity with pytorch-metric-learning's miners."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from losslab import miners
@@ -94,6 +97,70 @@ def test_miners_no_grad():
     x.requires_grad_(True)
     for t in miners.batch_hard(x, y):
         assert not t.requires_grad
+
+
+# -- issue #11: bad input and faults ---------------------------------------------------------
+
+MINERS = {
+    "batch_hard": lambda x, y, **k: miners.batch_hard(x, y, **k),
+    "semi_hard": lambda x, y, **k: miners.semi_hard(x, y, margin=1.0, **k),
+    "multi_similarity": lambda x, y, **k: miners.multi_similarity(x, y, **k),
+    "distance_weighted": lambda x, y, **k: miners.distance_weighted(
+        x, y, generator=torch.Generator().manual_seed(0), **k),
+}
+
+
+@pytest.mark.parametrize("name", MINERS)
+def test_non_finite_embeddings_raise(name):
+    """A NaN sample was silently skipped (semi hard, multi-similarity, distance weighted) or
+    picked as every anchor's hardest pair (batch hard): the loss on the tuples then hid it."""
+    x, y = batch(seed=6)
+    _, ry = batch(seed=7)
+    for bad in (math.nan, math.inf):
+        xb = x.clone()
+        xb[2, 1] = bad
+        with pytest.raises(ValueError, match="embeddings must be finite"):
+            MINERS[name](xb, y)
+        with pytest.raises(ValueError, match="ref_embeddings must be finite"):
+            MINERS[name](x, y, ref_embeddings=xb, ref_labels=ry)
+
+
+@pytest.mark.parametrize("name", MINERS)
+def test_integer_label_dtypes_give_the_int64_tuples_and_bool_is_rejected(name):
+    """Finding 7 for the miners."""
+    x, y = batch(seed=8)
+    r, ry = batch(seed=9)
+    want = MINERS[name](x, y, ref_embeddings=r, ref_labels=ry)
+    for dt in (torch.int32, torch.uint8):
+        got = MINERS[name](x, y.to(dt), ref_embeddings=r, ref_labels=ry.to(dt))
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    with pytest.raises(ValueError, match="labels"):
+        MINERS[name](x, y > 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("name", MINERS)
+def test_half_embeddings_are_mined_on_float32_distances(name, dtype):
+    """Finding 2 for the miners: fp16 embeddings of norm ~200 had inf distances, and batch hard
+    picked sample 0 as every anchor's nearest negative."""
+    x, y = batch(seed=10)
+    x = (x / torch.linalg.vector_norm(x, dim=1, keepdim=True) * 200).to(dtype)
+    got = MINERS[name](x, y)
+    want = MINERS[name](x.float(), y)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_hyperparameters_are_validated():
+    x, y = batch()
+    for bad in (math.nan, "0.2", -1.0):
+        with pytest.raises(ValueError, match="margin"):
+            miners.semi_hard(x, y, margin=bad)
+        with pytest.raises(ValueError, match="epsilon"):
+            miners.multi_similarity(x, y, epsilon=bad)
+        with pytest.raises(ValueError, match="cutoff"):
+            miners.distance_weighted(x, y, cutoff=bad)
+        with pytest.raises(ValueError, match="nonzero_loss_cutoff"):
+            miners.distance_weighted(x, y, nonzero_loss_cutoff=bad)
 
 
 # -- PML parity --------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ values each rule must reject (NaN, a string, out of range) -- so a new loss pass
 bad-hyperparameter matrix by declaring its constraints, not by writing its own tests.
 
 Rules: :class:`Real` (a finite real number; ``bool`` and strings are rejected), :class:`Int`
-(an integer, not ``bool``), :class:`Choice` (one of a fixed set), :class:`Flag` (a ``bool``).
+(an integer, not ``bool``), :class:`Choice` (one of a fixed set), :class:`Flag` (a ``bool``),
+:class:`PerClass` (one finite weight per class, or optionally one number) and :class:`Kwargs`
+(the keyword hyperparameters of a wrapped loss).
 ``optional=True`` also admits ``None``.
 """
 
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Choice", "Flag", "HParamCheck", "Int", "PerClass", "Real", "Rule", "hparams"]
+__all__ = ["Choice", "Flag", "HParamCheck", "Int", "Kwargs", "PerClass", "Real", "Rule", "hparams"]
 
 
 class Rule:
@@ -302,3 +304,35 @@ class PerClass(Rule):
                     continue
                 if v != "0.5":
                     yield v
+
+
+# --------------------------------------------------------------------------------------------
+# Keyword mappings (added for metrix's base_hparams: the hyperparameters of a wrapped loss)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kwargs(Rule):
+    """A mapping of keyword arguments: string keys that are identifiers (e.g. the
+    hyperparameters of a wrapped base loss, which that loss's own rules then check)."""
+
+    optional: bool = False
+
+    def expected(self) -> str:
+        return "a mapping of keyword arguments (identifier keys)" + (
+            " or None" if self.optional else "")
+
+    def check(self, name: str, value: Any) -> None:
+        if self._none_ok(name, value):
+            return
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{name} must be {self.expected()}, got {value!r} "
+                             f"({type(value).__name__})")
+        bad = [k for k in value if not (isinstance(k, str) and k.isidentifier())]
+        if bad:
+            raise ValueError(f"{name} must be {self.expected()}, got the key(s) {bad!r}")
+
+    def rejects(self) -> Iterator[Any]:
+        yield from super().rejects()
+        yield [("margin", 0.1)]
+        yield {1: 0.1}

@@ -6,6 +6,12 @@ No function here builds an ``[N, M, D]`` tensor: squared euclidean distances com
 ``euclidean`` keeps an ``eps`` *inside* the square root (``sqrt(|x - y|^2 + eps)``), as the
 SuSana Distancia code does, so that the backward pass never divides by ``sqrt(0)``. With
 ``eps=0`` it uses a square root whose gradient at 0 is 0 instead of infinite.
+
+Half-precision inputs (fp16/bf16) are computed in float32 and the matrices are returned in
+float32 (:func:`losslab._core.compute_dtype`): a squared distance between fp16 embeddings of
+norm 200 (4e4 each) overflows fp16's 65504, and ``|x|^2 + |y|^2 - 2 x.y`` loses every digit
+of a small distance at 3 significant digits. Two inputs of different float dtypes are computed
+in the wider one.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from losslab._core import check_choice, check_matrix
+from losslab._core import check_choice, check_matrix, compute_dtype
 
 __all__ = [
     "METRICS",
@@ -42,11 +48,20 @@ METRICS: tuple[str, ...] = ("euclidean", "squared_euclidean", "cosine", "dot")
 
 
 def _pair(x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Validated ``(x, y)`` in their compute dtype (``y is x`` when ``y`` is None)."""
     check_matrix("x", x)
     if y is None:
+        x = x.to(compute_dtype(x.dtype))
         return x, x
     check_matrix("y", y, dim=x.shape[1])
-    return x, y
+    return _upcast(x, y)
+
+
+def _upcast(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` and ``y`` in one compute dtype: the wider of the two, float32 for half inputs (a
+    differentiable cast; no copy when the dtype is already right)."""
+    dt = compute_dtype(torch.promote_types(x.dtype, y.dtype))
+    return x.to(dt), y.to(dt)
 
 
 def squared_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -141,6 +156,7 @@ def paired(x: Tensor, y: Tensor, *, metric: str = "euclidean", eps: float = 1e-6
     check_choice("metric", metric, METRICS)
     check_matrix("x", x)
     check_matrix("y", y, dim=x.shape[1])
+    x, y = _upcast(x, y)
     if metric in ("euclidean", "squared_euclidean"):
         sq = (x - y).pow(2).sum(1)
         if metric == "squared_euclidean":

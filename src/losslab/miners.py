@@ -6,6 +6,12 @@ reference set (``ref_embeddings``, or the batch itself, in which case an anchor 
 own positive). Every pair/triplet loss of :mod:`losslab.losses.metric_learning` accepts
 both forms.
 Each miner builds the ``[N, M]`` distance matrix once and works with masked O(N·M) ops.
+
+Inputs are validated as the losses' (labels of any integer dtype, bool rejected; half
+embeddings mined on float32 distances). Embeddings with a NaN or inf entry are a
+``ValueError``: their distances cannot be ordered, and a miner that silently skipped (or
+arbitrarily picked) such a sample would let the loss on its tuples hide the fault.
+Hyperparameters are checked with the losses' rules (:mod:`losslab._hparams`).
 """
 
 from __future__ import annotations
@@ -13,18 +19,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losslab._core import check_positive
-from losslab._ops.pairs import PairBatch, ms_pair_mining, pair_batch
+from losslab._hparams import Real, hparams
+from losslab._ops.pairs import PairBatch, ms_pair_mining, pair_batch, validate_batch
 from losslab.distances import METRICS, normalize_rows
 
 __all__ = ["batch_hard", "distance_weighted", "multi_similarity", "semi_hard"]
 
 
+_check_miners = hparams(margin=Real(ge=0), epsilon=Real(ge=0), cutoff=Real(gt=0),
+                        nonzero_loss_cutoff=Real(gt=0))
+
+
 def _batch(embeddings: Tensor, labels: Tensor, ref_embeddings: Tensor | None,
-           ref_labels: Tensor | None, metric: str, allowed: tuple[str, ...] = METRICS) -> PairBatch:
-    return pair_batch(embeddings.detach(), labels,
-                      None if ref_embeddings is None else ref_embeddings.detach(), ref_labels,
-                      metric=metric, allowed=allowed)
+           ref_labels: Tensor | None, metric: str, allowed: tuple[str, ...] = METRICS, *,
+           normalize: bool = False) -> PairBatch:
+    """The validated batch (compute dtype, int64 labels) and its matrix; ``normalize``: on
+    L2-normalised embeddings. Raises a ``ValueError`` for non-finite embeddings."""
+    vb = validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+    for name, t in (("embeddings", vb.embeddings), ("ref_embeddings", vb.ref)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} must be finite to mine pairs, got NaN or inf entries")
+    x, r = vb.embeddings.detach(), vb.ref.detach()
+    if normalize:
+        x = normalize_rows(x)
+        r = x if vb.self_ref else normalize_rows(r)
+    ref, ref_lab = vb.reference
+    return pair_batch(x, vb.labels, None if ref is None else r, ref_lab, metric=metric,
+                      allowed=allowed)
 
 
 @torch.no_grad()
@@ -70,6 +91,7 @@ def semi_hard(
 
     Paper: Schroff, Kalenichenko, Philbin, "FaceNet", arXiv 1503.03832.
     """
+    _check_miners(margin=margin)
     b = _batch(embeddings, labels, ref_embeddings, ref_labels, metric)
     u = b.u
     key = u.masked_fill(~b.neg, float("inf"))
@@ -103,6 +125,7 @@ def multi_similarity(
 
     Paper: Wang et al., "Multi-Similarity Loss with General Pair Weighting", arXiv 1904.06627.
     """
+    _check_miners(epsilon=epsilon)
     b = _batch(embeddings, labels, ref_embeddings, ref_labels, metric, ("cosine", "dot"))
     pos, neg = ms_pair_mining(b.mat, b.pos, b.neg, epsilon)
     a1, p = torch.where(pos)
@@ -135,10 +158,8 @@ def distance_weighted(
 
     Paper: Wu et al., "Sampling Matters in Deep Embedding Learning", arXiv 1706.07567.
     """
-    check_positive("cutoff", cutoff)
-    emb = normalize_rows(embeddings.detach())
-    ref = None if ref_embeddings is None else normalize_rows(ref_embeddings.detach())
-    b = _batch(emb, labels, ref, ref_labels, "euclidean")
+    _check_miners(cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff)
+    b = _batch(embeddings, labels, ref_embeddings, ref_labels, "euclidean", normalize=True)
     dim = float(embeddings.shape[1])
     d = b.mat.clamp_min(cutoff)
     inside = (1.0 - 0.25 * d * d).clamp_min(torch.finfo(d.dtype).tiny)

@@ -12,8 +12,10 @@ from losslab._ops.pairs import (
     label_masks,
     members,
     ms_pair_mining,
+    pair_batch,
     pairs_from_indices,
     triplets_from_indices,
+    validate_batch,
 )
 
 
@@ -91,3 +93,48 @@ def test_pairs_and_triplets_from_indices():
     trip = triplets_from_indices((torch.tensor([0, 0]), torch.tensor([1, 2]),
                                   torch.tensor([0, 1]), torch.tensor([5, 6])))
     assert sorted(zip(*(t.tolist() for t in trip))) == [(0, 1, 5), (0, 2, 5)]
+
+
+# -- issue #11 --------------------------------------------------------------------------------
+
+
+def test_validate_batch_returns_compute_dtype_and_int64_labels():
+    """Findings 2 and 7: every loss built on the batch computes half inputs in float32 and
+    indexes with int64 labels (uint8 labels crashed npairs' scatter)."""
+    x = torch.randn(4, 3).half().requires_grad_(True)
+    y = torch.tensor([0, 1, 0, 1], dtype=torch.uint8)
+    b = validate_batch(x, y, None, None)
+    assert b.embeddings.dtype == torch.float32 and b.ref is b.embeddings and b.self_ref
+    assert b.labels.dtype == torch.int64 and b.ref_labels is b.labels
+    assert b.reference == (None, None)
+    b.embeddings.sum().backward()
+    assert x.grad.dtype == torch.float16
+    r = torch.randn(5, 3).half()
+    b = validate_batch(x, y, r, torch.arange(5, dtype=torch.int32))
+    assert b.ref.dtype == torch.float32 and b.ref_labels.dtype == torch.int64
+    assert b.reference[0] is b.ref and not b.self_ref
+    x64 = torch.randn(4, 3, dtype=torch.float64)
+    assert validate_batch(x64, y, None, None).embeddings is x64
+    with pytest.raises(ValueError, match="labels"):
+        validate_batch(x64, y.bool(), None, None)
+    with pytest.raises(ValueError, match="ref_labels"):
+        validate_batch(x64, y, x64, y.bool())
+
+
+def test_the_batch_zero_is_nan_for_a_non_finite_input():
+    x, r = torch.randn(4, 3), torch.randn(5, 3)
+    y = torch.tensor([0, 1, 0, 1])
+    assert validate_batch(x, y, r, torch.arange(5)).zero().item() == 0.0
+    r[2, 1] = float("nan")
+    assert torch.isnan(validate_batch(x, y, r, torch.arange(5)).zero())
+    assert torch.isnan(pair_batch(x, y, r, torch.arange(5), metric="cosine").zero())
+    x[0, 0] = float("inf")
+    assert torch.isnan(validate_batch(x, y, None, None).zero())
+
+
+def test_pair_batch_computes_half_inputs_in_float32():
+    x = (torch.randn(6, 4) * 200).half()
+    y = torch.tensor([0, 0, 1, 1, 2, 2], dtype=torch.int32)
+    b = pair_batch(x, y, metric="euclidean")
+    assert b.mat.dtype == torch.float32 and torch.isfinite(b.mat).all()
+    assert b.labels.dtype == torch.int64

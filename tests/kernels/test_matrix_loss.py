@@ -183,3 +183,69 @@ def test_gather_rows_backward_sums_repeated_indices():
     (gather_rows(src, idx) * w).sum().backward()
     ref = torch.zeros(7, 3, dtype=torch.float64).index_add_(0, idx, w)
     assert torch.equal(src.grad, ref)
+
+
+# -- issue #11: half inputs and non-finite inputs --------------------------------------------
+
+
+class _SelectingKernel:
+    """A kernel that, as the hinge and mining kernels do, keeps only the entries a comparison
+    selects (``mat < 1``): a NaN entry fails the comparison and would drop out of the value."""
+
+    symmetric = False
+    axis = 1
+
+    def __call__(self, mat, members, mean):
+        keep = mat < 1.0
+        return KernelOut(mat.where(keep, 0.0).sum(1), grad=keep.to(mat.dtype))
+
+
+@pytest.mark.parametrize("ref", [False, True], ids=["batch", "ref"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_inputs_return_the_float32_value(dtype, ref):
+    """Finding 2: MatrixLoss computed half inputs in float32 but cast the value back."""
+    x, y, r, ry = fused_data(ref=ref)
+    x = (x.detach() * 100).to(dtype).requires_grad_(True)
+    r = None if r is None else (r.detach() * 100).to(dtype).requires_grad_(True)
+    kernel = _SelectingKernel()
+    for metric in ("euclidean", "squared_euclidean", "cosine", "dot"):
+        out = engine.matrix_loss(x, y, r, ry, metric=metric, kernel=kernel, reduction="sum")
+        assert out.dtype == torch.float32
+        want = engine.matrix_loss(x.detach().float(), y, None if r is None else r.detach().float(),
+                                  ry, metric=metric, kernel=kernel, reduction="sum")
+        torch.testing.assert_close(out, want)
+        out.backward()
+        assert x.grad.dtype == dtype and (r is None or r.grad.dtype == dtype)
+
+
+@pytest.mark.parametrize("where", ["embeddings", "ref"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_non_finite_input_gives_nan_whatever_the_kernel_selects(bad, where):
+    x, y, r, ry = fused_data(ref=True)
+    x, r = x.detach().clone(), r.detach().clone()
+    (x if where == "embeddings" else r)[1, 2] = bad
+    for reduction in REDUCTIONS:
+        out = engine.matrix_loss(x, y, r, ry, metric="euclidean", kernel=_SelectingKernel(),
+                                 reduction=reduction)
+        assert torch.isnan(out).all()
+    clean = fused_data(ref=True)[0].detach()
+    out = engine.matrix_loss(clean, y, None, None, metric="dot", kernel=_SelectingKernel(),
+                             reduction="sum")
+    assert torch.isfinite(out)
+
+
+@pytest.mark.parametrize("name,metric", CASES, ids=[f"{n}-{m}" for n, m in CASES])
+def test_every_fast_path_propagates_nan(name, metric):
+    """multi-similarity's mining and contrastive's "any active negative?" test dropped the
+    pairs of a NaN embedding (here: a sample alone in its class, in the batch or in the
+    reference set, whose pairs are all negatives): the fused loss was finite."""
+    fp = FAST_PATHS[name]
+    fn = losslab.spec(name).function
+    x, y, r, ry = fused_data(ref=True)
+    x, r, y, ry = x.detach().clone(), r.detach().clone(), y.clone(), ry.clone()
+    x[0, 0] = r[1, 0] = float("nan")
+    y[0], ry[1] = 99, 98  # alone in its class
+    kw = {"metric": metric} if metric else {}
+    assert torch.isnan(fn(x, y, **fp.hparams, **kw))
+    assert torch.isnan(fn(x.nan_to_num(0.0), y, ref_embeddings=r, ref_labels=ry, **fp.hparams,
+                          **kw))

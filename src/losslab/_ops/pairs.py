@@ -14,6 +14,11 @@ One place builds, for a batch of query embeddings ``[N, D]`` against a reference
   between pairs and triplets;
 * the multi-similarity pair mining (:func:`ms_pair_mining`), shared by the loss and the miner.
 
+Validation (:func:`validate_batch`) returns the embeddings in their compute dtype (float32 for
+half inputs, :func:`losslab._core.compute_dtype`) and the labels as int64 (any integer dtype is
+accepted, bool rejected), so that every loss built on it computes half inputs in float32 and
+returns float32.
+
 Every loss is then written with masked O(N·M) tensor ops: nothing here builds an ``[N, M, M]``
 tensor or materialises a list of all triplets.
 """
@@ -21,6 +26,7 @@ tensor or materialises a list of all triplets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +37,13 @@ from losslab._core import (
     check_labels,
     check_matrix,
     check_same_device,
+    compute_dtype,
+    zero_loss,
 )
 from losslab.distances import METRICS, is_similarity, pairwise
 
 __all__ = [
+    "Batch",
     "Members",
     "PairBatch",
     "Pairs",
@@ -247,8 +256,9 @@ class PairBatch:
         similarity: whether ``mat`` holds similarities (larger = closer).
         indices: the validated ``indices=`` tuple (pairs or triplets) when it was given, else
             ``None`` (then ``pos`` / ``neg`` come from the labels).
-        embeddings: the query embeddings (for zero losses connected to the graph).
+        embeddings: the query embeddings, in the compute dtype (float32 for half inputs).
         ref: the reference embeddings (``embeddings`` itself for the batch against itself).
+        labels: the query labels (int64).
     """
 
     mat: Tensor
@@ -258,6 +268,13 @@ class PairBatch:
     indices: Pairs | Triplets | None
     embeddings: Tensor
     ref: Tensor
+    labels: Tensor
+
+    def zero(self) -> Tensor:
+        """A zero connected to the embeddings and the reference set, NaN when either holds a
+        non-finite entry (see :meth:`Batch.zero`)."""
+        return (zero_loss(self.embeddings) if self.ref is self.embeddings
+                else zero_loss(self.embeddings, self.ref))
 
     @property
     def u(self) -> Tensor:
@@ -275,29 +292,65 @@ class PairBatch:
         return None if self.indices is None else triplets_from_indices(self.indices)
 
 
+class Batch(NamedTuple):
+    """A validated ``embeddings``-kind batch (:func:`validate_batch`).
+
+    Attributes:
+        embeddings: the queries ``[N, D]`` in the compute dtype (float32 for half inputs; a
+            differentiable cast, the input itself otherwise).
+        labels: ``[N]`` int64.
+        ref: the reference set ``[M, D]`` in the compute dtype (``embeddings`` itself when
+            ``self_ref``).
+        ref_labels: ``[M]`` int64 (``labels`` itself when ``self_ref``).
+        self_ref: the reference set is the batch itself.
+    """
+
+    embeddings: Tensor
+    labels: Tensor
+    ref: Tensor
+    ref_labels: Tensor
+    self_ref: bool
+
+    @property
+    def reference(self) -> tuple[Tensor | None, Tensor | None]:
+        """``(ref, ref_labels)``, or ``(None, None)`` for the batch against itself: the
+        reference arguments of :func:`losslab.kernels.matrix_loss.matrix_loss`."""
+        return (None, None) if self.self_ref else (self.ref, self.ref_labels)
+
+    def zero(self) -> Tensor:
+        """A zero connected to the embeddings and the reference set: NaN (or inf) anywhere in
+        them makes it NaN, so no pair selection (hinge, mining, hard pairs) can hide a
+        non-finite input behind a finite loss."""
+        return zero_loss(self.embeddings) if self.self_ref else zero_loss(self.embeddings,
+                                                                          self.ref)
+
+
 def validate_batch(
     embeddings: Tensor,
     labels: Tensor,
     ref_embeddings: Tensor | None,
     ref_labels: Tensor | None,
-) -> tuple[Tensor, Tensor, bool]:
-    """Check the ``embeddings``-kind inputs; return ``(ref, ref_labels, ref_is_batch)``."""
+) -> Batch:
+    """Check the ``embeddings``-kind inputs; return them as a :class:`Batch` (compute dtype,
+    int64 labels)."""
     check_matrix("embeddings", embeddings)
-    check_labels("labels", labels, embeddings.shape[0], of="embeddings")
+    labels = check_labels("labels", labels, embeddings.shape[0], of="embeddings")
     check_same_device(embeddings=embeddings, labels=labels)
+    x = embeddings.to(compute_dtype(embeddings.dtype))
     if ref_embeddings is None or ref_labels is None:
         if ref_embeddings is not None or ref_labels is not None:
             raise ValueError("ref_embeddings and ref_labels must be given together (or neither)")
-        return embeddings, labels, True
+        return Batch(x, labels, x, labels, True)
     check_matrix("ref_embeddings", ref_embeddings, dim=embeddings.shape[1])
-    check_labels("ref_labels", ref_labels, ref_embeddings.shape[0], of="ref_embeddings")
+    ref_labels = check_labels("ref_labels", ref_labels, ref_embeddings.shape[0],
+                              of="ref_embeddings")
     if ref_embeddings.dtype != embeddings.dtype:
         raise ValueError(
             f"ref_embeddings must have the dtype of embeddings ({embeddings.dtype}), got "
             f"{ref_embeddings.dtype}"
         )
     check_same_device(embeddings=embeddings, ref_embeddings=ref_embeddings, ref_labels=ref_labels)
-    return ref_embeddings, ref_labels, False
+    return Batch(x, labels, ref_embeddings.to(x.dtype), ref_labels, False)
 
 
 def pair_batch(
@@ -311,18 +364,19 @@ def pair_batch(
     allowed: tuple[str, ...] = METRICS,
     eps: float = 0.0,
 ) -> PairBatch:
-    """Validate the inputs and build the distance matrix and the pair masks.
+    """Validate the inputs (:func:`validate_batch`: compute dtype, int64 labels) and build the
+    distance matrix and the pair masks.
 
     ``indices`` (triplets or pairs) replace the label masks: a pair is positive/negative iff it
     is listed. Euclidean distances use ``eps=0`` (exact, zero gradient at coincident points).
     """
     check_choice("metric", metric, allowed)
-    ref, ref_lab, ref_is_batch = validate_batch(embeddings, labels, ref_embeddings, ref_labels)
-    n, m = embeddings.shape[0], ref.shape[0]
-    mat = pairwise(embeddings, None if ref_is_batch else ref, metric=metric, eps=eps)
+    vb = validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+    n, m = vb.embeddings.shape[0], vb.ref.shape[0]
+    mat = pairwise(vb.embeddings, None if vb.self_ref else vb.ref, metric=metric, eps=eps)
     idx: Pairs | Triplets | None = None
     if indices is None:
-        pos, neg = label_masks(labels, ref_lab, ref_is_batch)
+        pos, neg = label_masks(vb.labels, vb.ref_labels, vb.self_ref)
     else:
         idx = check_miner_indices(indices, n, m)
         a1, p, a2, ng = pairs_from_indices(idx)
@@ -330,4 +384,4 @@ def pair_batch(
         neg = torch.zeros(n, m, dtype=torch.bool, device=mat.device)
         pos[a1, p] = True
         neg[a2, ng] = True
-    return PairBatch(mat, pos, neg, is_similarity(metric), idx, embeddings, ref)
+    return PairBatch(mat, pos, neg, is_similarity(metric), idx, vb.embeddings, vb.ref, vb.labels)

@@ -14,8 +14,10 @@ holding the loss's hyperparameters, defined next to its loss) called as
 ``kernel(mat, members, mean) -> KernelOut``:
 
 * ``mat``: the ``[N, M]`` distances (euclidean, squared euclidean) or similarities (cosine,
-  dot), in the compute dtype (float32 for half inputs). Kernels may overwrite ``mat`` for
-  similarity metrics only (the euclidean chain rule needs the distances after the kernel);
+  dot), in the compute dtype (float32 for half inputs, which is also the dtype of the loss:
+  half inputs return float32, :func:`losslab._core.compute_dtype`). Kernels may overwrite
+  ``mat`` for similarity metrics only (the euclidean chain rule needs the distances after the
+  kernel);
 * ``members``: the same-class reference indices of every row
   (:class:`losslab._ops.pairs.Members`): positives are gathered into small ``[N, K]`` tensors
   (K = the largest class size), and negatives are "the row with its members overwritten"
@@ -35,9 +37,11 @@ holding the loss's hyperparameters, defined next to its loss) called as
 
 A kernel whose ``G`` is symmetric for the batch against itself (a function of the unordered
 pair only, e.g. contrastive) declares ``symmetric = True``, which saves a transpose in the
-backward pass. Gradients are exact (checked by the fp64 gradcheck of the contract suite and by
-the fused-vs-autograd tests over ``losslab.losses.metric_learning.FAST_PATHS``), except where a
-loss documents a stop-gradient surrogate.
+backward pass. A non-finite entry (NaN, inf) anywhere in the inputs makes the loss NaN
+(kernels select pairs by comparisons, which would otherwise skip it). Gradients are exact
+(checked by the fp64 gradcheck of the contract suite and by the fused-vs-autograd tests over
+``losslab.losses.metric_learning.FAST_PATHS``), except where a loss documents a stop-gradient
+surrogate.
 """
 
 from __future__ import annotations
@@ -173,7 +177,12 @@ class MatrixLoss(torch.autograd.Function):
         saved = tuple(sparse) if sparse is not None else (grad,)
         ctx.save_for_backward(xc, rc if ref is not None else None, *saved)
         res = out.values.sum() if total else out.values
-        return res.to(x.dtype)
+        # A kernel selects pairs by comparisons (hinges, mining thresholds, "any active
+        # negative?"), which a NaN fails silently. sum(x * 0) is 0, or NaN when x holds a NaN or
+        # an inf: added to the value, any non-finite input gives NaN, never a plausible finite
+        # loss (O((N + M) D), no sync; 10x cheaper than isfinite(x).all() on CPU).
+        guard = xc.mul(0.0).sum() if ref is None else xc.mul(0.0).sum() + rc.mul(0.0).sum()
+        return res + guard  # the compute dtype: float32 for half inputs
 
     @staticmethod
     @torch.autograd.function.once_differentiable

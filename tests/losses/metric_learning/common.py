@@ -4,6 +4,9 @@ the pytorch-metric-learning (PML) parity harness (tests that need PML skip witho
 
 from __future__ import annotations
 
+import inspect
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -194,3 +197,166 @@ def check_against_reference(fn, x, y, r, ry, idx, reduction, **hp):
     torch.testing.assert_close(out, ref, **FUSED_TOL)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **FUSED_TOL)
+
+
+# -- issue #11: bad input and faults (shared by the family's test files) ------------------------
+
+PROXY_NAMES = ("proxy_nca", "proxy_anchor", "normalized_softmax", "arcface", "cosface",
+               "madacos")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def make_loss(name, dtype=torch.float64, **hp):
+    """A seeded module of the family (proxy losses: 4 classes x 5 dims) in ``dtype``."""
+    torch.manual_seed(0)
+    if name in PROXY_NAMES:
+        hp = {"num_classes": 4, "embedding_dim": 5, **hp}
+    return losslab.create(name, **hp).to(dtype)
+
+
+def _call(loss, x, y, **kw):
+    torch.manual_seed(1234)
+    return loss(x, y, **kw)
+
+
+def check_half_inputs_return_float32(name, *, indices=False, ref=False, **hp):
+    """Finding 2: fp16/bf16 embeddings of norm ~200 (a squared distance of 4e4 + 4e4 overflows
+    fp16) are computed in float32 and the loss is returned in float32, equal to the float32 loss
+    of the same (rounded) values and parameters; the gradient reaches the half input."""
+    x, y = batch(seed=21)
+    x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True) * 200.0
+    r, ry = batch(seed=22, n_classes=5)
+    r = r * 90.0
+    for dt in HALF_DTYPES:
+        xh = x.to(dt).requires_grad_(True)
+        kw = {}
+        if ref:
+            kw = {"ref_embeddings": r.to(dt), "ref_labels": ry}
+        if indices:
+            kw["indices"] = (all_triplets(y, ry if ref else None) if name in TRIPLET_LOSSES
+                             else all_pairs(y, ry if ref else None))
+        half = make_loss(name, dt, **hp)
+        out = _call(half, xh, y, **kw)
+        assert out.dtype == torch.float32, f"{name}: {dt} inputs returned {out.dtype}"
+        kw32 = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+                for k, v in kw.items()}
+        # a fresh module: the same proxies (rounded to dt) and the same mixing (metrix's seed)
+        want = _call(make_loss(name, dt, **hp).float(), xh.detach().float(), y, **kw32)
+        want = want.detach()
+        assert torch.isfinite(want).all()
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+        out.sum().backward()
+        assert xh.grad is not None and xh.grad.dtype == dt
+        assert torch.isfinite(xh.grad).all()
+
+
+def check_integer_labels(name, **hp):
+    """Finding 7: labels (and ``ref_labels``, ``indices``) of any integer dtype give the int64
+    result; bool labels are a ``ValueError``."""
+    x, y = batch(seed=23)
+
+    def loss(*args, **kw):  # a fresh module per call (metrix's seeded mixing)
+        return make_loss(name, **hp)(*args, **kw)
+
+    want = _call(loss, x, y)
+    for dt in (torch.int32, torch.int16, torch.uint8):
+        torch.testing.assert_close(_call(loss, x, y.to(dt)), want)
+    with pytest.raises(ValueError, match="labels"):
+        _call(loss, x, y > 1)
+    if name in PROXY_NAMES:
+        return
+    r, ry = batch(seed=24)
+    want = _call(loss, x, y, ref_embeddings=r, ref_labels=ry)
+    got = _call(loss, x, y.to(torch.uint8), ref_embeddings=r, ref_labels=ry.to(torch.int32))
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="ref_labels"):
+        _call(loss, x, y, ref_embeddings=r, ref_labels=ry > 1)
+    idx = all_triplets(y) if name in TRIPLET_LOSSES else all_pairs(y)
+    got = _call(loss, x, y.to(torch.uint8), indices=tuple(t.to(torch.int32) for t in idx))
+    torch.testing.assert_close(got, _call(loss, x, y, indices=idx))
+
+
+def _without(idx, i):
+    """The tuples of a miner-style index tuple that do not involve sample ``i``."""
+    if len(idx) == 3:
+        keep = (idx[0] != i) & (idx[1] != i) & (idx[2] != i)
+        return tuple(t[keep] for t in idx)
+    k1, k2 = (idx[0] != i) & (idx[1] != i), (idx[2] != i) & (idx[3] != i)
+    return idx[0][k1], idx[1][k1], idx[2][k2], idx[3][k2]
+
+
+def check_nan_propagates(name, **hp):
+    """NaN in the embeddings (a sample with positives, a sample alone in its class, a sample in
+    no listed pair), in the reference set or in the proxies gives a NaN loss, never a finite
+    one (pair selection by comparisons -- hinges, mining, hard pairs -- must not skip it); inf
+    gives a non-finite loss too."""
+    x0, y = batch(seed=25)
+    cases = []
+    for bad in (math.nan, math.inf):
+        x = x0.clone()
+        x[0, 1] = bad
+        cases.append((f"{bad} in a sample with positives", make_loss(name, **hp), x, y, {}))
+    if name in PROXY_NAMES:
+        loss = make_loss(name, **hp)
+        with torch.no_grad():
+            loss.proxies[1, 2] = math.nan
+        cases.append(("nan in a proxy", loss, x0, y, {}))
+    else:
+        x = x0.clone()
+        x[3, 0] = math.nan
+        alone = y.clone()
+        alone[3] = 99
+        cases.append(("nan in a sample alone in its class", make_loss(name, **hp), x, alone, {}))
+        r, ry = batch(seed=26)
+        r[2, 2] = math.nan
+        cases.append(("nan in ref_embeddings", make_loss(name, **hp), x0, y,
+                      {"ref_embeddings": r, "ref_labels": ry}))
+        x = x0.clone()
+        x[0, 0] = math.nan
+        idx = _without(all_triplets(y) if name in TRIPLET_LOSSES else all_pairs(y), 0)
+        cases.append(("nan in a sample of no listed pair", make_loss(name, **hp), x, y,
+                      {"indices": idx}))
+    for label, loss, x, yy, kw in cases:
+        out = _call(loss, x, yy, **kw)
+        assert not torch.isfinite(out).all(), f"{name}: {label} gave {out}"
+        if label.startswith("nan"):
+            assert torch.isnan(out).any(), f"{name}: {label} gave {out}"
+
+
+def check_degenerate_declarations(name, declared, **hp):
+    """Finding 9: the loss declares exactly ``declared``; each declared batch (one class: every
+    label equal; no positives: every label distinct) is an exact zero with an exact-zero
+    gradient in fp64/fp32/bf16/fp16, and each undeclared one is a non-zero loss (the paper's
+    loss is not zero there)."""
+    assert losslab.spec(name).degenerate == declared
+    x0 = batch(seed=27)[0] * 0.3  # close pairs: the undeclared cases have active terms
+    n = x0.shape[0]
+    for case, y in (("one_class", torch.zeros(n, dtype=torch.long)),
+                    ("no_positives", torch.arange(n))):
+        if name in PROXY_NAMES:
+            continue  # labels index the proxies: no such batch
+        for dt in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+            x = x0.to(dt).clone().requires_grad_(True)
+            out = _call(make_loss(name, dt, **hp), x, y)
+            if case in declared:
+                assert out.item() == 0.0, f"{name} {case} {dt}: {out.item()}"
+                out.sum().backward()
+                assert x.grad is not None and torch.count_nonzero(x.grad) == 0
+            else:
+                assert torch.isfinite(out).all() and out.item() != 0.0, (name, case, dt)
+
+
+def check_bad_hyperparameters(name, bad, *, call=None):
+    """Finding 5: every hyperparameter value in ``bad`` (name -> values: NaN, strings,
+    out-of-range) is a ``ValueError`` naming it, at construction and in the function (which
+    ``call(fn, **hparams)`` calls; module-only options such as ``num_classes`` are not
+    passed to it)."""
+    fn = losslab.spec(name).function
+    params = inspect.signature(fn).parameters
+    for key, values in bad.items():
+        for value in values:
+            with pytest.raises(ValueError, match=key):
+                make_loss(name, **{key: value})
+            if call is not None and key in params:
+                with pytest.raises(ValueError, match=key):
+                    call(fn, **{key: value})

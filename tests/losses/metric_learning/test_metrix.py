@@ -3,6 +3,8 @@ module that wraps a base loss, and the deprecated name ``Metrix``."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,14 @@ import torch.nn.functional as F
 import losslab
 from losslab.losses.metric_learning.metrix import MetrixLoss, metrix_mixed_terms
 from losslab.losses.metric_learning.weighted import ms_terms
-from tests.losses.metric_learning.common import batch
+from tests.losses.metric_learning.common import (
+    batch,
+    check_bad_hyperparameters,
+    check_degenerate_declarations,
+    check_half_inputs_return_float32,
+    check_integer_labels,
+    check_nan_propagates,
+)
 
 
 def test_metrix_reduces_to_base_and_mixes():
@@ -56,6 +65,53 @@ def test_metrix_module_options_and_checks():
         losslab.create("metrix", mix_alpha=0.0)
     with pytest.raises(ValueError, match="weight"):
         losslab.functional.metrix_loss(x, y, weight=-1.0)
+
+
+# -- issue #11: bad input and faults ---------------------------------------------------------
+
+BASES = [("multi_similarity", {}), ("contrastive", {}),
+         ("proxy_anchor", {"num_classes": 4, "embedding_dim": 5})]
+
+
+@pytest.mark.parametrize("base,hp", BASES, ids=[b for b, _ in BASES])
+def test_degenerate_declarations(base, hp):
+    """Finding 9: one class is zero with the default base (no partner of another class to mix
+    with, and multi-similarity's mining keeps no pair); distinct labels are not zero (every mix
+    is a partial positive of its anchor), so only one_class is declared."""
+    if base == "multi_similarity":
+        check_degenerate_declarations("metrix", ("one_class",))
+    x, y = batch(seed=30)
+    m = losslab.create("metrix", base=base, base_hparams=hp, seed=0).double()
+    if base != "proxy_anchor":
+        assert m(x, torch.arange(len(y))).item() != 0.0
+
+
+@pytest.mark.parametrize("form", ["labels", "ref", "indices"])
+@pytest.mark.parametrize("base,hp", BASES, ids=[b for b, _ in BASES])
+def test_half_inputs_are_computed_and_returned_in_float32(base, hp, form):
+    """Finding 2: the mixed part was computed in the input dtype and the sum returned in it."""
+    if base == "proxy_anchor" and form != "labels":
+        pytest.skip("proxies: no ref_embeddings / indices")
+    check_half_inputs_return_float32("metrix", ref=form == "ref", indices=form == "indices",
+                                     base=base, base_hparams=hp, seed=0)
+
+
+@pytest.mark.parametrize("base,hp", BASES[:2], ids=[b for b, _ in BASES[:2]])
+def test_integer_label_dtypes_and_nan(base, hp):
+    """Finding 7, and NaN in ref_embeddings gave a finite metrix loss (its base's mining)."""
+    check_integer_labels("metrix", base=base, base_hparams=hp, seed=0)
+    check_nan_propagates("metrix", base=base, base_hparams=hp, seed=0)
+
+
+def test_every_hyperparameter_is_validated():
+    """Finding 5: NaN / string values; base_hparams must be a mapping; seed an integer."""
+    x, y = batch()
+    check_bad_hyperparameters("metrix", {
+        "mix_alpha": [0.0, math.nan, "2"], "weight": [-1.0, math.inf], "base": [None, "circle"],
+        "base_hparams": ["alpha=2", [("alpha", 2.0)]], "seed": ["0", 1.5, -1]},
+        call=lambda fn, **kw: fn(x, y, **kw))
+    with pytest.raises(ValueError, match="alpha"):  # the base's own rules
+        losslab.create("metrix", base_hparams={"alpha": math.nan})
 
 
 def test_metrix_is_a_deprecated_alias_of_metrix_loss():

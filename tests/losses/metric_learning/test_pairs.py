@@ -15,9 +15,14 @@ from tests.losses.metric_learning.common import (
     ORACLE_TOL,
     batch,
     both,
+    check_bad_hyperparameters,
     check_bad_reference_and_indices_raise,
+    check_degenerate_declarations,
+    check_half_inputs_return_float32,
     check_indices_equal_explicit_pairs,
+    check_integer_labels,
     check_miners_feed,
+    check_nan_propagates,
     check_single_sample_is_zero,
     cos,
     dist,
@@ -106,6 +111,59 @@ def test_hyperparameters_are_checked_at_construction():
         losslab.create("contrastive", metric="manhattan")
     with pytest.raises(ValueError, match="metric"):
         losslab.create("npairs", metric="euclidean")
+
+
+# -- issue #11: bad input and faults ---------------------------------------------------------
+
+#: Finding 9, decided from the papers: a contrastive loss has a term per positive pair and
+#: per negative pair, so a one-class batch (positives only) and a batch of distinct labels
+#: (negatives only) are not zero; lifted structure needs a positive and a negative per anchor
+#: (the log of an empty sum is -inf, the hinge 0); an N-pair example needs two classes with a
+#: pair (one class: a single pair, no negative; distinct labels: no pair).
+DECLARED = {"contrastive": (), "lifted_structure": ("one_class", "no_positives"),
+            "npairs": ("one_class", "no_positives")}
+HALF_CASES = [("contrastive", {}),
+              ("contrastive", {"metric": "squared_euclidean", "neg_margin": 9e4}),
+              ("contrastive", {"metric": "cosine", "pos_margin": 0.9, "neg_margin": 0.3}),
+              ("lifted_structure", {}), ("npairs", {}), ("npairs", {"metric": "cosine"})]
+
+
+@pytest.mark.parametrize("form", ["labels", "ref", "indices"])
+@pytest.mark.parametrize("name,hp", HALF_CASES, ids=[f"{n}-{h}" for n, h in HALF_CASES])
+def test_half_inputs_are_computed_and_returned_in_float32(name, hp, form):
+    """Finding 2: fp16 norm-200 embeddings made lifted_structure NaN and npairs inf."""
+    check_half_inputs_return_float32(name, ref=form == "ref", indices=form == "indices", **hp)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_integer_label_dtypes_are_accepted_and_bool_rejected(name):
+    """Finding 7: npairs crashed on uint8 labels (scatter index)."""
+    check_integer_labels(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nan_propagates(name):
+    """NaN in a sample alone in its class gave a finite contrastive loss (fused path)."""
+    check_nan_propagates(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_degenerate_declarations(name):
+    check_degenerate_declarations(name, DECLARED[name])
+
+
+def test_every_hyperparameter_is_validated():
+    """Finding 5: NaN margins, string values and out-of-range values are ValueErrors."""
+    x, y = batch()
+    call = lambda fn, **kw: fn(x, y, **kw)  # noqa: E731
+    check_bad_hyperparameters("contrastive", {
+        "pos_margin": [math.nan, "0.2", None], "neg_margin": [math.inf, True],
+        "power": [0.0, -1.0, math.nan], "metric": ["manhattan"], "mean_over": ["most"]},
+        call=call)
+    check_bad_hyperparameters("lifted_structure", {
+        "pos_margin": [math.nan], "neg_margin": ["1"], "metric": [None]}, call=call)
+    check_bad_hyperparameters("npairs", {
+        "l2_reg": [-0.1, math.nan, "0"], "metric": ["euclidean"]}, call=call)
 
 
 # -- PML parity --------------------------------------------------------------------------------

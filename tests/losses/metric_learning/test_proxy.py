@@ -16,6 +16,10 @@ from tests.losses.metric_learning.common import (
     ORACLE_TOL,
     PML_TOL,
     batch,
+    check_bad_hyperparameters,
+    check_half_inputs_return_float32,
+    check_integer_labels,
+    check_nan_propagates,
     cos,
     needs_pml,
     pl,
@@ -155,6 +159,72 @@ def test_proxy_initialisations_follow_the_papers_code():
     assert abs(float(pa.proxies.detach().std()) - math.sqrt(2 / 300)) < 0.005
     mc = losslab.create("madacos", num_classes=30, embedding_dim=64)
     assert float(mc.proxies.detach().abs().max()) <= 1 / 8
+
+
+# -- issue #11: bad input and faults ---------------------------------------------------------
+
+# Finding 9: the proxy losses declare no degenerate batch: a sample is compared with every
+# class proxy, so a one-class batch is an ordinary batch (a loss of its own), and labels must
+# index the proxies (no "every label distinct" batch beyond C samples).
+
+
+@pytest.mark.parametrize("name", PROXY_LOSSES)
+def test_no_degenerate_batch_is_declared(name):
+    assert losslab.spec(name).degenerate == ()
+    x, _ = batch()
+    out = losslab.create(name, num_classes=4, embedding_dim=5).double()(x, torch.zeros(12).long())
+    assert torch.isfinite(out) and out.item() != 0.0
+
+
+@pytest.mark.parametrize("name", PROXY_LOSSES)
+def test_half_inputs_are_computed_and_returned_in_float32(name):
+    """Finding 2: half embeddings and proxies returned the input dtype."""
+    check_half_inputs_return_float32(name)
+
+
+def test_half_embeddings_with_float32_proxies_compute_in_float32():
+    x, y = batch()
+    p = proxies().float().requires_grad_(True)
+    xh = (x * 90).half().requires_grad_(True)
+    for name in PROXY_LOSSES:
+        fn = losslab.spec(name).function
+        out = fn(xh, y, p)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, fn(xh.detach().float(), y, p.detach()))
+        out.backward()
+        assert xh.grad.dtype == torch.float16 and p.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", PROXY_LOSSES)
+def test_integer_label_dtypes_are_accepted_and_bool_rejected(name):
+    check_integer_labels(name)
+
+
+@pytest.mark.parametrize("name", PROXY_LOSSES)
+def test_nan_propagates(name):
+    check_nan_propagates(name)
+
+
+def test_every_hyperparameter_is_validated():
+    """Finding 5: NaN / string / out-of-range values, and the proxies' shape, are ValueErrors
+    naming the argument (a string num_classes was a TypeError)."""
+    x, y = batch()
+    p = proxies()
+    call = lambda fn, **kw: fn(x, y, p, **kw)  # noqa: E731
+    shape = {"num_classes": [0, "4", 2.5, None], "embedding_dim": [-1, math.nan, None]}
+    check_bad_hyperparameters("proxy_nca", {"scale": [0.0, math.nan, "1"],
+                                            "exclude_positive": [1, None], **shape}, call=call)
+    check_bad_hyperparameters("proxy_anchor", {"margin": [math.nan, "0.1"],
+                                               "alpha": [0.0, math.inf], **shape}, call=call)
+    check_bad_hyperparameters("normalized_softmax", {"temperature": [0.0, math.nan], **shape},
+                              call=call)
+    check_bad_hyperparameters("arcface", {"margin": [math.nan, -0.1, math.pi, "0.5"],
+                                          "scale": [0.0, math.nan], **shape}, call=call)
+    check_bad_hyperparameters("cosface", {"margin": [math.nan, "0.35"],
+                                          "scale": [-1.0, None], **shape}, call=call)
+    check_bad_hyperparameters("madacos", {"alpha": [0.0, 1.0, math.nan],
+                                          "min_scale": [0.0, "32"], "prior": [-1.0, math.nan],
+                                          **shape}, call=call)
 
 
 # -- PML parity: copy the proxies (PML's W is [D, C]) ------------------------------------------

@@ -18,9 +18,14 @@ from tests.losses.metric_learning.common import (
     batch,
     both,
     check_against_reference,
+    check_bad_hyperparameters,
     check_bad_reference_and_indices_raise,
+    check_degenerate_declarations,
+    check_half_inputs_return_float32,
     check_indices_equal_explicit_pairs,
+    check_integer_labels,
     check_miners_feed,
+    check_nan_propagates,
     dist,
     fused_data,
     lp_distance,
@@ -139,6 +144,57 @@ def test_hyperparameters_are_checked_at_construction():
         losslab.create("triplet_ratio", chunk_size=0)
     with pytest.raises(ValueError, match="chunk_size"):
         LF.triplet_ratio_loss(*batch(), chunk_size=-1)
+
+
+# -- issue #11: bad input and faults ---------------------------------------------------------
+
+#: Finding 9: a triplet needs a positive and a negative of its anchor; a one-class batch and a
+#: batch of distinct labels have none (every strategy, and the ratio loss, are zero there).
+DECLARED = {"triplet": ("one_class", "no_positives"),
+            "triplet_ratio": ("one_class", "no_positives")}
+HALF_CASES = [("triplet", {}), ("triplet", {"metric": "cosine"}),
+              ("triplet", {"strategy": "batch_hard"}), ("triplet", {"strategy": "soft_margin"}),
+              ("triplet", {"strategy": "semi_hard"}), ("triplet_ratio", {}),
+              ("triplet_ratio", {"metric": "squared_euclidean", "chunk_size": 2})]
+
+
+@pytest.mark.parametrize("form", ["labels", "ref", "indices"])
+@pytest.mark.parametrize("name,hp", HALF_CASES, ids=[f"{n}-{h}" for n, h in HALF_CASES])
+def test_half_inputs_are_computed_and_returned_in_float32(name, hp, form):
+    """Finding 2: fp16 norm-200 embeddings made triplet_ratio NaN (fp16 distances)."""
+    check_half_inputs_return_float32(name, ref=form == "ref", indices=form == "indices", **hp)
+
+
+@pytest.mark.parametrize("strategy", ["all", "batch_hard", "semi_hard", "soft_margin"])
+def test_integer_label_dtypes_are_accepted_and_bool_rejected(strategy):
+    check_integer_labels("triplet", strategy=strategy)
+    if strategy == "all":
+        check_integer_labels("triplet_ratio")
+
+
+@pytest.mark.parametrize("strategy", ["all", "batch_hard", "semi_hard", "soft_margin"])
+def test_nan_propagates(strategy):
+    check_nan_propagates("triplet", strategy=strategy)
+    if strategy == "all":
+        check_nan_propagates("triplet_ratio")
+
+
+@pytest.mark.parametrize("strategy", ["all", "batch_hard", "semi_hard", "soft_margin"])
+def test_degenerate_declarations(strategy):
+    check_degenerate_declarations("triplet", DECLARED["triplet"], strategy=strategy)
+    if strategy == "all":
+        check_degenerate_declarations("triplet_ratio", DECLARED["triplet_ratio"])
+
+
+def test_every_hyperparameter_is_validated():
+    """Finding 5: a NaN or string margin, chunk_size 0 / -1 / 1.5 are ValueErrors."""
+    x, y = batch()
+    call = lambda fn, **kw: fn(x, y, **kw)  # noqa: E731
+    check_bad_hyperparameters("triplet", {
+        "margin": [math.nan, "0.2", -0.1, None], "strategy": ["hardest"],
+        "metric": ["l1"], "mean_over": [None]}, call=call)
+    check_bad_hyperparameters("triplet_ratio", {
+        "chunk_size": [0, -1, 1.5, "8"], "metric": ["manhattan"]}, call=call)
 
 
 # -- PML parity --------------------------------------------------------------------------------

@@ -18,9 +18,14 @@ from tests.losses.metric_learning.common import (
     ORACLE_TOL,
     batch,
     both,
+    check_bad_hyperparameters,
     check_bad_reference_and_indices_raise,
+    check_degenerate_declarations,
+    check_half_inputs_return_float32,
     check_indices_equal_explicit_pairs,
+    check_integer_labels,
     check_miners_feed,
+    check_nan_propagates,
     cos,
     fused_data,
     needs_pml,
@@ -138,6 +143,72 @@ def test_hyperparameters_are_checked_by_module_and_function():
         LF.circle_loss(x, y, scale=0.0)
     with pytest.raises(ValueError, match="temperature"):
         losslab.create("supcon", temperature=0.0)
+
+
+# -- issue #11: bad input and faults ---------------------------------------------------------
+
+#: Finding 9: multi-similarity mines a positive only below the hardest negative and a negative
+#: only above the easiest positive, so a batch without negatives (one class) or without
+#: positives keeps no pair (zero with the paper's mining, the default); circle's loss is
+#: log(1 + sum_n sum_p ...), 0 when either sum is empty; SupCon: an anchor without a positive
+#: has no term (the mean over P(i) is empty), and one without a negative is left out as in PML
+#: (the paper's L_out would give it lse - mean over its positives, >= log |P(i)|).
+DECLARED = {"multi_similarity": ("one_class", "no_positives"),
+            "circle": ("one_class", "no_positives"), "supcon": ("one_class", "no_positives")}
+HALF_CASES = [("multi_similarity", {}), ("multi_similarity", {"mining": False, "metric": "dot"}),
+              ("circle", {}), ("circle", {"num_classes": 4, "embedding_dim": 5}),
+              ("supcon", {}), ("supcon", {"metric": "dot", "temperature": 1000.0})]
+
+
+@pytest.mark.parametrize("form", ["labels", "ref", "indices"])
+@pytest.mark.parametrize("name,hp", HALF_CASES, ids=[f"{n}-{h}" for n, h in HALF_CASES])
+def test_half_inputs_are_computed_and_returned_in_float32(name, hp, form):
+    """Finding 2: half inputs returned the input dtype (a float32 value rounded to fp16)."""
+    if "num_classes" in hp and form != "labels":
+        pytest.skip("the class-level form takes no ref_embeddings / indices")
+    check_half_inputs_return_float32(name, ref=form == "ref", indices=form == "indices", **hp)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_integer_label_dtypes_are_accepted_and_bool_rejected(name):
+    check_integer_labels(name)
+
+
+@pytest.mark.parametrize("mining", [True, False])
+@pytest.mark.parametrize("name", NAMES)
+def test_nan_propagates(name, mining):
+    """A NaN embedding gave a finite multi-similarity loss: the mining's comparisons dropped
+    its pairs (fused path)."""
+    if name != "multi_similarity" and not mining:
+        pytest.skip("no mining option")
+    check_nan_propagates(name, **({} if name != "multi_similarity" else {"mining": mining}))
+
+
+def test_nan_in_class_level_circle_proxies_propagates():
+    x, y = batch()
+    m = losslab.create("circle", num_classes=4, embedding_dim=5).double()
+    with torch.no_grad():
+        m.proxies[2, 1] = math.nan
+    assert torch.isnan(m(x, y))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_degenerate_declarations(name):
+    check_degenerate_declarations(name, DECLARED[name])
+
+
+def test_every_hyperparameter_is_validated():
+    """Finding 5: NaN / string / out-of-range values of every hyperparameter."""
+    x, y = batch()
+    call = lambda fn, **kw: fn(x, y, **kw)  # noqa: E731
+    check_bad_hyperparameters("multi_similarity", {
+        "alpha": [0.0, math.nan], "beta": [-1.0, "50"], "base": [math.nan, None],
+        "epsilon": [-0.1, math.inf], "mining": [1, None], "metric": ["euclidean"]}, call=call)
+    check_bad_hyperparameters("circle", {
+        "margin": [math.nan, "0.25"], "scale": [0.0, math.nan],
+        "num_classes": [0, 2.5, "4"], "embedding_dim": [-1, math.nan]}, call=call)
+    check_bad_hyperparameters("supcon", {
+        "temperature": [0.0, math.nan, "0.1"], "metric": ["cosine_similarity"]}, call=call)
 
 
 # -- PML parity --------------------------------------------------------------------------------

@@ -11,8 +11,16 @@
 * Every loss builds the ``[N, M]`` distance/similarity matrix once and works with masked
   O(N·M) ops; the all-triplets losses never build an ``[N, M, M]`` tensor.
 * A batch with no valid pair/triplet gives a zero loss with zero gradient, connected to the
-  graph. ``reduction="none"`` returns one value per anchor (row of ``embeddings``) whose sum
-  is the ``"sum"`` reduction; ``"mean"`` is documented per loss.
+  graph. Which degenerate batches (one class, every label distinct) are zero is decided per
+  loss from its paper and declared in its spec (``degenerate=``); the docstrings say why.
+  ``reduction="none"`` returns one value per anchor (row of ``embeddings``) whose sum is the
+  ``"sum"`` reduction; ``"mean"`` is documented per loss.
+* Inputs: labels (``ref_labels``, ``indices``) of any integer dtype (bool is rejected); half
+  embeddings (fp16/bf16) are computed in float32 and the loss is returned in float32
+  (:func:`losslab._core.compute_dtype`); a NaN or inf anywhere in the embeddings, the
+  reference set or the proxies gives a NaN loss, whatever pairs the loss selects.
+  Hyperparameters are declared rules (:mod:`losslab._hparams`), checked at construction and by
+  the function.
 
 Modules, by loss group: :mod:`~.pairs` (contrastive, lifted structure, N-pairs),
 :mod:`~.triplet` (triplet, triplet ratio), :mod:`~.weighted` (multi-similarity, circle,

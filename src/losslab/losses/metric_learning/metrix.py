@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from losslab._core import LossModule, check_choice, check_positive, zero_loss
+from losslab._core import LossModule, zero_loss
+from losslab._hparams import Choice, Int, Kwargs, Real, hparams
 from losslab._ops.pairs import validate_batch
 from losslab.distances import cosine_similarity, pairwise
 from losslab.losses.metric_learning.pairs import contrastive_terms
@@ -30,10 +31,9 @@ __all__ = ["METRIX_BASES", "MetrixLoss", "metrix_loss", "metrix_mixed_terms", "m
 METRIX_BASES: tuple[str, ...] = ("contrastive", "multi_similarity", "proxy_anchor")
 
 
-def _check_metrix(*, base: str, mix_alpha: float, weight: float) -> None:
-    check_choice("base", base, METRIX_BASES)
-    check_positive("mix_alpha", mix_alpha)
-    check_positive("weight", weight, strict=False)
+#: (``seed``: a module-only option, checked by :class:`MetrixLoss`.)
+_check_metrix = hparams(base=Choice(*METRIX_BASES), base_hparams=Kwargs(optional=True),
+                        mix_alpha=Real(gt=0), weight=Real(ge=0), seed=Int(ge=0, optional=True))
 
 
 def mix_embeddings(
@@ -46,7 +46,7 @@ def mix_embeddings(
     :math:`v_k = \lambda_k x_i + (1 - \lambda_k) x_j`, :math:`\lambda_k \sim
     \mathrm{Beta}(\alpha, \alpha)`; samples without a sample of another class are skipped.
     """
-    check_positive("mix_alpha", mix_alpha)
+    _check_metrix(mix_alpha=mix_alpha)
     with torch.no_grad():
         diff = labels.unsqueeze(1) != labels.unsqueeze(0)
         rows = torch.where(diff.any(1))[0]
@@ -95,7 +95,7 @@ def metrix_mixed_terms(
     * proxy_anchor: the proxies are the anchors, the mixed samples the data, with class
       weights :math:`y_c`.
     """
-    check_choice("base", base, METRIX_BASES)
+    _check_metrix(base=base)
     hp = dict(base_hparams or {})
     hp.pop("reduction", None)
     if mixed.shape[0] == 0:
@@ -157,19 +157,25 @@ def metrix_loss(
     Not covered: input and feature (manifold) mixup, which need the network's forward pass
     (score their outputs with :func:`metrix_mixed_terms`), and the "utilization" metric.
 
+    Degenerate batches: a one-class batch is zero with the default base (multi-similarity,
+    zero there by its mining) since no sample has a partner of another class to mix with. A
+    batch of distinct labels is not: every mix is a partial positive (weight
+    :math:`\lambda`) of its own anchor, so the mixed loss is non-zero, as in the paper.
+    Half inputs are computed in float32 and return float32.
+
     Paper: Venkataramanan et al., "It Takes Two to Tango: Mixup for Deep Metric Learning",
     arXiv 2106.04990.
     """
-    _check_metrix(base=base, mix_alpha=mix_alpha, weight=weight)
-    validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+    _check_metrix(base=base, base_hparams=base_hparams, mix_alpha=mix_alpha, weight=weight)
+    vb = validate_batch(embeddings, labels, ref_embeddings, ref_labels)
     hp = dict(base_hparams or {})
     fn = spec(base).function
     if base == "proxy_anchor":
         if proxies is None:
             raise ValueError("metrix with base='proxy_anchor' needs proxies [C, D]")
         proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings,
-                                        ref_labels, indices, name="metrix(proxy_anchor)")
-        clean = fn(embeddings, labels, proxies, **hp)
+                                        ref_labels, indices, name="metrix(proxy_anchor)").proxies
+        clean = fn(vb.embeddings, vb.labels, proxies, **hp)
     else:
         clean = fn(embeddings, labels, ref_embeddings=ref_embeddings, ref_labels=ref_labels,
                    indices=indices, **hp)
@@ -177,10 +183,11 @@ def metrix_loss(
         raise ValueError("metrix needs a scalar base loss (reduction 'mean' or 'sum')")
     if weight == 0:
         return clean
-    mixed, lam, li, lj = mix_embeddings(embeddings, labels, mix_alpha=mix_alpha,
+    # the mixed part in the compute dtype (float32 for half inputs), as the clean part
+    mixed, lam, li, lj = mix_embeddings(vb.embeddings, vb.labels, mix_alpha=mix_alpha,
                                         generator=generator)
-    return clean + weight * metrix_mixed_terms(embeddings, labels, mixed, lam, li, lj, base=base,
-                                              proxies=proxies, base_hparams=hp)
+    return clean + weight * metrix_mixed_terms(vb.embeddings, vb.labels, mixed, lam, li, lj,
+                                              base=base, proxies=proxies, base_hparams=hp)
 
 
 @register(
@@ -208,13 +215,14 @@ class MetrixLoss(LossModule, function=metrix_loss, check=_check_metrix):
     def __init__(self, *, base: str | nn.Module = "multi_similarity",
                  base_hparams: Mapping[str, Any] | None = None, mix_alpha: float = 2.0,
                  weight: float = 1.0, seed: int | None = None) -> None:
+        _check_metrix(base_hparams=base_hparams, seed=seed)
         if isinstance(base, nn.Module):
             name = getattr(getattr(base, "spec", None), "name", None)
-            check_choice("base", name, METRIX_BASES)
+            _check_metrix(base=name)
             module = base
             hp = dict(getattr(base, "hparams", {}))
         else:
-            check_choice("base", base, METRIX_BASES)
+            _check_metrix(base=base)
             name, module = base, create(base, **dict(base_hparams or {}))
             hp = dict(getattr(module, "hparams", {}))
         super().__init__(base=name, base_hparams=hp, mix_alpha=mix_alpha, weight=weight)

@@ -13,15 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import (
-    LossModule,
-    Reduction,
-    check_choice,
-    check_positive,
-    check_reduction,
-    reduce,
-    zero_loss,
-)
+from losslab._core import LossModule, Reduction, check_reduction, reduce
+from losslab._hparams import Choice, Real, hparams
 from losslab._ops.logsumexp import masked_logsumexp
 from losslab._ops.pairs import Members, PairBatch, pair_batch, validate_batch
 from losslab.distances import METRICS, DistanceName, is_similarity
@@ -149,10 +142,8 @@ class ContrastiveKernel:
         return KernelOut(per_p * w_p + per_n * w_n, grad=grad, nnz=nnz)
 
 
-def _check_contrastive(*, power: float, metric: str, mean_over: str) -> None:
-    check_choice("mean_over", mean_over, MEAN_OVER)
-    check_positive("power", power)
-    check_choice("metric", metric, METRICS)
+_check_contrastive = hparams(pos_margin=Real(), neg_margin=Real(), power=Real(gt=0),
+                             metric=Choice(*METRICS), mean_over=Choice(*MEAN_OVER))
 
 
 def contrastive_loss(
@@ -195,16 +186,21 @@ def contrastive_loss(
     (:class:`ContrastiveKernel`); with ``indices`` (the reference definition) autograd
     differentiates the listed pairs' terms.
 
+    Degenerate batches: none is declared. The loss has a term per positive pair and per
+    negative pair, so a one-class batch (positive pairs only) is the mean positive term and a
+    batch of distinct labels the mean negative term, not zero.
+
     Paper: Hadsell, Chopra, LeCun, "Dimensionality Reduction by Learning an Invariant
     Mapping", CVPR 2006 (no arXiv id).
     """
-    _check_contrastive(power=power, metric=metric, mean_over=mean_over)
+    _check_contrastive(pos_margin=pos_margin, neg_margin=neg_margin, power=power, metric=metric,
+                       mean_over=mean_over)
     if indices is None:
         check_reduction(reduction)
-        validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+        vb = validate_batch(embeddings, labels, ref_embeddings, ref_labels)
         kernel = ContrastiveKernel(pos_margin, neg_margin, power, is_similarity(metric),
                                    mean_over)
-        return matrix_loss(embeddings, labels, ref_embeddings, ref_labels, metric=metric,
+        return matrix_loss(vb.embeddings, vb.labels, *vb.reference, metric=metric,
                            kernel=kernel, reduction=reduction)
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric=metric)
     n = embeddings.shape[0]
@@ -221,14 +217,15 @@ def contrastive_loss(
         neg_t = neg_all.masked_fill(~b.neg, 0.0)
         per_anchor = pos_t.sum(1) + neg_t.sum(1)
         n_pos, n_neg = b.pos.sum(), b.neg.sum()
+    z = b.zero()
     if reduction != "mean":
-        return reduce_per_anchor(per_anchor + zero_loss(embeddings), per_anchor, reduction)
+        return reduce_per_anchor(per_anchor + z, per_anchor, reduction)
     if mean_over == "nonzero":
         n_pos, n_neg = (pos_t > 0).sum(), (neg_t > 0).sum()
     total = reduce(pos_t, "mean", count=as_count(n_pos, b.mat)) + reduce(
         neg_t, "mean", count=as_count(n_neg, b.mat)
     )
-    return total + zero_loss(embeddings)
+    return total + z
 
 
 @register(
@@ -250,8 +247,8 @@ class ContrastiveLoss(LossModule, function=contrastive_loss, check=_check_contra
 # --------------------------------------------------------------------------------------------
 
 
-def _check_lifted_structure(*, metric: str) -> None:
-    check_choice("metric", metric, METRICS)
+_check_lifted_structure = hparams(pos_margin=Real(), neg_margin=Real(),
+                                  metric=Choice(*METRICS))
 
 
 def lifted_structure_loss(
@@ -285,7 +282,7 @@ def lifted_structure_loss(
     Paper: Hermans, Beyer, Leibe, "In Defense of the Triplet Loss for Person Re-Identification",
     arXiv 1703.07737 (generalising Oh Song et al., arXiv 1511.06452).
     """
-    _check_lifted_structure(metric=metric)
+    _check_lifted_structure(pos_margin=pos_margin, neg_margin=neg_margin, metric=metric)
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric=metric)
     u = b.u
     sign_m = -1.0 if b.similarity else 1.0  # u = -s for similarities
@@ -294,7 +291,7 @@ def lifted_structure_loss(
     valid = has_p & has_n
     x = torch.where(valid, lse_p + lse_n, torch.zeros_like(lse_p))
     per_anchor = F.relu(x).masked_fill(~valid, 0.0)
-    z = zero_loss(embeddings)
+    z = b.zero()
     return reduce_per_anchor(per_anchor + z, reduce(per_anchor, "mean", count=valid.sum()) + z,
                              reduction)
 
@@ -337,9 +334,7 @@ def _first_pair_per_class(b: PairBatch, labels: Tensor) -> tuple[Tensor, Tensor]
     return a[keep], p[keep]
 
 
-def _check_npairs(*, l2_reg: float, metric: str) -> None:
-    check_positive("l2_reg", l2_reg, strict=False)
-    check_choice("metric", metric, SIMILARITIES)
+_check_npairs = hparams(l2_reg=Real(ge=0), metric=Choice(*SIMILARITIES))
 
 
 def npairs_loss(
@@ -370,22 +365,27 @@ def npairs_loss(
         reduction: ``"mean"`` over the K pairs, ``"sum"``, ``"none"`` (``[K]``, per pair,
             regulariser included per pair).
 
+    Degenerate batches: with fewer than two such pairs (one class, or no class with two
+    samples) there is no (N+1)-tuplet, i.e. no negative to compare with: the loss is zero
+    with zero gradient, regulariser included (it acts on the tuplets' embeddings, and there
+    is none). NaN anywhere in the embeddings, also in samples not picked for a pair, gives NaN.
+
     Paper: Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss Objective",
     NeurIPS 2016 (no arXiv id).
     """
     _check_npairs(l2_reg=l2_reg, metric=metric)
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric=metric,
                    allowed=SIMILARITIES)
-    a, p = _first_pair_per_class(b, labels)
-    z = zero_loss(embeddings) + zero_loss(b.ref)
+    a, p = _first_pair_per_class(b, b.labels)
+    z = b.zero()
     if a.numel() < 2:  # no negative pair: degenerate
         return z.expand(a.numel()) * 0.0 if reduction == "none" else z
     logits = b.mat[a][:, p]  # [K, K]: anchor i vs positive j
     target = torch.arange(a.numel(), device=a.device)
     per = F.cross_entropy(logits, target, reduction="none")
     if l2_reg:
-        per = per + l2_reg * 0.5 * (embeddings[a].pow(2).sum(1) + b.ref[p].pow(2).sum(1))
-    return reduce(per, reduction) + (z if reduction != "none" else 0.0)
+        per = per + l2_reg * 0.5 * (b.embeddings[a].pow(2).sum(1) + b.ref[p].pow(2).sum(1))
+    return reduce(per, reduction) + z  # z: NaN in an unpaired sample propagates too
 
 
 @register(

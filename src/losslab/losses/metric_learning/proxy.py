@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +28,13 @@ from losslab._core import (
     Reduction,
     check_labels,
     check_matrix,
-    check_positive,
     check_reduction,
     check_same_device,
+    compute_dtype,
     reduce,
     zero_loss,
 )
+from losslab._hparams import Flag, Int, Real, hparams
 from losslab._ops.logsumexp import fixed_shift, log1p_sum_exp_, weighted_log1p_sum_exp
 from losslab._ops.pairs import Members, class_masks
 from losslab.distances import cosine_similarity, normalize_rows, squared_euclidean
@@ -42,12 +43,14 @@ from losslab.losses.metric_learning._common import PML
 from losslab.registry import register
 
 __all__ = [
+    "PROXY_SHAPE",
     "ArcFaceLoss",
     "CosFaceLoss",
     "MadaCosLoss",
     "NormalizedSoftmaxLoss",
     "ProxyAnchorKernel",
     "ProxyAnchorLoss",
+    "ProxyBatch",
     "ProxyLossModule",
     "ProxyNCALoss",
     "arcface_loss",
@@ -61,6 +64,19 @@ __all__ = [
 
 EXAMPLE = {"num_classes": 5, "embedding_dim": 8}
 
+#: The proxies' shape, the module-only options of every proxy loss (checked at construction by
+#: :meth:`ProxyLossModule.make_proxies` with the module's ``check``).
+PROXY_SHAPE = hparams(num_classes=Int(ge=1), embedding_dim=Int(ge=1))
+
+
+class ProxyBatch(NamedTuple):
+    """Validated proxy-loss inputs (:func:`validate_proxy_inputs`): the embeddings and proxies
+    in the compute dtype (float32 for half inputs), the labels as int64."""
+
+    embeddings: Tensor
+    labels: Tensor
+    proxies: Tensor
+
 
 def validate_proxy_inputs(
     embeddings: Tensor,
@@ -71,13 +87,14 @@ def validate_proxy_inputs(
     indices: object,
     *,
     name: str,
-) -> Tensor:
-    """Check a proxy loss's inputs (labels must index the rows of ``proxies``); return the
-    proxies in the embeddings' dtype (a differentiable cast, so fp16 embeddings work with fp32
-    proxies)."""
+) -> ProxyBatch:
+    """Check a proxy loss's inputs (labels of any integer dtype, indexing the rows of
+    ``proxies``); return them as a :class:`ProxyBatch`: embeddings and proxies in the compute
+    dtype of the embeddings (float32 for half inputs, a differentiable cast, so fp16 embeddings
+    work with fp32 proxies and the loss is computed and returned in float32), labels int64."""
     check_matrix("embeddings", embeddings)
     check_matrix("proxies", proxies, dim=embeddings.shape[1])
-    check_labels("labels", labels, embeddings.shape[0], of="embeddings")
+    labels = check_labels("labels", labels, embeddings.shape[0], of="embeddings")
     check_same_device(embeddings=embeddings, labels=labels, proxies=proxies)
     if ref_embeddings is not None or ref_labels is not None:
         raise ValueError(f"{name} compares samples with class proxies: ref_embeddings / "
@@ -89,7 +106,8 @@ def validate_proxy_inputs(
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= c):
         raise ValueError(f"labels must lie in [0, {c}) (the number of classes / proxies), got "
                          f"values in [{int(labels.min())}, {int(labels.max())}]")
-    return proxies.to(embeddings.dtype)
+    dt = compute_dtype(embeddings.dtype)
+    return ProxyBatch(embeddings.to(dt), labels, proxies.to(dt))
 
 
 def _finish_ce(per_sample: Tensor, embeddings: Tensor, proxies: Tensor, reduction: str) -> Tensor:
@@ -115,6 +133,9 @@ class ProxyLossModule(LossModule):
                      optional: bool = False) -> None:
         """Create ``proxies [num_classes, embedding_dim]`` (initialised by
         :meth:`reset_parameters`); with ``optional=True`` both may be ``None`` (no proxies)."""
+        check = type(self).check
+        if check is not None:  # the declared rules of num_classes, embedding_dim (PROXY_SHAPE)
+            check(num_classes=num_classes, embedding_dim=embedding_dim)
         self.config = {"num_classes": num_classes, "embedding_dim": embedding_dim}
         if optional and num_classes is None and embedding_dim is None:
             self.proxies = None
@@ -122,8 +143,6 @@ class ProxyLossModule(LossModule):
         if num_classes is None or embedding_dim is None:
             raise ValueError("num_classes and embedding_dim must be given together" + (
                 " (class-level form) or neither" if optional else ""))
-        check_positive("num_classes", num_classes)
-        check_positive("embedding_dim", embedding_dim)
         self.config = {"num_classes": int(num_classes), "embedding_dim": int(embedding_dim)}
         self.proxies = nn.Parameter(torch.empty(int(num_classes), int(embedding_dim)))
         self.reset_parameters()
@@ -158,6 +177,9 @@ class ProxyLossModule(LossModule):
 # --------------------------------------------------------------------------------------------
 
 
+_check_proxy_nca = hparams(scale=Real(gt=0), exclude_positive=Flag())
+
+
 def proxy_nca_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -188,8 +210,9 @@ def proxy_nca_loss(
     Paper: Movshovitz-Attias et al., "No Fuss Distance Metric Learning using Proxies",
     arXiv 1703.07464.
     """
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
-                                    indices, name="proxy_nca")
+    _check_proxy_nca(scale=scale, exclude_positive=exclude_positive)
+    embeddings, labels, proxies = validate_proxy_inputs(
+        embeddings, labels, proxies, ref_embeddings, ref_labels, indices, name="proxy_nca")
     x = normalize_rows(embeddings)
     p = normalize_rows(proxies)
     logits = -scale * squared_euclidean(x, p)
@@ -213,7 +236,8 @@ def proxy_nca_loss(
     reduction="per sample",
     example_hparams=EXAMPLE,
 )
-class ProxyNCALoss(ProxyLossModule, function=proxy_nca_loss):
+class ProxyNCALoss(ProxyLossModule, function=proxy_nca_loss,
+                   check=_check_proxy_nca | PROXY_SHAPE):
     """Module form of :func:`proxy_nca_loss` (proxies: normal init)."""
 
     def __init__(self, *, num_classes: int, embedding_dim: int, scale: float = 1.0,
@@ -292,8 +316,7 @@ class ProxyAnchorKernel:
         return KernelOut(lse_p + lse_n, grad=grad)
 
 
-def _check_proxy_anchor(*, alpha: float) -> None:
-    check_positive("alpha", alpha)
+_check_proxy_anchor = hparams(margin=Real(), alpha=Real(gt=0))
 
 
 def proxy_anchor_loss(
@@ -330,12 +353,13 @@ def proxy_anchor_loss(
 
     Paper: Kim et al., "Proxy Anchor Loss for Deep Metric Learning", arXiv 2003.13911.
     """
-    _check_proxy_anchor(alpha=alpha)
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
-                                    indices, name="proxy_anchor")
+    _check_proxy_anchor(margin=margin, alpha=alpha)
+    pb = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
+                               indices, name="proxy_anchor")
     check_reduction(reduction)
-    return matrix_loss(embeddings, labels, proxies, proxies.shape[0], metric="cosine",
-                       kernel=ProxyAnchorKernel(margin, alpha), reduction=reduction)
+    return matrix_loss(pb.embeddings, pb.labels, pb.proxies, pb.proxies.shape[0],
+                       metric="cosine", kernel=ProxyAnchorKernel(margin, alpha),
+                       reduction=reduction)
 
 
 @register(
@@ -349,7 +373,8 @@ def proxy_anchor_loss(
     reduction="per proxy",
     example_hparams=EXAMPLE,
 )
-class ProxyAnchorLoss(ProxyLossModule, function=proxy_anchor_loss, check=_check_proxy_anchor):
+class ProxyAnchorLoss(ProxyLossModule, function=proxy_anchor_loss,
+                      check=_check_proxy_anchor | PROXY_SHAPE):
     """Module form of :func:`proxy_anchor_loss` (proxies: kaiming normal, fan_out, as the
     authors' code)."""
 
@@ -368,19 +393,12 @@ class ProxyAnchorLoss(ProxyLossModule, function=proxy_anchor_loss, check=_check_
 # --------------------------------------------------------------------------------------------
 
 
-def _check_normalized_softmax(*, temperature: float) -> None:
-    check_positive("temperature", temperature)
-
-
-def _check_scale(*, scale: float) -> None:
-    check_positive("scale", scale)
-
-
-def _check_madacos(*, alpha: float, min_scale: float, prior: float) -> None:
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    check_positive("min_scale", min_scale)
-    check_positive("prior", prior)
+_check_normalized_softmax = hparams(temperature=Real(gt=0))
+#: ArcFace's angular margin is in [0, pi) (its fallback for theta + m > pi assumes m >= 0);
+#: CosFace's cosine margin may be negative (negative-margin softmax, Liu et al. 2020).
+_check_arcface = hparams(margin=Real(ge=0, lt=math.pi), scale=Real(gt=0))
+_check_cosface = hparams(margin=Real(), scale=Real(gt=0))
+_check_madacos = hparams(alpha=Real(gt=0, lt=1), min_scale=Real(gt=0), prior=Real(gt=0))
 
 
 def normalized_softmax_loss(
@@ -406,8 +424,9 @@ def normalized_softmax_loss(
     arXiv 1811.12649.
     """
     _check_normalized_softmax(temperature=temperature)
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
-                                    indices, name="normalized_softmax")
+    embeddings, labels, proxies = validate_proxy_inputs(
+        embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
+        name="normalized_softmax")
     logits = cosine_similarity(embeddings, proxies) / temperature
     per = F.cross_entropy(logits, labels.long(), reduction="none")
     return _finish_ce(per, embeddings, proxies, reduction)
@@ -447,9 +466,9 @@ def arcface_loss(
     Paper: Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition",
     arXiv 1801.07698.
     """
-    _check_scale(scale=scale)
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
-                                    indices, name="arcface")
+    _check_arcface(margin=margin, scale=scale)
+    embeddings, labels, proxies = validate_proxy_inputs(
+        embeddings, labels, proxies, ref_embeddings, ref_labels, indices, name="arcface")
     cos = cosine_similarity(embeddings, proxies)
     c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1).clamp(-1.0, 1.0)
     sin = (1.0 - c * c).clamp_min(torch.finfo(c.dtype).tiny).sqrt()
@@ -483,9 +502,9 @@ def cosface_loss(
     Paper: Wang et al., "CosFace: Large Margin Cosine Loss for Deep Face Recognition",
     arXiv 1801.09414.
     """
-    _check_scale(scale=scale)
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
-                                    indices, name="cosface")
+    _check_cosface(margin=margin, scale=scale)
+    embeddings, labels, proxies = validate_proxy_inputs(
+        embeddings, labels, proxies, ref_embeddings, ref_labels, indices, name="cosface")
     cos = cosine_similarity(embeddings, proxies)
     c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1)
     return _finish_ce(_margin_ce(cos, labels, c - margin, scale), embeddings, proxies, reduction)
@@ -550,8 +569,8 @@ def madacos_loss(
     Single-Stage Image Retrieval", arXiv 2308.04008 (official code: bassyess/CFCD).
     """
     _check_madacos(alpha=alpha, min_scale=min_scale, prior=prior)
-    proxies = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
-                                    indices, name="madacos")
+    embeddings, labels, proxies = validate_proxy_inputs(
+        embeddings, labels, proxies, ref_embeddings, ref_labels, indices, name="madacos")
     cos = cosine_similarity(embeddings, proxies)
     s, m = madacos_scale_margin(cos, labels, alpha=alpha, min_scale=min_scale, prior=prior)
     c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1)
@@ -572,7 +591,7 @@ def madacos_loss(
     example_hparams=EXAMPLE,
 )
 class NormalizedSoftmaxLoss(ProxyLossModule, function=normalized_softmax_loss,
-                            check=_check_normalized_softmax):
+                            check=_check_normalized_softmax | PROXY_SHAPE):
     """Module form of :func:`normalized_softmax_loss` (class weights: normal init)."""
 
     def __init__(self, *, num_classes: int, embedding_dim: int, temperature: float = 0.05,
@@ -592,7 +611,7 @@ class NormalizedSoftmaxLoss(ProxyLossModule, function=normalized_softmax_loss,
     reduction="per sample",
     example_hparams=EXAMPLE,
 )
-class ArcFaceLoss(ProxyLossModule, function=arcface_loss, check=_check_scale):
+class ArcFaceLoss(ProxyLossModule, function=arcface_loss, check=_check_arcface | PROXY_SHAPE):
     """Module form of :func:`arcface_loss` (class weights: normal init)."""
 
     def __init__(self, *, num_classes: int, embedding_dim: int, margin: float = 0.5,
@@ -612,7 +631,7 @@ class ArcFaceLoss(ProxyLossModule, function=arcface_loss, check=_check_scale):
     reduction="per sample",
     example_hparams=EXAMPLE,
 )
-class CosFaceLoss(ProxyLossModule, function=cosface_loss, check=_check_scale):
+class CosFaceLoss(ProxyLossModule, function=cosface_loss, check=_check_cosface | PROXY_SHAPE):
     """Module form of :func:`cosface_loss` (class weights: normal init)."""
 
     def __init__(self, *, num_classes: int, embedding_dim: int, margin: float = 0.35,
@@ -633,7 +652,7 @@ class CosFaceLoss(ProxyLossModule, function=cosface_loss, check=_check_scale):
     example_hparams=EXAMPLE,
     surrogate_gradient="adaptive scale and margin are constants (stop-gradient), as the code",
 )
-class MadaCosLoss(ProxyLossModule, function=madacos_loss, check=_check_madacos):
+class MadaCosLoss(ProxyLossModule, function=madacos_loss, check=_check_madacos | PROXY_SHAPE):
     """Module form of :func:`madacos_loss` (class weights: uniform(+-1/sqrt(D)), as the
     official code)."""
 

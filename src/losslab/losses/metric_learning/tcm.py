@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from losslab._core import LossModule, check_positive, zero_loss
+from losslab._core import LossModule
+from losslab._hparams import Real, hparams
 from losslab._ops.pairs import pair_batch
 from losslab.registry import register
 
 __all__ = ["TCMLoss", "tcm_loss"]
 
 
-def _check_tcm(*, pos_weight: float, neg_weight: float) -> None:
-    check_positive("pos_weight", pos_weight, strict=False)
-    check_positive("neg_weight", neg_weight, strict=False)
+#: The margins are thresholds on a cosine similarity, in [-1, 1].
+_check_tcm = hparams(pos_margin=Real(ge=-1, le=1), neg_margin=Real(ge=-1, le=1),
+                     pos_weight=Real(ge=0), neg_weight=Real(ge=0))
 
 
 def tcm_loss(
@@ -54,10 +55,16 @@ def tcm_loss(
 
     Returns a scalar (the loss is defined on the set of hard pairs: no ``reduction``).
 
+    Degenerate batches: none is declared. A one-class batch still has its hard positive pairs
+    (the positive part), a batch of distinct labels its hard negatives: each part of the paper's
+    loss is averaged over its own hard pairs, so either batch gives the other part alone, not
+    zero. Half inputs are computed in float32 and return float32.
+
     Paper: Zhang et al., "Threshold-Consistent Margin Loss for Open-World Deep Metric
     Learning", arXiv 2307.04047.
     """
-    _check_tcm(pos_weight=pos_weight, neg_weight=neg_weight)
+    _check_tcm(pos_margin=pos_margin, neg_margin=neg_margin, pos_weight=pos_weight,
+               neg_weight=neg_weight)
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric="cosine")
     s = b.mat
     if b.pairs is not None:
@@ -71,7 +78,7 @@ def tcm_loss(
         hn = b.neg & (s >= neg_margin)
         pos_part = (pos_margin - s).masked_fill(~hp, 0.0).sum() / hp.sum().clamp_min(1)
         neg_part = (s - neg_margin).masked_fill(~hn, 0.0).sum() / hn.sum().clamp_min(1)
-    return pos_weight * pos_part + neg_weight * neg_part + zero_loss(embeddings)
+    return pos_weight * pos_part + neg_weight * neg_part + b.zero()
 
 
 @register(

@@ -14,15 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import (
-    LossModule,
-    Reduction,
-    check_choice,
-    check_positive,
-    check_reduction,
-    reduce,
-    zero_loss,
-)
+from losslab._core import LossModule, Reduction, check_reduction, reduce
+from losslab._hparams import Choice, Int, Real, hparams
 from losslab._ops.pairs import Members, members, pair_batch, validate_batch
 from losslab.distances import METRICS, DistanceName, is_similarity, paired, pairwise
 from losslab.kernels.matrix_loss import KernelOut, gather_rows, matrix_loss
@@ -134,15 +127,17 @@ def _batch_hard(
     ref_labels: Tensor | None,
     *,
     metric: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Hardest positive and negative of every anchor: ``(u_ap, u_an, valid)``.
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Hardest positive and negative of every anchor: ``(u_ap, u_an, valid, zero)``
+    (``zero``: :meth:`~losslab._ops.pairs.Batch.zero`, NaN when an input is).
 
     Selected without gradient on the matrix (squared distances for ``"euclidean"``: same
     order, no square root; positives gathered from the class members, negatives = the row
     with its members overwritten), then ``u`` is recomputed with gradient on the ``2N``
     selected pairs only, from the embeddings (a sparse, O(N·D) backward).
     """
-    ref, ref_lab, ref_is_batch = validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+    vb = validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+    embeddings, ref = vb.embeddings, vb.ref  # the compute dtype (float32 for half inputs)
     similarity = is_similarity(metric)
     with torch.no_grad():
         if metric in ("euclidean", "squared_euclidean"):
@@ -152,11 +147,11 @@ def _batch_hard(
             rr = torch.linalg.vector_norm(r, dim=1).square_().unsqueeze(0)
             mat = torch.addmm(rr, x, r.t(), beta=1.0, alpha=-2.0)
         else:
-            mat = pairwise(embeddings.detach(), None if ref_is_batch else ref.detach(),
+            mat = pairwise(embeddings.detach(), None if vb.self_ref else ref.detach(),
                            metric=metric)
         if similarity:
             mat.neg_()
-        mem = members(labels, ref_lab, ref_is_batch)
+        mem = members(vb.labels, vb.ref_labels, vb.self_ref)
         u_pos = mem.gather(mat).masked_fill_(~mem.pos, float("-inf"))
         hardest_pos = mem.idx.gather(1, u_pos.argmax(dim=1, keepdim=True)).squeeze(1)
         hardest_neg = mem.fill_(mat, float("inf")).argmin(dim=1)
@@ -165,7 +160,7 @@ def _batch_hard(
     sign = -1.0 if similarity else 1.0
     u_ap = sign * paired(embeddings, gather_rows(ref, hardest_pos), metric=metric, eps=0.0)
     u_an = sign * paired(embeddings, gather_rows(ref, hardest_neg), metric=metric, eps=0.0)
-    return u_ap, u_an, valid
+    return u_ap, u_an, valid, vb.zero()
 
 
 def _semi_hard_negatives(u: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
@@ -191,10 +186,8 @@ def _batch_hard_terms(hp: Tensor, hn: Tensor, valid: Tensor, margin: float, stra
     return reduce_per_anchor(terms, reduce(terms, "mean", count=count), reduction)
 
 
-def _check_triplet(*, strategy: str, metric: str, mean_over: str) -> None:
-    check_choice("strategy", strategy, STRATEGIES)
-    check_choice("mean_over", mean_over, MEAN_OVER)
-    check_choice("metric", metric, METRICS)
+_check_triplet = hparams(margin=Real(ge=0), strategy=Choice(*STRATEGIES),
+                         metric=Choice(*METRICS), mean_over=Choice(*MEAN_OVER))
 
 
 def triplet_loss(
@@ -243,21 +236,21 @@ def triplet_loss(
     Paper: Hermans, Beyer, Leibe, "In Defense of the Triplet Loss for Person Re-Identification",
     arXiv 1703.07737.
     """
-    _check_triplet(strategy=strategy, metric=metric, mean_over=mean_over)
+    _check_triplet(margin=margin, strategy=strategy, metric=metric, mean_over=mean_over)
     if indices is None and strategy in ("all", "batch_hard", "soft_margin"):
         check_reduction(reduction)
         if strategy == "all":
-            validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+            vb = validate_batch(embeddings, labels, ref_embeddings, ref_labels)
             kernel = TripletAllKernel(margin, is_similarity(metric), mean_over)
-            return matrix_loss(embeddings, labels, ref_embeddings, ref_labels, metric=metric,
+            return matrix_loss(vb.embeddings, vb.labels, *vb.reference, metric=metric,
                                kernel=kernel, reduction=reduction)
-        hp, hn, valid = _batch_hard(embeddings, labels, ref_embeddings, ref_labels,
-                                    metric=metric)
-        return _batch_hard_terms(hp, hn, valid, margin, strategy, mean_over, reduction)
+        hp, hn, valid, z = _batch_hard(embeddings, labels, ref_embeddings, ref_labels,
+                                       metric=metric)
+        return _batch_hard_terms(hp, hn, valid, margin, strategy, mean_over, reduction) + z
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric=metric)
     u = b.u
     n = embeddings.shape[0]
-    z = zero_loss(embeddings)
+    z = b.zero()
     if b.triplets is not None:
         a, p, ng = b.triplets
         diff = u[a, p] - u[a, ng]
@@ -294,10 +287,7 @@ class TripletLoss(LossModule, function=triplet_loss, check=_check_triplet):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_triplet_ratio(*, metric: str, chunk_size: int | None) -> None:
-    check_choice("metric", metric, METRICS)
-    if chunk_size is not None:
-        check_positive("chunk_size", chunk_size)
+_check_triplet_ratio = hparams(metric=Choice(*METRICS), chunk_size=Int(ge=1, optional=True))
 
 
 def triplet_ratio_loss(
@@ -335,7 +325,7 @@ def triplet_ratio_loss(
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric=metric)
     u = b.u
     n = embeddings.shape[0]
-    z = zero_loss(embeddings)
+    z = b.zero()
     if b.triplets is not None:
         a, p, ng = b.triplets
         terms = 2.0 * torch.sigmoid(u[a, p] - u[a, ng]).pow(2)

@@ -14,15 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import (
-    LossModule,
-    Reduction,
-    check_choice,
-    check_positive,
-    check_reduction,
-    reduce,
-    zero_loss,
-)
+from losslab._core import LossModule, Reduction, check_reduction, reduce
+from losslab._hparams import Choice, Flag, Int, Real, hparams
 from losslab._ops.logsumexp import (
     fixed_shift,
     log1p_sum_exp_,
@@ -124,10 +117,9 @@ class MultiSimilarityKernel:
         return KernelOut(per, grad=grad)
 
 
-def _check_multi_similarity(*, alpha: float, beta: float, metric: str) -> None:
-    check_positive("alpha", alpha)
-    check_positive("beta", beta)
-    check_choice("metric", metric, SIMILARITIES)
+_check_multi_similarity = hparams(alpha=Real(gt=0), beta=Real(gt=0), base=Real(),
+                                  epsilon=Real(ge=0), mining=Flag(),
+                                  metric=Choice(*SIMILARITIES))
 
 
 def multi_similarity_loss(
@@ -164,24 +156,30 @@ def multi_similarity_loss(
         metric: ``"cosine"`` (default; the paper L2-normalises embeddings) or ``"dot"``.
         reduction: ``"mean"`` over all anchors (the paper's 1/m sum), ``"sum"``, ``"none"``.
 
+    Degenerate batches: the mining keeps a positive only if it is less similar than the
+    hardest negative (plus :math:`\epsilon`) and a negative only if it is more similar than
+    the easiest positive (minus :math:`\epsilon`), so a one-class batch or a batch of distinct
+    labels keeps no pair: zero (not with ``mining=False``, whose positive or negative terms
+    remain). NaN embeddings give NaN (the mining's comparisons would otherwise drop them).
+
     Without ``indices`` the loss and its gradient come from one fused pass
     (:class:`MultiSimilarityKernel`).
 
     Paper: Wang et al., "Multi-Similarity Loss with General Pair Weighting for Deep Metric
     Learning", arXiv 1904.06627.
     """
-    _check_multi_similarity(alpha=alpha, beta=beta, metric=metric)
+    _check_multi_similarity(alpha=alpha, beta=beta, base=base, epsilon=epsilon, mining=mining,
+                            metric=metric)
     if indices is None:
         check_reduction(reduction)
-        validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+        vb = validate_batch(embeddings, labels, ref_embeddings, ref_labels)
         kernel = MultiSimilarityKernel(alpha, beta, base, epsilon, mining, metric == "cosine")
-        return matrix_loss(embeddings, labels, ref_embeddings, ref_labels, metric=metric,
+        return matrix_loss(vb.embeddings, vb.labels, *vb.reference, metric=metric,
                            kernel=kernel, reduction=reduction)
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric=metric,
                    allowed=SIMILARITIES)
     per_anchor = ms_terms(b.mat, b.pos.to(b.mat.dtype), b.neg.to(b.mat.dtype), alpha, beta, base)
-    per_anchor = per_anchor + zero_loss(embeddings) / max(1, per_anchor.numel())
-    return reduce(per_anchor, reduction)
+    return reduce(per_anchor + b.zero(), reduction)
 
 
 @register(
@@ -267,8 +265,9 @@ class CircleKernel:
         return KernelOut(per, grad=grad)
 
 
-def _check_circle(*, scale: float) -> None:
-    check_positive("scale", scale)
+#: (``num_classes``, ``embedding_dim``: the module's optional class-level form.)
+_check_circle = hparams(margin=Real(), scale=Real(gt=0), num_classes=Int(ge=1, optional=True),
+                        embedding_dim=Int(ge=1, optional=True))
 
 
 def circle_loss(
@@ -313,21 +312,21 @@ def circle_loss(
     Paper: Sun et al., "Circle Loss: A Unified Perspective of Pair Similarity Optimization",
     arXiv 2002.10857.
     """
-    _check_circle(scale=scale)
+    _check_circle(margin=margin, scale=scale)
     check_reduction(reduction)
     kernel = CircleKernel(margin, scale)
     if proxies is not None:
-        validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels, indices,
-                              name="circle (class-level)")
-        return matrix_loss(embeddings, labels, proxies, proxies.shape[0], metric="cosine",
-                           kernel=kernel, reduction=reduction)
+        pb = validate_proxy_inputs(embeddings, labels, proxies, ref_embeddings, ref_labels,
+                                   indices, name="circle (class-level)")
+        return matrix_loss(pb.embeddings, pb.labels, pb.proxies, pb.proxies.shape[0],
+                           metric="cosine", kernel=kernel, reduction=reduction)
     if indices is None:
-        validate_batch(embeddings, labels, ref_embeddings, ref_labels)
-        return matrix_loss(embeddings, labels, ref_embeddings, ref_labels, metric="cosine",
+        vb = validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+        return matrix_loss(vb.embeddings, vb.labels, *vb.reference, metric="cosine",
                            kernel=kernel, reduction=reduction)
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric="cosine")
     per_anchor, valid = _circle_from_sims(b.mat, b.pos, b.neg, margin, scale)
-    z = zero_loss(embeddings)
+    z = b.zero()
     return reduce_per_anchor(per_anchor + z, reduce(per_anchor, "mean", count=valid.sum()) + z,
                              reduction)
 
@@ -403,9 +402,7 @@ class SupConKernel:
         return KernelOut(per, grad=grad)
 
 
-def _check_supcon(*, temperature: float, metric: str) -> None:
-    check_positive("temperature", temperature)
-    check_choice("metric", metric, SIMILARITIES)
+_check_supcon = hparams(temperature=Real(gt=0), metric=Choice(*SIMILARITIES))
 
 
 def supcon_loss(
@@ -431,9 +428,15 @@ def supcon_loss(
 
     Args:
         temperature: :math:`\tau` (default 0.1, the paper's). metric: ``"cosine"`` or ``"dot"``.
-        reduction: ``"mean"`` over anchors with at least one positive and one negative (anchors
-            of a one-class batch, whose loss is constant, are left out, as in PML),
+        reduction: ``"mean"`` over anchors with at least one positive and one negative,
             ``"sum"``, ``"none"`` (``[N]``).
+
+    Degenerate batches: an anchor without a positive has no term (the mean over :math:`P(i)`
+    is empty), and one without a negative is left out as PML's ``SupConLoss`` does, so a batch
+    of distinct labels and a one-class batch are zero. (The paper's :math:`L_{out}` would give
+    an anchor without negatives :math:`\log\sum_{P(i)} e^{s/\tau} - \mathrm{mean}_{P(i)}
+    s/\tau \ge \log|P(i)|`: no contrast with any other class, only a pull of its positives'
+    similarities towards each other.)
 
     Without ``indices`` the loss and its gradient come from one fused pass
     (:class:`SupConKernel`).
@@ -443,9 +446,9 @@ def supcon_loss(
     _check_supcon(temperature=temperature, metric=metric)
     if indices is None:
         check_reduction(reduction)
-        validate_batch(embeddings, labels, ref_embeddings, ref_labels)
+        vb = validate_batch(embeddings, labels, ref_embeddings, ref_labels)
         kernel = SupConKernel(temperature, metric == "cosine")
-        return matrix_loss(embeddings, labels, ref_embeddings, ref_labels, metric=metric,
+        return matrix_loss(vb.embeddings, vb.labels, *vb.reference, metric=metric,
                            kernel=kernel, reduction=reduction)
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric=metric,
                    allowed=SIMILARITIES)
@@ -456,7 +459,7 @@ def supcon_loss(
     lse = torch.where(valid, lse, torch.zeros_like(lse))
     pos_sum = x.masked_fill(~b.pos, 0.0).sum(1)
     per_anchor = (lse - pos_sum / n_pos.clamp_min(1).to(x.dtype)).masked_fill(~valid, 0.0)
-    z = zero_loss(embeddings)
+    z = b.zero()
     return reduce_per_anchor(per_anchor + z, reduce(per_anchor, "mean", count=valid.sum()) + z,
                              reduction)
 
