@@ -89,6 +89,8 @@ def test_every_seed_diverged(tmp_path):
                if line.startswith("| 5-way 1-shot | `proto_triplet`"))
     assert row.startswith("| 5-way 1-shot | `proto_triplet` | diverged |")
     assert row.endswith("| 2 (seeds 0, 1) | 2 |")
+    header = next(line for line in md.splitlines() if line.startswith("| Setting"))
+    assert row.count(" | ") == header.count(" | ")  # every column, the Δ one included
 
 
 def test_no_diverged_column_without_divergence(tmp_path):
