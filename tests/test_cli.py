@@ -47,3 +47,31 @@ def test_update_readme(tmp_path: Path) -> None:
     p.write_text("x\n<!-- catalog:start -->\nSTALE-ROW\n<!-- catalog:end -->\ny\n")
     assert main(["list", "--update-readme", str(p)]) == 0
     assert "| `protonet` |" in p.read_text() and "STALE-ROW" not in p.read_text()
+
+
+def test_python_dash_m_losslab(monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m losslab`` is the ``losslab`` command."""
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["losslab", "list", "--family", "few-shot"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("losslab", run_name="__main__", alter_sys=True)
+    assert e.value.code == 0
+    assert "proto_triplet" in capsys.readouterr().out
+
+
+def test_ctrl_c_is_a_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import losslab.cli as cli
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_list", interrupted)
+    try:
+        rc = main(["list"])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the command")
+    assert rc == 130 and capsys.readouterr().err == "losslab: interrupted\n"

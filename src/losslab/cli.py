@@ -1,4 +1,5 @@
-"""The ``losslab`` command: ``list``, ``info`` and, with the lab extra, ``bench`` and ``report``."""
+"""The ``losslab`` command (also ``python -m losslab``): ``list``, ``info`` and, with the lab
+extra, ``bench`` and ``report``."""
 
 from __future__ import annotations
 
@@ -122,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.exit(2, f"losslab: error: {e}\n")
         return 2  # unreachable; for type checkers
+    except KeyboardInterrupt:
+        print("losslab: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

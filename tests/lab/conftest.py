@@ -4,6 +4,7 @@ tiny generated Fashion-MNIST-format dataset."""
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,19 @@ def _tiny_flags(**over: Any) -> list[str]:
 @pytest.fixture
 def tiny_flags():
     return _tiny_flags
+
+
+@pytest.fixture
+def tiny_toml():
+    """Write TINY (updated with ``over``) as a flat TOML config file; return its path (a short
+    command line, for subprocess runs)."""
+
+    def write(path: Path, **over: Any) -> Path:
+        cfg = {"task": "fewshot", **TINY, **over}
+        path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.items()))
+        return path
+
+    return write
 
 
 @pytest.fixture

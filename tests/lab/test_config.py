@@ -73,3 +73,38 @@ def test_paper_protocol_config():
 def test_missing_config_file():
     with pytest.raises(ValueError, match="shipped configs"):
         load_config_file("no_such_config")
+
+
+@pytest.mark.parametrize(
+    ("file", "cli", "match"),
+    [
+        (None, {"losses": "protonet", "workers": "0"}, r"workers must be >= 1, got 0"),
+        (None, {"losses": "protonet", "workers": "-2"}, r"workers must be >= 1"),
+        (None, {"losses": "protonet,cross_entropy"},
+         r"loss 'cross_entropy'.*kind 'logits'.*fewshot.*'episode'"),
+        (None, {"losses": "protonet+cross_entropy"}, r"cross_entropy.*kind 'logits'"),
+        ({"losses": ["protonet"], "loss_hparams": {"proto_triplt": {"margin": 0.3}}}, None,
+         r"loss_hparams\.proto_triplt: unknown loss"),
+        ({"losses": ["protonet"], "loss_hparams": {"proto_triplet": {"margin": 0.3}}}, None,
+         r"loss_hparams\.proto_triplet: .*not in this run"),
+        ({"losses": ["protonet"], "loss_hparams": {"protonet": {"temprature": 2.0}}}, None,
+         r"loss_hparams\.protonet: unknown hyperparameter 'temprature'.*temperature"),
+        ({"losses": ["protonet"], "loss_hparams": {"protonet": {"temperature": -1.0}}},
+         None, r"loss_hparams\.protonet: .*temperature"),
+    ],
+)
+def test_bad_runs_are_refused_before_any_job(file, cli, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_config(get_task("fewshot"), file, cli)
+
+
+def test_hparams_of_a_file_loss_left_out_by_the_command_line_are_kept():
+    """`--losses` picks a subset of a config file's losses: the file's tables of the others
+    are not typos; they stay (and with them the run fingerprint)."""
+    task = get_task("fewshot")
+    file = {"losses": ["protonet", "proto_triplet"],
+            "loss_hparams": {"proto_triplet": {"margin": 0.3}}}
+    sub = resolve_config(task, file, {"losses": "protonet"})
+    full = resolve_config(task, file, None)
+    assert sub["loss_hparams"] == {"proto_triplet": {"margin": 0.3}}
+    assert fingerprint(task, sub) == fingerprint(task, full)

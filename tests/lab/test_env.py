@@ -38,3 +38,15 @@ def test_git_sha_outside_a_checkout(monkeypatch):
 
     monkeypatch.setattr(env_mod.subprocess, "run", no_git)
     assert git_sha() == (None, None)
+
+
+@pytest.mark.parametrize("name", ["cpux", "gpu", "cuda:x"])
+def test_a_bad_device_names_the_option(name):
+    with pytest.raises(ValueError, match=rf"^--device / device: {name!r} is not a torch device"):
+        resolve_device(name)
+
+
+def test_a_missing_cuda_index_is_refused():
+    n = torch.cuda.device_count()
+    with pytest.raises(ValueError, match="device"):
+        resolve_device(f"cuda:{n}")

@@ -62,3 +62,37 @@ def test_single_seed_has_no_interval(tmp_path):
     assert cell.n == 1 and math.isnan(cell.ci)
     md = write_report(folder)["markdown"]
     assert "| 5-way 1-shot | `protonet` | 50.00 | ± 1.00 | 0.550 | 1 |" in md
+
+
+def test_diverged_runs_are_marked(tmp_path):
+    folder = _folder(tmp_path, {("protonet", 1): [50.0, float("nan"), 54.0],
+                                ("proto_triplet", 1): [60.0, 61.0, 62.0]})
+    rep = write_report(folder)
+    md = rep["markdown"]
+    assert "| diverged | n seeds |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| 5-way 1-shot | `protonet`"))
+    assert "52.00 ± " in row and "†" in row and row.endswith("| 1 (seed 1) | 3 |")
+    row = next(line for line in md.splitlines()
+               if line.startswith("| 5-way 1-shot | `proto_triplet`"))
+    assert "†" not in row and row.endswith("| 0 | 3 |")
+    assert "† " in md and "diverged" in md.split("\n\n")[-1]
+    r = next(x for x in csv.DictReader(open(folder / "table.csv")) if x["loss"] == "protonet")
+    assert (r["n_seeds"], r["n_diverged"], r["diverged_seeds"], r["test_acc_n"]) == (
+        "3", "1", "1", "2")
+
+
+def test_every_seed_diverged(tmp_path):
+    folder = _folder(tmp_path, {("protonet", 1): [50.0, 52.0],
+                                ("proto_triplet", 1): [float("nan"), float("nan")]})
+    md = write_report(folder)["markdown"]
+    row = next(line for line in md.splitlines()
+               if line.startswith("| 5-way 1-shot | `proto_triplet`"))
+    assert row.startswith("| 5-way 1-shot | `proto_triplet` | diverged |")
+    assert row.endswith("| 2 (seeds 0, 1) | 2 |")
+    header = next(line for line in md.splitlines() if line.startswith("| Setting"))
+    assert row.count(" | ") == header.count(" | ")  # every column, the Δ one included
+
+
+def test_no_diverged_column_without_divergence(tmp_path):
+    folder = _folder(tmp_path, {("protonet", 1): [50.0, 52.0]})
+    assert "diverged" not in write_report(folder)["markdown"]

@@ -147,3 +147,327 @@ def test_sigkill_then_resume(tmp_path, tiny_flags):
     ids = [r["job_id"] for r in rows]
     assert len(rows) == 4 and len(set(ids)) == 4  # every job exactly once
     assert rows[0] == first  # finished jobs were not redone
+
+
+# -- faults: orphans, interrupts, full disks, unwritable folders, bad folders ------------
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (psutil if installed, else /proc)."""
+    try:
+        import psutil
+    except ImportError:
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    stat = (d / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+        return out
+    try:
+        return [c.pid for c in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a dead child nobody reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _wait_for_rows(proc, results, n=1, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if results.exists() and results.read_bytes().count(b"\n") >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read().decode())
+        time.sleep(0.02)
+    raise AssertionError("no result row in time")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_workers_die_with_their_parent(tmp_path, tiny_flags):
+    """kill -9 of a --workers 2 run: the workers and the multiprocessing resource tracker go
+    with it (before: both workers went on finishing jobs nobody records)."""
+    out = tmp_path / "run"
+    proc = _bench(out, tiny_flags(seeds=3, workers=2, episodes_per_epoch=3))
+    kids: list[int] = []
+    try:
+        _wait_for_rows(proc, out / "results.jsonl")
+        kids = _children(proc.pid)
+        assert len(kids) >= 3, kids  # two workers and the resource tracker
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(map(_alive, kids)):
+            time.sleep(0.05)
+        assert not [k for k in kids if _alive(k)], "orphans left behind"
+    finally:
+        proc.kill()
+        proc.wait()
+        for k in kids:
+            if _alive(k):
+                os.kill(k, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_parallel_run_is_clean_and_prompt(tmp_path, tiny_flags):
+    """SIGINT to the whole process group (what Ctrl-C does): one line, exit 130, the workers
+    gone, the recorded rows whole (before: a KeyboardInterrupt traceback from every
+    process)."""
+    out = tmp_path / "run"
+    flags = tiny_flags(seeds=3, workers=2, episodes_per_epoch=3)
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "losslab.lab.cli", "bench", "fewshot", *flags, "--out", str(out),
+         "--quiet", "--no-report"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True)
+    try:
+        _wait_for_rows(proc, out / "results.jsonl")
+        kids = _children(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err and "re-run" in err
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(map(_alive, kids)):
+        time.sleep(0.05)
+    assert not [k for k in kids if _alive(k)]
+    assert (out / "results.jsonl").read_bytes().endswith(b"\n")
+    n = len(read_rows(out / "results.jsonl"))
+    assert f"{n} of 6 jobs done" in err
+
+
+def _count_jobs(monkeypatch, fail=None):
+    """Count (and optionally fail) FewShotTask.run_job calls: ``fail(call_number, job)``."""
+    from losslab.lab.tasks.fewshot import FewShotTask
+
+    calls = []
+    real = FewShotTask.run_job
+
+    def run_job(self, job, config, progress):
+        calls.append(job.job_id)
+        if fail is not None:
+            fail(len(calls), job)
+        return real(self, job, config, progress)
+
+    monkeypatch.setattr(FewShotTask, "run_job", run_job)
+    return calls
+
+
+def test_interrupt_leaves_a_resumable_folder(tmp_path, tiny_config, monkeypatch):
+    from losslab.lab.runner import BenchInterrupted
+
+    def ctrl_c(n, job):
+        if n == 2:
+            raise KeyboardInterrupt
+
+    task, cfg = tiny_config()
+    _count_jobs(monkeypatch, ctrl_c)
+    with pytest.raises(BenchInterrupted) as e:
+        run_bench(task, cfg, tmp_path, quiet=True, report=False)
+    assert (e.value.done, e.value.total) == (1, 2)
+    assert "interrupted: 1 of 2 jobs done" in str(e.value) and "re-run" in str(e.value)
+    assert len(read_rows(tmp_path / "results.jsonl")) == 1
+    monkeypatch.undo()
+    run_bench(task, cfg, tmp_path, quiet=True, report=False)  # the lock was released
+    assert len(read_rows(tmp_path / "results.jsonl")) == 2
+
+
+def test_a_diverged_job_is_recorded_and_the_run_goes_on(tmp_path, tiny_config, monkeypatch):
+    """fit() stops a job at the first non-finite loss; the runner records that job as diverged
+    (NaN metrics, the message) and runs the others, instead of stopping the whole run."""
+
+    def diverge(n, job):
+        if job.loss == "protonet+proto_triplet":
+            raise FloatingPointError("x: non-finite loss at epoch 1, step 1; lower --lr?")
+
+    task, cfg = tiny_config(seeds=2)
+    _count_jobs(monkeypatch, diverge)
+    out = run_bench(task, cfg, tmp_path, quiet=True)
+    rows = read_rows(out / "results.jsonl")
+    assert len(rows) == 4
+    bad = [r for r in rows if r.get("diverged")]
+    assert [r["loss"] for r in bad] == ["protonet+proto_triplet"] * 2
+    assert "non-finite loss" in bad[0]["diverged"]
+    assert all(v != v for v in bad[0]["metrics"].values())  # NaN
+    assert "diverged" in (out / "table.md").read_text()
+
+
+def test_loss_of_the_wrong_kind_fails_before_any_job(tmp_path, tiny_config, monkeypatch):
+    task, cfg = tiny_config()
+    cfg = {**cfg, "losses": ["protonet", "cross_entropy"]}
+    calls = _count_jobs(monkeypatch)
+    with pytest.raises(ValueError, match=r"cross_entropy.*'logits'.*'episode'"):
+        run_bench(task, cfg, tmp_path, quiet=True, report=False)
+    assert calls == [] and not (tmp_path / "results.jsonl").exists()
+
+
+def test_unwritable_results_file_fails_before_training(tmp_path, tiny_config, monkeypatch):
+    """root ignores permission bits, so a read-only results.jsonl is simulated by its open
+    failing with PermissionError; before the fix the first job trained and its result was
+    lost."""
+    from losslab.lab import results as results_mod
+    from losslab.lab.runner import RunFolderError
+
+    real_open = os.open
+
+    def deny(path, flags, *a, **k):
+        if str(path).endswith("results.jsonl") and flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(results_mod.os, "open", deny)
+    task, cfg = tiny_config()
+    calls = _count_jobs(monkeypatch)
+    with pytest.raises(RunFolderError, match=r"Permission denied.*results\.jsonl"):
+        run_bench(task, cfg, tmp_path, quiet=True, report=False)
+    assert calls == []
+
+
+def test_read_only_folder_is_a_message(tmp_path, tiny_config, monkeypatch):
+    from losslab.lab import runner as runner_mod
+    from losslab.lab.runner import RunFolderError
+
+    real_open = os.open
+
+    def deny(path, flags, *a, **k):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(runner_mod.os, "open", deny)
+    task, cfg = tiny_config()
+    with pytest.raises(RunFolderError, match=r"cannot write the run folder .*Permission denied"):
+        run_bench(task, cfg, tmp_path, quiet=True, report=False)
+
+
+@pytest.mark.parametrize("where", ["out_is_a_file", "under_a_file", "results_is_a_dir",
+                                   "config_is_a_dir"])
+def test_wrong_kind_of_path_is_a_message(tmp_path, tiny_config, monkeypatch, where):
+    from losslab.lab.runner import RunFolderError
+
+    out = tmp_path / "run"
+    if where == "out_is_a_file":
+        out.write_text("x")
+    elif where == "under_a_file":
+        (tmp_path / "f").write_text("x")
+        out = tmp_path / "f" / "run"
+    else:
+        (out / ("results.jsonl" if where == "results_is_a_dir" else "config.json")).mkdir(
+            parents=True)
+    task, cfg = tiny_config()
+    calls = _count_jobs(monkeypatch)
+    with pytest.raises(RunFolderError, match="run folder"):
+        run_bench(task, cfg, out, quiet=True, report=False)
+    assert calls == []
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"fingerprint": 3}'])
+def test_malformed_config_json_is_a_message(tmp_path, tiny_config, text):
+    from losslab.lab.runner import RunFolderError
+
+    (tmp_path / "config.json").write_text(text)
+    task, cfg = tiny_config()
+    with pytest.raises(RunFolderError, match=r"config\.json.*restore it, or delete it"):
+        run_bench(task, cfg, tmp_path, quiet=True, report=False)
+
+
+def test_lock_keeps_a_second_run_out(tmp_path, tiny_config):
+    import fcntl
+
+    fd = os.open(tmp_path / ".lock", os.O_WRONLY | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        task, cfg = tiny_config()
+        with pytest.raises(RuntimeError, match="lock held"):
+            run_bench(task, cfg, tmp_path, quiet=True, report=False)
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_full_disk_mid_run_keeps_the_file_whole(tmp_path, tiny_config, monkeypatch):
+    """ENOSPC while appending the second row: a short write, then the error. The partial line
+    is cut off again, the run stops with a message, and the same command resumes."""
+    import errno
+
+    from losslab.lab import results as results_mod
+    from losslab.lab.runner import RunFolderError
+
+    real_write = os.write
+    state = {"rows": 0}
+
+    def full(fd, data):
+        if state["rows"] != 2 and b'"job_id"' not in data:  # not a row (nor its rest)
+            return real_write(fd, data)
+        state["rows"] += 1
+        if state["rows"] == 2:
+            return real_write(fd, data[: len(data) // 2])  # what fits
+        if state["rows"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(results_mod.os, "write", full)
+    task, cfg = tiny_config(seeds=2)
+    with pytest.raises(RunFolderError, match=r"No space left.*1 of 4 jobs.*re-run"):
+        run_bench(task, cfg, tmp_path, quiet=True, report=False)
+    data = (tmp_path / "results.jsonl").read_bytes()
+    assert data.count(b"\n") == 1 and data.endswith(b"\n")
+    first = read_rows(tmp_path / "results.jsonl")
+    monkeypatch.undo()
+    run_bench(task, cfg, tmp_path, quiet=True, report=False)
+    rows = read_rows(tmp_path / "results.jsonl")
+    assert rows[:1] == first and len({r["job_id"] for r in rows}) == 4
+
+
+def _fsize_limit(limit):
+    def apply():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE semantics of Linux")
+def test_real_file_size_limit(tmp_path, tiny_config, tiny_toml):
+    """A real `ulimit -f`: a subprocess whose files may not grow past a few rows. It stops with
+    a message (no traceback), keeps only whole rows, and a re-run completes every job once."""
+    task, cfg = tiny_config(seeds=2)
+    ref = run_bench(task, cfg, tmp_path / "ref", quiet=True, report=False)
+    row = max(len(line) for line in (ref / "results.jsonl").read_bytes().splitlines()) + 1
+    limit = max((ref / "config.json").stat().st_size + 200, int(row * 1.5))
+    assert limit < 3 * row, "the limit must stop the run before its last job"
+    toml = tiny_toml(tmp_path / "c.toml", seeds=2)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "losslab.lab.cli", "bench", "fewshot", "--config", str(toml),
+         "--out", str(out), "--quiet", "--no-report"], env=env, capture_output=True,
+        preexec_fn=_fsize_limit(limit), timeout=300)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert "losslab bench: error:" in err and "re-run" in err
+    data = (out / "results.jsonl").read_bytes()
+    assert data.endswith(b"\n") and 1 <= data.count(b"\n") < 4
+    kept = read_rows(out / "results.jsonl")
+    from losslab.lab.cli import main
+
+    assert main(["bench", "fewshot", "--config", str(toml), "--out", str(out), "--quiet",
+                 "--no-report"]) == 0
+    rows = read_rows(out / "results.jsonl")
+    assert rows[: len(kept)] == kept and len({r["job_id"] for r in rows}) == len(rows) == 4
+    want = {r["job_id"]: r["metrics"]["test_acc"] for r in read_rows(ref / "results.jsonl")}
+    assert {r["job_id"]: r["metrics"]["test_acc"] for r in rows} == want

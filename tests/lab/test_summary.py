@@ -53,3 +53,39 @@ def test_a_folder_without_config_is_refused(tmp_path):
     (tmp_path / "results.jsonl").write_text("")
     with pytest.raises(ValueError, match=r"no config\.json"):
         summarise(tmp_path)
+
+
+def test_duplicated_rows_count_once_with_a_warning(tmp_path):
+    """The same job_id twice (a copied or concatenated results file): 4 seeds, not 6."""
+    folder = _folder(tmp_path, [("supcon", s, 50.0 + s) for s in range(4)])
+    lines = (folder / "results.jsonl").read_bytes().splitlines(keepends=True)
+    with open(folder / "results.jsonl", "ab") as f:
+        f.write(lines[0] + lines[2])
+    with pytest.warns(RuntimeWarning, match=r"2 duplicated rows .*same job_id.*ignored"):
+        s = summarise(folder)
+    cell = s.cells[("4x4 per batch", "supcon", "map_at_r")]
+    assert cell.n == 4 and cell.values == [50.0, 51.0, 52.0, 53.0] and s.n_rows == 4
+
+
+def test_conflicting_duplicates_are_named(tmp_path):
+    folder = _folder(tmp_path, [("supcon", 0, 50.0), ("supcon", 1, 51.0)])
+    rows = (folder / "results.jsonl").read_text().splitlines()
+    with open(folder / "results.jsonl", "a") as f:
+        f.write(rows[0].replace("50.0", "99.0") + "\n")
+    with pytest.warns(RuntimeWarning, match=r"j0.*different"):
+        s = summarise(folder)
+    assert s.cells[("4x4 per batch", "supcon", "map_at_r")].values == [50.0, 51.0]
+
+
+def test_diverged_runs_are_counted_not_dropped(tmp_path):
+    """A NaN metric is a diverged run: the group keeps its 3 seeds, 1 of them diverged, and
+    the mean is over the other 2 (before: silently over 2, reported as 3 seeds)."""
+    folder = _folder(tmp_path, [("supcon", 0, 50.0), ("supcon", 1, float("nan")),
+                                ("supcon", 2, 54.0), ("triplet", 0, 40.0)])
+    s = summarise(folder)
+    g = s.groups[("4x4 per batch", "supcon")]
+    assert g.seeds == [0, 1, 2] and g.diverged == [1]
+    cell = s.cells[("4x4 per batch", "supcon", "map_at_r")]
+    assert cell.n == 2 and cell.n_missing == 1 and cell.mean == pytest.approx(52.0)
+    assert s.groups[("4x4 per batch", "triplet")].diverged == []
+    assert s.n_diverged == 1

@@ -6,13 +6,22 @@ The top-level ``losslab`` CLI (``losslab.cli``) calls :func:`add_bench_parser` a
 
 Option precedence: task defaults < ``--config FILE`` (TOML; or a shipped config name such as
 ``demo``) < explicit flags.
+
+Every expected failure is one line on stderr, ``losslab bench: error: ...`` (exit status 2): a
+bad option or config, a loss the task cannot train, a run folder that cannot be used
+(read-only, full disk, a file where a folder is expected, a malformed ``config.json``), a
+corrupt results file. Ctrl-C prints ``losslab bench: interrupted: N of M jobs done ...; re-run
+the same command to resume`` (exit status 130). Warnings (a truncated or duplicated result
+row) are one line each, ``losslab report: warning: ...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +85,32 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _error(cmd: str, e: BaseException) -> int:
-    print(f"losslab {cmd}: error: {e}", file=sys.stderr)
+    notes = "".join(f" ({n})" for n in getattr(e, "__notes__", ()))
+    print(f"losslab {cmd}: error: {e}{notes}", file=sys.stderr)
     return 2
+
+
+def _interrupted(cmd: str, e: BaseException) -> int:
+    print(f"losslab {cmd}: {str(e) or 'interrupted'}", file=sys.stderr)
+    return 130
+
+
+@contextlib.contextmanager
+def _one_line_warnings(cmd: str) -> Iterator[None]:
+    """The lab's RuntimeWarnings (a truncated or duplicated result row) as one stderr line
+    each, when they happen; other warnings as usual."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+            if issubclass(category, RuntimeWarning):
+                print(f"losslab {cmd}: warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def _print_report(rep: dict[str, Any]) -> None:
@@ -92,7 +125,7 @@ def bench_main(args: argparse.Namespace) -> int:
     from losslab.lab.data.formats import DatasetLayoutError
     from losslab.lab.report import write_report
     from losslab.lab.results import CorruptResultsError
-    from losslab.lab.runner import ConfigMismatchError, run_bench
+    from losslab.lab.runner import BenchInterrupted, ConfigMismatchError, run_bench
     from losslab.lab.tasks import get_task
     from losslab.lab.tasks.base import RUNNER_OPTIONS
 
@@ -100,30 +133,50 @@ def bench_main(args: argparse.Namespace) -> int:
     names = [o.name for o in (*RUNNER_OPTIONS, *task.options)]
     cli = {n: getattr(args, n) for n in names if hasattr(args, n)}
     try:
-        file_config = load_config_file(args.config) if args.config else {}
-        config = resolve_config(task, file_config, cli)
-        out = args.out or file_config.get("out")
-        if not out:
-            out = f"runs/{task.name}" + (f"-{config['dataset']}" if "dataset" in config else "")
-        folder = run_bench(task, config, out, quiet=args.quiet, report=False)
+        with _one_line_warnings("bench"):
+            file_config = load_config_file(args.config) if args.config else {}
+            config = resolve_config(task, file_config, cli)
+            out = args.out or file_config.get("out")
+            if not out:
+                out = f"runs/{task.name}" + (f"-{config['dataset']}" if "dataset" in config
+                                             else "")
+            folder = run_bench(task, config, out, quiet=args.quiet, report=False)
+    except BenchInterrupted as e:
+        return _interrupted("bench", e)
+    except KeyboardInterrupt:
+        return _interrupted("bench", KeyboardInterrupt("interrupted before any job ran"))
     except (ValueError, ConfigMismatchError, CorruptResultsError, DatasetLayoutError,
-            RuntimeError) as e:
+            RuntimeError, OSError) as e:  # RuntimeError: RunFolderError, the lock, ...
         return _error("bench", e)
     if not args.no_report:
-        _print_report(write_report(folder, task=task))
+        try:
+            with _one_line_warnings("report"):
+                rep = write_report(folder, task=task)
+        except KeyboardInterrupt:
+            return _interrupted("bench", KeyboardInterrupt(
+                f"interrupted while writing the report; every job is recorded, `losslab "
+                f"report {folder}` writes it"))
+        except OSError as e:
+            return _error("bench", OSError(
+                f"every job is recorded, but the report could not be written ({e}); "
+                f"`losslab report {folder}` writes it"))
+        _print_report(rep)
     return 0
 
 
 def report_main(args: argparse.Namespace) -> int:
     from losslab.lab.report import write_report
-    from losslab.lab.results import CorruptResultsError
+    from losslab.lab.results import CorruptResultsError, RunFolderError
 
     folder = Path(args.run_dir)
     if not (folder / "results.jsonl").exists():
         return _error("report", ValueError(f"{folder} has no results.jsonl"))
     try:
-        rep = write_report(folder)
-    except (ValueError, CorruptResultsError) as e:
+        with _one_line_warnings("report"):
+            rep = write_report(folder)
+    except KeyboardInterrupt:
+        return _interrupted("report", KeyboardInterrupt("interrupted"))
+    except (ValueError, CorruptResultsError, RunFolderError, OSError) as e:
         return _error("report", e)
     _print_report(rep)
     return 0

@@ -15,18 +15,25 @@ and the task's options), plus optionally ``task = "fewshot"`` (checked), ``out =
 ``--config NAME`` also accepts the name of a config shipped in ``losslab/lab/configs``
 (``demo``, ``miniimagenet_conv4``, ...). Reading TOML needs Python >= 3.11 (``tomllib``) or the
 ``tomli`` package on 3.10.
+
+Everything that can be checked without training is checked here, before any job
+(:func:`check_losses`): the kind of every loss against the task's ``loss_kinds``, and every
+``[loss_hparams.<loss>]`` table (a registered loss of the run or of the config file's own
+``losses``, only that loss's hyperparameters, values it accepts).
 """
 
 from __future__ import annotations
 
+import difflib
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from losslab.lab.tasks.base import RUNNER_OPTIONS, Task, parse_loss_spec
 
-__all__ = ["CONFIG_DIR", "find_config", "fingerprint", "load_config_file", "resolve_config"]
+__all__ = ["CONFIG_DIR", "check_losses", "find_config", "fingerprint", "load_config_file",
+           "resolve_config"]
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 FILE_ONLY_KEYS = ("task", "out", "loss_hparams", "description")
@@ -119,8 +126,95 @@ def resolve_config(
     config["loss_hparams"] = {k: dict(v) for k, v in hp.items()}
     if config["threads"] < 0:
         raise ValueError(f"threads must be >= 0, got {config['threads']}")
+    if config["workers"] < 1:
+        raise ValueError(f"workers must be >= 1, got {config['workers']}")
     config["task"] = task.name
+    check_losses(task, config, hparam_losses=_file_losses(opts["losses"], file_config))
     return config
+
+
+def _file_losses(opt: Any, file_config: Mapping[str, Any]) -> set[str]:
+    """The registered losses named by the config file's own ``losses`` (a ``--losses`` flag may
+    have replaced them for this run; their hyperparameter tables are not typos)."""
+    out: set[str] = set()
+    try:
+        specs = opt.parse(file_config.get("losses", []))
+    except ValueError:
+        return out
+    for s in specs:
+        try:
+            out.update(parse_loss_spec(s))
+        except ValueError:
+            continue
+    return out
+
+
+def _close(word: str, choices: Iterable[str]) -> str:
+    near = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def check_losses(task: Task, config: Mapping[str, Any], *,
+                 hparam_losses: Iterable[str] | None = None) -> None:
+    """``ValueError`` for a loss the task cannot train or a loss hyperparameter table that
+    cannot be used, before any job runs.
+
+    * every term of every loss spec has a kind in ``task.loss_kinds`` (when the task declares
+      them), and the terms of one ``a+b`` spec share one kind;
+    * every ``[loss_hparams.<name>]`` names a registered loss that is in the run (or in
+      ``hparam_losses``; ``None``: not checked), sets only hyperparameters of that loss, and
+      the loss can be built with them (its own validation, e.g. ``temperature > 0``).
+    """
+    from losslab.registry import available, create
+    from losslab.registry import spec as loss_spec
+
+    kinds = task.loss_kinds
+    in_run: set[str] = set()
+    for s in config["losses"]:
+        names = parse_loss_spec(s)
+        in_run.update(names)
+        got = {n: loss_spec(n).kind for n in names}
+        if kinds is not None:
+            for n, k in got.items():
+                if k not in kinds:
+                    fits = sorted({x for kind in kinds for x in available(kind=kind)})
+                    raise ValueError(
+                        f"loss {n!r} is of kind {k!r}; the {task.name} task trains "
+                        + " or ".join(repr(x) for x in kinds)
+                        + f" losses: {', '.join(fits)}"
+                    )
+        if len(set(got.values())) > 1:
+            raise ValueError(
+                f"loss {s!r} combines losses of different kinds ("
+                + ", ".join(f"{n}: {k}" for n, k in got.items())
+                + "); the terms of an 'a+b' loss must share one call signature"
+            )
+    allowed = None if hparam_losses is None else in_run | set(hparam_losses)
+    for name, table in (config.get("loss_hparams") or {}).items():
+        where = f"loss_hparams.{name}"
+        try:
+            s = loss_spec(name)
+        except ValueError:
+            raise ValueError(
+                f"{where}: unknown loss {name!r}{_close(name, sorted(in_run) + available())}; "
+                "`losslab list` names the registered losses"
+            ) from None
+        if allowed is not None and name not in allowed:
+            raise ValueError(
+                f"{where}: {name!r} is not in this run's losses ({', '.join(sorted(in_run))}),"
+                " so these hyperparameters would be silently unused; remove the table or add "
+                "the loss"
+            )
+        unknown = sorted(set(table) - set(s.defaults))
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown hyperparameter {unknown[0]!r}{_close(unknown[0], s.defaults)};"
+                f" {name} takes {', '.join(s.defaults)}"
+            )
+        try:
+            create(name, **{**s.example_hparams, **table})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
 
 
 def fingerprint(task: Task, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,13 +39,32 @@ def git_sha() -> tuple[str | None, bool | None]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` (cuda if available, else cpu), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``;
-    ``ValueError`` for cuda on a machine without it."""
+    """``"auto"`` (cuda if available, else cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (or
+    ``"mps"`` where torch has it); a ``ValueError`` naming the option for anything else, for
+    cuda on a machine without it and for a missing cuda index."""
+    opt = "--device / device"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: cuda requested but torch.cuda.is_available() is False")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"{opt}: {name!r} is not a torch device (use auto, cpu, cuda or cuda:N); torch "
+            f"says: {e}"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{opt}: cuda requested but torch.cuda.is_available() is False")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"{opt}: {name!r} requested, but this machine has {n} cuda "
+                             f"device(s) (cuda:0 .. cuda:{n - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{opt}: mps requested but torch.backends.mps.is_available() is "
+                             "False")
+    elif dev.type != "cpu":
+        raise ValueError(f"{opt}: {name!r}: the lab runs on auto, cpu, cuda or cuda:N")
     return dev
 
 

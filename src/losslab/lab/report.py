@@ -7,6 +7,12 @@ std over seeds, ``n`` seeds), the mean of the per-seed episode CIs where the tas
 of each metric within a setting is bold in ``table.md``. ``<metric>.png``: one figure per
 plotted metric (:func:`losslab.lab.plots.metric_plot`). The statistics come from
 :func:`losslab.lab.summary.summarise`.
+
+Diverged runs are shown, not dropped: ``n seeds`` counts every seed that ran, a ``diverged``
+column (present when any run diverged) gives their number and seeds, a mean over fewer seeds
+than ``n seeds`` is marked ``†``, and a (setting, loss) whose every run diverged reads
+``diverged``. ``table.csv`` has ``n_diverged``, ``diverged_seeds`` and ``<metric>_n`` (the
+seeds behind each mean).
 """
 
 from __future__ import annotations
@@ -27,44 +33,63 @@ def _fmt(x: float, fmt: str) -> str:
     return "n/a" if x is None or not math.isfinite(x) else format(x, fmt)
 
 
+def _seeds_text(seeds: list[int]) -> str:
+    if not seeds:
+        return "0"
+    return f"{len(seeds)} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+
+
 def _markdown(s: Summary) -> str:
     metrics = s.task.metrics
     prim = s.task.primary_metric()
+    show_delta = len(s.losses) > 1
+    show_diverged = s.n_diverged > 0
     header = ["Setting", "Loss"]
     for m in metrics:
         header.append(f"{m.label} (mean ± 95% CI)")
         if m.episode_ci:
             header.append(f"{m.label}: episode CI (mean)")
-        if m is prim and len(s.losses) > 1:
+        if m is prim and show_delta:
             header.append(f"Δ vs `{s.losses[0]}` (paired)")
+    if show_diverged:
+        header.append("diverged")
     header.append("n seeds")
     lines = [f"## {s.title}", "", "| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    marked = False
     for setting in s.settings:
         best = {m.key: s.best(setting, m) for m in metrics}
         for loss in s.losses:
-            cells = [s.cells.get((setting, loss, m.key)) for m in metrics]
-            if all(c is None for c in cells):
+            group = s.groups.get((setting, loss))
+            if group is None:
                 continue
             row = [setting, f"`{loss}`"]
-            n = 0
-            for m, c in zip(metrics, cells):
+            for m in metrics:
+                c = s.cells.get((setting, loss, m.key))
                 if c is None:
-                    row += ["—"] + (["—"] if m.episode_ci else [])
+                    row.append("diverged" if group.diverged else "—")
+                    row += ["—"] if m.episode_ci else []
+                    row += ["—"] if m is prim and show_delta else []
                     continue
-                n = max(n, c.n)
                 txt = _fmt(c.mean, m.fmt) + ("" if c.n < 2 else f" ± {_fmt(c.ci, m.fmt)}")
-                if best[m.key] == loss and len(s.losses) > 1:
+                if best[m.key] == loss and show_delta:
                     txt = f"**{txt}**"
+                if c.n_missing:
+                    txt += " †"
+                    marked = True
                 row.append(txt)
                 if m.episode_ci:
                     row.append("—" if c.episode_ci is None else f"± {_fmt(c.episode_ci, m.fmt)}")
-                if m is prim and len(s.losses) > 1:
+                if m is prim and show_delta:
                     d = s.paired_delta(setting, loss, m)
                     row.append("—" if d is None else f"{d[0]:+{m.fmt}}"
                                + ("" if d[2] < 2 else f" ± {_fmt(d[1], m.fmt)}"))
-            row.append(str(n))
+            if show_diverged:
+                row.append(_seeds_text(group.diverged))
+            row.append(str(len(group.seeds)))
             lines.append("| " + " | ".join(row) + " |")
+    dup = (f"; {s.n_duplicates} duplicated row{'s' if s.n_duplicates > 1 else ''} ignored"
+           if s.n_duplicates else "")
     lines += [
         "",
         "Mean over seeds ± 95% confidence interval of that mean: Student-t, "
@@ -80,7 +105,12 @@ def _markdown(s: Summary) -> str:
         + " (" + ", ".join(
             f"{m.label}: {'higher' if m.higher_is_better else 'lower'} is better"
             for m in metrics) + "). "
-        + f"Generated from results.jsonl ({s.n_rows} jobs) by `losslab report`.",
+        + ("Diverged: runs whose training loss became non-finite, or whose "
+           f"{prim.label} is not finite; they count in n seeds, not in the means. "
+           if show_diverged else "")
+        + ("† mean over fewer seeds than n seeds (the others diverged or have no finite "
+           "value). " if marked else "")
+        + f"Generated from results.jsonl ({s.n_rows} jobs{dup}) by `losslab report`.",
         "",
     ]
     return "\n".join(lines)
@@ -88,11 +118,13 @@ def _markdown(s: Summary) -> str:
 
 def _csv_rows(s: Summary) -> list[dict[str, Any]]:
     out = []
+    prim = s.task.primary_metric()
     for setting in s.settings:
         for loss in s.losses:
-            cells = {m.key: s.cells.get((setting, loss, m.key)) for m in s.task.metrics}
-            if all(c is None for c in cells.values()):
+            group = s.groups.get((setting, loss))
+            if group is None:
                 continue
+            cells = {m.key: s.cells.get((setting, loss, m.key)) for m in s.task.metrics}
             row: dict[str, Any] = {"setting": setting, "loss": loss}
             sd = s.setting_dicts.get(setting, {})
             for k in s.task.setting_columns:
@@ -104,12 +136,14 @@ def _csv_rows(s: Summary) -> list[dict[str, Any]]:
                 row[f"{m.key}_std"] = None if c is None or not math.isfinite(c.std) else c.std
                 if m.episode_ci:
                     row[f"{m.key}_episode_ci95_mean"] = None if c is None else c.episode_ci
-            prim = s.task.primary_metric()
+                row[f"{m.key}_n"] = 0 if c is None else c.n
             d = s.paired_delta(setting, loss, prim)
             row[f"{prim.key}_delta_vs_first"] = None if d is None else d[0]
             row[f"{prim.key}_delta_ci95"] = (None if d is None or not math.isfinite(d[1])
                                              else d[1])
-            row["n_seeds"] = max((c.n for c in cells.values() if c is not None), default=0)
+            row["n_seeds"] = len(group.seeds)
+            row["n_diverged"] = len(group.diverged)
+            row["diverged_seeds"] = ";".join(map(str, group.diverged))
             out.append(row)
     return out
 

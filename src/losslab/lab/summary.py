@@ -6,25 +6,32 @@ sample std over the ``n`` seeds; NaN for one seed), and the mean of the per-seed
 where the task has them; :meth:`Summary.paired_delta` gives the per-seed difference to the
 first loss. :mod:`losslab.lab.report` writes the tables and :mod:`losslab.lab.plots` the
 figures of a :class:`Summary`.
+
+Rows are de-duplicated by ``job_id`` first (a copied or concatenated ``results.jsonl`` would
+count its jobs twice), with a ``RuntimeWarning``. A run *diverged* when the runner recorded it
+so (a non-finite training loss) or its primary metric is not finite: it counts among the seeds
+of its (setting, loss) (:class:`Group`), its non-finite values are left out of the means, and
+each :class:`Cell` says how many of the group's seeds it lacks (``n_missing``), so the report
+can count and mark them instead of silently averaging fewer seeds.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from losslab.lab.results import read_rows
+from losslab.lab.results import read_rows, read_run_config, unique_rows
 from losslab.lab.stats import mean_t_interval
 from losslab.lab.tasks import get_task
 from losslab.lab.tasks.base import ReportColumn, Task
 
-__all__ = ["Cell", "Summary", "summarise"]
+__all__ = ["Cell", "Group", "Summary", "summarise"]
 
 
 @dataclass
@@ -38,6 +45,15 @@ class Cell:
     std: float
     n: int
     episode_ci: float | None = None
+    n_missing: int = 0  # seeds of the group without a finite value (diverged runs)
+
+
+@dataclass
+class Group:
+    """The jobs of one (setting, loss): every seed that ran, and those that diverged."""
+
+    seeds: list[int]
+    diverged: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -48,7 +64,13 @@ class Summary:
     losses: list[str]
     setting_dicts: dict[str, dict[str, Any]]
     cells: dict[tuple[str, str, str], Cell] = field(default_factory=dict)  # (setting, loss, key)
-    n_rows: int = 0
+    n_rows: int = 0  # unique jobs
+    groups: dict[tuple[str, str], Group] = field(default_factory=dict)  # (setting, loss)
+    n_duplicates: int = 0  # rows left out: the same job_id as an earlier row
+
+    @property
+    def n_diverged(self) -> int:
+        return sum(len(g.diverged) for g in self.groups.values())
 
     def paired_delta(
         self, setting: str, loss: str, metric: ReportColumn
@@ -85,39 +107,84 @@ def _ordered(preferred: Sequence[str], seen: Sequence[str]) -> list[str]:
 
 
 def _task_of(folder: Path, task: Task | None) -> tuple[Task, dict[str, Any]]:
-    cfg_path = folder / "config.json"
-    config = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    config = read_run_config(folder)  # RunFolderError when malformed
     if task is None:
         if "task" not in config:
             raise ValueError(f"{folder}: no config.json naming the task; is it a run folder?")
-        task = get_task(config["task"])
+        try:
+            task = get_task(config["task"])
+        except ValueError as e:
+            raise ValueError(f"{folder / 'config.json'}: {e}") from None
     return task, config
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _diverged(row: Mapping[str, Any], task: Task) -> bool:
+    return bool(row.get("diverged")) or not _finite(row["metrics"].get(task.primary_metric().key))
+
+
+def _unique(rows: list[dict[str, Any]], path: Path) -> tuple[list[dict[str, Any]], int]:
+    rows, dup = unique_rows(rows)
+    if dup.total:
+        msg = (f"{path}: {dup.total} duplicated row{'s' if dup.total > 1 else ''} (the same "
+               f"job_id as an earlier row) ignored")
+        if dup.conflicting:
+            msg += (f"; job {', '.join(dup.conflicting)} has copies with different metrics "
+                    "(the first is kept)")
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    # one row per (setting, loss, seed): rows of another configuration (a folder whose
+    # config.json was deleted and re-run with other options) would count a seed twice
+    seen: set[tuple[str, str, int]] = set()
+    out, clash = [], 0
+    for r in rows:
+        key = (r["setting_label"], r["loss"], r["seed"])
+        if key in seen:
+            clash += 1
+            continue
+        seen.add(key)
+        out.append(r)
+    if clash:
+        warnings.warn(
+            f"{path}: {clash} row{'s' if clash > 1 else ''} repeat a (setting, loss, seed) under "
+            "another job_id (results of another configuration); the first is kept",
+            RuntimeWarning, stacklevel=3)
+    return out, dup.total + clash
 
 
 def summarise(folder: str | Path, *, task: Task | None = None) -> Summary:
     """Statistics over seeds of every (setting, loss) of a run folder."""
     folder = Path(folder)
     task, config = _task_of(folder, task)
-    rows = [r for r in read_rows(folder / "results.jsonl", repair=False) if r["task"] == task.name]
+    path = folder / "results.jsonl"
+    rows = [r for r in read_rows(path, repair=False) if r["task"] == task.name]
+    rows, n_dup = _unique(rows, path)
     try:
         planned = [task.setting_label(s) for s in task.settings(config)] if config else []
     except (KeyError, ValueError, TypeError):
         planned = []
     settings = _ordered(planned, [r["setting_label"] for r in rows])
     losses = _ordered(config.get("losses", []), [r["loss"] for r in rows])
-    title = task.title(config) if config else task.name
+    try:
+        title = task.title(config) if config else task.name
+    except (KeyError, ValueError, TypeError):
+        title = task.name
     s = Summary(task, title, settings, losses,
-                {r["setting_label"]: r["setting"] for r in rows}, n_rows=len(rows))
+                {r["setting_label"]: r["setting"] for r in rows}, n_rows=len(rows),
+                n_duplicates=n_dup)
     for setting in settings:
         for loss in losses:
             group = [r for r in rows if r["setting_label"] == setting and r["loss"] == loss]
             if not group:
                 continue
             group.sort(key=lambda r: r["seed"])
+            s.groups[(setting, loss)] = Group([r["seed"] for r in group],
+                                              [r["seed"] for r in group if _diverged(r, task)])
             for m in task.metrics:
-                pairs = [(r["seed"], r["metrics"].get(m.key)) for r in group]
-                pairs = [(sd, float(v)) for sd, v in pairs
-                         if isinstance(v, (int, float)) and math.isfinite(v)]
+                pairs = [(r["seed"], float(r["metrics"][m.key])) for r in group
+                         if _finite(r["metrics"].get(m.key))]
                 vals = [v for _, v in pairs]
                 if not vals:
                     continue
@@ -125,8 +192,9 @@ def summarise(folder: str | Path, *, task: Task | None = None) -> Summary:
                 ep = None
                 if m.episode_ci:
                     eps = [float(r["metrics"][m.episode_ci]) for r in group
-                           if m.episode_ci in r["metrics"]]
+                           if _finite(r["metrics"].get(m.key))
+                           and _finite(r["metrics"].get(m.episode_ci))]
                     ep = float(np.mean(eps)) if eps else None
                 s.cells[(setting, loss, m.key)] = Cell(vals, [sd for sd, _ in pairs], mean, ci, std,
-                                                       n, ep)
+                                                       n, ep, len(group) - n)
     return s

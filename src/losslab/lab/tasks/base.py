@@ -20,6 +20,9 @@ the :class:`Task` class below. A task module imports the lab's building blocks
      shows, their labels, whether higher is better, whether to plot them; exactly one is
      ``primary`` (the plot's headline metric and the one of the one-line job summary).
    * ``setting_columns`` -- keys of a setting dict shown as columns in ``table.csv``.
+   * ``loss_kinds`` -- the loss kinds (:data:`losslab.registry.KINDS`) the task can train,
+     e.g. ``("episode",)``; a loss of another kind is refused before any job runs (``None``:
+     no check).
    * ``line_x`` (optional) -- the key of a *numeric* setting value (e.g. the label-noise
      ``"rate"``): the report then draws each plotted metric as lines over that value (one
      line per loss, t-interval error bars, one panel per combination of the other setting
@@ -248,6 +251,7 @@ class Task(ABC):
     options: ClassVar[tuple[Option, ...]]
     metrics: ClassVar[tuple[ReportColumn, ...]]
     setting_columns: ClassVar[tuple[str, ...]] = ()
+    loss_kinds: ClassVar[tuple[str, ...] | None] = None
     line_x: ClassVar[str | None] = None
     line_x_label: ClassVar[str | None] = None
 

@@ -91,6 +91,7 @@ class FewShotTask(Task):
         ReportColumn("icnn", "ICNN score", True, ".3f"),
     )
     setting_columns: ClassVar[tuple[str, ...]] = ("way", "shot", "train_way")
+    loss_kinds: ClassVar[tuple[str, ...] | None] = ("episode",)
 
     def __init__(self) -> None:
         self._cache: dict[tuple[Any, ...], FewShotDataset] = {}

@@ -96,6 +96,7 @@ class NoisyTask(Task):
         ReportColumn("aece", "Adaptive ECE (%)", False, ".2f", plot=False),
     )
     setting_columns: ClassVar[tuple[str, ...]] = ("noise", "rate")
+    loss_kinds: ClassVar[tuple[str, ...] | None] = ("logits",)
     line_x: ClassVar[str | None] = "rate"
     line_x_label: ClassVar[str] = "label-noise rate"
 
