@@ -168,8 +168,8 @@ def build_classifier(name: str, in_channels: int, image_size: int, num_classes: 
                      ) -> nn.Module:
     """``cnn`` (:class:`SmallCNN`, channels-last) or ``mlp`` (``D -> 256 -> 256 -> C``, ReLU)."""
     if name == "cnn":
-        return SmallCNN(in_channels, image_size, num_classes).to(
-            memory_format=torch.channels_last)
+        model = SmallCNN(in_channels, image_size, num_classes)
+        return model.to(memory_format=torch.channels_last)  # pyright: ignore[reportCallIssue]
     if name == "mlp":
         d = in_channels * image_size * image_size
         return nn.Sequential(nn.Flatten(), nn.Linear(d, 256), nn.ReLU(inplace=True),

@@ -44,7 +44,7 @@ def _toml_loads(text: str) -> dict[str, Any]:
         import tomllib
     else:  # pragma: no cover - python 3.10
         try:
-            import tomli as tomllib
+            import tomli as tomllib  # pyright: ignore[reportMissingImports]
         except ImportError:
             raise RuntimeError(
                 "reading a config file needs Python >= 3.11 or `pip install tomli`"

@@ -111,7 +111,7 @@ def rgb_loader(size: int) -> Callable[[str | os.PathLike[str]], np.ndarray]:
             short = round(size * 92 / 84)
             scale = short / min(w, h)
             nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            im = im.resize((nw, nh), Image.BILINEAR)
+            im = im.resize((nw, nh), Image.Resampling.BILINEAR)
             left, top = (nw - size) // 2, (nh - size) // 2
             im = im.crop((left, top, left + size, top + size))
             return np.asarray(im, dtype=np.uint8)
@@ -129,7 +129,7 @@ def grey_loader(size: int, *, invert: bool = False) -> Loader:
         from PIL import Image
 
         with Image.open(path) as im:
-            im = im.convert("L").resize((size, size), Image.LANCZOS)
+            im = im.convert("L").resize((size, size), Image.Resampling.LANCZOS)
             a = np.asarray(im, dtype=np.uint8)
             return 255 - a if invert else a
 

@@ -240,7 +240,8 @@ def build_loss(spec: str, hparams: Mapping[str, Mapping[str, Any]] | None = None
     hp = dict(hparams or {})
     if len(names) == 1:
         return create(names[0], **dict(hp.get(names[0], {})))
-    return combine(names, **{n: dict(v) for n, v in hp.items() if n in names})
+    per_term: dict[str, Mapping[str, Any]] = {n: dict(v) for n, v in hp.items() if n in names}
+    return combine(names, weights=None, **per_term)  # pyright: ignore[reportArgumentType]
 
 
 class Task(ABC):

@@ -247,7 +247,7 @@ class FewShotTask(Task):
     def _evaluate(
         model: torch.nn.Module, split, episodes: EpisodeBatch, device: torch.device,
         config: Mapping[str, Any], *, extra: np.ndarray | None = None, return_emb: bool = False,
-    ):
+    ) -> Any:
         parts = [episodes.support.ravel(), episodes.query.ravel()]
         if extra is not None:
             parts.append(extra)
