@@ -22,12 +22,18 @@ upcast; bf16 only); ``torch_ref`` = ``F.linear_cross_entropy(h, W, t)`` (options
 reference path); ``torch_chunked`` = ``options=LinearCrossEntropyOptions()`` (torch's default
 chunked options); ``torch_chunked_bs1024`` = ``LinearCrossEntropyOptions(batch_chunk_size=
 1024)``; ``losslab`` = :func:`losslab.functional.linear_cross_entropy_loss` with default
-options. Variants: ``losslab:weight_grad=vocab_blocks,chunk_size=512`` etc.
+options. Variants: ``losslab:weight_grad=vocab_blocks,chunk_size=512`` etc. (int, float or
+string values). ``before`` (and ``before:key=value,...``) is ``losslab`` imported from another
+source tree, ``--before-src DIR`` (e.g. an export of an earlier commit): a change to the kernel
+is compared with the code before it, interleaved in the same run.
 
     PYTHONPATH=src python benchmarks/bench_linear_cross_entropy.py            # full grid
     PYTHONPATH=src python benchmarks/bench_linear_cross_entropy.py --V 32000 --dtype bf16 \\
         --impl naive losslab losslab:weight_grad=token_chunks --rounds 3
     python benchmarks/bench_linear_cross_entropy.py --report benchmarks/results/lce.jsonl
+    git archive HEAD~1 | tar -x -C /tmp/prev && PYTHONPATH=src python \
+        benchmarks/bench_linear_cross_entropy.py --V 32000 --impl naive before losslab \
+        --before-src /tmp/prev/src
 
 Results: one JSON line per measurement in ``<out>.jsonl`` (written as they come), the table
 in ``<out>.md``.
@@ -46,7 +52,7 @@ import time
 from pathlib import Path
 
 IMPLS = ("naive", "naive_fp32_logits", "torch_ref", "torch_chunked", "torch_chunked_bs1024",
-         "losslab")
+         "losslab", "before")
 DEFAULT_IMPLS = ("naive", "naive_fp32_logits", "torch_chunked", "torch_chunked_bs1024",
                  "losslab")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -62,7 +68,12 @@ def _parse_kwargs(spec: str) -> dict:
     out: dict = {}
     for item in filter(None, spec.split(",")):
         k, v = item.split("=")
-        out[k] = int(v) if v.lstrip("-").isdigit() else v
+        for parse in (int, float, str):
+            try:
+                out[k] = parse(v)
+                break
+            except ValueError:
+                continue
     return out
 
 
@@ -78,7 +89,7 @@ def run_case(impl: str, n: int, d: int, v: int, dtype_name: str, iters: int,
     w = torch.empty(v, d, dtype=dtype).normal_(0, 0.02, generator=g).requires_grad_(True)
     t = torch.randint(0, v, (n,), generator=g)
     name, _, spec = impl.partition(":")
-    if name == "losslab":
+    if name in ("losslab", "before"):
         from losslab.functional import linear_cross_entropy_loss
 
         kw = _parse_kwargs(spec)
@@ -184,7 +195,7 @@ def summarize(rows: list[dict]) -> str:
                 cells += [f"{mem(impl, 'extra_minus_grads_mib') / mem('naive_fp32_logits', 'extra_minus_grads_mib'):.3f}"]  # noqa: E501
             out.append("| " + " | ".join(cells) + " |")
         for impl in impls:
-            if not impl.startswith("losslab") or "naive" not in impls:
+            if not impl.startswith(("losslab", "before")) or "naive" not in impls:
                 continue
             checks = [
                 ("(extra-grads)/naive <= 0.15",
@@ -219,6 +230,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "linear_cross_entropy"))
     ap.add_argument("--report", help="only print the table of an existing .jsonl")
+    ap.add_argument("--before-src", help="source tree (the folder holding losslab/) of the "
+                    "'before' impls")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.case:
@@ -231,9 +244,12 @@ def main() -> None:
         return
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if any(i.partition(":")[0] == "before" for i in a.impl) and not a.before_src:
+        ap.error("the 'before' impls need --before-src")
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    env_before = dict(env, PYTHONPATH=str(a.before_src))
     rows: list[dict] = []
     for v in a.V:
         for dt in a.dtype:
@@ -244,8 +260,9 @@ def main() -> None:
                     cmd = [sys.executable, __file__, "--case", f"{impl}@{v}@{dt}", "--N",
                            str(a.N), "--d", str(a.d), "--iters", str(a.iters), "--threads",
                            str(a.threads)]
-                    res = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                                         check=False)
+                    before = impl.partition(":")[0] == "before"
+                    res = subprocess.run(cmd, capture_output=True, text=True,
+                                         env=env_before if before else env, check=False)
                     if res.returncode != 0:
                         print(f"{impl} V={v} {dt} failed:\n{res.stderr[-2000:]}",
                               file=sys.stderr, flush=True)

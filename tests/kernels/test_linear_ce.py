@@ -3,6 +3,7 @@ out with explicit per-token terms), F.cross_entropy parity, gradcheck, bf16, edg
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import pytest
@@ -11,8 +12,10 @@ import torch.nn.functional as F
 
 import losslab
 import losslab.kernels.linear_ce as lce_mod
+import losslab.kernels.linear_ce.rows as lce_rows
+import losslab.kernels.linear_ce.workspace as lce_sizes
 from losslab.functional import linear_cross_entropy_loss as lce
-from losslab.kernels.linear_ce import auto_chunk_size, auto_weight_grad
+from losslab.kernels.linear_ce import auto_chunk_size
 
 N, D, V = 23, 6, 11
 WEIGHT_GRADS = ["token_chunks", "vocab_blocks"]
@@ -23,9 +26,9 @@ def small_blocks(monkeypatch):
     """Tiny vocabulary blocks / token groups / row blocks, so that the ``vocab_blocks`` pass
     runs several partial blocks, token groups (the float32 block accumulator) and row blocks
     even on these small inputs."""
-    monkeypatch.setattr(lce_mod, "VOCAB_BLOCK", 4)
-    monkeypatch.setattr(lce_mod, "MIN_VOCAB_BLOCK", 4)
-    monkeypatch.setattr(lce_mod, "VOCAB_PASS_BYTES", 4 * 4 * 8)  # 4 float64 tokens x 4 rows
+    monkeypatch.setattr(lce_sizes, "VOCAB_BLOCK", 4)
+    monkeypatch.setattr(lce_sizes, "MIN_VOCAB_BLOCK", 4)
+    monkeypatch.setattr(lce_sizes, "VOCAB_PASS_BYTES", 4 * 4 * 8)  # 4 float64 tokens x 4 rows
 
 
 def make(dtype=torch.float64, seed=0, n=N, v=V, d=D, ignore_every=4):
@@ -221,9 +224,9 @@ def test_leading_dims_are_flattened():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("weight_grad", WEIGHT_GRADS)
 def test_half_precision_close_to_reference(dtype, weight_grad, monkeypatch):
-    monkeypatch.setattr(lce_mod, "VOCAB_BLOCK", 512)
-    monkeypatch.setattr(lce_mod, "MIN_VOCAB_BLOCK", 512)
-    monkeypatch.setattr(lce_mod, "VOCAB_PASS_BYTES", 64 * 512 * 10)  # token groups of 64
+    monkeypatch.setattr(lce_sizes, "VOCAB_BLOCK", 512)
+    monkeypatch.setattr(lce_sizes, "MIN_VOCAB_BLOCK", 512)
+    monkeypatch.setattr(lce_sizes, "VOCAB_PASS_BYTES", 64 * 512 * 10)  # token groups of 64
     torch.manual_seed(0)
     n, d, v = 200, 32, 3000
     h = torch.randn(n, d)
@@ -334,7 +337,7 @@ def test_out_of_range_message_names_value():
 
 
 def test_auto_chunk_size(monkeypatch):
-    monkeypatch.setattr(lce_mod, "MIN_CHUNK", 256)
+    monkeypatch.setattr(lce_sizes, "MIN_CHUNK", 256)
     assert auto_chunk_size(4096, 32000) == 1024
     assert auto_chunk_size(4096, 128256) == 1024
     assert auto_chunk_size(4096, 262144) == 512
@@ -352,8 +355,16 @@ def test_auto_chunk_size(monkeypatch):
 
 
 def test_auto_weight_grad_policy():
+    """``weight_grad="auto"`` resolves (in validation) to ``"token_chunks"`` for every dtype;
+    an explicit choice is kept."""
+    defaults = {k: p.default for k, p in inspect.signature(lce).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and k != "return_lse"}
     for dt in (torch.bfloat16, torch.float16, torch.float32):
-        assert auto_weight_grad(dt) == "token_chunks"
+        h, w, _b, t, *_ = make(dtype=dt)
+        opts = lce_mod._validate(h, w, t, **{**defaults, "weight_grad": "auto"})
+        assert opts.weight_grad == "token_chunks"
+        opts = lce_mod._validate(h, w, t, **{**defaults, "weight_grad": "vocab_blocks"})
+        assert opts.weight_grad == "vocab_blocks"
 
 
 @pytest.mark.parametrize("d,v", [(2048, 5), (64, 3000)])
@@ -376,7 +387,7 @@ def test_vocab_blocks_half_dweight_as_accurate_as_float32_accumulator(monkeypatc
     """bf16 ``dweight`` of ``vocab_blocks`` (one GEMM over all tokens, float32 accumulation in
     the kernel, rounded once) is as close to the float64 gradient as the float32-accumulator
     ``token_chunks`` path."""
-    monkeypatch.setattr(lce_mod, "VOCAB_PASS_BYTES", 64 * 1024 * 1024)
+    monkeypatch.setattr(lce_sizes, "VOCAB_PASS_BYTES", 64 * 1024 * 1024)
     torch.manual_seed(1)
     n, d, v = 256, 16, 300
     h0, w0 = torch.randn(n, d).bfloat16(), (torch.randn(v, d) * 0.3).bfloat16()
@@ -390,3 +401,114 @@ def test_vocab_blocks_half_dweight_as_accurate_as_float32_accumulator(monkeypatc
         errs[mode] = float((wx.grad.double() - w6.grad).norm() / w6.grad.norm())
     assert errs["vocab_blocks"] < 1e-2
     assert errs["vocab_blocks"] <= 1.5 * errs["token_chunks"] + 1e-4, errs
+
+
+# --------------------------------------------------------------------------------------------
+# The pieces on their own: row-block softmax, gradient coefficients, workspace sizing
+# --------------------------------------------------------------------------------------------
+
+
+def test_small_blocks_fixture_reaches_the_vocab_blocks_pass():
+    """The autouse fixture's tiny blocks are the ones the vocab-blocks pass allocates (so the
+    oracle tests above do run several partial blocks and token groups)."""
+    ws = lce_sizes.VocabBlockWorkspace.allocate(N, V, D, torch.float64, torch.device("cpu"),
+                                                None)
+    assert ws.block == 4 and 1 < ws.group < N
+
+
+@pytest.mark.parametrize("class_weighted", [False, True])
+def test_softmax_rows_matches_torch(class_weighted):
+    g = torch.Generator().manual_seed(5)
+    z0 = torch.randn(7, 13, generator=g, dtype=torch.float64) * 30  # large: LSE from p_max
+    t = torch.randint(0, 13, (7,), generator=g)
+    cw = torch.rand(13, generator=g, dtype=torch.float64) if class_weighted else None
+    z, z_t, z_sum = z0.clone(), torch.empty(7, dtype=z0.dtype), torch.empty(7, dtype=z0.dtype)
+    lse = lce_rows.softmax_rows_(z, t, cw, z_t, z_sum)
+    torch.testing.assert_close(lse, torch.logsumexp(z0, 1), rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(z, torch.softmax(z0, 1), rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(z_t, z0[torch.arange(7), t])
+    torch.testing.assert_close(z_sum, z0.sum(1) if cw is None else z0 @ cw)
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_logit_grad_coefs_give_the_autograd_logit_gradient(softcap):
+    """``A p - B e_t - C w`` (times ``cap'``) from :func:`logit_grad_coefs` +
+    :func:`add_zloss_coef_` equals autograd of ``sum_n g_n l_n + g_lse_n lse_n`` with respect
+    to the (uncapped) logits, ``l_n`` the per-token loss of the oracle formula."""
+    g = torch.Generator().manual_seed(6)
+    n, v, eps, lam = 6, 9, 0.15, 0.02
+    x = (torch.randn(n, v, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    t = torch.randint(0, v, (n,), generator=g)
+    valid = torch.tensor([True, False, True, True, True, False])
+    cw = torch.rand(v, generator=g, dtype=torch.float64) + 0.5
+    g_loss = torch.randn(n, generator=g, dtype=torch.float64)
+    g_lse = torch.randn(n, generator=g, dtype=torch.float64)
+    z = softcap * torch.tanh(x / softcap) if softcap is not None else x
+    lse = torch.logsumexp(z, 1)
+    logp = z - lse[:, None]
+    per = (-(1 - eps) * cw[t] * logp[torch.arange(n), t] - eps / v * (logp * cw).sum(1)
+           + lam * lse**2) * valid
+    (expected,) = torch.autograd.grad((g_loss * per + g_lse * lse).sum(), (x,))
+
+    a, b, c = (torch.zeros(n, dtype=torch.float64) for _ in range(3))
+    coefs = lce_rows.logit_grad_coefs(a, b, c, g_loss, g_lse, valid, cw[t], label_smoothing=eps,
+                                      v=v, w_sum=cw.sum())
+    lse0 = lse.detach()
+    lce_rows.add_zloss_coef_(coefs, lse0, lam)
+    p = torch.softmax(z.detach(), 1)
+    if softcap is None:
+        got = a[:, None] * p - b[:, None] * F.one_hot(t, v) - c[:, None] * cw
+    else:
+        tanh = torch.tanh(x.detach() / softcap)
+        got = p.clone()
+        lce_rows.materialize_logit_grad_(got, tanh, coefs, t, cw)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_chunk_workspace_half_scratch_and_shared_weight_block():
+    """Half inputs: float32 row blocks of at least 16 rows within HALF_SCRATCH_BYTES, the dW
+    widening block is a view of that scratch when it fits; fp32: one row block = the chunk."""
+    opts = lce_sizes.LceOptions(label_smoothing=0.0, softcap=None, logz_penalty=0.0,
+                                chunk_size=256)
+    cpu = torch.device("cpu")
+    ws = lce_sizes.ChunkWorkspace.allocate(1000, 32000, 64, torch.bfloat16, cpu, opts,
+                                           smooth_sum=False, weight_grad=True, folded=True)
+    assert ws.chunk == 256 and ws.rows == 16 and ws.logits.shape == (256, 32000)
+    assert ws.scratch is not None and ws.scratch.dtype == torch.float32
+    assert ws.scratch.numel() * 4 <= lce_sizes.HALF_SCRATCH_BYTES
+    assert ws.wblk32 is not None and ws.wblk32.data_ptr() == ws.scratch.data_ptr()
+    assert ws.fold_half is not None and ws.fold_half.dtype == torch.bfloat16
+    ws = lce_sizes.ChunkWorkspace.allocate(100, 300, 8, torch.float32, cpu, opts,
+                                           smooth_sum=True, weight_grad=True, folded=False)
+    assert ws.chunk == ws.rows == 100 and ws.scratch is None and ws.wblk is None
+    assert ws.fold_a is None and ws.z_sum is not None
+
+
+def test_fp16_hidden_of_large_magnitude_does_not_overflow():
+    """Issue #11, finding 2: float16 logits of |z| > 65504 overflowed to inf/NaN; the call now
+    computes in float32 (same value as float32 inputs of the same rounded values)."""
+    g = torch.Generator().manual_seed(0)
+    h = (torch.randn(6, 4, generator=g) * 200).half().requires_grad_()
+    w = (torch.randn(7, 4, generator=g) * 200).half().requires_grad_()
+    t = torch.randint(0, 7, (6,), generator=g)
+    assert float((h.float() @ w.float().t()).abs().max()) > 65504  # naive fp16 overflows
+    loss = losslab.functional.linear_cross_entropy_loss(h, w, t)
+    ref = F.cross_entropy(h.detach().float() @ w.detach().float().t(), t)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-3)
+    loss.backward()
+    assert h.grad is not None and w.grad is not None
+    assert h.grad.dtype == torch.float16 and torch.isfinite(h.grad).all()
+    assert torch.isfinite(w.grad).all()
+
+
+def test_fp16_of_ordinary_magnitude_stays_in_half_chunks(monkeypatch):
+    from losslab.kernels import linear_ce
+
+    seen = []
+    real = linear_ce._apply
+    monkeypatch.setattr(linear_ce, "_apply",
+                        lambda h, *a, **k: seen.append(h.dtype) or real(h, *a, **k))
+    h, w = torch.randn(6, 4).half(), torch.randn(7, 4).half()
+    losslab.functional.linear_cross_entropy_loss(h, w, torch.randint(0, 7, (6,)))
+    assert seen == [torch.float16]

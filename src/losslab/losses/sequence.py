@@ -13,19 +13,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_choice, compute_dtype
+from losslab._core import LossModule, Reduction
 from losslab._hparams import Int, Real, hparams
 from losslab._ops.logits import finish, prepare
 from losslab.kernels.linear_ce import (
-    STRATEGIES,
-    WEIGHT_GRADS,
+    OPTION_RULES,
     Strategy,
     WeightGrad,
-    _backend,
-    _Opts,
-    _validate,
-    auto_chunk_size,
-    auto_weight_grad,
+    linear_cross_entropy,
 )
 from losslab.registry import register
 
@@ -103,15 +98,17 @@ def linear_cross_entropy_loss(
             when it requires grad the recompute strategy is used.
         return_lse: also return the per-token log-sum-exp ``[...]`` (float32 for half inputs;
             differentiable).
-        chunk_size: tokens per chunk; default :func:`auto_chunk_size` (1024 tokens for
-            float32 up to a 512 MiB buffer, 256 for half inputs).
+        chunk_size: tokens per chunk; default
+            :func:`losslab.kernels.linear_ce.auto_chunk_size` (1024 tokens for float32 up to
+            a 512 MiB buffer, 256 for half inputs).
         strategy: ``"auto"``, ``"grad_in_forward"`` (mean/sum only) or ``"recompute"``.
         weight_grad: how ``dweight`` is formed. ``"token_chunks"``: each token chunk's
             contribution is added to one ``V x d`` accumulator (float32 for half inputs;
             3 GEMMs). ``"vocab_blocks"``: a second pass over vocabulary blocks recomputes
             their logits for all tokens and writes ``dweight[block] = G.T @ hidden`` once
             (4 GEMMs, no accumulator; half inputs accumulate over tokens in float32 inside
-            the GEMM). ``"auto"``: :func:`auto_weight_grad`.
+            the GEMM). ``"auto"``: ``"token_chunks"`` for every dtype (the faster one on the
+            CPU measured in ``docs/linear_cross_entropy.md``).
 
     Returns:
         The loss (float32 for half inputs, else the input dtype), and the LSE if ``return_lse``.
@@ -121,54 +118,13 @@ def linear_cross_entropy_loss(
     vocabulary too and filters small gradients on GPU, which this exact CPU/GPU reference does
     not do).
     """
-    _validate(hidden, weight, target, bias, class_weight, token_weight, ignore_index,
-              label_smoothing, softcap, logz_penalty, chunk_size, reduction, strategy,
-              weight_grad)
-    lead = tuple(target.shape)
-    v, d = weight.shape
-    h = hidden.reshape(-1, d)
-    if not h.is_contiguous():
-        h = h.contiguous()
-    t = target.reshape(-1).long()
-    valid = t != ignore_index
-    bad = valid & ((t < 0) | (t >= v))
-    if bool(bad.any()):
-        raise ValueError(
-            f"target has value(s) {sorted(set(t[bad].tolist()))[:5]} outside [0, {v}) that are "
-            f"not ignore_index={ignore_index}"
-        )
-    tsafe = torch.where(valid, t, 0)
-    n = h.shape[0]
-    wg = auto_weight_grad(hidden.dtype) if weight_grad == "auto" else weight_grad
-    opts = _Opts(
-        ignore_index=ignore_index,
-        label_smoothing=float(label_smoothing),
-        softcap=float(softcap) if softcap is not None else None,
-        logz_penalty=float(logz_penalty),
-        chunk_size=chunk_size if chunk_size is not None else auto_chunk_size(
-            max(n, 1), v, hidden.dtype, softcap=softcap is not None, weight_grad=wg),
-        weight_grad=wg,
+    return linear_cross_entropy(
+        hidden, weight, target, bias=bias, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, class_weight=class_weight, reduction=reduction,
+        softcap=softcap, logz_penalty=logz_penalty, token_weight=token_weight,
+        return_lse=return_lse, chunk_size=chunk_size, strategy=strategy,
+        weight_grad=weight_grad,
     )
-    w = weight if weight.is_contiguous() else weight.contiguous()
-    tw = token_weight.reshape(-1) if token_weight is not None else None
-    if n == 0:
-        acc = compute_dtype(h.dtype)
-        zero = (h.sum() * 0 + w.sum() * 0).to(acc)
-        loss = zero.expand(lead) if reduction == "none" else zero
-        lse = torch.zeros(lead, dtype=acc)
-        return (loss, lse) if return_lse else loss
-    loss, lse = _backend(h)(h, w, bias, tsafe, valid, class_weight, tw, opts, reduction,
-                            strategy)
-    if reduction == "none":
-        loss = loss.reshape(lead)
-    if return_lse:
-        return loss, lse.reshape(lead)
-    return loss
-
-
-def _check_linear_ce(*, strategy: str, weight_grad: str) -> None:
-    check_choice("strategy", strategy, STRATEGIES)
-    check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
 
 
 @register(
@@ -188,7 +144,7 @@ def _check_linear_ce(*, strategy: str, weight_grad: str) -> None:
     degenerate=("all_ignored",),
 )
 class LinearCrossEntropyLoss(LossModule, function=linear_cross_entropy_loss,
-                             check=_check_linear_ce):
+                             check=OPTION_RULES):
     """Module shell of :func:`linear_cross_entropy_loss` (the output weight is passed in)."""
 
 
