@@ -112,6 +112,22 @@ def _clipped_temperature(log_scale: Tensor) -> Tensor:
     return torch.exp(-log_scale.clamp(max=math.log(100.0)))
 
 
+class _LearnedTemperature(LossModule):
+    """Shell base of InfoNCE and CLIP: the module option ``learnable_temperature`` (kept in
+    ``self.config``) learns the logit scale ``log(1/tau)`` as the parameter ``log_scale``,
+    passed to the function as the (clipped) temperature."""
+
+    def _learn_temperature(self, temperature: float, learnable: bool) -> None:
+        self.config: dict[str, Any] = {"learnable_temperature": learnable}
+        self.log_scale = _learned_log_scale(temperature) if learnable else None
+
+    def call_kwargs(self) -> dict[str, Any]:
+        kwargs = super().call_kwargs()
+        if self.log_scale is not None:
+            kwargs["temperature"] = _clipped_temperature(self.log_scale)
+        return kwargs
+
+
 def infonce_loss(
     a: Tensor,
     b: Tensor,
@@ -156,7 +172,7 @@ def infonce_loss(
     summary="-log softmax_j(cos(a_i, b_j)/tau)_i",
     peers=("pytorch_metric_learning.losses.NTXentLoss",), reduction="per pair",
 )
-class InfoNCELoss(LossModule, function=infonce_loss, check=_check_contrastive):
+class InfoNCELoss(_LearnedTemperature, function=infonce_loss, check=_check_contrastive):
     """Module form of :func:`infonce_loss`.
 
     ``learnable_temperature=True`` (a module option, kept in ``self.config``) learns the logit
@@ -169,14 +185,7 @@ class InfoNCELoss(LossModule, function=infonce_loss, check=_check_contrastive):
         _check_contrastive(learnable_temperature=learnable_temperature)
         super().__init__(temperature=temperature, normalize=normalize, symmetric=symmetric,
                          chunk_size=chunk_size, reduction=reduction)
-        self.config: dict[str, Any] = {"learnable_temperature": learnable_temperature}
-        self.log_scale = _learned_log_scale(temperature) if learnable_temperature else None
-
-    def call_kwargs(self) -> dict[str, Any]:
-        kwargs = super().call_kwargs()
-        if self.log_scale is not None:
-            kwargs["temperature"] = _clipped_temperature(self.log_scale)
-        return kwargs
+        self._learn_temperature(temperature, learnable_temperature)
 
 
 def clip_loss(
@@ -218,7 +227,7 @@ def clip_loss(
     summary="(CE(l, diag) + CE(l^T, diag))/2, l = cos(a, b)/tau; tiled for large N",
     peers=("open_clip.ClipLoss", "inf_cl.cal_inf_loss"), reduction="per pair",
 )
-class ClipLoss(LossModule, function=clip_loss, check=_check_contrastive):
+class ClipLoss(_LearnedTemperature, function=clip_loss, check=_check_contrastive):
     """Module form of :func:`clip_loss`.
 
     ``learnable_temperature=True`` (a module option, kept in ``self.config``) learns
@@ -231,14 +240,7 @@ class ClipLoss(LossModule, function=clip_loss, check=_check_contrastive):
         _check_contrastive(learnable_temperature=learnable_temperature)
         super().__init__(temperature=temperature, normalize=normalize, chunk_size=chunk_size,
                          reduction=reduction)
-        self.config: dict[str, Any] = {"learnable_temperature": learnable_temperature}
-        self.log_scale = _learned_log_scale(temperature) if learnable_temperature else None
-
-    def call_kwargs(self) -> dict[str, Any]:
-        kwargs = super().call_kwargs()
-        if self.log_scale is not None:
-            kwargs["temperature"] = _clipped_temperature(self.log_scale)
-        return kwargs
+        self._learn_temperature(temperature, learnable_temperature)
 
 
 def siglip_loss(
