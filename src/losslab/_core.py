@@ -216,10 +216,12 @@ class LossModule(nn.Module):
     Per-class tensor hyperparameters named in ``tensor_hparams`` (class weights, priors) are
     kept as buffers, so they follow ``.to(device)`` and are saved by ``state_dict()``.
 
-    Losses with learnable parameters or state (proxies, learned temperatures, per-sample
-    buffers) write an explicit keyword-only ``__init__`` that calls
-    ``super().__init__(**hparams)`` with the function's hyperparameters; their module-only
-    options are kept apart in ``self.config``.
+    Losses with learnable parameters or state either declare their module-only options in
+    ``module_options`` (keyword-only ``inspect.Parameter``s, added to the generated
+    ``__init__``) and build the state in :meth:`configure`, which receives them after the
+    hyperparameters are validated (the proxy losses); or write an explicit keyword-only
+    ``__init__`` that calls ``super().__init__(**hparams)`` with the function's
+    hyperparameters. Either way the module-only options are kept apart in ``self.config``.
     """
 
     spec: ClassVar[Any]  # the LossSpec, set by ``registry.register``
@@ -229,6 +231,9 @@ class LossModule(nn.Module):
     #: keyword-only parameters of the function that the module supplies itself (its state,
     #: e.g. ALDR-KL's ``lambdas``; a random generator): not hyperparameters.
     function_only: ClassVar[tuple[str, ...]] = ()
+    #: module-only options of the generated ``__init__`` (e.g. ``num_classes``), passed to
+    #: :meth:`configure`, never to the function.
+    module_options: ClassVar[tuple[inspect.Parameter, ...]] = ()
     _call_keywords: ClassVar[frozenset[str]] = frozenset()  # set by ``register``
 
     def __init_subclass__(
@@ -260,9 +265,10 @@ class LossModule(nn.Module):
         and hence which keyword-only parameters are call-time inputs."""
         if "__init__" in cls.__dict__ or "function" not in cls.__dict__:
             return
+        options = tuple(p.name for p in cls.module_options)
         sig = inspect.Signature(
             [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-             *cls.hparam_parameters(call_keywords)],
+             *cls.module_options, *cls.hparam_parameters(call_keywords)],
             return_annotation=None,
         )
 
@@ -271,7 +277,10 @@ class LossModule(nn.Module):
             bound.apply_defaults()
             values = dict(bound.arguments)
             values.pop("self")
+            config = {k: values.pop(k) for k in options}
             LossModule.__init__(self, **values)
+            if options:
+                self.configure(**config)
 
         __init__.__signature__ = sig  # type: ignore[attr-defined]
         __init__.__qualname__ = f"{cls.__qualname__}.__init__"
@@ -298,6 +307,11 @@ class LossModule(nn.Module):
                 if t.ndim != 1 or t.numel() == 0:
                     raise ValueError(f"{k} must be a non-empty 1-d sequence, got {tuple(t.shape)}")
                 self.register_buffer(k, t.clone())
+
+    def configure(self, **options: Any) -> None:
+        """Build parameters or state from the ``module_options`` (called by the generated
+        ``__init__`` after the hyperparameters are validated); keeps them in ``self.config``."""
+        self.config = dict(options)
 
     def call_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the functional twin: hyperparameters and tensor buffers."""

@@ -15,6 +15,7 @@ fp16/bf16 inputs are computed in float32 and the loss is returned in float32
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -113,13 +114,18 @@ def _clipped_temperature(log_scale: Tensor) -> Tensor:
 
 
 class _LearnedTemperature(LossModule):
-    """Shell base of InfoNCE and CLIP: the module option ``learnable_temperature`` (kept in
-    ``self.config``) learns the logit scale ``log(1/tau)`` as the parameter ``log_scale``,
-    passed to the function as the (clipped) temperature."""
+    """Shell base of InfoNCE, CLIP and SigLIP: the module option ``learnable_temperature``
+    (``module_options``, kept in ``self.config``) learns the logit scale ``log(1/tau)`` as the
+    parameter ``log_scale``, passed to the function as the (clipped) temperature."""
 
-    def _learn_temperature(self, temperature: float, learnable: bool) -> None:
-        self.config: dict[str, Any] = {"learnable_temperature": learnable}
-        self.log_scale = _learned_log_scale(temperature) if learnable else None
+    module_options = (inspect.Parameter("learnable_temperature", inspect.Parameter.KEYWORD_ONLY,
+                                        default=False, annotation="bool"),)
+
+    def configure(self, *, learnable_temperature: bool) -> None:
+        _check_contrastive(learnable_temperature=learnable_temperature)
+        self.config = {"learnable_temperature": learnable_temperature}
+        temperature = self.hparams["temperature"]
+        self.log_scale = _learned_log_scale(temperature) if learnable_temperature else None
 
     def call_kwargs(self) -> dict[str, Any]:
         kwargs = super().call_kwargs()
@@ -179,14 +185,6 @@ class InfoNCELoss(_LearnedTemperature, function=infonce_loss, check=_check_contr
     scale ``log(1/tau)`` as the parameter ``log_scale``, initialised at ``log(1/temperature)``
     and clipped at ``log 100`` (as CLIP)."""
 
-    def __init__(self, *, temperature: float = 0.1, normalize: bool = True,
-                 symmetric: bool = False, chunk_size: int | None = None,
-                 learnable_temperature: bool = False, reduction: Reduction = "mean") -> None:
-        _check_contrastive(learnable_temperature=learnable_temperature)
-        super().__init__(temperature=temperature, normalize=normalize, symmetric=symmetric,
-                         chunk_size=chunk_size, reduction=reduction)
-        self._learn_temperature(temperature, learnable_temperature)
-
 
 def clip_loss(
     a: Tensor,
@@ -233,14 +231,6 @@ class ClipLoss(_LearnedTemperature, function=clip_loss, check=_check_contrastive
     ``learnable_temperature=True`` (a module option, kept in ``self.config``) learns
     ``log(1/tau)`` as the parameter ``log_scale`` (initialised at ``log(1/0.07)`` by default,
     clipped at ``log 100``, as CLIP)."""
-
-    def __init__(self, *, temperature: float = 0.07, normalize: bool = True,
-                 chunk_size: int | None = None, learnable_temperature: bool = False,
-                 reduction: Reduction = "mean") -> None:
-        _check_contrastive(learnable_temperature=learnable_temperature)
-        super().__init__(temperature=temperature, normalize=normalize, chunk_size=chunk_size,
-                         reduction=reduction)
-        self._learn_temperature(temperature, learnable_temperature)
 
 
 def siglip_loss(
@@ -294,7 +284,7 @@ def siglip_loss(
     summary="mean_i sum_j softplus(-z_ij (t cos(a_i, b_j) + b)), z = +1 on the diagonal",
     peers=("open_clip.SigLipLoss",), reduction="per row",
 )
-class SigLipLoss(LossModule, function=siglip_loss, check=_check_contrastive):
+class SigLipLoss(_LearnedTemperature, function=siglip_loss, check=_check_contrastive):
     """Module form of :func:`siglip_loss`.
 
     ``learnable_temperature=True`` (a module option, kept in ``self.config``) learns *both* of
@@ -302,19 +292,14 @@ class SigLipLoss(LossModule, function=siglip_loss, check=_check_contrastive):
     ``log(1/temperature)`` = ``log 10``, not clipped) and the bias ``b`` as the parameter
     ``learned_bias`` (initialised at ``bias`` = -10)."""
 
-    def __init__(self, *, temperature: float = 0.1, bias: float = -10.0, normalize: bool = True,
-                 chunk_size: int | None = None, learnable_temperature: bool = False,
-                 reduction: Reduction = "mean") -> None:
-        _check_contrastive(learnable_temperature=learnable_temperature)
-        super().__init__(temperature=temperature, bias=bias, normalize=normalize,
-                         chunk_size=chunk_size, reduction=reduction)
-        self.config: dict[str, Any] = {"learnable_temperature": learnable_temperature}
-        self.log_scale = _learned_log_scale(temperature) if learnable_temperature else None
+    def configure(self, *, learnable_temperature: bool) -> None:
+        super().configure(learnable_temperature=learnable_temperature)
+        bias = self.hparams["bias"]
         self.learned_bias = (nn.Parameter(torch.tensor(float(bias))) if learnable_temperature
                              else None)
 
     def call_kwargs(self) -> dict[str, Any]:
-        kwargs = super().call_kwargs()
+        kwargs = LossModule.call_kwargs(self)  # not clipped, unlike InfoNCE/CLIP
         if self.log_scale is not None:
             kwargs["temperature"] = torch.exp(-self.log_scale)
             kwargs["bias"] = self.learned_bias

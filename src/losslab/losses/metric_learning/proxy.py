@@ -15,6 +15,7 @@ input checks (:func:`validate_proxy_inputs`) and shell.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -120,14 +121,23 @@ class ProxyLossModule(LossModule):
     """The shell of the losses that own class proxies: ``proxies`` (``nn.Parameter [C, D]``;
     ``None`` for circle's pair-level form), passed to the function by :meth:`forward`.
 
-    A subclass writes a keyword-only ``__init__`` with the function's hyperparameters (passed to
-    ``super().__init__``) and ``num_classes``, ``embedding_dim`` (module-only options, kept in
-    ``self.config``), then calls :meth:`make_proxies`; it overrides :meth:`reset_parameters`
-    for another initialisation than the normal law.
+    ``num_classes`` and ``embedding_dim`` are module options (``module_options``: the generated
+    ``__init__`` takes them before the function's hyperparameters, and :meth:`configure` makes
+    the proxies from them); ``proxies_optional`` lets both be ``None`` (no proxies). A subclass
+    overrides :meth:`reset_parameters` for another initialisation than the normal law.
     """
+
+    module_options = (
+        inspect.Parameter("num_classes", inspect.Parameter.KEYWORD_ONLY, annotation="int"),
+        inspect.Parameter("embedding_dim", inspect.Parameter.KEYWORD_ONLY, annotation="int"),
+    )
+    proxies_optional: ClassVar[bool] = False
 
     proxies: nn.Parameter | None
     config: dict[str, Any]
+
+    def configure(self, *, num_classes: int | None, embedding_dim: int | None) -> None:
+        self.make_proxies(num_classes, embedding_dim, optional=self.proxies_optional)
 
     def make_proxies(self, num_classes: int | None, embedding_dim: int | None, *,
                      optional: bool = False) -> None:
@@ -239,11 +249,6 @@ def proxy_nca_loss(
 class ProxyNCALoss(ProxyLossModule, function=proxy_nca_loss,
                    check=_check_proxy_nca | PROXY_SHAPE):
     """Module form of :func:`proxy_nca_loss` (proxies: normal init)."""
-
-    def __init__(self, *, num_classes: int, embedding_dim: int, scale: float = 1.0,
-                 exclude_positive: bool = True, reduction: Reduction = "mean") -> None:
-        super().__init__(scale=scale, exclude_positive=exclude_positive, reduction=reduction)
-        self.make_proxies(num_classes, embedding_dim)
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,11 +382,6 @@ class ProxyAnchorLoss(ProxyLossModule, function=proxy_anchor_loss,
                       check=_check_proxy_anchor | PROXY_SHAPE):
     """Module form of :func:`proxy_anchor_loss` (proxies: kaiming normal, fan_out, as the
     authors' code)."""
-
-    def __init__(self, *, num_classes: int, embedding_dim: int, margin: float = 0.1,
-                 alpha: float = 32.0, reduction: Reduction = "mean") -> None:
-        super().__init__(margin=margin, alpha=alpha, reduction=reduction)
-        self.make_proxies(num_classes, embedding_dim)
 
     def reset_parameters(self) -> None:
         if self.proxies is not None:
@@ -594,11 +594,6 @@ class NormalizedSoftmaxLoss(ProxyLossModule, function=normalized_softmax_loss,
                             check=_check_normalized_softmax | PROXY_SHAPE):
     """Module form of :func:`normalized_softmax_loss` (class weights: normal init)."""
 
-    def __init__(self, *, num_classes: int, embedding_dim: int, temperature: float = 0.05,
-                 reduction: Reduction = "mean") -> None:
-        super().__init__(temperature=temperature, reduction=reduction)
-        self.make_proxies(num_classes, embedding_dim)
-
 
 @register(
     "arcface",
@@ -614,11 +609,6 @@ class NormalizedSoftmaxLoss(ProxyLossModule, function=normalized_softmax_loss,
 class ArcFaceLoss(ProxyLossModule, function=arcface_loss, check=_check_arcface | PROXY_SHAPE):
     """Module form of :func:`arcface_loss` (class weights: normal init)."""
 
-    def __init__(self, *, num_classes: int, embedding_dim: int, margin: float = 0.5,
-                 scale: float = 64.0, reduction: Reduction = "mean") -> None:
-        super().__init__(margin=margin, scale=scale, reduction=reduction)
-        self.make_proxies(num_classes, embedding_dim)
-
 
 @register(
     "cosface",
@@ -633,11 +623,6 @@ class ArcFaceLoss(ProxyLossModule, function=arcface_loss, check=_check_arcface |
 )
 class CosFaceLoss(ProxyLossModule, function=cosface_loss, check=_check_cosface | PROXY_SHAPE):
     """Module form of :func:`cosface_loss` (class weights: normal init)."""
-
-    def __init__(self, *, num_classes: int, embedding_dim: int, margin: float = 0.35,
-                 scale: float = 64.0, reduction: Reduction = "mean") -> None:
-        super().__init__(margin=margin, scale=scale, reduction=reduction)
-        self.make_proxies(num_classes, embedding_dim)
 
 
 @register(
@@ -655,12 +640,6 @@ class CosFaceLoss(ProxyLossModule, function=cosface_loss, check=_check_cosface |
 class MadaCosLoss(ProxyLossModule, function=madacos_loss, check=_check_madacos | PROXY_SHAPE):
     """Module form of :func:`madacos_loss` (class weights: uniform(+-1/sqrt(D)), as the
     official code)."""
-
-    def __init__(self, *, num_classes: int, embedding_dim: int, alpha: float = 0.1,
-                 min_scale: float = 32.0, prior: float = 9_999_999.0,
-                 reduction: Reduction = "mean") -> None:
-        super().__init__(alpha=alpha, min_scale=min_scale, prior=prior, reduction=reduction)
-        self.make_proxies(num_classes, embedding_dim)
 
     def reset_parameters(self) -> None:
         if self.proxies is not None:

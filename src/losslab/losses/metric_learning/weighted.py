@@ -7,6 +7,7 @@ See :mod:`losslab.losses.metric_learning` for the call convention (``ref_embeddi
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -351,11 +352,13 @@ class CircleLoss(ProxyLossModule, function=circle_loss, check=_check_circle):
     (``proxies`` is ``None``).
     """
 
-    def __init__(self, *, margin: float = 0.4, scale: float = 80.0,
-                 num_classes: int | None = None, embedding_dim: int | None = None,
-                 reduction: Reduction = "mean") -> None:
-        super().__init__(margin=margin, scale=scale, reduction=reduction)
-        self.make_proxies(num_classes, embedding_dim, optional=True)
+    module_options = (
+        inspect.Parameter("num_classes", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation="int | None"),
+        inspect.Parameter("embedding_dim", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation="int | None"),
+    )
+    proxies_optional = True
 
 
 # --------------------------------------------------------------------------------------------
