@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from losslab.functional import clip_loss, infonce_loss, siglip_loss
-from losslab.kernels.tiled_contrastive import tiled_infonce_terms, tiled_sigmoid_terms
+from losslab.kernels.tiled_contrastive import (
+    rows_for_budget,
+    tiled_infonce_terms,
+    tiled_row_terms,
+    tiled_sigmoid_terms,
+)
 
 
 def pairs(n: int = 7, d: int = 5, seed: int = 0, scale: float = 1.0):
@@ -55,7 +60,11 @@ def test_kernels_pass_gradcheck() -> None:
     assert torch.autograd.gradcheck(
         lambda x, y, s: tiled_infonce_terms(x, y, s, tile=2), (a, b, scale))
     assert torch.autograd.gradcheck(
-        lambda x, y, s, c: tiled_sigmoid_terms(x, y, s, c, tile=3), (a, b, scale, bias))
+        lambda x, y, s, c: tiled_sigmoid_terms(x, y, s, c, tile=3), (a, b, scale, bias),
+        nondet_tol=REENTRANT_TOL)
+    assert torch.autograd.gradcheck(
+        lambda x, y, s: tiled_row_terms(x, y, s, tile=3), (a, b, scale),
+        nondet_tol=REENTRANT_TOL)
 
 
 @pytest.mark.parametrize("tile", [1, 3, 7, 100])
@@ -77,12 +86,95 @@ def test_tiled_path_equals_dense_path_values_and_gradients(tile: int, reduction:
             torch.testing.assert_close(g_dense, g_tiled)
 
 
+# The one-pass kernels turn the forward's buffers into the gradients on the first backward; a
+# repeated backward (gradcheck's reentrancy check) recomputes them: equal up to rounding.
+REENTRANT_TOL = 1e-12
+
+
 def test_tiled_paths_pass_gradcheck() -> None:
     a, b = pairs(n=5, d=3)
     temp = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
     bias = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda x, y, t: clip_loss(x, y, temperature=t, chunk_size=2), (a, b, temp))
-    assert torch.autograd.gradcheck(
-        lambda x, y, t, c: siglip_loss(x, y, temperature=t, bias=c, chunk_size=2),
-        (a, b, temp, bias))
+    for reduction in ("mean", "none"):
+        assert torch.autograd.gradcheck(
+            lambda x, y, t, r=reduction: infonce_loss(x, y, temperature=t, chunk_size=2,
+                                                      reduction=r),
+            (a, b, temp), nondet_tol=REENTRANT_TOL)
+        assert torch.autograd.gradcheck(
+            lambda x, y, t, c, r=reduction: siglip_loss(x, y, temperature=t, bias=c,
+                                                        chunk_size=2, reduction=r),
+            (a, b, temp, bias), nondet_tol=REENTRANT_TOL)
+
+
+def _dense_terms(a, b, scale, bias=None, *, normalize=False):
+    """Dense reference: ``l = scale * a @ b.T`` (rows normalised first), written out."""
+    if normalize:
+        a = a / torch.linalg.vector_norm(a, dim=1, keepdim=True).clamp_min(1e-12)
+        b = b / torch.linalg.vector_norm(b, dim=1, keepdim=True).clamp_min(1e-12)
+    logits = scale * a @ b.t()
+    diag = logits.diagonal()
+    if bias is None:
+        return torch.logsumexp(logits, 1) - diag, torch.logsumexp(logits, 0) - diag
+    z = 2 * torch.eye(a.shape[0], dtype=a.dtype) - 1
+    return F.softplus(-z * (logits + bias)).sum(1)
+
+
+@pytest.mark.parametrize("weights", ["uniform", "random"])
+def test_normalisation_inside_the_kernels(weights: str) -> None:
+    """``normalize=True`` equals normalising first, values and gradients w.r.t. the raw rows
+    (a zero row included: its norm is clamped at eps), for uniform row weights (the forward's
+    buffers become the gradients) and any others (recomputed); a second backward agrees."""
+    a, b = pairs(n=9, d=4, scale=2.0)
+    with torch.no_grad():
+        a[4] = 0.0
+    g = torch.Generator().manual_seed(3)
+    scale = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-1.5, dtype=torch.float64, requires_grad=True)
+    w = (torch.full((9,), 0.3, dtype=torch.float64) if weights == "uniform"
+         else torch.randn(9, generator=g, dtype=torch.float64))
+    d_row, d_col = _dense_terms(a, b, scale, normalize=True)
+    d_sig = _dense_terms(a, b, scale, bias, normalize=True)
+    kw = {"tile": 4, "normalize": True}
+    cases = [
+        (tiled_infonce_terms(a, b, scale, **kw)[0], d_row, (a, b, scale)),
+        (tiled_infonce_terms(a, b, scale, **kw)[1], d_col, (a, b, scale)),
+        (tiled_row_terms(a, b, scale, **kw), d_row, (a, b, scale)),
+        (tiled_sigmoid_terms(a, b, scale, bias, **kw), d_sig, (a, b, scale, bias)),
+    ]
+    for tiled, dense, inputs in cases:
+        torch.testing.assert_close(tiled, dense)
+        g_t = torch.autograd.grad((tiled * w).sum(), inputs, retain_graph=True)
+        g_d = torch.autograd.grad((dense * w).sum(), inputs, retain_graph=True)
+        for gt, gd in zip(g_t, g_d):
+            torch.testing.assert_close(gt, gd)
+        g_again = torch.autograd.grad((tiled * w).sum(), inputs)
+        for g1, g2 in zip(g_t, g_again):
+            torch.testing.assert_close(g1, g2)
+
+
+def test_column_sums_that_would_underflow_are_recomputed() -> None:
+    """At an extreme scale, a column's entries in one tile can all sit > 87 below the tile's
+    largest logit: its float32 partial sum underflows to 0 and is redone exactly."""
+    e = torch.eye(3)
+    a = torch.stack([e[0], e[1]])  # one tile of two rows
+    b = torch.stack([e[0], -e[0]])  # column 1: logits -150 (row 0) and 0 (row 1)
+    scale = torch.tensor(150.0)
+    row, col = tiled_infonce_terms(a, b, scale, tile=2)
+    ref_row, ref_col = _dense_terms(a.double(), b.double(), scale.double())
+    assert torch.isfinite(col).all()
+    torch.testing.assert_close(row.double(), ref_row)
+    torch.testing.assert_close(col.double(), ref_col)
+
+
+def test_tile_rows_come_from_a_memory_budget() -> None:
+    """The automatic tile keeps two ``rows x N`` buffers within the workspace budget."""
+    from losslab.kernels.tiled_contrastive import MIN_TILE, WORKSPACE_BYTES
+
+    for n in (8192, 16384, 65536, 262144):
+        rows = rows_for_budget(n, 4)
+        assert rows >= MIN_TILE
+        assert rows == MIN_TILE or 2 * rows * n * 4 <= WORKSPACE_BYTES
+    assert rows_for_budget(5, 8) == 5  # never more rows than there are
+    assert rows_for_budget(16384, 4, budget=2**31) == 16384

@@ -26,8 +26,13 @@ from torch import Tensor, nn
 from losslab._core import LossModule, Reduction, reduce
 from losslab._hparams import Flag, HParamCheck, Int, Real, hparams
 from losslab._ops.paired import prepare_paired
-from losslab.distances import squared_euclidean
-from losslab.kernels.tiled_contrastive import tiled_infonce_terms, tiled_sigmoid_terms
+from losslab.distances import NORM_EPS, normalize_rows, squared_euclidean
+from losslab.kernels.tiled_contrastive import (
+    rows_for_budget,
+    tiled_infonce_terms,
+    tiled_row_terms,
+    tiled_sigmoid_terms,
+)
 from losslab.registry import register
 
 __all__ = [
@@ -44,7 +49,6 @@ __all__ = [
 ]
 
 AUTO_TILE_FROM = 8192  # batch size from which the tiled path is used by default
-DEFAULT_TILE = 1024
 
 
 #: The hyperparameters of InfoNCE, CLIP and SigLIP (each module uses those it has;
@@ -73,10 +77,12 @@ def _check_call(check: HParamCheck, **values: Any) -> None:
     check(**plain)
 
 
-def _tile(n: int, chunk_size: int | None) -> int | None:
-    """Row tile for the tiled path, or ``None`` for the dense path."""
+def _tile(a: Tensor, chunk_size: int | None) -> int | None:
+    """Row tile for the tiled path, or ``None`` for the dense path. Automatic: dense below
+    ``AUTO_TILE_FROM`` rows, else tiles sized by the kernel's workspace budget."""
     if chunk_size is None:
-        return DEFAULT_TILE if n >= AUTO_TILE_FROM else None
+        n = a.shape[0]
+        return rows_for_budget(n, a.element_size()) if n >= AUTO_TILE_FROM else None
     return chunk_size
 
 
@@ -87,14 +93,22 @@ def _scale(temperature: float | Tensor, like: Tensor) -> Tensor:
     return torch.tensor(1.0 / temperature, dtype=like.dtype, device=like.device)
 
 
-def _infonce_terms(a: Tensor, b: Tensor, scale: Tensor, chunk_size: int | None
-                   ) -> tuple[Tensor, Tensor]:
-    tile = _tile(a.shape[0], chunk_size)
+def _infonce_terms(a: Tensor, b: Tensor, scale: Tensor, chunk_size: int | None, *,
+                   normalize: bool, columns: bool) -> tuple[Tensor, Tensor | None]:
+    """``(row, col)`` InfoNCE terms of raw (compute-dtype) embeddings; ``col`` only when
+    ``columns``. The tiled path normalises inside the kernel (no normalised copy is kept)."""
+    tile = _tile(a, chunk_size)
     if tile is not None:
-        return tiled_infonce_terms(a, b, scale, tile=tile)
+        if columns:
+            return tiled_infonce_terms(a, b, scale, tile=tile, normalize=normalize,
+                                       eps=NORM_EPS)
+        return tiled_row_terms(a, b, scale, tile=tile, normalize=normalize, eps=NORM_EPS), None
+    if normalize:
+        a, b = normalize_rows(a), normalize_rows(b)
     logits = (a @ b.t()) * scale
     diag = logits.diagonal()
-    return torch.logsumexp(logits, 1) - diag, torch.logsumexp(logits, 0) - diag
+    col = torch.logsumexp(logits, 0) - diag if columns else None
+    return torch.logsumexp(logits, 1) - diag, col
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,9 +180,10 @@ def infonce_loss(
     """
     _check_call(_check_contrastive, temperature=temperature, normalize=normalize,
                 symmetric=symmetric, chunk_size=chunk_size)
-    a, b = prepare_paired(a, b, normalize=normalize)
-    row, col = _infonce_terms(a, b, _scale(temperature, a), chunk_size)
-    per_pair = (row + col) / 2 if symmetric else row
+    a, b = prepare_paired(a, b, normalize=False)
+    row, col = _infonce_terms(a, b, _scale(temperature, a), chunk_size, normalize=normalize,
+                              columns=symmetric)
+    per_pair = (row + col) / 2 if col is not None else row
     return reduce(per_pair, reduction)
 
 
@@ -265,14 +280,17 @@ def siglip_loss(
     """
     _check_call(_check_contrastive, temperature=temperature, bias=bias, normalize=normalize,
                 chunk_size=chunk_size)
-    a, b = prepare_paired(a, b, normalize=normalize)
+    a, b = prepare_paired(a, b, normalize=False)
     scale = _scale(temperature, a)
     bias_t = (bias if isinstance(bias, Tensor)
               else torch.tensor(bias, device=a.device)).to(a.dtype).reshape(())
-    tile = _tile(a.shape[0], chunk_size)
+    tile = _tile(a, chunk_size)
     if tile is not None:
-        rows = tiled_sigmoid_terms(a, b, scale, bias_t, tile=tile)
+        rows = tiled_sigmoid_terms(a, b, scale, bias_t, tile=tile, normalize=normalize,
+                                   eps=NORM_EPS)
     else:
+        if normalize:
+            a, b = normalize_rows(a), normalize_rows(b)
         logits = (a @ b.t()) * scale + bias_t
         rows = F.softplus(logits).sum(1) - logits.diagonal()
     return reduce(rows, reduction)
