@@ -5,9 +5,11 @@ positive pair (two views of one image, or an image and its caption), every other
 other side is a negative. Embeddings are L2-normalised first (``normalize=True``), as all the
 papers here do.
 
-Large batches: ``chunk_size`` (default: automatic, tiles once ``N >= 8192``) computes the
-losses in row tiles with an exact custom backward (:mod:`losslab.kernels.tiled_contrastive`),
-never materialising the ``N x N`` similarity matrix (Inf-CL, arXiv 2410.17243).
+Large batches: ``chunk_size`` (default: automatic, tiles once ``N >= 8192``, with tiles sized
+by a 64 MiB workspace budget) computes the losses in row tiles with an exact custom backward
+(:mod:`losslab.kernels.tiled_contrastive`), never materialising the ``N x N`` similarity matrix
+(Inf-CL, arXiv 2410.17243). At B = 16384, D = 512 that path takes about 0.04x the memory of
+the dense computation and less time (``benchmarks/bench_tiled_contrastive.py``).
 
 fp16/bf16 inputs are computed in float32 and the loss is returned in float32
 (:func:`losslab._core.compute_dtype`).
