@@ -1,0 +1,644 @@
+"""Regression losses: robust point losses, a batch-statistics outlier mask, a contrastive
+regulariser for imbalanced targets and a discrete-time survival likelihood.
+
+Kind ``regression``: ``loss(pred[N, ...], target[N, ...], *, features=None, weights=None)``.
+``features`` (``[N, D]``, the representation before the regression head) and ``weights``
+(``[N]``, per-sample weights) are call-time inputs that only some losses take (``conr``).
+
+Reductions: the element-wise losses (``huber``, ``charbonnier``, ``barron``) return the
+element-wise loss for ``reduction="none"`` and its mean over every element for ``"mean"``, as
+``torch.nn.HuberLoss`` does; the per-sample losses (``pseudo_huber``, ``cauchy``, ``z_error``,
+``conr``, ``hazard``) return ``[N]`` and average over samples.
+
+Half inputs are computed, and returned, in float32 (:func:`losslab._core.compute_dtype`).
+NaN inputs propagate.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from losslab._core import (
+    LossModule,
+    Reduction,
+    check_float,
+    check_same_device,
+    compute_dtype,
+    reduce,
+)
+from losslab._hparams import Choice, Flag, Real, hparams
+from losslab.registry import register
+
+__all__ = [
+    "BarronLoss",
+    "CauchyLoss",
+    "CharbonnierLoss",
+    "ConRLoss",
+    "HazardLoss",
+    "HuberLoss",
+    "PseudoHuberLoss",
+    "ZErrorLoss",
+    "barron_log_partition",
+    "barron_loss",
+    "cauchy_loss",
+    "charbonnier_loss",
+    "conr_loss",
+    "hazard_loss",
+    "huber_loss",
+    "pseudo_huber_loss",
+    "z_error_loss",
+]
+
+
+def _inputs(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Check ``pred`` and ``target`` (float, one shape, at least one dim, one device) and cast
+    them to the compute dtype."""
+    check_float("pred", pred)
+    check_float("target", target)
+    if pred.ndim == 0:
+        raise ValueError("pred must have one row per sample, shape [N, ...], got a scalar")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have one shape, got {tuple(pred.shape)} and "
+                         f"{tuple(target.shape)}")
+    check_same_device(pred=pred, target=target)
+    dtype = compute_dtype(pred.dtype)
+    return pred.to(dtype), target.to(dtype)
+
+
+def _rows(x: Tensor) -> Tensor:
+    """``x[N, ...]`` as ``[N, prod(...)]`` (also for N = 0)."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+
+def _per_sample_sq(diff: Tensor) -> Tensor:
+    """Squared L2 norm of each row of ``diff[N, ...]``: ``[N]``."""
+    return _rows(diff.pow(2)).sum(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Huber and Charbonnier
+# --------------------------------------------------------------------------------------------
+
+_check_huber = hparams(delta=Real(gt=0))
+
+
+def huber_loss(pred: Tensor, target: Tensor, *, delta: float = 1.0,
+               reduction: Reduction = "mean") -> Tensor:
+    r"""Huber loss, element-wise: quadratic near 0, linear beyond ``delta``.
+
+    .. math::
+        \ell(x) = \begin{cases} \tfrac12 x^2 & |x| \le \delta \\
+        \delta (|x| - \tfrac12 \delta) & \text{otherwise} \end{cases},\quad x = pred - target
+
+    Equal to ``torch.nn.HuberLoss(delta=delta)``; ``SmoothL1Loss(beta)`` is ``huber / beta``.
+
+    Args:
+        pred, target: ``[N, ...]`` predictions and targets of one shape.
+        delta: the transition point (default 1, torch's).
+        reduction: ``"mean"`` over every element, ``"sum"`` or ``"none"`` (``[N, ...]``).
+
+    Returns:
+        The loss, float32 for half inputs.
+
+    Paper: Huber, "Robust Estimation of a Location Parameter", Ann. Math. Statist. 1964 (no
+    arXiv id).
+    """
+    _check_huber(delta=delta)
+    pred, target = _inputs(pred, target)
+    x = (pred - target).abs()
+    quad = 0.5 * x.pow(2)
+    lin = delta * (x - 0.5 * delta)
+    return reduce(torch.where(x <= delta, quad, lin), reduction)
+
+
+@register("huber", family="regression", kind="regression", paper="Robust Estimation of a "
+          "Location Parameter", arxiv="", summary="0.5 x^2 if |x| <= delta else "
+          "delta (|x| - delta / 2)", peers=("torch.nn.HuberLoss", "torch.nn.SmoothL1Loss"),
+          reduction="per element")
+class HuberLoss(LossModule, function=huber_loss, check=_check_huber):
+    """Module form of :func:`huber_loss`."""
+
+
+_check_charbonnier = hparams(eps=Real(gt=0))
+
+
+def charbonnier_loss(pred: Tensor, target: Tensor, *, eps: float = 1e-3,
+                     reduction: Reduction = "mean") -> Tensor:
+    r"""Charbonnier loss, element-wise: a differentiable L1, :math:`\sqrt{x^2 + \epsilon^2}`.
+
+    Args:
+        pred, target: ``[N, ...]`` predictions and targets of one shape.
+        eps: :math:`\epsilon` (default 1e-3, LapSRN's).
+        reduction: ``"mean"`` over every element, ``"sum"`` or ``"none"`` (``[N, ...]``).
+
+    Returns:
+        The loss, float32 for half inputs. ``(charbonnier - eps) / eps`` is Barron's loss at
+        ``alpha=1, scale=eps`` (kornia's ``charbonnier_loss`` at ``eps=1``).
+
+    Paper: Lai, Huang, Ahuja, Yang, "Deep Laplacian Pyramid Networks for Fast and Accurate
+    Super-Resolution", arXiv 1704.03915 (after Charbonnier et al., ICIP 1994).
+    """
+    _check_charbonnier(eps=eps)
+    pred, target = _inputs(pred, target)
+    return reduce(((pred - target).pow(2) + eps * eps).sqrt(), reduction)
+
+
+@register("charbonnier", family="regression", kind="regression", paper="Deep Laplacian "
+          "Pyramid Networks for Fast and Accurate Super-Resolution", arxiv="1704.03915",
+          summary="sqrt(x^2 + eps^2)", peers=("kornia.losses.charbonnier_loss",),
+          reduction="per element")
+class CharbonnierLoss(LossModule, function=charbonnier_loss, check=_check_charbonnier):
+    """Module form of :func:`charbonnier_loss`."""
+
+
+# --------------------------------------------------------------------------------------------
+# Barron's general and adaptive robust loss
+# --------------------------------------------------------------------------------------------
+
+#: Range of the learned shape of the adaptive loss (the distribution is normalisable only for
+#: alpha >= 0; the reference code's default range).
+ALPHA_RANGE = (0.001, 1.999)
+#: Smallest learned scale of the adaptive loss (the reference code's default).
+SCALE_LO = 1e-5
+_QUAD_NODES = 256
+
+
+@lru_cache(maxsize=4)
+def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.polynomial.legendre.leggauss(n)
+
+
+def _rho(z2: Tensor, alpha: Tensor | float) -> Tensor:
+    r"""Barron's :math:`\rho` at unit scale from ``z2 = (x / c)^2``, with the limits at
+    ``alpha`` in {0, 2} (float alpha) and a generic form otherwise."""
+    if not isinstance(alpha, Tensor):
+        if alpha == 2:
+            return 0.5 * z2
+        if alpha == 0:
+            return torch.log1p(0.5 * z2)
+    b = (alpha - 2).abs() if isinstance(alpha, Tensor) else abs(alpha - 2)
+    # (b / a) * ((z2 / b + 1)^(a / 2) - 1), via expm1/log1p for accuracy near 0
+    return (b / alpha) * torch.expm1(0.5 * alpha * torch.log1p(z2 / b))
+
+
+def barron_log_partition(alpha: Tensor | float, *, dtype: torch.dtype = torch.float64
+                         ) -> Tensor:
+    r"""``log Z(alpha)`` of Barron's distribution :math:`p(x) = \exp(-\rho(x, \alpha, 1)) / Z`,
+    for ``alpha`` in ``[0, 2]``, by Gauss-Legendre quadrature after ``x = tan t`` (differentiable
+    in ``alpha``). ``Z(2) = sqrt(2 pi)`` (normal), ``Z(0) = pi sqrt(2)`` (Cauchy)."""
+    nodes, w = _gauss_legendre(_QUAD_NODES)
+    device = alpha.device if isinstance(alpha, Tensor) else None
+    t = torch.as_tensor((nodes + 1) * (math.pi / 4), dtype=dtype, device=device)  # (0, pi/2)
+    wt = torch.as_tensor(w * (math.pi / 4), dtype=dtype, device=device)
+    x2 = torch.tan(t).pow(2)
+    a = alpha.to(dtype).reshape(-1, 1) if isinstance(alpha, Tensor) else alpha
+    integrand = torch.exp(-_rho(x2, a)) * (1 + x2)  # sec^2 t = 1 + tan^2 t
+    out = torch.log(2 * (integrand * wt).sum(-1))
+    return out.reshape(alpha.shape) if isinstance(alpha, Tensor) else out.reshape(())
+
+
+_check_barron = hparams(alpha=Real(), scale=Real(gt=0), density=Flag())
+
+
+def barron_loss(pred: Tensor, target: Tensor, *, alpha: float | Tensor = 1.0,
+                scale: float | Tensor = 1.0, density: bool = False,
+                reduction: Reduction = "mean") -> Tensor:
+    r"""Barron's general robust loss, element-wise, with shape ``alpha`` and scale ``c``.
+
+    .. math::
+        \rho(x, \alpha, c) = \frac{|\alpha - 2|}{\alpha}
+        \left(\left(\frac{(x/c)^2}{|\alpha - 2|} + 1\right)^{\alpha/2} - 1\right)
+
+    with the limits :math:`\tfrac12 (x/c)^2` at ``alpha=2`` (L2), :math:`\log(\tfrac12 (x/c)^2
+    + 1)` at ``alpha=0`` (Cauchy); ``alpha=1`` is the pseudo-Huber / Charbonnier
+    :math:`\sqrt{(x/c)^2 + 1} - 1`, ``alpha=-2`` Geman-McClure, and ``alpha -> -inf`` Welsch
+    (a large negative ``alpha`` approaches it; infinite values are not accepted).
+
+    ``density=True`` returns the negative log-likelihood of the paper's distribution,
+    :math:`\rho(x, \alpha, c) + \log c + \log Z(\alpha)` (:func:`barron_log_partition`), for
+    ``alpha`` in ``[0, 2]``: the adaptive loss, where ``alpha`` and ``c`` are learned (the module
+    option ``adaptive=True`` of :class:`BarronLoss`).
+
+    Args:
+        pred, target: ``[N, ...]`` predictions and targets of one shape.
+        alpha: shape (default 1, the smoothed L1); a 0-d tensor may be passed to learn it.
+        scale: ``c > 0`` (default 1); a 0-d tensor may be passed to learn it.
+        density: return the negative log-likelihood (default False: :math:`\rho`).
+        reduction: ``"mean"`` over every element, ``"sum"`` or ``"none"`` (``[N, ...]``).
+
+    Returns:
+        The loss, float32 for half inputs.
+
+    Paper: Barron, "A General and Adaptive Robust Loss Function", arXiv 1701.03077.
+    """
+    _check_barron(**{k: v for k, v in (("alpha", alpha), ("scale", scale))
+                     if not isinstance(v, Tensor)}, density=density)
+    pred, target = _inputs(pred, target)
+    if density and not isinstance(alpha, Tensor) and not 0 <= alpha <= 2:
+        raise ValueError(f"density=True needs alpha in [0, 2] (normalisable), got {alpha!r}")
+    a: Tensor | float = alpha.to(pred.dtype) if isinstance(alpha, Tensor) else float(alpha)
+    c: Tensor | float = scale.to(pred.dtype) if isinstance(scale, Tensor) else float(scale)
+    z2 = ((pred - target) / c).pow(2)
+    loss = _rho(z2, a)
+    if density:
+        log_c = c.log() if isinstance(c, Tensor) else math.log(c)
+        loss = loss + log_c + barron_log_partition(a, dtype=pred.dtype).to(pred.device)
+    return reduce(loss, reduction)
+
+
+_check_barron_module = _check_barron | hparams(adaptive=Flag())
+
+
+def _inverse_sigmoid_range(value: float, lo: float, hi: float) -> float:
+    p = (value - lo) / (hi - lo)
+    return math.log(p / (1 - p))
+
+
+class _AdaptiveBarron(LossModule):
+    """Shell base of :class:`BarronLoss`: the module option ``adaptive`` learns ``alpha`` (a
+    sigmoid into :data:`ALPHA_RANGE`) and ``scale`` (softplus + :data:`SCALE_LO`) as the
+    parameters ``alpha_logit`` and ``scale_raw``, initialised at the given values, and trains on
+    the negative log-likelihood (``density=True``), as the paper's adaptive loss does."""
+
+    module_options = (inspect.Parameter("adaptive", inspect.Parameter.KEYWORD_ONLY,
+                                        default=False, annotation="bool"),)
+
+    def configure(self, *, adaptive: bool) -> None:
+        _check_barron_module(adaptive=adaptive)
+        self.config = {"adaptive": adaptive}
+        self.alpha_logit: nn.Parameter | None = None
+        self.scale_raw: nn.Parameter | None = None
+        if adaptive:
+            lo, hi = ALPHA_RANGE
+            alpha, scale = float(self.hparams["alpha"]), float(self.hparams["scale"])
+            if not lo < alpha < hi:
+                raise ValueError(f"adaptive=True needs an initial alpha in ({lo}, {hi}), got "
+                                 f"{alpha!r}")
+            if scale <= SCALE_LO:
+                raise ValueError(f"adaptive=True needs an initial scale > {SCALE_LO}, got "
+                                 f"{scale!r}")
+            self.alpha_logit = nn.Parameter(torch.tensor(_inverse_sigmoid_range(alpha, lo, hi)))
+            s = scale - SCALE_LO
+            self.scale_raw = nn.Parameter(torch.tensor(s + math.log(-math.expm1(-s))))
+
+    @property
+    def alpha(self) -> Tensor | float:
+        """The current shape (learned when ``adaptive``)."""
+        if self.alpha_logit is None:
+            return float(self.hparams["alpha"])
+        lo, hi = ALPHA_RANGE
+        return lo + (hi - lo) * torch.sigmoid(self.alpha_logit)
+
+    @property
+    def scale(self) -> Tensor | float:
+        """The current scale (learned when ``adaptive``)."""
+        if self.scale_raw is None:
+            return float(self.hparams["scale"])
+        return F.softplus(self.scale_raw) + SCALE_LO
+
+    def call_kwargs(self) -> dict[str, Any]:
+        kwargs = super().call_kwargs()
+        if self.alpha_logit is not None:
+            kwargs.update(alpha=self.alpha, scale=self.scale, density=True)
+        return kwargs
+
+
+@register("barron", family="regression", kind="regression", paper="A General and Adaptive "
+          "Robust Loss Function", arxiv="1701.03077",
+          summary="|a-2|/a (((x/c)^2/|a-2| + 1)^(a/2) - 1); adaptive: + log c + log Z(a)",
+          peers=("kornia.losses.charbonnier_loss", "kornia.losses.cauchy_loss",
+                 "kornia.losses.geman_mcclure_loss", "kornia.losses.welsch_loss"),
+          reduction="per element")
+class BarronLoss(_AdaptiveBarron, function=barron_loss, check=_check_barron_module):
+    """Module form of :func:`barron_loss` (``adaptive=True``: learned alpha and scale)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Pseudo-Huber (iCT) and Cauchy (improved latent consistency training)
+# --------------------------------------------------------------------------------------------
+
+LCT_PAPER = "Improved Training Technique for Latent Consistency Models"
+_check_c = hparams(c=Real(gt=0, optional=True))
+
+
+def _c_value(c: float | None, pred: Tensor) -> float:
+    """``c``, or iCT's default ``0.00054 sqrt(d)`` with ``d`` the per-sample dimension."""
+    if c is not None:
+        return float(c)
+    d = max(1, pred[0].numel()) if pred.shape[0] else max(1, math.prod(pred.shape[1:]))
+    return 0.00054 * math.sqrt(d)
+
+
+def pseudo_huber_loss(pred: Tensor, target: Tensor, *, c: float | None = None,
+                      reduction: Reduction = "mean") -> Tensor:
+    r"""Pseudo-Huber loss per sample, iCT's consistency metric:
+    :math:`\sqrt{\lVert x - y\rVert_2^2 + c^2} - c` over each sample's trailing dims.
+
+    Args:
+        pred, target: ``[N, ...]`` predictions and targets of one shape.
+        c: the scale (default None: ``0.00054 sqrt(d)``, iCT's, with ``d`` the size of one
+            sample).
+        reduction: ``"mean"`` over samples, ``"sum"`` or ``"none"`` (``[N]``).
+
+    Returns:
+        The loss, float32 for half inputs.
+
+    Paper: the baseline of Dao et al., "Improved Training Technique for Latent Consistency
+    Models", arXiv 2502.01441 (from Song & Dhariwal, "Improved Techniques for Training
+    Consistency Models", arXiv 2310.14189).
+    """
+    _check_c(c=c)
+    pred, target = _inputs(pred, target)
+    cv = _c_value(c, pred)
+    return reduce((_per_sample_sq(pred - target) + cv * cv).sqrt() - cv, reduction)
+
+
+@register("pseudo_huber", family="regression", kind="regression", paper=LCT_PAPER,
+          arxiv="2502.01441", summary="sqrt(||x - y||^2 + c^2) - c per sample")
+class PseudoHuberLoss(LossModule, function=pseudo_huber_loss, check=_check_c):
+    """Module form of :func:`pseudo_huber_loss`."""
+
+
+def cauchy_loss(pred: Tensor, target: Tensor, *, c: float | None = None,
+                reduction: Reduction = "mean") -> Tensor:
+    r"""Cauchy loss per sample: :math:`\log\big(1 + \lVert x - y\rVert_2^2 / (2 c^2)\big)`,
+    which replaces iCT's pseudo-Huber loss to damp the impulsive outliers of latent spaces (its
+    gradient decays as ``1 / ||x - y||`` instead of staying bounded away from 0).
+
+    This is Barron's loss at ``alpha=0`` on the per-sample residual norm. The exact form of the
+    paper's equation (the factor 2, the default ``c``; the paper anneals ``c`` with a schedule)
+    is from the abstract and the Barron family, not verified against the paper text.
+
+    Args:
+        pred, target: ``[N, ...]`` predictions and targets of one shape.
+        c: the scale (default None: ``0.00054 sqrt(d)``, as :func:`pseudo_huber_loss`).
+        reduction: ``"mean"`` over samples, ``"sum"`` or ``"none"`` (``[N]``).
+
+    Returns:
+        The loss, float32 for half inputs.
+
+    Paper: Dao, Doan, Liu, Le, Metaxas, "Improved Training Technique for Latent Consistency
+    Models", arXiv 2502.01441.
+    """
+    _check_c(c=c)
+    pred, target = _inputs(pred, target)
+    cv = _c_value(c, pred)
+    return reduce(torch.log1p(_per_sample_sq(pred - target) / (2 * cv * cv)), reduction)
+
+
+@register("cauchy", family="regression", kind="regression", paper=LCT_PAPER,
+          arxiv="2502.01441", summary="log(1 + ||x - y||^2 / (2 c^2)) per sample",
+          peers=("kornia.losses.cauchy_loss",))
+class CauchyLoss(LossModule, function=cauchy_loss, check=_check_c):
+    """Module form of :func:`cauchy_loss`."""
+
+
+# --------------------------------------------------------------------------------------------
+# Z-error: batch z-score mask
+# --------------------------------------------------------------------------------------------
+
+_check_z_error = hparams(threshold=Real(gt=0))
+
+
+def z_error_loss(pred: Tensor, target: Tensor, *, threshold: float = 2.0,
+                 reduction: Reduction = "mean") -> Tensor:
+    r"""Z-error loss: the squared error of the samples whose loss is within ``threshold``
+    standard deviations of the batch mean; the others are masked out of the batch.
+
+    .. math::
+        L_i = \overline{(x_i - y_i)^2},\quad z_i = \frac{L_i - \mu_L}{\sigma_L},\quad
+        m_i = [\,|z_i| \le \tau\,],\quad \mathcal L = \frac{\sum_i m_i L_i}{\sum_i m_i}
+
+    with :math:`\mu_L, \sigma_L` the batch mean and (unbiased) standard deviation, treated as
+    constants (the mask carries no gradient). A batch of one sample or of equal losses keeps
+    every sample. Formula from the abstract and a summary of the technical note (z-scores of
+    the per-sample MSE in the batch, masked mean over inliers), not verified against the paper
+    text; the default threshold 2 is the note's example.
+
+    Args:
+        pred, target: ``[N, ...]`` predictions and targets of one shape.
+        threshold: :math:`\tau`, in batch standard deviations (default 2).
+        reduction: ``"mean"`` over the kept samples, ``"sum"``, or ``"none"`` (``[N]``,
+            masked samples 0).
+
+    Returns:
+        The loss, float32 for half inputs.
+
+    Paper: Godin, "Z-Error Loss for Training Neural Networks", arXiv 2506.02154.
+    """
+    _check_z_error(threshold=threshold)
+    pred, target = _inputs(pred, target)
+    per = _rows((pred - target).pow(2)).mean(1)
+    with torch.no_grad():
+        if per.numel() < 2:
+            keep = torch.ones_like(per)
+        else:
+            mu, sd = per.mean(), per.std()
+            z = torch.where(sd > 0, (per - mu) / torch.where(sd > 0, sd, torch.ones_like(sd)),
+                            torch.zeros_like(per))
+            keep = (z.abs() <= threshold).to(per.dtype)
+            keep = torch.where(torch.isnan(per), torch.ones_like(keep), keep)  # NaN propagates
+    return reduce(per, reduction, weights=keep)
+
+
+@register("z_error", family="regression", kind="regression", paper="Z-Error Loss for Training "
+          "Neural Networks", arxiv="2506.02154",
+          summary="mean of (x - y)^2 over samples with |z-score of their loss| <= threshold")
+class ZErrorLoss(LossModule, function=z_error_loss, check=_check_z_error):
+    """Module form of :func:`z_error_loss`."""
+
+
+# --------------------------------------------------------------------------------------------
+# ConR: contrastive regulariser for imbalanced regression
+# --------------------------------------------------------------------------------------------
+
+ConRBase = Literal["l1", "mse"]
+_check_conr = hparams(base=Choice("l1", "mse"), beta=Real(ge=0), omega=Real(gt=0),
+                      temperature=Real(gt=0), pushing=Real(ge=0))
+
+
+def _row_distance(v: Tensor) -> Tensor:
+    """Pairwise euclidean distance of the rows of ``v[N, ...]`` (absolute difference for
+    scalar targets): ``[N, N]``, exact zeros on the diagonal."""
+    flat = _rows(v)
+    return (flat.unsqueeze(1) - flat.unsqueeze(0)).pow(2).sum(-1).sqrt()
+
+
+def conr_loss(pred: Tensor, target: Tensor, *, features: Tensor | None = None,
+              weights: Tensor | None = None, base: ConRBase = "l1", beta: float = 1.0,
+              omega: float = 1.0, temperature: float = 0.07, pushing: float = 0.01,
+              reduction: Reduction = "mean") -> Tensor:
+    r"""A base regression loss plus ConR, the contrastive regulariser for imbalanced targets.
+
+    For anchor ``j``, positives are the other samples with close labels,
+    :math:`P_j = \{i \ne j: d(y_i, y_j) \le \omega\}`, and negatives the samples with far labels
+    but close predictions (the disagreements of feature and label space),
+    :math:`N_j = \{q: d(y_q, y_j) > \omega,\ d(\hat y_q, \hat y_j) \le \omega\}`. With
+    :math:`s_{jk} = \cos(z_j, z_k) / \tau` on the features and the pushing weight
+    :math:`S_{jq} = w_j \exp(e \cdot d(y_j, y_q))`,
+
+    .. math::
+        \ell_j = -\frac{1}{|P_j|}\sum_{i \in P_j} \log
+        \frac{e^{s_{ji}}}{\sum_{i' \in P_j} e^{s_{ji'}} + \sum_{q \in N_j} S_{jq} e^{s_{jq}}}
+
+    for anchors with positives and negatives (0 otherwise), and the loss of sample ``j`` is
+    ``base(pred_j, y_j) + beta * w_j * l_j``: :math:`\mathcal L = \mathcal L_R + \beta
+    \mathcal L_{ConR}`. The predictions only select the negatives (no gradient through them in
+    ConR). Positives are the batch's other samples (the paper also pairs augmented views:
+    pass both views as rows). ``w_j`` are the per-sample weights (the paper's density-based
+    weights, e.g. inverse label frequency; default 1). The defaults ``omega = 1``,
+    ``temperature = 0.07`` and ``pushing = 0.01`` are the official code's.
+
+    Args:
+        pred, target: ``[N]`` or ``[N, d]`` predictions and (continuous) labels.
+        features: ``[N, D]`` features before the regression head (required).
+        weights: ``[N]`` non-negative per-sample weights ``w`` (default 1).
+        base: the regression loss ``"l1"`` (default, the paper's AgeDB setting) or ``"mse"``,
+            averaged over each sample's label dims.
+        beta: weight of ConR (default 1).
+        omega: label / prediction distance threshold :math:`\omega` (default 1, label units).
+        temperature: :math:`\tau` (default 0.07).
+        pushing: :math:`e`, growth of the pushing weight with the label distance (0.01).
+        reduction: ``"mean"`` over samples, ``"sum"`` or ``"none"`` (``[N]``).
+
+    Returns:
+        The loss, float32 for half inputs.
+
+    Paper: Keramati, Meng, Evans, "ConR: Contrastive Regularizer for Deep Imbalanced
+    Regression", arXiv 2309.06651.
+    """
+    _check_conr(base=base, beta=beta, omega=omega, temperature=temperature, pushing=pushing)
+    pred, target = _inputs(pred, target)
+    n = pred.shape[0]
+    if features is None:
+        raise ValueError("conr needs features=[N, D], the representation before the head")
+    check_float("features", features)
+    if features.ndim != 2 or features.shape[0] != n:
+        raise ValueError(f"features must have shape [{n}, D] (one row per sample of pred), got "
+                         f"{tuple(features.shape)}")
+    check_same_device(pred=pred, features=features)
+    feats = features.to(pred.dtype)
+    if weights is None:
+        w = torch.ones(n, dtype=pred.dtype, device=pred.device)
+    else:
+        check_float("weights", weights)
+        if weights.shape != (n,):
+            raise ValueError(f"weights must have shape [{n}], got {tuple(weights.shape)}")
+        if not bool((weights.detach() >= 0).all()):
+            raise ValueError("weights must be non-negative and finite")
+        w = weights.to(pred.dtype)
+    diff = pred - target
+    per = _rows(diff.abs() if base == "l1" else diff.pow(2)).mean(1)
+    if n < 2:
+        return reduce(per, reduction)
+    with torch.no_grad():
+        d_y = _row_distance(target.detach())
+        d_p = _row_distance(pred.detach())
+        eye = torch.eye(n, dtype=torch.bool, device=pred.device)
+        pos = (d_y <= omega) & ~eye
+        neg = (d_y > omega) & (d_p <= omega)
+        valid = pos.any(1) & neg.any(1)
+        log_push = w.detach().clamp_min(torch.finfo(pred.dtype).tiny).log().unsqueeze(1) + \
+            pushing * d_y
+    z = F.normalize(feats, dim=1)
+    s = z @ z.T / temperature
+    used = pos | neg
+    # rows without a valid anchor use every entry (finite), then contribute 0
+    used = torch.where(valid.unsqueeze(1), used, torch.ones_like(used))
+    terms = torch.where(neg, s + log_push, s).masked_fill(~used, float("-inf"))
+    log_den = torch.logsumexp(terms, dim=1)
+    n_pos = pos.sum(1).clamp_min(1).to(pred.dtype)
+    pos_mean = torch.where(pos, s, torch.zeros_like(s)).sum(1) / n_pos
+    con = torch.where(valid, log_den - pos_mean, torch.zeros_like(log_den))
+    return reduce(per + beta * w * con, reduction)
+
+
+@register("conr", family="regression", kind="regression", paper="ConR: Contrastive "
+          "Regularizer for Deep Imbalanced Regression", arxiv="2309.06651",
+          summary="base(pred, y) + beta * InfoNCE over label-close positives and "
+          "prediction-close, label-far negatives weighted w exp(e d(y_j, y_q))")
+class ConRLoss(LossModule, function=conr_loss, check=_check_conr):
+    """Module form of :func:`conr_loss` (call ``loss(pred, target, features=z)``)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Discrete-time hazard (survival) likelihood
+# --------------------------------------------------------------------------------------------
+
+
+def _survival_target(target: Tensor, n: int, bins: int) -> tuple[Tensor, Tensor]:
+    """``target[N, 2]`` = (time bin, event) -> (int64 bins in [0, T), bool events)."""
+    if target.shape != (n, 2):
+        raise ValueError(f"target must have shape [{n}, 2] (time bin, event), got "
+                         f"{tuple(target.shape)}")
+    t = target.detach()
+    time, event = t[:, 0], t[:, 1]
+    if not bool(((time >= 0) & (time < bins) & (time == time.round())).all()):
+        raise ValueError(f"target[:, 0] must hold integer time bins in [0, {bins}) (the columns "
+                         f"of pred), got {time[:8].tolist()}")
+    if not bool(((event == 0) | (event == 1)).all()):
+        raise ValueError(f"target[:, 1] must hold event indicators 0 or 1, got "
+                         f"{event[:8].tolist()}")
+    return time.long(), event.bool()
+
+
+def hazard_loss(pred: Tensor, target: Tensor, *, reduction: Reduction = "mean") -> Tensor:
+    r"""Discrete-time hazard loss: the negative log-likelihood of a survival time under
+    per-interval hazards :math:`h_t = \sigma(\text{pred}_t)`.
+
+    A sample observed up to bin :math:`k` with event indicator :math:`\delta` has
+
+    .. math::
+        -\log L = -\sum_{t < k} \log(1 - h_t) - \delta \log h_k - (1 - \delta) \log(1 - h_k)
+
+    (an event in bin ``k``, or survival through bin ``k`` when censored there). Computed with
+    ``logsigmoid``: finite for any finite logits. The censoring convention (a sample censored
+    in bin ``k`` survived it) is the common one of discrete-time survival models; the
+    ad-discontinuation paper's exact convention is not verified.
+
+    Args:
+        pred: ``[N, T]`` hazard logits, one per time bin.
+        target: ``[N, 2]``: the time bin in ``[0, T)`` (integer-valued) and the event
+            indicator (1 event, 0 censored).
+        reduction: ``"mean"`` over samples, ``"sum"`` or ``"none"`` (``[N]``).
+
+    Returns:
+        The loss, float32 for half inputs. The concordance index of the predicted risk is
+        :func:`losslab.metrics.regression.concordance_index`.
+
+    Paper: discrete-time hazard model (Tutz & Schmid, "Modeling Discrete Time-to-Event Data",
+    2016), as the ad-discontinuation survival paper of the catalog uses it (no arXiv id).
+    """
+    check_float("pred", pred)
+    check_float("target", target)
+    if pred.ndim != 2:
+        raise ValueError(f"pred must have shape [N, T] (hazard logits per bin), got "
+                         f"{tuple(pred.shape)}")
+    check_same_device(pred=pred, target=target)
+    n, bins = pred.shape
+    time, event = _survival_target(target, n, bins)
+    x = pred.to(compute_dtype(pred.dtype))
+    cols = torch.arange(bins, device=x.device).unsqueeze(0)
+    at = cols == time.unsqueeze(1)
+    before = cols < time.unsqueeze(1)
+    log_h, log_s = F.logsigmoid(x), F.logsigmoid(-x)
+    survive = before | (at & ~event.unsqueeze(1))
+    died = at & event.unsqueeze(1)
+    zero = torch.zeros_like(x)
+    ll = torch.where(survive, log_s, zero) + torch.where(died, log_h, zero)
+    return reduce(-ll.sum(1), reduction)
+
+
+@register("hazard", family="regression", kind="regression", paper="Modeling Discrete "
+          "Time-to-Event Data (discrete-time hazard likelihood)", arxiv="",
+          summary="-sum_{t<k} log(1 - h_t) - d log h_k - (1 - d) log(1 - h_k)")
+class HazardLoss(LossModule, function=hazard_loss):
+    """Module form of :func:`hazard_loss`."""
