@@ -13,8 +13,10 @@ from losslab import distances, functional, metrics, miners
 from losslab.combine import CombinedLoss, combine
 from losslab.losses.aggregate import (
     BagLevelLoss,
+    EasyLLPLoss,
     InstanceLevelLoss,
     InterpolatedAggregateLoss,
+    ProportionLoss,
 )
 from losslab.losses.classification import (
     AnyLoss,
@@ -142,6 +144,7 @@ __all__ = [
     "CrossEntropyLoss",
     "DiceLoss",
     "DiceSemimetricLoss",
+    "EasyLLPLoss",
     "FocalLoss",
     "FocalTverskyLoss",
     "GCELoss",
@@ -177,6 +180,7 @@ __all__ = [
     "NPairsLoss",
     "NormalizedSoftmaxLoss",
     "Poly1Loss",
+    "ProportionLoss",
     "ProtoNetLoss",
     "ProtoTripletLoss",
     "ProxyAnchorLoss",

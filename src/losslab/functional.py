@@ -12,8 +12,10 @@ from typing import Any
 
 from losslab.losses.aggregate import (
     bag_level_loss,
+    easyllp_loss,
     instance_level_loss,
     interpolated_aggregate_loss,
+    proportion_loss,
 )
 from losslab.losses.classification import (
     anyloss,
@@ -152,6 +154,7 @@ __all__ = [
     "cross_entropy_loss",
     "dice_loss",
     "dice_semimetric_loss",
+    "easyllp_loss",
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
@@ -186,6 +189,7 @@ __all__ = [
     "normalized_softmax_loss",
     "npairs_loss",
     "poly1_loss",
+    "proportion_loss",
     "proto_triplet_loss",
     "protonet_loss",
     "proxy_anchor_loss",

@@ -108,8 +108,16 @@ def make_call(
         return _finish(spec, call, 6)
     if k == "bags":
         bag_index = torch.tensor([0, 0, 1, 1, 1, 2])
-        call = Call((_randn(6, g=g, dtype=dtype, scale=scale), bag_index,
-                     _randn(3, g=g, dtype=dtype, scale=scale)))
+        base = spec.defaults.get("base")
+        if base == "ce":  # logits [N, C] and bag label proportions [B, C]
+            props = torch.softmax(_randn(3, C, g=g, dtype=torch.float64), 1).to(dtype)
+            call = Call((_randn(6, C, g=g, dtype=dtype, scale=scale), bag_index, props))
+        elif base == "bce":  # logits [N] and fractions of positives [B]
+            call = Call((_randn(6, g=g, dtype=dtype, scale=scale), bag_index,
+                         torch.rand(3, generator=g, dtype=torch.float64).to(dtype)))
+        else:
+            call = Call((_randn(6, g=g, dtype=dtype, scale=scale), bag_index,
+                         _randn(3, g=g, dtype=dtype, scale=scale)))
         return _finish(spec, call, 6)
     if k == "linear":
         V = int(spec.example_hparams.get("vocab_size", 7))
