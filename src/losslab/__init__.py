@@ -18,6 +18,9 @@ from losslab.losses.aggregate import (
     InterpolatedAggregateLoss,
     ProportionLoss,
 )
+from losslab.losses.calibration import (
+    CALoss,
+)
 from losslab.losses.classification import (
     AnyLoss,
     CompSumLoss,
@@ -130,6 +133,7 @@ __all__ = [
     "BagLevelLoss",
     "BarronLoss",
     "BinaryKLLoss",
+    "CALoss",
     "CauchyLoss",
     "CharbonnierLoss",
     "CircleLoss",

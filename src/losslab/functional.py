@@ -17,6 +17,9 @@ from losslab.losses.aggregate import (
     interpolated_aggregate_loss,
     proportion_loss,
 )
+from losslab.losses.calibration import (
+    ca_loss,
+)
 from losslab.losses.classification import (
     anyloss,
     comp_sum_loss,
@@ -141,6 +144,7 @@ __all__ = [
     "bag_level_loss",
     "barron_loss",
     "binary_kl_loss",
+    "ca_loss",
     "cauchy_loss",
     "charbonnier_loss",
     "circle_loss",
