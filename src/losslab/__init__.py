@@ -92,6 +92,7 @@ from losslab.losses.regression import (
     ConRLoss,
     HazardLoss,
     HuberLoss,
+    MSELoss,
     PseudoHuberLoss,
     ZErrorLoss,
 )
@@ -172,6 +173,7 @@ __all__ = [
     "LossSpec",
     "LovaszSoftmaxLoss",
     "MAELoss",
+    "MSELoss",
     "MadaCosLoss",
     "MarginMSELoss",
     "MetrixLoss",

@@ -91,6 +91,7 @@ from losslab.losses.regression import (
     conr_loss,
     hazard_loss,
     huber_loss,
+    mse_loss,
     pseudo_huber_loss,
     z_error_loss,
 )
@@ -184,6 +185,7 @@ __all__ = [
     "mae_loss",
     "margin_mse_loss",
     "metrix_loss",
+    "mse_loss",
     "multi_similarity_loss",
     "nce_loss",
     "nce_mae_loss",

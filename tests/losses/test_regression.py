@@ -16,6 +16,7 @@ from losslab.functional import (
     conr_loss,
     hazard_loss,
     huber_loss,
+    mse_loss,
     pseudo_huber_loss,
     z_error_loss,
 )
@@ -46,6 +47,13 @@ def test_huber_oracle_and_torch_peers() -> None:
         close(huber_loss(x, y, delta=delta, reduction="none"), ref)
         close(huber_loss(x, y, delta=delta), torch.nn.HuberLoss(delta=delta)(x, y))
         close(huber_loss(x, y, delta=delta) / delta, torch.nn.SmoothL1Loss(beta=delta)(x, y))
+
+
+def test_mse_oracle_torch_peer_and_barron_alpha_two() -> None:
+    x, y = pair()
+    close(mse_loss(x, y, reduction="none"), elementwise(lambda r: r * r, x, y))
+    close(mse_loss(x, y), torch.nn.MSELoss()(x, y))
+    close(barron_loss(x, y, alpha=2.0), 0.5 * mse_loss(x, y))
 
 
 def test_charbonnier_oracle_and_kornia_peer() -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "ConRLoss",
     "HazardLoss",
     "HuberLoss",
+    "MSELoss",
     "PseudoHuberLoss",
     "ZErrorLoss",
     "barron_log_partition",
@@ -53,6 +54,7 @@ __all__ = [
     "conr_loss",
     "hazard_loss",
     "huber_loss",
+    "mse_loss",
     "pseudo_huber_loss",
     "z_error_loss",
 ]
@@ -84,8 +86,33 @@ def _per_sample_sq(diff: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Huber and Charbonnier
+# Squared error (the baseline), Huber and Charbonnier
 # --------------------------------------------------------------------------------------------
+
+
+def mse_loss(pred: Tensor, target: Tensor, *, reduction: Reduction = "mean") -> Tensor:
+    r"""Squared error, element-wise: :math:`(x - y)^2`, the baseline of the robust losses
+    (equal to ``torch.nn.MSELoss``; Barron's loss at ``alpha=2`` is half of it).
+
+    Args:
+        pred, target: ``[N, ...]`` predictions and targets of one shape.
+        reduction: ``"mean"`` over every element, ``"sum"`` or ``"none"`` (``[N, ...]``).
+
+    Returns:
+        The loss, float32 for half inputs.
+
+    Paper: Legendre (1805) / Gauss (1809), least squares (no arXiv id).
+    """
+    pred, target = _inputs(pred, target)
+    return reduce((pred - target).pow(2), reduction)
+
+
+@register("mse", family="regression", kind="regression", paper="Nouvelles methodes pour la "
+          "determination des orbites des cometes (least squares)", arxiv="",
+          summary="(x - y)^2", peers=("torch.nn.MSELoss",), reduction="per element")
+class MSELoss(LossModule, function=mse_loss):
+    """Module form of :func:`mse_loss`."""
+
 
 _check_huber = hparams(delta=Real(gt=0))
 

@@ -27,8 +27,15 @@ def _retrieval() -> type[Task]:
     return RetrievalTask
 
 
+def _regression() -> type[Task]:
+    from losslab.lab.tasks.regression import RegressionTask
+
+    return RegressionTask
+
+
 #: name -> zero-argument callable returning the task class (imported lazily).
-TASKS = {"fewshot": _fewshot, "noisy": _noisy, "retrieval": _retrieval}
+TASKS = {"fewshot": _fewshot, "noisy": _noisy, "retrieval": _retrieval,
+         "regression": _regression}
 
 
 def available_tasks() -> list[str]:
