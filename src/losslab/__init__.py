@@ -93,6 +93,7 @@ from losslab.losses.regression import (
     HazardLoss,
     HuberLoss,
     MSELoss,
+    OrdinalLoss,
     PseudoHuberLoss,
     ZErrorLoss,
 )
@@ -185,6 +186,7 @@ __all__ = [
     "NFLRCELoss",
     "NPairsLoss",
     "NormalizedSoftmaxLoss",
+    "OrdinalLoss",
     "Poly1Loss",
     "ProportionLoss",
     "ProtoNetLoss",

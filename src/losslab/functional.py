@@ -92,6 +92,7 @@ from losslab.losses.regression import (
     hazard_loss,
     huber_loss,
     mse_loss,
+    ordinal_loss,
     pseudo_huber_loss,
     z_error_loss,
 )
@@ -194,6 +195,7 @@ __all__ = [
     "nfl_rce_loss",
     "normalized_softmax_loss",
     "npairs_loss",
+    "ordinal_loss",
     "poly1_loss",
     "proportion_loss",
     "proto_triplet_loss",

@@ -130,6 +130,8 @@ def make_call(
         pred = _randn(n, 3, g=g, dtype=dtype, scale=scale)
         if spec.name == "hazard":  # target (time bin, event) for per-bin hazard logits
             target = _survival_target(n, 3, g, dtype)
+        elif spec.name == "ordinal":  # ordered categories in [0, K) for K - 1 = 3 thresholds
+            target = torch.tensor([0, 1, 2, 3, 1, 2])
         else:
             target = _randn(n, 3, g=g, dtype=dtype, scale=scale)
         call = Call((pred, target))
@@ -214,5 +216,9 @@ def bad_calls(spec: LossSpec) -> list[tuple[str, Call]]:
     elif k == "regression":
         variant("target rows mismatch", 1, a[1][:-1])
         variant("integer pred", 0, torch.ones(a[0].shape, dtype=torch.long))
-        variant("integer target", 1, torch.ones(a[1].shape, dtype=torch.long))
+        if a[1].is_floating_point():
+            variant("integer target", 1, torch.ones(a[1].shape, dtype=torch.long))
+        else:  # ordered categories: out of range, or float
+            variant("category out of range", 1, torch.full_like(a[1], a[0].shape[1] + 1))
+            variant("float target", 1, a[1].double())
     return out

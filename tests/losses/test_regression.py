@@ -288,3 +288,60 @@ def test_hazard_oracle_and_survival_probability() -> None:
                 torch.tensor([[1, 2]] * 5, dtype=f64)):
         with pytest.raises(ValueError, match="target"):
             hazard_loss(logits, bad)
+
+
+# ---- ordinal (cumulative logits, PRESTO) ------------------------------------------------------
+
+def test_ordinal_cumulative_oracle_and_probabilities_sum_to_one() -> None:
+    from losslab.functional import ordinal_loss
+
+    g = torch.Generator().manual_seed(2)
+    theta = torch.sort(torch.randn(5, 3, generator=g, dtype=f64), dim=1).values  # ordered
+    y = torch.tensor([0, 1, 2, 3, 2])
+    ref = []
+    for row, k in zip(theta.tolist(), y.tolist()):
+        cdf = [0.0] + [1 / (1 + math.exp(-v)) for v in row] + [1.0]
+        ref.append(-math.log(cdf[k + 1] - cdf[k]))
+    close(ordinal_loss(theta, y, reduction="none"), torch.tensor(ref, dtype=f64))
+    total = sum(torch.exp(-ordinal_loss(theta, torch.full((5,), k), reduction="none"))
+                for k in range(4))
+    close(total, torch.ones(5, dtype=f64))
+    # K = 2 (one threshold) is the logistic regression on [y <= 0]
+    x = theta[:, :1]
+    yb = torch.tensor([0, 1, 1, 0, 1])
+    close(ordinal_loss(x, yb), torch.nn.functional.binary_cross_entropy_with_logits(
+        x.squeeze(1), (yb == 0).to(f64)))
+
+
+def test_ordinal_binary_form_with_threshold_weights() -> None:
+    from losslab.functional import ordinal_loss
+
+    g = torch.Generator().manual_seed(3)
+    eta = torch.randn(6, 3, generator=g, dtype=f64)
+    y = torch.tensor([0, 1, 2, 3, 3, 1])
+    w = [0.5, 1.0, 2.0]
+    ref = []
+    for row, k in zip(eta.tolist(), y.tolist()):
+        tot = 0.0
+        for j, v in enumerate(row):
+            p = 1 / (1 + math.exp(-v))
+            tot += w[j] * -(math.log(p) if k <= j else math.log(1 - p))
+        ref.append(tot)
+    close(ordinal_loss(eta, y, form="binary", threshold_weights=w, reduction="none"),
+          torch.tensor(ref, dtype=f64))
+    with pytest.raises(ValueError, match="threshold_weights"):
+        ordinal_loss(eta, y, threshold_weights=w)
+    with pytest.raises(ValueError, match="target"):
+        ordinal_loss(eta, torch.tensor([0, 1, 2, 4, 0, 0]))
+
+
+def test_presto_penalty_and_head() -> None:
+    from losslab.losses.regression import PrestoHead, presto_penalty
+
+    b = torch.tensor([[1.0, -2.0], [1.5, -2.0], [0.5, 0.0]])
+    close(presto_penalty(b, lam=0.1), torch.tensor(0.1 * (0.5 + 1.0 + 2.0)))
+    head = PrestoHead(4, 5)
+    close(head.penalty(), torch.tensor(0.0))  # starts at proportional odds
+    eta = head(torch.randn(3, 4))
+    assert eta.shape == (3, 4)
+    assert bool((eta[:, 1:] >= eta[:, :-1]).all())  # ordered thresholds at initialisation
