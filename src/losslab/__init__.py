@@ -95,6 +95,7 @@ from losslab.losses.regression import (
     MSELoss,
     OrdinalLoss,
     PseudoHuberLoss,
+    SinkhornAlignmentLoss,
     ZErrorLoss,
 )
 from losslab.losses.robust import (
@@ -198,6 +199,7 @@ __all__ = [
     "RankNetLoss",
     "SCELoss",
     "SigLipLoss",
+    "SinkhornAlignmentLoss",
     "StableMaxCELoss",
     "SupConLoss",
     "TCMLoss",

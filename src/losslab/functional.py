@@ -94,6 +94,7 @@ from losslab.losses.regression import (
     mse_loss,
     ordinal_loss,
     pseudo_huber_loss,
+    sinkhorn_alignment_loss,
     z_error_loss,
 )
 from losslab.losses.robust import (
@@ -207,6 +208,7 @@ __all__ = [
     "rce_loss",
     "sce_loss",
     "siglip_loss",
+    "sinkhorn_alignment_loss",
     "stablemax_ce_loss",
     "supcon_loss",
     "tcm_loss",
