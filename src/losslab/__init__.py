@@ -96,6 +96,7 @@ from losslab.losses.regression import (
     OrdinalLoss,
     PseudoHuberLoss,
     SinkhornAlignmentLoss,
+    WaveletHFLoss,
     ZErrorLoss,
 )
 from losslab.losses.robust import (
@@ -207,6 +208,7 @@ __all__ = [
     "TripletRatioLoss",
     "TverskyLoss",
     "UniformityLoss",
+    "WaveletHFLoss",
     "WestonWatkinsLoss",
     "ZErrorLoss",
     "ZLoss",

@@ -95,6 +95,7 @@ from losslab.losses.regression import (
     ordinal_loss,
     pseudo_huber_loss,
     sinkhorn_alignment_loss,
+    wavelet_hf_loss,
     z_error_loss,
 )
 from losslab.losses.robust import (
@@ -216,6 +217,7 @@ __all__ = [
     "triplet_ratio_loss",
     "tversky_loss",
     "uniformity_loss",
+    "wavelet_hf_loss",
     "weston_watkins_loss",
     "z_error_loss",
     "z_loss",

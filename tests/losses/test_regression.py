@@ -3,6 +3,7 @@ the papers' special cases."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -395,3 +396,53 @@ def test_sinkhorn_alignment_geomloss_peer() -> None:
                                 backend="tensorized")(a, b)
     close(sinkhorn_alignment_loss(a, b, epsilon=0.5, n_iters=2000), peer, rtol=1e-5,
           atol=1e-6)
+
+
+# ---- 3-D wavelet high-frequency loss ---------------------------------------------------------
+
+def test_wavelet_hf_oracle_on_2x2x2_blocks() -> None:
+    from losslab.functional import wavelet_hf_loss
+
+    g = torch.Generator().manual_seed(4)
+    p = torch.randn(2, 1, 2, 4, 2, generator=g, dtype=f64)
+    t = torch.randn(2, 1, 2, 4, 2, generator=g, dtype=f64)
+    ref = []
+    for n in range(2):
+        d = (p[n, 0] - t[n, 0]).tolist()
+        total, count = 0.0, 0
+        for band in [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)][1:]:
+            for h0 in (0, 2):  # the two 2x2x2 blocks along H
+                coef = 0.0
+                for i in (0, 1):
+                    for j in (0, 1):
+                        for k in (0, 1):
+                            sign = 1.0
+                            for code, idx in zip(band, (i, j, k)):
+                                sign *= -1.0 if code and idx else 1.0
+                            coef += sign * d[i][h0 + j][k]
+                total += abs(coef / math.sqrt(8))
+                count += 1
+        ref.append(total / count)
+    close(wavelet_hf_loss(p, t, reduction="none"), torch.tensor(ref, dtype=f64))
+
+
+def test_wavelet_hf_pywavelets_peer_and_low_band_blindness() -> None:
+    pywt = pytest.importorskip("pywt")
+    from losslab.functional import wavelet_hf_loss
+    from losslab.losses.regression import haar_subbands
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 5, 6, 7, generator=g, dtype=f64)  # odd sizes: symmetric extension
+    peer = pywt.dwtn(x.numpy(), "haar", mode="symmetric", axes=(-3, -2, -1))
+    ours = haar_subbands(x.unsqueeze(0), 3)
+    keys = ["".join(k) for k in itertools.product("ad", repeat=3)]
+    for key, band in zip(keys, ours):
+        close(band.squeeze(0).abs(), torch.as_tensor(peer[key]).abs())
+    # a change of the local means only (constant on 2x2x2 blocks) is invisible to the loss
+    p = torch.randn(1, 1, 4, 4, 4, generator=g, dtype=f64)
+    blocks = torch.randn(1, 1, 2, 2, 2, generator=g, dtype=f64)
+    shifted = p + blocks.repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
+    close(wavelet_hf_loss(shifted, p), torch.tensor(0.0, dtype=f64))
+    assert float(wavelet_hf_loss(p + torch.randn_like(p), p)) > 0
+    with pytest.raises(ValueError, match="trailing"):
+        wavelet_hf_loss(torch.randn(4, 3), torch.randn(4, 3))
