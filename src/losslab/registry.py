@@ -53,7 +53,8 @@ KINDS: Mapping[str, str] = MappingProxyType(
         "teacher": "(student_logits, teacher_logits, *, target=None)",
         "bags": "(pred[N,...], bag_index[N], bag_target[B,...])",
         "linear": "(hidden[N,d], weight[V,d], target[N], *, bias=None)",
-        "regression": "(pred[N,...], target[N,...], *, features=None, weights=None)",
+        "regression": "(pred[N,...], target[N,...], *, features=None, weights=None, "
+        "inputs=None)",
     }
 )
 
@@ -245,9 +246,9 @@ def _forward_linear(self: LossModule, hidden: Tensor, weight: Tensor, target: Te
 
 
 def _forward_regression(self: LossModule, pred: Tensor, target: Tensor, *,
-                        features: Tensor | None = None,
-                        weights: Tensor | None = None) -> Tensor:
-    return _call(self, pred, target, features=features, weights=weights)
+                        features: Tensor | None = None, weights: Tensor | None = None,
+                        inputs: Tensor | None = None) -> Tensor:
+    return _call(self, pred, target, features=features, weights=weights, inputs=inputs)
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,8 @@ def make_call(
         else:
             target = _randn(n, 3, g=g, dtype=dtype, scale=scale)
         call = Call((pred, target))
+        if "inputs" in getattr(spec.module, "_call_keywords", ()):  # the model's inputs
+            call.kwargs["inputs"] = _randn(n, 4, g=g, dtype=dtype, scale=scale)
         if "features" in getattr(spec.module, "_call_keywords", ()):
             call.kwargs["features"] = _randn(n, D, g=g, dtype=dtype,
                                              scale=scale).requires_grad_(True)

@@ -159,7 +159,7 @@ def _empty_call(s: LossSpec) -> Call:
         args[0], args[2] = args[0][:0].detach().requires_grad_(), args[2][:0]
     elif k == "regression":
         args = [args[0][:0].detach().requires_grad_(), args[1][:0]]
-        for key in ("features", "weights"):
+        for key in ("features", "weights", "inputs"):
             if key in kw:
                 kw[key] = kw[key][:0].detach().requires_grad_(kw[key].requires_grad)
     if "index" in kw:

@@ -446,3 +446,46 @@ def test_wavelet_hf_pywavelets_peer_and_low_band_blindness() -> None:
     assert float(wavelet_hf_loss(p + torch.randn_like(p), p)) > 0
     with pytest.raises(ValueError, match="trailing"):
         wavelet_hf_loss(torch.randn(4, 3), torch.randn(4, 3))
+
+
+# ---- Cauchy-Schwarz information bottleneck ---------------------------------------------------
+
+def _gk(u: list[float], v: list[float], s: float) -> float:
+    return math.exp(-sum((a - b) ** 2 for a, b in zip(u, v)) / (2 * s * s))
+
+
+def test_cs_ib_oracle_and_properties() -> None:
+    from losslab.functional import cs_ib_loss
+    from losslab.losses.regression import cs_conditional_divergence, cs_mutual_information
+
+    g = torch.Generator().manual_seed(6)
+    n, s = 6, 1.3
+    x = torch.randn(n, 3, generator=g, dtype=f64)
+    t = torch.randn(n, 2, generator=g, dtype=f64)
+    y = torch.randn(n, 1, generator=g, dtype=f64)
+    yh = y + 0.5 * torch.randn(n, 1, generator=g, dtype=f64)
+    X, T, Y, H = x.tolist(), t.tolist(), y.tolist(), yh.tolist()
+    K = [[_gk(X[j], X[i], s) for i in range(n)] for j in range(n)]
+
+    def omega(A, B):
+        return sum(sum(K[j][i] * _gk(A[j], B[i], s) for i in range(n))
+                   / sum(K[j][i] ** 2 for i in range(n)) for j in range(n))
+
+    div = math.log2(omega(Y, Y)) + math.log2(omega(H, H)) - 2 * math.log2(omega(H, Y))
+    close(cs_conditional_divergence(x, y, yh, sigma=s), torch.tensor(div, dtype=f64))
+    Kt = [[_gk(T[j], T[i], s) for i in range(n)] for j in range(n)]
+    tr = sum(K[i][j] * Kt[i][j] for i in range(n) for j in range(n)) / n ** 2
+    tot = sum(map(sum, K)) * sum(map(sum, Kt)) / n ** 4
+    cross = sum(sum(K[i][j] for i in range(n)) * sum(Kt[i][j] for i in range(n))
+                for j in range(n)) / n ** 3
+    qmi = math.log2(tr) + math.log2(tot) - 2 * math.log2(cross)
+    close(cs_mutual_information(x, t, sigma=s), torch.tensor(qmi, dtype=f64))
+    close(cs_ib_loss(yh, y, features=t, inputs=x, sigma=s, beta=0.3, normalized=False),
+          torch.tensor(div + 0.3 * qmi, dtype=f64))
+    # properties: D = 0 for a perfect prediction, D >= 0, I >= 0, normalised I(x; x) = 1
+    close(cs_conditional_divergence(x, y, y), torch.tensor(0.0, dtype=f64), atol=1e-12,
+          rtol=0)
+    assert div > 0 and qmi >= 0
+    close(cs_mutual_information(x, x, normalized=True), torch.tensor(1.0, dtype=f64))
+    with pytest.raises(ValueError, match="inputs"):
+        cs_ib_loss(yh, y, features=t)

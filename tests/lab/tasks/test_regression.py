@@ -14,8 +14,9 @@ from losslab.lab.tasks.regression import contaminate, robust_scale
 
 def _config(**over):
     task = get_task("regression")
-    cfg = {"losses": ["mse", "huber", "conr", "barron"], "seeds": 1, "dataset": ["diabetes"],
-           "outliers": [0.0, 0.3], "epochs": 3, "batch_size": 64, "device": "cpu",
+    cfg = {"losses": ["mse", "huber", "conr", "barron", "cs_ib"], "seeds": 1,
+           "dataset": ["diabetes"], "outliers": [0.0, 0.3], "epochs": 3, "batch_size": 64,
+           "device": "cpu",
            "threads": 1, "loss_hparams": {"barron": {"adaptive": True}}, **over}
     return task, resolve_config(task, cfg, None)
 
@@ -24,7 +25,7 @@ def test_end_to_end_and_report(tmp_path):
     task, cfg = _config()
     out = run_bench(task, cfg, tmp_path / "run", quiet=True)
     rows = read_rows(out / "results.jsonl")
-    assert len(rows) == 8
+    assert len(rows) == 10
     by = {(r["loss"], r["setting"]["outliers"]): r["metrics"] for r in rows}
     for (loss, rate), m in by.items():
         assert m["test_mae"] > 0 and m["balanced_mae"] > 0 and m["test_rmse"] >= m["test_mae"]

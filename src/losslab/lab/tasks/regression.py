@@ -13,7 +13,8 @@ Per job (loss, setting ``{dataset, outliers}``, seed):
    standardised with the train *median* and *MAD* (robust to the outliers they contain).
 3. **Training**: an MLP ``d -> hidden -> hidden`` (ReLU; its output is the ``features=`` of
    ConR) ``-> 1``, Adam, ``lr`` with cosine decay, ``epochs`` epochs of mini-batches of
-   ``batch_size``. A loss that takes ``features=`` (``conr``) gets the hidden representation.
+   ``batch_size``. A loss that takes ``features=`` (``conr``, ``cs_ib``) gets the hidden
+   representation, one that takes ``inputs=`` (``cs_ib``) the batch's standardised features.
 4. **Evaluation** on the clean test split, in the target's units: ``test_mae``, ``test_rmse``
    and ``balanced_mae`` (the MAE averaged over ``n_bins`` equal-width bins of the train target
    range, :func:`losslab.metrics.balanced_mae`: every region of the label range counts the
@@ -56,17 +57,18 @@ class FeatureMLP(nn.Module):
 
 
 class _Regression(nn.Module):
-    """Calls a regression-kind loss with ``features=`` when it takes them."""
+    """Calls a regression-kind loss with ``features=`` (the hidden representation) and
+    ``inputs=`` (the model inputs) when it takes them (``conr``, ``cs_ib``)."""
 
     def __init__(self, loss: nn.Module) -> None:
         super().__init__()
         self.loss = loss
-        self.wants_features = "features" in getattr(type(loss), "_call_keywords", ())
+        self.keywords = frozenset(getattr(type(loss), "_call_keywords", ())) & {"features",
+                                                                               "inputs"}
 
-    def forward(self, pred: Tensor, target: Tensor, features: Tensor) -> Tensor:
-        if self.wants_features:
-            return self.loss(pred, target, features=features)
-        return self.loss(pred, target)
+    def forward(self, pred: Tensor, target: Tensor, features: Tensor, inputs: Tensor) -> Tensor:
+        given = {"features": features, "inputs": inputs}
+        return self.loss(pred, target, **{k: given[k] for k in self.keywords})
 
 
 def robust_scale(y: np.ndarray) -> tuple[float, float]:
@@ -202,8 +204,8 @@ class RegressionTask(Task):
             order = torch.randperm(n_train, generator=gen).to(device)
             for b in range(steps):
                 idx = order[b * bs:(b + 1) * bs]
-                target = t_tr[idx]
-                yield Batch(x_tr[idx], lambda out, t=target: (out[0], t, out[1]))
+                target, inputs = t_tr[idx], x_tr[idx]
+                yield Batch(inputs, lambda out, t=target, x=inputs: (out[0], t, out[1], x))
 
         res = fit(model, loss_fn, minibatches, optimizer=opt, scheduler=sched,
                   scheduler_interval="step", epochs=config["epochs"], steps_per_epoch=steps,
