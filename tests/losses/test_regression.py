@@ -127,6 +127,24 @@ def test_barron_log_partition_closed_forms_and_quadrature() -> None:
     assert a.grad is not None and torch.isfinite(a.grad)
 
 
+#: Z(n / d) for alpha in [0, 2], the golden values published in the reference implementation's
+#: tests (jonbarron/robust_loss_pytorch, tests/distribution_test.py; computed there with
+#: Mathematica to 10 digits), as (n, d, Z).
+BARRON_PARTITION_GOLDEN = (
+    (1, 7, 4.080330073), (1, 6, 4.038544331), (1, 5, 3.984791180), (1, 4, 3.912448576),
+    (1, 3, 3.808203509), (2, 5, 3.735479786), (3, 7, 3.706553276), (1, 2, 3.638993131),
+    (3, 5, 3.553489270), (2, 3, 3.501024540), (3, 4, 3.439385624), (4, 5, 3.404121259),
+    (1, 1, 3.272306973), (6, 5, 3.149249092), (5, 4, 3.119044506), (4, 3, 3.068687433),
+    (7, 5, 3.028084866), (3, 2, 2.965924889), (8, 5, 2.901059987), (5, 3, 2.855391798),
+    (7, 4, 2.794052016),
+)
+
+
+def test_barron_partition_matches_the_reference_golden_values() -> None:
+    for n, d, z in BARRON_PARTITION_GOLDEN:
+        assert math.exp(float(barron_log_partition(n / d))) == pytest.approx(z, rel=1e-9)
+
+
 def test_barron_density_is_a_normalised_negative_log_likelihood() -> None:
     r = torch.linspace(-400, 400, 400001, dtype=f64)
     for a, c in ((0.5, 1.3), (1.0, 0.7), (2.0, 2.0)):
