@@ -42,3 +42,14 @@ def test_balanced_mae_oracle() -> None:
     assert balanced_mae(p[:5], y[:5], edges) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="edges"):
         balanced_mae(p, y, torch.tensor([1.0, 0.0]))
+
+
+def test_concordance_index_lifelines_peer() -> None:
+    lifelines_utils = pytest.importorskip("lifelines.utils")
+    g = torch.Generator().manual_seed(1)
+    n = 200
+    time = torch.rand(n, generator=g, dtype=torch.float64) * 10  # no tied times
+    event = (torch.rand(n, generator=g) < 0.6).long()
+    risk = -time + 3 * torch.randn(n, generator=g, dtype=torch.float64)
+    peer = lifelines_utils.concordance_index(time.numpy(), (-risk).numpy(), event.numpy())
+    assert concordance_index(risk, time, event) == pytest.approx(peer, abs=1e-12)
