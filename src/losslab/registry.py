@@ -53,6 +53,8 @@ KINDS: Mapping[str, str] = MappingProxyType(
         "teacher": "(student_logits, teacher_logits, *, target=None)",
         "bags": "(pred[N,...], bag_index[N], bag_target[B,...])",
         "linear": "(hidden[N,d], weight[V,d], target[N], *, bias=None)",
+        "regression": "(pred[N,...], target[N,...], *, features=None, weights=None, "
+        "inputs=None)",
     }
 )
 
@@ -95,7 +97,8 @@ FAMILY_MODULES: Mapping[str, str] = MappingProxyType(
 DEGENERATE_CASES: tuple[str, ...] = ("one_class", "no_positives", "all_ignored")
 
 Kind = Literal[
-    "logits", "embeddings", "episode", "paired", "scores", "dense", "teacher", "bags", "linear"
+    "logits", "embeddings", "episode", "paired", "scores", "dense", "teacher", "bags", "linear",
+    "regression",
 ]
 
 
@@ -242,6 +245,12 @@ def _forward_linear(self: LossModule, hidden: Tensor, weight: Tensor, target: Te
                  token_weight=token_weight, return_lse=return_lse)
 
 
+def _forward_regression(self: LossModule, pred: Tensor, target: Tensor, *,
+                        features: Tensor | None = None, weights: Tensor | None = None,
+                        inputs: Tensor | None = None) -> Tensor:
+    return _call(self, pred, target, features=features, weights=weights, inputs=inputs)
+
+
 @dataclass(frozen=True)
 class KindCall:
     """How a kind is called: the ``forward`` of its generated shells and the keyword-only
@@ -268,6 +277,7 @@ KIND_CALLS: Mapping[str, KindCall] = MappingProxyType({
     "teacher": _kind_call(_forward_teacher),
     "bags": _kind_call(_forward_bags),
     "linear": _kind_call(_forward_linear),
+    "regression": _kind_call(_forward_regression),
 })
 
 

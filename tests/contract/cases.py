@@ -44,7 +44,14 @@ def _randn(*shape: int, g: torch.Generator, dtype: torch.dtype, scale: float = 1
 
 
 # Float inputs that are targets, not predictions: no gradient (kind -> argument positions).
-TARGET_ARGS = {"scores": (1,), "bags": (2,)}
+TARGET_ARGS = {"scores": (1,), "bags": (2,), "regression": (1,)}
+
+
+def _survival_target(n: int, bins: int, g: torch.Generator, dtype: torch.dtype) -> Tensor:
+    """``[n, 2]`` (time bin, event) targets of the ``hazard`` loss, both events and censoring."""
+    time = torch.randint(0, bins, (n,), generator=g)
+    event = torch.arange(n) % 2
+    return torch.stack([time, event], 1).to(dtype)
 
 
 def _finish(spec: LossSpec, call: Call, n: int) -> Call:
@@ -101,8 +108,16 @@ def make_call(
         return _finish(spec, call, 6)
     if k == "bags":
         bag_index = torch.tensor([0, 0, 1, 1, 1, 2])
-        call = Call((_randn(6, g=g, dtype=dtype, scale=scale), bag_index,
-                     _randn(3, g=g, dtype=dtype, scale=scale)))
+        base = spec.defaults.get("base")
+        if base == "ce":  # logits [N, C] and bag label proportions [B, C]
+            props = torch.softmax(_randn(3, C, g=g, dtype=torch.float64), 1).to(dtype)
+            call = Call((_randn(6, C, g=g, dtype=dtype, scale=scale), bag_index, props))
+        elif base == "bce":  # logits [N] and fractions of positives [B]
+            call = Call((_randn(6, g=g, dtype=dtype, scale=scale), bag_index,
+                         torch.rand(3, generator=g, dtype=torch.float64).to(dtype)))
+        else:
+            call = Call((_randn(6, g=g, dtype=dtype, scale=scale), bag_index,
+                         _randn(3, g=g, dtype=dtype, scale=scale)))
         return _finish(spec, call, 6)
     if k == "linear":
         V = int(spec.example_hparams.get("vocab_size", 7))
@@ -110,6 +125,22 @@ def make_call(
         call = Call((_randn(6, 4, g=g, dtype=dtype, scale=scale),
                      _randn(V, 4, g=g, dtype=dtype, scale=scale), target))
         return _finish(spec, call, 6)
+    if k == "regression":
+        n = 6
+        pred = _randn(n, 3, g=g, dtype=dtype, scale=scale)
+        if spec.name == "hazard":  # target (time bin, event) for per-bin hazard logits
+            target = _survival_target(n, 3, g, dtype)
+        elif spec.name == "ordinal":  # ordered categories in [0, K) for K - 1 = 3 thresholds
+            target = torch.tensor([0, 1, 2, 3, 1, 2])
+        else:
+            target = _randn(n, 3, g=g, dtype=dtype, scale=scale)
+        call = Call((pred, target))
+        if "inputs" in getattr(spec.module, "_call_keywords", ()):  # the model's inputs
+            call.kwargs["inputs"] = _randn(n, 4, g=g, dtype=dtype, scale=scale)
+        if "features" in getattr(spec.module, "_call_keywords", ()):
+            call.kwargs["features"] = _randn(n, D, g=g, dtype=dtype,
+                                             scale=scale).requires_grad_(True)
+        return _finish(spec, call, n)
     raise AssertionError(f"contract inputs missing for kind {k!r}")
 
 
@@ -184,4 +215,12 @@ def bad_calls(spec: LossSpec) -> list[tuple[str, Call]]:
         variant("relevance shape mismatch", 1, a[1][:, :-1])
     elif k == "dense":
         variant("target shape mismatch", 1, a[1][:, :-1])
+    elif k == "regression":
+        variant("target rows mismatch", 1, a[1][:-1])
+        variant("integer pred", 0, torch.ones(a[0].shape, dtype=torch.long))
+        if a[1].is_floating_point():
+            variant("integer target", 1, torch.ones(a[1].shape, dtype=torch.long))
+        else:  # ordered categories: out of range, or float
+            variant("category out of range", 1, torch.full_like(a[1], a[0].shape[1] + 1))
+            variant("float target", 1, a[1].double())
     return out

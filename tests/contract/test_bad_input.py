@@ -157,6 +157,11 @@ def _empty_call(s: LossSpec) -> Call:
         args = [args[0][:0].detach().requires_grad_(), args[1][:0], args[2][:0]]
     elif k == "linear":
         args[0], args[2] = args[0][:0].detach().requires_grad_(), args[2][:0]
+    elif k == "regression":
+        args = [args[0][:0].detach().requires_grad_(), args[1][:0]]
+        for key in ("features", "weights", "inputs"):
+            if key in kw:
+                kw[key] = kw[key][:0].detach().requires_grad_(kw[key].requires_grad)
     if "index" in kw:
         kw["index"] = kw["index"][:0]
     return Call(tuple(args), kw)

@@ -248,3 +248,96 @@ def test_ce_masked_class_of_proportion_zero_is_finite(fn) -> None:
     torch.testing.assert_close(out, fn(logits[:, :2], bag_index, masked_props[:, :2], base="ce",
                                        reduction="none"))
     assert torch.isinf(fn(x.detach(), bag_index, props, base="ce")).all()
+
+
+# ---- EasyLLP and the proportion loss (learning from label proportions) -----------------------
+
+def test_easyllp_oracle() -> None:
+    from losslab.functional import easyllp_loss
+
+    bag_index, _, logits, _, props, frac = data()
+    k = 3  # 12 instances in 4 bags
+    prior = [sum(float(props[a, c]) for a in range(4)) / 4 for c in range(3)]
+    ref = []
+    for a in range(4):
+        vals = []
+        for i in members(bag_index, a):
+            z = logits[i].tolist()
+            lse = math.log(sum(math.exp(v) for v in z))
+            soft = [k * (float(props[a, c]) - prior[c]) + prior[c] for c in range(3)]
+            vals.append(-sum(s * (z[c] - lse) for c, s in enumerate(soft)))
+        ref.append(sum(vals) / len(vals))
+    torch.testing.assert_close(easyllp_loss(logits, bag_index, props, reduction="none"),
+                               torch.tensor(ref, dtype=torch.float64))
+    # binary, with a given prior
+    x = logits[:, 0]
+    ref_b = []
+    for a in range(4):
+        vals = []
+        for i in members(bag_index, a):
+            s = k * (float(frac[a]) - 0.3) + 0.3
+            h = 1 / (1 + math.exp(-float(x[i])))
+            vals.append(-(s * math.log(h) + (1 - s) * math.log(1 - h)))
+        ref_b.append(sum(vals) / len(vals))
+    torch.testing.assert_close(
+        easyllp_loss(x, bag_index, frac, base="bce", prior=0.3, reduction="none"),
+        torch.tensor(ref_b, dtype=torch.float64))
+
+
+def test_easyllp_is_unbiased_over_iid_bags() -> None:
+    """The paper's property: over bags drawn i.i.d. (here every ordered pair of a population,
+    with replacement), the mean EasyLLP loss is the instance loss with the true labels."""
+    from losslab.functional import easyllp_loss
+
+    g = torch.Generator().manual_seed(0)
+    m = 6
+    y = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    f = torch.randn(m, generator=g, dtype=torch.float64)
+    p = float(y.mean())
+    i, j = torch.meshgrid(torch.arange(m), torch.arange(m), indexing="ij")
+    i, j = i.flatten(), j.flatten()
+    pred = torch.stack([f[i], f[j]], 1).flatten()  # bag b = (i_b, j_b)
+    bag_index = torch.arange(m * m).repeat_interleave(2)
+    bag_target = (y[i] + y[j]) / 2
+    # the loss of the first member of each bag, averaged over all bags
+    per_inst = easyllp_loss(pred, bag_index, bag_target, base="bce", prior=p, reduction="none")
+    # per bag = mean of both members; by symmetry of the pair set, the mean over bags equals
+    # the mean over the first members
+    truth = torch.nn.functional.binary_cross_entropy_with_logits(f, y)
+    torch.testing.assert_close(per_inst.mean(), truth)
+
+
+def test_proportion_loss_is_the_kl_and_zero_at_a_match() -> None:
+    from losslab.functional import bag_level_loss, proportion_loss
+
+    bag_index, _, logits, _, props, _ = data()
+    ref = []
+    for a in range(4):
+        mem = members(bag_index, a)
+        mean = [sum(float(torch.softmax(logits[i], 0)[c]) for i in mem) / len(mem)
+                for c in range(3)]
+        ref.append(sum(float(props[a, c]) * math.log(float(props[a, c]) / mean[c])
+                       for c in range(3)))
+    out = proportion_loss(logits, bag_index, props, reduction="none")
+    torch.testing.assert_close(out, torch.tensor(ref, dtype=torch.float64))
+    entropy = -(props * props.log()).sum(1)
+    torch.testing.assert_close(out, bag_level_loss(logits, bag_index, props, base="ce",
+                                                   reduction="none") - entropy)
+    # one instance per bag whose prediction is the proportion: zero loss
+    torch.testing.assert_close(proportion_loss(props.log(), torch.arange(4), props),
+                               torch.tensor(0.0, dtype=torch.float64))
+    frac = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(
+        proportion_loss(torch.logit(torch.tensor([1e-300, 0.25, 1.0 - 1e-16], dtype=torch.float64)),
+                        torch.arange(3), frac, base="bce"),
+        torch.tensor(0.0, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_easyllp_bad_prior() -> None:
+    from losslab.functional import easyllp_loss
+
+    bag_index, _, logits, _, props, _ = data()
+    with pytest.raises(ValueError, match="prior"):
+        easyllp_loss(logits, bag_index, props, prior=[0.5, 0.5])
+    with pytest.raises(ValueError, match="prior"):
+        easyllp_loss(logits, bag_index, props, prior=0.5)

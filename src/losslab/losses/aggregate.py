@@ -30,7 +30,8 @@ computed, and returned, in float32 (:func:`losslab._core.compute_dtype`).
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,18 +47,22 @@ from losslab._core import (
     compute_dtype,
     reduce,
 )
-from losslab._hparams import Choice, Int, Real, hparams
+from losslab._hparams import Choice, Int, PerClass, Real, hparams
 from losslab.registry import register
 
 __all__ = [
     "BagLevelLoss",
+    "EasyLLPLoss",
     "InstanceLevelLoss",
     "InterpolatedAggregateLoss",
+    "ProportionLoss",
     "bag_level_loss",
     "bag_means",
+    "easyllp_loss",
     "instance_level_loss",
     "interpolated_aggregate_loss",
     "laplace_bag_targets",
+    "proportion_loss",
     "random_bags",
 ]
 
@@ -287,6 +292,165 @@ def interpolated_aggregate_loss(
 class InterpolatedAggregateLoss(LossModule, function=interpolated_aggregate_loss,
                                 check=_check_interpolated):
     """Module form of :func:`interpolated_aggregate_loss`."""
+
+
+# --------------------------------------------------------------------------------------------
+# Learning from label proportions: EasyLLP and the proportion (KL) loss
+# --------------------------------------------------------------------------------------------
+
+LLPBase = Literal["bce", "ce"]
+_check_easyllp = hparams(base=Choice("bce", "ce"),
+                         prior=PerClass(ge=0, scalar=Real(ge=0, le=1), optional=True))
+_check_proportion = hparams(base=Choice("bce", "ce"))
+
+
+def _prior(bag_target: Tensor, bag_index: Tensor, prior: Any, base: str) -> Tensor:
+    """The class prior ``p``: given, or the batch's label proportion (bag targets weighted by
+    bag size); ``[]`` for ``"bce"`` targets ``[B, ...]``, ``[C]`` for ``"ce"``."""
+    t = bag_target.detach()
+    if prior is None:
+        counts = torch.bincount(bag_index, minlength=t.shape[0]).to(t.dtype)
+        w = counts.reshape(-1, *([1] * (t.ndim - 1)))
+        return (t * w).sum(0) / counts.sum()
+    p = torch.as_tensor(prior, dtype=t.dtype, device=t.device)
+    if base == "ce":
+        if p.ndim != 1 or p.shape[0] != t.shape[1]:
+            raise ValueError(f"prior must have one entry per class ({t.shape[1]}) for "
+                             f"base='ce', got shape {tuple(p.shape)}")
+        return p
+    if p.ndim != 0:
+        raise ValueError(f"prior must be a number for base={base!r}, got shape {tuple(p.shape)}")
+    return p
+
+
+def easyllp_loss(
+    pred: Tensor,
+    bag_index: Tensor,
+    bag_target: Tensor,
+    *,
+    base: LLPBase = "ce",
+    prior: float | Sequence[float] | Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""EasyLLP: the instance loss on debiased soft labels built from the bag proportions.
+
+    An instance of a bag of size :math:`k` with label proportion :math:`\alpha` gets the soft
+    label :math:`\tilde y = k(\alpha - p) + p` (:math:`p` the class prior), and the loss
+
+    .. math::
+        \tilde\ell(h(x)) = \tilde y\, \ell(h(x), 1) + (1 - \tilde y)\, \ell(h(x), 0)
+        \quad\text{(binary; multi-class: } -\textstyle\sum_c \tilde y_c \log h_c(x))
+
+    For bags drawn i.i.d. from the data distribution, :math:`E[\tilde y \mid x, y] = y`, so the
+    loss is an unbiased estimate of the instance-level loss with the true labels (the paper's
+    debiasing; the soft labels may leave ``[0, 1]``). Per bag, the instances' losses are
+    averaged.
+
+    Args:
+        pred: ``[N, ...]`` logits (``"bce"``) or ``[N, C]`` logits (``"ce"``).
+        bag_index: ``[N]`` bag of each instance, in ``[0, B)``; every bag non-empty.
+        bag_target: ``[B, ...]`` fractions of positives (``"bce"``) or ``[B, C]`` label
+            proportions (``"ce"``).
+        base: ``"ce"`` (default, multi-class) or ``"bce"``.
+        prior: the class prior :math:`p` (a number for ``"bce"``, one per class for ``"ce"``);
+            default None: the batch's label proportion (bag targets weighted by bag size).
+        reduction: ``"mean"`` over bags, ``"sum"``, or ``"none"`` (``[B]``).
+
+    Returns:
+        The loss, float32 for half inputs.
+
+    Formula as recalled from the paper (the soft label ``k(alpha - p) + p``), checked by its
+    stated property (unbiasedness over i.i.d. bags, tested exactly); not verified line by line
+    against the paper text.
+
+    Paper: Busa-Fekete, Choi, Dick, Gentile, Munoz Medina, "Easy Learning from Label
+    Proportions", arXiv 2302.03115.
+    """
+    _check_easyllp(base=base, prior=prior)
+    bag_index = _validate(pred, bag_index, bag_target, base)
+    dtype = compute_dtype(pred.dtype)
+    x, t = pred.to(dtype), bag_target.to(dtype)
+    n_bags = t.shape[0]
+    k = torch.bincount(bag_index, minlength=n_bags).to(dtype)[bag_index]
+    p = _prior(t, bag_index, prior, base).to(dtype)
+    k = k.reshape(-1, *([1] * (x.ndim - 1)))
+    soft = k * (t[bag_index] - p) + p
+    if base == "bce":
+        # soft * softplus(-x) + (1 - soft) * softplus(x): l(h, 1) and l(h, 0) of the logistic
+        per = soft * F.softplus(-x) + (1 - soft) * F.softplus(x)
+        per = per.reshape(x.shape[0], -1).sum(1)
+    else:
+        log_p = F.log_softmax(x, dim=1)
+        # a masked class (-inf logit) contributes 0 where its soft label is 0
+        per = -torch.where(soft != 0, soft * log_p, torch.zeros_like(log_p)).sum(1)
+    return reduce(bag_means(per, bag_index, n_bags), reduction)
+
+
+@register(
+    "easyllp", family="aggregate-labels", kind="bags", paper="Easy Learning from Label "
+    "Proportions", arxiv="2302.03115",
+    summary="instance loss on soft labels k (alpha_bag - p) + p (unbiased over i.i.d. bags)",
+    reduction="per bag",
+)
+class EasyLLPLoss(LossModule, function=easyllp_loss, check=_check_easyllp):
+    """Module form of :func:`easyllp_loss`."""
+
+
+def proportion_loss(
+    pred: Tensor,
+    bag_index: Tensor,
+    bag_target: Tensor,
+    *,
+    base: LLPBase = "ce",
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Proportion loss of learning from label proportions: the KL divergence from each bag's
+    label proportion to its mean predicted distribution.
+
+    .. math::
+        L = \sum_a \mathrm{KL}\big(\alpha_a \,\Vert\, \bar h_a\big)
+          = \sum_a \sum_c \alpha_{a,c} \log\frac{\alpha_{a,c}}{\bar h_{a,c}},\qquad
+        \bar h_a = \frac{1}{|a|}\sum_{i \in a} \mathrm{softmax}(f(x_i))
+
+    (binary ``"bce"``: the two-class KL of the fraction of positives against the mean
+    sigmoid). It is the bag-level cross-entropy (:func:`bag_level_loss`) minus the entropy of
+    the proportions, so it is 0 exactly when the bag's mean prediction matches the proportion.
+
+    Args:
+        pred, bag_index, bag_target: as :func:`easyllp_loss`.
+        base: ``"ce"`` (default) or ``"bce"``.
+        reduction: ``"mean"`` over bags, ``"sum"``, or ``"none"`` (``[B]``).
+
+    Returns:
+        The loss, float32 for half inputs.
+
+    Paper: Ardehaly, Culotta, "Co-training for Demographic Classification Using Deep Learning
+    from Label Proportions" (DLLP), arXiv 1709.04108.
+    """
+    _check_proportion(base=base)
+    bag_index = _validate(pred, bag_index, bag_target, base)
+    per = _per_bag(pred, bag_index, bag_target, base, "bag")
+    t = bag_target.to(compute_dtype(pred.dtype))
+
+    def neg_entropy(q: Tensor) -> Tensor:
+        return torch.where(q > 0, q * torch.where(q > 0, q, torch.ones_like(q)).log(),
+                           torch.zeros_like(q))
+
+    if base == "bce":
+        h = (neg_entropy(t) + neg_entropy(1 - t)).reshape(t.shape[0], -1).sum(1)
+    else:
+        h = neg_entropy(t).sum(1)
+    return reduce(per + h, reduction)
+
+
+@register(
+    "proportion", family="aggregate-labels", kind="bags", paper="Co-training for Demographic "
+    "Classification Using Deep Learning from Label Proportions", arxiv="1709.04108",
+    summary="sum_a KL(alpha_a || mean_{i in a} softmax(f(x_i)))",
+    reduction="per bag",
+)
+class ProportionLoss(LossModule, function=proportion_loss, check=_check_proportion):
+    """Module form of :func:`proportion_loss`."""
 
 
 def random_bags(n: int, bag_size: int, *, generator: torch.Generator | None = None) -> Tensor:

@@ -9,11 +9,15 @@ from losslab.metrics.classification import (
 )
 from losslab.metrics.fewshot import mean_confidence_interval
 from losslab.metrics.icnn import icnn_score
+from losslab.metrics.regression import balanced_mae, bin_edges, concordance_index
 from losslab.metrics.retrieval import epsilon_opis, opis, retrieval_metrics
 
 __all__ = [
     "accuracy",
     "adaptive_calibration_error",
+    "balanced_mae",
+    "bin_edges",
+    "concordance_index",
     "epsilon_opis",
     "expected_calibration_error",
     "icnn_score",

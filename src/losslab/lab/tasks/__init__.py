@@ -9,6 +9,12 @@ __all__ = ["TASKS", "Job", "Option", "Progress", "ReportColumn", "Task", "availa
            "get_task"]
 
 
+def _aggregate() -> type[Task]:
+    from losslab.lab.tasks.aggregate import AggregateTask
+
+    return AggregateTask
+
+
 def _fewshot() -> type[Task]:
     from losslab.lab.tasks.fewshot import FewShotTask
 
@@ -27,8 +33,15 @@ def _retrieval() -> type[Task]:
     return RetrievalTask
 
 
+def _regression() -> type[Task]:
+    from losslab.lab.tasks.regression import RegressionTask
+
+    return RegressionTask
+
+
 #: name -> zero-argument callable returning the task class (imported lazily).
-TASKS = {"fewshot": _fewshot, "noisy": _noisy, "retrieval": _retrieval}
+TASKS = {"fewshot": _fewshot, "noisy": _noisy, "retrieval": _retrieval,
+         "regression": _regression, "aggregate": _aggregate}
 
 
 def available_tasks() -> list[str]:
