@@ -11,6 +11,8 @@ arguments), and hands them to :func:`fit`, which
 * calls ``evaluate(model)`` after each epoch (a validation score, higher is better) and keeps
   the state of the best epoch in memory, restored at the end (``keep_best``; the first of equal
   scores wins); without ``evaluate`` the last state is kept;
+* reports each epoch's mean loss (and terms, and validation score) to ``progress.epoch_end``
+  when the progress object has one (the runner records them as the job's curves);
 * shows one progress bar over all steps, with the epoch, its mean loss and the validation
   score as postfix;
 * returns a :class:`FitResult`: the epoch of the returned state, the last epoch's mean loss, the
@@ -237,6 +239,13 @@ def fit(
                 if best_score is not None:
                     postfix["best"] = f"{best_score:.1f}@{best_epoch}"
             bar.set_postfix(**postfix)
+            epoch_end = getattr(progress, "epoch_end", None)  # the runner's curve recorder
+            if epoch_end is not None:
+                values = {"train_loss": epoch_losses[-1],
+                          **{f"term/{k}": v for k, v in terms.items()}}
+                if evaluate is not None:
+                    values["val_score"] = scores[-1]
+                epoch_end(epoch, values)
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
