@@ -192,3 +192,51 @@ def test_submitit_local_executor_runs_a_tiny_config(tmp_path, tiny_config):
                     executor=make_executor("slurm", cluster="local", parallel=2))
     assert _metrics(out) == _metrics(local) and len(_metrics(out)) == 1
     assert any((out / "submitit").rglob("*_log.out"))
+
+
+def _submitit_jobs() -> list[int]:
+    """Pids of this test's submitit job processes (``python -m submitit.core._submit``)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"submitit.core._submit" in cmd and _descends_from(int(d.name), os.getpid()):
+            out.append(int(d.name))
+    return out
+
+
+@pytest.mark.slow
+def test_submitit_job_killed_mid_run_is_submitted_again_and_recorded_once(tmp_path,
+                                                                         tiny_config, capsys):
+    """kill -9 of a submitit job process: it ended without a result, so the executor submits
+    it again (bounded), and the job ends exactly once in results.jsonl."""
+    pytest.importorskip("submitit")
+    task, cfg = tiny_config(losses=["protonet"])
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.is_set() and not killed:
+            pids = _submitit_jobs()
+            if pids:
+                time.sleep(0.5)  # mid-job: the process is importing or training
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        out = run_bench(task, cfg, tmp_path, quiet=True, report=False,
+                        executor=make_executor("slurm", cluster="local", max_retries=1))
+    finally:
+        stop.set()
+        t.join()
+    assert killed
+    assert "ended without a result; submitting it again (try 2 of 2)" in capsys.readouterr().out
+    assert [r["job_id"] for r in read_rows(out / "results.jsonl")] == [
+        j.job_id for j in plan_jobs(task, cfg)]

@@ -145,6 +145,10 @@ class SlurmExecutor:
                         job, sj = in_flight.pop(key)
                         try:
                             res = sj.result()
+                        except FailedJobError as e:  # the job raised: stop, as locally
+                            # (FailedJobError subclasses UncompletedJobError: caught first)
+                            raise RuntimeError(f"job {label(job)} failed (submitit job "
+                                               f"{sj.job_id}): {e}") from None
                         except UncompletedJobError as e:  # no result: died, killed, timed out
                             if tries[key] > self.max_retries:
                                 raise RuntimeError(
@@ -156,9 +160,6 @@ class SlurmExecutor:
                                          f"{tries[key] + 1} of {self.max_retries + 1})")
                             queue.insert(0, job)
                             continue
-                        except FailedJobError as e:  # the job raised: stop, as locally
-                            raise RuntimeError(f"job {label(job)} failed (submitit job "
-                                               f"{sj.job_id}): {e}") from None
                         if res.job.job_id in seen:
                             continue
                         seen.add(res.job.job_id)
