@@ -120,6 +120,9 @@ def test_ray_runs_a_tiny_config_like_the_local_executor(tmp_path, tiny_config, r
     rows = read_rows(ray_run / "results.jsonl")
     assert all(r["device"] == "cpu" and len(r["curves"]["train_loss"]) == cfg["epochs"]
                for r in rows)
+    for r in rows:  # the curves are fit's per-epoch numbers: the last loss, the best val score
+        assert r["curves"]["train_loss"][-1] == r["metrics"]["train_loss"]
+        assert max(r["curves"]["val_score"]) == r["metrics"]["val_acc"]
     assert ray_cluster.is_initialized()  # a cluster the executor did not start stays up
     before = (ray_run / "results.jsonl").read_bytes()
     run_bench(task, cfg, ray_run, quiet=True, report=False, executor=make_executor("ray"))
@@ -154,6 +157,32 @@ def test_ray_worker_killed_mid_job_is_retried_and_recorded_once(tmp_path, tiny_c
     rows = read_rows(out / "results.jsonl")
     ids = [r["job_id"] for r in rows]
     assert sorted(ids) == sorted(j.job_id for j in plan_jobs(task, cfg))  # each exactly once
+
+
+@pytest.mark.slow
+def test_ray_retries_are_bounded(tmp_path, tiny_config, ray_cluster):
+    """max_retries=0 and the worker killed: the run stops with a message naming the job (no
+    endless retry), and nothing is recorded for it."""
+    task, cfg = tiny_config(losses=["protonet"], epochs=2, episodes_per_epoch=6)
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            pids = _job_workers()
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    with pytest.raises(RuntimeError, match=r"job \[1/1\] protonet .* failed on ray after 0 "
+                       "retries"):
+        run_bench(task, cfg, tmp_path, quiet=True, report=False,
+                  executor=make_executor("ray", max_retries=0))
+    t.join()
+    assert killed and read_rows(tmp_path / "results.jsonl") == []
 
 
 def test_ray_ctrl_c_cancels_the_jobs_in_flight(tmp_path, tiny_config, ray_cluster):
