@@ -157,3 +157,30 @@ def test_a_failed_log_is_a_warning_and_the_next_run_backfills(tmp_path, tiny_con
     assert [r.data.tags["job_id"] for r in runs] == [
         read_rows(tmp_path / "results.jsonl")[0]["job_id"]]
     assert not math.isnan(runs[0].data.metrics["test_acc"])
+
+
+def test_a_diverged_row_is_logged_with_its_nan_metrics_and_message(tmp_path):
+    """A diverged job (NaN metrics, a message, a curve cut short) is logged, not refused."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from losslab.lab.tasks import get_task
+
+    row = {"job_id": "0123456789abcdef", "task": "fewshot", "loss": "protonet",
+           "setting": {"shot": 1}, "setting_label": "3-way 1-shot", "seed": 4,
+           "metrics": {"test_acc": math.nan, "icnn": math.nan}, "seconds": 0.5,
+           "curves": {"train_loss": [1.5]}, "diverged": "non-finite loss at epoch 2, step 1"}
+    ml, tb = MLflowTracker(), TensorBoardTracker()
+    trackers = ManyTrackers([ml, tb])
+    trackers.open(tmp_path, get_task("fewshot"), {"way": 3}, {"task": "fewshot"})
+    assert trackers.sync([row]) == 2 and trackers.sync([row]) == 0  # logged once each
+    trackers.close()
+    _, runs = _runs(tmp_path)
+    (run,) = runs
+    assert run.data.tags["diverged"] == row["diverged"]
+    assert math.isnan(run.data.metrics["test_acc"]) and run.data.metrics["seconds"] == 0.5
+    acc = EventAccumulator(str(tb.job_dir(row)))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("train_loss")] == [1.5]
+    assert math.isnan(acc.Scalars("final/test_acc")[0].value)
