@@ -269,3 +269,26 @@ def test_submitit_job_killed_mid_run_is_submitted_again_and_recorded_once(tmp_pa
     assert "ended without a result; submitting it again (try 2 of 2)" in capsys.readouterr().out
     assert [r["job_id"] for r in read_rows(out / "results.jsonl")] == [
         j.job_id for j in plan_jobs(task, cfg)]
+
+
+def test_cli_flags_reach_the_executor_and_the_trackers():
+    pytest.importorskip("ray")
+    import argparse
+
+    from losslab.lab.cli import _executor_and_tracker, add_bench_parser
+    from losslab.lab.executors.ray import RayExecutor
+    from losslab.lab.tracking import ManyTrackers, MLflowTracker, TensorBoardTracker
+
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "fewshot", "--executor", "ray", "--address", "auto",
+                              "--cpus-per-job", "4", "--gpus-per-job", "1", "--max-retries",
+                              "5", "--track", "mlflow:sqlite:///m.db", "--track",
+                              "tensorboard"])
+    ex, tr = _executor_and_tracker(args)
+    assert isinstance(ex, RayExecutor)
+    assert (ex.address, ex.cpus_per_job, ex.gpus_per_job, ex.max_retries) == ("auto", 4, 1, 5)
+    assert isinstance(tr, ManyTrackers)
+    ml, tb = tr.trackers
+    assert isinstance(ml, MLflowTracker) and ml.uri == "sqlite:///m.db"
+    assert isinstance(tb, TensorBoardTracker) and tb.logdir is None
