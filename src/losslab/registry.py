@@ -199,8 +199,8 @@ def _call(self: LossModule, *inputs: Any, **keywords: Any) -> Any:
 
 
 def _forward_logits(self: LossModule, logits: Tensor, target: Tensor, *,
-                    index: Tensor | None = None) -> Tensor:
-    return _call(self, logits, target, index=index)
+                    index: Tensor | None = None, token_weight: Tensor | None = None) -> Tensor:
+    return _call(self, logits, target, index=index, token_weight=token_weight)
 
 
 def _forward_embeddings(self: LossModule, embeddings: Tensor, labels: Tensor, *,
