@@ -134,6 +134,10 @@ from losslab.losses.sequence import (
     LinearCrossEntropyLoss,
     LogZPenaltyLoss,
 )
+from losslab.losses.tokens import (
+    CoverageCELoss,
+    EISLLoss,
+)
 from losslab.registry import LossSpec, available, create, spec
 
 __version__ = "0.1.0"
@@ -159,11 +163,13 @@ __all__ = [
     "ContrastiveLoss",
     "CosFaceLoss",
     "CosineAlignmentLoss",
+    "CoverageCELoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
     "DPOLoss",
     "DiceLoss",
     "DiceSemimetricLoss",
+    "EISLLoss",
     "EasyLLPLoss",
     "FocalLoss",
     "FocalTverskyLoss",

@@ -133,6 +133,10 @@ from losslab.losses.sequence import (
     linear_cross_entropy_loss,
     logz_penalty_loss,
 )
+from losslab.losses.tokens import (
+    coverage_ce_loss,
+    eisl_loss,
+)
 
 
 def _deprecated(old: str, new: Callable[..., Any]) -> Callable[..., Any]:
@@ -167,6 +171,7 @@ __all__ = [
     "contrastive_loss",
     "cosface_loss",
     "cosine_alignment_loss",
+    "coverage_ce_loss",
     "cpo_loss",
     "crammer_singer_loss",
     "cross_entropy_loss",
@@ -175,6 +180,7 @@ __all__ = [
     "dice_semimetric_loss",
     "dpo_loss",
     "easyllp_loss",
+    "eisl_loss",
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",

@@ -18,6 +18,7 @@ from losslab.losses import (
     robust,
     segmentation,
     sequence,
+    tokens,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "robust",
     "segmentation",
     "sequence",
+    "tokens",
 ]
