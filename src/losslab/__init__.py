@@ -136,7 +136,10 @@ from losslab.losses.sequence import (
 )
 from losslab.losses.tokens import (
     CoverageCELoss,
+    Dist2Loss,
     EISLLoss,
+    EMOLoss,
+    NumberTokenLoss,
 )
 from losslab.registry import LossSpec, available, create, spec
 
@@ -169,7 +172,9 @@ __all__ = [
     "DPOLoss",
     "DiceLoss",
     "DiceSemimetricLoss",
+    "Dist2Loss",
     "EISLLoss",
+    "EMOLoss",
     "EasyLLPLoss",
     "FocalLoss",
     "FocalTverskyLoss",
@@ -208,6 +213,7 @@ __all__ = [
     "NFLRCELoss",
     "NPairsLoss",
     "NormalizedSoftmaxLoss",
+    "NumberTokenLoss",
     "ORPOLoss",
     "OrdinalLoss",
     "Poly1Loss",

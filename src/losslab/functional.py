@@ -135,7 +135,10 @@ from losslab.losses.sequence import (
 )
 from losslab.losses.tokens import (
     coverage_ce_loss,
+    dist2_loss,
     eisl_loss,
+    emo_loss,
+    number_token_loss,
 )
 
 
@@ -178,9 +181,11 @@ __all__ = [
     "cs_ib_loss",
     "dice_loss",
     "dice_semimetric_loss",
+    "dist2_loss",
     "dpo_loss",
     "easyllp_loss",
     "eisl_loss",
+    "emo_loss",
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
@@ -217,6 +222,7 @@ __all__ = [
     "nfl_rce_loss",
     "normalized_softmax_loss",
     "npairs_loss",
+    "number_token_loss",
     "ordinal_loss",
     "orpo_loss",
     "poly1_loss",

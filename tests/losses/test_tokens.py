@@ -183,3 +183,191 @@ def test_tokens_kind_bad_inputs_name_the_argument():
         LF.coverage_ce_loss(x, y.float())
     with pytest.raises(ValueError, match="token ids"):
         LF.coverage_ce_loss(x, y + 10)
+
+
+# --------------------------------------------------------------------------------------------
+# emo
+# --------------------------------------------------------------------------------------------
+
+
+def emb_matrix(v=5, d=3, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(v, d, generator=g, dtype=D)
+
+
+def test_emo_demd_oracle_and_mle_mix():
+    x, y = rand_batch()
+    y[0, 1] = -100
+    e = emb_matrix()
+    lp = log_softmax_rows(x)
+    norms = [math.sqrt(sum(float(c) ** 2 for c in e[k])) for k in range(5)]
+
+    def cos(a, b):
+        return sum(float(e[a, i]) * float(e[b, i]) for i in range(3)) / (norms[a] * norms[b])
+
+    demd = torch.zeros(3, 6, dtype=D)
+    ce = torch.zeros(3, 6, dtype=D)
+    for b in range(3):
+        for t in range(6):
+            yt = int(y[b, t])
+            if yt == -100:
+                continue
+            demd[b, t] = sum(math.exp(lp[b][t][k]) * (1 - cos(k, yt)) for k in range(5))
+            ce[b, t] = -lp[b][t][yt]
+    close(LF.emo_loss(x, y, cost_embedding=e, mle=False, reduction="none"), demd)
+    close(LF.emo_loss(x, y, cost_embedding=e, mle=False), demd.sum() / 17)
+    # mle=True: value equals CE; gradient (CE grad + (CE/DEMD) DEMD grad) / 2
+    mix = LF.emo_loss(x, y, cost_embedding=e, reduction="none")
+    close(mix, ce)
+    g_mix, = torch.autograd.grad(mix.sum(), x)
+    demd_t = LF.emo_loss(x, y, cost_embedding=e, mle=False, reduction="none")
+    ce_t = torch.nn.functional.cross_entropy(x.transpose(1, 2), y, reduction="none")
+    ratio = (ce_t / (demd_t + 1e-10)).detach()
+    g_ref, = torch.autograd.grad((0.5 * (ce_t + ratio * demd_t)).sum(), x)
+    close(g_mix, g_ref)
+
+
+def test_emo_properties():
+    x, y = rand_batch(n=2, t=3)
+    e = emb_matrix()
+    # identical embeddings: transport is free, DEMD = 0; scaling rows changes nothing
+    same = torch.ones(5, 3, dtype=D)
+    close(LF.emo_loss(x, y, cost_embedding=same, mle=False, reduction="none"),
+          torch.zeros(2, 3, dtype=D), atol=1e-12, rtol=0)
+    scaled = e * torch.tensor([1.0, 2.0, 0.5, 3.0, 7.0], dtype=D).unsqueeze(1)
+    close(LF.emo_loss(x, y, cost_embedding=scaled, mle=False),
+          LF.emo_loss(x, y, cost_embedding=e, mle=False))
+    # orthonormal embeddings: DEMD = 1 - p_y (total variation to the one-hot target)
+    eye = torch.eye(5, dtype=D)
+    py = torch.softmax(x, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    close(LF.emo_loss(x, y, cost_embedding=eye, mle=False, reduction="none"), 1 - py)
+    # exact gradient without the MLE mix; the cost is a constant
+    e_req = e.clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda z: LF.emo_loss(z, y, cost_embedding=e_req, mle=False), (x,))
+    LF.emo_loss(x, y, cost_embedding=e_req).backward()
+    assert e_req.grad is None
+    m = losslab.create("emo", cost_embedding=e)
+    assert "cost_embedding" in m.state_dict()
+    close(m(x, y), LF.emo_loss(x, y, cost_embedding=e))
+    with pytest.raises(ValueError, match="cost_embedding"):
+        LF.emo_loss(x, y, cost_embedding=e[:4])
+
+
+# --------------------------------------------------------------------------------------------
+# number_token
+# --------------------------------------------------------------------------------------------
+
+NAN = float("nan")
+VALUES = torch.tensor([NAN, 0.0, 1.0, 2.0, 5.0, NAN], dtype=D)  # token 4 means "5"
+
+
+def ntl_oracle(x, y, values, variant):
+    out = torch.zeros(y.shape, dtype=D)
+    nums = [k for k in range(len(values)) if not math.isnan(float(values[k]))]
+    for b in range(y.shape[0]):
+        for t in range(y.shape[1]):
+            yt = int(y[b, t])
+            if yt == -100 or math.isnan(float(values[yt])):
+                continue
+            z = [float(x[b, t, k]) for k in nums]
+            m = max(z)
+            w = [math.exp(v - m) for v in z]
+            s = sum(w)
+            p = [wi / s for wi in w]
+            target = float(values[yt])
+            if variant == "wasserstein":
+                out[b, t] = sum(pk * abs(float(values[k]) - target)
+                                for pk, k in zip(p, nums, strict=True))
+            else:
+                yhat = sum(pk * float(values[k]) for pk, k in zip(p, nums, strict=True))
+                out[b, t] = (yhat - target) ** 2
+    return out
+
+
+@pytest.mark.parametrize("variant", ["wasserstein", "mse"])
+def test_number_token_oracle(variant):
+    x, y = rand_batch(v=6, seed=3)
+    y[0, 0] = -100
+    ref = ntl_oracle(x, y, VALUES, variant)
+    out = LF.number_token_loss(x, y, number_values=VALUES, variant=variant, reduction="none")
+    close(out, ref)
+    at_num = (y != -100) & ~torch.isnan(VALUES[y.clamp(min=0)])
+    close(LF.number_token_loss(x, y, number_values=VALUES, variant=variant),
+          ref.sum() / at_num.sum())
+    tw = torch.rand(3, 6, generator=torch.Generator().manual_seed(2), dtype=D)
+    w = torch.where(at_num, tw, torch.zeros_like(tw))
+    close(LF.number_token_loss(x, y, number_values=VALUES, variant=variant, token_weight=tw),
+          (w * ref).sum() / w.sum())
+
+
+def test_number_token_wasserstein_is_cdf_l1_and_properties():
+    """W1 to a point mass = L1 between CDFs on the sorted support; the MSE variant is 0 when
+    the expected value hits the target; no number target -> 0 with zero gradient."""
+    x, y = rand_batch(n=1, t=1, v=6, seed=5)
+    y[0, 0] = 3  # value 2
+    p = torch.softmax(x[0, 0, 1:5], -1).detach()
+    support = torch.tensor([0.0, 1.0, 2.0, 5.0], dtype=D)
+    cdf_p = torch.cumsum(p, 0)
+    cdf_t = (support >= 2.0).to(D)
+    w1 = ((cdf_p - cdf_t).abs()[:-1] * (support[1:] - support[:-1])).sum()
+    close(LF.number_token_loss(x, y, number_values=VALUES), w1)
+    z = torch.full((1, 1, 6), -30.0, dtype=D)
+    z[0, 0, 2] = z[0, 0, 4] = 0.0  # p = 1/2 on "1" and on "5": expectation 3
+    vals = VALUES.clone()
+    vals[3] = 3.0
+    close(LF.number_token_loss(z, torch.tensor([[3]]), number_values=vals, variant="mse"),
+          0.0, atol=1e-20, rtol=0)
+    x2 = x.detach().clone().requires_grad_()
+    out = LF.number_token_loss(x2, torch.tensor([[5]]), number_values=VALUES)
+    out.backward()
+    assert x2.grad is not None
+    assert float(out) == 0.0 and torch.count_nonzero(x2.grad) == 0
+    with pytest.raises(ValueError, match="number_values"):
+        LF.number_token_loss(x, y)
+    with pytest.raises(ValueError, match="number_values"):
+        LF.number_token_loss(x, y, number_values=VALUES[:4])
+
+
+# --------------------------------------------------------------------------------------------
+# dist2
+# --------------------------------------------------------------------------------------------
+
+
+def test_dist2_oracle():
+    x, y = rand_batch(v=6, seed=7)
+    y[1, 2] = -100
+    tau = 0.7
+    lp = log_softmax_rows(x)
+    metric = [k for k in range(6) if not math.isnan(float(VALUES[k]))]
+    ref = torch.zeros(3, 6, dtype=D)
+    for b in range(3):
+        for t in range(6):
+            yt = int(y[b, t])
+            if yt == -100:
+                continue
+            if yt not in metric:
+                ref[b, t] = -lp[b][t][yt]
+                continue
+            w = {k: math.exp(-abs(float(VALUES[k]) - float(VALUES[yt])) / tau) for k in metric}
+            z = sum(w.values())
+            ref[b, t] = -sum(w[k] / z * lp[b][t][k] for k in metric)
+    close(LF.dist2_loss(x, y, token_values=VALUES, temperature=tau, reduction="none"), ref)
+    close(LF.dist2_loss(x, y, token_values=VALUES, temperature=tau), ref.sum() / 17)
+
+
+def test_dist2_small_temperature_is_cross_entropy_and_near_misses_cost_less():
+    x, y = rand_batch(v=6, seed=8)
+    ce = torch.nn.functional.cross_entropy(x.transpose(1, 2), y)
+    close(LF.dist2_loss(x, y, token_values=VALUES, temperature=1e-3), ce)
+    # target "2" (token 3): predicting "1" (token 2) costs less than predicting "5" (token 4)
+    near = torch.full((1, 1, 6), -5.0, dtype=D)
+    near[0, 0, 2] = 5.0
+    far = torch.full((1, 1, 6), -5.0, dtype=D)
+    far[0, 0, 4] = 5.0
+    t = torch.tensor([[3]])
+    assert float(LF.dist2_loss(near, t, token_values=VALUES)) < float(
+        LF.dist2_loss(far, t, token_values=VALUES))
+    ce_near = torch.nn.functional.cross_entropy(near[0], t[0])
+    ce_far = torch.nn.functional.cross_entropy(far[0], t[0])
+    close(ce_near, ce_far)  # CE cannot tell them apart
