@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -148,7 +149,7 @@ def test_cross_entropy_logz_penalty_and_token_weight_oracle(use_w, ls, use_tw):
     w = [0.5, 1.0, 2.0, 1.5, 0.7] if use_w else None
     tw = torch.rand(9, generator=torch.Generator().manual_seed(5), dtype=D) if use_tw else None
     mean, zmean, per, per_z = _ce_zloss_oracle(x, t, w, tw, 0.01, ls)
-    kw = dict(weight=w, label_smoothing=ls, logz_penalty=0.01, token_weight=tw)
+    kw: dict[str, Any] = dict(weight=w, label_smoothing=ls, logz_penalty=0.01, token_weight=tw)
     loss, z = LF.cross_entropy_loss(x, t, return_z_loss=True, **kw)
     close(loss, torch.tensor(mean, dtype=D))
     close(z, torch.tensor(zmean, dtype=D))
@@ -192,6 +193,7 @@ def test_cross_entropy_matches_linear_cross_entropy_options(use_w, ls):
         b = LF.linear_cross_entropy_loss(h, wt, t, class_weight=cw, label_smoothing=ls,
                                          logz_penalty=0.05, token_weight=tw,
                                          reduction=reduction)
+        assert isinstance(b, torch.Tensor)
         close(a, b)
         ga, = torch.autograd.grad(a.sum(), h)
         gb, = torch.autograd.grad(b.sum(), h)
@@ -221,6 +223,7 @@ def test_cross_entropy_token_weight_all_zero_or_all_ignored_is_zero():
     loss = LF.cross_entropy_loss(x, t, token_weight=torch.zeros(7, dtype=D), logz_penalty=0.1)
     assert float(loss) == 0.0
     loss.backward()
+    assert x.grad is not None
     assert torch.count_nonzero(x.grad) == 0
 
 

@@ -24,7 +24,7 @@ The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +126,22 @@ def _token_weight_items(token_weight: Tensor | None, batch: LogitsBatch) -> Tens
         raise ValueError(f"token_weight must be on the logits' device {batch.logits.device}, "
                          f"got {token_weight.device}")
     return token_weight.reshape(-1).to(batch.logits.dtype)
+
+
+@overload
+def cross_entropy_loss(
+    logits: Tensor, target: Tensor, *, weight: Weights = ..., ignore_index: int = ...,
+    label_smoothing: float = ..., logz_penalty: float = ..., token_weight: Tensor | None = ...,
+    return_z_loss: Literal[False] = ..., reduction: Reduction = ...,
+) -> Tensor: ...
+
+
+@overload
+def cross_entropy_loss(
+    logits: Tensor, target: Tensor, *, weight: Weights = ..., ignore_index: int = ...,
+    label_smoothing: float = ..., logz_penalty: float = ..., token_weight: Tensor | None = ...,
+    return_z_loss: Literal[True], reduction: Reduction = ...,
+) -> tuple[Tensor, Tensor]: ...
 
 
 def cross_entropy_loss(
