@@ -84,6 +84,7 @@ from losslab.losses.preference import (
     DPOLoss,
     IPOLoss,
     KTOLoss,
+    NormalizedPreferenceLoss,
     ORPOLoss,
     SimPOLoss,
 )
@@ -212,6 +213,7 @@ __all__ = [
     "NFLLoss",
     "NFLRCELoss",
     "NPairsLoss",
+    "NormalizedPreferenceLoss",
     "NormalizedSoftmaxLoss",
     "NumberTokenLoss",
     "ORPOLoss",

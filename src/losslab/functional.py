@@ -83,6 +83,7 @@ from losslab.losses.preference import (
     dpo_loss,
     ipo_loss,
     kto_loss,
+    normalized_preference_loss,
     orpo_loss,
     simpo_loss,
 )
@@ -220,6 +221,7 @@ __all__ = [
     "nce_rce_loss",
     "nfl_loss",
     "nfl_rce_loss",
+    "normalized_preference_loss",
     "normalized_softmax_loss",
     "npairs_loss",
     "number_token_loss",

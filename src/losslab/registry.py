@@ -56,7 +56,8 @@ KINDS: Mapping[str, str] = MappingProxyType(
         "regression": "(pred[N,...], target[N,...], *, features=None, weights=None, "
         "inputs=None)",
         "preference": "(policy_chosen[N], policy_rejected[N], *, ref_chosen=None, "
-        "ref_rejected=None, chosen_length=None, rejected_length=None, reference_point=None)",
+        "ref_rejected=None, chosen_length=None, rejected_length=None, reference_point=None, "
+        "chosen_grad_norm=None, rejected_grad_norm=None)",
         "tokens": "(logits[N,T,V], target[N,T], *, token_weight=None)",
     }
 )
@@ -262,10 +263,13 @@ def _forward_preference(self: LossModule, policy_chosen: Tensor, policy_rejected
                         ref_chosen: Tensor | None = None, ref_rejected: Tensor | None = None,
                         chosen_length: Tensor | None = None,
                         rejected_length: Tensor | None = None,
-                        reference_point: Tensor | float | None = None) -> Tensor:
+                        reference_point: Tensor | float | None = None,
+                        chosen_grad_norm: Tensor | None = None,
+                        rejected_grad_norm: Tensor | None = None) -> Tensor:
     return _call(self, policy_chosen, policy_rejected, ref_chosen=ref_chosen,
                  ref_rejected=ref_rejected, chosen_length=chosen_length,
-                 rejected_length=rejected_length, reference_point=reference_point)
+                 rejected_length=rejected_length, reference_point=reference_point,
+                 chosen_grad_norm=chosen_grad_norm, rejected_grad_norm=rejected_grad_norm)
 
 
 def _forward_tokens(self: LossModule, logits: Tensor, target: Tensor, *,

@@ -157,6 +157,9 @@ def make_call(
             call.kwargs["chosen_length"] = torch.tensor([3, 1, 4, 1, 5, 9])
         if "rejected_length" in keywords:
             call.kwargs["rejected_length"] = torch.tensor([2, 6, 5, 3, 5, 8])
+        if "chosen_grad_norm" in keywords:  # detached per-pair gradient norms
+            call.kwargs["chosen_grad_norm"] = torch.rand(n, generator=g).to(dtype) + 0.5
+            call.kwargs["rejected_grad_norm"] = torch.rand(n, generator=g).to(dtype) + 0.5
         return _finish(spec, call, n)
     if k == "tokens":
         V = int(spec.example_hparams.get("vocab_size", 7))

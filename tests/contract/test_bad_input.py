@@ -159,7 +159,8 @@ def _empty_call(s: LossSpec) -> Call:
         args[0], args[2] = args[0][:0].detach().requires_grad_(), args[2][:0]
     elif k == "preference":
         args = [args[0][:0].detach().requires_grad_(), args[1][:0].detach().requires_grad_()]
-        for key in ("ref_chosen", "ref_rejected", "chosen_length", "rejected_length"):
+        for key in ("ref_chosen", "ref_rejected", "chosen_length", "rejected_length",
+                    "chosen_grad_norm", "rejected_grad_norm"):
             if key in kw:
                 kw[key] = kw[key][:0]
     elif k == "tokens":

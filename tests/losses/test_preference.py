@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import losslab
 from losslab import functional as LF
-from losslab.losses.preference import kto_reference_point, log1mexp
+from losslab.losses.preference import kto_reference_point, log1mexp, logprob_gradient_stats
 
 D = torch.float64
 N = 7
@@ -304,3 +304,55 @@ def test_modules_match_functions(pairs):
           LF.kto_loss(pc, pr, ref_chosen=rc, ref_rejected=rr, reference_point=0.2))
     close(losslab.create("orpo")(pc, pr, chosen_length=lc, rejected_length=lr),
           LF.orpo_loss(pc, pr, chosen_length=lc, rejected_length=lr))
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient entanglement
+# --------------------------------------------------------------------------------------------
+
+
+def _toy_policy(seed=0):
+    """A log-linear policy over 4 responses per prompt: log pi = log_softmax(features @ theta)."""
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(3, generator=g, dtype=D, requires_grad=True)
+    feats = torch.randn(5, 4, 3, generator=g, dtype=D)
+    logp = torch.log_softmax(feats @ theta, -1)  # [5 prompts, 4 responses]
+    return theta, feats, logp[:, 0], logp[:, 1]
+
+
+def test_logprob_gradient_stats_match_loops():
+    theta, _feats, pc, pr = _toy_policy()
+    nw, nl, inner = logprob_gradient_stats(pc, pr, [theta])
+    for i in range(5):
+        gw, = torch.autograd.grad(pc[i], theta, retain_graph=True)
+        gl, = torch.autograd.grad(pr[i], theta, retain_graph=True)
+        close(nw[i], gw.norm())
+        close(nl[i], gl.norm())
+        close(inner[i], gw @ gl)
+    assert not nw.requires_grad
+
+
+def test_normalized_preference_gradient_is_the_pairwise_normalised_direction():
+    theta, _feats, pc, pr = _toy_policy(1)
+    rc = torch.full((5,), -1.4, dtype=D)
+    rr = torch.full((5,), -1.3, dtype=D)
+    beta = 0.5
+    nw, nl, _ = logprob_gradient_stats(pc, pr, [theta])
+    loss = LF.normalized_preference_loss(pc, pr, ref_chosen=rc, ref_rejected=rr,
+                                         chosen_grad_norm=nw, rejected_grad_norm=nl,
+                                         beta=beta, eps=1e-12, reduction="sum")
+    g, = torch.autograd.grad(loss, theta, retain_graph=True)
+    ref = torch.zeros(3, dtype=D)
+    for i in range(5):
+        gw, = torch.autograd.grad(pc[i], theta, retain_graph=True)
+        gl, = torch.autograd.grad(pr[i], theta, retain_graph=True)
+        m = float((pc[i] - rc[i]) / nw[i] - (pr[i] - rr[i]) / nl[i])
+        ref -= beta * (1 - sig(beta * m)) * (gw / gw.norm() - gl / gl.norm())
+    close(g, ref)
+    # without norms it is DPO
+    close(LF.normalized_preference_loss(pc, pr, ref_chosen=rc, ref_rejected=rr),
+          LF.dpo_loss(pc, pr, ref_chosen=rc, ref_rejected=rr))
+    with pytest.raises(ValueError, match="given together"):
+        LF.normalized_preference_loss(pc, pr, chosen_grad_norm=nw)
+    with pytest.raises(ValueError, match=">= 0"):
+        LF.normalized_preference_loss(pc, pr, chosen_grad_norm=-nw, rejected_grad_norm=nl)

@@ -17,6 +17,8 @@ ref_rejected=None, chosen_length=None, rejected_length=None, reference_point=Non
   the NLL term of ``cpo`` as TRL normalises them) divide by them; ``None`` means the inputs
   are already what the method needs (length 1).
 * ``reference_point``: KTO's :math:`z_0` (see :func:`kto_reference_point`).
+* ``chosen_grad_norm`` / ``rejected_grad_norm``: the per-pair gradient norms of the
+  log-probs that ``normalized_preference`` divides by (:func:`logprob_gradient_stats`).
 
 Every loss returns one value per pair (``reduction="none"`` -> ``[N]``; ``"mean"`` averages
 over pairs, as TRL does). fp16/bf16 inputs are computed in float32 and return float32.
@@ -47,6 +49,7 @@ __all__ = [
     "DPOLoss",
     "IPOLoss",
     "KTOLoss",
+    "NormalizedPreferenceLoss",
     "ORPOLoss",
     "SimPOLoss",
     "cpo_loss",
@@ -55,6 +58,8 @@ __all__ = [
     "kto_loss",
     "kto_reference_point",
     "log1mexp",
+    "logprob_gradient_stats",
+    "normalized_preference_loss",
     "orpo_loss",
     "simpo_loss",
 ]
@@ -557,3 +562,125 @@ def orpo_loss(
 )
 class ORPOLoss(LossModule, function=orpo_loss, check=_check_beta):
     """Module form of :func:`orpo_loss`."""
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient entanglement: pairwise-normalised preference optimisation and its diagnostic
+# --------------------------------------------------------------------------------------------
+
+
+def logprob_gradient_stats(
+    policy_chosen: Tensor, policy_rejected: Tensor, params: list[Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Per-pair gradient norms and inner product of the chosen and rejected log-probs:
+    :math:`\|\nabla_\theta \log\pi(y_w)\|`, :math:`\|\nabla_\theta \log\pi(y_l)\|` and
+    :math:`\langle \nabla_\theta \log\pi(y_w), \nabla_\theta \log\pi(y_l)\rangle`.
+
+    The quantities of the gradient-entanglement condition (the inner product is large
+    relative to the individual norms: a margin loss then moves both log-probs together), and
+    the norms that :func:`normalized_preference_loss` takes. One backward pass per pair and
+    response (``2N``), graph retained; the results are detached ``[N]`` tensors.
+
+    Args:
+        policy_chosen, policy_rejected: ``[N]`` log-probs, functions of ``params``.
+        params: the parameters :math:`\theta` (e.g. ``list(model.parameters())`` or the
+            output layer only).
+
+    Paper: Yuan, Zeng, Wu, Wang, Wang, Leqi, "A Common Pitfall of Margin-based Language Model
+    Alignment: Gradient Entanglement", arXiv 2410.13828.
+    """
+    b = prepare_pairs(policy_chosen, policy_rejected)
+    if not params:
+        raise ValueError("params must be a non-empty list of tensors that require grad")
+    norms_w, norms_l, inner = [], [], []
+    for i in range(b.chosen.shape[0]):
+        gw = torch.autograd.grad(policy_chosen[i], params, retain_graph=True, allow_unused=True)
+        gl = torch.autograd.grad(policy_rejected[i], params, retain_graph=True,
+                                 allow_unused=True)
+        fw = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                        for g, p in zip(gw, params, strict=True)])
+        fl = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                        for g, p in zip(gl, params, strict=True)])
+        norms_w.append(fw.norm())
+        norms_l.append(fl.norm())
+        inner.append(fw @ fl)
+    if not norms_w:
+        z = b.chosen.new_zeros(0)
+        return z, z, z
+    return (torch.stack(norms_w).detach(), torch.stack(norms_l).detach(),
+            torch.stack(inner).detach())
+
+
+_check_normalized = hparams(beta=Real(gt=0), eps=Real(gt=0))
+
+
+def normalized_preference_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    *,
+    ref_chosen: Tensor | None = None,
+    ref_rejected: Tensor | None = None,
+    chosen_grad_norm: Tensor | None = None,
+    rejected_grad_norm: Tensor | None = None,
+    beta: float = 0.1,
+    eps: float = 1e-8,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Pairwise-normalised preference optimisation: DPO whose update uses the chosen and
+    rejected log-prob gradients *normalised separately*, so that neither response's gradient
+    dominates (the remedy the gradient-entanglement paper proposes for margin losses).
+
+    With log-ratios :math:`r` as :func:`dpo_loss` and the detached gradient norms
+    :math:`g_w = \|\nabla\log\pi(y_w)\|`, :math:`g_l = \|\nabla\log\pi(y_l)\|` (from
+    :func:`logprob_gradient_stats`):
+
+    .. math::
+        \ell = -\log\sigma\Big(\beta\Big(\frac{r_w}{g_w + \epsilon}
+            - \frac{r_l}{g_l + \epsilon}\Big)\Big), \qquad
+        \nabla_\theta \ell = -\beta\,\sigma(-\beta m)\Big(\frac{\nabla\log\pi(y_w)}{g_w+\epsilon}
+            - \frac{\nabla\log\pi(y_l)}{g_l+\epsilon}\Big)
+
+    i.e. the DPO weight times the pairwise-normalised gradient difference. Without norms
+    (``None``) it is :func:`dpo_loss`.
+
+    Formula from the abstract and a published summary ("pairwise normalized gradient
+    descent"); the exact form (where the DPO weighting enters, the eps) was not verified
+    against the paper's text.
+
+    Args:
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected: as :func:`dpo_loss`.
+        chosen_grad_norm, rejected_grad_norm: ``[N]`` gradient norms (detached; call-time).
+        beta: :math:`\beta > 0` (default 0.1, as DPO).
+        eps: :math:`\epsilon > 0` added to the norms (default 1e-8).
+        reduction: ``"mean"`` over pairs, ``"sum"`` or ``"none"`` (``[N]``).
+
+    Paper: Yuan, Zeng, Wu, Wang, Wang, Leqi, "A Common Pitfall of Margin-based Language Model
+    Alignment: Gradient Entanglement", arXiv 2410.13828 (ICLR 2025).
+    """
+    _check_normalized(beta=beta, eps=eps)
+    b = prepare_pairs(policy_chosen, policy_rejected, ref_chosen=ref_chosen,
+                      ref_rejected=ref_rejected)
+    rw, rl = b.logratios()
+    n, dev = rw.shape[0], rw.device
+    if (chosen_grad_norm is None) != (rejected_grad_norm is None):
+        raise ValueError("chosen_grad_norm and rejected_grad_norm must be given together")
+    if chosen_grad_norm is not None and rejected_grad_norm is not None:
+        gw = _vector("chosen_grad_norm", chosen_grad_norm, n, dev).detach().to(rw.dtype)
+        gl = _vector("rejected_grad_norm", rejected_grad_norm, n, dev).detach().to(rw.dtype)
+        if bool((gw < 0).any()) or bool((gl < 0).any()):
+            raise ValueError("chosen_grad_norm and rejected_grad_norm must be >= 0")
+        rw, rl = rw / (gw + eps), rl / (gl + eps)
+    return reduce(-F.logsigmoid(beta * (rw - rl)), reduction)
+
+
+@register(
+    "normalized_preference", family="preference", kind="preference",
+    paper="A Common Pitfall of Margin-based Language Model Alignment: Gradient Entanglement",
+    arxiv="2410.13828",
+    summary="-log sigmoid(beta (r_w / |grad log pi_w| - r_l / |grad log pi_l|)), norms "
+    "detached",
+    reduction="per pair",
+)
+class NormalizedPreferenceLoss(LossModule, function=normalized_preference_loss,
+                               check=_check_normalized):
+    """Module form of :func:`normalized_preference_loss`."""
