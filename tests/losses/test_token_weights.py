@@ -119,3 +119,24 @@ def test_order_matters_best_ordering():
     close(order_matters_weights(cand, temperature=1e-4), w, atol=1e-12, rtol=0)
     with pytest.raises(ValueError, match="temperature"):
         order_matters_weights(cand, temperature=-1.0)
+
+
+def test_lm_losses_doc_example_runs():
+    """The example of docs/lm_losses.md runs and its CE part is torch's (weighted) CE."""
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "lm_losses.md"
+    blocks = re.findall(r"```python\n(# docs/lm_losses.md.*?)```", doc.read_text("utf-8"), re.S)
+    assert blocks
+    ns: dict[str, object] = {}
+    exec(compile(blocks[0], str(doc), "exec"), ns)
+    logits, labels, w = ns["logits"], ns["labels"], ns["w"]
+    assert isinstance(logits, torch.Tensor) and isinstance(labels, torch.Tensor)
+    assert isinstance(w, torch.Tensor)
+    per = torch.nn.functional.cross_entropy(logits.detach().transpose(1, 2), labels,
+                                            reduction="none")
+    ce_only = ns["ce_only"]
+    assert isinstance(ce_only, torch.Tensor)
+    torch.testing.assert_close(ce_only.detach(), (w * per).sum() / w.sum())
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
