@@ -79,6 +79,15 @@ from losslab.losses.metric_learning.weighted import (
     MultiSimilarityLoss,
     SupConLoss,
 )
+from losslab.losses.preference import (
+    CPOLoss,
+    DPOLoss,
+    IPOLoss,
+    KTOLoss,
+    NormalizedPreferenceLoss,
+    ORPOLoss,
+    SimPOLoss,
+)
 from losslab.losses.ranking import (
     ListMLELoss,
     ListNetLoss,
@@ -126,6 +135,13 @@ from losslab.losses.sequence import (
     LinearCrossEntropyLoss,
     LogZPenaltyLoss,
 )
+from losslab.losses.tokens import (
+    CoverageCELoss,
+    Dist2Loss,
+    EISLLoss,
+    EMOLoss,
+    NumberTokenLoss,
+)
 from losslab.registry import LossSpec, available, create, spec
 
 __version__ = "0.1.0"
@@ -139,6 +155,7 @@ __all__ = [
     "BarronLoss",
     "BinaryKLLoss",
     "CALoss",
+    "CPOLoss",
     "CSIBLoss",
     "CauchyLoss",
     "CharbonnierLoss",
@@ -150,10 +167,15 @@ __all__ = [
     "ContrastiveLoss",
     "CosFaceLoss",
     "CosineAlignmentLoss",
+    "CoverageCELoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
+    "DPOLoss",
     "DiceLoss",
     "DiceSemimetricLoss",
+    "Dist2Loss",
+    "EISLLoss",
+    "EMOLoss",
     "EasyLLPLoss",
     "FocalLoss",
     "FocalTverskyLoss",
@@ -161,12 +183,14 @@ __all__ = [
     "HazardLoss",
     "HuberLoss",
     "ICNNLoss",
+    "IPOLoss",
     "InfoNCELoss",
     "InstanceLevelLoss",
     "InterpolatedAggregateLoss",
     "JaccardLoss",
     "JaccardMetricLoss",
     "KDLoss",
+    "KTOLoss",
     "LDAMLoss",
     "LDRKLLoss",
     "LiftedStructureLoss",
@@ -189,7 +213,10 @@ __all__ = [
     "NFLLoss",
     "NFLRCELoss",
     "NPairsLoss",
+    "NormalizedPreferenceLoss",
     "NormalizedSoftmaxLoss",
+    "NumberTokenLoss",
+    "ORPOLoss",
     "OrdinalLoss",
     "Poly1Loss",
     "ProportionLoss",
@@ -202,6 +229,7 @@ __all__ = [
     "RankNetLoss",
     "SCELoss",
     "SigLipLoss",
+    "SimPOLoss",
     "SinkhornAlignmentLoss",
     "StableMaxCELoss",
     "SupConLoss",

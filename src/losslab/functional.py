@@ -78,6 +78,15 @@ from losslab.losses.metric_learning.weighted import (
     multi_similarity_loss,
     supcon_loss,
 )
+from losslab.losses.preference import (
+    cpo_loss,
+    dpo_loss,
+    ipo_loss,
+    kto_loss,
+    normalized_preference_loss,
+    orpo_loss,
+    simpo_loss,
+)
 from losslab.losses.ranking import (
     listmle_loss,
     listnet_loss,
@@ -125,6 +134,13 @@ from losslab.losses.sequence import (
     linear_cross_entropy_loss,
     logz_penalty_loss,
 )
+from losslab.losses.tokens import (
+    coverage_ce_loss,
+    dist2_loss,
+    eisl_loss,
+    emo_loss,
+    number_token_loss,
+)
 
 
 def _deprecated(old: str, new: Callable[..., Any]) -> Callable[..., Any]:
@@ -159,12 +175,18 @@ __all__ = [
     "contrastive_loss",
     "cosface_loss",
     "cosine_alignment_loss",
+    "coverage_ce_loss",
+    "cpo_loss",
     "crammer_singer_loss",
     "cross_entropy_loss",
     "cs_ib_loss",
     "dice_loss",
     "dice_semimetric_loss",
+    "dist2_loss",
+    "dpo_loss",
     "easyllp_loss",
+    "eisl_loss",
+    "emo_loss",
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
@@ -174,9 +196,11 @@ __all__ = [
     "infonce_loss",
     "instance_level_loss",
     "interpolated_aggregate_loss",
+    "ipo_loss",
     "jaccard_loss",
     "jaccard_metric_loss",
     "kd_loss",
+    "kto_loss",
     "ldam_loss",
     "ldr_kl_loss",
     "lifted_structure_loss",
@@ -197,9 +221,12 @@ __all__ = [
     "nce_rce_loss",
     "nfl_loss",
     "nfl_rce_loss",
+    "normalized_preference_loss",
     "normalized_softmax_loss",
     "npairs_loss",
+    "number_token_loss",
     "ordinal_loss",
+    "orpo_loss",
     "poly1_loss",
     "proportion_loss",
     "proto_triplet_loss",
@@ -211,6 +238,7 @@ __all__ = [
     "rce_loss",
     "sce_loss",
     "siglip_loss",
+    "simpo_loss",
     "sinkhorn_alignment_loss",
     "stablemax_ce_loss",
     "supcon_loss",

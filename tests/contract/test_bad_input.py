@@ -86,7 +86,7 @@ def test_bad_hyperparameter_values_raise_at_construction(s: LossSpec, name: str,
 # --------------------------------------------------------------------------------------------
 
 LABEL_ARG = {"embeddings": (1,), "episode": (1, 3), "logits": (1,), "dense": (1,),
-             "bags": (1,), "linear": (2,)}
+             "bags": (1,), "linear": (2,), "tokens": (1,)}
 LABELLED = [s for s in SPECS if s.kind in LABEL_ARG]
 
 
@@ -157,6 +157,14 @@ def _empty_call(s: LossSpec) -> Call:
         args = [args[0][:0].detach().requires_grad_(), args[1][:0], args[2][:0]]
     elif k == "linear":
         args[0], args[2] = args[0][:0].detach().requires_grad_(), args[2][:0]
+    elif k == "preference":
+        args = [args[0][:0].detach().requires_grad_(), args[1][:0].detach().requires_grad_()]
+        for key in ("ref_chosen", "ref_rejected", "chosen_length", "rejected_length",
+                    "chosen_grad_norm", "rejected_grad_norm"):
+            if key in kw:
+                kw[key] = kw[key][:0]
+    elif k == "tokens":
+        args = [args[0][:0].detach().requires_grad_(), args[1][:0]]
     elif k == "regression":
         args = [args[0][:0].detach().requires_grad_(), args[1][:0]]
         for key in ("features", "weights", "inputs"):
