@@ -41,10 +41,20 @@ from losslab.losses.contrastive_ssl import (
     SigLipLoss,
     UniformityLoss,
 )
-from losslab.losses.distillation import (
+from losslab.losses.distillation.classic import (
     BinaryKLLoss,
     CosineAlignmentLoss,
     KDLoss,
+)
+from losslab.losses.distillation.divergences import (
+    DKDLoss,
+    JSDLoss,
+)
+from losslab.losses.distillation.features import (
+    NDLoss,
+)
+from losslab.losses.distillation.transport import (
+    SinkhornKDLoss,
 )
 from losslab.losses.fewshot import (
     ICNNLoss,
@@ -152,6 +162,7 @@ __all__ = [
     "CosineAlignmentLoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
+    "DKDLoss",
     "DiceLoss",
     "DiceSemimetricLoss",
     "EasyLLPLoss",
@@ -164,6 +175,7 @@ __all__ = [
     "InfoNCELoss",
     "InstanceLevelLoss",
     "InterpolatedAggregateLoss",
+    "JSDLoss",
     "JaccardLoss",
     "JaccardMetricLoss",
     "KDLoss",
@@ -186,6 +198,7 @@ __all__ = [
     "NCELoss",
     "NCEMAELoss",
     "NCERCELoss",
+    "NDLoss",
     "NFLLoss",
     "NFLRCELoss",
     "NPairsLoss",
@@ -203,6 +216,7 @@ __all__ = [
     "SCELoss",
     "SigLipLoss",
     "SinkhornAlignmentLoss",
+    "SinkhornKDLoss",
     "StableMaxCELoss",
     "SupConLoss",
     "TCMLoss",

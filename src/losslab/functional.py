@@ -40,10 +40,20 @@ from losslab.losses.contrastive_ssl import (
     siglip_loss,
     uniformity_loss,
 )
-from losslab.losses.distillation import (
+from losslab.losses.distillation.classic import (
     binary_kl_loss,
     cosine_alignment_loss,
     kd_loss,
+)
+from losslab.losses.distillation.divergences import (
+    dkd_loss,
+    jsd_loss,
+)
+from losslab.losses.distillation.features import (
+    nd_loss,
+)
+from losslab.losses.distillation.transport import (
+    sinkhorn_kd_loss,
 )
 from losslab.losses.fewshot import (
     icnn_loss,
@@ -164,6 +174,7 @@ __all__ = [
     "cs_ib_loss",
     "dice_loss",
     "dice_semimetric_loss",
+    "dkd_loss",
     "easyllp_loss",
     "focal_loss",
     "focal_tversky_loss",
@@ -176,6 +187,7 @@ __all__ = [
     "interpolated_aggregate_loss",
     "jaccard_loss",
     "jaccard_metric_loss",
+    "jsd_loss",
     "kd_loss",
     "ldam_loss",
     "ldr_kl_loss",
@@ -195,6 +207,7 @@ __all__ = [
     "nce_loss",
     "nce_mae_loss",
     "nce_rce_loss",
+    "nd_loss",
     "nfl_loss",
     "nfl_rce_loss",
     "normalized_softmax_loss",
@@ -212,6 +225,7 @@ __all__ = [
     "sce_loss",
     "siglip_loss",
     "sinkhorn_alignment_loss",
+    "sinkhorn_kd_loss",
     "stablemax_ce_loss",
     "supcon_loss",
     "tcm_loss",

@@ -7,6 +7,7 @@ nothing (beyond ``example_hparams`` when it cannot be built without arguments).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,12 @@ def _finish(spec: LossSpec, call: Call, n: int) -> Call:
     return call
 
 
+def _requires(spec: LossSpec, name: str) -> bool:
+    """Whether the loss's function has a required keyword ``name`` (no default)."""
+    p = inspect.signature(spec.function).parameters.get(name)
+    return p is not None and p.default is inspect.Parameter.empty
+
+
 def make_call(
     spec: LossSpec, *, dtype: torch.dtype = torch.float64, seed: int = 0, scale: float = 1.0
 ) -> Call:
@@ -105,6 +112,8 @@ def make_call(
     if k == "teacher":
         call = Call((_randn(6, C, g=g, dtype=dtype, scale=scale),
                      _randn(6, C, g=g, dtype=dtype, scale=scale)))
+        if _requires(spec, "target"):  # dkd, nd_loss: class ids in [0, C)
+            call.kwargs["target"] = torch.tensor([0, 1, 2, 3, 1, 2]) % C
         return _finish(spec, call, 6)
     if k == "bags":
         bag_index = torch.tensor([0, 0, 1, 1, 1, 2])
