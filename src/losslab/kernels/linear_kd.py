@@ -1,0 +1,268 @@
+r"""Fused linear distillation: KD or generalised JSD between a student LM head and a teacher
+LM head, chunked over the tokens, without the ``N x V`` logits of either.
+
+For each chunk of tokens both heads' logits are formed (``[chunk, V]`` each), turned into
+log-probabilities at temperature :math:`T`, reduced to the per-token divergence and, when
+the student needs gradients, to the logit gradient :math:`G` of the student, from which
+``dhidden = G @ W_s``, ``dweight += G.T @ h_s`` and ``dbias += G.sum(0)`` are accumulated.
+The teacher is a constant: its inputs get no gradient (pass them detached or under
+``no_grad``; they are detached here).
+
+Per token, with student :math:`q = \operatorname{softmax}(z^s / T)` and teacher :math:`p =
+\operatorname{softmax}(z^t / T)`:
+
+* ``divergence="kl"``: :math:`\ell = T^2\,\mathrm{KL}(p\,\|\,q)` (Hinton's soft term, equal to
+  :func:`losslab.functional.kd_loss` with ``alpha=1``); :math:`\partial\ell/\partial z^s =
+  T\,(q - p)`;
+* ``divergence="jsd"``: :math:`\ell = \beta\,\mathrm{KL}(p\|m) + (1-\beta)\,\mathrm{KL}(q\|m)`,
+  :math:`m = \beta p + (1-\beta) q` (:func:`losslab.functional.jsd_loss`, no :math:`T^2`);
+  with :math:`u = (1-\beta)(\log q - \log m)`, :math:`\partial\ell/\partial z^s =
+  q \odot (u - \sum_k q_k u_k) / T` (the :math:`P/M` terms of the derivative cancel because
+  :math:`\beta p + (1-\beta) q = m`). ``beta=0`` is :math:`\mathrm{KL}(p\|q)` and ``beta=1``
+  :math:`\mathrm{KL}(q\|p)` (the normalised limits, as :func:`~losslab.functional.jsd_loss`).
+
+Strategies: for ``reduction="mean"``/``"sum"`` the student's gradients are computed in the
+forward pass (two logits GEMMs and two gradient GEMMs per chunk, the naive computation's
+four, and no recomputation) and scaled in backward; ``reduction="none"`` keeps only the
+per-token losses and recomputes both heads' logits in backward (each token has its own
+upstream gradient). Numerics as :mod:`losslab.kernels.linear_stats` (half GEMMs, float32
+softmax, statistics and ``dW``/``db`` accumulation).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from losslab._core import check_choice, check_reduction, compute_dtype
+from losslab.kernels.linear_stats import (
+    GradAccumulator,
+    HeadOptions,
+    check_head,
+    chunk_logits,
+    flat_target,
+    head_options,
+    logit_chain_,
+)
+
+__all__ = ["DIVERGENCES", "linear_kd"]
+
+DIVERGENCES: tuple[str, ...] = ("kl", "jsd")
+
+
+def _kl_rows(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """``sum_k a_k (log a_k - log b_k)`` per row with ``0 log 0 = 0`` (no gradient needed)."""
+    a = log_a.exp()
+    return torch.where(a > 0, a * (log_a - log_b), 0.0).sum(1)
+
+
+def _chunk_divergence(log_q: Tensor, log_p: Tensor, divergence: str, beta: float,
+                      temperature: float, want_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """``(loss [c], dloss/dz_s [c, V] or None)`` of one chunk (``z_s`` the student logits
+    after the temperature division, i.e. before the final ``/ T`` of the chain)."""
+    q = log_q.exp()
+    if divergence == "kl" or beta == 0.0:
+        t2 = temperature**2 if divergence == "kl" else 1.0
+        loss = t2 * _kl_rows(log_p, log_q)
+        grad = (q - log_p.exp()).mul_(t2) if want_grad else None
+        return loss, grad
+    if beta == 1.0:
+        loss = _kl_rows(log_q, log_p)
+        if not want_grad:
+            return loss, None
+        u = torch.where(q > 0, log_q - log_p, 0.0)
+    else:
+        both = torch.isneginf(log_p) & torch.isneginf(log_q)
+        log_m = torch.logaddexp(log_p.masked_fill(both, 0.0) + math.log(beta),
+                                log_q.masked_fill(both, 0.0) + math.log1p(-beta))
+        log_m = log_m.masked_fill(both, -math.inf)
+        loss = beta * _kl_rows(log_p, log_m) + (1 - beta) * _kl_rows(log_q, log_m)
+        if not want_grad:
+            return loss, None
+        u = torch.where(q > 0, (1 - beta) * (log_q - log_m), 0.0)
+    qu = q * u
+    grad = qu.sub_(q * qu.sum(1, keepdim=True))
+    return loss, grad
+
+
+def _kd_pass(
+    hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor, bt: Tensor | None,
+    valid: Tensor, opts: HeadOptions, divergence: str, beta: float, g: Tensor | None,
+    need: tuple[bool, bool, bool],
+) -> tuple[Tensor, GradAccumulator | None]:
+    """Per-token losses (0 at ignored tokens) and, with the per-token upstream gradient ``g``,
+    the student's accumulated gradients flagged in ``need``."""
+    n = hs.shape[0]
+    acc = compute_dtype(hs.dtype)
+    loss = torch.empty(n, dtype=acc, device=hs.device)
+    gr = GradAccumulator.allocate(hs, ws, bs, need) if g is not None else None
+    for s in range(0, n, opts.chunk_size):
+        e = min(s + opts.chunk_size, n)
+        zs, th = chunk_logits(hs[s:e], ws, bs, opts)
+        zt, _ = chunk_logits(ht[s:e], wt, bt, opts)
+        log_q = zs - torch.logsumexp(zs, 1, keepdim=True)
+        log_p = zt - torch.logsumexp(zt, 1, keepdim=True)
+        del zs, zt
+        vc = valid[s:e]
+        lc, gz = _chunk_divergence(log_q, log_p, divergence, beta, opts.temperature,
+                                   gr is not None)
+        loss[s:e] = torch.where(vc, lc, 0.0)
+        if gr is None or gz is None or g is None:
+            continue
+        gz.mul_(torch.where(vc, g[s:e].to(acc), 0.0).unsqueeze(1))
+        gr.add_chunk(s, e, logit_chain_(gz, th, opts), hs[s:e], ws)
+    return loss, gr
+
+
+class _GradInForward(torch.autograd.Function):
+    """Scalar loss (``weights`` per token: 1/count for "mean", 1 for "sum"); the student's
+    gradients are computed in forward and scaled by the scalar upstream gradient."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor,
+        bt: Tensor | None, valid: Tensor, weights: Tensor, opts: HeadOptions,
+        divergence: str, beta: float,
+    ) -> Tensor:
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                bs is not None and ctx.needs_input_grad[2])
+        loss, gr = _kd_pass(hs, ws, bs, ht, wt, bt, valid, opts, divergence, beta,
+                            weights if any(need) else None, need)
+        ctx.grads = gr.result(ws, bs) if gr is not None else (None, None, None)
+        ctx.save_for_backward(hs, ws, bs, ht, wt, bt, valid, weights)
+        ctx.args = (opts, divergence, beta, need)
+        return (loss * weights).sum()
+
+    @staticmethod
+    def backward(ctx: Any, g_out: Tensor) -> tuple[Any, ...]:
+        grads = ctx.grads
+        if grads is None:
+            # a second backward through the same graph (retain_graph, gradcheck): the
+            # precomputed gradients were handed out already, so recompute them
+            hs, ws, bs, ht, wt, bt, valid, weights = ctx.saved_tensors
+            opts, divergence, beta, need = ctx.args
+            _, gr = _kd_pass(hs, ws, bs, ht, wt, bt, valid, opts, divergence, beta,
+                             weights * g_out, need)
+            assert gr is not None
+            return (*gr.result(ws, bs), None, None, None, None, None, None, None, None)
+        ctx.grads = None
+        out = tuple(x.mul_(g_out.to(x.dtype)) if x is not None else None for x in grads)
+        return (*out, None, None, None, None, None, None, None, None)
+
+
+class _Recompute(torch.autograd.Function):
+    """Per-token losses; backward recomputes both heads' logits chunk by chunk."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor,
+        bt: Tensor | None, valid: Tensor, opts: HeadOptions, divergence: str, beta: float,
+    ) -> Tensor:
+        loss, _ = _kd_pass(hs, ws, bs, ht, wt, bt, valid, opts, divergence, beta, None,
+                           (False, False, False))
+        ctx.save_for_backward(hs, ws, bs, ht, wt, bt, valid)
+        ctx.args = (opts, divergence, beta)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Any, ...]:
+        hs, ws, bs, ht, wt, bt, valid = ctx.saved_tensors
+        opts, divergence, beta = ctx.args
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                bs is not None and ctx.needs_input_grad[2])
+        _, gr = _kd_pass(hs, ws, bs, ht, wt, bt, valid, opts, divergence, beta, g, need)
+        assert gr is not None
+        return (*gr.result(ws, bs), None, None, None, None, None, None, None)
+
+
+def linear_kd(
+    hidden: Tensor,
+    weight: Tensor,
+    teacher_hidden: Tensor,
+    teacher_weight: Tensor,
+    *,
+    bias: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    target: Tensor | None = None,
+    ignore_index: int = -100,
+    divergence: str = "kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+) -> Tensor:
+    r"""KD or generalised JSD of a student head against a teacher head, fused and chunked.
+
+    Equal to ``kd_loss(hidden @ weight.T + bias, teacher_hidden @ teacher_weight.T +
+    teacher_bias, temperature=T, alpha=1)`` (``divergence="kl"``) or to ``jsd_loss(...,
+    beta=beta, temperature=T)`` (``"jsd"``) over the counted tokens, without the ``N x V``
+    logits of either head.
+
+    Args:
+        hidden: ``[..., d_s]`` student hidden states.
+        weight: ``[V, d_s]`` student LM head.
+        teacher_hidden: ``[..., d_t]`` teacher hidden states (same leading shape; the width
+            may differ).
+        teacher_weight: ``[V, d_t]`` teacher LM head (same vocabulary).
+        bias, teacher_bias: optional ``[V]`` biases.
+        target: optional token ids of the leading shape; tokens equal to ``ignore_index``
+            are not counted (prompt and padding masks, as Liger's and TRL's ``labels``).
+            Without it every token counts.
+        ignore_index: the ignored target value (default -100).
+        divergence: ``"kl"`` (default, :math:`T^2 \mathrm{KL}(p\|q)`) or ``"jsd"``.
+        beta: :math:`\beta \in [0, 1]` of ``"jsd"`` (default 0.5).
+        temperature: :math:`T > 0` of both heads (default 1.0).
+        softcap: ``c`` of ``c tanh(x / c)`` applied to both heads' raw logits, or None.
+        reduction: ``"mean"`` over the counted tokens (0 when none counts), ``"sum"``, or
+            ``"none"`` (the leading shape, 0 at ignored tokens).
+        chunk_size: tokens per chunk; None takes the fused cross-entropy's policy for ``V``.
+    """
+    check_head("", hidden, weight, bias)
+    check_head("teacher_", teacher_hidden, teacher_weight, teacher_bias)
+    check_reduction(reduction)
+    check_choice("divergence", divergence, DIVERGENCES)
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    v, d = weight.shape
+    if teacher_weight.shape[0] != v:
+        raise ValueError(f"teacher_weight must have the student's vocabulary V = {v} rows, got "
+                         f"{teacher_weight.shape[0]}")
+    lead = tuple(hidden.shape[:-1])
+    if tuple(teacher_hidden.shape[:-1]) != lead:
+        raise ValueError(f"teacher_hidden must have hidden's leading shape {lead}, got "
+                         f"{tuple(teacher_hidden.shape[:-1])}")
+    devices = {x.device for x in (hidden, teacher_hidden, teacher_weight, target)
+               if isinstance(x, Tensor)}
+    if len(devices) > 1:
+        raise ValueError(f"inputs must be on one device, got {sorted(map(str, devices))}")
+    n = math.prod(lead)
+    if target is not None:
+        _, valid = flat_target(target, lead, v, ignore_index)
+    else:
+        valid = torch.ones(n, dtype=torch.bool, device=hidden.device)
+    # both heads' chunk buffers are live at once: the chunk policy's budget is split in two
+    opts = head_options(n, v, hidden.dtype, softcap=softcap, temperature=temperature,
+                        chunk_size=chunk_size)
+    if chunk_size is None:
+        opts = HeadOptions(opts.softcap, opts.temperature, max(1, opts.chunk_size // 2))
+    hs = hidden.reshape(-1, d).contiguous()
+    ht = teacher_hidden.detach().reshape(-1, teacher_weight.shape[1]).contiguous()
+    ws, wt = weight.contiguous(), teacher_weight.detach().contiguous()
+    bt = teacher_bias.detach() if teacher_bias is not None else None
+    acc = compute_dtype(hidden.dtype)
+    if n == 0:
+        zero = (hs.sum() * 0 + ws.sum() * 0).to(acc)
+        return zero.expand(lead) if reduction == "none" else zero
+    if reduction == "none":
+        loss = _Recompute.apply(hs, ws, bias, ht, wt, bt, valid, opts, divergence, beta)
+        return loss.reshape(lead)
+    count = valid.sum()
+    scale = 1.0 / count.clamp_min(1).to(acc) if reduction == "mean" else torch.ones(
+        (), dtype=acc, device=hs.device)
+    weights = valid.to(acc) * scale
+    return _GradInForward.apply(hs, ws, bias, ht, wt, bt, valid, weights, opts, divergence,
+                                beta)
