@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from losslab._core import check_choice, check_reduction, compute_dtype
+from losslab.kernels.linear_ce.workspace import auto_chunk_size
 from losslab.kernels.linear_stats import (
     GradAccumulator,
     HeadOptions,
@@ -53,39 +54,72 @@ __all__ = ["DIVERGENCES", "linear_kd"]
 DIVERGENCES: tuple[str, ...] = ("kl", "jsd")
 
 
-def _kl_rows(log_a: Tensor, log_b: Tensor) -> Tensor:
-    """``sum_k a_k (log a_k - log b_k)`` per row with ``0 log 0 = 0`` (no gradient needed)."""
-    a = log_a.exp()
-    return torch.where(a > 0, a * (log_a - log_b), 0.0).sum(1)
+def _masked_kl_rows_(a: Tensor, log_a: Tensor, log_b: Tensor, out: Tensor) -> Tensor:
+    """``sum_k a_k (log a_k - log b_k)`` per row with ``0 log 0 = 0``, using ``out`` (a
+    ``[c, V]`` buffer) as the only temporary; returns the rows' sums."""
+    torch.sub(log_a, log_b, out=out)
+    out.masked_fill_(a == 0, 0.0)
+    out.mul_(a)
+    return out.sum(1)
 
 
 def _chunk_divergence(log_q: Tensor, log_p: Tensor, divergence: str, beta: float,
                       temperature: float, want_grad: bool) -> tuple[Tensor, Tensor | None]:
     """``(loss [c], dloss/dz_s [c, V] or None)`` of one chunk (``z_s`` the student logits
-    after the temperature division, i.e. before the final ``/ T`` of the chain)."""
-    q = log_q.exp()
+    after the temperature division, i.e. before the final ``/ T`` of the chain).
+
+    Works in three ``[c, V]`` buffers beside ``log_q`` and ``log_p`` (which it overwrites:
+    the gradient is returned in ``log_q``'s storage)."""
+    b1, b2 = torch.empty_like(log_q), torch.empty_like(log_q)
     if divergence == "kl" or beta == 0.0:
         t2 = temperature**2 if divergence == "kl" else 1.0
-        loss = t2 * _kl_rows(log_p, log_q)
-        grad = (q - log_p.exp()).mul_(t2) if want_grad else None
-        return loss, grad
-    if beta == 1.0:
-        loss = _kl_rows(log_q, log_p)
+        p = torch.exp(log_p, out=b1)
+        loss = _masked_kl_rows_(p, log_p, log_q, b2).mul_(t2)
         if not want_grad:
             return loss, None
-        u = torch.where(q > 0, log_q - log_p, 0.0)
+        return loss, log_q.exp_().sub_(p).mul_(t2)
+    if beta == 1.0:
+        q = torch.exp(log_q, out=b1)
+        loss = _masked_kl_rows_(q, log_q, log_p, b2)
+        if not want_grad:
+            return loss, None
+        u = torch.sub(log_q, log_p, out=b2).masked_fill_(q == 0, 0.0)
+        weight = 1.0
     else:
         both = torch.isneginf(log_p) & torch.isneginf(log_q)
-        log_m = torch.logaddexp(log_p.masked_fill(both, 0.0) + math.log(beta),
-                                log_q.masked_fill(both, 0.0) + math.log1p(-beta))
-        log_m = log_m.masked_fill(both, -math.inf)
-        loss = beta * _kl_rows(log_p, log_m) + (1 - beta) * _kl_rows(log_q, log_m)
+        any_both = bool(both.any())
+        # log m = logaddexp(log p + log beta, log q + log(1 - beta)), in b1 (a class both
+        # give probability 0 is -inf in log m, never a NaN from logaddexp(-inf, -inf))
+        log_m = torch.add(log_p.masked_fill(both, 0.0) if any_both else log_p,
+                          math.log(beta), out=b1)
+        torch.add(log_q.masked_fill(both, 0.0) if any_both else log_q,
+                  math.log1p(-beta), out=b2)
+        torch.logaddexp(log_m, b2, out=log_m)
+        log_m.masked_fill_(both, -math.inf)
+        p = torch.exp(log_p, out=log_p)  # log_p is not needed any more
+        # KL(p || m) from p (log p recomputed where p > 0; p = 0 entries count 0)
+        loss = beta * _kl_from_probs_(p, log_m, b2)
+        q = torch.exp(log_q, out=log_p)  # p's storage now holds q
+        loss = loss + (1 - beta) * _masked_kl_rows_(q, log_q, log_m, b2)
         if not want_grad:
             return loss, None
-        u = torch.where(q > 0, (1 - beta) * (log_q - log_m), 0.0)
-    qu = q * u
-    grad = qu.sub_(q * qu.sum(1, keepdim=True))
-    return loss, grad
+        u = torch.sub(log_q, log_m, out=b2).masked_fill_(q == 0, 0.0)
+        weight = 1 - beta
+    # grad = weight * q (u - sum_k q_k u_k)
+    qu = torch.mul(q, u, out=log_q)
+    qu.addcmul_(q, qu.sum(1, keepdim=True), value=-1.0)
+    if weight != 1.0:
+        qu.mul_(weight)
+    return loss, qu
+
+
+def _kl_from_probs_(p: Tensor, log_m: Tensor, out: Tensor) -> Tensor:
+    """``sum_k p_k (log p_k - log m_k)`` per row from probabilities ``p`` (0 log 0 = 0)."""
+    torch.log(p, out=out)
+    out.sub_(log_m)
+    out.masked_fill_(p == 0, 0.0)
+    out.mul_(p)
+    return out.sum(1)
 
 
 def _kd_pass(
@@ -103,9 +137,8 @@ def _kd_pass(
         e = min(s + opts.chunk_size, n)
         zs, th = chunk_logits(hs[s:e], ws, bs, opts)
         zt, _ = chunk_logits(ht[s:e], wt, bt, opts)
-        log_q = zs - torch.logsumexp(zs, 1, keepdim=True)
-        log_p = zt - torch.logsumexp(zt, 1, keepdim=True)
-        del zs, zt
+        log_q = zs.sub_(torch.logsumexp(zs, 1, keepdim=True))  # in place: no new buffer
+        log_p = zt.sub_(torch.logsumexp(zt, 1, keepdim=True))
         vc = valid[s:e]
         lc, gz = _chunk_divergence(log_q, log_p, divergence, beta, opts.temperature,
                                    gr is not None)
@@ -219,7 +252,8 @@ def linear_kd(
         softcap: ``c`` of ``c tanh(x / c)`` applied to both heads' raw logits, or None.
         reduction: ``"mean"`` over the counted tokens (0 when none counts), ``"sum"``, or
             ``"none"`` (the leading shape, 0 at ignored tokens).
-        chunk_size: tokens per chunk; None takes the fused cross-entropy's policy for ``V``.
+        chunk_size: tokens per chunk; None takes the fused cross-entropy's chunk policy
+            with its 32 MiB-per-buffer budget (256 tokens at ``V = 32000``).
     """
     check_head("", hidden, weight, bias)
     check_head("teacher_", teacher_hidden, teacher_weight, teacher_bias)
@@ -244,11 +278,13 @@ def linear_kd(
         _, valid = flat_target(target, lead, v, ignore_index)
     else:
         valid = torch.ones(n, dtype=torch.bool, device=hidden.device)
-    # both heads' chunk buffers are live at once: the chunk policy's budget is split in two
+    if chunk_size is None:
+        # about six float32 [chunk, V] buffers are live at once (both heads' log-probs and
+        # the divergence's work buffers): the chunk policy's small per-buffer budget
+        # (32 MiB per float32 buffer, 256 tokens at V = 32000)
+        chunk_size = auto_chunk_size(max(n, 1), v, torch.float32, weight_grad="vocab_blocks")
     opts = head_options(n, v, hidden.dtype, softcap=softcap, temperature=temperature,
                         chunk_size=chunk_size)
-    if chunk_size is None:
-        opts = HeadOptions(opts.softcap, opts.temperature, max(1, opts.chunk_size // 2))
     hs = hidden.reshape(-1, d).contiguous()
     ht = teacher_hidden.detach().reshape(-1, teacher_weight.shape[1]).contiguous()
     ws, wt = weight.contiguous(), teacher_weight.detach().contiguous()

@@ -72,14 +72,14 @@ def chunk_logits(hc: Tensor, w: Tensor, b: Tensor | None, opts: HeadOptions
     temperature, and ``tanh(x / c)`` (softcap only, for the backward chain)."""
     x = torch.mm(hc, w.t())
     if b is not None:
-        x = x + b
-    x = x.to(compute_dtype(hc.dtype))
+        x.add_(b)
+    x = x.to(compute_dtype(hc.dtype))  # (a fresh float32 buffer for half inputs)
     th = None
     if opts.softcap is not None:
-        th = torch.tanh(x / opts.softcap)
-        x = th * opts.softcap
+        th = torch.div(x, opts.softcap).tanh_()
+        torch.mul(th, opts.softcap, out=x)
     if opts.temperature != 1.0:
-        x = x / opts.temperature
+        x.div_(opts.temperature)
     return x, th
 
 
@@ -118,8 +118,10 @@ class GradAccumulator:
         if self.dh is not None:
             torch.mm(gh, w, out=self.dh[s:e])
         if self.dw is not None:
-            part = torch.mm(gh.t(), hc)
-            self.dw += part
+            if self.dw.dtype == gh.dtype:
+                self.dw.addmm_(gh.t(), hc)  # no [V, d] temporary
+            else:  # half GEMM, added to the float32 accumulator
+                self.dw += torch.mm(gh.t(), hc)
         if self.db is not None:
             self.db += g.sum(0)
 
