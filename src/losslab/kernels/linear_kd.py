@@ -64,9 +64,51 @@ def _masked_kl_rows_(a: Tensor, log_a: Tensor, log_b: Tensor, out: Tensor) -> Te
 
 
 def _chunk_divergence(log_q: Tensor, log_p: Tensor, divergence: str, beta: float,
+                      temperature: float, want_grad: bool, work: tuple[Tensor, Tensor]
+                      ) -> tuple[Tensor, Tensor | None, float]:
+    """Fast path of one chunk: ``(loss [c], G [c, V] or None, scale)`` with the gradient with
+    respect to the temperature-scaled student logits equal to ``scale * G`` (the constant is
+    folded into the per-token coefficient by the caller). No masking: a probability-0 entry
+    (``-inf`` log-probability) makes its row NaN, and the caller redoes such chunks with
+    :func:`_chunk_divergence_masked`. ``log_q`` and ``log_p`` are overwritten (``G`` lives in
+    ``log_q``'s storage); ``work`` holds two further ``[c, V]`` buffers."""
+    w1, w2 = work
+    if divergence == "kl" or beta == 0.0:
+        t2 = temperature**2 if divergence == "kl" else 1.0
+        p = torch.exp(log_p, out=w1)
+        d = torch.sub(log_p, log_q, out=log_p).mul_(p)
+        loss = d.sum(1).mul_(t2)
+        if not want_grad:
+            return loss, None, 1.0
+        return loss, log_q.exp_().sub_(p), t2
+    if beta == 1.0:  # reverse KL(q || p); G = q (u - sum q u), u = log q - log p
+        q = torch.exp(log_q, out=w1)
+        qu = torch.sub(log_q, log_p, out=log_p).mul_(q)
+        loss = qu.sum(1)
+        if not want_grad:
+            return loss, None, 1.0
+        return loss, qu.addcmul_(q, loss.unsqueeze(1), value=-1.0), 1.0
+    log_m = torch.add(log_p, math.log(beta), out=w1)
+    b2 = torch.add(log_q, math.log1p(-beta), out=w2)
+    torch.logaddexp(log_m, b2, out=log_m)
+    p = torch.exp(log_p, out=b2)
+    kp = torch.sub(log_p, log_m, out=log_p).mul_(p).sum(1)
+    q = torch.exp(log_q, out=b2)
+    qu = torch.sub(log_q, log_m, out=log_p).mul_(q)
+    kq = qu.sum(1)
+    loss = kp.mul_(beta).add_(kq, alpha=1 - beta)
+    if not want_grad:
+        return loss, None, 1.0
+    # G = q (u - sum q u), u = log q - log m; the factor (1 - beta) is the scale
+    return loss, qu.addcmul_(q, kq.unsqueeze(1), value=-1.0), 1.0 - beta
+
+
+def _chunk_divergence_masked(log_q: Tensor, log_p: Tensor, divergence: str, beta: float,
                       temperature: float, want_grad: bool) -> tuple[Tensor, Tensor | None]:
     """``(loss [c], dloss/dz_s [c, V] or None)`` of one chunk (``z_s`` the student logits
-    after the temperature division, i.e. before the final ``/ T`` of the chain).
+    after the temperature division, i.e. before the final ``/ T`` of the chain), with
+    ``0 log 0 = 0`` wherever a distribution has probability 0 (masked vocabulary entries).
+    The slow path of :func:`_chunk_divergence`, taken for chunks whose fast path gave NaN.
 
     Works in three ``[c, V]`` buffers beside ``log_q`` and ``log_p`` (which it overwrites:
     the gradient is returned in ``log_q``'s storage)."""
@@ -122,6 +164,34 @@ def _kl_from_probs_(p: Tensor, log_m: Tensor, out: Tensor) -> Tensor:
     return out.sum(1)
 
 
+class KDWorkspace:
+    """The ``[chunk, V]`` buffers one pass reuses for every chunk (allocated once): both
+    heads' log-probabilities, two work buffers of the divergence (compute dtype) and, for
+    half inputs, the half GEMM output."""
+
+    def __init__(self, chunk: int, v: int, dtype: torch.dtype, device: torch.device) -> None:
+        acc = compute_dtype(dtype)
+        self.zs, self.zt, self.w1, self.w2 = (
+            torch.empty(chunk, v, dtype=acc, device=device) for _ in range(4))
+        self.half = torch.empty(chunk, v, dtype=dtype, device=device) if acc != dtype \
+            else None
+
+    def rows(self, c: int) -> tuple[Tensor, Tensor]:
+        return self.w1[:c], self.w2[:c]
+
+
+def _chunk_log_probs(hc: Tensor, ws: Tensor, bs: Tensor | None, htc: Tensor, wt: Tensor,
+                     bt: Tensor | None, opts: HeadOptions, buf: KDWorkspace,
+                     ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """``(log q, tanh of the student's softcap or None, log p)`` of one chunk, each
+    log-softmax computed in place over the chunk's logits (one fused kernel per head)."""
+    zs, th = chunk_logits(hc, ws, bs, opts, buf.zs, buf.half)
+    zt, _ = chunk_logits(htc, wt, bt, opts, buf.zt, buf.half)
+    torch.ops.aten._log_softmax.out(zs, 1, False, out=zs)
+    torch.ops.aten._log_softmax.out(zt, 1, False, out=zt)
+    return zs, th, zt
+
+
 def _kd_pass(
     hs: Tensor, ws: Tensor, bs: Tensor | None, ht: Tensor, wt: Tensor, bt: Tensor | None,
     valid: Tensor, opts: HeadOptions, divergence: str, beta: float, g: Tensor | None,
@@ -133,20 +203,31 @@ def _kd_pass(
     acc = compute_dtype(hs.dtype)
     loss = torch.empty(n, dtype=acc, device=hs.device)
     gr = GradAccumulator.allocate(hs, ws, bs, need) if g is not None else None
+    buf = KDWorkspace(min(opts.chunk_size, n), ws.shape[0], hs.dtype, hs.device)
     for s in range(0, n, opts.chunk_size):
         e = min(s + opts.chunk_size, n)
-        zs, th = chunk_logits(hs[s:e], ws, bs, opts)
-        zt, _ = chunk_logits(ht[s:e], wt, bt, opts)
-        log_q = zs.sub_(torch.logsumexp(zs, 1, keepdim=True))  # in place: no new buffer
-        log_p = zt.sub_(torch.logsumexp(zt, 1, keepdim=True))
+        want = gr is not None
+        log_q, th, log_p = _chunk_log_probs(hs[s:e], ws, bs, ht[s:e], wt, bt, opts, buf)
+        lc, gz, scale = _chunk_divergence(log_q, log_p, divergence, beta, opts.temperature,
+                                          want, buf.rows(e - s))
+        if bool(torch.isnan(lc).any()):  # a probability-0 entry: redo with 0 log 0 = 0
+            log_q, th, log_p = _chunk_log_probs(hs[s:e], ws, bs, ht[s:e], wt, bt, opts, buf)
+            lc, gz = _chunk_divergence_masked(log_q, log_p, divergence, beta,
+                                              opts.temperature, want)
+            scale = 1.0
         vc = valid[s:e]
-        lc, gz = _chunk_divergence(log_q, log_p, divergence, beta, opts.temperature,
-                                   gr is not None)
         loss[s:e] = torch.where(vc, lc, 0.0)
         if gr is None or gz is None or g is None:
             continue
-        gz.mul_(torch.where(vc, g[s:e].to(acc), 0.0).unsqueeze(1))
-        gr.add_chunk(s, e, logit_chain_(gz, th, opts), hs[s:e], ws)
+        # one pass: the upstream gradient, the divergence's constant and (without softcap)
+        # the temperature's 1 / T
+        coef = torch.where(vc, g[s:e].to(acc), 0.0) * scale
+        if th is None:
+            coef = coef / opts.temperature
+            gz.mul_(coef.unsqueeze(1))
+        else:
+            logit_chain_(gz.mul_(coef.unsqueeze(1)), th, opts)
+        gr.add_chunk(s, e, gz, hs[s:e], ws)
     return loss, gr
 
 

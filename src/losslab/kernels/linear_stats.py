@@ -66,14 +66,32 @@ class TokenStats:
     lse: Tensor
 
 
-def chunk_logits(hc: Tensor, w: Tensor, b: Tensor | None, opts: HeadOptions
+def chunk_logits(hc: Tensor, w: Tensor, b: Tensor | None, opts: HeadOptions,
+                 out: Tensor | None = None, half_out: Tensor | None = None,
                  ) -> tuple[Tensor, Tensor | None]:
     """``(z, tanh)``: one chunk's logits in the compute dtype, after bias, softcap and
-    temperature, and ``tanh(x / c)`` (softcap only, for the backward chain)."""
-    x = torch.mm(hc, w.t())
-    if b is not None:
-        x.add_(b)
-    x = x.to(compute_dtype(hc.dtype))  # (a fresh float32 buffer for half inputs)
+    temperature, and ``tanh(x / c)`` (softcap only, for the backward chain).
+
+    ``out`` (compute dtype, at least ``[chunk, V]``) receives them when given, and for half
+    inputs ``half_out`` (input dtype) receives the GEMM's half logits first: a pass that
+    reuses these buffers allocates nothing per chunk but the softcap's ``tanh``."""
+    acc = compute_dtype(hc.dtype)
+    c, v = hc.shape[0], w.shape[0]
+    if out is None:
+        x = torch.mm(hc, w.t())
+        if b is not None:
+            x.add_(b)
+        x = x.to(acc)  # (a fresh float32 buffer for half inputs)
+    elif acc == hc.dtype:
+        x = torch.mm(hc, w.t(), out=out[:c, :v])
+        if b is not None:
+            x.add_(b)
+    else:
+        xh = torch.mm(hc, w.t(), out=half_out[:c, :v]) if half_out is not None \
+            else torch.mm(hc, w.t())
+        if b is not None:
+            xh.add_(b)
+        x = out[:c, :v].copy_(xh)
     th = None
     if opts.softcap is not None:
         th = torch.div(x, opts.softcap).tanh_()
