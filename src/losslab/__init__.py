@@ -53,6 +53,9 @@ from losslab.losses.distillation.divergences import (
 from losslab.losses.distillation.features import (
     NDLoss,
 )
+from losslab.losses.distillation.regularizers import (
+    WDRLoss,
+)
 from losslab.losses.distillation.transport import (
     SinkhornKDLoss,
 )
@@ -224,6 +227,7 @@ __all__ = [
     "TripletRatioLoss",
     "TverskyLoss",
     "UniformityLoss",
+    "WDRLoss",
     "WaveletHFLoss",
     "WestonWatkinsLoss",
     "ZErrorLoss",

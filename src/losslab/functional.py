@@ -52,6 +52,9 @@ from losslab.losses.distillation.divergences import (
 from losslab.losses.distillation.features import (
     nd_loss,
 )
+from losslab.losses.distillation.regularizers import (
+    wdr_loss,
+)
 from losslab.losses.distillation.transport import (
     sinkhorn_kd_loss,
 )
@@ -234,6 +237,7 @@ __all__ = [
     "tversky_loss",
     "uniformity_loss",
     "wavelet_hf_loss",
+    "wdr_loss",
     "weston_watkins_loss",
     "z_error_loss",
     "z_loss",

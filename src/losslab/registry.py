@@ -55,6 +55,7 @@ KINDS: Mapping[str, str] = MappingProxyType(
         "linear": "(hidden[N,d], weight[V,d], target[N], *, bias=None)",
         "regression": "(pred[N,...], target[N,...], *, features=None, weights=None, "
         "inputs=None)",
+        "weights": "(*weights) -- a model's weight tensors, one per layer",
     }
 )
 
@@ -98,7 +99,7 @@ DEGENERATE_CASES: tuple[str, ...] = ("one_class", "no_positives", "all_ignored")
 
 Kind = Literal[
     "logits", "embeddings", "episode", "paired", "scores", "dense", "teacher", "bags", "linear",
-    "regression",
+    "regression", "weights",
 ]
 
 
@@ -251,6 +252,10 @@ def _forward_regression(self: LossModule, pred: Tensor, target: Tensor, *,
     return _call(self, pred, target, features=features, weights=weights, inputs=inputs)
 
 
+def _forward_weights(self: LossModule, *weights: Tensor) -> Tensor:
+    return _call(self, *weights)
+
+
 @dataclass(frozen=True)
 class KindCall:
     """How a kind is called: the ``forward`` of its generated shells and the keyword-only
@@ -278,6 +283,7 @@ KIND_CALLS: Mapping[str, KindCall] = MappingProxyType({
     "bags": _kind_call(_forward_bags),
     "linear": _kind_call(_forward_linear),
     "regression": _kind_call(_forward_regression),
+    "weights": _kind_call(_forward_weights),
 })
 
 

@@ -150,6 +150,11 @@ def make_call(
             call.kwargs["features"] = _randn(n, D, g=g, dtype=dtype,
                                              scale=scale).requires_grad_(True)
         return _finish(spec, call, n)
+    if k == "weights":  # three layers of different shapes (a conv, a bias-like, a linear)
+        call = Call((_randn(3, 2, 2, g=g, dtype=dtype, scale=scale),
+                     _randn(7, g=g, dtype=dtype, scale=scale),
+                     _randn(4, 5, g=g, dtype=dtype, scale=scale)))
+        return _finish(spec, call, 3)
     raise AssertionError(f"contract inputs missing for kind {k!r}")
 
 
@@ -224,6 +229,10 @@ def bad_calls(spec: LossSpec) -> list[tuple[str, Call]]:
         variant("relevance shape mismatch", 1, a[1][:, :-1])
     elif k == "dense":
         variant("target shape mismatch", 1, a[1][:, :-1])
+    elif k == "weights":
+        variant("integer weight", 0, torch.ones(3, 4, dtype=torch.long))
+        variant("one-element weight", 1, torch.randn(1))
+        variant("constant weight", 2, torch.ones(4, 5))
     elif k == "regression":
         variant("target rows mismatch", 1, a[1][:-1])
         variant("integer pred", 0, torch.ones(a[0].shape, dtype=torch.long))

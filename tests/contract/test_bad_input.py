@@ -163,6 +163,8 @@ def _empty_call(s: LossSpec) -> Call:
         for key in ("features", "weights", "inputs"):
             if key in kw:
                 kw[key] = kw[key][:0].detach().requires_grad_(kw[key].requires_grad)
+    elif k == "weights":  # no layer at all
+        args = []
     if "index" in kw:
         kw["index"] = kw["index"][:0]
     return Call(tuple(args), kw)

@@ -11,13 +11,14 @@ contribute 0 (``0 log 0 = 0``).
 
 Modules: :mod:`~.classic` (Hinton KD, Dual-Head KD's BinaryKL, DistilBERT's cosine
 alignment and its triple loss), :mod:`~.divergences` (DKD, generalised JSD),
-:mod:`~.transport` (Sinkhorn KD), :mod:`~.features` (ND loss). The fused LM-head forms of
+:mod:`~.transport` (Sinkhorn KD), :mod:`~.features` (ND loss), :mod:`~.regularizers`
+(EQ-Net's weight-distribution regulariser, kind ``weights``). The fused LM-head forms of
 KD and JSD are :mod:`losslab.kernels.linear_kd`.
 """
 
 from __future__ import annotations
 
-from losslab.losses.distillation import classic, divergences, features, transport
+from losslab.losses.distillation import classic, divergences, features, regularizers, transport
 from losslab.losses.distillation.classic import (
     BinaryKLLoss,
     CosineAlignmentLoss,
@@ -28,6 +29,7 @@ from losslab.losses.distillation.classic import (
 )
 from losslab.losses.distillation.divergences import DKDLoss, JSDLoss, dkd_loss, jsd_loss
 from losslab.losses.distillation.features import NDLoss, nd_loss
+from losslab.losses.distillation.regularizers import WDRLoss, wdr_loss
 from losslab.losses.distillation.transport import SinkhornKDLoss, sinkhorn_kd_loss
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "KDLoss",
     "NDLoss",
     "SinkhornKDLoss",
+    "WDRLoss",
     "binary_kl_loss",
     "classic",
     "cosine_alignment_loss",
@@ -47,6 +50,8 @@ __all__ = [
     "jsd_loss",
     "kd_loss",
     "nd_loss",
+    "regularizers",
     "sinkhorn_kd_loss",
     "transport",
+    "wdr_loss",
 ]
