@@ -12,13 +12,21 @@ contribute 0 (``0 log 0 = 0``).
 Modules: :mod:`~.classic` (Hinton KD, Dual-Head KD's BinaryKL, DistilBERT's cosine
 alignment and its triple loss), :mod:`~.divergences` (DKD, generalised JSD),
 :mod:`~.transport` (Sinkhorn KD), :mod:`~.features` (ND loss), :mod:`~.regularizers`
-(EQ-Net's weight-distribution regulariser, kind ``weights``). The fused LM-head forms of
-KD and JSD are :mod:`losslab.kernels.linear_kd`.
+(EQ-Net's weight-distribution regulariser, kind ``weights``), :mod:`~.dual_head`
+(DHKD's auxiliary head and objective around BinaryKL; a module, not a registered loss).
+The fused LM-head forms of KD and JSD are :mod:`losslab.kernels.linear_kd`.
 """
 
 from __future__ import annotations
 
-from losslab.losses.distillation import classic, divergences, features, regularizers, transport
+from losslab.losses.distillation import (
+    classic,
+    divergences,
+    dual_head,
+    features,
+    regularizers,
+    transport,
+)
 from losslab.losses.distillation.classic import (
     BinaryKLLoss,
     CosineAlignmentLoss,
@@ -28,6 +36,7 @@ from losslab.losses.distillation.classic import (
     kd_loss,
 )
 from losslab.losses.distillation.divergences import DKDLoss, JSDLoss, dkd_loss, jsd_loss
+from losslab.losses.distillation.dual_head import DualHeadKD
 from losslab.losses.distillation.features import NDLoss, nd_loss
 from losslab.losses.distillation.regularizers import WDRLoss, wdr_loss
 from losslab.losses.distillation.transport import SinkhornKDLoss, sinkhorn_kd_loss
@@ -36,6 +45,7 @@ __all__ = [
     "BinaryKLLoss",
     "CosineAlignmentLoss",
     "DKDLoss",
+    "DualHeadKD",
     "JSDLoss",
     "KDLoss",
     "NDLoss",
@@ -46,6 +56,7 @@ __all__ = [
     "cosine_alignment_loss",
     "divergences",
     "dkd_loss",
+    "dual_head",
     "features",
     "jsd_loss",
     "kd_loss",
