@@ -40,7 +40,8 @@ __all__ = [
 #: The call signature of each kind (see DESIGN.md). The contract suite builds inputs per kind.
 #: ``indices=`` (embeddings kind) are miner tuples (pairs or triplets of row indices);
 #: ``index=`` (any kind, losses with ``needs_index``) are the dataset ids of the batch's samples,
-#: used to address per-sample state.
+#: used to address per-sample state. ``weights`` kind: a model's weight tensors, one
+#: positional argument per layer (weight regularisers such as EQ-Net's WDR).
 KINDS: Mapping[str, str] = MappingProxyType(
     {
         "logits": "(logits[N,C,...], target[N,...] int or probs[N,C,...])",
@@ -55,7 +56,7 @@ KINDS: Mapping[str, str] = MappingProxyType(
         "linear": "(hidden[N,d], weight[V,d], target[N], *, bias=None)",
         "regression": "(pred[N,...], target[N,...], *, features=None, weights=None, "
         "inputs=None)",
-        "weights": "(*weights) -- a model's weight tensors, one per layer",
+        "weights": "(*weights)",
     }
 )
 
