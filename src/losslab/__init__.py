@@ -56,6 +56,9 @@ from losslab.losses.distillation.features import (
 from losslab.losses.distillation.regularizers import (
     WDRLoss,
 )
+from losslab.losses.distillation.segmentation_kd import (
+    MGDSemanticLoss,
+)
 from losslab.losses.distillation.transport import (
     SinkhornKDLoss,
 )
@@ -193,6 +196,7 @@ __all__ = [
     "LossSpec",
     "LovaszSoftmaxLoss",
     "MAELoss",
+    "MGDSemanticLoss",
     "MSELoss",
     "MadaCosLoss",
     "MarginMSELoss",

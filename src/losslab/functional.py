@@ -55,6 +55,9 @@ from losslab.losses.distillation.features import (
 from losslab.losses.distillation.regularizers import (
     wdr_loss,
 )
+from losslab.losses.distillation.segmentation_kd import (
+    mgd_semantic_loss,
+)
 from losslab.losses.distillation.transport import (
     sinkhorn_kd_loss,
 )
@@ -205,6 +208,7 @@ __all__ = [
     "mae_loss",
     "margin_mse_loss",
     "metrix_loss",
+    "mgd_semantic_loss",
     "mse_loss",
     "multi_similarity_loss",
     "nce_loss",

@@ -13,7 +13,8 @@ Modules: :mod:`~.classic` (Hinton KD, Dual-Head KD's BinaryKL, DistilBERT's cosi
 alignment and its triple loss), :mod:`~.divergences` (DKD, generalised JSD),
 :mod:`~.transport` (Sinkhorn KD), :mod:`~.features` (ND loss), :mod:`~.regularizers`
 (EQ-Net's weight-distribution regulariser, kind ``weights``), :mod:`~.dual_head`
-(DHKD's auxiliary head and objective around BinaryKL; a module, not a registered loss).
+(DHKD's auxiliary head and objective around BinaryKL; a module, not a registered loss),
+:mod:`~.segmentation_kd` (MGD's image-level and region-level distillation terms).
 The fused LM-head forms of KD and JSD are :mod:`losslab.kernels.linear_kd`.
 """
 
@@ -25,6 +26,7 @@ from losslab.losses.distillation import (
     dual_head,
     features,
     regularizers,
+    segmentation_kd,
     transport,
 )
 from losslab.losses.distillation.classic import (
@@ -39,6 +41,11 @@ from losslab.losses.distillation.divergences import DKDLoss, JSDLoss, dkd_loss, 
 from losslab.losses.distillation.dual_head import DualHeadKD
 from losslab.losses.distillation.features import NDLoss, nd_loss
 from losslab.losses.distillation.regularizers import WDRLoss, wdr_loss
+from losslab.losses.distillation.segmentation_kd import (
+    MGDSemanticLoss,
+    mgd_content_loss,
+    mgd_semantic_loss,
+)
 from losslab.losses.distillation.transport import SinkhornKDLoss, sinkhorn_kd_loss
 
 __all__ = [
@@ -48,6 +55,7 @@ __all__ = [
     "DualHeadKD",
     "JSDLoss",
     "KDLoss",
+    "MGDSemanticLoss",
     "NDLoss",
     "SinkhornKDLoss",
     "WDRLoss",
@@ -60,8 +68,11 @@ __all__ = [
     "features",
     "jsd_loss",
     "kd_loss",
+    "mgd_content_loss",
+    "mgd_semantic_loss",
     "nd_loss",
     "regularizers",
+    "segmentation_kd",
     "sinkhorn_kd_loss",
     "transport",
     "wdr_loss",
