@@ -14,7 +14,8 @@ alignment and its triple loss), :mod:`~.divergences` (DKD, generalised JSD),
 :mod:`~.transport` (Sinkhorn KD), :mod:`~.features` (ND loss), :mod:`~.regularizers`
 (EQ-Net's weight-distribution regulariser, kind ``weights``), :mod:`~.dual_head`
 (DHKD's auxiliary head and objective around BinaryKL; a module, not a registered loss),
-:mod:`~.segmentation_kd` (MGD's image-level and region-level distillation terms).
+:mod:`~.segmentation_kd` (MGD's image-level and region-level distillation terms),
+:mod:`~.landmarks` (KD-Loss + assistive losses of two landmark teachers; a function).
 The fused LM-head forms of KD and JSD are :mod:`losslab.kernels.linear_kd`.
 """
 
@@ -25,6 +26,7 @@ from losslab.losses.distillation import (
     divergences,
     dual_head,
     features,
+    landmarks,
     regularizers,
     segmentation_kd,
     transport,
@@ -40,6 +42,7 @@ from losslab.losses.distillation.classic import (
 from losslab.losses.distillation.divergences import DKDLoss, JSDLoss, dkd_loss, jsd_loss
 from losslab.losses.distillation.dual_head import DualHeadKD
 from losslab.losses.distillation.features import NDLoss, nd_loss
+from losslab.losses.distillation.landmarks import LandmarkKD, landmark_kd_loss
 from losslab.losses.distillation.regularizers import WDRLoss, wdr_loss
 from losslab.losses.distillation.segmentation_kd import (
     MGDSemanticLoss,
@@ -55,6 +58,7 @@ __all__ = [
     "DualHeadKD",
     "JSDLoss",
     "KDLoss",
+    "LandmarkKD",
     "MGDSemanticLoss",
     "NDLoss",
     "SinkhornKDLoss",
@@ -68,6 +72,8 @@ __all__ = [
     "features",
     "jsd_loss",
     "kd_loss",
+    "landmark_kd_loss",
+    "landmarks",
     "mgd_content_loss",
     "mgd_semantic_loss",
     "nd_loss",
