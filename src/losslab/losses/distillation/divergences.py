@@ -61,14 +61,16 @@ def dkd_loss(
         student_logits: ``[N, C]`` student scores, ``C >= 2``.
         teacher_logits: ``[N, C]`` teacher scores (pass them detached).
         target: ``[N]`` class ids in ``[0, C)`` (required: DKD splits at the true class).
-        alpha: TCKD weight (default 1.0, the paper's and official configs' value).
-        beta: NCKD weight (default 8.0, the official CIFAR-100 setting; ImageNet uses 0.5).
-        temperature: :math:`T > 0` (default 4.0, CIFAR-100; ImageNet uses 1.0).
+        alpha: TCKD weight (default 1.0, official).
+        beta: NCKD weight (default 8.0, official CIFAR-100 default; the paper uses smaller
+            values on ImageNet, not checked here).
+        temperature: :math:`T > 0` (default 4.0, official CIFAR-100 default).
         reduction: ``"mean"`` over rows, ``"sum"``, or ``"none"`` (``[N]``).
 
     Paper: Zhao, Cui, Song, Qiu, Liang, "Decoupled Knowledge Distillation", arXiv 2203.08679
-    (code: github.com/megvii-research/mdistiller, ``distillers/DKD.py``; defaults from its
-    ``configs/cifar100/dkd`` files as quoted by the ND-loss authors' reimplementation).
+    (code: github.com/megvii-research/mdistiller, ``distillers/DKD.py``; the defaults are its
+    ``engine/cfg.py`` ``CFG.DKD``: ``ALPHA 1.0, BETA 8.0, T 4.0``, plus ``CE_WEIGHT 1.0`` and a
+    20-epoch linear warm-up of the DKD term, both left to the caller).
     """
     _check_dkd(alpha=alpha, beta=beta, temperature=temperature)
     s, t = check_teacher_pair(student_logits, teacher_logits, min_cols=2)
