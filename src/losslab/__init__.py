@@ -41,10 +41,26 @@ from losslab.losses.contrastive_ssl import (
     SigLipLoss,
     UniformityLoss,
 )
-from losslab.losses.distillation import (
+from losslab.losses.distillation.classic import (
     BinaryKLLoss,
     CosineAlignmentLoss,
     KDLoss,
+)
+from losslab.losses.distillation.divergences import (
+    DKDLoss,
+    JSDLoss,
+)
+from losslab.losses.distillation.features import (
+    NDLoss,
+)
+from losslab.losses.distillation.regularizers import (
+    WDRLoss,
+)
+from losslab.losses.distillation.segmentation_kd import (
+    MGDSemanticLoss,
+)
+from losslab.losses.distillation.transport import (
+    SinkhornKDLoss,
 )
 from losslab.losses.fewshot import (
     ICNNLoss,
@@ -170,6 +186,7 @@ __all__ = [
     "CoverageCELoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
+    "DKDLoss",
     "DPOLoss",
     "DiceLoss",
     "DiceSemimetricLoss",
@@ -187,6 +204,7 @@ __all__ = [
     "InfoNCELoss",
     "InstanceLevelLoss",
     "InterpolatedAggregateLoss",
+    "JSDLoss",
     "JaccardLoss",
     "JaccardMetricLoss",
     "KDLoss",
@@ -202,6 +220,7 @@ __all__ = [
     "LossSpec",
     "LovaszSoftmaxLoss",
     "MAELoss",
+    "MGDSemanticLoss",
     "MSELoss",
     "MadaCosLoss",
     "MarginMSELoss",
@@ -210,6 +229,7 @@ __all__ = [
     "NCELoss",
     "NCEMAELoss",
     "NCERCELoss",
+    "NDLoss",
     "NFLLoss",
     "NFLRCELoss",
     "NPairsLoss",
@@ -231,6 +251,7 @@ __all__ = [
     "SigLipLoss",
     "SimPOLoss",
     "SinkhornAlignmentLoss",
+    "SinkhornKDLoss",
     "StableMaxCELoss",
     "SupConLoss",
     "TCMLoss",
@@ -238,6 +259,7 @@ __all__ = [
     "TripletRatioLoss",
     "TverskyLoss",
     "UniformityLoss",
+    "WDRLoss",
     "WaveletHFLoss",
     "WestonWatkinsLoss",
     "ZErrorLoss",

@@ -40,10 +40,26 @@ from losslab.losses.contrastive_ssl import (
     siglip_loss,
     uniformity_loss,
 )
-from losslab.losses.distillation import (
+from losslab.losses.distillation.classic import (
     binary_kl_loss,
     cosine_alignment_loss,
     kd_loss,
+)
+from losslab.losses.distillation.divergences import (
+    dkd_loss,
+    jsd_loss,
+)
+from losslab.losses.distillation.features import (
+    nd_loss,
+)
+from losslab.losses.distillation.regularizers import (
+    wdr_loss,
+)
+from losslab.losses.distillation.segmentation_kd import (
+    mgd_semantic_loss,
+)
+from losslab.losses.distillation.transport import (
+    sinkhorn_kd_loss,
 )
 from losslab.losses.fewshot import (
     icnn_loss,
@@ -183,6 +199,7 @@ __all__ = [
     "dice_loss",
     "dice_semimetric_loss",
     "dist2_loss",
+    "dkd_loss",
     "dpo_loss",
     "easyllp_loss",
     "eisl_loss",
@@ -199,6 +216,7 @@ __all__ = [
     "ipo_loss",
     "jaccard_loss",
     "jaccard_metric_loss",
+    "jsd_loss",
     "kd_loss",
     "kto_loss",
     "ldam_loss",
@@ -214,11 +232,13 @@ __all__ = [
     "mae_loss",
     "margin_mse_loss",
     "metrix_loss",
+    "mgd_semantic_loss",
     "mse_loss",
     "multi_similarity_loss",
     "nce_loss",
     "nce_mae_loss",
     "nce_rce_loss",
+    "nd_loss",
     "nfl_loss",
     "nfl_rce_loss",
     "normalized_preference_loss",
@@ -240,6 +260,7 @@ __all__ = [
     "siglip_loss",
     "simpo_loss",
     "sinkhorn_alignment_loss",
+    "sinkhorn_kd_loss",
     "stablemax_ce_loss",
     "supcon_loss",
     "tcm_loss",
@@ -248,6 +269,7 @@ __all__ = [
     "tversky_loss",
     "uniformity_loss",
     "wavelet_hf_loss",
+    "wdr_loss",
     "weston_watkins_loss",
     "z_error_loss",
     "z_loss",

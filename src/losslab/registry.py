@@ -40,7 +40,8 @@ __all__ = [
 #: The call signature of each kind (see DESIGN.md). The contract suite builds inputs per kind.
 #: ``indices=`` (embeddings kind) are miner tuples (pairs or triplets of row indices);
 #: ``index=`` (any kind, losses with ``needs_index``) are the dataset ids of the batch's samples,
-#: used to address per-sample state.
+#: used to address per-sample state. ``weights`` kind: a model's weight tensors, one
+#: positional argument per layer (weight regularisers such as EQ-Net's WDR).
 KINDS: Mapping[str, str] = MappingProxyType(
     {
         "logits": "(logits[N,C,...], target[N,...] int or probs[N,C,...])",
@@ -59,6 +60,7 @@ KINDS: Mapping[str, str] = MappingProxyType(
         "ref_rejected=None, chosen_length=None, rejected_length=None, reference_point=None, "
         "chosen_grad_norm=None, rejected_grad_norm=None)",
         "tokens": "(logits[N,T,V], target[N,T], *, token_weight=None)",
+        "weights": "(*weights)",
     }
 )
 
@@ -106,7 +108,7 @@ DEGENERATE_CASES: tuple[str, ...] = ("one_class", "no_positives", "all_ignored")
 
 Kind = Literal[
     "logits", "embeddings", "episode", "paired", "scores", "dense", "teacher", "bags", "linear",
-    "regression", "preference", "tokens",
+    "regression", "preference", "tokens", "weights",
 ]
 
 
@@ -275,6 +277,8 @@ def _forward_preference(self: LossModule, policy_chosen: Tensor, policy_rejected
 def _forward_tokens(self: LossModule, logits: Tensor, target: Tensor, *,
                     token_weight: Tensor | None = None) -> Tensor:
     return _call(self, logits, target, token_weight=token_weight)
+def _forward_weights(self: LossModule, *weights: Tensor) -> Tensor:
+    return _call(self, *weights)
 
 
 @dataclass(frozen=True)
@@ -306,6 +310,7 @@ KIND_CALLS: Mapping[str, KindCall] = MappingProxyType({
     "regression": _kind_call(_forward_regression),
     "preference": _kind_call(_forward_preference),
     "tokens": _kind_call(_forward_tokens),
+    "weights": _kind_call(_forward_weights),
 })
 
 

@@ -7,6 +7,7 @@ nothing (beyond ``example_hparams`` when it cannot be built without arguments).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,12 @@ def _finish(spec: LossSpec, call: Call, n: int) -> Call:
     return call
 
 
+def _requires(spec: LossSpec, name: str) -> bool:
+    """Whether the loss's function has a required keyword ``name`` (no default)."""
+    p = inspect.signature(spec.function).parameters.get(name)
+    return p is not None and p.default is inspect.Parameter.empty
+
+
 def make_call(
     spec: LossSpec, *, dtype: torch.dtype = torch.float64, seed: int = 0, scale: float = 1.0
 ) -> Call:
@@ -110,6 +117,8 @@ def make_call(
     if k == "teacher":
         call = Call((_randn(6, C, g=g, dtype=dtype, scale=scale),
                      _randn(6, C, g=g, dtype=dtype, scale=scale)))
+        if _requires(spec, "target"):  # dkd, nd_loss: class ids in [0, C)
+            call.kwargs["target"] = torch.tensor([0, 1, 2, 3, 1, 2]) % C
         return _finish(spec, call, 6)
     if k == "bags":
         bag_index = torch.tensor([0, 0, 1, 1, 1, 2])
@@ -166,6 +175,11 @@ def make_call(
         target = torch.randint(0, V, (2, 5), generator=g)
         call = Call((_randn(2, 5, V, g=g, dtype=dtype, scale=scale), target))
         return _finish(spec, call, 2)
+    if k == "weights":  # three layers of different shapes (a conv, a bias-like, a linear)
+        call = Call((_randn(3, 2, 2, g=g, dtype=dtype, scale=scale),
+                     _randn(7, g=g, dtype=dtype, scale=scale),
+                     _randn(4, 5, g=g, dtype=dtype, scale=scale)))
+        return _finish(spec, call, 3)
     raise AssertionError(f"contract inputs missing for kind {k!r}")
 
 
@@ -257,6 +271,10 @@ def bad_calls(spec: LossSpec) -> list[tuple[str, Call]]:
         variant("target out of range", 1, torch.full_like(a[1], a[0].shape[-1]))
         variant("integer logits", 0, torch.ones(a[0].shape, dtype=torch.long))
         variant("2-D logits", 0, a[0][0])
+    elif k == "weights":
+        variant("integer weight", 0, torch.ones(3, 4, dtype=torch.long))
+        variant("one-element weight", 1, torch.randn(1))
+        variant("constant weight", 2, torch.ones(4, 5))
     elif k == "regression":
         variant("target rows mismatch", 1, a[1][:-1])
         variant("integer pred", 0, torch.ones(a[0].shape, dtype=torch.long))
