@@ -55,6 +55,7 @@ def linear_cross_entropy_loss(
     chunk_size: int | None = None,
     strategy: Strategy = "auto",
     weight_grad: WeightGrad = "auto",
+    workspace_bytes: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Cross-entropy of a linear output layer, chunked over tokens: no ``N x V`` logits.
 
@@ -98,17 +99,22 @@ def linear_cross_entropy_loss(
             when it requires grad the recompute strategy is used.
         return_lse: also return the per-token log-sum-exp ``[...]`` (float32 for half inputs;
             differentiable).
-        chunk_size: tokens per chunk; default
-            :func:`losslab.kernels.linear_ce.auto_chunk_size` (1024 tokens for float32 up to
-            a 512 MiB buffer, 256 for half inputs).
+        chunk_size: tokens per chunk; default: the largest chunk (at most 1024 tokens) whose
+            buffers fit the memory budget ``workspace_bytes``
+            (:func:`losslab.kernels.linear_ce.plan_chunks`).
         strategy: ``"auto"``, ``"grad_in_forward"`` (mean/sum only) or ``"recompute"``.
         weight_grad: how ``dweight`` is formed. ``"token_chunks"``: each token chunk's
             contribution is added to one ``V x d`` accumulator (float32 for half inputs;
             3 GEMMs). ``"vocab_blocks"``: a second pass over vocabulary blocks recomputes
             their logits for all tokens and writes ``dweight[block] = G.T @ hidden`` once
             (4 GEMMs, no accumulator; half inputs accumulate over tokens in float32 inside
-            the GEMM). ``"auto"``: ``"token_chunks"`` for every dtype (the faster one on the
-            CPU measured in ``docs/linear_cross_entropy.md``).
+            the GEMM). ``"auto"``: ``"token_chunks"`` while a chunk of at least 32 tokens
+            (and, for half inputs, the float32 ``V x d`` accumulator) fits the budget, else
+            ``"vocab_blocks"``.
+        workspace_bytes: the memory budget: bytes the kernel may allocate beyond the
+            gradients it returns and its O(N) per-token vectors; default None = 48 MiB
+            (:data:`losslab.kernels.linear_ce.WORKSPACE_BYTES`), independent of N and V.
+            A larger budget buys larger chunks and, for half inputs, the 3-GEMM path.
 
     Returns:
         The loss (float32 for half inputs, else the input dtype), and the LSE if ``return_lse``.
@@ -123,7 +129,7 @@ def linear_cross_entropy_loss(
         label_smoothing=label_smoothing, class_weight=class_weight, reduction=reduction,
         softcap=softcap, logz_penalty=logz_penalty, token_weight=token_weight,
         return_lse=return_lse, chunk_size=chunk_size, strategy=strategy,
-        weight_grad=weight_grad,
+        weight_grad=weight_grad, workspace_bytes=workspace_bytes,
     )
 
 
