@@ -108,7 +108,7 @@ def linear_cross_entropy_loss(
             3 GEMMs). ``"vocab_blocks"``: a second pass over vocabulary blocks recomputes
             their logits for all tokens and writes ``dweight[block] = G.T @ hidden`` once
             (4 GEMMs, no accumulator; half inputs accumulate over tokens in float32 inside
-            the GEMM). ``"auto"``: ``"token_chunks"`` while a chunk of at least 32 tokens
+            the GEMM). ``"auto"``: ``"token_chunks"`` while a chunk of at least 256 tokens
             (and, for half inputs, the float32 ``V x d`` accumulator) fits the budget, else
             ``"vocab_blocks"``.
         workspace_bytes: the memory budget: bytes the kernel may allocate beyond the

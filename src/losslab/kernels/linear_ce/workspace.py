@@ -42,9 +42,11 @@ WORKSPACE_BYTES = 48 * 1024 * 1024
 #: rounding and the small temporaries of the loop (index vectors, views, scalars).
 PLAN_FRACTION = 0.875
 #: Fewest tokens per chunk for which ``weight_grad="auto"`` keeps ``"token_chunks"``: every
-#: chunk re-reads and re-writes the ``V x d`` weight-gradient accumulator, so below this the
-#: accumulator traffic outweighs the 4th GEMM of ``"vocab_blocks"`` (which has none).
-MIN_TOKEN_CHUNK = 32
+#: chunk re-reads and re-writes the ``V x d`` weight-gradient accumulator and runs GEMMs of
+#: only ``chunk`` rows, so small chunks cost more than the 4th GEMM of ``"vocab_blocks"``
+#: (4/3 of the FLOPs). Measured (``benchmarks/README.md``, fp32, N = 2048, d = 1024): CPU time
+#: 1.5x that of 1024-token chunks at 80 tokens (V = 128256) and 2.1x at 32 (V = 262144).
+MIN_TOKEN_CHUNK = 256
 #: Automatic chunks are multiples of this (when at least this large) and at most
 #: :data:`MAX_CHUNK` tokens (larger chunks gain nothing on CPU GEMMs).
 CHUNK_ALIGN, MAX_CHUNK = 16, 1024
