@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from losslab._core import check_choice, check_reduction, compute_dtype
-from losslab.kernels.linear_ce.workspace import auto_chunk_size
+from losslab.kernels.linear_ce.workspace import tokens_within
 from losslab.kernels.linear_stats import (
     GradAccumulator,
     HeadOptions,
@@ -361,9 +361,8 @@ def linear_kd(
         valid = torch.ones(n, dtype=torch.bool, device=hidden.device)
     if chunk_size is None:
         # about six float32 [chunk, V] buffers are live at once (both heads' log-probs and
-        # the divergence's work buffers): the chunk policy's small per-buffer budget
-        # (32 MiB per float32 buffer, 256 tokens at V = 32000)
-        chunk_size = auto_chunk_size(max(n, 1), v, torch.float32, weight_grad="vocab_blocks")
+        # the divergence's work buffers), within the fused cross-entropy's memory budget
+        chunk_size = tokens_within(n, 6 * 4 * v)
     opts = head_options(n, v, hidden.dtype, softcap=softcap, temperature=temperature,
                         chunk_size=chunk_size)
     hs = hidden.reshape(-1, d).contiguous()

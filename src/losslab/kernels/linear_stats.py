@@ -4,8 +4,9 @@ log-sum-exp of ``softmax(softcap(hidden @ weight.T + bias) / temperature)`` with
 
 :func:`linear_token_stats` is the "selected-token log-prob + entropy" primitive of RL and
 preference trainers (PPO/GRPO ratios and entropy bonuses, DPO sequence log-probs). The tokens
-are processed in chunks of ``chunk_size`` rows (:func:`~losslab.kernels.linear_ce.workspace.
-auto_chunk_size` by default, the chunk policy of the fused cross-entropy); forward keeps only
+are processed in chunks of ``chunk_size`` rows (by default as many as fit the fused
+cross-entropy's memory budget, :func:`~losslab.kernels.linear_ce.workspace.tokens_within`);
+forward keeps only
 ``O(N)`` statistics and backward recomputes each chunk's logits, so every output can have its
 own per-token upstream gradient (the three outputs are ``reduction="none"`` by nature).
 
@@ -42,7 +43,7 @@ import torch
 from torch import Tensor
 
 from losslab._core import compute_dtype
-from losslab.kernels.linear_ce.workspace import auto_chunk_size
+from losslab.kernels.linear_ce.workspace import tokens_within
 
 __all__ = ["HeadOptions", "TokenStats", "chunk_logits", "linear_token_stats", "logit_chain_"]
 
@@ -243,7 +244,8 @@ def check_head(name: str, hidden: Any, weight: Any, bias: Any) -> None:
 
 def head_options(n: int, v: int, dtype: torch.dtype, *, softcap: float | None,
                  temperature: float, chunk_size: int | None) -> HeadOptions:
-    """Validate the head options; ``chunk_size=None`` takes :func:`auto_chunk_size`."""
+    """Validate the head options; ``chunk_size=None`` takes the budget's chunk (a logits
+    buffer in the input dtype and a float32 work buffer per token and class)."""
     if softcap is not None and not softcap > 0:
         raise ValueError(f"softcap must be > 0 or None, got {softcap}")
     if not temperature > 0:
@@ -251,7 +253,7 @@ def head_options(n: int, v: int, dtype: torch.dtype, *, softcap: float | None,
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     if chunk_size is None:
-        chunk_size = auto_chunk_size(max(n, 1), v, dtype)
+        chunk_size = tokens_within(n, v * (dtype.itemsize + 4))
     return HeadOptions(softcap=float(softcap) if softcap is not None else None,
                        temperature=float(temperature), chunk_size=int(chunk_size))
 
@@ -299,8 +301,8 @@ def linear_token_stats(
         softcap: ``c`` of ``c * tanh(x / c)`` applied to the raw logits (Gemma-2), or None.
         temperature: :math:`T > 0` dividing the (capped) logits, as RL trainers sample with
             (default 1.0).
-        chunk_size: tokens per chunk; None takes the fused cross-entropy's policy
-            (:func:`~losslab.kernels.linear_ce.workspace.auto_chunk_size`).
+        chunk_size: tokens per chunk; None takes the fused cross-entropy's memory budget
+            (:func:`~losslab.kernels.linear_ce.workspace.tokens_within`, 48 MiB).
 
     Returns:
         :class:`TokenStats` ``(logprob, entropy, lse)``, each of ``target``'s shape, in float32

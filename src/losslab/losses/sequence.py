@@ -56,6 +56,7 @@ def linear_cross_entropy_loss(
     chunk_size: int | None = None,
     strategy: Strategy = "auto",
     weight_grad: WeightGrad = "auto",
+    workspace_bytes: int | None = None,
 ) -> Tensor | tuple[Tensor, ...]:
     r"""Cross-entropy of a linear output layer, chunked over tokens: no ``N x V`` logits.
 
@@ -103,17 +104,22 @@ def linear_cross_entropy_loss(
             over non-ignored tokens, token-weighted and reduced with the loss's own
             denominator, so that the CE part is ``loss - z_loss`` (the term is in the loss
             only when ``logz_penalty > 0``; it is returned, never hidden). Last in the tuple.
-        chunk_size: tokens per chunk; default
-            :func:`losslab.kernels.linear_ce.auto_chunk_size` (1024 tokens for float32 up to
-            a 512 MiB buffer, 256 for half inputs).
+        chunk_size: tokens per chunk; default: the largest chunk (at most 1024 tokens) whose
+            buffers fit the memory budget ``workspace_bytes``
+            (:func:`losslab.kernels.linear_ce.plan_chunks`).
         strategy: ``"auto"``, ``"grad_in_forward"`` (mean/sum only) or ``"recompute"``.
         weight_grad: how ``dweight`` is formed. ``"token_chunks"``: each token chunk's
             contribution is added to one ``V x d`` accumulator (float32 for half inputs;
             3 GEMMs). ``"vocab_blocks"``: a second pass over vocabulary blocks recomputes
             their logits for all tokens and writes ``dweight[block] = G.T @ hidden`` once
             (4 GEMMs, no accumulator; half inputs accumulate over tokens in float32 inside
-            the GEMM). ``"auto"``: ``"token_chunks"`` for every dtype (the faster one on the
-            CPU measured in ``docs/linear_cross_entropy.md``).
+            the GEMM). ``"auto"``: ``"token_chunks"`` while a chunk of at least 256 tokens
+            (and, for half inputs, the float32 ``V x d`` accumulator) fits the budget, else
+            ``"vocab_blocks"``.
+        workspace_bytes: the memory budget: bytes the kernel may allocate beyond the
+            gradients it returns and its O(N) per-token vectors; default None = 48 MiB
+            (:data:`losslab.kernels.linear_ce.WORKSPACE_BYTES`), independent of N and V.
+            A larger budget buys larger chunks and, for half inputs, the 3-GEMM path.
 
     Returns:
         The loss (float32 for half inputs, else the input dtype), then the LSE if
@@ -130,7 +136,7 @@ def linear_cross_entropy_loss(
         label_smoothing=label_smoothing, class_weight=class_weight, reduction=reduction,
         softcap=softcap, logz_penalty=logz_penalty, token_weight=token_weight,
         return_lse=return_lse or return_z_loss, chunk_size=chunk_size, strategy=strategy,
-        weight_grad=weight_grad,
+        weight_grad=weight_grad, workspace_bytes=workspace_bytes,
     )
     if not return_z_loss:
         return out
