@@ -41,6 +41,11 @@ from losslab.losses.contrastive_ssl import (
     SigLipLoss,
     UniformityLoss,
 )
+from losslab.losses.contrastive_ssl.variants import (
+    DCLLoss,
+    HardNegativeInfoNCELoss,
+    MultiPositiveInfoNCELoss,
+)
 from losslab.losses.distillation import (
     BinaryKLLoss,
     CosineAlignmentLoss,
@@ -152,12 +157,14 @@ __all__ = [
     "CosineAlignmentLoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
+    "DCLLoss",
     "DiceLoss",
     "DiceSemimetricLoss",
     "EasyLLPLoss",
     "FocalLoss",
     "FocalTverskyLoss",
     "GCELoss",
+    "HardNegativeInfoNCELoss",
     "HazardLoss",
     "HuberLoss",
     "ICNNLoss",
@@ -182,6 +189,7 @@ __all__ = [
     "MadaCosLoss",
     "MarginMSELoss",
     "MetrixLoss",
+    "MultiPositiveInfoNCELoss",
     "MultiSimilarityLoss",
     "NCELoss",
     "NCEMAELoss",

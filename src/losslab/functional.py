@@ -40,6 +40,11 @@ from losslab.losses.contrastive_ssl import (
     siglip_loss,
     uniformity_loss,
 )
+from losslab.losses.contrastive_ssl.variants import (
+    dcl_loss,
+    hard_negative_infonce_loss,
+    multi_positive_infonce_loss,
+)
 from losslab.losses.distillation import (
     binary_kl_loss,
     cosine_alignment_loss,
@@ -162,12 +167,14 @@ __all__ = [
     "crammer_singer_loss",
     "cross_entropy_loss",
     "cs_ib_loss",
+    "dcl_loss",
     "dice_loss",
     "dice_semimetric_loss",
     "easyllp_loss",
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
+    "hard_negative_infonce_loss",
     "hazard_loss",
     "huber_loss",
     "icnn_loss",
@@ -191,6 +198,7 @@ __all__ = [
     "margin_mse_loss",
     "metrix_loss",
     "mse_loss",
+    "multi_positive_infonce_loss",
     "multi_similarity_loss",
     "nce_loss",
     "nce_mae_loss",
