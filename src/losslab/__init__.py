@@ -41,6 +41,11 @@ from losslab.losses.contrastive_ssl import (
     SigLipLoss,
     UniformityLoss,
 )
+from losslab.losses.contrastive_ssl.redundancy import (
+    BarlowTwinsLoss,
+    TLDRLoss,
+    VICRegLoss,
+)
 from losslab.losses.contrastive_ssl.variants import (
     DCLLoss,
     HardNegativeInfoNCELoss,
@@ -141,6 +146,7 @@ __all__ = [
     "AnyLoss",
     "ArcFaceLoss",
     "BagLevelLoss",
+    "BarlowTwinsLoss",
     "BarronLoss",
     "BinaryKLLoss",
     "CALoss",
@@ -214,10 +220,12 @@ __all__ = [
     "StableMaxCELoss",
     "SupConLoss",
     "TCMLoss",
+    "TLDRLoss",
     "TripletLoss",
     "TripletRatioLoss",
     "TverskyLoss",
     "UniformityLoss",
+    "VICRegLoss",
     "WaveletHFLoss",
     "WestonWatkinsLoss",
     "ZErrorLoss",

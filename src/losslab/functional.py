@@ -40,6 +40,11 @@ from losslab.losses.contrastive_ssl import (
     siglip_loss,
     uniformity_loss,
 )
+from losslab.losses.contrastive_ssl.redundancy import (
+    barlow_twins_loss,
+    tldr_loss,
+    vicreg_loss,
+)
 from losslab.losses.contrastive_ssl.variants import (
     dcl_loss,
     hard_negative_infonce_loss,
@@ -152,6 +157,7 @@ __all__ = [
     "anyloss",
     "arcface_loss",
     "bag_level_loss",
+    "barlow_twins_loss",
     "barron_loss",
     "binary_kl_loss",
     "ca_loss",
@@ -223,10 +229,12 @@ __all__ = [
     "stablemax_ce_loss",
     "supcon_loss",
     "tcm_loss",
+    "tldr_loss",
     "triplet_loss",
     "triplet_ratio_loss",
     "tversky_loss",
     "uniformity_loss",
+    "vicreg_loss",
     "wavelet_hf_loss",
     "weston_watkins_loss",
     "z_error_loss",

@@ -49,6 +49,7 @@ __all__ = [
     "alignment_loss",
     "clip_loss",
     "infonce_loss",
+    "redundancy",
     "siglip_loss",
     "uniformity_loss",
     "variants",
@@ -436,4 +437,4 @@ class UniformityLoss(LossModule, function=uniformity_loss, check=_check_uniformi
 
 
 # The other contrastive modules register their losses on import (after the names above exist).
-from losslab.losses.contrastive_ssl import variants  # noqa: E402
+from losslab.losses.contrastive_ssl import redundancy, variants  # noqa: E402
