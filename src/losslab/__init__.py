@@ -41,6 +41,9 @@ from losslab.losses.contrastive_ssl import (
     SigLipLoss,
     UniformityLoss,
 )
+from losslab.losses.contrastive_ssl.icon import (
+    IConLoss,
+)
 from losslab.losses.contrastive_ssl.redundancy import (
     BarlowTwinsLoss,
     TLDRLoss,
@@ -174,6 +177,7 @@ __all__ = [
     "HazardLoss",
     "HuberLoss",
     "ICNNLoss",
+    "IConLoss",
     "InfoNCELoss",
     "InstanceLevelLoss",
     "InterpolatedAggregateLoss",

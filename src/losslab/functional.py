@@ -40,6 +40,9 @@ from losslab.losses.contrastive_ssl import (
     siglip_loss,
     uniformity_loss,
 )
+from losslab.losses.contrastive_ssl.icon import (
+    i_con_loss,
+)
 from losslab.losses.contrastive_ssl.redundancy import (
     barlow_twins_loss,
     tldr_loss,
@@ -183,6 +186,7 @@ __all__ = [
     "hard_negative_infonce_loss",
     "hazard_loss",
     "huber_loss",
+    "i_con_loss",
     "icnn_loss",
     "infonce_loss",
     "instance_level_loss",

@@ -48,6 +48,7 @@ __all__ = [
     "UniformityLoss",
     "alignment_loss",
     "clip_loss",
+    "icon",
     "infonce_loss",
     "redundancy",
     "siglip_loss",
@@ -437,4 +438,4 @@ class UniformityLoss(LossModule, function=uniformity_loss, check=_check_uniformi
 
 
 # The other contrastive modules register their losses on import (after the names above exist).
-from losslab.losses.contrastive_ssl import redundancy, variants  # noqa: E402
+from losslab.losses.contrastive_ssl import icon, redundancy, variants  # noqa: E402
