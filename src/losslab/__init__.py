@@ -44,6 +44,9 @@ from losslab.losses.contrastive_ssl import (
 from losslab.losses.contrastive_ssl.icon import (
     IConLoss,
 )
+from losslab.losses.contrastive_ssl.isogclr import (
+    ISogCLRLoss,
+)
 from losslab.losses.contrastive_ssl.redundancy import (
     BarlowTwinsLoss,
     TLDRLoss,
@@ -178,6 +181,7 @@ __all__ = [
     "HuberLoss",
     "ICNNLoss",
     "IConLoss",
+    "ISogCLRLoss",
     "InfoNCELoss",
     "InstanceLevelLoss",
     "InterpolatedAggregateLoss",

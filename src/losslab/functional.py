@@ -43,6 +43,9 @@ from losslab.losses.contrastive_ssl import (
 from losslab.losses.contrastive_ssl.icon import (
     i_con_loss,
 )
+from losslab.losses.contrastive_ssl.isogclr import (
+    isogclr_loss,
+)
 from losslab.losses.contrastive_ssl.redundancy import (
     barlow_twins_loss,
     tldr_loss,
@@ -191,6 +194,7 @@ __all__ = [
     "infonce_loss",
     "instance_level_loss",
     "interpolated_aggregate_loss",
+    "isogclr_loss",
     "jaccard_loss",
     "jaccard_metric_loss",
     "kd_loss",

@@ -50,6 +50,7 @@ __all__ = [
     "clip_loss",
     "icon",
     "infonce_loss",
+    "isogclr",
     "redundancy",
     "siglip_loss",
     "uniformity_loss",
@@ -438,4 +439,4 @@ class UniformityLoss(LossModule, function=uniformity_loss, check=_check_uniformi
 
 
 # The other contrastive modules register their losses on import (after the names above exist).
-from losslab.losses.contrastive_ssl import icon, redundancy, variants  # noqa: E402
+from losslab.losses.contrastive_ssl import icon, isogclr, redundancy, variants  # noqa: E402
