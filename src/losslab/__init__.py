@@ -41,6 +41,9 @@ from losslab.losses.contrastive_ssl import (
     SigLipLoss,
     UniformityLoss,
 )
+from losslab.losses.contrastive_ssl.captioning import (
+    CoCaLoss,
+)
 from losslab.losses.contrastive_ssl.icon import (
     IConLoss,
 )
@@ -161,6 +164,7 @@ __all__ = [
     "CharbonnierLoss",
     "CircleLoss",
     "ClipLoss",
+    "CoCaLoss",
     "CombinedLoss",
     "CompSumLoss",
     "ConRLoss",

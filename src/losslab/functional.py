@@ -40,6 +40,9 @@ from losslab.losses.contrastive_ssl import (
     siglip_loss,
     uniformity_loss,
 )
+from losslab.losses.contrastive_ssl.captioning import (
+    coca_loss,
+)
 from losslab.losses.contrastive_ssl.icon import (
     i_con_loss,
 )
@@ -171,6 +174,7 @@ __all__ = [
     "charbonnier_loss",
     "circle_loss",
     "clip_loss",
+    "coca_loss",
     "comp_sum_loss",
     "conr_loss",
     "contrastive_loss",

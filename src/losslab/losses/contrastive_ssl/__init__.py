@@ -47,6 +47,7 @@ __all__ = [
     "SigLipLoss",
     "UniformityLoss",
     "alignment_loss",
+    "captioning",
     "clip_loss",
     "icon",
     "infonce_loss",
@@ -439,4 +440,10 @@ class UniformityLoss(LossModule, function=uniformity_loss, check=_check_uniformi
 
 
 # The other contrastive modules register their losses on import (after the names above exist).
-from losslab.losses.contrastive_ssl import icon, isogclr, redundancy, variants  # noqa: E402
+from losslab.losses.contrastive_ssl import (  # noqa: E402
+    captioning,
+    icon,
+    isogclr,
+    redundancy,
+    variants,
+)
