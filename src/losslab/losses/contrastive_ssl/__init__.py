@@ -53,6 +53,7 @@ __all__ = [
     "infonce_loss",
     "isogclr",
     "redundancy",
+    "sampling",
     "siglip_loss",
     "uniformity_loss",
     "variants",
@@ -445,5 +446,6 @@ from losslab.losses.contrastive_ssl import (  # noqa: E402
     icon,
     isogclr,
     redundancy,
+    sampling,
     variants,
 )
