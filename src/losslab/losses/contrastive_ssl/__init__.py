@@ -13,6 +13,15 @@ the dense computation and less time (``benchmarks/bench_tiled_contrastive.py``).
 
 fp16/bf16 inputs are computed in float32 and the loss is returned in float32
 (:func:`losslab._core.compute_dtype`).
+
+This package module holds InfoNCE (with SimCLR's NT-Xent form, ``negatives="both"``), CLIP,
+SigLIP, alignment and uniformity; the other objectives of the family live in its modules:
+:mod:`~.variants` (``dcl``, ``hard_negative_infonce``, ``multi_positive_infonce``),
+:mod:`~.redundancy` (``barlow_twins``, ``vicreg``, ``tldr`` and its ``knn_pairs``),
+:mod:`~.icon` (``i_con``), :mod:`~.isogclr` (``isogclr``, per-sample state by ``index=``),
+:mod:`~.captioning` (``coca``) and :mod:`~.sampling` (G-SimCLR's pseudo-label batch sampler).
+Shared helpers are in :mod:`~._common`. The representation metrics (RankMe, alignment,
+uniformity) are in :mod:`losslab.metrics.representation`.
 """
 
 from __future__ import annotations
