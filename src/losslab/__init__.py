@@ -41,6 +41,25 @@ from losslab.losses.contrastive_ssl import (
     SigLipLoss,
     UniformityLoss,
 )
+from losslab.losses.contrastive_ssl.captioning import (
+    CoCaLoss,
+)
+from losslab.losses.contrastive_ssl.icon import (
+    IConLoss,
+)
+from losslab.losses.contrastive_ssl.isogclr import (
+    ISogCLRLoss,
+)
+from losslab.losses.contrastive_ssl.redundancy import (
+    BarlowTwinsLoss,
+    TLDRLoss,
+    VICRegLoss,
+)
+from losslab.losses.contrastive_ssl.variants import (
+    DCLLoss,
+    HardNegativeInfoNCELoss,
+    MultiPositiveInfoNCELoss,
+)
 from losslab.losses.distillation.classic import (
     BinaryKLLoss,
     CosineAlignmentLoss,
@@ -168,6 +187,7 @@ __all__ = [
     "AnyLoss",
     "ArcFaceLoss",
     "BagLevelLoss",
+    "BarlowTwinsLoss",
     "BarronLoss",
     "BinaryKLLoss",
     "CALoss",
@@ -177,6 +197,7 @@ __all__ = [
     "CharbonnierLoss",
     "CircleLoss",
     "ClipLoss",
+    "CoCaLoss",
     "CombinedLoss",
     "CompSumLoss",
     "ConRLoss",
@@ -186,6 +207,7 @@ __all__ = [
     "CoverageCELoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
+    "DCLLoss",
     "DKDLoss",
     "DPOLoss",
     "DiceLoss",
@@ -197,10 +219,13 @@ __all__ = [
     "FocalLoss",
     "FocalTverskyLoss",
     "GCELoss",
+    "HardNegativeInfoNCELoss",
     "HazardLoss",
     "HuberLoss",
     "ICNNLoss",
+    "IConLoss",
     "IPOLoss",
+    "ISogCLRLoss",
     "InfoNCELoss",
     "InstanceLevelLoss",
     "InterpolatedAggregateLoss",
@@ -225,6 +250,7 @@ __all__ = [
     "MadaCosLoss",
     "MarginMSELoss",
     "MetrixLoss",
+    "MultiPositiveInfoNCELoss",
     "MultiSimilarityLoss",
     "NCELoss",
     "NCEMAELoss",
@@ -255,10 +281,12 @@ __all__ = [
     "StableMaxCELoss",
     "SupConLoss",
     "TCMLoss",
+    "TLDRLoss",
     "TripletLoss",
     "TripletRatioLoss",
     "TverskyLoss",
     "UniformityLoss",
+    "VICRegLoss",
     "WDRLoss",
     "WaveletHFLoss",
     "WestonWatkinsLoss",

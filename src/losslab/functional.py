@@ -40,6 +40,25 @@ from losslab.losses.contrastive_ssl import (
     siglip_loss,
     uniformity_loss,
 )
+from losslab.losses.contrastive_ssl.captioning import (
+    coca_loss,
+)
+from losslab.losses.contrastive_ssl.icon import (
+    i_con_loss,
+)
+from losslab.losses.contrastive_ssl.isogclr import (
+    isogclr_loss,
+)
+from losslab.losses.contrastive_ssl.redundancy import (
+    barlow_twins_loss,
+    tldr_loss,
+    vicreg_loss,
+)
+from losslab.losses.contrastive_ssl.variants import (
+    dcl_loss,
+    hard_negative_infonce_loss,
+    multi_positive_infonce_loss,
+)
 from losslab.losses.distillation.classic import (
     binary_kl_loss,
     cosine_alignment_loss,
@@ -179,6 +198,7 @@ __all__ = [
     "anyloss",
     "arcface_loss",
     "bag_level_loss",
+    "barlow_twins_loss",
     "barron_loss",
     "binary_kl_loss",
     "ca_loss",
@@ -186,6 +206,7 @@ __all__ = [
     "charbonnier_loss",
     "circle_loss",
     "clip_loss",
+    "coca_loss",
     "comp_sum_loss",
     "conr_loss",
     "contrastive_loss",
@@ -196,6 +217,7 @@ __all__ = [
     "crammer_singer_loss",
     "cross_entropy_loss",
     "cs_ib_loss",
+    "dcl_loss",
     "dice_loss",
     "dice_semimetric_loss",
     "dist2_loss",
@@ -207,13 +229,16 @@ __all__ = [
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
+    "hard_negative_infonce_loss",
     "hazard_loss",
     "huber_loss",
+    "i_con_loss",
     "icnn_loss",
     "infonce_loss",
     "instance_level_loss",
     "interpolated_aggregate_loss",
     "ipo_loss",
+    "isogclr_loss",
     "jaccard_loss",
     "jaccard_metric_loss",
     "jsd_loss",
@@ -234,6 +259,7 @@ __all__ = [
     "metrix_loss",
     "mgd_semantic_loss",
     "mse_loss",
+    "multi_positive_infonce_loss",
     "multi_similarity_loss",
     "nce_loss",
     "nce_mae_loss",
@@ -264,10 +290,12 @@ __all__ = [
     "stablemax_ce_loss",
     "supcon_loss",
     "tcm_loss",
+    "tldr_loss",
     "triplet_loss",
     "triplet_ratio_loss",
     "tversky_loss",
     "uniformity_loss",
+    "vicreg_loss",
     "wavelet_hf_loss",
     "wdr_loss",
     "weston_watkins_loss",

@@ -1,4 +1,5 @@
-"""Evaluation metrics (no gradient needed): few-shot accuracy, ICNN score, retrieval, OPIS."""
+"""Evaluation metrics (no gradient needed): few-shot accuracy, ICNN score, retrieval, OPIS,
+representation quality (RankMe, alignment, uniformity)."""
 
 from losslab.metrics.classification import (
     accuracy,
@@ -10,11 +11,13 @@ from losslab.metrics.classification import (
 from losslab.metrics.fewshot import mean_confidence_interval
 from losslab.metrics.icnn import icnn_score
 from losslab.metrics.regression import balanced_mae, bin_edges, concordance_index
+from losslab.metrics.representation import alignment, rankme, uniformity
 from losslab.metrics.retrieval import epsilon_opis, opis, retrieval_metrics
 
 __all__ = [
     "accuracy",
     "adaptive_calibration_error",
+    "alignment",
     "balanced_mae",
     "bin_edges",
     "concordance_index",
@@ -23,7 +26,9 @@ __all__ = [
     "icnn_score",
     "mean_confidence_interval",
     "opis",
+    "rankme",
     "reliability_diagram",
     "retrieval_metrics",
     "top_k_accuracy",
+    "uniformity",
 ]
