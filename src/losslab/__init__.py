@@ -113,12 +113,17 @@ from losslab.losses.robust import (
     RCELoss,
     SCELoss,
 )
-from losslab.losses.segmentation import (
+from losslab.losses.segmentation.compound import (
+    DiceCELoss,
+    DiceFocalLoss,
+)
+from losslab.losses.segmentation.overlap import (
     DiceLoss,
     DiceSemimetricLoss,
     FocalTverskyLoss,
     JaccardLoss,
     JaccardMetricLoss,
+    LovaszHingeLoss,
     LovaszSoftmaxLoss,
     TverskyLoss,
 )
@@ -152,6 +157,8 @@ __all__ = [
     "CosineAlignmentLoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
+    "DiceCELoss",
+    "DiceFocalLoss",
     "DiceLoss",
     "DiceSemimetricLoss",
     "EasyLLPLoss",
@@ -176,6 +183,7 @@ __all__ = [
     "LogZPenaltyLoss",
     "LogitAdjustedLoss",
     "LossSpec",
+    "LovaszHingeLoss",
     "LovaszSoftmaxLoss",
     "MAELoss",
     "MSELoss",

@@ -112,12 +112,17 @@ from losslab.losses.robust import (
     rce_loss,
     sce_loss,
 )
-from losslab.losses.segmentation import (
+from losslab.losses.segmentation.compound import (
+    dice_ce_loss,
+    dice_focal_loss,
+)
+from losslab.losses.segmentation.overlap import (
     dice_loss,
     dice_semimetric_loss,
     focal_tversky_loss,
     jaccard_loss,
     jaccard_metric_loss,
+    lovasz_hinge_loss,
     lovasz_softmax_loss,
     tversky_loss,
 )
@@ -162,6 +167,8 @@ __all__ = [
     "crammer_singer_loss",
     "cross_entropy_loss",
     "cs_ib_loss",
+    "dice_ce_loss",
+    "dice_focal_loss",
     "dice_loss",
     "dice_semimetric_loss",
     "easyllp_loss",
@@ -185,6 +192,7 @@ __all__ = [
     "listnet_loss",
     "logit_adjusted_loss",
     "logz_penalty_loss",
+    "lovasz_hinge_loss",
     "lovasz_softmax_loss",
     "madacos_loss",
     "mae_loss",

@@ -1,0 +1,25 @@
+"""Segmentation losses (registry family ``segmentation``, kind ``dense``).
+
+``loss(logits[N, C, *spatial], target)``: ``target`` is integer class ids ``[N, *spatial]``
+(``ignore_index`` pixels left out) or soft labels (``[N, C, *spatial]`` distributions); a single
+logit channel (``[N, 1, *spatial]``) is a binary sigmoid input with 0/1 ids or foreground
+probabilities. 2-D and 3-D. The conventions (aggregation groups, ``classes="all"|"present"``,
+reductions, degenerate batches) are in :mod:`~.overlap` and shared by every module:
+
+* :mod:`~.overlap`: Dice, Jaccard, Tversky, Focal Tversky, Jaccard Metric, Dice Semimetric,
+  Lovász-Softmax, Lovász hinge;
+* :mod:`~.compound`: Dice + CE, Dice + focal (soft-label correct Dice term);
+* :mod:`~.topology`: skeleton recall, clDice (thin structures);
+* :mod:`~.boundary`: the distance-map boundary loss, the Hausdorff-DT loss, BASNet's hybrid
+  loss.
+"""
+
+from __future__ import annotations
+
+from losslab.losses.segmentation import compound, overlap
+from losslab.losses.segmentation.compound import *  # noqa: F403
+from losslab.losses.segmentation.overlap import *  # noqa: F403
+
+__all__ = ["compound", "overlap"]
+__all__ += compound.__all__
+__all__ += overlap.__all__
