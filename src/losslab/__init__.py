@@ -113,6 +113,11 @@ from losslab.losses.robust import (
     RCELoss,
     SCELoss,
 )
+from losslab.losses.segmentation.boundary import (
+    BASNetHybridLoss,
+    BoundaryLoss,
+    HausdorffDTLoss,
+)
 from losslab.losses.segmentation.compound import (
     DiceCELoss,
     DiceFocalLoss,
@@ -127,6 +132,10 @@ from losslab.losses.segmentation.overlap import (
     LovaszSoftmaxLoss,
     TverskyLoss,
 )
+from losslab.losses.segmentation.topology import (
+    ClDiceLoss,
+    SkeletonRecallLoss,
+)
 from losslab.losses.sequence import (
     LinearCrossEntropyLoss,
     LogZPenaltyLoss,
@@ -140,14 +149,17 @@ __all__ = [
     "AlignmentLoss",
     "AnyLoss",
     "ArcFaceLoss",
+    "BASNetHybridLoss",
     "BagLevelLoss",
     "BarronLoss",
     "BinaryKLLoss",
+    "BoundaryLoss",
     "CALoss",
     "CSIBLoss",
     "CauchyLoss",
     "CharbonnierLoss",
     "CircleLoss",
+    "ClDiceLoss",
     "ClipLoss",
     "CombinedLoss",
     "CompSumLoss",
@@ -165,6 +177,7 @@ __all__ = [
     "FocalLoss",
     "FocalTverskyLoss",
     "GCELoss",
+    "HausdorffDTLoss",
     "HazardLoss",
     "HuberLoss",
     "ICNNLoss",
@@ -211,6 +224,7 @@ __all__ = [
     "SCELoss",
     "SigLipLoss",
     "SinkhornAlignmentLoss",
+    "SkeletonRecallLoss",
     "StableMaxCELoss",
     "SupConLoss",
     "TCMLoss",

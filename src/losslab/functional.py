@@ -112,6 +112,11 @@ from losslab.losses.robust import (
     rce_loss,
     sce_loss,
 )
+from losslab.losses.segmentation.boundary import (
+    basnet_hybrid_loss,
+    boundary_loss,
+    hausdorff_dt_loss,
+)
 from losslab.losses.segmentation.compound import (
     dice_ce_loss,
     dice_focal_loss,
@@ -125,6 +130,10 @@ from losslab.losses.segmentation.overlap import (
     lovasz_hinge_loss,
     lovasz_softmax_loss,
     tversky_loss,
+)
+from losslab.losses.segmentation.topology import (
+    cl_dice_loss,
+    skeleton_recall_loss,
 )
 from losslab.losses.sequence import (
     linear_cross_entropy_loss,
@@ -153,11 +162,14 @@ __all__ = [
     "arcface_loss",
     "bag_level_loss",
     "barron_loss",
+    "basnet_hybrid_loss",
     "binary_kl_loss",
+    "boundary_loss",
     "ca_loss",
     "cauchy_loss",
     "charbonnier_loss",
     "circle_loss",
+    "cl_dice_loss",
     "clip_loss",
     "comp_sum_loss",
     "conr_loss",
@@ -175,6 +187,7 @@ __all__ = [
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
+    "hausdorff_dt_loss",
     "hazard_loss",
     "huber_loss",
     "icnn_loss",
@@ -220,6 +233,7 @@ __all__ = [
     "sce_loss",
     "siglip_loss",
     "sinkhorn_alignment_loss",
+    "skeleton_recall_loss",
     "stablemax_ce_loss",
     "supcon_loss",
     "tcm_loss",

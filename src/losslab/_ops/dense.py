@@ -36,10 +36,12 @@ __all__ = [
     "DenseBatch",
     "active_classes",
     "check_unit_interval",
+    "foreground",
     "prepare_dense",
     "reduce_groups",
     "safe_ratio",
     "soft_counts",
+    "to_spatial",
 ]
 
 #: Which classes a group's loss averages over: every class, or those with target mass.
@@ -231,3 +233,21 @@ def reduce_groups(per_class: Tensor, active: Tensor, reduction: str, per_image: 
     else:
         out = reduce(per_class[0], reduction, count=act.sum())
     return out
+
+
+def to_spatial(batch: DenseBatch, x: Tensor) -> Tensor:
+    """A grouped ``[G, K, S]`` tensor of ``batch`` back in the input layout
+    ``[N, K, *spatial]`` (``K`` may differ from ``C``); ``[G, S]`` gives ``[N, *spatial]``."""
+    n, spatial = batch.shape[0], batch.shape[1:]
+    if x.ndim == 2:
+        return x.reshape(n, *spatial)
+    k = x.shape[1]
+    return x.transpose(1, 2).reshape(n, *spatial, k).movedim(-1, 1)
+
+
+def foreground(batch: DenseBatch, x: Tensor, include_background: bool) -> Tensor:
+    """The foreground channels of ``x[:, C, ...]``: the single channel of a binary input,
+    channels ``1..C-1`` of a softmax input unless ``include_background``."""
+    if batch.binary or include_background:
+        return x
+    return x[:, 1:]

@@ -9,17 +9,21 @@ reductions, degenerate batches) are in :mod:`~.overlap` and shared by every modu
 * :mod:`~.overlap`: Dice, Jaccard, Tversky, Focal Tversky, Jaccard Metric, Dice Semimetric,
   Lovász-Softmax, Lovász hinge;
 * :mod:`~.compound`: Dice + CE, Dice + focal (soft-label correct Dice term);
-* :mod:`~.topology`: skeleton recall, clDice (thin structures);
+* :mod:`~.topology`: Skeleton Recall, clDice (thin structures);
 * :mod:`~.boundary`: the distance-map boundary loss, the Hausdorff-DT loss, BASNet's hybrid
   loss.
 """
 
 from __future__ import annotations
 
-from losslab.losses.segmentation import compound, overlap
+from losslab.losses.segmentation import boundary, compound, overlap, topology
+from losslab.losses.segmentation.boundary import *  # noqa: F403
 from losslab.losses.segmentation.compound import *  # noqa: F403
 from losslab.losses.segmentation.overlap import *  # noqa: F403
+from losslab.losses.segmentation.topology import *  # noqa: F403
 
-__all__ = ["compound", "overlap"]
+__all__ = ["boundary", "compound", "overlap", "topology"]
+__all__ += boundary.__all__
 __all__ += compound.__all__
 __all__ += overlap.__all__
+__all__ += topology.__all__
