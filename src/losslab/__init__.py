@@ -132,6 +132,10 @@ from losslab.losses.segmentation.overlap import (
     LovaszSoftmaxLoss,
     TverskyLoss,
 )
+from losslab.losses.segmentation.prior import (
+    EntropyPriorLoss,
+    RePRILoss,
+)
 from losslab.losses.segmentation.topology import (
     ClDiceLoss,
     SkeletonRecallLoss,
@@ -174,6 +178,7 @@ __all__ = [
     "DiceLoss",
     "DiceSemimetricLoss",
     "EasyLLPLoss",
+    "EntropyPriorLoss",
     "FocalLoss",
     "FocalTverskyLoss",
     "GCELoss",
@@ -221,6 +226,7 @@ __all__ = [
     "PseudoHuberLoss",
     "RCELoss",
     "RankNetLoss",
+    "RePRILoss",
     "SCELoss",
     "SigLipLoss",
     "SinkhornAlignmentLoss",

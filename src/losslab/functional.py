@@ -131,6 +131,10 @@ from losslab.losses.segmentation.overlap import (
     lovasz_softmax_loss,
     tversky_loss,
 )
+from losslab.losses.segmentation.prior import (
+    entropy_prior_loss,
+    repri_loss,
+)
 from losslab.losses.segmentation.topology import (
     cl_dice_loss,
     skeleton_recall_loss,
@@ -184,6 +188,7 @@ __all__ = [
     "dice_loss",
     "dice_semimetric_loss",
     "easyllp_loss",
+    "entropy_prior_loss",
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
@@ -230,6 +235,7 @@ __all__ = [
     "pseudo_huber_loss",
     "ranknet_loss",
     "rce_loss",
+    "repri_loss",
     "sce_loss",
     "siglip_loss",
     "sinkhorn_alignment_loss",

@@ -11,19 +11,23 @@ reductions, degenerate batches) are in :mod:`~.overlap` and shared by every modu
 * :mod:`~.compound`: Dice + CE, Dice + focal (soft-label correct Dice term);
 * :mod:`~.topology`: Skeleton Recall, clDice (thin structures);
 * :mod:`~.boundary`: the distance-map boundary loss, the Hausdorff-DT loss, BASNet's hybrid
-  loss.
+  loss;
+* :mod:`~.prior`: label-free losses with a class-proportion prior (prior-aware entropy
+  minimisation, RePRI's transductive few-shot loss).
 """
 
 from __future__ import annotations
 
-from losslab.losses.segmentation import boundary, compound, overlap, topology
+from losslab.losses.segmentation import boundary, compound, overlap, prior, topology
 from losslab.losses.segmentation.boundary import *  # noqa: F403
 from losslab.losses.segmentation.compound import *  # noqa: F403
 from losslab.losses.segmentation.overlap import *  # noqa: F403
+from losslab.losses.segmentation.prior import *  # noqa: F403
 from losslab.losses.segmentation.topology import *  # noqa: F403
 
-__all__ = ["boundary", "compound", "overlap", "topology"]
+__all__ = ["boundary", "compound", "overlap", "prior", "topology"]
 __all__ += boundary.__all__
 __all__ += compound.__all__
 __all__ += overlap.__all__
+__all__ += prior.__all__
 __all__ += topology.__all__
