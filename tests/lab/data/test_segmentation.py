@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from losslab.lab.data.segmentation import make_segmentation_data  # noqa: E402
+from losslab.lab.data.segmentation import make_segmentation_data
 
 
 def test_settings_are_seeded_and_masks_are_exact():

@@ -6,11 +6,11 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from losslab.lab.config import resolve_config  # noqa: E402
-from losslab.lab.results import read_rows  # noqa: E402
-from losslab.lab.runner import run_bench  # noqa: E402
-from losslab.lab.tasks import get_task  # noqa: E402
-from losslab.lab.tasks.segmentation import SmallUNet  # noqa: E402
+from losslab.lab.config import resolve_config
+from losslab.lab.results import read_rows
+from losslab.lab.runner import run_bench
+from losslab.lab.tasks import get_task
+from losslab.lab.tasks.segmentation import SmallUNet
 
 
 def _config(**over):
