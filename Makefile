@@ -72,7 +72,8 @@ SEGMENTATION_OUT ?= runs/segmentation_glyphs
 
 bench-segmentation: $(STAMP)
 	$(PY) -m losslab.cli bench segmentation --config segmentation_glyphs \
-		--out "$(SEGMENTATION_OUT)" $(ARGS)
+		--out "$(SEGMENTATION_OUT)" $(ARGS) && \
+	$(PY) -m losslab.lab.tasks.segmentation "$(SEGMENTATION_OUT)"
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests $(wildcard benchmarks scripts)

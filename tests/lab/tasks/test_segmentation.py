@@ -10,7 +10,7 @@ from losslab.lab.config import resolve_config
 from losslab.lab.results import read_rows
 from losslab.lab.runner import run_bench
 from losslab.lab.tasks import get_task
-from losslab.lab.tasks.segmentation import SmallUNet
+from losslab.lab.tasks.segmentation import SmallUNet, pack_mask, preview_figure, unpack_mask
 
 
 def _config(**over):
@@ -32,6 +32,16 @@ def test_end_to_end_and_report(tmp_path):
         assert m["betti0_error"] >= 0 and m["betti1_error"] >= 0
     md = (out / "table.md").read_text()
     assert "`cl_dice+dice_ce`" in md and "Betti-0 error" in md
+    png = preview_figure(str(out))
+    assert open(png, "rb").read(4) == b"\x89PNG"
+
+
+def test_mask_packing_round_trip():
+    import numpy as np
+    import torch
+
+    m = torch.rand(7, 9) > 0.5
+    assert np.array_equal(unpack_mask(pack_mask(m.long()), (7, 9)), m.numpy())
 
 
 def test_unet_shapes_and_bad_configuration():

@@ -35,7 +35,27 @@ from losslab.lab.env import resolve_device
 from losslab.lab.tasks.base import Job, Option, Progress, ReportColumn, Task
 from losslab.lab.training import Batch, build_optimizer, cosine_schedule, fit
 
-__all__ = ["SegmentationTask", "SmallUNet"]
+__all__ = ["PREVIEW_IMAGES", "SegmentationTask", "SmallUNet", "pack_mask", "preview_figure",
+           "unpack_mask"]
+
+#: test images whose predictions every seed-0 job records (for :func:`preview_figure`).
+PREVIEW_IMAGES = 4
+
+
+def pack_mask(mask: Tensor) -> str:
+    """A 0/1 mask as a hex string of its packed bits (row-major)."""
+    import numpy as np
+
+    return np.packbits(mask.reshape(-1).numpy().astype(np.uint8)).tobytes().hex()
+
+
+def unpack_mask(text: str, shape: tuple[int, ...]) -> Any:
+    """Inverse of :func:`pack_mask` (a bool numpy array of ``shape``)."""
+    import numpy as np
+
+    n = int(np.prod(shape))
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n]
+    return bits.reshape(shape).astype(bool)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -172,6 +192,8 @@ class SegmentationTask(Task):
         pred = (logits[:, 0] > 0).long()
         y_te = torch.from_numpy(data.y_test)
         betti = betti_errors(pred, y_te)
+        preview = ([pack_mask(pred[k]) for k in range(min(PREVIEW_IMAGES, pred.shape[0]))]
+                   if job.seed == 0 else None)
         return {
             "dice": 100 * float(dice_score(pred, y_te, num_classes=2,
                                            include_background=False)),
@@ -184,4 +206,63 @@ class SegmentationTask(Task):
             "train_loss": res.train_loss,
             "train_seconds": round(res.seconds, 2),
             "eval_seconds": round(time.perf_counter() - t_eval, 2),
+            "preview": preview,  # seed 0: packed predictions of the first test images
         }
+
+
+def preview_figure(run_dir: str, out: str | None = None) -> str:
+    """Draw, per setting, the first test images of seed 0, their targets and each loss's
+    prediction (recorded by the jobs as ``preview``) into ``<run_dir>/predictions.png``
+    (or ``out``); returns the path. The images are rebuilt from the run's config (the data
+    are a function of the seed)."""
+    import json
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from losslab.lab.results import read_rows
+
+    folder = Path(run_dir)
+    cfg = json.loads((folder / "config.json").read_text())
+    rows = [r for r in read_rows(folder / "results.jsonl")
+            if r["seed"] == 0 and r["metrics"].get("preview")]
+    settings = [s for s in cfg["setting"] if any(r["setting"]["setting"] == s for r in rows)]
+    losses = [name for name in cfg["losses"] if any(r["loss"] == name for r in rows)]
+    k = PREVIEW_IMAGES
+    fig, axes = plt.subplots(len(settings) * k, 2 + len(losses),
+                             figsize=(1.4 * (2 + len(losses)), 1.4 * k * len(settings)),
+                             squeeze=False)
+    size = int(cfg["size"])
+    for si, setting in enumerate(settings):
+        data = make_segmentation_data(setting, n_train=1, n_test=int(cfg["n_test"]), seed=0,
+                                      size=size, scale=int(cfg["scale"]))
+        by_loss = {r["loss"]: r["metrics"]["preview"] for r in rows
+                   if r["setting"]["setting"] == setting}
+        for i in range(k):
+            row = axes[si * k + i]
+            row[0].imshow(data.x_test[i, 0], cmap="gray", vmin=0, vmax=1)
+            row[1].imshow(data.y_test[i], cmap="gray")
+            for j, name in enumerate(losses):
+                if name in by_loss and i < len(by_loss[name]):
+                    row[2 + j].imshow(unpack_mask(by_loss[name][i], (size, size)), cmap="gray")
+            for ax in row:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            row[0].set_ylabel(setting if i == 0 else "", fontsize=7)
+    titles = ["image", "target", *losses]
+    for ax, t in zip(axes[0], titles):
+        ax.set_title(t, fontsize=6)
+    fig.tight_layout()
+    path = Path(out) if out else folder / "predictions.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+if __name__ == "__main__":  # python -m losslab.lab.tasks.segmentation RUN_DIR
+    import sys
+
+    print(preview_figure(sys.argv[1]))
