@@ -156,14 +156,32 @@ from losslab.losses.robust import (
     rce_loss,
     sce_loss,
 )
-from losslab.losses.segmentation import (
+from losslab.losses.segmentation.boundary import (
+    basnet_hybrid_loss,
+    boundary_loss,
+    hausdorff_dt_loss,
+)
+from losslab.losses.segmentation.compound import (
+    dice_ce_loss,
+    dice_focal_loss,
+)
+from losslab.losses.segmentation.overlap import (
     dice_loss,
     dice_semimetric_loss,
     focal_tversky_loss,
     jaccard_loss,
     jaccard_metric_loss,
+    lovasz_hinge_loss,
     lovasz_softmax_loss,
     tversky_loss,
+)
+from losslab.losses.segmentation.prior import (
+    entropy_prior_loss,
+    repri_loss,
+)
+from losslab.losses.segmentation.topology import (
+    cl_dice_loss,
+    skeleton_recall_loss,
 )
 from losslab.losses.sequence import (
     linear_cross_entropy_loss,
@@ -200,11 +218,14 @@ __all__ = [
     "bag_level_loss",
     "barlow_twins_loss",
     "barron_loss",
+    "basnet_hybrid_loss",
     "binary_kl_loss",
+    "boundary_loss",
     "ca_loss",
     "cauchy_loss",
     "charbonnier_loss",
     "circle_loss",
+    "cl_dice_loss",
     "clip_loss",
     "coca_loss",
     "comp_sum_loss",
@@ -218,6 +239,8 @@ __all__ = [
     "cross_entropy_loss",
     "cs_ib_loss",
     "dcl_loss",
+    "dice_ce_loss",
+    "dice_focal_loss",
     "dice_loss",
     "dice_semimetric_loss",
     "dist2_loss",
@@ -226,10 +249,12 @@ __all__ = [
     "easyllp_loss",
     "eisl_loss",
     "emo_loss",
+    "entropy_prior_loss",
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
     "hard_negative_infonce_loss",
+    "hausdorff_dt_loss",
     "hazard_loss",
     "huber_loss",
     "i_con_loss",
@@ -252,6 +277,7 @@ __all__ = [
     "listnet_loss",
     "logit_adjusted_loss",
     "logz_penalty_loss",
+    "lovasz_hinge_loss",
     "lovasz_softmax_loss",
     "madacos_loss",
     "mae_loss",
@@ -282,11 +308,13 @@ __all__ = [
     "pseudo_huber_loss",
     "ranknet_loss",
     "rce_loss",
+    "repri_loss",
     "sce_loss",
     "siglip_loss",
     "simpo_loss",
     "sinkhorn_alignment_loss",
     "sinkhorn_kd_loss",
+    "skeleton_recall_loss",
     "stablemax_ce_loss",
     "supcon_loss",
     "tcm_loss",
