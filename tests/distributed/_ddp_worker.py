@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import losslab
 from losslab.distributed import LOCAL_FORMS, DistributedLoss, all_gather, all_gather_with_grad
+from losslab.gradcache import cached_backward
 
 D_IN, D_OUT = 5, 8
 KINDS = ("paired", "embeddings")
@@ -32,6 +33,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "siglip+learned": ("siglip", {"learnable_temperature": True}),
     "siglip+tiled": ("siglip", {"chunk_size": 2}),
     "supcon+sum": ("supcon", {"reduction": "sum"}),
+    # losslab.gradcache with DDP encoders (no_sync until each encoder's last chunk)
+    "gradcache+clip": ("clip", {}),
+    "gradcache+siglip": ("siglip", {}),
+    "gradcache+supcon": ("supcon", {}),
 }
 
 
@@ -83,7 +88,43 @@ def data(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x, y, labels
 
 
+def check_gradcache(case: str, rank: int, world: int) -> dict[str, float]:
+    """GradCache (chunks of 2 rows) over DDP encoders and a distributed loss against the
+    single-process direct step."""
+    name, mode = case.split(":")
+    s, loss = build(name)
+    paired = s.kind == "paired"
+    sizes = sizes_for(world)
+    x, y, labels = data(sum(sizes))
+    torch.manual_seed(0)
+    encoders = [nn.Linear(D_IN, D_OUT, dtype=torch.float64) for _ in range(2 if paired else 1)]
+    inputs = [x, y][: len(encoders)]
+    extra = () if paired else (labels,)
+    full = loss(*[e(i) for e, i in zip(encoders, inputs)], *extra)
+    full.backward()
+    expected = [p.grad for e in encoders for p in e.parameters()]
+    lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
+    ddps = [DDP(copy.deepcopy(e)) for e in encoders]
+    for d in ddps:
+        d.zero_grad(set_to_none=True)
+    value = cached_backward(DistributedLoss(copy.deepcopy(loss), mode=mode), ddps,
+                            [i[lo:hi] for i in inputs], chunk_size=2,
+                            extra=[t[lo:hi] for t in extra])
+    if mode != "global":
+        dist.all_reduce(value)
+        value /= world
+    got = [p.grad for d in ddps for p in d.module.parameters()]
+    grad_err = max(float((g - e).abs().max()) for g, e in zip(got, expected)
+                   if g is not None and e is not None)
+    assert all(g is not None for g in got)
+    return {"value": float((value - full.detach()).abs()), "grad": grad_err,
+            "scale": float(full.detach().abs()),
+            "grad_scale": max(float(e.abs().max()) for e in expected if e is not None)}
+
+
 def check(case: str, rank: int, world: int) -> dict[str, float]:
+    if case.startswith("gradcache+"):
+        return check_gradcache(case, rank, world)
     name, mode = case.split(":")
     s, loss = build(name)
     paired = s.kind == "paired"
