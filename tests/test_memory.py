@@ -4,6 +4,8 @@ pair-based loss, the FIFO contents from a list oracle, state, bad input."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -11,6 +13,9 @@ import losslab
 from losslab import miners
 from losslab.memory import CrossBatchMemory
 
+pd: Any
+pl: Any
+pm: Any
 try:
     from pytorch_metric_learning import distances as pd
     from pytorch_metric_learning import losses as pl
