@@ -203,6 +203,7 @@ def report_gradcache(rows: list[dict[str, Any]], args: argparse.Namespace) -> li
            for i in GRADCACHE_IMPLS}
     wall = {i: statistics.median(r["wall_s"] for r in rows if r["impl"] == i)
             for i in GRADCACHE_IMPLS}
+    loss = {i: next(r["loss"] for r in rows if r["impl"] == i) for i in GRADCACHE_IMPLS}
     gd = torch.load(Path(args.grads_dir, "direct.pt"))
     gc = torch.load(Path(args.grads_dir, "gradcache.pt"))
     rel = float((gd - gc).abs().max() / gd.abs().max())
@@ -218,8 +219,7 @@ def report_gradcache(rows: list[dict[str, Any]], args: argparse.Namespace) -> li
         f"- memory {m:.3f}x direct (target <= {MEM_TARGET}: "
         f"{'met' if m <= MEM_TARGET else 'NOT met'}); time {t:.2f}x (target <= {TIME_TARGET}: "
         f"{'met' if t <= TIME_TARGET else 'NOT met'}); gradients: max |diff| / max |g| = "
-        f"{rel:.1e}; loss {rows[0]['loss']:.6f} vs "
-        f"{[r for r in rows if r['impl'] == 'gradcache'][0]['loss']:.6f}",
+        f"{rel:.1e}; loss {loss['direct']:.6f} vs {loss['gradcache']:.6f}",
     ]
 
 
