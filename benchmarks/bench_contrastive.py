@@ -244,7 +244,7 @@ def report_distributed(rows: list[dict[str, Any]], args: argparse.Namespace) -> 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--part", choices=("gradcache", "distributed", "both"), default="both")
     p.add_argument("--B", type=int, default=16384)
     p.add_argument("--d-in", type=int, default=128)
