@@ -15,8 +15,9 @@ accumulated over micro-batches; but its gradient factors through the embeddings:
 
 Peak memory is one chunk's activations plus the loss's own memory (``O(N D)`` for the tiled
 contrastive losses); the price is a second forward pass. Random layers (dropout) see the same
-random numbers in both passes: the RNG state before each chunk is recorded and replayed
-(``replay_rng=True``), as ``torch.utils.checkpoint`` does.
+random numbers in both passes: the RNG state before each input's first chunk is recorded
+and replayed for its chunks in the same order (``replay_rng=True``), as
+``torch.utils.checkpoint`` does for one segment.
 
 Composes with
 
@@ -126,7 +127,7 @@ def cached_backward(
         chunk_size: rows per encoder pass (the memory knob).
         extra: further positional inputs of the loss after the embeddings (``labels``).
         loss_kwargs: keyword inputs of the loss.
-        replay_rng: replay each chunk's RNG state in the second pass (dropout): default True.
+        replay_rng: replay the RNG state in the second pass (dropout masks equal): default True.
 
     Raises:
         ValueError: ``chunk_size < 1``, ``encoders`` and ``inputs`` of different lengths, or
@@ -141,34 +142,43 @@ def cached_backward(
     if len(rows) != 1:
         raise ValueError(f"inputs must have one number of rows, got {sorted(rows)}")
     # 1. encode without a graph, recording each chunk's RNG state
-    plan: list[tuple[int, list[Batch], list[_RngState | None]]] = []
+    # (one state per input: its chunks run in the same order in both passes and draw the same
+    # random numbers; one small tensor per chunk would also fragment the heap between chunks)
+    plan: list[tuple[int, list[Batch], _RngState | None]] = []
     cached: list[Tensor] = []
+    n = rows.pop()
     for t, (encoder, x) in enumerate(zip(encoders, inputs)):
-        parts, states, outs = _chunks(x, chunk_size), [], []
-        devices = _devices(x)
+        parts = _chunks(x, chunk_size)
+        state = _RngState.capture(_devices(x)) if replay_rng else None
+        out: Tensor | None = None
         with torch.no_grad():
-            for part in parts:
-                states.append(_RngState.capture(devices) if replay_rng else None)
-                outs.append(_encode(encoder, part))
-        plan.append((t, parts, states))
-        cached.append(torch.cat(outs).requires_grad_(True))
+            for c, part in enumerate(parts):
+                z = _encode(encoder, part)
+                if out is None:  # written in place: no list of chunks and no concatenated copy
+                    out = z.new_empty((n, *z.shape[1:]))
+                out[c * chunk_size : c * chunk_size + z.shape[0]] = z
+                del z
+        assert out is not None
+        plan.append((t, parts, state))
+        cached.append(out.requires_grad_(True))
     # 2. the loss on the full batch of embeddings, and its gradients
     value = loss(*cached, *extra, **dict(loss_kwargs or {}))
     if not isinstance(value, Tensor) or value.numel() != 1:
         raise ValueError("the loss must return a scalar tensor (reduction 'mean' or 'sum')")
     value.backward()
     grads = [z.grad if z.grad is not None else torch.zeros_like(z) for z in cached]
+    del cached  # only the cached gradients are needed from here on
     # 3. re-encode with a graph and backpropagate the cached gradients, chunk by chunk; an
     # encoder used by several inputs (two views) syncs (DDP) after its very last chunk only
     last_use = {id(e): t for t, e in enumerate(encoders)}
-    for t, parts, states in plan:
+    for t, parts, state in plan:
         encoder = encoders[t]
-        for c, (part, state, g) in enumerate(zip(parts, states, grads[t].split(chunk_size))):
-            sync = last_use[id(encoder)] == t and c == len(parts) - 1
-            replay = state.replay() if state is not None else contextlib.nullcontext()
-            with _no_sync(encoder, sync), replay:
-                z = _encode(encoder, part)
-                torch.autograd.backward(z, g)
+        with state.replay() if state is not None else contextlib.nullcontext():
+            for c, (part, g) in enumerate(zip(parts, grads[t].split(chunk_size))):
+                sync = last_use[id(encoder)] == t and c == len(parts) - 1
+                with _no_sync(encoder, sync):
+                    z = _encode(encoder, part)
+                    torch.autograd.backward(z, g)
     return value.detach()
 
 
