@@ -142,3 +142,14 @@ def test_bad_input_raises() -> None:
         memory(x[:3], y[:3], enqueue_mask=torch.ones(3))
     with pytest.raises(ValueError, match="takes no ref_embeddings"):
         memory(x[:3], y[:3], ref_embeddings=x[:3])
+
+
+def test_deepcopy_keeps_the_queue() -> None:
+    import copy
+
+    memory = CrossBatchMemory(losslab.create("supcon"), embedding_dim=D, memory_size=M)
+    x, y = batches(1, seed=6)[0]
+    memory(x, y)
+    twin = copy.deepcopy(memory)
+    assert twin.spec.name == "supcon"
+    assert torch.equal(twin.embedding_memory, memory.embedding_memory)

@@ -81,7 +81,6 @@ class CrossBatchMemory(nn.Module):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.loss = loss
-        self.spec = spec
         self.miner = miner
         self.memory_size = memory_size
         self.embedding_dim = embedding_dim
@@ -89,6 +88,12 @@ class CrossBatchMemory(nn.Module):
         self.register_buffer("label_memory", torch.zeros(memory_size, dtype=torch.long))
         self.register_buffer("queue_idx", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def spec(self) -> Any:
+        """The wrapped loss's registry record (so that ``DistributedLoss`` can wrap the memory;
+        a property, not an attribute, so that the module deep-copies)."""
+        return self.loss.spec
 
     def extra_repr(self) -> str:
         return f"embedding_dim={self.embedding_dim}, memory_size={self.memory_size}"

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import losslab
 from losslab.distributed import LOCAL_FORMS, DistributedLoss, all_gather, all_gather_with_grad
 from losslab.gradcache import cached_backward
+from losslab.memory import CrossBatchMemory
 
 D_IN, D_OUT = 5, 8
 KINDS = ("paired", "embeddings")
@@ -37,6 +38,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "gradcache+clip": ("clip", {}),
     "gradcache+siglip": ("siglip", {}),
     "gradcache+supcon": ("supcon", {}),
+    # DistributedLoss(CrossBatchMemory(...)): two steps, the second against the queue
+    "memory+contrastive": ("contrastive", {}),
+    "memory+supcon": ("supcon", {}),
 }
 
 
@@ -122,9 +126,42 @@ def check_gradcache(case: str, rank: int, world: int) -> dict[str, float]:
             "grad_scale": max(float(e.abs().max()) for e in expected if e is not None)}
 
 
+def check_memory(case: str, rank: int, world: int) -> dict[str, float]:
+    """Two steps of ``DistributedLoss(CrossBatchMemory(loss))`` against the memory on the
+    full batches; the second step's gradient goes through the queue of the first."""
+    name, mode = case.split(":")
+    _, loss = build(name)
+    sizes = sizes_for(world)
+    lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
+    torch.manual_seed(0)
+    enc = nn.Linear(D_IN, D_OUT, dtype=torch.float64)
+    ref_memory = CrossBatchMemory(loss, embedding_dim=D_OUT, memory_size=40).double()
+    dist_memory = DistributedLoss(copy.deepcopy(ref_memory), mode=mode)
+    ddp = DDP(copy.deepcopy(enc))
+    value_err = grad_err = scale = grad_scale = 0.0
+    for step in range(2):
+        x, _, labels = data(sum(sizes) + step)  # a new batch each step
+        x, labels = x[step:], labels[step:]
+        enc.zero_grad(set_to_none=True)
+        ddp.zero_grad(set_to_none=True)
+        full = ref_memory(enc(x), labels)
+        full.backward()
+        value = dist_memory(ddp(x[lo:hi]), labels[lo:hi])
+        value.backward()
+        value_err = max(value_err, float((value - full).abs()))
+        scale = max(scale, float(full.abs()))
+        for p, q in zip(ddp.module.parameters(), enc.parameters()):
+            assert p.grad is not None and q.grad is not None
+            grad_err = max(grad_err, float((p.grad - q.grad).abs().max()))
+            grad_scale = max(grad_scale, float(q.grad.abs().max()))
+    return {"value": value_err, "grad": grad_err, "scale": scale, "grad_scale": grad_scale}
+
+
 def check(case: str, rank: int, world: int) -> dict[str, float]:
     if case.startswith("gradcache+"):
         return check_gradcache(case, rank, world)
+    if case.startswith("memory+"):
+        return check_memory(case, rank, world)
     name, mode = case.split(":")
     s, loss = build(name)
     paired = s.kind == "paired"
