@@ -227,9 +227,11 @@ def report_distributed(rows: list[dict[str, Any]], args: argparse.Namespace) -> 
     by_round: dict[int, dict[str, dict[str, Any]]] = {}
     for r in rows:
         by_round.setdefault(r["round"], {})[r["impl"]] = r
+    loads = [r["load"] for r in rows]
     out = [f"Distributed loss overhead, N={args.N} global rows, D={args.D}, fp32, fwd+bwd of "
            f"the loss, {args.threads} thread(s) in all (2 gloo ranks x "
-           f"{max(1, args.threads // 2)})", "| impl | wall s | / single process |",
+           f"{max(1, args.threads // 2)}), {len(by_round)} round(s), load "
+           f"{min(loads):.1f}-{max(loads):.1f}", "| impl | wall s | / single process |",
            "|---|---|---|"]
     for impl in DIST_IMPLS:
         mine = [r for r in rows if r["impl"] == impl]

@@ -19,12 +19,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import losslab
-from losslab.distributed import LOCAL_FORMS, DistributedLoss, all_gather, all_gather_with_grad
+from losslab.distributed import (
+    LOCAL_FORMS,
+    DistributedLoss,
+    all_gather,
+    all_gather_with_grad,
+    neighbour_exchange,
+)
 from losslab.gradcache import cached_backward
 from losslab.memory import CrossBatchMemory
 
 D_IN, D_OUT = 5, 8
 KINDS = ("paired", "embeddings")
+WORLDS = (2, 3)
 
 #: Extra hyperparameters per case name suffix (learned scalars, the tiled forms).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -200,7 +207,7 @@ def check(case: str, rank: int, world: int) -> dict[str, float]:
             "scale": float(full.detach().abs().max()), "grad_scale": grad_scale}
 
 
-def check_gather(rank: int, world: int) -> dict[str, float]:
+def check_gather(rank: int, world: int) -> dict[str, Any]:
     """all_gather_with_grad on unequal sizes: values, and each rank's rows receive the sum of
     all ranks' gradients."""
     sizes = sizes_for(world)
@@ -213,9 +220,24 @@ def check_gather(rank: int, world: int) -> dict[str, float]:
     expected_grad = weights[lo:hi] * sum(r + 1 for r in range(world))
     assert mine.grad is not None
     labels = all_gather(torch.arange(lo, hi))
+    # ranks that disagree in a dimension other than the rows: a ValueError on every rank
+    try:
+        all_gather_with_grad(torch.zeros(2, 3 + rank, requires_grad=True))
+        mismatch = "no error"
+    except ValueError as e:
+        mismatch = str(e)
+    # neighbour exchange around the ring, with the gradient sent back
+    x = torch.full((rank + 1, 2), float(rank), dtype=torch.float64, requires_grad=True)
+    left = (rank - 1) % world
+    got = neighbour_exchange(x, (rank + 1) % world, left, (left + 1, 2))
+    (got * (rank + 1)).sum().backward()
+    assert x.grad is not None
+    ring_grad = float((x.grad - ((rank + 1) % world + 1)).abs().max())
     return {"value": float((gathered - full).abs().max()),
             "grad": float((mine.grad - expected_grad).abs().max()),
-            "labels": float((labels - torch.arange(sum(sizes))).abs().max())}
+            "labels": float((labels - torch.arange(sum(sizes))).abs().max()),
+            "ring_value": float((got - left).abs().max()), "ring_grad": ring_grad,
+            "mismatch": mismatch}
 
 
 def main(rank: int, world: int, port: int, out: str, selected: list[str]) -> None:

@@ -2,43 +2,21 @@
 (kinds ``paired`` and ``embeddings``) and each of its modes, 2 and 3 gloo processes (equal and
 unequal per-rank batches) with a linear encoder in DDP give the single-process full-batch loss
 and parameter gradients (float64). One spawn per world size runs every case
-(``_ddp_worker.py``)."""
+(``_ddp_worker.py``; the spawn is the session fixture ``ddp_results`` of ``conftest.py``,
+shared with ``test_gather.py``)."""
 
 from __future__ import annotations
 
-import json
-import socket
-from pathlib import Path
-
 import pytest
 import torch
-from torch.multiprocessing.spawn import start_processes
 
 import losslab
 from losslab.distributed import LOCAL_FORMS, DistributedLoss
 from tests.distributed import _ddp_worker
 
 CASES = _ddp_worker.cases()
-WORLDS = (2, 3)
+WORLDS = _ddp_worker.WORLDS
 TOL = 1e-10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict]]:
-    out: dict[int, list[dict]] = {}
-    for world in WORLDS:
-        folder = tmp_path_factory.mktemp(f"ddp{world}")
-        start_processes(_ddp_worker.main, args=(world, free_port(), str(folder), CASES),
-                           nprocs=world, join=True, start_method="spawn")
-        out[world] = [json.loads(Path(folder, f"rank{r}.json").read_text())
-                      for r in range(world)]
-    return out
 
 
 def test_every_batch_level_loss_is_covered() -> None:
@@ -49,16 +27,9 @@ def test_every_batch_level_loss_is_covered() -> None:
 
 
 @pytest.mark.parametrize("world", WORLDS)
-def test_all_gather_with_grad_unequal_sizes(results: dict, world: int) -> None:
-    for rank, r in enumerate(results[world]):
-        got = r["all_gather_with_grad"]
-        assert got == {"value": 0.0, "grad": 0.0, "labels": 0.0}, (rank, got)
-
-
-@pytest.mark.parametrize("world", WORLDS)
 @pytest.mark.parametrize("case", CASES)
-def test_ddp_gradients_equal_single_process(results: dict, world: int, case: str) -> None:
-    for rank, r in enumerate(results[world]):
+def test_ddp_gradients_equal_single_process(ddp_results: dict, world: int, case: str) -> None:
+    for rank, r in enumerate(ddp_results[world]):
         got = r[case]
         assert "error" not in got, f"rank {rank}: {got['error']}"
         assert got["value"] <= TOL * max(1.0, got["scale"]), (rank, got)
