@@ -56,3 +56,36 @@ def test_bad_modes_raise() -> None:
         DistributedLoss("supcon")(torch.randn(4, 3), torch.arange(4),
                                   ref_embeddings=torch.randn(4, 3), ref_labels=torch.arange(4))
     assert "uniformity" not in LOCAL_FORMS
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+@pytest.mark.parametrize("tile", [None, 3])
+def test_local_rows_kernel_matches_loops_and_gradcheck(sigmoid: bool, tile: int | None) -> None:
+    """The local rows' terms (rows of q against all columns k, positive of row i at column
+    pos_i, -1 = none), against loops over the formula; gradcheck in float64."""
+    import math
+
+    from losslab.distributed.modes import _local_rows
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(8, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    pos = torch.tensor([2, 3, -1, 7, 0])
+    scale = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-0.4, dtype=torch.float64, requires_grad=True) if sigmoid else None
+    got = _local_rows(q, k, pos, scale, bias, tile=tile)
+    Q, K, s, b = q.tolist(), k.tolist(), 1.7, -0.4
+    for i in range(5):
+        logits = [s * sum(x * y for x, y in zip(Q[i], K[j])) + (b if sigmoid else 0.0)
+                  for j in range(8)]
+        if sigmoid:
+            want = sum(math.log1p(math.exp(-(1 if j == int(pos[i]) else -1) * v))
+                       for j, v in enumerate(logits))
+        else:
+            want = math.log(sum(math.exp(v) for v in logits))
+            want -= logits[int(pos[i])] if int(pos[i]) >= 0 else 0.0
+        assert abs(float(got[i]) - want) < 1e-12
+    inputs = (q, k, scale) + ((bias,) if bias is not None else ())
+    assert torch.autograd.gradcheck(
+        lambda *t: _local_rows(t[0], t[1], pos, t[2], t[3] if sigmoid else None, tile=tile),
+        inputs)

@@ -33,13 +33,12 @@ Without a process group (or with one process) the wrapper calls the loss unchang
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from losslab._ops.paired import prepare_paired
 from losslab.distances import normalize_rows
@@ -73,7 +72,7 @@ POINTWISE: frozenset[str] = frozenset({
 #: gathered columns) and :data:`POINTWISE`.
 LOCAL_FORMS: frozenset[str] = frozenset({"infonce", "clip", "siglip"}) | POINTWISE
 
-#: Row count from which the local forms work in checkpointed row tiles (as the losses' own
+#: Row count from which the local forms work in row tiles of a fused backward (as the losses' own
 #: automatic tiling, ``contrastive_ssl.AUTO_TILE_FROM``).
 AUTO_TILE_FROM = 8192
 
@@ -81,35 +80,76 @@ _KINDS = ("paired", "embeddings")
 
 
 # --------------------------------------------------------------------------------------------
-# Row terms of local rows against gathered columns (tiled: checkpointed row tiles)
+# Row terms of local rows against gathered columns, in row tiles (one fused autograd Function)
 # --------------------------------------------------------------------------------------------
 
 
-def _softmax_block(q: Tensor, keys: Tensor, pos: Tensor, scale: Tensor) -> Tensor:
-    logits = (q @ keys.t()) * scale
-    return torch.logsumexp(logits, 1) - logits.gather(1, pos[:, None]).squeeze(1)
+class _LocalRows(torch.autograd.Function):
+    """``row_i = f(l_i.) - [pos_i >= 0] l_{i, pos_i}`` for ``l = scale q k^T (+ bias)``: rows
+    of ``q`` (this rank's) against every column ``k`` (gathered), the positive of row ``i`` at
+    column ``pos_i`` (``-1``: none). ``f = logsumexp`` (InfoNCE / CLIP rows) or
+    ``sum_j softplus`` (SigLIP: ``softplus(-l) = softplus(l) - l`` on the positive).
+
+    Row tiles of ``tile`` rows: one GEMM per tile forward; the backward recomputes each tile's
+    probabilities (``exp(l - lse)`` or ``sigmoid(l)``) and does the two gradient GEMMs, so only
+    one ``tile x M`` block is alive at a time and ``O(n)`` statistics are saved."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, pos: Tensor, scale: Tensor,  # type: ignore[override]
+                bias: Tensor, tile: int, sigmoid: bool) -> Tensor:
+        n = q.shape[0]
+        vals = q.new_empty(n)
+        for r0 in range(0, n, tile):
+            blk = torch.mm(q[r0 : r0 + tile], k.t()).mul_(scale)
+            if sigmoid:
+                vals[r0 : r0 + tile] = F.softplus(blk.add_(bias)).sum(1)
+            else:
+                vals[r0 : r0 + tile] = torch.logsumexp(blk, 1)
+        has, idx = pos >= 0, pos.clamp_min(0)
+        positive = (q * k[idx]).sum(1) * scale + (bias if sigmoid else 0.0)
+        ctx.save_for_backward(q, k, pos, scale, bias, vals)
+        ctx.tile, ctx.sigmoid = tile, sigmoid
+        return vals - torch.where(has, positive, torch.zeros_like(positive))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        q, k, pos, scale, bias, vals = ctx.saved_tensors
+        tile, sigmoid = ctx.tile, ctx.sigmoid
+        s = float(scale)
+        dq, dk = torch.empty_like(q), torch.zeros_like(k)
+        d_scale, d_bias = q.new_zeros(()), q.new_zeros(())
+        for r0 in range(0, q.shape[0], tile):
+            qt, gt = q[r0 : r0 + tile], g[r0 : r0 + tile]
+            blk = torch.mm(qt, k.t()).mul_(scale)
+            if sigmoid:
+                probs = blk.add_(bias).sigmoid_()
+                d_bias += (probs.sum(1) * gt).sum()
+            else:
+                probs = blk.sub_(vals[r0 : r0 + tile, None]).exp_()
+            probs.mul_(gt[:, None])
+            pk = torch.mm(probs, k)  # sum_j g_i P_ij k_j
+            d_scale += (pk * qt).sum()  # sum_ij g_i P_ij (q_i . k_j)
+            dq[r0 : r0 + tile] = pk.mul_(s)
+            dk.addmm_(probs.t(), qt, alpha=s)
+        has, idx = pos >= 0, pos.clamp_min(0)
+        gp = torch.where(has, g, torch.zeros_like(g))
+        kp = k[idx]
+        dq.addcmul_(kp, (gp * s)[:, None], value=-1.0)
+        dk.index_add_(0, idx, q * (gp * -s)[:, None])
+        d_scale -= (gp * (q * kp).sum(1)).sum()
+        d_bias -= gp.sum()
+        return (dq, dk, None, d_scale.reshape(scale.shape),
+                d_bias.reshape(bias.shape) if sigmoid else None, None, None)
 
 
-def _sigmoid_block(q: Tensor, keys: Tensor, pos: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-    """``sum_j softplus(-z_ij l_ij)``, ``l = scale q k^T + bias``, ``z = +1`` at ``(i, pos_i)``
-    (no positive where ``pos_i < 0``), else ``-1``; ``softplus(-l) = softplus(l) - l``."""
-    logits = (q @ keys.t()) * scale + bias
-    out = F.softplus(logits).sum(1)
-    has = pos >= 0
-    at = logits.gather(1, pos.clamp_min(0)[:, None]).squeeze(1)
-    return out - torch.where(has, at, torch.zeros_like(at))
-
-
-def _tiled(block: Callable[..., Tensor], q: Tensor, keys: Tensor, pos: Tensor,
-           *scalars: Tensor, tile: int | None) -> Tensor:
-    """``block`` over row tiles of ``q``; each tile's ``tile x M`` logits are recomputed in the
-    backward (activation checkpointing) instead of kept."""
-    if tile is None or tile >= q.shape[0]:
-        return block(q, keys, pos, *scalars)
-    parts = [checkpoint(block, q[r0 : r0 + tile], keys, pos[r0 : r0 + tile], *scalars,
-                        use_reentrant=False)
-             for r0 in range(0, q.shape[0], tile)]
-    return torch.cat(parts)  # type: ignore[arg-type]
+def _local_rows(q: Tensor, keys: Tensor, pos: Tensor, scale: Tensor, bias: Tensor | None, *,
+                tile: int | None) -> Tensor:
+    """:class:`_LocalRows` (SigLIP rows when ``bias`` is given, else InfoNCE rows)."""
+    sigmoid = bias is not None
+    b = bias if bias is not None else torch.zeros((), dtype=q.dtype, device=q.device)
+    rows = q.shape[0] if tile is None else tile
+    return _LocalRows.apply(q, keys, pos, scale, b, max(1, rows), sigmoid)
 
 
 def _tile_for(chunk_size: int | None, q: Tensor, cols: int) -> int | None:
@@ -280,11 +320,11 @@ class DistributedLoss(nn.Module):
         tile = _tile_for(kw.get("chunk_size"), a, total)
         if self.spec.name == "siglip":
             bias = _scalar(kw["bias"], a)
-            terms = _tiled(_sigmoid_block, a, gb, pos, scale, bias, tile=tile)
+            terms = _local_rows(a, gb, pos, scale, bias, tile=tile)
         else:
-            terms = _tiled(_softmax_block, a, gb, pos, scale, tile=tile)
+            terms = _local_rows(a, gb, pos, scale, None, tile=tile)
             if self.spec.name == "clip" or kw.get("symmetric", False):
-                col = _tiled(_softmax_block, b, ga, pos, scale, tile=tile)
+                col = _local_rows(b, ga, pos, scale, None, tile=tile)
                 terms = (terms + col) / 2
         return _reduce_local(terms, kw["reduction"], world, total)
 
@@ -300,13 +340,13 @@ class DistributedLoss(nn.Module):
         tile = _tile_for(kw.get("chunk_size"), a, max(sizes))
         own = torch.arange(a.shape[0], device=a.device)
         none = torch.full_like(own, -1)
-        terms = _tiled(_sigmoid_block, a, b, own, scale, bias, tile=tile)
+        terms = _local_rows(a, b, own, scale, bias, tile=tile)
         chunk = b
         for step in range(1, world):
             sender = (rank - step) % world  # whose b arrives at this step
             chunk = neighbour_exchange(chunk, (rank + 1) % world, (rank - 1) % world,
                                        (sizes[sender], *b.shape[1:]), group=self.group)
-            terms = terms + _tiled(_sigmoid_block, a, chunk, none, scale, bias, tile=tile)
+            terms = terms + _local_rows(a, chunk, none, scale, bias, tile=tile)
         return _reduce_local(terms, kw["reduction"], world, total)
 
 
