@@ -260,6 +260,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dist-impls", nargs="+", default=list(DIST_IMPLS),
+                   help="distributed impls to run (name:single|global|local|ring)")
     p.add_argument("--grads-dir", default=str(RESULTS / "contrastive_grads"))
     p.add_argument("--case", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -273,7 +275,7 @@ def main() -> None:
     argv += ["--grads-dir", args.grads_dir]
     lines: list[str] = []
     for part, impls, report in (("gradcache", GRADCACHE_IMPLS, report_gradcache),
-                                ("distributed", DIST_IMPLS, report_distributed)):
+                                ("distributed", tuple(args.dist_impls), report_distributed)):
         if args.part not in (part, "both"):
             continue
         rows = []
