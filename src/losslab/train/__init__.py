@@ -1,0 +1,29 @@
+"""Training procedures from the literature: optimizer wrappers, head wrappers, loss-derivative
+ensembles and data-selection scores over per-sample losses (wrappers, not registered losses).
+
+* :mod:`losslab.train.sam` -- :class:`SAM` around any optimizer (ASAM, AdaSAP rules);
+* :mod:`losslab.train.ortho_grad` -- :class:`OrthoGrad` (⊥Grad, the grokking paper).
+
+Each works in a plain loop and with the lab's ``fit`` (``step=`` / ``on_epoch_start=`` hooks).
+"""
+
+from losslab.train.ortho_grad import OrthoGrad, orthogonal_gradient
+from losslab.train.sam import (
+    SAM,
+    AdaSAPPerturbation,
+    PerturbationRule,
+    asam_perturbation,
+    frozen_bn_stats,
+    sam_perturbation,
+)
+
+__all__ = [
+    "SAM",
+    "AdaSAPPerturbation",
+    "OrthoGrad",
+    "PerturbationRule",
+    "asam_perturbation",
+    "frozen_bn_stats",
+    "orthogonal_gradient",
+    "sam_perturbation",
+]
