@@ -7,6 +7,7 @@ ensembles and data-selection scores over per-sample losses (wrappers, not regist
 Each works in a plain loop and with the lab's ``fit`` (``step=`` / ``on_epoch_start=`` hooks).
 """
 
+from losslab.train.ensloss import EnsLoss, ensloss_loss, sample_calibrated_derivatives
 from losslab.train.ortho_grad import OrthoGrad, orthogonal_gradient
 from losslab.train.sam import (
     SAM,
@@ -20,10 +21,13 @@ from losslab.train.sam import (
 __all__ = [
     "SAM",
     "AdaSAPPerturbation",
+    "EnsLoss",
     "OrthoGrad",
     "PerturbationRule",
     "asam_perturbation",
+    "ensloss_loss",
     "frozen_bn_stats",
     "orthogonal_gradient",
     "sam_perturbation",
+    "sample_calibrated_derivatives",
 ]
