@@ -17,6 +17,14 @@ from losslab.train.sam import (
     frozen_bn_stats,
     sam_perturbation,
 )
+from losslab.train.selection import (
+    color_filter_scores,
+    color_filter_select,
+    kmeans,
+    seta_select,
+    slow_learnable,
+    useful_upsample,
+)
 
 __all__ = [
     "SAM",
@@ -25,9 +33,15 @@ __all__ = [
     "OrthoGrad",
     "PerturbationRule",
     "asam_perturbation",
+    "color_filter_scores",
+    "color_filter_select",
     "ensloss_loss",
     "frozen_bn_stats",
+    "kmeans",
     "orthogonal_gradient",
     "sam_perturbation",
     "sample_calibrated_derivatives",
+    "seta_select",
+    "slow_learnable",
+    "useful_upsample",
 ]
