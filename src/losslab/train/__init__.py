@@ -7,6 +7,7 @@ ensembles and data-selection scores over per-sample losses (wrappers, not regist
 Each works in a plain loop and with the lab's ``fit`` (``step=`` / ``on_epoch_start=`` hooks).
 """
 
+from losslab.train.dropout import MultiSampleDropout, MultiSampleLoss, multi_sample_dropout_loss
 from losslab.train.ensloss import EnsLoss, ensloss_loss, sample_calibrated_derivatives
 from losslab.train.ortho_grad import OrthoGrad, orthogonal_gradient
 from losslab.train.sam import (
@@ -30,6 +31,8 @@ __all__ = [
     "SAM",
     "AdaSAPPerturbation",
     "EnsLoss",
+    "MultiSampleDropout",
+    "MultiSampleLoss",
     "OrthoGrad",
     "PerturbationRule",
     "asam_perturbation",
@@ -38,6 +41,7 @@ __all__ = [
     "ensloss_loss",
     "frozen_bn_stats",
     "kmeans",
+    "multi_sample_dropout_loss",
     "orthogonal_gradient",
     "sam_perturbation",
     "sample_calibrated_derivatives",
