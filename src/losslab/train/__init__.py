@@ -2,7 +2,11 @@
 ensembles and data-selection scores over per-sample losses (wrappers, not registered losses).
 
 * :mod:`losslab.train.sam` -- :class:`SAM` around any optimizer (ASAM, AdaSAP rules);
-* :mod:`losslab.train.ortho_grad` -- :class:`OrthoGrad` (⊥Grad, the grokking paper).
+* :mod:`losslab.train.ortho_grad` -- :class:`OrthoGrad` (⊥Grad, the grokking paper);
+* :mod:`losslab.train.saf` -- :class:`SAFLoss` and :class:`MESA` (trajectory KL);
+* :mod:`losslab.train.dropout` -- :class:`MultiSampleDropout` / :class:`MultiSampleLoss`;
+* :mod:`losslab.train.ensloss` -- :class:`EnsLoss` (random calibrated loss-derivatives);
+* :mod:`losslab.train.selection` -- CoLoR-Filter, SeTa and USEFUL selections.
 
 Each works in a plain loop and with the lab's ``fit`` (``step=`` / ``on_epoch_start=`` hooks).
 """
@@ -10,6 +14,7 @@ Each works in a plain loop and with the lab's ``fit`` (``step=`` / ``on_epoch_st
 from losslab.train.dropout import MultiSampleDropout, MultiSampleLoss, multi_sample_dropout_loss
 from losslab.train.ensloss import EnsLoss, ensloss_loss, sample_calibrated_derivatives
 from losslab.train.ortho_grad import OrthoGrad, orthogonal_gradient
+from losslab.train.saf import MESA, SAFLoss, trajectory_kl
 from losslab.train.sam import (
     SAM,
     AdaSAPPerturbation,
@@ -28,6 +33,7 @@ from losslab.train.selection import (
 )
 
 __all__ = [
+    "MESA",
     "SAM",
     "AdaSAPPerturbation",
     "EnsLoss",
@@ -35,6 +41,7 @@ __all__ = [
     "MultiSampleLoss",
     "OrthoGrad",
     "PerturbationRule",
+    "SAFLoss",
     "asam_perturbation",
     "color_filter_scores",
     "color_filter_select",
@@ -47,5 +54,6 @@ __all__ = [
     "sample_calibrated_derivatives",
     "seta_select",
     "slow_learnable",
+    "trajectory_kl",
     "useful_upsample",
 ]
