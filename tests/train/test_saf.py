@@ -132,3 +132,35 @@ def test_saf_and_mesa_train_digits_with_fit() -> None:
         step=mesa.fit_step)
     assert int(mesa.steps) == 76
     assert accuracy(model, xte, yte) > 0.9 and accuracy(mesa.teacher, xte, yte) > 0.9
+
+
+@pytest.mark.slow
+def test_saf_reaches_a_flatter_minimum_than_sgd_on_digits() -> None:
+    # measured (seed 0, train CE < 0.02): sharpness at radius 2 -- SGD 0.0038, SAF 0.0032;
+    # MESA (decay 0.99, lam 1) 0.0041, i.e. no flatter than SGD at this scale (not asserted)
+    import torch.nn.functional as F
+
+    from .tasks import full_loss, sharpness
+
+    xtr, ytr, _, _ = digits()
+    n = xtr.shape[0]
+    out = {}
+    for kind in ("sgd", "saf"):
+        model = mlp(0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        saf = SAFLoss(nn.CrossEntropyLoss(), num_samples=n, num_classes=10, delay=1, lam=1.0)
+        for epoch in range(200):
+            saf.start_epoch(epoch)
+            for idx in minibatches(n, 64, epoch):
+                logits = model(xtr[idx])
+                loss = (F.cross_entropy(logits, ytr[idx]) if kind == "sgd"
+                        else saf(logits, ytr[idx], index=idx))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            if full_loss(model, F.cross_entropy, xtr, ytr) < 0.02:
+                break
+        out[kind] = (full_loss(model, F.cross_entropy, xtr, ytr),
+                     sharpness(model, F.cross_entropy, xtr, ytr, radius=2.0))
+    assert all(0.012 < v[0] < 0.02 for v in out.values()), out
+    assert out["saf"][1] < 0.9 * out["sgd"][1], out
