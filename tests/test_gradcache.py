@@ -54,13 +54,18 @@ def test_gradients_equal_the_direct_full_batch(name: str) -> None:
     x, y, labels = data()
     encoders, inputs, extra = ((fa, fb), (x, y), ()) if paired else ((fa,), (x,), (labels,))
 
+    kw = {"index": torch.arange(N)} if losslab.spec(name).needs_index else {}
+    state = {k: v.clone() for k, v in loss.state_dict().items()}  # per-sample buffers
+
     torch.manual_seed(5)
-    direct = loss(*[e(i) for e, i in zip(encoders, inputs)], *extra)
+    direct = loss(*[e(i) for e, i in zip(encoders, inputs)], *extra, **kw)
     direct.backward()
     expected = grads(loss, *encoders)
 
+    loss.load_state_dict(state)
     torch.manual_seed(5)
-    value = cached_backward(loss, encoders, inputs, chunk_size=CHUNK, extra=extra)
+    value = cached_backward(loss, encoders, inputs, chunk_size=CHUNK, extra=extra,
+                            loss_kwargs=kw)
     got = grads(loss, *encoders)
     assert torch.allclose(value, direct.detach(), rtol=1e-12, atol=1e-12)
     assert not value.requires_grad

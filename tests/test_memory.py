@@ -38,7 +38,8 @@ def pair_losses() -> list[str]:
     out = []
     for name in losslab.available(kind="embeddings"):
         loss = losslab.create(name, **losslab.spec(name).example_hparams)
-        if getattr(loss, "proxies", None) is None and name != "metrix":
+        if (getattr(loss, "proxies", None) is None and name != "metrix"
+                and "ref_embeddings" in type(loss)._call_keywords):
             out.append(name)
     return out
 
@@ -153,3 +154,10 @@ def test_deepcopy_keeps_the_queue() -> None:
     twin = copy.deepcopy(memory)
     assert twin.spec.name == "supcon"
     assert torch.equal(twin.embedding_memory, memory.embedding_memory)
+
+
+def test_loss_without_ref_embeddings_is_refused() -> None:
+    """A loss of kind 'embeddings' that cannot compare with reference rows (i_con) is a clear
+    ValueError, not a failure at the first call."""
+    with pytest.raises(ValueError, match="ref_embeddings"):
+        CrossBatchMemory(losslab.create("i_con"), embedding_dim=D)

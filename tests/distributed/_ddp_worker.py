@@ -55,7 +55,8 @@ def cases() -> list[str]:
     """``name:mode`` for every paired/embeddings loss of the registry (global, and local where
     the loss has a local form; ring for SigLIP) and the variants."""
     out = []
-    names = [n for k in KINDS for n in losslab.available(kind=k)]
+    names = [n for k in KINDS for n in losslab.available(kind=k)
+             if not losslab.spec(n).needs_index]  # refused: per-sample state (test_modes)
     for name in [*names, *VARIANTS]:
         base = VARIANTS[name][0] if name in VARIANTS else name
         out.append(f"{name}:global")

@@ -224,6 +224,11 @@ class DistributedLoss(nn.Module):
         if spec.kind not in _KINDS:
             raise ValueError(f"loss must be of kind {' or '.join(_KINDS)} (a batch-level loss); "
                              f"{spec.name} is of kind {spec.kind!r}")
+        if spec.needs_index:
+            raise ValueError(
+                f"{spec.name} keeps per-sample state addressed by index= (dataset ids); its "
+                f"buffers would diverge across ranks, so it is not wrapped for multi-process "
+                f"use")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "local" and spec.name not in LOCAL_FORMS:
