@@ -79,10 +79,17 @@ from losslab.losses.metric_learning.weighted import (
     MultiSimilarityLoss,
     SupConLoss,
 )
-from losslab.losses.ranking import (
+from losslab.losses.ranking.listwise import (
+    ApproxNDCGLoss,
     ListMLELoss,
     ListNetLoss,
+    NeuralNDCGLoss,
+    Poly1ListwiseLoss,
+)
+from losslab.losses.ranking.pairwise import (
+    LambdaLoss,
     MarginMSELoss,
+    PairwiseHingeLoss,
     RankNetLoss,
 )
 from losslab.losses.regression import (
@@ -134,6 +141,7 @@ __all__ = [
     "ALDRKLLoss",
     "AlignmentLoss",
     "AnyLoss",
+    "ApproxNDCGLoss",
     "ArcFaceLoss",
     "BagLevelLoss",
     "BarronLoss",
@@ -169,6 +177,7 @@ __all__ = [
     "KDLoss",
     "LDAMLoss",
     "LDRKLLoss",
+    "LambdaLoss",
     "LiftedStructureLoss",
     "LinearCrossEntropyLoss",
     "ListMLELoss",
@@ -189,8 +198,11 @@ __all__ = [
     "NFLLoss",
     "NFLRCELoss",
     "NPairsLoss",
+    "NeuralNDCGLoss",
     "NormalizedSoftmaxLoss",
     "OrdinalLoss",
+    "PairwiseHingeLoss",
+    "Poly1ListwiseLoss",
     "Poly1Loss",
     "ProportionLoss",
     "ProtoNetLoss",

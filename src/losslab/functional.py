@@ -78,10 +78,17 @@ from losslab.losses.metric_learning.weighted import (
     multi_similarity_loss,
     supcon_loss,
 )
-from losslab.losses.ranking import (
+from losslab.losses.ranking.listwise import (
+    approx_ndcg_loss,
     listmle_loss,
     listnet_loss,
+    neural_ndcg_loss,
+    poly1_listwise_loss,
+)
+from losslab.losses.ranking.pairwise import (
+    lambda_loss,
     margin_mse_loss,
+    pairwise_hinge_loss,
     ranknet_loss,
 )
 from losslab.losses.regression import (
@@ -145,6 +152,7 @@ __all__ = [
     "aldr_kl_loss",
     "alignment_loss",
     "anyloss",
+    "approx_ndcg_loss",
     "arcface_loss",
     "bag_level_loss",
     "barron_loss",
@@ -177,6 +185,7 @@ __all__ = [
     "jaccard_loss",
     "jaccard_metric_loss",
     "kd_loss",
+    "lambda_loss",
     "ldam_loss",
     "ldr_kl_loss",
     "lifted_structure_loss",
@@ -195,11 +204,14 @@ __all__ = [
     "nce_loss",
     "nce_mae_loss",
     "nce_rce_loss",
+    "neural_ndcg_loss",
     "nfl_loss",
     "nfl_rce_loss",
     "normalized_softmax_loss",
     "npairs_loss",
     "ordinal_loss",
+    "pairwise_hinge_loss",
+    "poly1_listwise_loss",
     "poly1_loss",
     "proportion_loss",
     "proto_triplet_loss",

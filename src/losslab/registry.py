@@ -94,7 +94,8 @@ FAMILY_MODULES: Mapping[str, str] = MappingProxyType(
 )
 
 #: Degenerate batches a loss may declare (see ``LossSpec.degenerate``).
-DEGENERATE_CASES: tuple[str, ...] = ("one_class", "no_positives", "all_ignored")
+DEGENERATE_CASES: tuple[str, ...] = ("one_class", "no_positives", "all_ignored", "all_masked",
+                                     "no_relevant")
 
 Kind = Literal[
     "logits", "embeddings", "episode", "paired", "scores", "dense", "teacher", "bags", "linear",

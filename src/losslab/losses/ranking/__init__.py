@@ -1,0 +1,21 @@
+"""Learning-to-rank and recommendation losses (registry family ``ranking-recsys``).
+
+Modules: :mod:`~.pairwise` (Margin-MSE, RankNet, pairwise hinge, LambdaLoss),
+:mod:`~.listwise` (ListNet, ListMLE, ApproxNDCG, NeuralNDCG, Poly-1 listwise).
+
+Kind ``scores``: ``loss(scores[Q, L], relevance[Q, L], *, mask=None)``: ``Q`` lists (queries,
+users) of ``L`` items with graded relevance (higher is better) and an optional bool ``mask``
+(False = padding, part of no term, zero gradient). A list with nothing to learn from (fully
+masked; no pair; no relevant item) contributes a defined zero with zero gradient, never NaN,
+and is left out of the ``"mean"`` (allRank users' complaint: NaN at IDCG = 0).
+"""
+
+from __future__ import annotations
+
+from losslab.losses.ranking import listwise, pairwise
+from losslab.losses.ranking._common import prepare_scores
+from losslab.losses.ranking.listwise import *  # noqa: F403
+from losslab.losses.ranking.pairwise import *  # noqa: F403
+
+__all__ = ["listwise", "pairwise", "prepare_scores"]
+__all__ += listwise.__all__ + pairwise.__all__
