@@ -222,8 +222,8 @@ def _forward_paired(self: LossModule, a: Tensor, b: Tensor, *,
 
 
 def _forward_scores(self: LossModule, scores: Tensor, relevance: Tensor, *,
-                    mask: Tensor | None = None) -> Tensor:
-    return _call(self, scores, relevance, mask=mask)
+                    mask: Tensor | None = None, log_q: Tensor | None = None) -> Tensor:
+    return _call(self, scores, relevance, mask=mask, log_q=log_q)
 
 
 def _forward_dense(self: LossModule, logits: Tensor, target: Tensor) -> Tensor:
