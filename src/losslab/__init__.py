@@ -79,6 +79,12 @@ from losslab.losses.metric_learning.weighted import (
     MultiSimilarityLoss,
     SupConLoss,
 )
+from losslab.losses.ranking.auc import (
+    AUCMarginLoss,
+    AUCPairwiseLoss,
+    MacroAUCPairwiseLoss,
+    MacroAUCUnivariateLoss,
+)
 from losslab.losses.ranking.listwise import (
     ApproxNDCGLoss,
     ListMLELoss,
@@ -91,6 +97,7 @@ from losslab.losses.ranking.pairwise import (
     MarginMSELoss,
     PairwiseHingeLoss,
     RankNetLoss,
+    YetiLoss,
 )
 from losslab.losses.ranking.recsys import (
     BPRLoss,
@@ -148,6 +155,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALDRKLLoss",
+    "AUCMarginLoss",
+    "AUCPairwiseLoss",
     "AlignmentLoss",
     "AnyLoss",
     "ApproxNDCGLoss",
@@ -200,6 +209,8 @@ __all__ = [
     "LovaszSoftmaxLoss",
     "MAELoss",
     "MSELoss",
+    "MacroAUCPairwiseLoss",
+    "MacroAUCUnivariateLoss",
     "MadaCosLoss",
     "MarginMSELoss",
     "MetrixLoss",
@@ -240,6 +251,7 @@ __all__ = [
     "UniformityLoss",
     "WaveletHFLoss",
     "WestonWatkinsLoss",
+    "YetiLoss",
     "ZErrorLoss",
     "ZLoss",
     "__version__",

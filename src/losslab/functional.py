@@ -78,6 +78,12 @@ from losslab.losses.metric_learning.weighted import (
     multi_similarity_loss,
     supcon_loss,
 )
+from losslab.losses.ranking.auc import (
+    auc_margin_loss,
+    auc_pairwise_loss,
+    macro_auc_pairwise_loss,
+    macro_auc_univariate_loss,
+)
 from losslab.losses.ranking.listwise import (
     approx_ndcg_loss,
     listmle_loss,
@@ -90,6 +96,7 @@ from losslab.losses.ranking.pairwise import (
     margin_mse_loss,
     pairwise_hinge_loss,
     ranknet_loss,
+    yeti_loss,
 )
 from losslab.losses.ranking.recsys import (
     bpr_loss,
@@ -163,6 +170,8 @@ __all__ = [
     "anyloss",
     "approx_ndcg_loss",
     "arcface_loss",
+    "auc_margin_loss",
+    "auc_pairwise_loss",
     "bag_level_loss",
     "barron_loss",
     "binary_kl_loss",
@@ -207,6 +216,8 @@ __all__ = [
     "logit_adjusted_loss",
     "logz_penalty_loss",
     "lovasz_softmax_loss",
+    "macro_auc_pairwise_loss",
+    "macro_auc_univariate_loss",
     "madacos_loss",
     "mae_loss",
     "margin_mse_loss",
@@ -249,6 +260,7 @@ __all__ = [
     "uniformity_loss",
     "wavelet_hf_loss",
     "weston_watkins_loss",
+    "yeti_loss",
     "z_error_loss",
     "z_loss",
 ]

@@ -43,10 +43,12 @@ __all__ = [
     "MarginMSELoss",
     "PairwiseHingeLoss",
     "RankNetLoss",
+    "YetiLoss",
     "lambda_loss",
     "margin_mse_loss",
     "pairwise_hinge_loss",
     "ranknet_loss",
+    "yeti_loss",
 ]
 
 
@@ -323,3 +325,97 @@ def lambda_loss(
 )
 class LambdaLoss(LossModule, function=lambda_loss, check=_check_lambda):
     """Module form of :func:`lambda_loss`."""
+
+
+_check_yeti = hparams(num_permutations=Int(ge=1), neighbors=Int(ge=1),
+                      k=Int(ge=1, optional=True), gain=Choice("exp", "linear"))
+
+
+def yeti_loss(
+    scores: Tensor,
+    relevance: Tensor,
+    *,
+    mask: Tensor | None = None,
+    num_permutations: int = 10,
+    neighbors: int = 1,
+    k: int | None = None,
+    gain: str = "exp",
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""YetiLoss: pairwise logistic loss weighted by the NDCG change of swapping the pair in
+    randomly perturbed rankings (YetiRank's stochastic pair weights, with the target metric's
+    swap delta as the weight, as "Which Tricks are Important for Learning to Rank?" proposes).
+
+    For ``num_permutations`` rankings :math:`\pi^{(t)}` by the perturbed scores
+    :math:`s_i + \log\frac{u_i}{1 - u_i}`, :math:`u_i \sim U(0, 1)` (logistic noise, detached),
+    every pair with :math:`r_i > r_j` at most ``neighbors`` positions apart gains the weight
+    :math:`|\Delta\mathrm{NDCG@k}_{ij}(\pi^{(t)})| = |G_i - G_j|\,|d(\pi_i) - d(\pi_j)|`
+    (:math:`G = (2^r - 1)/\mathrm{IDCG@k}`, :math:`d(p) = 1/\log_2(1 + p)` for :math:`p \le k`,
+    else 0), averaged over the permutations; then
+
+    .. math::
+        \ell_q = \sum_{r_i > r_j} w_{ij} \log\big(1 + e^{-(s_i - s_j)}\big).
+
+    Random: it draws from torch's global generator (seed it for repeatable values).
+    Formula from the paper's abstract and CatBoost's YetiRank description (its
+    ``permutations`` default 10, neighbouring pairs), **not verified against the paper's
+    equations**.
+
+    Args:
+        scores: ``[Q, L]`` predicted scores; ``relevance``: ``[Q, L]`` graded relevance.
+        mask: optional ``[Q, L]`` bool, False for padding.
+        num_permutations: perturbed rankings per call. neighbors: the largest position gap of
+            a weighted pair (1: adjacent items, as YetiRank). k: NDCG cutoff. gain: ``"exp"``
+            or ``"linear"``.
+        reduction: ``"mean"`` over queries with at least one pair, ``"sum"``, ``"none"``
+            (``[Q]``).
+
+    Peer: CatBoost ``YetiRank`` (a GBDT objective; not a torch loss).
+
+    Paper: Lyzhin, Ustimenko, Gulin, Prokhorenkova, "Which Tricks are Important for Learning
+    to Rank?", arXiv 2204.01500 (ICML 2023).
+    """
+    _check_yeti(num_permutations=num_permutations, neighbors=neighbors, k=k, gain=gain)
+    s, r, m = prepare_scores(scores, relevance, mask)
+    s = torch.where(m, s, torch.zeros_like(s))
+    L = s.shape[1]
+    g = torch.where(m, gains(r, gain), torch.zeros_like(r))
+    idcg = ideal_dcg(g, m, k)
+    G = g / torch.where(idcg > 0, idcg, torch.ones_like(idcg)).unsqueeze(1)
+    pairs = pair_mask(r, m)
+    gdiff = (G.unsqueeze(2) - G.unsqueeze(1)).abs()
+    w = torch.zeros_like(gdiff)
+    with torch.no_grad():
+        for _ in range(num_permutations):
+            u = torch.rand(s.shape, dtype=s.dtype, device=s.device).clamp(1e-12, 1 - 1e-12)
+            order = order_by(s + torch.log(u) - torch.log1p(-u), m)
+            rank = torch.empty_like(order)
+            rank.scatter_(1, order, torch.arange(L, device=s.device).expand_as(order))
+            p = rank.to(s.dtype) + 1  # positions 1..L
+            d = 1 / torch.log2(1 + p)
+            if k is not None:
+                d = torch.where(p <= k, d, torch.zeros_like(d))
+            near = (p.unsqueeze(2) - p.unsqueeze(1)).abs() <= neighbors
+            w = w + torch.where(near, gdiff * (d.unsqueeze(2) - d.unsqueeze(1)).abs(),
+                                torch.zeros_like(w))
+        w = w / num_permutations
+    diff = s.unsqueeze(2) - s.unsqueeze(1)
+    terms = torch.where(pairs, w * F.softplus(-diff), torch.zeros_like(diff))
+    values = terms.sum((1, 2))
+    has = pairs.flatten(1).any(1)
+    return reduce(values, reduction, count=has.sum().to(s.dtype))
+
+
+@register(
+    "yeti_loss",
+    family="ranking-recsys",
+    kind="scores",
+    paper="Which Tricks are Important for Learning to Rank?",
+    arxiv="2204.01500",
+    summary="pairwise logistic weighted by |dNDCG| of swapping neighbours in noisy rankings",
+    peers=("catboost YetiRank",),
+    reduction="per query",
+    degenerate=("all_masked", "no_relevant"),
+)
+class YetiLoss(LossModule, function=yeti_loss, check=_check_yeti):
+    """Module form of :func:`yeti_loss`."""
