@@ -48,7 +48,7 @@ KINDS: Mapping[str, str] = MappingProxyType(
         "indices=None)",
         "episode": "(support[Ns,D], support_labels[Ns], query[Nq,D], query_labels[Nq])",
         "paired": "(a[N,D], b[N,D])",
-        "scores": "(scores[Q,L], relevance[Q,L], *, mask=None)",
+        "scores": "(scores[Q,L], relevance[Q,L], *, mask=None, log_q=None)",
         "dense": "(logits[N,C,*spatial], target)",
         "teacher": "(student_logits, teacher_logits, *, target=None)",
         "bags": "(pred[N,...], bag_index[N], bag_target[B,...])",
