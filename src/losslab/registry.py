@@ -49,7 +49,7 @@ KINDS: Mapping[str, str] = MappingProxyType(
         "indices=None)",
         "episode": "(support[Ns,D], support_labels[Ns], query[Nq,D], query_labels[Nq])",
         "paired": "(a[N,D], b[N,D])",
-        "scores": "(scores[Q,L], relevance[Q,L], *, mask=None)",
+        "scores": "(scores[Q,L], relevance[Q,L], *, mask=None, log_q=None)",
         "dense": "(logits[N,C,*spatial], target)",
         "teacher": "(student_logits, teacher_logits, *, target=None)",
         "bags": "(pred[N,...], bag_index[N], bag_target[B,...])",
@@ -104,7 +104,8 @@ FAMILY_MODULES: Mapping[str, str] = MappingProxyType(
 )
 
 #: Degenerate batches a loss may declare (see ``LossSpec.degenerate``).
-DEGENERATE_CASES: tuple[str, ...] = ("one_class", "no_positives", "all_ignored")
+DEGENERATE_CASES: tuple[str, ...] = ("one_class", "no_positives", "all_ignored", "all_masked",
+                                     "no_relevant")
 
 Kind = Literal[
     "logits", "embeddings", "episode", "paired", "scores", "dense", "teacher", "bags", "linear",
@@ -231,8 +232,8 @@ def _forward_paired(self: LossModule, a: Tensor, b: Tensor, *,
 
 
 def _forward_scores(self: LossModule, scores: Tensor, relevance: Tensor, *,
-                    mask: Tensor | None = None) -> Tensor:
-    return _call(self, scores, relevance, mask=mask)
+                    mask: Tensor | None = None, log_q: Tensor | None = None) -> Tensor:
+    return _call(self, scores, relevance, mask=mask, log_q=log_q)
 
 
 def _forward_dense(self: LossModule, logits: Tensor, target: Tensor) -> Tensor:

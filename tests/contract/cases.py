@@ -205,6 +205,14 @@ def degenerate_call(spec: LossSpec, case: str, *, dtype: torch.dtype = torch.flo
         if idx is None:
             raise AssertionError(f"no all_ignored case for kind {k!r}")
         args[idx] = torch.full_like(args[idx], -100)
+    elif case == "all_masked":  # kind scores: every item is padding
+        if k != "scores":
+            raise AssertionError(f"no all_masked case for kind {k!r}")
+        call.kwargs["mask"] = torch.zeros(args[0].shape, dtype=torch.bool)
+    elif case == "no_relevant":  # kind scores: no list has a relevant item
+        if k != "scores":
+            raise AssertionError(f"no no_relevant case for kind {k!r}")
+        args[1] = torch.zeros_like(args[1])
     else:
         raise AssertionError(f"unknown degenerate case {case!r}")
     return Call(tuple(args), call.kwargs)

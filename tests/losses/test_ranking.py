@@ -83,6 +83,7 @@ def test_listnet_matches_loop_oracle_with_padding() -> None:
     out = listnet_loss(s, r, mask=mask)
     assert float(out.detach()) == pytest.approx(sum(want) / 2, rel=1e-12)
     out.backward()
+    assert s.grad is not None
     assert torch.isfinite(s.grad).all() and torch.count_nonzero(s.grad[2]) == 0
     assert torch.count_nonzero(s.grad[1, 3:]) == 0
     # minimised when softmax(s) == softmax(r): zero gradient there

@@ -37,6 +37,10 @@ def _segmentation() -> type[Task]:
     from losslab.lab.tasks.segmentation import SegmentationTask
 
     return SegmentationTask
+def _ranking() -> type[Task]:
+    from losslab.lab.tasks.ranking import RankingTask
+
+    return RankingTask
 
 
 def _regression() -> type[Task]:
@@ -47,7 +51,8 @@ def _regression() -> type[Task]:
 
 #: name -> zero-argument callable returning the task class (imported lazily).
 TASKS = {"fewshot": _fewshot, "noisy": _noisy, "retrieval": _retrieval,
-         "regression": _regression, "aggregate": _aggregate, "segmentation": _segmentation}
+         "regression": _regression, "aggregate": _aggregate, "segmentation": _segmentation,
+         "ranking": _ranking}
 
 
 def available_tasks() -> list[str]:
