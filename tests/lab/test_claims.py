@@ -62,8 +62,6 @@ def test_claims_from_a_synthetic_run_folder(tmp_path):
     v = got[("susana-fewshot", "proto_triplet")]
     assert v.verdict == "reproduced" and v.setting == "20-way 1-shot" and v.n == 5
     assert v.mean == pytest.approx(3.6) and v.ci == pytest.approx(0.8094, abs=1e-3)
-    # the three-term combination did not run in this folder
-    assert got[("susana-fewshot", "protonet+proto_triplet+icnn")].verdict == "not run"
     assert got[("icnn-term", "protonet+icnn")].verdict == "inconclusive"
     # every other claim's folder is absent
     assert got[("reality-check", "supcon")].verdict == "not run"

@@ -261,7 +261,7 @@ CLAIMS: tuple[Claim, ...] = (
               "metric-based baselines such as ProtoNet by about 2 points.",
         paper_number="+2% accuracy on miniImageNet (abstract; tables not read)",
         task="fewshot", run="demo", metric="test_acc", baseline="protonet",
-        treatments=("proto_triplet", "protonet+proto_triplet+icnn"), rule="better", margin=2.0,
+        treatments=("proto_triplet",), rule="better", margin=2.0,
         command="make demo",
         note="the paper compares with other metric-based methods on miniImageNet; the lab "
              "compares with ProtoNet trained the same way on glyphs, a short budget.",
