@@ -97,3 +97,10 @@ def test_lower_is_better_metrics_are_oriented(tmp_path):
 def test_one_loss_has_nothing_to_compare(tmp_path):
     folder = fewshot_folder(tmp_path, {(1, "protonet"): [60.0, 61.0]}, losses=["protonet"])
     assert conclusion(summarise(folder)) == "Only one loss ran: nothing to compare."
+
+
+def test_one_seed_says_there_is_no_interval(tmp_path):
+    folder = fewshot_folder(tmp_path, {(1, "protonet"): [83.8], (1, "proto_triplet"): [85.2]},
+                            losses=["protonet", "proto_triplet"])
+    text = conclusion(summarise(folder))
+    assert "(best: `proto_triplet` +1.40 points, 1 paired seed: no interval)" in text

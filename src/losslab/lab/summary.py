@@ -284,9 +284,10 @@ def conclusion(s: Summary, metric: ReportColumn | None = None) -> str:
                 txt += " (also better: " + ", ".join(f"`{x}`" for x in better[1:]) + ")"
         else:
             top = max(ds, key=lambda x: ds[x][0])
+            why = ("interval includes 0" if ds[top][2] >= 2 and math.isfinite(ds[top][1])
+                   else f"{ds[top][2]} paired seed{'s' if ds[top][2] != 1 else ''}: no interval")
             txt = (f"on {setting}, no loss is measurably better than `{base}` (best: `{top}` "
-                   f"{'+' if ds[top][0] >= 0 else '-'}{_pm(ds[top], metric.fmt)}{unit}, "
-                   "interval includes 0)")
+                   f"{'+' if ds[top][0] >= 0 else '-'}{_pm(ds[top], metric.fmt)}{unit}, {why})")
         if worse:
             txt += "; worse: " + ", ".join(
                 f"`{x}` (-{_pm(ds[x], metric.fmt)})" for x in worse)
