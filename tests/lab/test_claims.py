@@ -114,3 +114,8 @@ def test_every_claim_is_produced_by_a_shipped_config():
         cfg = configs[c.run]
         assert cfg["task"] == c.task, c.id
         assert {c.baseline, *c.treatments} <= set(cfg["losses"]), c.id
+
+
+def test_report_without_a_folder_or_claims_is_an_error(capsys):
+    assert lab_main(["report"]) == 2
+    assert "give a run folder DIR (or --claims)" in capsys.readouterr().err

@@ -33,8 +33,12 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from losslab.lab.stats import mean_t_interval
+
+if TYPE_CHECKING:
+    from losslab.lab.summary import Summary
 
 __all__ = ["CLAIMS", "Claim", "Verdict", "claims_markdown", "decide", "evaluate_claims",
            "paired_difference"]
@@ -136,7 +140,9 @@ def decide(mean: float, ci: float, n: int, *, rule: str, margin: float) -> tuple
     return INCONCLUSIVE, f"interval {iv} straddles the margin {margin:g}"
 
 
-def _seed_values(summary, setting: str, loss: str, key: str) -> dict[int, float] | None:
+def _seed_values(
+    summary: Summary, setting: str, loss: str, key: str
+) -> dict[int, float] | None:
     cell = summary.cells.get((setting, loss, key))
     if cell is None:
         return None
