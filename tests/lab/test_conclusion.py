@@ -42,7 +42,8 @@ def test_a_measurable_winner_is_named_with_its_paired_interval(tmp_path):
     text = conclusion(s)
     # differences 3, 4, 3.5, 4.5, 3: mean 3.6, s = 0.652, t(4) = 2.776445 -> 0.81
     assert "on 20-way 1-shot, `proto_triplet` beats `protonet` by 3.60 ± 0.81 points" in text
-    assert "adding `icnn` changes nothing measurable (1 paired comparison" in text
+    assert "adding `icnn` changes nothing measurable (1 paired comparison, mean difference " \
+        "+0.00 points)" in text
     assert sorted_losses(s, "20-way 1-shot") == ["protonet", "proto_triplet", "protonet+icnn"]
 
 
@@ -104,3 +105,12 @@ def test_one_seed_says_there_is_no_interval(tmp_path):
                             losses=["protonet", "proto_triplet"])
     text = conclusion(summarise(folder))
     assert "(best: `proto_triplet` +1.40 points, 1 paired seed: no interval)" in text
+
+
+def test_one_seed_cannot_judge_an_added_term(tmp_path):
+    folder = fewshot_folder(tmp_path, {(1, "protonet"): [83.5], (1, "protonet+icnn"): [83.8]},
+                            losses=["protonet", "protonet+icnn"])
+    text = conclusion(summarise(folder))
+    assert "the effect of adding `icnn` cannot be judged with one seed (mean difference " \
+        "+0.30 points)" in text
+    assert "changes nothing measurable" not in text

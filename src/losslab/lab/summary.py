@@ -307,12 +307,16 @@ def conclusion(s: Summary, metric: ReportColumn | None = None) -> str:
                     terms.setdefault(term, []).append((f"{setting}, `{other}`", d))
     for term, comps in terms.items():
         sig = [(where, d) for where, d in comps if _significant(d) != 0]
-        if not sig:
-            lo = min(d[0] for _, d in comps)
-            hi = max(d[0] for _, d in comps)
+        lo = min(d[0] for _, d in comps)
+        hi = max(d[0] for _, d in comps)
+        diffs = (f"mean difference {lo:+{metric.fmt}}{unit}" if len(comps) == 1 else
+                 f"mean differences {lo:+{metric.fmt}} to {hi:+{metric.fmt}}{unit}")
+        if all(d[2] < 2 or not math.isfinite(d[1]) for _, d in comps):
+            parts.append(f"the effect of adding `{term}` cannot be judged with one seed "
+                         f"({diffs})")
+        elif not sig:
             parts.append(f"adding `{term}` changes nothing measurable ({len(comps)} paired "
-                         f"comparison{'s' if len(comps) > 1 else ''}, mean differences "
-                         f"{lo:+{metric.fmt}} to {hi:+{metric.fmt}}{unit})")
+                         f"comparison{'s' if len(comps) > 1 else ''}, {diffs})")
         else:
             parts.append(f"adding `{term}` " + ", ".join(
                 f"{'helps' if d[0] > 0 else 'hurts'} on {where} "
