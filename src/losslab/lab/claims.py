@@ -349,6 +349,18 @@ CLAIMS: tuple[Claim, ...] = (
         note="the run has no plain-L1 arm, so ConR's L1 base is not isolated (docs/lab.md).",
     ),
     Claim(
+        id="topology-thin-structures",
+        paper="clDice (Shit et al., arXiv 2003.07311); Skeleton Recall (Kirchhoff et al., "
+              "arXiv 2404.03010)",
+        claim="Adding a topology term (clDice, skeleton recall) to a volumetric loss preserves "
+              "the topology of thin structures better: fewer spurious or missing components.",
+        paper_number="lower Betti errors on tubular data sets (numbers not verified)",
+        task="segmentation", run="segmentation_glyphs", metric="betti0_error",
+        baseline="dice_ce", treatments=("cl_dice+dice_ce", "skeleton_recall+dice_ce"),
+        rule="better", margin=0.0, settings=("thin",), command="make bench-segmentation",
+        note="the compounds are 0.5 topology term + 0.5 Dice-CE (losslab.combine).",
+    ),
+    Claim(
         id="robust-regression-outliers",
         paper="A General and Adaptive Robust Loss Function (Barron, arXiv 1701.03077)",
         claim="The adaptive robust loss is more robust to gross outliers than the squared loss.",
