@@ -25,7 +25,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_bench_parser", "add_report_parser", "bench_main", "main", "report_main"]
+__all__ = ["add_bench_parser", "add_report_parser", "bench_main", "claims_main", "main",
+           "report_main"]
 
 
 def _add_option(p: argparse.ArgumentParser, opt: Any) -> None:
@@ -128,9 +129,16 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``report DIR`` to an argparse ``subparsers``."""
     p = subparsers.add_parser(
         "report", help="regenerate table.md, table.csv and plots of a run folder",
-        description="Regenerate table.md, table.csv and the PNG plots from DIR/results.jsonl.",
+        description="Regenerate table.md, table.csv and the PNG plots from DIR/results.jsonl. "
+        "With --claims: DIR is the folder holding the run folders (default runs) and the "
+        "paper-claims table (losslab.lab.claims) is written to --output.",
     )
-    p.add_argument("run_dir", metavar="DIR", help="a run folder written by `losslab bench`")
+    p.add_argument("run_dir", metavar="DIR", nargs="?", default=None,
+                   help="a run folder written by `losslab bench` (with --claims: the runs root)")
+    p.add_argument("--claims", action="store_true",
+                   help="write the table of paper claims and their verdicts from the run folders")
+    p.add_argument("--output", default="docs/claims.md", metavar="FILE",
+                   help="with --claims: the markdown file to write (default: docs/claims.md)")
     p.set_defaults(func=report_main)
     return p
 
@@ -169,6 +177,8 @@ def _print_report(rep: dict[str, Any]) -> None:
     print(f"table: {rep['table_md']}  (csv: {rep['table_csv']})")
     for p in rep["plots"]:
         print(f"plot: {p}")
+    if rep.get("conclusion"):
+        print(f"conclusion: {rep['conclusion']}")
 
 
 def bench_main(args: argparse.Namespace) -> int:
@@ -221,6 +231,10 @@ def report_main(args: argparse.Namespace) -> int:
     from losslab.lab.report import write_report
     from losslab.lab.results import CorruptResultsError, RunFolderError
 
+    if getattr(args, "claims", False):
+        return claims_main(args)
+    if args.run_dir is None:
+        return _error("report", ValueError("give a run folder DIR (or --claims)"))
     folder = Path(args.run_dir)
     if not (folder / "results.jsonl").exists():
         return _error("report", ValueError(f"{folder} has no results.jsonl"))
@@ -232,6 +246,24 @@ def report_main(args: argparse.Namespace) -> int:
     except (ValueError, CorruptResultsError, RunFolderError, OSError) as e:
         return _error("report", e)
     _print_report(rep)
+    return 0
+
+
+def claims_main(args: argparse.Namespace) -> int:
+    """``losslab report --claims [RUNS] [--output FILE]``: every claim's verdict, as markdown."""
+    from losslab.lab.claims import claims_markdown, evaluate_claims
+
+    root = Path(args.run_dir or "runs")
+    try:
+        verdicts = evaluate_claims(root)
+        md = claims_markdown(verdicts, root.as_posix())
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(md + "\n")
+    except (ValueError, RuntimeError, OSError) as e:
+        return _error("report", e)
+    print(md)
+    print(f"claims: {out}")
     return 0
 
 

@@ -4,7 +4,10 @@
 the mean over seeds ± the 95% Student-t interval ``t_{0.975,n-1} * s / sqrt(n)`` (``s``: sample
 std over seeds, ``n`` seeds), the mean of the per-seed episode CIs where the task has them
 (few-shot: ``1.96 * std / sqrt(episodes)``, the paper's convention), and ``n``. The best mean
-of each metric within a setting is bold in ``table.md``. ``<metric>.png``: one figure per
+of each metric within a setting is bold in ``table.md``; within a setting the rows are the first
+loss (the baseline), then the others sorted by their paired difference to it, best first
+(:func:`losslab.lab.summary.sorted_losses`), and a one-line conclusion generated from the
+numbers closes the table (:func:`losslab.lab.summary.conclusion`). ``<metric>.png``: one figure per
 plotted metric (:func:`losslab.lab.plots.metric_plot`). The statistics come from
 :func:`losslab.lab.summary.summarise`.
 
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from losslab.lab.plots import metric_plot
-from losslab.lab.summary import Summary, summarise
+from losslab.lab.summary import Summary, conclusion, sorted_losses, summarise
 from losslab.lab.tasks.base import Task
 
 __all__ = ["write_report"]
@@ -59,7 +62,7 @@ def _markdown(s: Summary) -> str:
     marked = False
     for setting in s.settings:
         best = {m.key: s.best(setting, m) for m in metrics}
-        for loss in s.losses:
+        for loss in sorted_losses(s, setting, prim):
             group = s.groups.get((setting, loss))
             if group is None:
                 continue
@@ -110,9 +113,14 @@ def _markdown(s: Summary) -> str:
            if show_diverged else "")
         + ("† mean over fewer seeds than n seeds (the others diverged or have no finite "
            "value). " if marked else "")
+        + ("Rows of a setting: the first loss (the baseline), then the others by their "
+           "paired Δ, best first. " if show_delta else "")
         + f"Generated from results.jsonl ({s.n_rows} jobs{dup}) by `losslab report`.",
         "",
     ]
+    if show_delta:  # after the table, before its notes
+        at = lines.index("", 4)
+        lines[at:at] = ["", f"**Conclusion.** {conclusion(s, prim)}"]
     return "\n".join(lines)
 
 
@@ -166,6 +174,6 @@ def write_report(folder: str | Path, *, task: Task | None = None) -> dict[str, A
         if m.plot and metric_plot(s, m, folder / f"{m.key}.png"):
             plots.append(folder / f"{m.key}.png")
     return {"markdown": md, "table_md": folder / "table.md", "table_csv": folder / "table.csv",
-            "plots": plots, "summary": s}
+            "plots": plots, "summary": s, "conclusion": conclusion(s)}
 
 

@@ -31,7 +31,7 @@ from losslab.lab.stats import mean_t_interval
 from losslab.lab.tasks import get_task
 from losslab.lab.tasks.base import ReportColumn, Task
 
-__all__ = ["Cell", "Group", "Summary", "summarise"]
+__all__ = ["Cell", "Group", "Summary", "conclusion", "oriented_delta", "sorted_losses", "summarise"]
 
 
 @dataclass
@@ -198,3 +198,132 @@ def summarise(folder: str | Path, *, task: Task | None = None) -> Summary:
                 s.cells[(setting, loss, m.key)] = Cell(vals, [sd for sd, _ in pairs], mean, ci, std,
                                                        n, ep, len(group) - n)
     return s
+
+
+# -- the sorted table and the plain-language conclusion ----------------------------------------
+
+
+def oriented_delta(
+    s: Summary, setting: str, loss: str, metric: ReportColumn, baseline: str | None = None
+) -> tuple[float, float, int] | None:
+    """``(mean, t half-width, n)`` of the per-seed difference ``loss - baseline`` (default: the
+    first loss) on the seeds both have, signed so that positive is *better* (negated for a
+    lower-is-better metric)."""
+    base_name = s.losses[0] if baseline is None and s.losses else baseline
+    base = s.cells.get((setting, base_name, metric.key)) if base_name else None
+    cell = s.cells.get((setting, loss, metric.key))
+    if base is None or cell is None or loss == base_name:
+        return None
+    b = dict(zip(base.seeds, base.values))
+    sign = 1.0 if metric.higher_is_better else -1.0
+    diffs = [sign * (v - b[sd]) for sd, v in zip(cell.seeds, cell.values) if sd in b]
+    if not diffs:
+        return None
+    mean, ci, _, n = mean_t_interval(diffs)
+    return mean, ci, n
+
+
+def sorted_losses(s: Summary, setting: str, metric: ReportColumn | None = None) -> list[str]:
+    """The losses of ``setting``: the baseline (first loss) first, then the others by their
+    paired difference to it, best first; losses without a difference last, in config order."""
+    metric = metric or s.task.primary_metric()
+    if not s.losses:
+        return []
+    rest = s.losses[1:]
+    keyed = [(d[0], i, loss) for i, loss in enumerate(rest)
+             if (d := oriented_delta(s, setting, loss, metric)) is not None
+             and math.isfinite(d[0])]
+    with_d = [loss for _, _, loss in sorted(keyed, key=lambda t: (-t[0], t[1]))]
+    return [s.losses[0], *with_d, *[x for x in rest if x not in with_d]]
+
+
+def _significant(d: tuple[float, float, int] | None) -> int:
+    """+1: interval above 0, -1: below 0, 0: holds 0 (or no interval)."""
+    if d is None or d[2] < 2 or not math.isfinite(d[1]):
+        return 0
+    if d[0] - d[1] > 0:
+        return 1
+    if d[0] + d[1] < 0:
+        return -1
+    return 0
+
+
+def _pm(d: tuple[float, float, int], fmt: str) -> str:
+    txt = format(abs(d[0]), fmt)
+    return txt + (f" ± {format(d[1], fmt)}" if d[2] >= 2 and math.isfinite(d[1]) else "")
+
+
+def _without_term(loss: str, term: str) -> str:
+    return "+".join(t for t in loss.split("+") if t != term)
+
+
+def conclusion(s: Summary, metric: ReportColumn | None = None) -> str:
+    """One plain-language line from the numbers: per setting, which loss beats the baseline
+    (the first loss) by how much (paired over seeds, 95% t-interval), or that none is
+    measurably better; then, for every term added to a combination (``a+b``) whose
+    counterpart without it also ran, whether adding it changes anything measurably."""
+    metric = metric or s.task.primary_metric()
+    if len(s.losses) < 2:
+        return "Only one loss ran: nothing to compare."
+    base = s.losses[0]
+    unit = " points" if "%" in metric.label else ""
+    parts: list[str] = []
+    for setting in s.settings:
+        ds = {loss: d for loss in s.losses[1:]
+              if (d := oriented_delta(s, setting, loss, metric)) is not None
+              and math.isfinite(d[0])}
+        if not ds:
+            continue
+        better = sorted((loss for loss in ds if _significant(ds[loss]) > 0),
+                        key=lambda x: -ds[x][0])
+        worse = sorted((loss for loss in ds if _significant(ds[loss]) < 0), key=lambda x: ds[x][0])
+        if better:
+            top = better[0]
+            txt = f"on {setting}, `{top}` beats `{base}` by {_pm(ds[top], metric.fmt)}{unit}"
+            if len(better) > 1:
+                txt += " (also better: " + ", ".join(f"`{x}`" for x in better[1:]) + ")"
+        else:
+            top = max(ds, key=lambda x: ds[x][0])
+            why = ("interval includes 0" if ds[top][2] >= 2 and math.isfinite(ds[top][1])
+                   else f"{ds[top][2]} paired seed{'s' if ds[top][2] != 1 else ''}: no interval")
+            txt = (f"on {setting}, no loss is measurably better than `{base}` (best: `{top}` "
+                   f"{'+' if ds[top][0] >= 0 else '-'}{_pm(ds[top], metric.fmt)}{unit}, {why})")
+        if worse:
+            txt += "; worse: " + ", ".join(
+                f"`{x}` (-{_pm(ds[x], metric.fmt)})" for x in worse)
+        parts.append(txt)
+    # added terms: loss vs the same combination without the term, per setting
+    terms: dict[str, list[tuple[str, tuple[float, float, int]]]] = {}
+    for loss in s.losses:
+        if "+" not in loss:
+            continue
+        for term in loss.split("+"):
+            other = _without_term(loss, term)
+            if other not in s.losses:
+                continue
+            for setting in s.settings:
+                d = oriented_delta(s, setting, loss, metric, baseline=other)
+                if d is not None and math.isfinite(d[0]):
+                    terms.setdefault(term, []).append((f"{setting}, `{other}`", d))
+    for term, comps in terms.items():
+        sig = [(where, d) for where, d in comps if _significant(d) != 0]
+        lo = min(d[0] for _, d in comps)
+        hi = max(d[0] for _, d in comps)
+        diffs = (f"mean difference {lo:+{metric.fmt}}{unit}" if len(comps) == 1 else
+                 f"mean differences {lo:+{metric.fmt}} to {hi:+{metric.fmt}}{unit}")
+        if all(d[2] < 2 or not math.isfinite(d[1]) for _, d in comps):
+            parts.append(f"the effect of adding `{term}` cannot be judged with one seed "
+                         f"({diffs})")
+        elif not sig:
+            parts.append(f"adding `{term}` changes nothing measurable ({len(comps)} paired "
+                         f"comparison{'s' if len(comps) > 1 else ''}, {diffs})")
+        else:
+            parts.append(f"adding `{term}` " + ", ".join(
+                f"{'helps' if d[0] > 0 else 'hurts'} on {where} "
+                f"({'+' if d[0] > 0 else '-'}{_pm(d, metric.fmt)}{unit})" for where, d in sig)
+                + (f" and changes nothing measurable in the other {len(comps) - len(sig)}"
+                   if len(comps) > len(sig) else ""))
+    if not parts:
+        return f"No loss has seeds in common with `{base}`: nothing to compare."
+    text = "; ".join(parts)
+    return f"{metric.label}, paired over seeds (95% t-interval): {text}."

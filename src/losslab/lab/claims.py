@@ -1,0 +1,373 @@
+"""Paper claims the lab can test, and their verdicts from run folders: ``losslab report --claims``.
+
+Each :class:`Claim` names the paper, what it claims, the paper's number (as the paper states it,
+or "not verified" where the team could not read the tables), and how the lab tests it: the task,
+the run folder (its shipped config's ``out``, under a runs root), the settings, the metric, the
+losses compared and a decision rule. Every comparison is **paired by seed**: for each seed both
+losses ran, ``d = treatment - baseline`` on that seed (the same data, episodes or bags for both),
+oriented so that ``d > 0`` is *better* (negated for lower-is-better metrics), then the mean of
+``d`` over seeds ± its Student-t 95% half-width (:func:`losslab.lab.stats.mean_t_interval`),
+the interval ``[lo, hi]``.
+
+Decision rules (:func:`decide`), with ``m >= 0`` the claim's margin in the metric's units:
+
+* ``"better"`` -- the paper claims the treatment beats the baseline by at least ``m``:
+  *reproduced* when ``lo > 0`` and ``hi >= m`` (a real improvement, the claimed size not
+  excluded); *not reproduced* when ``hi < m`` (the claimed improvement is excluded: the
+  difference is smaller, absent or reversed); *inconclusive* otherwise (the interval holds both
+  0 and ``m``).
+* ``"not_better"`` -- the paper claims the treatment is *not* better than the baseline by more
+  than ``m`` (the metric-learning "reality check"): *reproduced* when ``hi <= m``; *not
+  reproduced* when ``lo > m``; *inconclusive* otherwise.
+
+Fewer than two paired seeds give no interval: *inconclusive*. A run folder that is missing, of
+another task, or without both losses at the setting gives *not run*. :func:`evaluate_claims`
+returns one :class:`Verdict` per (claim, setting, treatment); :func:`claims_markdown` renders
+``docs/claims.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from losslab.lab.stats import mean_t_interval
+
+if TYPE_CHECKING:
+    from losslab.lab.summary import Summary
+
+__all__ = ["CLAIMS", "Claim", "Verdict", "claims_markdown", "decide", "evaluate_claims",
+           "paired_difference"]
+
+REPRODUCED = "reproduced"
+NOT_REPRODUCED = "not reproduced"
+INCONCLUSIVE = "inconclusive"
+NOT_RUN = "not run"
+RULES = ("better", "not_better")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One paper claim and how a run folder tests it.
+
+    ``settings``: setting labels of the task (``task.setting_label``); empty: every setting of
+    the run folder. ``treatments``: each is compared with ``baseline`` (one verdict each).
+    ``margin``: in the metric's units, ``>= 0``, see :func:`decide`.
+    """
+
+    id: str
+    paper: str
+    claim: str
+    paper_number: str
+    task: str
+    run: str
+    metric: str
+    baseline: str
+    treatments: tuple[str, ...]
+    rule: str = "better"
+    margin: float = 0.0
+    settings: tuple[str, ...] = ()
+    command: str = ""
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
+        if not (self.margin >= 0 and math.isfinite(self.margin)):
+            raise ValueError(f"margin must be a finite number >= 0, got {self.margin}")
+        if not self.treatments:
+            raise ValueError("treatments must name at least one loss")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: Claim
+    setting: str  # "" when not run
+    treatment: str
+    verdict: str
+    mean: float = math.nan  # oriented paired difference (> 0: treatment better)
+    ci: float = math.nan
+    n: int = 0
+    reason: str = ""
+
+
+def paired_difference(
+    treatment: dict[int, float], baseline: dict[int, float], *, higher_is_better: bool
+) -> tuple[float, float, int] | None:
+    """``(mean, t half-width, n)`` of ``treatment - baseline`` over the seeds both have, signed
+    so that positive is better; ``None`` when they share no seed."""
+    common = sorted(set(treatment) & set(baseline))
+    if not common:
+        return None
+    sign = 1.0 if higher_is_better else -1.0
+    diffs = [sign * (treatment[s] - baseline[s]) for s in common]
+    mean, ci, _, n = mean_t_interval(diffs)
+    return mean, ci, n
+
+
+def decide(mean: float, ci: float, n: int, *, rule: str, margin: float) -> tuple[str, str]:
+    """``(verdict, reason)`` of an oriented paired difference ``mean ± ci`` over ``n`` seeds
+    (positive: the treatment is better) under ``rule`` with ``margin`` (module docstring)."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if n < 2 or not math.isfinite(ci) or not math.isfinite(mean):
+        return INCONCLUSIVE, f"{n} paired seed{'s' if n != 1 else ''}: no interval"
+    lo, hi = mean - ci, mean + ci
+    iv = f"[{lo:+.2f}, {hi:+.2f}]"
+    if rule == "better":
+        if lo > 0 and hi >= margin:
+            return REPRODUCED, f"interval {iv} above 0" + (
+                f" and reaching the claimed {margin:g}" if margin > 0 else "")
+        if hi < margin:
+            if lo > 0:
+                why = f"better, but the interval {iv} excludes the claimed {margin:g}"
+            elif hi < 0:
+                why = f"worse: the interval {iv} is below 0"
+            else:
+                why = f"interval {iv} excludes " + (f"the claimed {margin:g}" if margin > 0
+                                                     else "any improvement")
+            return NOT_REPRODUCED, why
+        return INCONCLUSIVE, f"interval {iv} holds 0" + (
+            f" and {margin:g}" if margin > 0 else "")
+    if hi <= margin:
+        return REPRODUCED, f"interval {iv} at or below the margin {margin:g}"
+    if lo > margin:
+        return NOT_REPRODUCED, f"interval {iv} above the margin {margin:g}"
+    return INCONCLUSIVE, f"interval {iv} straddles the margin {margin:g}"
+
+
+def _seed_values(
+    summary: Summary, setting: str, loss: str, key: str
+) -> dict[int, float] | None:
+    cell = summary.cells.get((setting, loss, key))
+    if cell is None:
+        return None
+    return dict(zip(cell.seeds, cell.values))
+
+
+def _evaluate_one(claim: Claim, runs_root: Path) -> list[Verdict]:
+    from losslab.lab.summary import summarise
+
+    folder = runs_root / claim.run
+    if not (folder / "results.jsonl").exists():
+        return [Verdict(claim, "", t, NOT_RUN, reason=f"no {folder}/results.jsonl")
+                for t in claim.treatments]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            summary = summarise(folder)
+    except (ValueError, RuntimeError, OSError, KeyError) as e:
+        return [Verdict(claim, "", t, NOT_RUN, reason=f"{folder}: {e}") for t in claim.treatments]
+    if summary.task.name != claim.task:
+        return [Verdict(claim, "", t, NOT_RUN,
+                        reason=f"{folder} is a {summary.task.name} run, not {claim.task}")
+                for t in claim.treatments]
+    metric = next((m for m in summary.task.metrics if m.key == claim.metric), None)
+    if metric is None:
+        raise ValueError(f"claim {claim.id}: task {claim.task} has no metric {claim.metric!r}")
+    settings = list(claim.settings) or list(summary.settings)
+    out = []
+    for setting in settings:
+        base = _seed_values(summary, setting, claim.baseline, claim.metric)
+        for t in claim.treatments:
+            treat = _seed_values(summary, setting, t, claim.metric)
+            d = (None if base is None or treat is None else
+                 paired_difference(treat, base, higher_is_better=metric.higher_is_better))
+            if d is None:
+                missing = [x for x, v in ((claim.baseline, base), (t, treat)) if v is None]
+                out.append(Verdict(claim, setting, t, NOT_RUN, reason=(
+                    f"no {', '.join(missing)} at {setting} in {folder}" if missing
+                    else f"no common seed at {setting}")))
+                continue
+            verdict, reason = decide(*d, rule=claim.rule, margin=claim.margin)
+            out.append(Verdict(claim, setting, t, verdict, d[0], d[1], d[2], reason))
+    return out
+
+
+def evaluate_claims(runs_root: str | Path = "runs",
+                    claims: Sequence[Claim] | None = None) -> list[Verdict]:
+    """One :class:`Verdict` per (claim, setting, treatment), from the run folders under
+    ``runs_root`` (``not run`` for a missing folder)."""
+    root = Path(runs_root)
+    return [v for c in (CLAIMS if claims is None else claims) for v in _evaluate_one(c, root)]
+
+
+def _fmt_delta(v: Verdict) -> str:
+    if v.verdict == NOT_RUN:
+        return "—"
+    txt = f"{v.mean:+.2f}"
+    return txt + (f" ± {v.ci:.2f}" if v.n >= 2 and math.isfinite(v.ci) else "") + f" (n={v.n})"
+
+
+def claims_markdown(verdicts: Sequence[Verdict], runs_root: str | Path = "runs") -> str:
+    """``docs/claims.md``: one table row per verdict, then each claim's details."""
+    counts: dict[str, int] = {}
+    for v in verdicts:
+        counts[v.verdict] = counts.get(v.verdict, 0) + 1
+    lines = [
+        "# Paper claims tested by the lab",
+        "",
+        "Generated by `losslab report --claims` from the run folders under "
+        f"`{runs_root}/` (the claim definitions: `src/losslab/lab/claims.py`). Do not edit by "
+        "hand; re-run the benchmarks and the command instead.",
+        "",
+        "Ours: the paired difference treatment − baseline over the seeds both ran, oriented so "
+        "that + is better (lower-is-better metrics are negated), mean ± 95% Student-t "
+        "half-width, n seeds. Rule `better` (margin m): reproduced when the interval is above "
+        "0 and reaches m; not reproduced when it lies below m; inconclusive otherwise. Rule "
+        "`not_better` (margin m): reproduced when the interval lies at or below m; not "
+        "reproduced when it lies above m. Our data sets and budgets are small (glyphs, "
+        "Fashion-MNIST subsets, minutes of CPU): a verdict is about this setting, not a "
+        "verdict on the paper's own experiment.",
+        "",
+        "Summary: " + ", ".join(f"{k}: {counts[k]}" for k in
+                                (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN)
+                                if k in counts) + ".",
+        "",
+        "| Claim | Paper's number | Setting | Treatment vs baseline | Metric, rule "
+        "| Ours (Δ ± CI) | Verdict |",
+        "|---|---|---|---|---|---:|---|",
+    ]
+    for v in verdicts:
+        c = v.claim
+        rule = c.rule + (f" (m = {c.margin:g})" if c.margin else "")
+        verdict = f"**{v.verdict}**" + (f": {v.reason}" if v.reason else "")
+        lines.append(
+            f"| {c.id} | {c.paper_number} | {v.setting or '—'} | `{v.treatment}` "
+            f"vs `{c.baseline}` | {c.metric}, {rule} | {_fmt_delta(v)} | {verdict} |")
+    lines += ["", "## The claims", ""]
+    seen: set[str] = set()
+    for v in verdicts:
+        c = v.claim
+        if c.id in seen:
+            continue
+        seen.add(c.id)
+        lines += [f"### {c.id}", "", f"- Paper: {c.paper}", f"- Claim: {c.claim}",
+                  f"- Paper's number: {c.paper_number}",
+                  f"- Test: task `{c.task}`, run folder `{runs_root}/{c.run}`, metric "
+                  f"`{c.metric}`, baseline `{c.baseline}`, "
+                  f"settings: {', '.join(c.settings) or 'every setting of the run'}"]
+        if c.command:
+            lines.append(f"- Produce the run: `{c.command}`")
+        if c.note:
+            lines.append(f"- Note: {c.note}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        id="susana-fewshot",
+        paper="SuSana Distancia (Mendez-Ruiz et al., arXiv 2305.09062)",
+        claim="Training with the Proto-Triplet and ICNN losses improves few-shot accuracy over "
+              "metric-based baselines such as ProtoNet by about 2 points.",
+        paper_number="+2% accuracy on miniImageNet (abstract; tables not read)",
+        task="fewshot", run="demo", metric="test_acc", baseline="protonet",
+        treatments=("proto_triplet",), rule="better", margin=2.0,
+        command="make demo",
+        note="the paper compares with other metric-based methods on miniImageNet; the lab "
+             "compares with ProtoNet trained the same way on glyphs, a short budget.",
+    ),
+    Claim(
+        id="icnn-term",
+        paper="SuSana Distancia (Mendez-Ruiz et al., arXiv 2305.09062)",
+        claim="Adding the ICNN loss term to ProtoNet improves few-shot accuracy.",
+        paper_number="not verified (body tables not read)",
+        task="fewshot", run="demo", metric="test_acc", baseline="protonet",
+        treatments=("protonet+icnn",), rule="better", margin=0.0, command="make demo",
+    ),
+    Claim(
+        id="noise-robust-vs-ce",
+        paper="GCE (arXiv 1805.07836), SCE (1908.06112), NCE+RCE (2006.13554), LDR-KL "
+              "(2112.14869), comp-sum (2304.07288)",
+        claim="Noise-robust losses reach a higher clean test accuracy than cross-entropy when "
+              "training labels carry heavy symmetric noise.",
+        paper_number="better than CE at 0.8 symmetric noise on CIFAR-10 (numbers not verified "
+                     "here)",
+        task="noisy", run="noisy_fmnist", metric="test_acc", baseline="cross_entropy",
+        treatments=("gce", "sce", "nce_rce", "ldr_kl", "comp_sum"), rule="better", margin=0.0,
+        settings=("symmetric 0.8",), command="make bench-noisy",
+        note="4 epochs on 4000 Fashion-MNIST images: CE does not reach the memorisation regime "
+             "of the papers' 50-120-epoch runs (docs/lab.md).",
+    ),
+    Claim(
+        id="reality-check",
+        paper="A Metric Learning Reality Check (Musgrave et al., arXiv 2003.08505)",
+        claim="Under one fair protocol, newer metric-learning losses improve on the classic "
+              "triplet loss marginally at best.",
+        paper_number="\"marginal at best\" (abstract); margin m = 2 MAP@R points is ours",
+        task="retrieval", run="retrieval-glyphs", metric="map_at_r", baseline="triplet",
+        treatments=("multi_similarity", "circle", "proxy_anchor", "supcon", "arcface"),
+        rule="not_better", margin=2.0,
+        command="losslab bench retrieval --config retrieval_glyphs",
+    ),
+    Claim(
+        id="aggregate-interpolation",
+        paper="Learning from Aggregate Responses (Javanmard et al., arXiv 2401.11081)",
+        claim="The interpolated loss (rho in (0, 1)) beats both the bag-level and the "
+              "instance-level loss at a suitable bag size.",
+        paper_number="an interior optimum of rho (figures; no number verified)",
+        task="aggregate", run="aggregate_regression", metric="test_error",
+        baseline="bag_level", treatments=("interpolated_aggregate",), rule="better",
+        margin=0.0, command="losslab bench aggregate --config aggregate_regression",
+        note="the other end is the claim aggregate-interpolation-instance.",
+    ),
+    Claim(
+        id="aggregate-interpolation-instance",
+        paper="Learning from Aggregate Responses (Javanmard et al., arXiv 2401.11081)",
+        claim="The interpolated loss beats the instance-level loss (the other end of the "
+              "interpolation).",
+        paper_number="an interior optimum of rho (figures; no number verified)",
+        task="aggregate", run="aggregate_regression", metric="test_error",
+        baseline="instance_level", treatments=("interpolated_aggregate",), rule="better",
+        margin=0.0, command="losslab bench aggregate --config aggregate_regression",
+    ),
+    Claim(
+        id="easyllp-large-bags",
+        paper="EasyLLP (Busa-Fekete et al., arXiv 2302.03115)",
+        claim="EasyLLP learns from label proportions at least as well as the bag-level "
+              "proportion loss, and degrades less as bags grow.",
+        paper_number="not verified",
+        task="aggregate", run="aggregate_fmnist", metric="test_error", baseline="bag_level",
+        treatments=("easyllp",), rule="better", margin=0.0,
+        settings=("k=64", "k=64 eps=1"),
+        command="losslab bench aggregate --config aggregate_fmnist",
+    ),
+    Claim(
+        id="conr-imbalanced",
+        paper="ConR (Keramati et al., arXiv 2309.06651)",
+        claim="The ConR contrastive regulariser improves regression on imbalanced targets "
+              "(the rare target values).",
+        paper_number="lower error on the few-shot target regions (numbers not verified)",
+        task="regression", run="regression_tabular", metric="balanced_mae", baseline="mse",
+        treatments=("conr",), rule="better", margin=0.0, settings=("hitters 0",),
+        command="make bench-regression",
+        note="the run has no plain-L1 arm, so ConR's L1 base is not isolated (docs/lab.md).",
+    ),
+    Claim(
+        id="topology-thin-structures",
+        paper="clDice (Shit et al., arXiv 2003.07311); Skeleton Recall (Kirchhoff et al., "
+              "arXiv 2404.03010)",
+        claim="Adding a topology term (clDice, skeleton recall) to a volumetric loss preserves "
+              "the topology of thin structures better: fewer spurious or missing components.",
+        paper_number="lower Betti errors on tubular data sets (numbers not verified)",
+        task="segmentation", run="segmentation_glyphs", metric="betti0_error",
+        baseline="dice_ce", treatments=("cl_dice+dice_ce", "skeleton_recall+dice_ce"),
+        rule="better", margin=0.0, settings=("thin",), command="make bench-segmentation",
+        note="the compounds are 0.5 topology term + 0.5 Dice-CE (losslab.combine).",
+    ),
+    Claim(
+        id="robust-regression-outliers",
+        paper="A General and Adaptive Robust Loss Function (Barron, arXiv 1701.03077)",
+        claim="The adaptive robust loss is more robust to gross outliers than the squared loss.",
+        paper_number="not verified",
+        task="regression", run="regression_tabular", metric="test_mae", baseline="mse",
+        treatments=("barron", "cauchy"), rule="better", margin=0.0,
+        settings=("cps1985 0.2", "hitters 0.2"), command="make bench-regression",
+        note="barron with adaptive alpha and scale, cauchy (alpha = 0 of the same family).",
+    ),
+)

@@ -1,0 +1,121 @@
+"""Paper claims: the decision rule, and verdicts from a synthetic run folder."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from losslab.lab.claims import (
+    CLAIMS,
+    Claim,
+    claims_markdown,
+    decide,
+    evaluate_claims,
+    paired_difference,
+)
+from losslab.lab.cli import main as lab_main
+from tests.lab.test_conclusion import fewshot_folder
+
+
+@pytest.mark.parametrize(("mean", "ci", "n", "rule", "margin", "verdict"), [
+    (3.0, 0.5, 5, "better", 2.0, "reproduced"),        # [2.5, 3.5]
+    (1.5, 1.0, 5, "better", 2.0, "reproduced"),        # [0.5, 2.5]: above 0, reaches 2
+    (1.0, 0.5, 5, "better", 2.0, "not reproduced"),    # [0.5, 1.5]: better, but not by 2
+    (-1.0, 0.5, 5, "better", 0.0, "not reproduced"),   # below 0
+    (0.5, 1.0, 5, "better", 0.0, "inconclusive"),      # holds 0
+    (1.0, 2.0, 5, "better", 2.0, "inconclusive"),      # holds 0 and 2
+    (0.5, 0.5, 5, "not_better", 2.0, "reproduced"),    # [0, 1] <= 2
+    (5.0, 1.0, 5, "not_better", 2.0, "not reproduced"),  # [4, 6] > 2
+    (2.0, 1.0, 5, "not_better", 2.0, "inconclusive"),  # straddles 2
+    (5.0, math.nan, 1, "better", 0.0, "inconclusive"),  # one seed: no interval
+])
+def test_decision_rule(mean, ci, n, rule, margin, verdict):
+    assert decide(mean, ci, n, rule=rule, margin=margin)[0] == verdict
+
+
+def test_bad_rule_and_margin_are_refused():
+    with pytest.raises(ValueError, match="rule must be one of"):
+        decide(1.0, 1.0, 3, rule="worse", margin=0.0)
+    with pytest.raises(ValueError, match="margin must be"):
+        Claim("x", "p", "c", "n", "fewshot", "demo", "test_acc", "a", ("b",), margin=-1.0)
+
+
+def test_paired_difference_is_oriented_and_paired():
+    treat, base = {0: 10.0, 1: 12.0, 2: 99.0}, {0: 11.0, 1: 14.0}
+    d = paired_difference(treat, base, higher_is_better=False)  # errors: lower wins
+    assert d is not None
+    mean, ci, n = d
+    assert (mean, n) == (pytest.approx(1.5), 2)  # seeds 0, 1: -(10-11), -(12-14)
+    assert ci == pytest.approx(12.706205 * math.sqrt(0.5) / math.sqrt(2), rel=1e-6)
+    assert paired_difference({3: 1.0}, base, higher_is_better=True) is None
+
+
+def test_claims_from_a_synthetic_run_folder(tmp_path):
+    base = [60.0, 62.0, 61.0, 63.0, 59.0]
+    fewshot_folder(tmp_path / "demo", {
+        (1, "protonet"): base,
+        (1, "proto_triplet"): [b + d for b, d in zip(base, [3.0, 4.0, 3.5, 4.5, 3.0])],
+        (1, "protonet+icnn"): [b + d for b, d in zip(base, [0.5, -0.5, 0.2, -0.3, 0.1])],
+    })
+    got = {(v.claim.id, v.treatment): v for v in evaluate_claims(tmp_path)}
+    v = got[("susana-fewshot", "proto_triplet")]
+    assert v.verdict == "reproduced" and v.setting == "20-way 1-shot" and v.n == 5
+    assert v.mean == pytest.approx(3.6) and v.ci == pytest.approx(0.8094, abs=1e-3)
+    assert got[("icnn-term", "protonet+icnn")].verdict == "inconclusive"
+    # every other claim's folder is absent
+    assert got[("reality-check", "supcon")].verdict == "not run"
+    assert "no " in got[("reality-check", "supcon")].reason
+    md = claims_markdown(list(got.values()), "runs")
+    assert "| susana-fewshot |" in md and "+3.60 ± 0.81 (n=5) | **reproduced**" in md
+
+
+def test_a_folder_of_another_task_is_not_run(tmp_path):
+    fewshot_folder(tmp_path / "retrieval-glyphs", {(1, "protonet"): [1.0, 2.0]},
+                   losses=["protonet"])
+    claim = next(c for c in CLAIMS if c.id == "reality-check")
+    vs = evaluate_claims(tmp_path, [claim])
+    assert {v.verdict for v in vs} == {"not run"} and "fewshot run" in vs[0].reason
+
+
+def test_report_claims_writes_the_markdown(tmp_path, capsys):
+    fewshot_folder(tmp_path / "runs" / "demo", {(1, "protonet"): [60.0, 61.0],
+                                                (1, "proto_triplet"): [70.0, 72.0]})
+    out = tmp_path / "claims.md"
+    assert lab_main(["report", "--claims", str(tmp_path / "runs"), "--output", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# Paper claims tested by the lab")
+    assert "`proto_triplet` vs `protonet`" in text and "not run" in text
+    assert f"claims: {out}" in capsys.readouterr().out
+
+
+def test_every_claim_names_a_metric_of_its_task():
+    from losslab.lab.tasks import get_task
+
+    for c in CLAIMS:
+        task = get_task(c.task)
+        assert c.metric in {m.key for m in task.metrics}, c.id
+
+
+def test_every_claim_is_produced_by_a_shipped_config():
+    """The run folder of a claim is a shipped config's ``out``, and that config trains the
+    losses the claim compares (so `losslab report --claims` after the benchmarks has them)."""
+    from pathlib import Path
+
+    import tomllib
+
+    import losslab.lab
+
+    configs = {}
+    for p in (Path(losslab.lab.__file__).parent / "configs").glob("*.toml"):
+        cfg = tomllib.loads(p.read_text())
+        configs[Path(cfg["out"]).name] = cfg
+    for c in CLAIMS:
+        cfg = configs[c.run]
+        assert cfg["task"] == c.task, c.id
+        assert {c.baseline, *c.treatments} <= set(cfg["losses"]), c.id
+
+
+def test_report_without_a_folder_or_claims_is_an_error(capsys):
+    assert lab_main(["report"]) == 2
+    assert "give a run folder DIR (or --claims)" in capsys.readouterr().err
