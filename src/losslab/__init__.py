@@ -34,6 +34,9 @@ from losslab.losses.classification import (
     WestonWatkinsLoss,
     ZLoss,
 )
+from losslab.losses.classification.polyloss import (
+    PolyNLoss,
+)
 from losslab.losses.contrastive_ssl import (
     AlignmentLoss,
     ClipLoss,
@@ -192,6 +195,7 @@ __all__ = [
     "NormalizedSoftmaxLoss",
     "OrdinalLoss",
     "Poly1Loss",
+    "PolyNLoss",
     "ProportionLoss",
     "ProtoNetLoss",
     "ProtoTripletLoss",

@@ -33,6 +33,9 @@ from losslab.losses.classification import (
     weston_watkins_loss,
     z_loss,
 )
+from losslab.losses.classification.polyloss import (
+    poly_n_loss,
+)
 from losslab.losses.contrastive_ssl import (
     alignment_loss,
     clip_loss,
@@ -201,6 +204,7 @@ __all__ = [
     "npairs_loss",
     "ordinal_loss",
     "poly1_loss",
+    "poly_n_loss",
     "proportion_loss",
     "proto_triplet_loss",
     "protonet_loss",

@@ -16,6 +16,8 @@ checked at construction and by every functional call.
 Soft targets are accepted by: ``cross_entropy``, ``focal``, ``poly1``, ``logit_adjusted`` and
 ``stablemax_ce``. ``anyloss`` is a batch-level loss (one value per batch, no ``reduction``).
 
+Submodules (the long tail of the seed catalog): :mod:`~.polyloss` (Poly-N).
+
 The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
 :mod:`losslab.losses.robust`; the log-partition penalty ``logz_penalty`` in
 :mod:`losslab.losses.sequence`.
@@ -44,6 +46,8 @@ from losslab._ops.logits import (
     prepare,
     target_log_prob,
 )
+from losslab.losses.classification import polyloss
+from losslab.losses.classification.polyloss import PolyNLoss, poly_n_loss
 from losslab.registry import register
 
 __all__ = [
@@ -55,6 +59,7 @@ __all__ = [
     "LDAMLoss",
     "LogitAdjustedLoss",
     "Poly1Loss",
+    "PolyNLoss",
     "StableMaxCELoss",
     "WestonWatkinsLoss",
     "ZLoss",
@@ -67,6 +72,8 @@ __all__ = [
     "log_stablemax",
     "logit_adjusted_loss",
     "poly1_loss",
+    "poly_n_loss",
+    "polyloss",
     "soft_confusion",
     "stablemax_ce_loss",
     "weston_watkins_loss",
