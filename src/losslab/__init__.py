@@ -34,6 +34,9 @@ from losslab.losses.classification import (
     WestonWatkinsLoss,
     ZLoss,
 )
+from losslab.losses.classification.hyperbolic import (
+    HypPCLoss,
+)
 from losslab.losses.classification.polyloss import (
     PolyNLoss,
 )
@@ -163,6 +166,7 @@ __all__ = [
     "GCELoss",
     "HazardLoss",
     "HuberLoss",
+    "HypPCLoss",
     "ICNNLoss",
     "InfoNCELoss",
     "InstanceLevelLoss",

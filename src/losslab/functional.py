@@ -33,6 +33,9 @@ from losslab.losses.classification import (
     weston_watkins_loss,
     z_loss,
 )
+from losslab.losses.classification.hyperbolic import (
+    hyp_pc_loss,
+)
 from losslab.losses.classification.polyloss import (
     poly_n_loss,
 )
@@ -173,6 +176,7 @@ __all__ = [
     "gce_loss",
     "hazard_loss",
     "huber_loss",
+    "hyp_pc_loss",
     "icnn_loss",
     "infonce_loss",
     "instance_level_loss",

@@ -16,7 +16,8 @@ checked at construction and by every functional call.
 Soft targets are accepted by: ``cross_entropy``, ``focal``, ``poly1``, ``logit_adjusted`` and
 ``stablemax_ce``. ``anyloss`` is a batch-level loss (one value per batch, no ``reduction``).
 
-Submodules (the long tail of the seed catalog): :mod:`~.polyloss` (Poly-N).
+Submodules (the long tail of the seed catalog): :mod:`~.polyloss` (Poly-N),
+:mod:`~.hyperbolic` (Hyp-OC's hyperbolic pairwise confusion, kind ``paired``).
 
 The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
 :mod:`losslab.losses.robust`; the log-partition penalty ``logz_penalty`` in
@@ -46,7 +47,8 @@ from losslab._ops.logits import (
     prepare,
     target_log_prob,
 )
-from losslab.losses.classification import polyloss
+from losslab.losses.classification import hyperbolic, polyloss
+from losslab.losses.classification.hyperbolic import HypPCLoss, hyp_pc_loss
 from losslab.losses.classification.polyloss import PolyNLoss, poly_n_loss
 from losslab.registry import register
 
@@ -56,6 +58,7 @@ __all__ = [
     "CrammerSingerLoss",
     "CrossEntropyLoss",
     "FocalLoss",
+    "HypPCLoss",
     "LDAMLoss",
     "LogitAdjustedLoss",
     "Poly1Loss",
@@ -68,6 +71,8 @@ __all__ = [
     "crammer_singer_loss",
     "cross_entropy_loss",
     "focal_loss",
+    "hyp_pc_loss",
+    "hyperbolic",
     "ldam_loss",
     "log_stablemax",
     "logit_adjusted_loss",
