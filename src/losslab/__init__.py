@@ -35,6 +35,7 @@ from losslab.losses.classification import (
     ZLoss,
 )
 from losslab.losses.classification.hyperbolic import (
+    HypCELoss,
     HypPCLoss,
 )
 from losslab.losses.classification.polyloss import (
@@ -166,6 +167,7 @@ __all__ = [
     "GCELoss",
     "HazardLoss",
     "HuberLoss",
+    "HypCELoss",
     "HypPCLoss",
     "ICNNLoss",
     "InfoNCELoss",

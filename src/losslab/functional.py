@@ -34,6 +34,7 @@ from losslab.losses.classification import (
     z_loss,
 )
 from losslab.losses.classification.hyperbolic import (
+    hyp_ce_loss,
     hyp_pc_loss,
 )
 from losslab.losses.classification.polyloss import (
@@ -176,6 +177,7 @@ __all__ = [
     "gce_loss",
     "hazard_loss",
     "huber_loss",
+    "hyp_ce_loss",
     "hyp_pc_loss",
     "icnn_loss",
     "infonce_loss",

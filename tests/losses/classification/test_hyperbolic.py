@@ -16,7 +16,7 @@ import torch
 
 import losslab
 from losslab import functional as LF
-from losslab.losses.classification.hyperbolic import expmap0, mobius_add
+from losslab.losses.classification.hyperbolic import HypCELoss, expmap0, mobius_add
 
 D = torch.float64
 
@@ -137,3 +137,84 @@ def test_gradcheck_module_and_registry():
     close(expmap0(torch.zeros(1, 3, dtype=D), c=0.5), torch.zeros(1, 3, dtype=D))
     s = losslab.spec("hyp_pc")
     assert s.arxiv == "2404.14406" and s.kind == "paired" and s.family == "classification"
+
+
+# --------------------------------------------------------------------------------------------
+# hyp_ce: hyperbolic MLR + cross-entropy
+# --------------------------------------------------------------------------------------------
+
+
+def mlr_oracle(x, p, a, c):
+    """Ganea et al. Eq. 25, one sample, one class, from the formula."""
+    z = mobius_oracle([-v for v in p], x, c)
+    a_norm = math.sqrt(dot(a, a))
+    lam = 2 / (1 - c * dot(p, p))
+    arg = 2 * math.sqrt(c) * dot(z, a) / ((1 - c * dot(z, z)) * a_norm)
+    return lam * a_norm / math.sqrt(c) * math.asinh(arg)
+
+
+def ce_oracle(scores, y):
+    m = max(scores)
+    return -(scores[y] - m - math.log(sum(math.exp(s - m) for s in scores)))
+
+
+def gyro_case(c, seed, n=6, k=3, d=4):
+    x = ball_points(n, d, c, seed)
+    p = ball_points(k, d, c, seed + 1, radius=0.6)
+    g = torch.Generator().manual_seed(seed + 2)
+    a = torch.randn(k, d, generator=g, dtype=D)
+    y = torch.arange(n) % k
+    return x, y, p, a
+
+
+@pytest.mark.parametrize("c", [0.1, 1.0])
+def test_hyp_ce_oracle(c):
+    x, y, p, a = gyro_case(c, 10)
+    got = LF.hyp_ce_loss(x, y, p, a, curvature=c, inputs="ball", reduction="none")
+    want = []
+    for i in range(6):
+        scores = [mlr_oracle(x[i].tolist(), p[k].tolist(), a[k].tolist(), c) for k in range(3)]
+        want.append(ce_oracle(scores, int(y[i])))
+    close(got, want, rtol=1e-9)
+    close(LF.hyp_ce_loss(x, y, p, a, curvature=c, inputs="ball"), sum(want) / 6, rtol=1e-9)
+
+
+def test_hyp_ce_flat_limit_is_euclidean_mlr():
+    # Ganea et al.: as c -> 0 the hyperbolic MLR score tends to 4 <a_k, x - p_k>.
+    x, y, p, a = gyro_case(1.0, 11)
+    x, p = x * 0.05, p * 0.05
+    logits = 4 * ((x.unsqueeze(1) - p.unsqueeze(0)) * a.unsqueeze(0)).sum(-1)
+    close(LF.hyp_ce_loss(x, y, p, a, curvature=1e-10, inputs="ball", reduction="none"),
+          torch.nn.functional.cross_entropy(logits, y, reduction="none"), rtol=1e-6)
+
+
+def test_hyp_ce_score_vanishes_on_the_gyroplane():
+    from losslab.losses.classification.hyperbolic import hyp_mlr_logits
+
+    c = 0.5
+    _, _, p, a = gyro_case(c, 12)
+    s = hyp_mlr_logits(p, p, a, c=c)  # each offset lies on its own gyroplane
+    close(torch.diagonal(s), torch.zeros(3, dtype=D))
+
+
+def test_hyp_ce_module_parametrisation_gradcheck_and_errors():
+    torch.manual_seed(0)
+    mod = losslab.create("hyp_ce", num_classes=3, embedding_dim=4, curvature=0.7).double()
+    assert isinstance(mod, HypCELoss)
+    g = torch.Generator().manual_seed(13)
+    e = torch.randn(5, 4, generator=g, dtype=D).requires_grad_()
+    y = torch.tensor([0, 1, 2, 1, 0])
+    p, a = mod.gyroplanes()
+    close(p, expmap0(mod.offset_params, c=0.7))
+    close(a, mod.normal_params * (1 - 0.7 * p.pow(2).sum(-1, keepdim=True)))
+    close(mod(e, y), LF.hyp_ce_loss(e, y, p, a, curvature=0.7))
+    assert torch.autograd.gradcheck(lambda z: mod(z, y), (e,), eps=1e-6, atol=1e-6)
+    mod(e, y).backward()
+    assert mod.offset_params.grad is not None and mod.normal_params.grad is not None
+    assert set(mod.state_dict()) == {"offset_params", "normal_params"}
+    with pytest.raises(ValueError, match="labels"):
+        mod(e.detach(), torch.tensor([0, 1, 3, 1, 0]))
+    with pytest.raises(ValueError, match="ref_embeddings"):
+        mod(e.detach(), y, ref_embeddings=e.detach())
+    s = losslab.spec("hyp_ce")
+    assert s.arxiv == "2404.14406" and s.kind == "embeddings"

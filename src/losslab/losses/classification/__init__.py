@@ -17,7 +17,8 @@ Soft targets are accepted by: ``cross_entropy``, ``focal``, ``poly1``, ``logit_a
 ``stablemax_ce``. ``anyloss`` is a batch-level loss (one value per batch, no ``reduction``).
 
 Submodules (the long tail of the seed catalog): :mod:`~.polyloss` (Poly-N),
-:mod:`~.hyperbolic` (Hyp-OC's hyperbolic pairwise confusion, kind ``paired``).
+:mod:`~.hyperbolic` (Hyp-OC's hyperbolic pairwise confusion, kind ``paired``, and
+hyperbolic cross-entropy, kind ``embeddings``).
 
 The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
 :mod:`losslab.losses.robust`; the log-partition penalty ``logz_penalty`` in
@@ -48,7 +49,12 @@ from losslab._ops.logits import (
     target_log_prob,
 )
 from losslab.losses.classification import hyperbolic, polyloss
-from losslab.losses.classification.hyperbolic import HypPCLoss, hyp_pc_loss
+from losslab.losses.classification.hyperbolic import (
+    HypCELoss,
+    HypPCLoss,
+    hyp_ce_loss,
+    hyp_pc_loss,
+)
 from losslab.losses.classification.polyloss import PolyNLoss, poly_n_loss
 from losslab.registry import register
 
@@ -58,6 +64,7 @@ __all__ = [
     "CrammerSingerLoss",
     "CrossEntropyLoss",
     "FocalLoss",
+    "HypCELoss",
     "HypPCLoss",
     "LDAMLoss",
     "LogitAdjustedLoss",
@@ -71,6 +78,7 @@ __all__ = [
     "crammer_singer_loss",
     "cross_entropy_loss",
     "focal_loss",
+    "hyp_ce_loss",
     "hyp_pc_loss",
     "hyperbolic",
     "ldam_loss",

@@ -1,5 +1,6 @@
 r"""Losses on the Poincaré ball (family ``classification``): Hyp-OC's hyperbolic pairwise
-confusion (kind ``paired``).
+confusion (kind ``paired``) and hyperbolic cross-entropy on a gyroplane (hyperbolic MLR)
+classifier (kind ``embeddings``, learnable class gyroplanes).
 
 Ball geometry of curvature :math:`-c` (Ganea et al., "Hyperbolic Neural Networks",
 arXiv 1805.09112): Möbius addition
@@ -15,18 +16,30 @@ geodesic distance :math:`d_c(x, y) = \frac{2}{\sqrt c} \operatorname{artanh}(\sq
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from losslab._core import LossModule, Reduction, reduce
-from losslab._hparams import Choice, Real, hparams
+from losslab._core import (
+    LossModule,
+    Reduction,
+    check_labels,
+    check_matrix,
+    check_same_device,
+    compute_dtype,
+    reduce,
+    zero_loss,
+)
+from losslab._hparams import Choice, Int, Real, hparams
 from losslab._ops.paired import prepare_paired
 from losslab.registry import register
 
-__all__ = ["HypPCLoss", "expmap0", "hyp_pc_loss", "mobius_add", "poincare_distance"]
+__all__ = ["HypCELoss", "HypPCLoss", "expmap0", "hyp_ce_loss", "hyp_mlr_logits", "hyp_pc_loss",
+           "mobius_add", "poincare_distance"]
 
 #: Points are kept at most this far (in units of the radius 1/sqrt(c)) from the boundary, as
 #: hyperbolic-network code does, so that artanh stays finite.
@@ -75,6 +88,15 @@ def poincare_distance(x: Tensor, y: Tensor, *, c: float) -> Tensor:
     return 2.0 / sc * torch.atanh((sc * w).clamp(max=1 - BALL_EPS))
 
 
+def _to_ball(x: Tensor, name: str, c: float, inputs: str) -> Tensor:
+    if inputs == "tangent":
+        return expmap0(x, c=c)
+    if x.numel() and bool((math.sqrt(c) * _norm(x.detach()) >= 1).any()):
+        raise ValueError(f"{name} must hold points of the Poincaré ball "
+                         f"(sqrt(curvature) * ||row|| < 1) when inputs='ball'")
+    return _project(x, c=c)
+
+
 _check_hyp_pc = hparams(curvature=Real(gt=0), inputs=Choice("tangent", "ball"))
 
 
@@ -118,14 +140,7 @@ def hyp_pc_loss(
     _check_hyp_pc(curvature=curvature, inputs=inputs)
     a, b = prepare_paired(a, b, normalize=False)
     c = float(curvature)
-    if inputs == "tangent":
-        x, y = expmap0(a, c=c), expmap0(b, c=c)
-    else:
-        for name, t in (("a", a), ("b", b)):
-            if t.numel() and bool((math.sqrt(c) * _norm(t.detach()) >= 1).any()):
-                raise ValueError(f"{name} must hold points of the Poincaré ball "
-                                 f"(sqrt(curvature) * ||row|| < 1) when inputs='ball'")
-        x, y = _project(a, c=c), _project(b, c=c)
+    x, y = _to_ball(a, "a", c, inputs), _to_ball(b, "b", c, inputs)
     return reduce(poincare_distance(x, y, c=c), reduction)
 
 
@@ -140,3 +155,152 @@ def hyp_pc_loss(
 )
 class HypPCLoss(LossModule, function=hyp_pc_loss, check=_check_hyp_pc):
     """Module form of :func:`hyp_pc_loss`."""
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperbolic cross-entropy (hyperbolic MLR)
+# --------------------------------------------------------------------------------------------
+
+
+def hyp_mlr_logits(x: Tensor, offsets: Tensor, normals: Tensor, *, c: float) -> Tensor:
+    r"""Hyperbolic multinomial-logistic-regression scores ``[N, C]`` of ball points ``x``.
+
+    .. math::
+        \zeta_k(x) = \frac{\lambda^c_{p_k} \|a_k\|}{\sqrt c}\,
+        \operatorname{asinh}\!\Big(\frac{2\sqrt c\, \langle (-p_k) \oplus_c x,\ a_k\rangle}
+        {(1 - c\|(-p_k) \oplus_c x\|^2)\, \|a_k\|}\Big),\qquad
+        \lambda^c_p = \frac{2}{1 - c\|p\|^2}
+
+    (Ganea et al., arXiv 1805.09112, Eq. 25): the signed, scaled distance of ``x`` to the
+    gyroplane through the offset :math:`p_k` (a ball point) with normal :math:`a_k`.
+    Builds ``[N, C, D]`` (the Möbius sums of every sample with every offset).
+    """
+    sc = math.sqrt(c)
+    z = mobius_add(-offsets.unsqueeze(0), x.unsqueeze(1), c=c)  # [N, C, D]
+    a_norm = _norm(normals).clamp_min(1e-15)  # [C]
+    lam = 2.0 / (1 - c * offsets.pow(2).sum(-1)).clamp_min(1e-15)  # [C]
+    inner = (z * normals.unsqueeze(0)).sum(-1)  # [N, C]
+    den = (1 - c * z.pow(2).sum(-1)).clamp_min(1e-15) * a_norm
+    return lam * a_norm / sc * torch.asinh(2 * sc * inner / den)
+
+
+_check_hyp_ce = hparams(curvature=Real(gt=0), inputs=Choice("tangent", "ball"))
+
+
+def hyp_ce_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    offsets: Tensor,
+    normals: Tensor,
+    *,
+    curvature: float = 0.1,
+    inputs: Literal["tangent", "ball"] = "tangent",
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    indices: object = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Hyperbolic cross-entropy (Hyp-CE): softmax cross-entropy over the hyperbolic MLR
+    scores :math:`\zeta_k(x)` of :func:`hyp_mlr_logits`.
+
+    .. math::
+        \ell = -\log \frac{e^{\zeta_y(x)}}{\sum_k e^{\zeta_k(x)}}
+
+    Args:
+        embeddings: ``[N, D]`` features: tangent vectors at the origin (``inputs="tangent"``,
+            default: mapped by :math:`\exp_0^c`) or ball points (``inputs="ball"``).
+        labels: ``[N]`` class ids in ``[0, C)``.
+        offsets: ``[C, D]`` gyroplane offsets :math:`p_k`, points of the ball (rows beyond
+            the boundary are pulled inside). normals: ``[C, D]`` normals :math:`a_k`.
+        curvature: :math:`c > 0` (default 0.1, Hyp-OC's official default). As
+            :math:`c \to 0` the scores tend to the Euclidean :math:`4\langle a_k, x - p_k\rangle`.
+        ref_embeddings, ref_labels, indices: not supported (``ValueError``): the loss compares
+            samples with class gyroplanes.
+        reduction: ``"mean"`` over samples, ``"sum"``, ``"none"`` (``[N]``).
+
+    The module (:class:`HypCELoss`) owns the gyroplanes as parameters in the parametrisation of
+    the hyperbolic-network code the paper builds on: :math:`p_k = \exp_0^c(\tilde p_k)` and
+    :math:`a_k = (1 - c\|p_k\|^2)\, \tilde a_k` (the transport of a tangent vector at the origin
+    to :math:`p_k`). In Hyp-OC the classifier separates bona fide features (class 0) from
+    pseudo-negatives sampled around their running mean (class 1); the sampling is a training
+    procedure, not part of this loss.
+
+    Paper: Narayan et al., "Hyp-OC: Hyperbolic One Class Classification for Face
+    Anti-Spoofing", arXiv 2404.14406 (text not read here; checked against the official code's
+    hyperbolic MLR), on Ganea, Bécigneul, Hofmann, "Hyperbolic Neural Networks",
+    arXiv 1805.09112.
+    """
+    _check_hyp_ce(curvature=curvature, inputs=inputs)
+    check_matrix("embeddings", embeddings)
+    check_matrix("offsets", offsets, dim=embeddings.shape[1])
+    check_matrix("normals", normals, dim=embeddings.shape[1])
+    if normals.shape[0] != offsets.shape[0]:
+        raise ValueError(f"offsets and normals must have one row per class, got "
+                         f"{offsets.shape[0]} and {normals.shape[0]}")
+    labels = check_labels("labels", labels, embeddings.shape[0], of="embeddings")
+    check_same_device(embeddings=embeddings, labels=labels, offsets=offsets, normals=normals)
+    if ref_embeddings is not None or ref_labels is not None or indices is not None:
+        raise ValueError("hyp_ce compares samples with class gyroplanes: ref_embeddings, "
+                         "ref_labels and indices= are not supported")
+    n_cls = offsets.shape[0]
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_cls):
+        raise ValueError(f"labels must lie in [0, {n_cls}) (the number of classes), got values "
+                         f"in [{int(labels.min())}, {int(labels.max())}]")
+    dt = compute_dtype(embeddings.dtype)
+    c = float(curvature)
+    x = _to_ball(embeddings.to(dt), "embeddings", c, inputs)
+    logits = hyp_mlr_logits(x, _project(offsets.to(dt), c=c), normals.to(dt), c=c)
+    per = F.cross_entropy(logits, labels, reduction="none")
+    out = reduce(per, reduction)
+    if reduction != "none":
+        out = out + zero_loss(embeddings, offsets, normals)
+    return out
+
+
+@register(
+    "hyp_ce",
+    family="classification",
+    kind="embeddings",
+    paper="Hyp-OC: Hyperbolic One Class Classification for Face Anti-Spoofing",
+    arxiv="2404.14406",
+    summary="CE over hyperbolic MLR scores (signed gyroplane distances on the Poincare ball)",
+    example_hparams={"num_classes": 4, "embedding_dim": 5},
+)
+class HypCELoss(LossModule, function=hyp_ce_loss,
+                check=_check_hyp_ce | hparams(num_classes=Int(ge=1), embedding_dim=Int(ge=1))):
+    """Module form of :func:`hyp_ce_loss`: owns the class gyroplanes (``offset_params`` and
+    ``normal_params``, ``[num_classes, embedding_dim]`` each, initialised as the official
+    code: Kaiming-uniform)."""
+
+    module_options = (
+        inspect.Parameter("num_classes", inspect.Parameter.KEYWORD_ONLY, annotation="int"),
+        inspect.Parameter("embedding_dim", inspect.Parameter.KEYWORD_ONLY, annotation="int"),
+    )
+    config: dict[str, Any]
+
+    def configure(self, *, num_classes: int, embedding_dim: int) -> None:
+        check = type(self).check
+        if check is not None:
+            check(num_classes=num_classes, embedding_dim=embedding_dim)
+        self.config = {"num_classes": int(num_classes), "embedding_dim": int(embedding_dim)}
+        self.offset_params = nn.Parameter(torch.empty(int(num_classes), int(embedding_dim)))
+        self.normal_params = nn.Parameter(torch.empty(int(num_classes), int(embedding_dim)))
+        nn.init.kaiming_uniform_(self.offset_params, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.normal_params, a=math.sqrt(5))
+
+    def gyroplanes(self) -> tuple[Tensor, Tensor]:
+        """The offsets :math:`p_k` (ball points) and normals :math:`a_k` of the classes."""
+        c = float(self.hparams["curvature"])
+        p = expmap0(self.offset_params, c=c)
+        a = self.normal_params * (1 - c * p.pow(2).sum(-1, keepdim=True))
+        return p, a
+
+    def forward(self, embeddings: Tensor, labels: Tensor, *, ref_embeddings: Tensor | None = None,
+                ref_labels: Tensor | None = None, indices: object = None) -> Tensor:
+        """The loss with this module's gyroplanes."""
+        p, a = self.gyroplanes()
+        return type(self).function(embeddings, labels, p, a, ref_embeddings=ref_embeddings,
+                                   ref_labels=ref_labels, indices=indices, **self.call_kwargs())
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in {**self.config, **self.hparams}.items())
