@@ -34,6 +34,9 @@ from losslab.losses.classification import (
     WestonWatkinsLoss,
     ZLoss,
 )
+from losslab.losses.classification.ebv import (
+    EBVLoss,
+)
 from losslab.losses.classification.hyperbolic import (
     HypCELoss,
     HypPCLoss,
@@ -161,6 +164,7 @@ __all__ = [
     "CrossEntropyLoss",
     "DiceLoss",
     "DiceSemimetricLoss",
+    "EBVLoss",
     "EasyLLPLoss",
     "FocalLoss",
     "FocalTverskyLoss",

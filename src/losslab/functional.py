@@ -33,6 +33,9 @@ from losslab.losses.classification import (
     weston_watkins_loss,
     z_loss,
 )
+from losslab.losses.classification.ebv import (
+    ebv_loss,
+)
 from losslab.losses.classification.hyperbolic import (
     hyp_ce_loss,
     hyp_pc_loss,
@@ -172,6 +175,7 @@ __all__ = [
     "dice_loss",
     "dice_semimetric_loss",
     "easyllp_loss",
+    "ebv_loss",
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",

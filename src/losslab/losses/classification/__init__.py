@@ -17,6 +17,7 @@ Soft targets are accepted by: ``cross_entropy``, ``focal``, ``poly1``, ``logit_a
 ``stablemax_ce``. ``anyloss`` is a batch-level loss (one value per batch, no ``reduction``).
 
 Submodules (the long tail of the seed catalog): :mod:`~.polyloss` (Poly-N),
+:mod:`~.ebv` (Equiangular Basis Vectors),
 :mod:`~.hyperbolic` (Hyp-OC's hyperbolic pairwise confusion, kind ``paired``, and
 hyperbolic cross-entropy, kind ``embeddings``).
 
@@ -48,7 +49,8 @@ from losslab._ops.logits import (
     prepare,
     target_log_prob,
 )
-from losslab.losses.classification import hyperbolic, polyloss
+from losslab.losses.classification import ebv, hyperbolic, polyloss
+from losslab.losses.classification.ebv import EBVLoss, ebv_loss
 from losslab.losses.classification.hyperbolic import (
     HypCELoss,
     HypPCLoss,
@@ -63,6 +65,7 @@ __all__ = [
     "CompSumLoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
+    "EBVLoss",
     "FocalLoss",
     "HypCELoss",
     "HypPCLoss",
@@ -77,6 +80,8 @@ __all__ = [
     "comp_sum_loss",
     "crammer_singer_loss",
     "cross_entropy_loss",
+    "ebv",
+    "ebv_loss",
     "focal_loss",
     "hyp_ce_loss",
     "hyp_pc_loss",
