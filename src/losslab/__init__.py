@@ -41,6 +41,9 @@ from losslab.losses.classification.hyperbolic import (
     HypCELoss,
     HypPCLoss,
 )
+from losslab.losses.classification.multilabel import (
+    MLCDLoss,
+)
 from losslab.losses.classification.polyloss import (
     PolyNLoss,
 )
@@ -191,6 +194,7 @@ __all__ = [
     "LossSpec",
     "LovaszSoftmaxLoss",
     "MAELoss",
+    "MLCDLoss",
     "MSELoss",
     "MadaCosLoss",
     "MarginMSELoss",

@@ -40,6 +40,9 @@ from losslab.losses.classification.hyperbolic import (
     hyp_ce_loss,
     hyp_pc_loss,
 )
+from losslab.losses.classification.multilabel import (
+    mlcd_loss,
+)
 from losslab.losses.classification.polyloss import (
     poly_n_loss,
 )
@@ -203,6 +206,7 @@ __all__ = [
     "mae_loss",
     "margin_mse_loss",
     "metrix_loss",
+    "mlcd_loss",
     "mse_loss",
     "multi_similarity_loss",
     "nce_loss",

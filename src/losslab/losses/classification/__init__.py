@@ -18,6 +18,7 @@ Soft targets are accepted by: ``cross_entropy``, ``focal``, ``poly1``, ``logit_a
 
 Submodules (the long tail of the seed catalog): :mod:`~.polyloss` (Poly-N),
 :mod:`~.ebv` (Equiangular Basis Vectors),
+:mod:`~.multilabel` (multi-label cluster discrimination),
 :mod:`~.hyperbolic` (Hyp-OC's hyperbolic pairwise confusion, kind ``paired``, and
 hyperbolic cross-entropy, kind ``embeddings``).
 
@@ -49,7 +50,7 @@ from losslab._ops.logits import (
     prepare,
     target_log_prob,
 )
-from losslab.losses.classification import ebv, hyperbolic, polyloss
+from losslab.losses.classification import ebv, hyperbolic, multilabel, polyloss
 from losslab.losses.classification.ebv import EBVLoss, ebv_loss
 from losslab.losses.classification.hyperbolic import (
     HypCELoss,
@@ -57,6 +58,7 @@ from losslab.losses.classification.hyperbolic import (
     hyp_ce_loss,
     hyp_pc_loss,
 )
+from losslab.losses.classification.multilabel import MLCDLoss, mlcd_loss
 from losslab.losses.classification.polyloss import PolyNLoss, poly_n_loss
 from losslab.registry import register
 
@@ -71,6 +73,7 @@ __all__ = [
     "HypPCLoss",
     "LDAMLoss",
     "LogitAdjustedLoss",
+    "MLCDLoss",
     "Poly1Loss",
     "PolyNLoss",
     "StableMaxCELoss",
@@ -89,6 +92,8 @@ __all__ = [
     "ldam_loss",
     "log_stablemax",
     "logit_adjusted_loss",
+    "mlcd_loss",
+    "multilabel",
     "poly1_loss",
     "poly_n_loss",
     "polyloss",
