@@ -42,6 +42,7 @@ from losslab.losses.classification.hyperbolic import (
     HypPCLoss,
 )
 from losslab.losses.classification.multilabel import (
+    LDAMMultilabelLoss,
     MLCDLoss,
 )
 from losslab.losses.classification.polyloss import (
@@ -184,6 +185,7 @@ __all__ = [
     "JaccardMetricLoss",
     "KDLoss",
     "LDAMLoss",
+    "LDAMMultilabelLoss",
     "LDRKLLoss",
     "LiftedStructureLoss",
     "LinearCrossEntropyLoss",

@@ -41,6 +41,7 @@ from losslab.losses.classification.hyperbolic import (
     hyp_pc_loss,
 )
 from losslab.losses.classification.multilabel import (
+    ldam_multilabel_loss,
     mlcd_loss,
 )
 from losslab.losses.classification.polyloss import (
@@ -194,6 +195,7 @@ __all__ = [
     "jaccard_metric_loss",
     "kd_loss",
     "ldam_loss",
+    "ldam_multilabel_loss",
     "ldr_kl_loss",
     "lifted_structure_loss",
     "linear_cross_entropy_loss",

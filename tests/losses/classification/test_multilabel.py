@@ -120,3 +120,77 @@ def test_bad_labels():
         LF.mlcd_loss(emb, torch.full((6, 5), 2), centers)
     with pytest.raises(ValueError, match="labels"):
         LF.mlcd_loss(emb, torch.zeros(6, 5), centers)
+
+
+# --------------------------------------------------------------------------------------------
+# ldam_multilabel (TransICD)
+# --------------------------------------------------------------------------------------------
+
+
+def softplus(v):
+    return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+
+
+def ldam_ml_oracle(logits, multi, counts, c_margin):
+    out = []
+    for i in range(logits.shape[0]):
+        total = 0.0
+        for j in range(logits.shape[1]):
+            z, y = float(logits[i, j]), float(multi[i, j])
+            delta = c_margin / (counts[j] ** 0.25 if counts[j] > 0 else 1.0)
+            total += y * softplus(-(z - delta)) + (1 - y) * softplus(z)
+        out.append(total / logits.shape[1])
+    return torch.tensor(out, dtype=D)
+
+
+COUNTS = [50.0, 10.0, 2.0, 1.0, 0.0]
+
+
+def test_ldam_multilabel_oracle_and_bce_at_zero_margin():
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(6, 5, generator=g, dtype=D) * 2
+    multi = (torch.rand(6, 5, generator=g) < 0.4).to(D)
+    close(LF.ldam_multilabel_loss(z, multi, label_counts=COUNTS, margin=3.0, reduction="none"),
+          ldam_ml_oracle(z, multi, COUNTS, 3.0))
+    close(LF.ldam_multilabel_loss(z, multi, label_counts=COUNTS),
+          ldam_ml_oracle(z, multi, COUNTS, 3.0).mean())
+    close(LF.ldam_multilabel_loss(z, multi, label_counts=COUNTS, margin=0.0),
+          F.binary_cross_entropy_with_logits(z, multi))
+    close(LF.ldam_multilabel_loss(z, multi.bool(), label_counts=COUNTS),
+          LF.ldam_multilabel_loss(z, multi.long(), label_counts=COUNTS))
+
+
+def test_ldam_multilabel_margins_follow_the_quarter_power_rule():
+    # One positive label per row at a zero logit: the loss of that entry is softplus(Delta_j),
+    # Delta_j = C n_j^(-1/4); rarer labels pay more, negatives are unchanged.
+    z = torch.zeros(5, 5, dtype=D)
+    y = torch.arange(5)
+    got = LF.ldam_multilabel_loss(z, y, label_counts=COUNTS, margin=2.0, reduction="none")
+    want = [(softplus(2.0 / (n ** 0.25 if n > 0 else 1.0)) + 4 * math.log(2)) / 5 for n in COUNTS]
+    close(got, want)
+    assert bool((got[1:-1] > got[:-2]).all())
+    close(LF.ldam_multilabel_loss(z, y, label_counts=COUNTS, reduction="none"),
+          LF.ldam_multilabel_loss(z, F.one_hot(y, 5).to(D), label_counts=COUNTS,
+                                  reduction="none"))
+
+
+def test_ldam_multilabel_module_gradcheck_and_errors():
+    mod = losslab.create("ldam_multilabel", label_counts=COUNTS, margin=1.5)
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(4, 5, generator=g, dtype=D).requires_grad_()
+    multi = (torch.rand(4, 5, generator=g) < 0.5).to(D)
+    close(mod(z, multi), LF.ldam_multilabel_loss(z, multi, label_counts=COUNTS, margin=1.5),
+          rtol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda x: LF.ldam_multilabel_loss(x, multi, label_counts=COUNTS), (z,), eps=1e-6,
+        atol=1e-6)
+    with pytest.raises(ValueError, match="0 or 1"):
+        LF.ldam_multilabel_loss(z, torch.softmax(z.detach(), 1), label_counts=COUNTS)
+    with pytest.raises(ValueError, match="label_counts"):
+        LF.ldam_multilabel_loss(z, multi, label_counts=COUNTS[:3])
+    with pytest.raises(ValueError, match="label_counts"):
+        LF.ldam_multilabel_loss(z, multi, label_counts=[-1.0] * 5)
+    with pytest.raises(ValueError, match="class ids"):
+        LF.ldam_multilabel_loss(z, torch.tensor([0, 1, 5, 2]), label_counts=COUNTS)
+    s = losslab.spec("ldam_multilabel")
+    assert s.arxiv == "2104.10652" and s.kind == "logits"

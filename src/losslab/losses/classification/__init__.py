@@ -18,7 +18,7 @@ Soft targets are accepted by: ``cross_entropy``, ``focal``, ``poly1``, ``logit_a
 
 Submodules (the long tail of the seed catalog): :mod:`~.polyloss` (Poly-N),
 :mod:`~.ebv` (Equiangular Basis Vectors),
-:mod:`~.multilabel` (multi-label cluster discrimination),
+:mod:`~.multilabel` (multi-label cluster discrimination, LDAM for multi-label targets),
 :mod:`~.hyperbolic` (Hyp-OC's hyperbolic pairwise confusion, kind ``paired``, and
 hyperbolic cross-entropy, kind ``embeddings``).
 
@@ -58,7 +58,12 @@ from losslab.losses.classification.hyperbolic import (
     hyp_ce_loss,
     hyp_pc_loss,
 )
-from losslab.losses.classification.multilabel import MLCDLoss, mlcd_loss
+from losslab.losses.classification.multilabel import (
+    LDAMMultilabelLoss,
+    MLCDLoss,
+    ldam_multilabel_loss,
+    mlcd_loss,
+)
 from losslab.losses.classification.polyloss import PolyNLoss, poly_n_loss
 from losslab.registry import register
 
@@ -72,6 +77,7 @@ __all__ = [
     "HypCELoss",
     "HypPCLoss",
     "LDAMLoss",
+    "LDAMMultilabelLoss",
     "LogitAdjustedLoss",
     "MLCDLoss",
     "Poly1Loss",
@@ -90,6 +96,7 @@ __all__ = [
     "hyp_pc_loss",
     "hyperbolic",
     "ldam_loss",
+    "ldam_multilabel_loss",
     "log_stablemax",
     "logit_adjusted_loss",
     "mlcd_loss",
