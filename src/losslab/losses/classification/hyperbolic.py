@@ -116,7 +116,8 @@ def hyp_pc_loss(
 
     Hyp-OC pulls together pairs of same-class (bona fide) features on the ball; the official
     code pairs the first half of a batch with its second half (``a = f[:M]``, ``b = f[M:]``)
-    and adds the term to the hyperbolic cross-entropy with weight 1.
+    and adds the term to the hyperbolic cross-entropy (:func:`hyp_ce_loss`) with a weight
+    (``lambda_tpc``; 1 in one of its training scripts).
 
     Args:
         a, b: ``[N, D]`` paired features: tangent vectors at the origin (``inputs="tangent"``,
