@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.losslab-installed
 
 .PHONY: setup demo test test-all lint typecheck bench bench-noisy clean catalog
-.PHONY: bench-regression bench-aggregate
+.PHONY: bench-regression bench-aggregate bench-segmentation
 
 # torch first (a CPU wheel; override with `make demo TORCH=torch==X`), then the package.
 $(STAMP): pyproject.toml
@@ -65,6 +65,15 @@ bench-aggregate: $(STAMP)
 		--out "$(AGGREGATE_OUT)_fmnist" $(ARGS) && \
 	$(PY) -m losslab.cli bench aggregate --config aggregate_regression \
 		--out "$(AGGREGATE_OUT)_regression" $(ARGS)
+
+# The segmentation comparison (docs/lab.md, "The segmentation task"): glyph shapes of the
+# shipped glyph set over scikit-image's bundled textures (needs the seg extra), offline.
+SEGMENTATION_OUT ?= runs/segmentation_glyphs
+
+bench-segmentation: $(STAMP)
+	$(PY) -m losslab.cli bench segmentation --config segmentation_glyphs \
+		--out "$(SEGMENTATION_OUT)" $(ARGS) && \
+	$(PY) -m losslab.lab.tasks.segmentation "$(SEGMENTATION_OUT)"
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests $(wildcard benchmarks scripts)

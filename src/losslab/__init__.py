@@ -55,10 +55,45 @@ from losslab.losses.contrastive_ssl import (
     SigLipLoss,
     UniformityLoss,
 )
-from losslab.losses.distillation import (
+from losslab.losses.contrastive_ssl.captioning import (
+    CoCaLoss,
+)
+from losslab.losses.contrastive_ssl.icon import (
+    IConLoss,
+)
+from losslab.losses.contrastive_ssl.isogclr import (
+    ISogCLRLoss,
+)
+from losslab.losses.contrastive_ssl.redundancy import (
+    BarlowTwinsLoss,
+    TLDRLoss,
+    VICRegLoss,
+)
+from losslab.losses.contrastive_ssl.variants import (
+    DCLLoss,
+    HardNegativeInfoNCELoss,
+    MultiPositiveInfoNCELoss,
+)
+from losslab.losses.distillation.classic import (
     BinaryKLLoss,
     CosineAlignmentLoss,
     KDLoss,
+)
+from losslab.losses.distillation.divergences import (
+    DKDLoss,
+    JSDLoss,
+)
+from losslab.losses.distillation.features import (
+    NDLoss,
+)
+from losslab.losses.distillation.regularizers import (
+    WDRLoss,
+)
+from losslab.losses.distillation.segmentation_kd import (
+    MGDSemanticLoss,
+)
+from losslab.losses.distillation.transport import (
+    SinkhornKDLoss,
 )
 from losslab.losses.fewshot import (
     ICNNLoss,
@@ -92,6 +127,15 @@ from losslab.losses.metric_learning.weighted import (
     CircleLoss,
     MultiSimilarityLoss,
     SupConLoss,
+)
+from losslab.losses.preference import (
+    CPOLoss,
+    DPOLoss,
+    IPOLoss,
+    KTOLoss,
+    NormalizedPreferenceLoss,
+    ORPOLoss,
+    SimPOLoss,
 )
 from losslab.losses.ranking import (
     ListMLELoss,
@@ -127,18 +171,43 @@ from losslab.losses.robust import (
     RCELoss,
     SCELoss,
 )
-from losslab.losses.segmentation import (
+from losslab.losses.segmentation.boundary import (
+    BASNetHybridLoss,
+    BoundaryLoss,
+    HausdorffDTLoss,
+)
+from losslab.losses.segmentation.compound import (
+    DiceCELoss,
+    DiceFocalLoss,
+)
+from losslab.losses.segmentation.overlap import (
     DiceLoss,
     DiceSemimetricLoss,
     FocalTverskyLoss,
     JaccardLoss,
     JaccardMetricLoss,
+    LovaszHingeLoss,
     LovaszSoftmaxLoss,
     TverskyLoss,
+)
+from losslab.losses.segmentation.prior import (
+    EntropyPriorLoss,
+    RePRILoss,
+)
+from losslab.losses.segmentation.topology import (
+    ClDiceLoss,
+    SkeletonRecallLoss,
 )
 from losslab.losses.sequence import (
     LinearCrossEntropyLoss,
     LogZPenaltyLoss,
+)
+from losslab.losses.tokens import (
+    CoverageCELoss,
+    Dist2Loss,
+    EISLLoss,
+    EMOLoss,
+    NumberTokenLoss,
 )
 from losslab.registry import LossSpec, available, create, spec
 
@@ -149,41 +218,64 @@ __all__ = [
     "AlignmentLoss",
     "AnyLoss",
     "ArcFaceLoss",
+    "BASNetHybridLoss",
     "BagLevelLoss",
+    "BarlowTwinsLoss",
     "BarronLoss",
     "BinaryKLLoss",
+    "BoundaryLoss",
     "CALoss",
+    "CPOLoss",
     "CSIBLoss",
     "CauchyLoss",
     "CharbonnierLoss",
     "CircleLoss",
+    "ClDiceLoss",
     "ClipLoss",
+    "CoCaLoss",
     "CombinedLoss",
     "CompSumLoss",
     "ConRLoss",
     "ContrastiveLoss",
     "CosFaceLoss",
     "CosineAlignmentLoss",
+    "CoverageCELoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
+    "DCLLoss",
+    "DKDLoss",
+    "DPOLoss",
+    "DiceCELoss",
+    "DiceFocalLoss",
     "DiceLoss",
     "DiceSemimetricLoss",
+    "Dist2Loss",
     "EBVLoss",
+    "EISLLoss",
+    "EMOLoss",
     "EasyLLPLoss",
+    "EntropyPriorLoss",
     "FocalLoss",
     "FocalTverskyLoss",
     "GCELoss",
+    "HardNegativeInfoNCELoss",
+    "HausdorffDTLoss",
     "HazardLoss",
     "HuberLoss",
     "HypCELoss",
     "HypPCLoss",
     "ICNNLoss",
+    "IConLoss",
+    "IPOLoss",
+    "ISogCLRLoss",
     "InfoNCELoss",
     "InstanceLevelLoss",
     "InterpolatedAggregateLoss",
+    "JSDLoss",
     "JaccardLoss",
     "JaccardMetricLoss",
     "KDLoss",
+    "KTOLoss",
     "LDAMLoss",
     "LDAMMultilabelLoss",
     "LDRKLLoss",
@@ -194,21 +286,28 @@ __all__ = [
     "LogZPenaltyLoss",
     "LogitAdjustedLoss",
     "LossSpec",
+    "LovaszHingeLoss",
     "LovaszSoftmaxLoss",
     "MAELoss",
+    "MGDSemanticLoss",
     "MLCDLoss",
     "MSELoss",
     "MadaCosLoss",
     "MarginMSELoss",
     "MetrixLoss",
+    "MultiPositiveInfoNCELoss",
     "MultiSimilarityLoss",
     "NCELoss",
     "NCEMAELoss",
     "NCERCELoss",
+    "NDLoss",
     "NFLLoss",
     "NFLRCELoss",
     "NPairsLoss",
+    "NormalizedPreferenceLoss",
     "NormalizedSoftmaxLoss",
+    "NumberTokenLoss",
+    "ORPOLoss",
     "OrdinalLoss",
     "Poly1Loss",
     "PolyNLoss",
@@ -220,16 +319,23 @@ __all__ = [
     "PseudoHuberLoss",
     "RCELoss",
     "RankNetLoss",
+    "RePRILoss",
     "SCELoss",
     "SigLipLoss",
+    "SimPOLoss",
     "SinkhornAlignmentLoss",
+    "SinkhornKDLoss",
+    "SkeletonRecallLoss",
     "StableMaxCELoss",
     "SupConLoss",
     "TCMLoss",
+    "TLDRLoss",
     "TripletLoss",
     "TripletRatioLoss",
     "TverskyLoss",
     "UniformityLoss",
+    "VICRegLoss",
+    "WDRLoss",
     "WaveletHFLoss",
     "WestonWatkinsLoss",
     "ZErrorLoss",

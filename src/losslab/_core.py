@@ -106,6 +106,24 @@ def zero_loss(*tensors: Tensor) -> Tensor:
     return out
 
 
+def require(ok: Tensor, message: str | Callable[[], str]) -> None:
+    """Raise ``ValueError(message)`` unless every entry of the bool tensor ``ok`` holds: the
+    data checks of the losses (label ranges, finite relevance, ...). ``message`` may be a
+    function, called only on failure (to list the offending values).
+
+    Under ``torch.compile`` the check is traced as an asynchronous assert
+    (``torch._assert_async``, no graph break): a failing batch raises a ``RuntimeError`` when
+    the graph runs instead of the eager ``ValueError`` (the message, if a function, is
+    replaced by a static one).
+    """
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok.all(), message if isinstance(message, str) else
+                            "losslab: invalid input values (run eagerly for the details)")
+        return
+    if not bool(ok.all()):
+        raise ValueError(message if isinstance(message, str) else message())
+
+
 def check_float(name: str, x: Any) -> None:
     """Raise unless ``x`` is a floating-point tensor."""
     if not isinstance(x, Tensor):
@@ -162,6 +180,13 @@ def check_probabilities(name: str, probs: Tensor, *, dim: int = 1,
     if probs.numel() == 0:
         return
     p = probs.detach()
+    if torch.compiler.is_compiling():  # the same checks, traced (see require)
+        tol = max(atol, float(torch.finfo(p.dtype).eps))
+        sums = p.sum(dim, dtype=torch.float64)
+        require(torch.isfinite(p) & (p >= -atol), f"{name} (probabilities) must be finite "
+                "and >= 0")
+        require((sums - 1).abs() <= tol, f"{name} (probabilities) must sum to 1 over dim {dim}")
+        return
     if not bool(torch.isfinite(p).all()):
         raise ValueError(f"{name} (probabilities) must be finite, got NaN or inf entries")
     lo = float(p.min())

@@ -54,10 +54,45 @@ from losslab.losses.contrastive_ssl import (
     siglip_loss,
     uniformity_loss,
 )
-from losslab.losses.distillation import (
+from losslab.losses.contrastive_ssl.captioning import (
+    coca_loss,
+)
+from losslab.losses.contrastive_ssl.icon import (
+    i_con_loss,
+)
+from losslab.losses.contrastive_ssl.isogclr import (
+    isogclr_loss,
+)
+from losslab.losses.contrastive_ssl.redundancy import (
+    barlow_twins_loss,
+    tldr_loss,
+    vicreg_loss,
+)
+from losslab.losses.contrastive_ssl.variants import (
+    dcl_loss,
+    hard_negative_infonce_loss,
+    multi_positive_infonce_loss,
+)
+from losslab.losses.distillation.classic import (
     binary_kl_loss,
     cosine_alignment_loss,
     kd_loss,
+)
+from losslab.losses.distillation.divergences import (
+    dkd_loss,
+    jsd_loss,
+)
+from losslab.losses.distillation.features import (
+    nd_loss,
+)
+from losslab.losses.distillation.regularizers import (
+    wdr_loss,
+)
+from losslab.losses.distillation.segmentation_kd import (
+    mgd_semantic_loss,
+)
+from losslab.losses.distillation.transport import (
+    sinkhorn_kd_loss,
 )
 from losslab.losses.fewshot import (
     icnn_loss,
@@ -91,6 +126,15 @@ from losslab.losses.metric_learning.weighted import (
     circle_loss,
     multi_similarity_loss,
     supcon_loss,
+)
+from losslab.losses.preference import (
+    cpo_loss,
+    dpo_loss,
+    ipo_loss,
+    kto_loss,
+    normalized_preference_loss,
+    orpo_loss,
+    simpo_loss,
 )
 from losslab.losses.ranking import (
     listmle_loss,
@@ -126,18 +170,43 @@ from losslab.losses.robust import (
     rce_loss,
     sce_loss,
 )
-from losslab.losses.segmentation import (
+from losslab.losses.segmentation.boundary import (
+    basnet_hybrid_loss,
+    boundary_loss,
+    hausdorff_dt_loss,
+)
+from losslab.losses.segmentation.compound import (
+    dice_ce_loss,
+    dice_focal_loss,
+)
+from losslab.losses.segmentation.overlap import (
     dice_loss,
     dice_semimetric_loss,
     focal_tversky_loss,
     jaccard_loss,
     jaccard_metric_loss,
+    lovasz_hinge_loss,
     lovasz_softmax_loss,
     tversky_loss,
+)
+from losslab.losses.segmentation.prior import (
+    entropy_prior_loss,
+    repri_loss,
+)
+from losslab.losses.segmentation.topology import (
+    cl_dice_loss,
+    skeleton_recall_loss,
 )
 from losslab.losses.sequence import (
     linear_cross_entropy_loss,
     logz_penalty_loss,
+)
+from losslab.losses.tokens import (
+    coverage_ce_loss,
+    dist2_loss,
+    eisl_loss,
+    emo_loss,
+    number_token_loss,
 )
 
 
@@ -161,39 +230,62 @@ __all__ = [
     "anyloss",
     "arcface_loss",
     "bag_level_loss",
+    "barlow_twins_loss",
     "barron_loss",
+    "basnet_hybrid_loss",
     "binary_kl_loss",
+    "boundary_loss",
     "ca_loss",
     "cauchy_loss",
     "charbonnier_loss",
     "circle_loss",
+    "cl_dice_loss",
     "clip_loss",
+    "coca_loss",
     "comp_sum_loss",
     "conr_loss",
     "contrastive_loss",
     "cosface_loss",
     "cosine_alignment_loss",
+    "coverage_ce_loss",
+    "cpo_loss",
     "crammer_singer_loss",
     "cross_entropy_loss",
     "cs_ib_loss",
+    "dcl_loss",
+    "dice_ce_loss",
+    "dice_focal_loss",
     "dice_loss",
     "dice_semimetric_loss",
+    "dist2_loss",
+    "dkd_loss",
+    "dpo_loss",
     "easyllp_loss",
     "ebv_loss",
+    "eisl_loss",
+    "emo_loss",
+    "entropy_prior_loss",
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
+    "hard_negative_infonce_loss",
+    "hausdorff_dt_loss",
     "hazard_loss",
     "huber_loss",
     "hyp_ce_loss",
     "hyp_pc_loss",
+    "i_con_loss",
     "icnn_loss",
     "infonce_loss",
     "instance_level_loss",
     "interpolated_aggregate_loss",
+    "ipo_loss",
+    "isogclr_loss",
     "jaccard_loss",
     "jaccard_metric_loss",
+    "jsd_loss",
     "kd_loss",
+    "kto_loss",
     "ldam_loss",
     "ldam_multilabel_loss",
     "ldr_kl_loss",
@@ -203,22 +295,29 @@ __all__ = [
     "listnet_loss",
     "logit_adjusted_loss",
     "logz_penalty_loss",
+    "lovasz_hinge_loss",
     "lovasz_softmax_loss",
     "madacos_loss",
     "mae_loss",
     "margin_mse_loss",
     "metrix_loss",
+    "mgd_semantic_loss",
     "mlcd_loss",
     "mse_loss",
+    "multi_positive_infonce_loss",
     "multi_similarity_loss",
     "nce_loss",
     "nce_mae_loss",
     "nce_rce_loss",
+    "nd_loss",
     "nfl_loss",
     "nfl_rce_loss",
+    "normalized_preference_loss",
     "normalized_softmax_loss",
     "npairs_loss",
+    "number_token_loss",
     "ordinal_loss",
+    "orpo_loss",
     "poly1_loss",
     "poly_n_loss",
     "proportion_loss",
@@ -229,17 +328,24 @@ __all__ = [
     "pseudo_huber_loss",
     "ranknet_loss",
     "rce_loss",
+    "repri_loss",
     "sce_loss",
     "siglip_loss",
+    "simpo_loss",
     "sinkhorn_alignment_loss",
+    "sinkhorn_kd_loss",
+    "skeleton_recall_loss",
     "stablemax_ce_loss",
     "supcon_loss",
     "tcm_loss",
+    "tldr_loss",
     "triplet_loss",
     "triplet_ratio_loss",
     "tversky_loss",
     "uniformity_loss",
+    "vicreg_loss",
     "wavelet_hf_loss",
+    "wdr_loss",
     "weston_watkins_loss",
     "z_error_loss",
     "z_loss",

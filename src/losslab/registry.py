@@ -40,7 +40,8 @@ __all__ = [
 #: The call signature of each kind (see DESIGN.md). The contract suite builds inputs per kind.
 #: ``indices=`` (embeddings kind) are miner tuples (pairs or triplets of row indices);
 #: ``index=`` (any kind, losses with ``needs_index``) are the dataset ids of the batch's samples,
-#: used to address per-sample state.
+#: used to address per-sample state. ``weights`` kind: a model's weight tensors, one
+#: positional argument per layer (weight regularisers such as EQ-Net's WDR).
 KINDS: Mapping[str, str] = MappingProxyType(
     {
         "logits": "(logits[N,C,...], target[N,...] int or probs[N,C,...])",
@@ -55,6 +56,11 @@ KINDS: Mapping[str, str] = MappingProxyType(
         "linear": "(hidden[N,d], weight[V,d], target[N], *, bias=None)",
         "regression": "(pred[N,...], target[N,...], *, features=None, weights=None, "
         "inputs=None)",
+        "preference": "(policy_chosen[N], policy_rejected[N], *, ref_chosen=None, "
+        "ref_rejected=None, chosen_length=None, rejected_length=None, reference_point=None, "
+        "chosen_grad_norm=None, rejected_grad_norm=None)",
+        "tokens": "(logits[N,T,V], target[N,T], *, token_weight=None)",
+        "weights": "(*weights)",
     }
 )
 
@@ -72,6 +78,8 @@ FAMILIES: tuple[str, ...] = (
     "aggregate-labels",
     "regression",
     "sequence-lm",
+    "lm-tokens",
+    "preference",
 )
 
 #: Where each family lives: a module (or package) of ``losslab.losses``. The layout test checks
@@ -90,6 +98,8 @@ FAMILY_MODULES: Mapping[str, str] = MappingProxyType(
         "aggregate-labels": "losslab.losses.aggregate",
         "regression": "losslab.losses.regression",
         "sequence-lm": "losslab.losses.sequence",
+        "lm-tokens": "losslab.losses.tokens",
+        "preference": "losslab.losses.preference",
     }
 )
 
@@ -98,7 +108,7 @@ DEGENERATE_CASES: tuple[str, ...] = ("one_class", "no_positives", "all_ignored")
 
 Kind = Literal[
     "logits", "embeddings", "episode", "paired", "scores", "dense", "teacher", "bags", "linear",
-    "regression",
+    "regression", "preference", "tokens", "weights",
 ]
 
 
@@ -199,8 +209,8 @@ def _call(self: LossModule, *inputs: Any, **keywords: Any) -> Any:
 
 
 def _forward_logits(self: LossModule, logits: Tensor, target: Tensor, *,
-                    index: Tensor | None = None) -> Tensor:
-    return _call(self, logits, target, index=index)
+                    index: Tensor | None = None, token_weight: Tensor | None = None) -> Tensor:
+    return _call(self, logits, target, index=index, token_weight=token_weight)
 
 
 def _forward_embeddings(self: LossModule, embeddings: Tensor, labels: Tensor, *,
@@ -251,6 +261,26 @@ def _forward_regression(self: LossModule, pred: Tensor, target: Tensor, *,
     return _call(self, pred, target, features=features, weights=weights, inputs=inputs)
 
 
+def _forward_preference(self: LossModule, policy_chosen: Tensor, policy_rejected: Tensor, *,
+                        ref_chosen: Tensor | None = None, ref_rejected: Tensor | None = None,
+                        chosen_length: Tensor | None = None,
+                        rejected_length: Tensor | None = None,
+                        reference_point: Tensor | float | None = None,
+                        chosen_grad_norm: Tensor | None = None,
+                        rejected_grad_norm: Tensor | None = None) -> Tensor:
+    return _call(self, policy_chosen, policy_rejected, ref_chosen=ref_chosen,
+                 ref_rejected=ref_rejected, chosen_length=chosen_length,
+                 rejected_length=rejected_length, reference_point=reference_point,
+                 chosen_grad_norm=chosen_grad_norm, rejected_grad_norm=rejected_grad_norm)
+
+
+def _forward_tokens(self: LossModule, logits: Tensor, target: Tensor, *,
+                    token_weight: Tensor | None = None) -> Tensor:
+    return _call(self, logits, target, token_weight=token_weight)
+def _forward_weights(self: LossModule, *weights: Tensor) -> Tensor:
+    return _call(self, *weights)
+
+
 @dataclass(frozen=True)
 class KindCall:
     """How a kind is called: the ``forward`` of its generated shells and the keyword-only
@@ -278,6 +308,9 @@ KIND_CALLS: Mapping[str, KindCall] = MappingProxyType({
     "bags": _kind_call(_forward_bags),
     "linear": _kind_call(_forward_linear),
     "regression": _kind_call(_forward_regression),
+    "preference": _kind_call(_forward_preference),
+    "tokens": _kind_call(_forward_tokens),
+    "weights": _kind_call(_forward_weights),
 })
 
 

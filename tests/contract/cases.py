@@ -7,6 +7,7 @@ nothing (beyond ``example_hparams`` when it cannot be built without arguments).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,11 @@ def _randn(*shape: int, g: torch.Generator, dtype: torch.dtype, scale: float = 1
 TARGET_ARGS = {"scores": (1,), "bags": (2,), "regression": (1,)}
 
 
+def _logprobs(n: int, g: torch.Generator, dtype: torch.dtype, scale: float) -> Tensor:
+    """``[n]`` per-sequence log-probabilities (negative) for the ``preference`` kind."""
+    return (-(torch.rand(n, generator=g, dtype=torch.float64) * 2 + 0.2) * scale).to(dtype)
+
+
 def _survival_target(n: int, bins: int, g: torch.Generator, dtype: torch.dtype) -> Tensor:
     """``[n, 2]`` (time bin, event) targets of the ``hazard`` loss, both events and censoring."""
     time = torch.randint(0, bins, (n,), generator=g)
@@ -62,6 +68,12 @@ def _finish(spec: LossSpec, call: Call, n: int) -> Call:
                 spec.kind, ()):
             a.requires_grad_(True)
     return call
+
+
+def _requires(spec: LossSpec, name: str) -> bool:
+    """Whether the loss's function has a required keyword ``name`` (no default)."""
+    p = inspect.signature(spec.function).parameters.get(name)
+    return p is not None and p.default is inspect.Parameter.empty
 
 
 def make_call(
@@ -105,6 +117,8 @@ def make_call(
     if k == "teacher":
         call = Call((_randn(6, C, g=g, dtype=dtype, scale=scale),
                      _randn(6, C, g=g, dtype=dtype, scale=scale)))
+        if _requires(spec, "target"):  # dkd, nd_loss: class ids in [0, C)
+            call.kwargs["target"] = torch.tensor([0, 1, 2, 3, 1, 2]) % C
         return _finish(spec, call, 6)
     if k == "bags":
         bag_index = torch.tensor([0, 0, 1, 1, 1, 2])
@@ -141,6 +155,31 @@ def make_call(
             call.kwargs["features"] = _randn(n, D, g=g, dtype=dtype,
                                              scale=scale).requires_grad_(True)
         return _finish(spec, call, n)
+    if k == "preference":
+        n = 6
+        call = Call((_logprobs(n, g, dtype, scale), _logprobs(n, g, dtype, scale)))
+        keywords = getattr(spec.module, "_call_keywords", ())
+        if "ref_chosen" in keywords:  # frozen reference model: no gradient
+            call.kwargs["ref_chosen"] = _logprobs(n, g, dtype, scale)
+            call.kwargs["ref_rejected"] = _logprobs(n, g, dtype, scale)
+        if "chosen_length" in keywords:
+            call.kwargs["chosen_length"] = torch.tensor([3, 1, 4, 1, 5, 9])
+        if "rejected_length" in keywords:
+            call.kwargs["rejected_length"] = torch.tensor([2, 6, 5, 3, 5, 8])
+        if "chosen_grad_norm" in keywords:  # detached per-pair gradient norms
+            call.kwargs["chosen_grad_norm"] = torch.rand(n, generator=g).to(dtype) + 0.5
+            call.kwargs["rejected_grad_norm"] = torch.rand(n, generator=g).to(dtype) + 0.5
+        return _finish(spec, call, n)
+    if k == "tokens":
+        V = int(spec.example_hparams.get("vocab_size", 7))
+        target = torch.randint(0, V, (2, 5), generator=g)
+        call = Call((_randn(2, 5, V, g=g, dtype=dtype, scale=scale), target))
+        return _finish(spec, call, 2)
+    if k == "weights":  # three layers of different shapes (a conv, a bias-like, a linear)
+        call = Call((_randn(3, 2, 2, g=g, dtype=dtype, scale=scale),
+                     _randn(7, g=g, dtype=dtype, scale=scale),
+                     _randn(4, 5, g=g, dtype=dtype, scale=scale)))
+        return _finish(spec, call, 3)
     raise AssertionError(f"contract inputs missing for kind {k!r}")
 
 
@@ -162,7 +201,7 @@ def degenerate_call(spec: LossSpec, case: str, *, dtype: torch.dtype = torch.flo
             raise AssertionError(f"no no_positives case for kind {k!r}")
         args[1] = torch.arange(args[0].shape[0])
     elif case == "all_ignored":
-        idx = {"logits": 1, "linear": 2, "dense": 1}.get(k)
+        idx = {"logits": 1, "linear": 2, "dense": 1, "tokens": 1}.get(k)
         if idx is None:
             raise AssertionError(f"no all_ignored case for kind {k!r}")
         args[idx] = torch.full_like(args[idx], -100)
@@ -215,6 +254,27 @@ def bad_calls(spec: LossSpec) -> list[tuple[str, Call]]:
         variant("relevance shape mismatch", 1, a[1][:, :-1])
     elif k == "dense":
         variant("target shape mismatch", 1, a[1][:, :-1])
+    elif k == "preference":
+        variant("rejected shape mismatch", 1, a[1][:-1])
+        variant("2-D chosen", 0, a[0].unsqueeze(1))
+        variant("integer chosen", 0, torch.ones(a[0].shape, dtype=torch.long))
+        if "ref_chosen" in kw:
+            b = dict(kw)
+            b.pop("ref_rejected")
+            out.append(("ref_chosen without ref_rejected", Call(tuple(a), b)))
+        if "chosen_length" in kw:
+            b = dict(kw)
+            b["chosen_length"] = torch.zeros_like(kw["chosen_length"])
+            out.append(("zero chosen_length", Call(tuple(a), b)))
+    elif k == "tokens":
+        variant("target shape mismatch", 1, a[1][:, :-1])
+        variant("target out of range", 1, torch.full_like(a[1], a[0].shape[-1]))
+        variant("integer logits", 0, torch.ones(a[0].shape, dtype=torch.long))
+        variant("2-D logits", 0, a[0][0])
+    elif k == "weights":
+        variant("integer weight", 0, torch.ones(3, 4, dtype=torch.long))
+        variant("one-element weight", 1, torch.randn(1))
+        variant("constant weight", 2, torch.ones(4, 5))
     elif k == "regression":
         variant("target rows mismatch", 1, a[1][:-1])
         variant("integer pred", 0, torch.ones(a[0].shape, dtype=torch.long))

@@ -189,8 +189,8 @@ def test_state_dict_round_trip(s: LossSpec) -> None:
     call = make_call(s)
     run(m1, call)  # stateful losses update their buffers
     m2.load_state_dict(copy.deepcopy(m1.state_dict()))
-    for k, v in m1.state_dict().items():
-        torch.testing.assert_close(m2.state_dict()[k], v)
+    for k, v in m1.state_dict().items():  # NaN marks "no value" in some buffers
+        torch.testing.assert_close(m2.state_dict()[k], v, equal_nan=True)
     m1.eval()
     m2.eval()
     call = make_call(s, seed=1)
@@ -201,6 +201,8 @@ def test_state_dict_round_trip(s: LossSpec) -> None:
 @pytest.mark.parametrize("s", SPECS, ids=NAMES)
 def test_torch_compile_smoke(s: LossSpec) -> None:
     m = build(s)
+    if s.needs_index:  # stateful: every call updates the state; compare at one fixed state
+        m.train(False)
     call = make_call(s)
     eager = first(run(m, call))
     compiled = torch.compile(m, dynamic=False)

@@ -15,7 +15,6 @@ import losslab.kernels.linear_ce as lce_mod
 import losslab.kernels.linear_ce.rows as lce_rows
 import losslab.kernels.linear_ce.workspace as lce_sizes
 from losslab.functional import linear_cross_entropy_loss as lce
-from losslab.kernels.linear_ce import auto_chunk_size
 
 N, D, V = 23, 6, 11
 WEIGHT_GRADS = ["token_chunks", "vocab_blocks"]
@@ -336,35 +335,130 @@ def test_out_of_range_message_names_value():
         lce(h, w, t)
 
 
-def test_auto_chunk_size(monkeypatch):
-    monkeypatch.setattr(lce_sizes, "MIN_CHUNK", 256)
-    assert auto_chunk_size(4096, 32000) == 1024
-    assert auto_chunk_size(4096, 128256) == 1024
-    assert auto_chunk_size(4096, 262144) == 512
-    # half inputs with token_chunks: a 16 MiB half logits chunk (their float32 accumulator
-    # already costs V*d bytes more than the half gradient)
-    assert auto_chunk_size(4096, 32000, torch.bfloat16) == 256
-    assert auto_chunk_size(4096, 128256, torch.bfloat16) == 256
-    assert auto_chunk_size(4096, 32000, torch.bfloat16, weight_grad="vocab_blocks") == 512
-    assert auto_chunk_size(4096, 128256, torch.bfloat16, weight_grad="vocab_blocks") == 256
-    assert auto_chunk_size(10, 128256) == 10
+MIB = 2**20
+GRID = list(itertools.product([2048, 4096, 16384], [32000, 128256, 262144],
+                              [torch.float32, torch.bfloat16], [False, True]))
+
+
+@pytest.mark.parametrize("n,v,dt,softcap", GRID)
+def test_planned_workspace_within_budget(n, v, dt, softcap):
+    """Issue #18, target 1: at d = 1024, every (N, V, dtype) of the grid is planned within the
+    default 48 MiB budget (the chunk pass with, for half ``token_chunks``, the float32
+    accumulator beyond the half gradient; the ``vocab_blocks`` pass), and the planned bytes
+    are those the allocation takes."""
+    d = 1024
+    wg, chunk = lce_sizes.plan_chunks(n, v, d, dt, softcap=softcap)
+    usable = lce_sizes.WORKSPACE_BYTES * lce_sizes.PLAN_FRACTION
+    tc = wg == "token_chunks"
+    assert lce_sizes.chunk_workspace_bytes(chunk, v, d, dt, softcap=softcap, weight_grad=tc,
+                                           accumulator=tc) <= usable
+    if not tc:
+        assert lce_sizes.vocab_workspace_bytes(n, v, d, dt, softcap=softcap)[2] <= usable
+    assert 1 <= chunk <= n
+    if dt == torch.float32 and not softcap and v == 32000:  # 320 tokens of logits fit
+        assert wg == "token_chunks" and chunk >= lce_sizes.MIN_TOKEN_CHUNK
+    if v >= 128256:  # fewer than MIN_TOKEN_CHUNK tokens fit: no small-chunk token pass
+        assert wg == "vocab_blocks"
+    if dt == torch.bfloat16:  # the float32 V x d accumulator alone exceeds the budget
+        assert wg == "vocab_blocks"
+
+
+def test_chunk_workspace_bytes_match_allocation():
+    """The byte count the plan uses is what ChunkWorkspace / VocabBlockWorkspace allocate."""
+    cpu = torch.device("cpu")
+    for dt, sc, smooth, wgrad, folded in itertools.product(
+        [torch.float32, torch.bfloat16, torch.float64], [None, 30.0], [False, True],
+        [False, True], [False, True],
+    ):
+        opts = lce_sizes.LceOptions(label_smoothing=0.1 if smooth else 0.0, softcap=sc,
+                                    logz_penalty=0.0, chunk_size=96)
+        ws = lce_sizes.ChunkWorkspace.allocate(300, 5000, 48, dt, cpu, opts, smooth_sum=smooth,
+                                               weight_grad=wgrad, folded=folded)
+        bufs = [ws.logits, ws.z_target, ws.z_sum, ws.scratch, ws.tanh, ws.wblk, ws.fold_a,
+                ws.fold_b, ws.fold_half]
+        if ws.wblk32 is not None and (ws.scratch is None
+                                      or ws.wblk32.data_ptr() != ws.scratch.data_ptr()):
+            bufs.append(ws.wblk32)
+        got = sum(b.numel() * b.element_size() for b in bufs if b is not None)
+        assert got == lce_sizes.chunk_workspace_bytes(
+            96, 5000, 48, dt, softcap=sc is not None, smooth_sum=smooth, weight_grad=wgrad,
+            folded=folded)
+    for dt, sc, n in itertools.product([torch.float32, torch.bfloat16], [None, 30.0],
+                                       [10, 100000]):
+        vw = lce_sizes.VocabBlockWorkspace.allocate(n, 5000, 48, dt, cpu, sc)
+        got = sum(b.numel() * b.element_size()
+                  for b in (vw.z, vw.x, vw.tanh, vw.block_acc) if b is not None)
+        if vw.block_acc is not None:
+            got += vw.block * 48 * dt.itemsize  # the partial product of each token group
+        blk, grp, planned = lce_sizes.vocab_workspace_bytes(n, 5000, 48, dt,
+                                                            softcap=sc is not None)
+        assert (vw.block, vw.group) == (blk, grp) and got == planned
+
+
+def test_plan_chunks_follows_the_budget():
+    # fp32, V = 32000, d = 1024: 42 MiB usable / (128 kB logits + 8 kB folds) per token
+    assert lce_sizes.plan_chunks(4096, 32000, 1024) == ("token_chunks", 320)
+    # a larger budget buys larger chunks, up to MAX_CHUNK; the chunk never exceeds N
+    assert lce_sizes.plan_chunks(4096, 32000, 1024, workspace_bytes=2**30)[1] == 1024
+    assert lce_sizes.plan_chunks(10, 128256, 1024) == ("token_chunks", 10)
+    # half inputs keep token_chunks when the float32 accumulator fits (small V x d)...
+    assert lce_sizes.plan_chunks(4096, 32000, 64, torch.bfloat16)[0] == "token_chunks"
+    # ...and with a budget that holds it
+    assert lce_sizes.plan_chunks(4096, 32000, 1024, torch.bfloat16,
+                                 workspace_bytes=512 * MIB)[0] == "token_chunks"
+    # an explicit weight_grad is kept; a budget below one row of logits still gives 1 token
+    assert lce_sizes.plan_chunks(4096, 32000, 1024, weight_grad="vocab_blocks")[0] == (
+        "vocab_blocks")
+    assert lce_sizes.plan_chunks(4096, 262144, 1024, workspace_bytes=1024)[1] == 1
     for n, v, dt, sc in itertools.product([1, 300, 5000], [7, 32000, 262144],
                                           [torch.float32, torch.bfloat16], [False, True]):
-        c = auto_chunk_size(n, v, dt, softcap=sc)
-        assert 1 <= c <= max(n, 1)
+        wg, c = lce_sizes.plan_chunks(n, v, 256, dt, softcap=sc)
+        assert 1 <= c <= max(n, 1) and wg in WEIGHT_GRADS
+
+
+def test_tokens_within_budget():
+    """The chunk of the other fused heads: k float32 [chunk, V] buffers within the budget."""
+    usable = lce_sizes.WORKSPACE_BYTES * lce_sizes.PLAN_FRACTION
+    for n, v in itertools.product([1, 50, 100000], [7, 32000, 262144]):
+        c = lce_sizes.tokens_within(n, 24 * v)
+        assert 1 <= c <= min(n, lce_sizes.MAX_CHUNK)
+        assert c == 1 or c * 24 * v <= usable
+    assert lce_sizes.tokens_within(4096, 24 * 32000) == 48
 
 
 def test_auto_weight_grad_policy():
-    """``weight_grad="auto"`` resolves (in validation) to ``"token_chunks"`` for every dtype;
-    an explicit choice is kept."""
+    """``weight_grad="auto"`` resolves (in validation) by the budget; an explicit choice and an
+    explicit chunk size are kept; ``workspace_bytes`` is validated."""
     defaults = {k: p.default for k, p in inspect.signature(lce).parameters.items()
-                if p.kind is p.KEYWORD_ONLY and k != "return_lse"}
+                if p.kind is p.KEYWORD_ONLY and k not in ("return_lse", "return_z_loss")}
     for dt in (torch.bfloat16, torch.float16, torch.float32):
         h, w, _b, t, *_ = make(dtype=dt)
         opts = lce_mod._validate(h, w, t, **{**defaults, "weight_grad": "auto"})
-        assert opts.weight_grad == "token_chunks"
-        opts = lce_mod._validate(h, w, t, **{**defaults, "weight_grad": "vocab_blocks"})
-        assert opts.weight_grad == "vocab_blocks"
+        assert opts.weight_grad == "token_chunks"  # tiny V x d: the accumulator fits
+        assert opts.workspace_bytes == lce_sizes.WORKSPACE_BYTES
+        opts = lce_mod._validate(h, w, t, **{**defaults, "weight_grad": "vocab_blocks",
+                                            "chunk_size": 5})
+        assert opts.weight_grad == "vocab_blocks" and opts.chunk_size == 5
+        opts = lce_mod._validate(h, w, t, **{**defaults, "workspace_bytes": 64})
+        assert opts.weight_grad == "vocab_blocks" and opts.workspace_bytes == 64
+    for bad in (0, -1, 1.5, True, "64MiB"):
+        with pytest.raises(ValueError, match="workspace_bytes"):
+            lce(h, w, t, workspace_bytes=bad)
+
+
+@pytest.mark.parametrize("weight_grad", WEIGHT_GRADS)
+def test_tiny_budget_is_exact(weight_grad):
+    """A budget of a few bytes (one-token chunks, one-row vocabulary blocks of several token
+    groups) gives the float64 reference's values and gradients."""
+    h, w, b, t, *_ = make()
+    ref = make()
+    F.cross_entropy(ref[0] @ ref[1].T + ref[2], ref[3], ignore_index=-100).backward()
+    loss = lce(h, w, t, bias=b, weight_grad=weight_grad, workspace_bytes=8)
+    loss.backward()
+    torch.testing.assert_close(loss, F.cross_entropy(
+        ref[0].detach() @ ref[1].detach().T + ref[2].detach(), ref[3]))
+    for got, exp in ((h.grad, ref[0].grad), (w.grad, ref[1].grad), (b.grad, ref[2].grad)):
+        torch.testing.assert_close(got, exp)
 
 
 @pytest.mark.parametrize("d,v", [(2048, 5), (64, 3000)])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import losslab
-from losslab.lab.training import Batch, build_optimizer, cosine_schedule, fit
+from losslab.lab.training import Batch, build_optimizer, cosine_schedule, default_step, fit
 
 
 def blobs(n: int = 60, seed: int = 0):
@@ -245,3 +245,28 @@ def test_build_optimizer_groups_and_cosine_schedule():
                                  0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0, 0.0], abs=1e-12)
     with pytest.raises(ValueError, match="total_steps"):
         cosine_schedule(sgd, 0)
+
+
+def test_custom_step_and_epoch_hook():
+    torch.manual_seed(0)
+    x, y = blobs()
+    model = nn.Linear(2, 3)
+    loss_fn = losslab.create("cross_entropy")
+    opt = build_optimizer("sgd", model, loss_fn, lr=0.1)
+    calls, epochs_seen = [], []
+
+    def step(m, lf, batch, optimizer):
+        calls.append(batch.inputs.shape[0])
+        return default_step(m, lf, batch, optimizer)
+
+    res = fit(model, loss_fn, batches_of(x, y, 20), optimizer=opt, epochs=3, steps_per_epoch=3,
+              step=step, on_epoch_start=epochs_seen.append)
+    assert calls == [20] * 9 and epochs_seen == [1, 2, 3] and res.steps == 9
+    assert res.epoch_losses[-1] < res.epoch_losses[0]
+
+    def bad_step(m, lf, batch, optimizer):
+        return torch.tensor(float("nan"))
+
+    with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
+        fit(model, loss_fn, batches_of(x, y, 20), optimizer=opt, epochs=1, steps_per_epoch=3,
+            step=bad_step)

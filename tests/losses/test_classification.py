@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -112,6 +113,118 @@ def test_cross_entropy_oracle_loop():
         return -math.log(softmax_row(row)[y])
 
     close(LF.cross_entropy_loss(x, t, reduction="none"), per_item_oracle(x, t, ce))
+
+
+def _ce_zloss_oracle(x, t, w, tw, lam, ls, ignore=-100):
+    """Loops: per-item CE + lam lse^2, token-weighted mean over non-ignored items."""
+    n, c = x.shape
+    num = z_num = den = 0.0
+    per, per_z = [], []
+    for i in range(n):
+        y = int(t[i])
+        if y == ignore:
+            per.append(0.0)
+            per_z.append(0.0)
+            continue
+        row = [float(v) for v in x[i]]
+        lse = math.log(sum(math.exp(v) for v in row))
+        logp = [v - lse for v in row]
+        wc = [1.0] * c if w is None else [float(v) for v in w]
+        ce = -(1 - ls) * wc[y] * logp[y] - ls / c * sum(wc[k] * logp[k] for k in range(c))
+        zl = lam * lse * lse
+        ti = 1.0 if tw is None else float(tw[i])
+        per.append(ti * (ce + zl))
+        per_z.append(ti * zl)
+        num += ti * (ce + zl)
+        z_num += ti * zl
+        den += ti * wc[y]
+    return num / den, z_num / den, torch.tensor(per, dtype=D), torch.tensor(per_z, dtype=D)
+
+
+@pytest.mark.parametrize("use_w,ls,use_tw", [(False, 0.0, True), (True, 0.1, True),
+                                             (True, 0.0, False), (False, 0.2, True)])
+def test_cross_entropy_logz_penalty_and_token_weight_oracle(use_w, ls, use_tw):
+    x, t = rand_logits(n=9), rand_target(n=9)
+    t[3] = -100
+    w = [0.5, 1.0, 2.0, 1.5, 0.7] if use_w else None
+    tw = torch.rand(9, generator=torch.Generator().manual_seed(5), dtype=D) if use_tw else None
+    mean, zmean, per, per_z = _ce_zloss_oracle(x, t, w, tw, 0.01, ls)
+    kw: dict[str, Any] = dict(weight=w, label_smoothing=ls, logz_penalty=0.01, token_weight=tw)
+    loss, z = LF.cross_entropy_loss(x, t, return_z_loss=True, **kw)
+    close(loss, torch.tensor(mean, dtype=D))
+    close(z, torch.tensor(zmean, dtype=D))
+    none, z_none = LF.cross_entropy_loss(x, t, return_z_loss=True, reduction="none", **kw)
+    close(none, per)
+    close(z_none, per_z)
+    total, z_total = LF.cross_entropy_loss(x, t, return_z_loss=True, reduction="sum", **kw)
+    close(total, per.sum())
+    close(z_total, per_z.sum())
+
+
+def test_cross_entropy_z_loss_is_returned_not_hidden():
+    """The z-term is only in the loss when asked for; return_z_loss isolates it, and the
+    loss minus it is torch's CE."""
+    x, t = rand_logits(), rand_target()
+    t[0] = -100
+    plain = F.cross_entropy(x, t)
+    loss, z = LF.cross_entropy_loss(x, t, logz_penalty=1e-3, return_z_loss=True)
+    close(loss - z, plain)
+    assert float(z) > 0
+    off, z_off = LF.cross_entropy_loss(x, t, return_z_loss=True)
+    close(off, plain)
+    assert float(z_off) == 0.0
+    close(LF.cross_entropy_loss(x, t), plain)  # the default returns one tensor
+
+
+@pytest.mark.parametrize("use_w,ls", [(False, 0.0), (True, 0.1)])
+def test_cross_entropy_matches_linear_cross_entropy_options(use_w, ls):
+    """cross_entropy on logits h @ W.T == the fused linear_cross_entropy with the same
+    logz_penalty, token_weight, class weights and smoothing (values and gradients)."""
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(10, 6, generator=g, dtype=D, requires_grad=True)
+    wt = torch.randn(5, 6, generator=g, dtype=D)
+    t = torch.randint(0, 5, (10,), generator=g)
+    t[1] = -100
+    tw = torch.rand(10, generator=g, dtype=D)
+    cw = torch.tensor([0.5, 1.0, 2.0, 1.5, 0.7], dtype=D) if use_w else None
+    for reduction in ("mean", "sum", "none"):
+        a = LF.cross_entropy_loss(h @ wt.T, t, weight=cw, label_smoothing=ls,
+                                  logz_penalty=0.05, token_weight=tw, reduction=reduction)
+        b = LF.linear_cross_entropy_loss(h, wt, t, class_weight=cw, label_smoothing=ls,
+                                         logz_penalty=0.05, token_weight=tw,
+                                         reduction=reduction)
+        assert isinstance(b, torch.Tensor)
+        close(a, b)
+        ga, = torch.autograd.grad(a.sum(), h)
+        gb, = torch.autograd.grad(b.sum(), h)
+        close(ga, gb)
+
+
+def test_cross_entropy_token_weight_soft_targets_and_module():
+    x, q = rand_logits(6, 5, 2), rand_soft(6, 5, 2)
+    tw = torch.rand(6, 2, generator=torch.Generator().manual_seed(1), dtype=D)
+    per = -(q * torch.log_softmax(x, 1)).sum(1)
+    close(LF.cross_entropy_loss(x, q, token_weight=tw), (tw * per).sum() / tw.sum())
+    mod = losslab.create("cross_entropy", logz_penalty=0.0)
+    close(mod(x, q, token_weight=tw), (tw * per).sum() / tw.sum())
+    with pytest.raises(ValueError, match="token_weight"):
+        LF.cross_entropy_loss(x, q, token_weight=tw[:, :1])
+    with pytest.raises(ValueError, match="token_weight"):
+        LF.cross_entropy_loss(x, q, token_weight=tw.long())
+    with pytest.raises(ValueError, match="logz_penalty"):
+        LF.cross_entropy_loss(x, q, logz_penalty=-1.0)
+    with pytest.raises(ValueError, match="takes no token_weight"):
+        losslab.create("focal")(x, q.argmax(1), token_weight=tw)
+
+
+def test_cross_entropy_token_weight_all_zero_or_all_ignored_is_zero():
+    x = rand_logits().requires_grad_()
+    t = rand_target()
+    loss = LF.cross_entropy_loss(x, t, token_weight=torch.zeros(7, dtype=D), logz_penalty=0.1)
+    assert float(loss) == 0.0
+    loss.backward()
+    assert x.grad is not None
+    assert torch.count_nonzero(x.grad) == 0
 
 
 # --------------------------------------------------------------------------------------------

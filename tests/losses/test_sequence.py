@@ -137,3 +137,42 @@ def test_logz_penalty_validates_soft_targets_and_returns_float32():  # 11.6, 11.
     out = LF.logz_penalty_loss(x.half(), rand_target(4, 6, 3))
     assert out.dtype == torch.float32
     close(out, LF.logz_penalty_loss(x.half().float(), rand_target(4, 6, 3)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("use_cw,use_tw", [(False, False), (True, True), (False, True)])
+def test_linear_cross_entropy_return_z_loss_isolates_the_penalty(reduction, use_cw, use_tw):
+    """return_z_loss: the z-term alone (loops), and loss - z_loss is the CE without it."""
+    g = torch.Generator().manual_seed(11)
+    h = torch.randn(9, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 7, (9,), generator=g)
+    t[2] = -100
+    cw = torch.rand(7, generator=g, dtype=torch.float64) + 0.5 if use_cw else None
+    tw = torch.rand(9, generator=g, dtype=torch.float64) if use_tw else None
+    lam = 0.02
+    loss, z = LF.linear_cross_entropy_loss(h, w, t, class_weight=cw, token_weight=tw,
+                                           logz_penalty=lam, return_z_loss=True,
+                                           reduction=reduction)
+    plain = LF.linear_cross_entropy_loss(h, w, t, class_weight=cw, token_weight=tw,
+                                         reduction=reduction)
+    torch.testing.assert_close(loss - z, plain)
+    per, den = [], 0.0
+    for n in range(9):
+        if int(t[n]) == -100:
+            per.append(0.0)
+            continue
+        row = [sum(float(h[n, j]) * float(w[v, j]) for j in range(5)) for v in range(7)]
+        lse = math.log(sum(math.exp(r) for r in row))
+        tau = 1.0 if tw is None else float(tw[n])
+        per.append(tau * lam * lse * lse)
+        den += tau * (1.0 if cw is None else float(cw[int(t[n])]))
+    ref = torch.tensor(per, dtype=torch.float64)
+    want = {"none": ref, "sum": ref.sum(), "mean": ref.sum() / den}[reduction]
+    torch.testing.assert_close(z, want)
+    loss2, lse2, z2 = LF.linear_cross_entropy_loss(h, w, t, logz_penalty=lam, return_lse=True,
+                                                   return_z_loss=True, class_weight=cw,
+                                                   token_weight=tw, reduction=reduction)
+    torch.testing.assert_close(z2, z)
+    torch.testing.assert_close(loss2, loss)
+    assert lse2.shape == t.shape

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import check_probabilities, reduce
+from losslab._core import PROB_ATOL, check_float, check_probabilities, compute_dtype, reduce
 from losslab._ops.logits import prepare
 
 __all__ = [
@@ -35,10 +35,13 @@ __all__ = [
     "Classes",
     "DenseBatch",
     "active_classes",
+    "check_unit_interval",
+    "foreground",
     "prepare_dense",
     "reduce_groups",
     "safe_ratio",
     "soft_counts",
+    "to_spatial",
 ]
 
 #: Which classes a group's loss averages over: every class, or those with target mass.
@@ -55,12 +58,19 @@ class DenseBatch:
         target: ``[G, C, S]`` one-hot (hard labels) or soft labels, 0 at ignored pixels.
         valid: ``[G, S]`` bool, False at ignored pixels.
         soft: the target holds soft labels (float input).
+        binary: single-logit input (``C = 1``): ``probs`` is ``sigmoid(logits)``.
+        scores: ``[G, C, S]`` logits in the compute dtype, 0 at ignored pixels (for the
+            cross-entropy terms of compound losses).
+        shape: ``(N, *spatial)`` of the input.
     """
 
     probs: Tensor
     target: Tensor
     valid: Tensor
     soft: bool
+    binary: bool = False
+    scores: Tensor | None = None
+    shape: tuple[int, ...] = ()
 
 
 def prepare_dense(
@@ -84,11 +94,14 @@ def prepare_dense(
             f"{loss} needs logits of shape [N, C, *spatial] (at least one spatial dim), "
             f"got {tuple(logits.shape)}"
         )
+    if isinstance(logits, Tensor) and logits.shape[1] == 1:
+        return _prepare_binary(logits, target, ignore_index=ignore_index, per_image=per_image,
+                               soft_ok=soft_ok, loss=loss)
     b = prepare(logits, target, ignore_index=ignore_index, soft_ok=soft_ok, min_classes=2,
                 loss=loss)
     if b.probs is not None:
         check_probabilities("target", target, dim=1)  # in its own dtype (bf16 tolerance)
-    n, c = logits.shape[0], logits.shape[1]
+    c = logits.shape[1]
     valid = b.valid.unsqueeze(1)
     scores = torch.where(valid, b.logits, torch.zeros_like(b.logits))
     probs = F.softmax(scores, dim=1)  # [M, C], M = N·S in (image, pixel) order
@@ -98,11 +111,73 @@ def prepare_dense(
         tgt = F.one_hot(b.class_ids, c).to(probs.dtype)
     probs = torch.where(valid, probs, torch.zeros_like(probs))
     tgt = torch.where(valid, tgt, torch.zeros_like(tgt))
+    return _grouped(logits, scores, probs, tgt, b.valid, soft=b.probs is not None,
+                    binary=False, per_image=per_image)
+
+
+def _grouped(logits: Tensor, scores: Tensor, probs: Tensor, tgt: Tensor, valid: Tensor, *,
+             soft: bool, binary: bool, per_image: bool) -> DenseBatch:
+    """``[M, C]`` rows in (image, pixel) order -> ``[G, C, S]`` groups."""
+    n, c = logits.shape[0], logits.shape[1]
     groups = n if per_image else 1
     size = math.prod(logits.shape[2:]) * (1 if per_image else n)  # pixels per group (N = 0)
-    probs = probs.reshape(groups, size, c).transpose(1, 2)
-    tgt = tgt.reshape(groups, size, c).transpose(1, 2)
-    return DenseBatch(probs, tgt, b.valid.reshape(groups, size), b.probs is not None)
+
+    def group(x: Tensor) -> Tensor:
+        return x.reshape(groups, size, c).transpose(1, 2)
+
+    shape = (n, *logits.shape[2:])
+    return DenseBatch(group(probs), group(tgt), valid.reshape(groups, size), soft, binary,
+                      group(scores), shape)
+
+
+def _prepare_binary(logits: Tensor, target: Tensor, *, ignore_index: int, per_image: bool,
+                    soft_ok: bool, loss: str) -> DenseBatch:
+    """Single-logit input: ``p = sigmoid(logits)``; class ids 0/1 or probabilities in [0, 1]
+    of shape ``[N, 1, *spatial]``."""
+    if isinstance(target, Tensor) and target.is_floating_point():
+        if not soft_ok:
+            raise ValueError(
+                f"{loss} needs integer class ids (0/1) as target; soft (float) targets are "
+                f"not supported, got dtype {target.dtype}")
+        if target.shape != logits.shape:
+            raise ValueError(
+                "soft binary target (foreground probabilities) must have the shape of logits "
+                f"{tuple(logits.shape)}, got {tuple(target.shape)}")
+        check_float("logits", logits)
+        check_unit_interval("target", target)
+        if target.device != logits.device:
+            raise ValueError(
+                f"logits and target must be on one device, got {logits.device} and "
+                f"{target.device}")
+        compute = compute_dtype(logits.dtype)
+        scores = logits.to(compute).movedim(1, -1).reshape(-1, 1)
+        tgt = target.to(compute).movedim(1, -1).reshape(-1, 1)
+        valid = torch.ones(scores.shape[0], dtype=torch.bool, device=logits.device)
+        probs = torch.sigmoid(scores)
+        return _grouped(logits, scores, probs, tgt, valid, soft=True, binary=True,
+                        per_image=per_image)
+    b = prepare(logits, target, ignore_index=ignore_index, id_range=2, loss=loss)
+    valid = b.valid.unsqueeze(1)
+    scores = torch.where(valid, b.logits, torch.zeros_like(b.logits))
+    probs = torch.where(valid, torch.sigmoid(scores), torch.zeros_like(scores))
+    tgt = torch.where(valid, (b.class_ids == 1).unsqueeze(1).to(probs.dtype),
+                      torch.zeros_like(probs))
+    return _grouped(logits, scores, probs, tgt, b.valid, soft=False, binary=True,
+                    per_image=per_image)
+
+
+def check_unit_interval(name: str, x: Tensor) -> None:
+    """Raise a ``ValueError`` unless ``x`` is finite and within ``[0, 1]`` (up to
+    :data:`losslab._core.PROB_ATOL`)."""
+    if x.numel() == 0:
+        return
+    d = x.detach()
+    if not bool(torch.isfinite(d).all()):
+        raise ValueError(f"{name} (probabilities) must be finite, got NaN or inf entries")
+    lo, hi = float(d.min()), float(d.max())
+    if lo < -PROB_ATOL or hi > 1 + PROB_ATOL:
+        raise ValueError(f"{name} (foreground probabilities) must lie in [0, 1], got values "
+                         f"in [{lo:.4g}, {hi:.4g}]")
 
 
 def soft_counts(
@@ -158,3 +233,21 @@ def reduce_groups(per_class: Tensor, active: Tensor, reduction: str, per_image: 
     else:
         out = reduce(per_class[0], reduction, count=act.sum())
     return out
+
+
+def to_spatial(batch: DenseBatch, x: Tensor) -> Tensor:
+    """A grouped ``[G, K, S]`` tensor of ``batch`` back in the input layout
+    ``[N, K, *spatial]`` (``K`` may differ from ``C``); ``[G, S]`` gives ``[N, *spatial]``."""
+    n, spatial = batch.shape[0], batch.shape[1:]
+    if x.ndim == 2:
+        return x.reshape(n, *spatial)
+    k = x.shape[1]
+    return x.transpose(1, 2).reshape(n, *spatial, k).movedim(-1, 1)
+
+
+def foreground(batch: DenseBatch, x: Tensor, include_background: bool) -> Tensor:
+    """The foreground channels of ``x[:, C, ...]``: the single channel of a binary input,
+    channels ``1..C-1`` of a softmax input unless ``include_background``."""
+    if batch.binary or include_background:
+        return x
+    return x[:, 1:]

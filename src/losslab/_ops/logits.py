@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import check_float, check_probabilities, compute_dtype, reduce
+from losslab._core import check_float, check_probabilities, compute_dtype, reduce, require
 from losslab._ops.numerics import safe_pow
 
 __all__ = [
@@ -158,13 +158,9 @@ def prepare(
     index = target.reshape(-1).long()
     valid = index != ignore_index
     top = c if id_range is None else id_range
-    bad = valid & ((index < 0) | (index >= top))
-    if bool(bad.any()):
-        values = sorted(set(index[bad].tolist()))[:5]
-        raise ValueError(
-            f"target must hold class ids in [0, {top}) or ignore_index={ignore_index}, "
-            f"got {values}"
-        )
+    ok = ~valid | ((index >= 0) & (index < top))
+    require(ok, lambda: f"target must hold class ids in [0, {top}) or ignore_index="
+            f"{ignore_index}, got {sorted(set(index[~ok].tolist()))[:5]}")
     index = torch.where(valid, index, torch.zeros_like(index))
     return LogitsBatch(flat, index, None, valid, item_shape, logits.dtype)
 

@@ -66,11 +66,62 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         g = p.add_argument_group("runner")
         for opt in RUNNER_OPTIONS:
             _add_option(g, opt)
+        _add_executor_options(p)
         g = p.add_argument_group(f"{name} task")
         for opt in task.options:
             _add_option(g, opt)
         p.set_defaults(func=bench_main)
     return bench
+
+
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    """Where jobs run and what else records them (they change no result: not in the
+    fingerprint, not in config.json)."""
+    g = p.add_argument_group("executor and tracking")
+    g.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
+                   help="where jobs run: local (this machine, --workers processes), ray (Ray "
+                   "tasks; pip install losslab[ray]) or slurm (submitit; losslab[slurm]) "
+                   "(default: local)")
+    g.add_argument("--address", default=None, metavar="ADDR",
+                   help="ray: the cluster to join (auto, HOST:6379, ray://HOST:10001; "
+                   "default: start a local one, or RAY_ADDRESS)")
+    g.add_argument("--cpus-per-job", type=float, default=1.0, metavar="N",
+                   help="ray/slurm: CPUs each job declares (default: 1)")
+    g.add_argument("--gpus-per-job", type=float, default=0.0, metavar="N",
+                   help="ray/slurm: GPUs each job declares (default: 0)")
+    g.add_argument("--max-retries", type=int, default=3, metavar="N",
+                   help="ray/slurm: times a job whose worker died is run again (default: 3)")
+    g.add_argument("--slurm-partition", default=None, metavar="NAME",
+                   help="slurm: the partition (default: the cluster's)")
+    g.add_argument("--slurm-time", type=int, default=60, metavar="MIN",
+                   help="slurm: time limit of each job in minutes (default: 60)")
+    g.add_argument("--slurm-cluster", default="slurm", choices=("slurm", "local", "debug"),
+                   help="slurm: submitit's cluster (local: subprocesses of this machine, for "
+                   "trying a config; default: slurm)")
+    g.add_argument("--track", action="append", default=None, metavar="mlflow[:URI]",
+                   help="also log each job to mlflow[:URI] (default URI: a file store in "
+                   "OUT/mlruns) or tensorboard[:DIR] (default: OUT/tensorboard); repeatable")
+
+
+def _executor_and_tracker(args: argparse.Namespace) -> tuple[Any, Any]:
+    from losslab.lab.executors import make_executor
+    from losslab.lab.tracking import make_tracker, many_trackers
+
+    name = getattr(args, "executor", "local")
+    opts: dict[str, Any] = {}
+    if name in ("ray", "slurm"):
+        opts["max_retries"] = args.max_retries
+    if name == "slurm":
+        opts.update(timeout_min=args.slurm_time, partition=args.slurm_partition,
+                    cluster=args.slurm_cluster)
+    if name == "local" and (args.cpus_per_job != 1.0 or args.gpus_per_job != 0.0):
+        raise ValueError("--cpus-per-job/--gpus-per-job are for --executor ray or slurm "
+                         "(locally: --workers and --threads)")
+    executor = make_executor(name, address=args.address, cpus_per_job=args.cpus_per_job,
+                             gpus_per_job=args.gpus_per_job, **opts)
+    specs = getattr(args, "track", None) or []
+    tracker = many_trackers([make_tracker(s) for s in specs]) if specs else None
+    return executor, tracker
 
 
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -140,7 +191,9 @@ def bench_main(args: argparse.Namespace) -> int:
             if not out:
                 out = f"runs/{task.name}" + (f"-{config['dataset']}" if "dataset" in config
                                              else "")
-            folder = run_bench(task, config, out, quiet=args.quiet, report=False)
+            executor, tracker = _executor_and_tracker(args)
+            folder = run_bench(task, config, out, quiet=args.quiet, report=False,
+                               executor=executor, tracker=tracker)
     except BenchInterrupted as e:
         return _interrupted("bench", e)
     except KeyboardInterrupt:

@@ -27,12 +27,12 @@ whose training loss becomes non-finite (:func:`losslab.lab.training.fit` raises
 is appended leaves the file as it was (no half row) and stops the run with a message. Ctrl-C
 stops the run with :class:`BenchInterrupted` (how many jobs are done; re-running resumes).
 
-Parallel workers (``workers > 1``) are spawned processes that die with the runner: each sets a
-parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux) and runs a watchdog thread
-that exits when its parent changes (any platform), so a ``kill -9`` of the runner leaves no
-worker finishing jobs nobody records; the multiprocessing resource tracker exits by itself
-when the last process holding its pipe (the runner and the workers) is gone. Workers ignore
-SIGINT: on Ctrl-C the runner stops them itself and reports.
+Where jobs run is the *executor*'s business (:mod:`losslab.lab.executors`): ``local`` (the
+default: in this process, or ``workers > 1`` spawned processes that die with the runner, see
+:mod:`losslab.lab.executors.local`), ``ray`` (Ray tasks, local or remote cluster) or
+``slurm`` (submitit). Every executor streams results back; this process alone writes
+``results.jsonl``, so resume, the fingerprint check and the lock are the same for all. An
+optional *tracker* (:mod:`losslab.lab.tracking`: MLflow, TensorBoard) logs each recorded row.
 
 The runner knows a task only through the :class:`~losslab.lab.tasks.base.Task` object it is
 given (it never looks a task up by name): worker processes rebuild it from its class.
@@ -43,21 +43,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
-import random
-import sys
 import time
-from collections.abc import Generator, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from losslab.lab.config import check_losses, fingerprint
 from losslab.lab.env import environment, resolve_device
+from losslab.lab.executors import Executor, LocalExecutor
+from losslab.lab.executors.base import JobResult
+from losslab.lab.executors.base import label as _label
 from losslab.lab.progress import Progress, TqdmProgress
 from losslab.lab.report import write_report
 from losslab.lab.results import (
@@ -68,6 +66,7 @@ from losslab.lab.results import (
     read_run_config,
 )
 from losslab.lab.tasks.base import Job, Task
+from losslab.lab.tracking import Tracker
 
 __all__ = ["BenchInterrupted", "ConfigMismatchError", "RunFolderError", "plan_jobs",
            "run_bench"]
@@ -175,27 +174,6 @@ def _check_folder(folder: Path, fp: Mapping[str, Any]) -> None:
         )
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds code that uses the legacy global RNG
-    torch.manual_seed(seed)
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """A finished job: its metrics, wall time and, for a diverged one, the message."""
-
-    job: Job
-    metrics: dict[str, Any]
-    seconds: float
-    diverged: str | None = None
-
-
-def _label(job: Job) -> str:
-    width = len(str(job.total))
-    return f"[{job.index:>{width}}/{job.total}] {job.loss} | {job.setting_label} | seed {job.seed}"
-
-
 def _summary(res: JobResult, task: Task) -> str:
     parts = []
     for m in task.metrics:
@@ -209,122 +187,6 @@ def _summary(res: JobResult, task: Task) -> str:
     if res.diverged:
         parts.append(f"diverged: {res.diverged}")
     return f"{_label(res.job)} | {' | '.join(parts)} | {res.seconds:.1f} s"
-
-
-def _run_one(task: Task, config: Mapping[str, Any], job: Job, progress: Progress) -> JobResult:
-    """Seed, run and check one job. A non-finite training loss (``FloatingPointError`` from
-    :func:`losslab.lab.training.fit`) is a result: the job diverged, its metrics are NaN."""
-    _seed_everything(job.seed)
-    t0 = time.perf_counter()
-    try:
-        metrics = task.run_job(job, config, progress)
-    except FloatingPointError as e:
-        return JobResult(job, {m.key: math.nan for m in task.metrics},
-                         time.perf_counter() - t0, str(e) or "non-finite loss")
-    except Exception as e:
-        add_note = getattr(e, "add_note", None)  # python >= 3.11
-        if add_note is not None:
-            add_note(f"in job {_label(job)}")
-        raise
-    seconds = time.perf_counter() - t0
-    missing = [m.key for m in task.metrics if m.key not in metrics]
-    if missing:
-        raise RuntimeError(f"task {task.name}: run_job returned no {missing}")
-    return JobResult(job, metrics, seconds)
-
-
-# -- parallel workers -------------------------------------------------------------------
-
-
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Make this process die with ``parent``: a parent-death signal on Linux, and everywhere a
-    watchdog thread that exits as soon as the parent pid changes (the parent died and this
-    process was re-parented)."""
-    import signal
-    import threading
-
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - no prctl: the watchdog remains
-            pass
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="losslab-parent-watchdog", daemon=True).start()
-
-
-def _worker_init(parent: int, threads: int) -> None:
-    """Initializer of each worker process: die with the runner, leave Ctrl-C to it (it stops
-    the workers and reports), one torch thread count for every job."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent(parent)
-    torch.set_num_threads(threads)
-
-
-def _worker_job(task_class: type[Task], config: Mapping[str, Any], job: Job) -> JobResult:
-    """Entry point of a worker process: a fresh instance of the task's class (pickled by
-    reference, so the worker imports the task's module itself), no progress bars."""
-    return _run_one(task_class(), config, job, TqdmProgress(enabled=False))
-
-
-def _stop_workers(pool: Any) -> None:
-    """Kill the pool's worker processes now (running jobs are abandoned, not awaited)."""
-    terminate = getattr(pool, "terminate_workers", None)  # python >= 3.14
-    if terminate is not None:
-        terminate()
-        return
-    procs = getattr(pool, "_processes", None) or {}  # pid -> Process (no public API before 3.14)
-    for proc in list(procs.values()):
-        with contextlib.suppress(Exception):
-            proc.terminate()
-
-
-def _execute(task: Task, config: Mapping[str, Any], jobs: list[Job], progress: Progress,
-             workers: int) -> Generator[JobResult, None, None]:
-    """Run ``jobs`` in order (``workers == 1``) or in a pool of worker processes, yielding
-    each finished job as it completes. Only this (parent) process writes results, so a
-    ``kill -9`` loses at most the jobs in flight (one per worker). Closing the generator early
-    (an error, Ctrl-C) kills the workers instead of waiting for their jobs."""
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield _run_one(task, config, job, progress)
-        return
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")  # no fork of a process with live OpenMP threads
-    threads = max(1, int(config.get("threads", 0) or 1))
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                  initializer=_worker_init, initargs=(os.getpid(), threads))
-    futures: list[Any] = []
-    try:
-        with progress.bar(len(jobs), f"{len(jobs)} jobs, {workers} workers") as bar:
-            futures = [pool.submit(_worker_job, type(task), dict(config), job) for job in jobs]
-            for fut in cf.as_completed(futures):
-                yield fut.result()
-                bar.update(1)
-    except BaseException:
-        for fut in futures:
-            fut.cancel()
-        _stop_workers(pool)
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -343,12 +205,39 @@ def _row(task: Task, res: JobResult, device: torch.device, env: Mapping[str, Any
         "metrics": res.metrics,
         "seconds": round(res.seconds, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": str(device),
+        "device": res.device or str(device),
         "git_sha": env["git_sha"],
     }
+    if res.curves:
+        row["curves"] = res.curves
     if res.diverged:
         row["diverged"] = res.diverged
     return row
+
+
+def _driver_device(config: Mapping[str, Any], executor: Executor) -> tuple[torch.device, str]:
+    """The device checked on this machine (local executor), or, for a remote executor whose
+    jobs resolve ``device`` where they run, this machine's view of it when it has one."""
+    if not executor.remote:
+        dev = resolve_device(config["device"])
+        return dev, str(dev)
+    try:
+        dev = resolve_device(config["device"])
+    except ValueError:  # e.g. cuda requested, the driver has none: the workers decide
+        return torch.device("cpu"), f"{config['device']} (resolved on the {executor.name} workers)"
+    return dev, f"{dev} (resolved on the {executor.name} workers)"
+
+
+def _track(tracker: Tracker | None, progress: Progress, what: str, fn: Any, *args: Any) -> None:
+    """A tracker call after the run started: a failure is a warning line, never a lost run
+    (results.jsonl is the record; the next invocation logs the rows the tracker missed)."""
+    if tracker is None:
+        return
+    try:
+        fn(*args)
+    except Exception as e:
+        progress.log(f"warning: {tracker.name} tracking: could not {what}: "
+                     f"{type(e).__name__}: {e}; re-running the command logs it")
 
 
 def run_bench(
@@ -358,11 +247,17 @@ def run_bench(
     *,
     quiet: bool = False,
     report: bool = True,
+    executor: Executor | None = None,
+    tracker: Tracker | None = None,
 ) -> Path:
     """Run (or resume) every job of ``config`` into the folder ``out``; return the folder.
 
     ``quiet`` hides progress bars (the one-line summaries stay); ``report`` writes
-    ``table.md``/``table.csv``/plots at the end. Raises ``ValueError`` (configuration),
+    ``table.md``/``table.csv``/plots at the end. ``executor`` says where the jobs run
+    (:mod:`losslab.lab.executors`; default: :class:`~losslab.lab.executors.LocalExecutor`
+    with the config's ``workers``); whatever it is, this process alone writes the results.
+    ``tracker`` (:mod:`losslab.lab.tracking`) also logs every recorded row, including rows
+    recorded earlier that it has not logged yet. Raises ``ValueError`` (configuration),
     :class:`ConfigMismatchError`, :class:`RunFolderError` (the folder cannot be used, or a
     result could not be recorded), :class:`~losslab.lab.results.CorruptResultsError`, and
     :class:`BenchInterrupted` on Ctrl-C; all of them before any job, except the last two
@@ -371,17 +266,17 @@ def run_bench(
     folder = Path(out)
     config = dict(config)
     fp = fingerprint(task, config)
-    device = resolve_device(config["device"])
-    workers = int(config.get("workers", 1))
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if workers > 1 and device.type != "cpu":
-        raise ValueError("workers > 1 runs jobs in parallel CPU processes; use device=cpu")
+    executor = executor if executor is not None else LocalExecutor()
+    executor.check(config)
+    device, device_note = _driver_device(config, executor)
     check_losses(task, config)
     task.validate(config)
     if config.get("threads", 0) > 0:
         torch.set_num_threads(int(config["threads"]))
     progress = TqdmProgress(enabled=not quiet)
+    if executor.name != "local" and int(config.get("workers", 1)) > 1:
+        progress.log(f"workers={config['workers']} is the local executor's; the {executor.name} "
+                     "executor runs as many jobs at once as its resources allow")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -392,36 +287,59 @@ def run_bench(
         try:
             _write_json(folder / "config.json", {**config, "fingerprint": fp})
             env = environment(device)
+            env["device"] = device_note
+            env["executor"] = executor.describe()
+            if tracker is not None:
+                env["tracking"] = tracker.describe()
             _write_json(folder / "env.json", env)
-            done = {r["job_id"] for r in read_rows(results)}
+            done_rows = read_rows(results)
+            done = {r["job_id"] for r in done_rows}
             writer = ResultsWriter(results)  # before any job: can its results be recorded?
         except OSError as e:
             raise RunFolderError(f"cannot write the run folder {folder}: {_why(e)}") from None
-        with writer:
-            jobs = plan_jobs(task, config)
-            todo = [j for j in jobs if j.job_id not in done]
-            progress.log(
-                f"{task.name}: {len(jobs)} jobs ({len(jobs) - len(todo)} already done) -> "
-                f"{folder}"
-            )
-            ran = 0
-            try:
-                with contextlib.closing(_execute(task, config, todo, progress, workers)) as it:
-                    for res in it:
-                        try:
-                            writer.append(_row(task, res, device, env))
-                        except OSError as e:
-                            raise RunFolderError(
-                                f"could not record the result of job {_label(res.job)} in "
-                                f"{results}: {_why(e)}; {len(jobs) - len(todo) + ran} of "
-                                f"{len(jobs)} jobs done and recorded; make room (or fix the "
-                                "folder) and re-run the same command to resume"
-                            ) from None
-                        ran += 1
-                        progress.log(_summary(res, task))
-            except KeyboardInterrupt:
-                raise BenchInterrupted(folder, len(jobs) - len(todo) + ran, len(jobs),
-                                       ran) from None
+        if tracker is not None:
+            tracker.open(folder, task, config, fp)  # a bad URI fails here, before any job
+        try:
+            with writer:
+                jobs = plan_jobs(task, config)
+                todo = [j for j in jobs if j.job_id not in done]
+                progress.log(
+                    f"{task.name}: {len(jobs)} jobs ({len(jobs) - len(todo)} already done) -> "
+                    f"{folder}"
+                )
+                if tracker is not None:
+                    _track(tracker, progress, "log the recorded rows", tracker.sync, done_rows)
+                ran = 0
+                try:
+                    it = executor.run(task, config, todo, progress, folder)
+                    try:
+                        for res in it:
+                            row = _row(task, res, device, env)
+                            try:
+                                writer.append(row)
+                            except OSError as e:
+                                raise RunFolderError(
+                                    f"could not record the result of job {_label(res.job)} "
+                                    f"in {results}: {_why(e)}; "
+                                    f"{len(jobs) - len(todo) + ran} of {len(jobs)} jobs done "
+                                    "and recorded; make room (or fix the folder) and re-run "
+                                    "the same command to resume"
+                                ) from None
+                            ran += 1
+                            progress.log(_summary(res, task))
+                            if tracker is not None:
+                                _track(tracker, progress, f"log job {_label(res.job)}",
+                                       tracker.log, row)
+                    finally:
+                        close = getattr(it, "close", None)  # stop the jobs in flight
+                        if close is not None:
+                            close()
+                except KeyboardInterrupt:
+                    raise BenchInterrupted(folder, len(jobs) - len(todo) + ran, len(jobs),
+                                           ran) from None
+        finally:
+            if tracker is not None:
+                _track(tracker, progress, "close", tracker.close)
     if report:
         write_report(folder, task=task)
     return folder

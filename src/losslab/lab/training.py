@@ -11,8 +11,14 @@ arguments), and hands them to :func:`fit`, which
 * calls ``evaluate(model)`` after each epoch (a validation score, higher is better) and keeps
   the state of the best epoch in memory, restored at the end (``keep_best``; the first of equal
   scores wins); without ``evaluate`` the last state is kept;
+* reports each epoch's mean loss (and terms, and validation score) to ``progress.epoch_end``
+  when the progress object has one (the runner records them as the job's curves);
 * shows one progress bar over all steps, with the epoch, its mean loss and the validation
   score as postfix;
+* takes two optional hooks for training procedures (:mod:`losslab.train`): ``step`` replaces
+  the default forward / backward / ``optimizer.step()`` of one batch (SAM's two passes, MESA's
+  teacher update: see :data:`StepFn`), and ``on_epoch_start(epoch)`` runs before each epoch's
+  first batch (SAF's epoch counter);
 * returns a :class:`FitResult`: the epoch of the returned state, the last epoch's mean loss, the
   per-term values of a combined loss (:class:`losslab.combine.CombinedLoss.last_terms`: their
   mean over the last epoch, and their values at the last step), and the time spent training vs
@@ -37,7 +43,8 @@ from torch import Tensor, nn
 from losslab.combine import CombinedLoss
 from losslab.lab.progress import NullProgress, Progress
 
-__all__ = ["OPTIMIZERS", "Batch", "FitResult", "build_optimizer", "cosine_schedule", "fit"]
+__all__ = ["OPTIMIZERS", "Batch", "FitResult", "StepFn", "build_optimizer", "cosine_schedule",
+           "default_step", "fit"]
 
 #: The optimizers of :func:`build_optimizer`.
 OPTIMIZERS = ("sgd", "adam")
@@ -63,6 +70,23 @@ class Batch:
         """``loss_fn(model(inputs), target, **loss_kwargs)`` (logits and labels, embeddings and
         labels)."""
         return cls(inputs, lambda output: (output, target), loss_kwargs)
+
+
+#: ``step(model, loss_fn, batch, optimizer) -> loss``: one training step on ``batch`` (zero the
+#: gradients, forward, backward, update), returning the batch's loss (a scalar tensor; it may be
+#: detached). :func:`default_step` is the plain one; :meth:`losslab.train.SAM.fit_step` is SAM's.
+StepFn = Callable[[nn.Module, nn.Module, Batch, torch.optim.Optimizer], Tensor]
+
+
+def default_step(model: nn.Module, loss_fn: nn.Module, batch: Batch,
+                 optimizer: torch.optim.Optimizer) -> Tensor:
+    """The plain step: ``loss_fn(*batch.loss_args(model(batch.inputs)), **batch.loss_kwargs)``,
+    backward, ``optimizer.step()``; returns the loss."""
+    loss = loss_fn(*batch.loss_args(model(batch.inputs)), **batch.loss_kwargs)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
 
 
 @dataclass(frozen=True)
@@ -139,6 +163,13 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int
                                                       / total_steps)))
 
 
+def _check_finite(loss: Tensor, desc: str, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"{desc}: non-finite loss at epoch {epoch}, step {step}; lower --lr?"
+        )
+
+
 def fit(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -153,6 +184,8 @@ def fit(
     keep_best: bool = True,
     progress: Progress | None = None,
     desc: str = "train",
+    step: StepFn | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train ``model`` with ``loss_fn`` (see the module docstring).
 
@@ -172,6 +205,10 @@ def fit(
         keep_best: restore the state of the epoch with the best ``evaluate`` score at the end.
         progress: where the bar goes (default: nowhere).
         desc: label of the bar and of the non-finite-loss error.
+        step: a custom training step (:data:`StepFn`), e.g. ``sam.fit_step`` for a
+            :class:`losslab.train.SAM` optimizer; default: the plain step (the non-finite check
+            then runs before the update). A custom step's loss is checked after its update.
+        on_epoch_start: called as ``on_epoch_start(epoch)`` (from 1) before each epoch.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -193,19 +230,21 @@ def fit(
         for epoch in range(1, epochs + 1):
             model.train()
             loss_fn.train()
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
             losses: list[float] = []
             term_sums: dict[str, float] = {}
             for batch in batches(epoch):
-                output = model(batch.inputs)
-                loss = loss_fn(*batch.loss_args(output), **batch.loss_kwargs)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"{desc}: non-finite loss at epoch {epoch}, step {len(losses) + 1}; "
-                        "lower --lr?"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if step is None:
+                    output = model(batch.inputs)
+                    loss = loss_fn(*batch.loss_args(output), **batch.loss_kwargs)
+                    _check_finite(loss, desc, epoch, len(losses) + 1)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    loss = step(model, loss_fn, batch, optimizer)
+                    _check_finite(loss, desc, epoch, len(losses) + 1)
                 if scheduler is not None and scheduler_interval == "step":
                     scheduler.step()
                 steps += 1
@@ -237,6 +276,13 @@ def fit(
                 if best_score is not None:
                     postfix["best"] = f"{best_score:.1f}@{best_epoch}"
             bar.set_postfix(**postfix)
+            epoch_end = getattr(progress, "epoch_end", None)  # the runner's curve recorder
+            if epoch_end is not None:
+                values = {"train_loss": epoch_losses[-1],
+                          **{f"term/{k}": v for k, v in terms.items()}}
+                if evaluate is not None:
+                    values["val_score"] = scores[-1]
+                epoch_end(epoch, values)
     if best_state is not None:
         model.load_state_dict(best_state)
     else:

@@ -12,11 +12,13 @@ from losslab.losses import (
     distillation,
     fewshot,
     metric_learning,
+    preference,
     ranking,
     regression,
     robust,
     segmentation,
     sequence,
+    tokens,
 )
 
 __all__ = [
@@ -27,9 +29,11 @@ __all__ = [
     "distillation",
     "fewshot",
     "metric_learning",
+    "preference",
     "ranking",
     "regression",
     "robust",
     "segmentation",
     "sequence",
+    "tokens",
 ]

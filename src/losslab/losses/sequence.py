@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction
-from losslab._hparams import Int, Real, hparams
+from losslab._core import LossModule, Reduction, reduce
+from losslab._hparams import Flag, Int, Real, hparams
 from losslab._ops.logits import finish, prepare
 from losslab.kernels.linear_ce import (
     OPTION_RULES,
@@ -52,10 +52,12 @@ def linear_cross_entropy_loss(
     logz_penalty: float = 0.0,
     token_weight: Tensor | None = None,
     return_lse: bool = False,
+    return_z_loss: bool = False,
     chunk_size: int | None = None,
     strategy: Strategy = "auto",
     weight_grad: WeightGrad = "auto",
-) -> Tensor | tuple[Tensor, Tensor]:
+    workspace_bytes: int | None = None,
+) -> Tensor | tuple[Tensor, ...]:
     r"""Cross-entropy of a linear output layer, chunked over tokens: no ``N x V`` logits.
 
     With :math:`z_n = \mathrm{cap}(W h_n + b)` (``cap(x) = c tanh(x / c)`` when ``softcap=c``),
@@ -98,33 +100,70 @@ def linear_cross_entropy_loss(
             when it requires grad the recompute strategy is used.
         return_lse: also return the per-token log-sum-exp ``[...]`` (float32 for half inputs;
             differentiable).
-        chunk_size: tokens per chunk; default
-            :func:`losslab.kernels.linear_ce.auto_chunk_size` (1024 tokens for float32 up to
-            a 512 MiB buffer, 256 for half inputs).
+        return_z_loss: also return the z-loss term :math:`\lambda\, \mathrm{lse}_n^2` alone,
+            over non-ignored tokens, token-weighted and reduced with the loss's own
+            denominator, so that the CE part is ``loss - z_loss`` (the term is in the loss
+            only when ``logz_penalty > 0``; it is returned, never hidden). Last in the tuple.
+        chunk_size: tokens per chunk; default: the largest chunk (at most 1024 tokens) whose
+            buffers fit the memory budget ``workspace_bytes``
+            (:func:`losslab.kernels.linear_ce.plan_chunks`).
         strategy: ``"auto"``, ``"grad_in_forward"`` (mean/sum only) or ``"recompute"``.
         weight_grad: how ``dweight`` is formed. ``"token_chunks"``: each token chunk's
             contribution is added to one ``V x d`` accumulator (float32 for half inputs;
             3 GEMMs). ``"vocab_blocks"``: a second pass over vocabulary blocks recomputes
             their logits for all tokens and writes ``dweight[block] = G.T @ hidden`` once
             (4 GEMMs, no accumulator; half inputs accumulate over tokens in float32 inside
-            the GEMM). ``"auto"``: ``"token_chunks"`` for every dtype (the faster one on the
-            CPU measured in ``docs/linear_cross_entropy.md``).
+            the GEMM). ``"auto"``: ``"token_chunks"`` while a chunk of at least 256 tokens
+            (and, for half inputs, the float32 ``V x d`` accumulator) fits the budget, else
+            ``"vocab_blocks"``.
+        workspace_bytes: the memory budget: bytes the kernel may allocate beyond the
+            gradients it returns and its O(N) per-token vectors; default None = 48 MiB
+            (:data:`losslab.kernels.linear_ce.WORKSPACE_BYTES`), independent of N and V.
+            A larger budget buys larger chunks and, for half inputs, the 3-GEMM path.
 
     Returns:
-        The loss (float32 for half inputs, else the input dtype), and the LSE if ``return_lse``.
+        The loss (float32 for half inputs, else the input dtype), then the LSE if
+        ``return_lse``, then the z-loss term if ``return_z_loss``.
 
     Paper: Wijmans, Huval, Hertzberg, Koltun, Krähenbühl, "Cut Your Losses in Large-Vocabulary
     Language Models", arXiv 2411.09009 (the chunked / recompute formulation; CCE tiles the
     vocabulary too and filters small gradients on GPU, which this exact CPU/GPU reference does
     not do).
     """
-    return linear_cross_entropy(
+    _check_return_z_loss(return_z_loss=return_z_loss)
+    out = linear_cross_entropy(
         hidden, weight, target, bias=bias, ignore_index=ignore_index,
         label_smoothing=label_smoothing, class_weight=class_weight, reduction=reduction,
         softcap=softcap, logz_penalty=logz_penalty, token_weight=token_weight,
-        return_lse=return_lse, chunk_size=chunk_size, strategy=strategy,
-        weight_grad=weight_grad,
+        return_lse=return_lse or return_z_loss, chunk_size=chunk_size, strategy=strategy,
+        weight_grad=weight_grad, workspace_bytes=workspace_bytes,
     )
+    if not return_z_loss:
+        return out
+    loss, lse = out  # type: ignore[misc]
+    z = _z_loss_term(lse, target, ignore_index, class_weight, token_weight, logz_penalty,
+                     reduction)
+    return (loss, lse, z) if return_lse else (loss, z)
+
+
+_check_return_z_loss = hparams(return_z_loss=Flag())
+
+
+def _z_loss_term(lse: Tensor, target: Tensor, ignore_index: int, class_weight: Tensor | None,
+                 token_weight: Tensor | None, logz_penalty: float, reduction: str) -> Tensor:
+    """The z-loss part of ``linear_cross_entropy``: ``lambda lse^2`` per valid token, with the
+    loss's token weights and ``"mean"`` denominator ``sum_n v_n tau_n w_{t_n}``."""
+    valid = target != ignore_index
+    acc = lse.dtype
+    per = torch.where(valid, logz_penalty * lse.square(), torch.zeros_like(lse))
+    den = valid.to(acc)
+    if class_weight is not None:
+        safe = torch.where(valid, target, torch.zeros_like(target)).long()
+        den = den * class_weight.to(acc)[safe]
+    if token_weight is not None:
+        per = per * token_weight.to(acc)
+        den = den * token_weight.to(acc)
+    return reduce(per, reduction, count=den.sum())
 
 
 @register(
@@ -144,7 +183,7 @@ def linear_cross_entropy_loss(
     degenerate=("all_ignored",),
 )
 class LinearCrossEntropyLoss(LossModule, function=linear_cross_entropy_loss,
-                             check=OPTION_RULES):
+                             check=OPTION_RULES | hparams(return_z_loss=Flag())):
     """Module shell of :func:`linear_cross_entropy_loss` (the output weight is passed in)."""
 
 

@@ -1,4 +1,6 @@
-"""Evaluation metrics (no gradient needed): few-shot accuracy, ICNN score, retrieval, OPIS."""
+"""Evaluation metrics (no gradient needed): few-shot accuracy, ICNN score, retrieval, OPIS,
+representation quality (RankMe, alignment, uniformity), segmentation (Dice, IoU, boundary F,
+clDice, Betti errors, HD95)."""
 
 from losslab.metrics.classification import (
     accuracy,
@@ -10,20 +12,40 @@ from losslab.metrics.classification import (
 from losslab.metrics.fewshot import mean_confidence_interval
 from losslab.metrics.icnn import icnn_score
 from losslab.metrics.regression import balanced_mae, bin_edges, concordance_index
+from losslab.metrics.representation import alignment, rankme, uniformity
 from losslab.metrics.retrieval import epsilon_opis, opis, retrieval_metrics
+from losslab.metrics.segmentation import (
+    betti_errors,
+    betti_numbers,
+    boundary_f_score,
+    cl_dice_score,
+    dice_score,
+    hausdorff_95,
+    iou_score,
+)
 
 __all__ = [
     "accuracy",
     "adaptive_calibration_error",
+    "alignment",
     "balanced_mae",
+    "betti_errors",
+    "betti_numbers",
     "bin_edges",
+    "boundary_f_score",
+    "cl_dice_score",
     "concordance_index",
+    "dice_score",
     "epsilon_opis",
     "expected_calibration_error",
+    "hausdorff_95",
     "icnn_score",
+    "iou_score",
     "mean_confidence_interval",
     "opis",
+    "rankme",
     "reliability_diagram",
     "retrieval_metrics",
     "top_k_accuracy",
+    "uniformity",
 ]

@@ -27,8 +27,9 @@ Two strategies (``strategy=``, :mod:`.autograd`):
 runs a second pass over vocabulary blocks that recomputes their logits for all tokens and
 writes ``dweight[block] = G.T @ h`` once (4 GEMMs, no accumulator: for half inputs the GEMM's
 internal float32 accumulation over all tokens replaces a float32 ``V x d`` buffer, so it uses
-less memory and more time). ``"auto"`` resolves in :func:`_validate`
-(:func:`_resolve_weight_grad`).
+less memory and more time). ``"auto"`` and the chunk size are resolved in :func:`_validate`
+from the call's memory budget, ``workspace_bytes`` (default 48 MiB, whatever N and V:
+:func:`~.workspace.plan_chunks`).
 
 Numerics: the loss, the LSE and ``dbias`` are accumulated in float32 (float64 for float64
 inputs). For bfloat16/float16 inputs the matmuls run in the input dtype (as the naive
@@ -41,7 +42,8 @@ Layout (one pure-PyTorch implementation, CPU and GPU; a Triton kernel for CUDA w
 as a second implementation behind an ``impl=`` argument when it exists):
 
 * this module: :func:`linear_cross_entropy` (validation, flattening, strategy, reduction);
-* :mod:`.workspace`: every buffer size (:func:`auto_chunk_size` and the block constants),
+* :mod:`.workspace`: every buffer size (the budget, :func:`~.workspace.plan_chunks` and the
+  block constants),
   :class:`~.workspace.LceOptions` and the buffers a pass allocates once;
 * :mod:`.loop`: the pass over token chunks and row blocks, shared by forward and backward;
 * :mod:`.rows`: per-row-block math (softcap, softmax -> LSE, per-token statistics, the
@@ -69,16 +71,17 @@ from torch import Tensor
 from losslab._core import check_choice, check_reduction, compute_dtype
 from losslab._hparams import Choice, Flag, Int, Real, hparams
 from losslab.kernels.linear_ce.autograd import GradInForward, Recompute
-from losslab.kernels.linear_ce.workspace import LceOptions, auto_chunk_size
+from losslab.kernels.linear_ce.workspace import WORKSPACE_BYTES, LceOptions, plan_chunks
 
 __all__ = [
     "OPTION_RULES",
     "STRATEGIES",
     "WEIGHT_GRADS",
+    "WORKSPACE_BYTES",
     "Strategy",
     "WeightGrad",
-    "auto_chunk_size",
     "linear_cross_entropy",
+    "plan_chunks",
 ]
 
 Strategy = Literal["auto", "grad_in_forward", "recompute"]
@@ -90,6 +93,7 @@ WEIGHT_GRADS: tuple[str, ...] = ("auto", "token_chunks", "vocab_blocks")
 OPTION_RULES = hparams(
     ignore_index=Int(), label_smoothing=Real(ge=0, le=1), softcap=Real(gt=0, optional=True),
     logz_penalty=Real(ge=0), chunk_size=Int(ge=1, optional=True),
+    workspace_bytes=Int(ge=1, optional=True),
     strategy=Choice(*STRATEGIES), weight_grad=Choice(*WEIGHT_GRADS), return_lse=Flag(),
 )
 
@@ -98,7 +102,7 @@ def linear_cross_entropy(
     hidden: Tensor, weight: Tensor, target: Tensor, *, bias: Tensor | None, ignore_index: int,
     label_smoothing: float, class_weight: Tensor | None, reduction: str, softcap: float | None,
     logz_penalty: float, token_weight: Tensor | None, return_lse: bool,
-    chunk_size: int | None, strategy: str, weight_grad: str,
+    chunk_size: int | None, strategy: str, weight_grad: str, workspace_bytes: int | None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The kernel behind :func:`losslab.functional.linear_cross_entropy_loss`, which documents
     the arguments (and holds their defaults: every keyword is required here)."""
@@ -106,7 +110,8 @@ def linear_cross_entropy(
                      token_weight=token_weight, ignore_index=ignore_index,
                      label_smoothing=label_smoothing, softcap=softcap,
                      logz_penalty=logz_penalty, chunk_size=chunk_size, reduction=reduction,
-                     strategy=strategy, weight_grad=weight_grad)
+                     strategy=strategy, weight_grad=weight_grad,
+                     workspace_bytes=workspace_bytes)
     lead = tuple(target.shape)
     h, w, t, valid = _flatten(hidden, weight, target, ignore_index)
     tw = token_weight.reshape(-1) if token_weight is not None else None
@@ -201,15 +206,6 @@ def _apply(
     return (total * scale if reduction == "mean" else total), lse
 
 
-def _resolve_weight_grad(weight_grad: str) -> str:
-    """The ``weight_grad="auto"`` policy: ``"token_chunks"`` for every dtype (3 GEMMs; the
-    4th GEMM of ``"vocab_blocks"`` made it 1.3x slower than naive bf16 on the CPU measured
-    in ``docs/linear_cross_entropy.md``). ``"vocab_blocks"`` stays available: it needs no
-    float32 ``V x d`` accumulator, so for half inputs it uses less memory. An explicit choice
-    is kept."""
-    return "token_chunks" if weight_grad == "auto" else weight_grad
-
-
 def _resolve_strategy(strategy: str, reduction: str, token_weight: Tensor | None) -> str:
     """``"auto"``: grad-in-forward when it is valid (a "mean"/"sum" reduction and a
     ``token_weight`` that needs no gradient), else recompute. Raises for an explicit
@@ -230,25 +226,33 @@ def _validate(
     hidden: Any, weight: Any, target: Any, *, bias: Any, class_weight: Any, token_weight: Any,
     ignore_index: int, label_smoothing: float, softcap: float | None, logz_penalty: float,
     chunk_size: int | None, reduction: str, strategy: str, weight_grad: str,
+    workspace_bytes: int | None,
 ) -> LceOptions:
     """Raise a ``ValueError`` naming the first bad argument; return the resolved options
-    (``weight_grad`` and ``strategy`` without ``"auto"``, the chunk size)."""
+    (``weight_grad`` and ``strategy`` without ``"auto"``, the chunk size).
+
+    ``weight_grad="auto"`` and the chunk size come from the memory budget
+    (:func:`~.workspace.plan_chunks`: ``"token_chunks"`` while a chunk of at least
+    ``MIN_TOKEN_CHUNK`` tokens and, for half inputs, the float32 ``V x d`` accumulator fit
+    it, else ``"vocab_blocks"``); an explicit ``weight_grad`` or ``chunk_size`` is kept."""
     _validate_tensors(hidden, weight, target, bias, class_weight, token_weight)
-    _validate_options(ignore_index, label_smoothing, softcap, logz_penalty, chunk_size)
+    _validate_options(ignore_index, label_smoothing, softcap, logz_penalty, chunk_size,
+                      workspace_bytes)
     check_reduction(reduction)
     check_choice("strategy", strategy, STRATEGIES)
     check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
-    wg = _resolve_weight_grad(weight_grad)
-    if chunk_size is None:
-        chunk_size = auto_chunk_size(max(target.numel(), 1), weight.shape[0], hidden.dtype,
-                                     softcap=softcap is not None, weight_grad=wg)
+    budget = WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes
+    wg, planned = plan_chunks(max(target.numel(), 1), weight.shape[0], weight.shape[-1],
+                              hidden.dtype, softcap=softcap is not None,
+                              weight_grad=weight_grad, workspace_bytes=budget)
     return LceOptions(
         label_smoothing=float(label_smoothing),
         softcap=float(softcap) if softcap is not None else None,
         logz_penalty=float(logz_penalty),
-        chunk_size=chunk_size,
+        chunk_size=planned if chunk_size is None else chunk_size,
         weight_grad=wg,
         strategy=_resolve_strategy(strategy, reduction, token_weight),
+        workspace_bytes=budget,
     )
 
 
@@ -316,7 +320,8 @@ def _validate_weights(
 
 def _validate_options(
     ignore_index: int, label_smoothing: float, softcap: float | None, logz_penalty: float,
-    chunk_size: int | None,
+    chunk_size: int | None, workspace_bytes: int | None,
 ) -> None:
     OPTION_RULES(ignore_index=ignore_index, label_smoothing=label_smoothing, softcap=softcap,
-                 logz_penalty=logz_penalty, chunk_size=chunk_size)
+                 logz_penalty=logz_penalty, chunk_size=chunk_size,
+                 workspace_bytes=workspace_bytes)

@@ -281,7 +281,8 @@ def weight_grad_by_vocab_blocks(
     assert ca is not None and cb is not None
     cw = class_weight.to(compute_dtype(h.dtype)) if class_weight is not None else None
     dw = torch.empty(v, d, dtype=h.dtype, device=h.device)
-    ws = VocabBlockWorkspace.allocate(n, v, d, h.dtype, h.device, opts.softcap)
+    ws = VocabBlockWorkspace.allocate(n, v, d, h.dtype, h.device, opts.softcap,
+                                      opts.workspace_bytes)
     # exp(z - lse) * A = exp(z - (lse - log A)) when A >= 0 (A = 0 gives exp(-inf) = 0)
     fold = bool((ca >= 0).all())
     shift = (lse - torch.log(ca)) if fold else lse

@@ -1,10 +1,14 @@
 """Buffer sizing and the reused buffers of the chunked passes.
 
-Every size the kernel chooses is here: the tokens per chunk (:func:`auto_chunk_size`), the
-rows of the float32 softmax scratch of half inputs, the vocabulary blocks of the half
-``dweight`` accumulation, and the blocks of the ``weight_grad="vocab_blocks"`` pass. A pass
-allocates its buffers once (:meth:`ChunkWorkspace.allocate`,
-:meth:`VocabBlockWorkspace.allocate`) and every chunk or block works in views of them.
+Every size the kernel chooses is here, derived from one **memory budget**: the bytes the
+kernel may allocate beyond the gradients it returns (``dh``, ``dW``, ``db`` in the inputs'
+dtypes) and its ``O(N)`` per-token vectors. The budget is :data:`WORKSPACE_BYTES` (48 MiB)
+unless a call passes ``workspace_bytes=``; it does not grow with the vocabulary or the number
+of tokens. :func:`plan_chunks` turns it into the ``dweight`` method and the tokens per chunk;
+:class:`ChunkWorkspace` and :class:`VocabBlockWorkspace` allocate a pass's buffers once
+(every chunk or block works in views of them) and :func:`chunk_workspace_bytes` /
+:func:`vocab_workspace_bytes` state what they take, so that the plan and the allocation
+cannot disagree.
 """
 
 from __future__ import annotations
@@ -17,56 +21,164 @@ from torch import Tensor
 from losslab._core import HALF_DTYPES, compute_dtype
 
 __all__ = [
+    "WORKSPACE_BYTES",
     "ChunkWorkspace",
     "LceOptions",
     "VocabBlockWorkspace",
-    "auto_chunk_size",
+    "chunk_workspace_bytes",
+    "plan_chunks",
+    "tokens_within",
+    "vocab_workspace_bytes",
 ]
 
-#: Largest per-chunk logits buffer of :func:`auto_chunk_size` with ``weight_grad=
-#: "token_chunks"`` (every chunk re-reads and re-writes the ``V x d`` weight-gradient
-#: accumulator, so chunks are made as large as this allows, up to :data:`MAX_CHUNK`).
-CHUNK_BYTES = 512 * 1024 * 1024
-#: The same with ``weight_grad="vocab_blocks"`` (no accumulator: small chunks cost little).
-VOCAB_BLOCKS_CHUNK_BYTES = 32 * 1024 * 1024
-#: The same for half-precision inputs with ``weight_grad="token_chunks"``: their float32
-#: ``V x d`` accumulator already costs ``V d`` bytes more than the half gradient, so the chunk
-#: is kept small (256 tokens at V = 32000) to stay within 0.15x of the naive path's memory.
-HALF_CHUNK_BYTES = 16 * 1024 * 1024
-#: Fewest / most tokens per automatic chunk (smaller GEMMs lose efficiency on CPU).
-MIN_CHUNK, MAX_CHUNK = 256, 1024
+#: Default workspace budget of one call (bytes beyond the returned gradients and the O(N)
+#: per-token vectors): 48 MiB whatever N and V, so that the whole extra peak of a first
+#: forward + backward, the runtime's own first-call allocations included (thread pools, GEMM
+#: packing buffers: about 17 MiB on the CPU of ``benchmarks/README.md``), stays under 64 MiB.
+#: ``workspace_bytes=`` overrides it per call; a larger budget buys larger chunks (fewer
+#: passes over the ``V x d`` accumulator) and, for half inputs, the 3-GEMM
+#: ``"token_chunks"`` path.
+WORKSPACE_BYTES = 48 * 1024 * 1024
+#: Share of the budget the planned buffers may fill; the rest is left to the allocator's
+#: rounding and the small temporaries of the loop (index vectors, views, scalars).
+PLAN_FRACTION = 0.875
+#: Fewest tokens per chunk for which ``weight_grad="auto"`` keeps ``"token_chunks"``: every
+#: chunk re-reads and re-writes the ``V x d`` weight-gradient accumulator and runs GEMMs of
+#: only ``chunk`` rows, so small chunks cost more than the 4th GEMM of ``"vocab_blocks"``
+#: (4/3 of the FLOPs). Measured (``benchmarks/README.md``, fp32, N = 2048, d = 1024): CPU time
+#: 1.5x that of 1024-token chunks at 80 tokens (V = 128256) and 2.1x at 32 (V = 262144).
+MIN_TOKEN_CHUNK = 256
+#: Automatic chunks are multiples of this (when at least this large) and at most
+#: :data:`MAX_CHUNK` tokens (larger chunks gain nothing on CPU GEMMs).
+CHUNK_ALIGN, MAX_CHUNK = 16, 1024
 #: Bytes of the float32 row-block scratch used with half-precision inputs.
 HALF_SCRATCH_BYTES = 2 * 1024 * 1024
 #: Vocabulary rows per block of the half-precision ``dweight`` matmul (bounds its scratch).
 HALF_VOCAB_BLOCK = 1024
 #: Most / fewest vocabulary rows per block of the ``weight_grad="vocab_blocks"`` pass.
 VOCAB_BLOCK, MIN_VOCAB_BLOCK = 8192, 256
-#: Bytes of that pass's ``tokens x block`` buffers (tokens are grouped beyond it).
+#: Cap on that pass's ``tokens x block`` buffers (within the budget; tokens are grouped
+#: beyond it).
 VOCAB_PASS_BYTES = 64 * 1024 * 1024
 
 
-def auto_chunk_size(
-    n_tokens: int, vocab_size: int, dtype: torch.dtype = torch.float32, *, softcap: bool = False,
-    weight_grad: str = "token_chunks",
-) -> int:
-    """Tokens per chunk: as many as fit a logits buffer of :data:`CHUNK_BYTES` (512 MiB) with
-    ``weight_grad="token_chunks"`` (:data:`HALF_CHUNK_BYTES`, 16 MiB, for float16/bfloat16)
-    or :data:`VOCAB_BLOCKS_CHUNK_BYTES` (32 MiB) with ``"vocab_blocks"``, as a multiple of 64
-    clamped to ``[MIN_CHUNK, MAX_CHUNK]`` = [256, 1024] and to ``n_tokens``.
+def _usable(budget: int) -> int:
+    return int(budget * PLAN_FRACTION)
 
-    Per token and vocabulary entry the buffer holds the logits in the input dtype (plus a tanh
-    buffer with ``softcap``; half inputs use a separate float32 row-block scratch). 1024 tokens
-    keep the chunk GEMMs efficient on CPU and, with ``token_chunks``, the ``V x d``
-    accumulator traffic low (it is read and written once per chunk).
+
+def half_rows(v: int, chunk: int) -> int:
+    """Rows of the float32 softmax scratch of half inputs (:data:`HALF_SCRATCH_BYTES`)."""
+    return max(1, min(chunk, HALF_SCRATCH_BYTES // (4 * max(v, 1))))
+
+
+def _half_weight_block(v: int, d: int, rows: int) -> tuple[int, bool]:
+    """``(vb, shared)``: vocabulary rows of the half ``dweight`` block and whether its float32
+    widening fits in (is a view of) the idle softmax scratch of ``rows`` rows."""
+    vb = min(HALF_VOCAB_BLOCK, v)
+    fit = rows * v // max(d, 1)
+    if fit >= min(vb, 64):
+        return min(vb, fit), True
+    return vb, False
+
+
+def chunk_workspace_bytes(
+    chunk: int, v: int, d: int, dtype: torch.dtype, *, softcap: bool, smooth_sum: bool = True,
+    weight_grad: bool = True, folded: bool = True, accumulator: bool = False,
+) -> int:
+    """Bytes of the buffers of one chunk pass (:meth:`ChunkWorkspace.allocate` with the same
+    flags), plus, with ``accumulator``, the float32 ``V x d`` ``dweight`` accumulator of half
+    inputs beyond the half gradient it is rounded into (``"token_chunks"`` only)."""
+    it, acc = dtype.itemsize, compute_dtype(dtype).itemsize
+    half = dtype in HALF_DTYPES
+    rows = half_rows(v, chunk) if half else chunk
+    total = chunk * v * it + chunk * acc * (2 if smooth_sum else 1)
+    if softcap:
+        total += rows * v * acc
+    if half:
+        total += rows * v * 4
+        if weight_grad:
+            vb, shared = _half_weight_block(v, d, rows)
+            total += vb * d * it + (0 if shared else vb * d * 4)
+    if folded:
+        total += 2 * chunk * d * acc + (chunk * d * it if half else 0)
+    if accumulator and half:
+        total += v * d * (4 - it)
+    return total
+
+
+def _fit_chunk(
+    n: int, v: int, d: int, dtype: torch.dtype, softcap: bool, usable: int, accumulator: bool,
+    weight_grad: bool,
+) -> int:
+    """Most tokens per chunk (aligned, at most :data:`MAX_CHUNK` and ``n``) whose buffers fit
+    in ``usable`` bytes; 0 when not even one token fits."""
+    def fits(c: int) -> bool:
+        return chunk_workspace_bytes(c, v, d, dtype, softcap=softcap, weight_grad=weight_grad,
+                                     accumulator=accumulator) <= usable
+
+    lo, hi = 0, max(1, min(MAX_CHUNK, n))
+    while lo < hi:  # the bytes grow with the chunk: bisect for the largest that fits
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    if lo >= CHUNK_ALIGN and lo < n:
+        lo = lo // CHUNK_ALIGN * CHUNK_ALIGN
+    return lo
+
+
+def plan_chunks(
+    n_tokens: int, vocab_size: int, d: int, dtype: torch.dtype = torch.float32, *,
+    softcap: bool = False, weight_grad: str = "auto", workspace_bytes: int = WORKSPACE_BYTES,
+) -> tuple[str, int]:
+    """``(weight_grad, tokens per chunk)`` for a call of ``n_tokens`` tokens, ``V`` classes and
+    ``d`` features within the budget ``workspace_bytes`` (default :data:`WORKSPACE_BYTES`).
+
+    ``weight_grad="auto"`` keeps ``"token_chunks"`` (3 GEMMs) when a chunk of at least
+    :data:`MIN_TOKEN_CHUNK` tokens fits the budget together with, for half inputs, the float32
+    ``V x d`` accumulator; otherwise ``"vocab_blocks"`` (4 GEMMs, no accumulator: its second
+    pass, :class:`VocabBlockWorkspace`, has its own buffers within the same budget). The chunk
+    is then the largest that fits (:func:`chunk_workspace_bytes`), aligned to
+    :data:`CHUNK_ALIGN` and at most :data:`MAX_CHUNK` tokens; if not even one token fits
+    (a budget below one row of logits) the chunk is one token.
     """
-    softcap_scratch = softcap and dtype not in HALF_DTYPES
-    per = dtype.itemsize + (compute_dtype(dtype).itemsize if softcap_scratch else 0)
-    if weight_grad != "token_chunks":
-        budget = VOCAB_BLOCKS_CHUNK_BYTES
-    else:
-        budget = HALF_CHUNK_BYTES if dtype in HALF_DTYPES else CHUNK_BYTES
-    c = (budget // (per * max(vocab_size, 1))) // 64 * 64
-    return max(1, min(max(MIN_CHUNK, min(MAX_CHUNK, c)), n_tokens))
+    n = max(n_tokens, 1)
+    usable = _usable(workspace_bytes)
+    if weight_grad == "auto":
+        c = _fit_chunk(n, vocab_size, d, dtype, softcap, usable, True, True)
+        weight_grad = "token_chunks" if c >= min(MIN_TOKEN_CHUNK, n) else "vocab_blocks"
+    tc = weight_grad == "token_chunks"
+    return weight_grad, max(1, _fit_chunk(n, vocab_size, d, dtype, softcap, usable, tc, tc))
+
+
+def tokens_within(n_tokens: int, bytes_per_token: int, *,
+                  workspace_bytes: int = WORKSPACE_BYTES) -> int:
+    """Tokens per chunk of a pass whose buffers take ``bytes_per_token`` per token (e.g.
+    ``k`` float32 ``[chunk, V]`` buffers: ``4 k V``) within the budget: aligned to
+    :data:`CHUNK_ALIGN`, at most :data:`MAX_CHUNK` and ``n_tokens``, at least 1. The policy
+    of the other fused heads (:mod:`losslab.kernels.linear_stats`,
+    :mod:`losslab.kernels.linear_kd`)."""
+    c = _usable(workspace_bytes) // max(1, bytes_per_token)
+    if c >= CHUNK_ALIGN:
+        c = c // CHUNK_ALIGN * CHUNK_ALIGN
+    return max(1, min(c, MAX_CHUNK, max(n_tokens, 1)))
+
+
+def vocab_workspace_bytes(
+    n: int, v: int, d: int, dtype: torch.dtype, *, softcap: bool,
+    workspace_bytes: int = WORKSPACE_BYTES,
+) -> tuple[int, int, int]:
+    """``(block, group, bytes)`` of the ``"vocab_blocks"`` pass: vocabulary rows per block
+    (between :data:`MIN_VOCAB_BLOCK` and :data:`VOCAB_BLOCK`), tokens per GEMM and the bytes
+    of its buffers (:meth:`VocabBlockWorkspace.allocate`)."""
+    it = dtype.itemsize
+    half = dtype in HALF_DTYPES
+    per = it + (4 if half else 0) + (compute_dtype(dtype).itemsize if softcap else 0)
+    usable = min(VOCAB_PASS_BYTES, _usable(workspace_bytes))
+    vb = min(v, max(MIN_VOCAB_BLOCK, min(VOCAB_BLOCK, usable // max(1, n * per))))
+    grp = max(1, min(n, usable // (vb * per)))
+    if half and grp < n:  # the float32 block accumulator and one half partial product
+        grp = max(1, min(n, (usable - vb * d * (4 + it)) // (vb * per)))
+    acc_bytes = vb * d * (4 + it) if half and grp < n else 0
+    return vb, grp, grp * vb * per + acc_bytes
 
 
 @dataclass(frozen=True)
@@ -81,6 +193,7 @@ class LceOptions:
     chunk_size: int
     weight_grad: str = "token_chunks"
     strategy: str = "grad_in_forward"
+    workspace_bytes: int = WORKSPACE_BYTES
 
 
 @dataclass
@@ -130,19 +243,16 @@ class ChunkWorkspace:
 
         # Half inputs: the logits come out of a half matmul; the softmax runs on float32
         # copies of row blocks of ``half_rows`` rows (a small scratch: the chunk stays large).
-        half_rows = max(16, min(chunk, HALF_SCRATCH_BYTES // (4 * v)))
-        rows = half_rows if half else chunk
+        rows = half_rows(v, chunk) if half else chunk
         ws = cls(chunk=chunk, rows=rows, logits=new(chunk, v, dt=dtype), z_target=new(chunk),
                  z_sum=new(chunk) if smooth_sum else None)
         ws.tanh = new(rows, v) if opts.softcap is not None else None
-        ws.scratch = new(half_rows, v) if half else None
+        ws.scratch = new(rows, v) if half else None
         if half and weight_grad:
             assert ws.scratch is not None
             # The float32 side of the dW accumulation reuses the softmax scratch (idle then).
-            vb = min(HALF_VOCAB_BLOCK, v)
-            fit = ws.scratch.numel() // d
-            if fit >= min(vb, 64):
-                vb = min(vb, fit)
+            vb, shared = _half_weight_block(v, d, rows)
+            if shared:
                 ws.wblk32 = ws.scratch.view(-1)[: vb * d].view(vb, d)
             else:
                 ws.wblk32 = new(vb, d)
@@ -157,8 +267,9 @@ class ChunkWorkspace:
 class VocabBlockWorkspace:
     """The buffers of the ``weight_grad="vocab_blocks"`` pass (allocated once).
 
-    ``block`` vocabulary rows per block, chosen so that the ``tokens x block`` buffers take
-    about :data:`VOCAB_PASS_BYTES` (between :data:`MIN_VOCAB_BLOCK` and :data:`VOCAB_BLOCK`);
+    ``block`` vocabulary rows per block, chosen so that the ``tokens x block`` buffers fit the
+    call's budget (and at most :data:`VOCAB_PASS_BYTES`), between :data:`MIN_VOCAB_BLOCK` and
+    :data:`VOCAB_BLOCK` (:func:`vocab_workspace_bytes`);
     ``group`` tokens per GEMM (all ``n`` unless the budget is exceeded). ``z`` holds a block's
     logits (input dtype), ``x`` their float32 copy (half only), ``tanh`` the softcap's
     ``tanh`` and ``block_acc`` the float32 ``[block, d]`` sum of the groups' partial GEMMs
@@ -175,14 +286,12 @@ class VocabBlockWorkspace:
     @classmethod
     def allocate(
         cls, n: int, v: int, d: int, dtype: torch.dtype, device: torch.device,
-        softcap: float | None,
+        softcap: float | None, workspace_bytes: int = WORKSPACE_BYTES,
     ) -> VocabBlockWorkspace:
         acc = compute_dtype(dtype)
         half = dtype in HALF_DTYPES
-        per = dtype.itemsize + (4 if half else 0) + (4 if softcap is not None else 0)
-        vb = max(MIN_VOCAB_BLOCK, min(VOCAB_BLOCK, VOCAB_PASS_BYTES // max(1, n * per)))
-        vb = min(vb, v)
-        grp = max(1, min(n, VOCAB_PASS_BYTES // (vb * per)))
+        vb, grp, _ = vocab_workspace_bytes(n, v, d, dtype, softcap=softcap is not None,
+                                           workspace_bytes=workspace_bytes)
 
         def new(*shape: int, dt: torch.dtype = acc) -> Tensor:
             return torch.empty(*shape, dtype=dt, device=device)

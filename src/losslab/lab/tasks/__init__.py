@@ -33,6 +33,12 @@ def _retrieval() -> type[Task]:
     return RetrievalTask
 
 
+def _segmentation() -> type[Task]:
+    from losslab.lab.tasks.segmentation import SegmentationTask
+
+    return SegmentationTask
+
+
 def _regression() -> type[Task]:
     from losslab.lab.tasks.regression import RegressionTask
 
@@ -41,7 +47,7 @@ def _regression() -> type[Task]:
 
 #: name -> zero-argument callable returning the task class (imported lazily).
 TASKS = {"fewshot": _fewshot, "noisy": _noisy, "retrieval": _retrieval,
-         "regression": _regression, "aggregate": _aggregate}
+         "regression": _regression, "aggregate": _aggregate, "segmentation": _segmentation}
 
 
 def available_tasks() -> list[str]:

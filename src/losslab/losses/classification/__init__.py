@@ -30,7 +30,7 @@ The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -144,7 +144,41 @@ def _cross_entropy_values(
     return values, count
 
 
-_check_cross_entropy = _IGNORE | hparams(weight=_CLASS_WEIGHTS, label_smoothing=Real(ge=0, le=1))
+_check_cross_entropy = _IGNORE | hparams(weight=_CLASS_WEIGHTS, label_smoothing=Real(ge=0, le=1),
+                                         logz_penalty=Real(ge=0), return_z_loss=Flag())
+
+
+def _token_weight_items(token_weight: Tensor | None, batch: LogitsBatch) -> Tensor | None:
+    """``token_weight`` (``[N, d1, ...]`` float, the shape of ``reduction="none"``) flattened to
+    the ``M`` items of ``batch``, in the compute dtype; ``None`` stays ``None``."""
+    if token_weight is None:
+        return None
+    if (not isinstance(token_weight, Tensor) or not token_weight.is_floating_point()
+            or tuple(token_weight.shape) != tuple(batch.item_shape)):
+        got = (tuple(token_weight.shape), token_weight.dtype) if isinstance(
+            token_weight, Tensor) else type(token_weight).__name__
+        raise ValueError(f"token_weight must be a float tensor of shape "
+                         f"{list(batch.item_shape)} (one weight per item), got {got}")
+    if token_weight.device != batch.logits.device:
+        raise ValueError(f"token_weight must be on the logits' device {batch.logits.device}, "
+                         f"got {token_weight.device}")
+    return token_weight.reshape(-1).to(batch.logits.dtype)
+
+
+@overload
+def cross_entropy_loss(
+    logits: Tensor, target: Tensor, *, weight: Weights = ..., ignore_index: int = ...,
+    label_smoothing: float = ..., logz_penalty: float = ..., token_weight: Tensor | None = ...,
+    return_z_loss: Literal[False] = ..., reduction: Reduction = ...,
+) -> Tensor: ...
+
+
+@overload
+def cross_entropy_loss(
+    logits: Tensor, target: Tensor, *, weight: Weights = ..., ignore_index: int = ...,
+    label_smoothing: float = ..., logz_penalty: float = ..., token_weight: Tensor | None = ...,
+    return_z_loss: Literal[True], reduction: Reduction = ...,
+) -> tuple[Tensor, Tensor]: ...
 
 
 def cross_entropy_loss(
@@ -154,16 +188,34 @@ def cross_entropy_loss(
     weight: Weights = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
+    logz_penalty: float = 0.0,
+    token_weight: Tensor | None = None,
+    return_z_loss: bool = False,
     reduction: Reduction = "mean",
-) -> Tensor:
-    r"""Cross-entropy, with the exact semantics of ``torch.nn.functional.cross_entropy``.
+) -> Tensor | tuple[Tensor, Tensor]:
+    r"""Cross-entropy, with the exact semantics of ``torch.nn.functional.cross_entropy``,
+    plus the options of the fused path (:func:`~losslab.losses.sequence.linear_cross_entropy_loss`):
+    a log-partition penalty and per-item (token) weights.
 
     .. math::
-        \ell = -(1-\varepsilon)\, w_y \log p_y - \frac{\varepsilon}{C} \sum_c w_c \log p_c,
-        \qquad p = \operatorname{softmax}(\text{logits})
+        \ell = -(1-\varepsilon)\, w_y \log p_y - \frac{\varepsilon}{C} \sum_c w_c \log p_c
+        + \lambda \,(\log Z)^2,
+        \qquad p = \operatorname{softmax}(\text{logits}),\
+        \log Z = \operatorname{lse}(\text{logits})
 
-    For soft targets ``q``: :math:`\ell = -\sum_c w_c\, \tilde q_c \log p_c` with
-    :math:`\tilde q = (1-\varepsilon) q + \varepsilon / C`.
+    For soft targets ``q``: the CE part is :math:`-\sum_c w_c\, \tilde q_c \log p_c` with
+    :math:`\tilde q = (1-\varepsilon) q + \varepsilon / C`. With token weights :math:`\tau`
+    and :math:`v = [y \ne \text{ignore\_index}]`, ``"mean"`` is
+    :math:`\sum_n \tau_n v_n \ell_n / \sum_n \tau_n v_n w_{y_n}` (class ids) or
+    :math:`\sum_n \tau_n \ell_n / \sum_n \tau_n` (soft targets), as the fused path.
+    Without ``token_weight``/``logz_penalty`` the value is torch's.
+
+    The z-loss term :math:`\lambda (\log Z)^2` (PaLM's coefficient is 1e-4) is part of the
+    returned loss only when ``logz_penalty > 0`` is asked for, counted over non-ignored items
+    only, weighted and normalised exactly like the CE part. With ``return_z_loss=True`` the
+    function returns ``(loss, z_loss)`` where ``z_loss`` is that term alone, reduced the same
+    way, so that the cross-entropy itself, ``loss - z_loss``, can be logged separately (the
+    z-term is never hidden inside a number reported as "CE").
 
     Args:
         logits: ``[N, C, d1, ...]`` scores.
@@ -171,17 +223,42 @@ def cross_entropy_loss(
         weight: optional ``[C]`` class weights :math:`w`.
         ignore_index: class id of items to skip (class-id targets only).
         label_smoothing: :math:`\varepsilon \in [0, 1]`.
-        reduction: ``"mean"``: with class ids, :math:`\sum \ell / \sum w_y` over non-ignored
-            items (the plain mean without weights); with soft targets, the mean over items
-            (not weight-normalised) — both as torch. ``"sum"``, or ``"none"`` (``[N, d1, ...]``).
+        logz_penalty: :math:`\lambda \ge 0`, the z-loss coefficient (default 0: off; the
+            same name and definition as ``linear_cross_entropy``).
+        token_weight: optional ``[N, d1, ...]`` float per-item weights :math:`\tau` (a
+            goldfish mask, TALR or loss-based reweighting from
+            :mod:`losslab.losses.token_weights`); differentiable. A call-time input.
+        return_z_loss: also return the z-loss term (default False).
+        reduction: ``"mean"``: with class ids, :math:`\sum \tau\ell / \sum \tau w_y` over
+            non-ignored items (the plain mean without weights); with soft targets, the
+            (token-weighted) mean over items, not class-weight-normalised — both as torch.
+            ``"sum"``, or ``"none"`` (``[N, d1, ...]``, :math:`\tau_n \ell_n`).
 
-    All items ignored: 0 (torch: NaN). Peer: ``torch.nn.functional.cross_entropy``.
+    All items ignored: 0 with zero gradient (torch: NaN). Peer:
+    ``torch.nn.functional.cross_entropy``.
     """
-    _check_cross_entropy(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing)
+    _check_cross_entropy(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                         logz_penalty=logz_penalty, return_z_loss=return_z_loss)
     batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True, loss="cross_entropy")
+    tw = _token_weight_items(token_weight, batch)
     w = class_vector("weight", weight, batch)
     values, count = _cross_entropy_values(batch, log_softmax(batch), w, label_smoothing)
-    return finish(values, batch, reduction, count=count)
+    if tw is not None:
+        valid_tw = torch.where(batch.valid, tw, torch.zeros_like(tw))
+        if count is not None and w is not None and batch.index is not None:
+            count = (valid_tw * w[batch.index]).sum()
+        else:
+            count = valid_tw.sum()
+    z: Tensor | None = None
+    if logz_penalty > 0 or return_z_loss:
+        z = logz_penalty * torch.logsumexp(batch.logits, dim=1).square()
+        if logz_penalty > 0:
+            values = values + z
+    loss = finish(values, batch, reduction, weights=tw, count=count)
+    if not return_z_loss:
+        return loss
+    assert z is not None
+    return loss, finish(z, batch, reduction, weights=tw, count=count)
 
 
 @register(
@@ -190,7 +267,8 @@ def cross_entropy_loss(
     kind="logits", degenerate=("all_ignored",),
     paper="(standard) softmax cross-entropy",
     arxiv="",
-    summary="-(1-eps) w_y log p_y - eps/C sum_c w_c log p_c; torch.nn.functional.cross_entropy",
+    summary="-(1-eps) w_y log p_y - eps/C sum_c w_c log p_c [+ logz_penalty lse^2], "
+    "token_weight-ed; torch.nn.functional.cross_entropy",
     peers=("torch.nn.functional.cross_entropy",),
 )
 class CrossEntropyLoss(LossModule, function=cross_entropy_loss, check=_check_cross_entropy):

@@ -1,4 +1,4 @@
-"""Knowledge-distillation losses: Hinton KD, Dual-Head KD's BinaryKL, DistilBERT's cosine term.
+"""Hinton KD, Dual-Head KD's BinaryKL, DistilBERT's cosine term (and its triple loss).
 
 Kind ``teacher``: ``loss(student_logits[N, C], teacher_logits[N, C], *, target=None)``; row ``i``
 of both is the same input. The teacher is normally fixed: pass ``teacher_logits`` computed

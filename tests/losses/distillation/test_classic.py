@@ -230,6 +230,7 @@ def test_binary_kl_sees_logit_shifts_that_softmax_kd_ignores() -> None:
     big = torch.tensor([[80.0, -80.0, 0.0]], dtype=torch.float16, requires_grad=True)
     out = binary_kl_loss(big, -big.detach())
     out.backward()
+    assert big.grad is not None
     assert torch.isfinite(out) and torch.isfinite(big.grad).all()
     with pytest.raises(ValueError, match="target"):
         binary_kl_loss(s, t, target=torch.tensor([0]))

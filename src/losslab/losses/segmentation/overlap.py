@@ -1,10 +1,19 @@
-"""Region losses for semantic segmentation: Dice, Jaccard, Tversky, Focal Tversky, Lovász-Softmax
-and the soft-label-compatible Jaccard Metric / Dice Semimetric losses.
+"""Region (overlap) losses for semantic segmentation: Dice, Jaccard, Tversky, Focal Tversky,
+Lovász-Softmax, Lovász hinge and the soft-label-compatible Jaccard Metric / Dice Semimetric
+losses.
 
 Kind ``dense``: ``loss(logits[N, C, *spatial], target)`` with ``target`` either integer class ids
 ``[N, *spatial]`` (pixels equal to ``ignore_index``, default -100, are left out) or soft labels
 (class probabilities ``[N, C, *spatial]``, float, e.g. from label smoothing or a teacher). The
 prediction is ``p = softmax(logits)`` over classes.
+
+Binary inputs: a single logit channel (``logits[N, 1, *spatial]``) is a foreground logit,
+``p = sigmoid(logits)``, and the loss has the one (foreground) class: the target is 0/1 class
+ids ``[N, *spatial]`` (``ignore_index`` allowed) or foreground probabilities
+``[N, 1, *spatial]`` in ``[0, 1]`` (soft labels). This is segmentation-models-pytorch's
+``mode="binary"`` and monai's ``sigmoid=True`` on one channel; ``classes="present"`` then counts
+only groups whose target has foreground mass. Give two channels (``[N, 2, ...]``) for a
+softmax loss that also averages over the background class.
 
 Every loss except Lovász-Softmax is built from per-class soft counts over an *aggregation
 group* (one image with ``per_image=True``, the whole batch with ``per_image=False``; monai's
@@ -67,6 +76,7 @@ __all__ = [
     "FocalTverskyLoss",
     "JaccardLoss",
     "JaccardMetricLoss",
+    "LovaszHingeLoss",
     "LovaszSoftmaxLoss",
     "TverskyLoss",
     "dice_loss",
@@ -74,6 +84,7 @@ __all__ = [
     "focal_tversky_loss",
     "jaccard_loss",
     "jaccard_metric_loss",
+    "lovasz_hinge_loss",
     "lovasz_jaccard_weights",
     "lovasz_softmax_loss",
     "tversky_loss",
@@ -571,3 +582,76 @@ def lovasz_softmax_loss(
 )
 class LovaszSoftmaxLoss(LossModule, function=lovasz_softmax_loss, check=_check_lovasz_softmax):
     """Module form of :func:`lovasz_softmax_loss`."""
+
+
+# --------------------------------------------------------------------------------------------
+# Lovász hinge (binary)
+# --------------------------------------------------------------------------------------------
+
+
+def lovasz_hinge_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    per_image: bool = True,
+    classes: Classes = "all",
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Lovász hinge: the Lovász extension of the binary Jaccard loss at the hinge errors.
+
+    .. math::
+        \ell = \overline{\Delta_J}(m) = \sum_{k=1}^{S} m_{\pi_k}\,
+        \big(\Delta_J(\{\pi_1..\pi_k\}) - \Delta_J(\{\pi_1..\pi_{k-1}\})\big),\qquad
+        m_i = \max(0,\ 1 - z_i s_i),\quad s_i = 2 y_i - 1
+
+    with :math:`z_i` the foreground logit, :math:`\pi` sorting :math:`m` in decreasing order
+    and :math:`\Delta_J(M) = |M| / |\{y = 1\} \cup M|` (Berman et al., section 3.1 and eq. 10).
+
+    Args:
+        logits: ``[N, 1, *spatial]`` foreground logits (the paper's binary case). With
+            ``C >= 2`` channels each channel is read as an independent (one-vs-rest) logit of
+            its class, the hinge loss is computed per class and averaged over the active
+            classes (an extension; the paper's multi-class loss is :func:`lovasz_softmax_loss`).
+        target: ``[N, *spatial]`` class ids (0/1 for one channel); no soft labels.
+        per_image: default ``True``: one loss per image, averaged over images (the official
+            code's default for the hinge; images without non-ignored pixels are left out).
+        classes: default ``"all"`` (the official binary code also counts images without
+            foreground, where every positive logit is a mistake); ``"present"`` keeps only
+            groups/classes with foreground.
+        ignore_index, reduction: see the module docstring.
+
+    Paper: Berman, Rannen Triki, Blaschko, "The Lovász-Softmax loss: A tractable surrogate for
+    the optimization of the intersection-over-union measure in neural networks",
+    arXiv 1705.08790.
+    """
+    _check_lovasz_softmax(per_image=per_image, classes=classes, ignore_index=ignore_index)
+    batch = prepare_dense(logits, target, ignore_index=ignore_index, per_image=per_image,
+                          soft_ok=False, loss="lovasz_hinge")
+    assert batch.scores is not None
+    signs = 2 * batch.target - 1
+    hinge = 1 - batch.scores * signs
+    # ignored pixels get a non-positive error: sorted after every positive one, weight times
+    # relu(error) = 0 (the Lovász value only depends on the order of the positive errors)
+    valid = batch.valid.unsqueeze(1)
+    hinge = torch.where(valid, hinge, torch.full_like(hinge, -1.0))
+    errors_sorted, order = hinge.sort(dim=-1, descending=True)
+    fg_sorted = batch.target.gather(-1, order)
+    per_class = (torch.relu(errors_sorted) * lovasz_jaccard_weights(fg_sorted)).sum(-1)
+    active = active_classes(batch, batch.target.sum(-1), classes)
+    return reduce_groups(per_class, active, reduction, per_image)
+
+
+@register(
+    "lovasz_hinge",
+    family="segmentation",
+    kind="dense",
+    paper="The Lovász-Softmax loss: A tractable surrogate for the optimization of the "
+    "intersection-over-union measure in neural networks",
+    arxiv="1705.08790",
+    summary="Lovász extension of the binary Jaccard loss at the hinge errors relu(1 - z s)",
+    reduction=_REDUCTION_DOC,
+    degenerate=("all_ignored",),
+)
+class LovaszHingeLoss(LossModule, function=lovasz_hinge_loss, check=_check_lovasz_softmax):
+    """Module form of :func:`lovasz_hinge_loss`."""

@@ -13,6 +13,15 @@ the dense computation and less time (``benchmarks/bench_tiled_contrastive.py``).
 
 fp16/bf16 inputs are computed in float32 and the loss is returned in float32
 (:func:`losslab._core.compute_dtype`).
+
+This package module holds InfoNCE (with SimCLR's NT-Xent form, ``negatives="both"``), CLIP,
+SigLIP, alignment and uniformity; the other objectives of the family live in its modules:
+:mod:`~.variants` (``dcl``, ``hard_negative_infonce``, ``multi_positive_infonce``),
+:mod:`~.redundancy` (``barlow_twins``, ``vicreg``, ``tldr`` and its ``knn_pairs``),
+:mod:`~.icon` (``i_con``), :mod:`~.isogclr` (``isogclr``, per-sample state by ``index=``),
+:mod:`~.captioning` (``coca``) and :mod:`~.sampling` (G-SimCLR's pseudo-label batch sampler).
+Shared helpers are in :mod:`~._common`. The representation metrics (RankMe, alignment,
+uniformity) are in :mod:`losslab.metrics.representation`.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losslab._core import LossModule, Reduction, reduce
-from losslab._hparams import Flag, HParamCheck, Int, Real, hparams
+from losslab._hparams import Choice, Flag, Int, Real, hparams
 from losslab._ops.paired import prepare_paired
 from losslab.distances import NORM_EPS, normalize_rows, squared_euclidean
 from losslab.kernels.tiled_contrastive import (
@@ -35,6 +44,9 @@ from losslab.kernels.tiled_contrastive import (
     tiled_row_terms,
     tiled_sigmoid_terms,
 )
+from losslab.losses.contrastive_ssl._common import Negatives, two_view_logits
+from losslab.losses.contrastive_ssl._common import check_call as _check_call
+from losslab.losses.contrastive_ssl._common import inverse_temperature as _scale
 from losslab.registry import register
 
 __all__ = [
@@ -44,10 +56,16 @@ __all__ = [
     "SigLipLoss",
     "UniformityLoss",
     "alignment_loss",
+    "captioning",
     "clip_loss",
+    "icon",
     "infonce_loss",
+    "isogclr",
+    "redundancy",
+    "sampling",
     "siglip_loss",
     "uniformity_loss",
+    "variants",
 ]
 
 AUTO_TILE_FROM = 8192  # batch size from which the tiled path is used by default
@@ -60,23 +78,10 @@ _check_contrastive = hparams(
     bias=Real(),
     normalize=Flag(),
     symmetric=Flag(),
+    negatives=Choice("cross", "both"),
     chunk_size=Int(ge=1, optional=True),
     learnable_temperature=Flag(),
 )
-
-
-def _check_call(check: HParamCheck, **values: Any) -> None:
-    """The functional forms' check: the declared rules for plain values; a tensor value (a
-    learned ``temperature`` or ``bias``, passed by the module) must be a scalar."""
-    plain = {}
-    for k, v in values.items():
-        if isinstance(v, Tensor):
-            if v.numel() != 1:
-                raise ValueError(f"{k} must be a scalar tensor (a learned {k}), got shape "
-                                 f"{tuple(v.shape)}")
-        else:
-            plain[k] = v
-    check(**plain)
 
 
 def _tile(a: Tensor, chunk_size: int | None) -> int | None:
@@ -86,13 +91,6 @@ def _tile(a: Tensor, chunk_size: int | None) -> int | None:
         n = a.shape[0]
         return rows_for_budget(n, a.element_size()) if n >= AUTO_TILE_FROM else None
     return chunk_size
-
-
-def _scale(temperature: float | Tensor, like: Tensor) -> Tensor:
-    """``1 / temperature`` as a 0-d tensor of ``like``'s dtype (differentiable for a tensor)."""
-    if isinstance(temperature, Tensor):
-        return (1.0 / temperature.reshape(())).to(like.dtype)
-    return torch.tensor(1.0 / temperature, dtype=like.dtype, device=like.device)
 
 
 def _infonce_terms(a: Tensor, b: Tensor, scale: Tensor, chunk_size: int | None, *,
@@ -157,6 +155,7 @@ def infonce_loss(
     temperature: float | Tensor = 0.1,
     normalize: bool = True,
     symmetric: bool = False,
+    negatives: Negatives = "cross",
     chunk_size: int | None = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
@@ -169,24 +168,57 @@ def infonce_loss(
     ``b -> a`` directions (the CLIP loss, see :func:`clip_loss`). Equal to
     pytorch-metric-learning's ``NTXentLoss`` with ``ref_emb=b`` and one label per pair.
 
+    ``negatives="both"`` is SimCLR's NT-Xent: the ``2N`` embeddings ``z = [a; b]`` are all
+    anchors, each with its partner as positive and the other ``2N - 2`` embeddings of *both*
+    views as negatives,
+
+    .. math::
+        \ell_r = -\log \frac{\exp(s(z_r, z_{r^+})/\tau)}{\sum_{k \ne r} \exp(s(z_r, z_k)/\tau)}
+
+    averaged over the ``2N`` anchors (``symmetric`` is implied). Equal to PML's
+    ``NTXentLoss`` on ``cat([a, b])`` with labels ``cat([arange(N), arange(N)])`` and to
+    lightly's ``NTXentLoss``. It is computed densely (``2N x 2N``; ``chunk_size`` must be
+    ``None``).
+
     Args:
         a, b: ``[N, D]`` paired embeddings.
         temperature: ``tau`` (default 0.1, SimCLR's; a 0-d tensor may be passed to learn it).
         normalize: L2-normalise ``a`` and ``b`` first (default True).
         symmetric: average both directions (default False).
-        chunk_size: row tile of the memory-efficient path; ``None`` = tiled from N >= 8192.
-        reduction: ``"mean"`` over pairs, ``"sum"``, or ``"none"`` (``[N]``).
+        negatives: ``"cross"`` (default: the other view's rows, CPC/CLIP) or ``"both"``
+            (NT-Xent, SimCLR: both views' other rows).
+        chunk_size: row tile of the memory-efficient path; ``None`` = tiled from N >= 8192
+            (``negatives="cross"`` only).
+        reduction: ``"mean"`` over pairs, ``"sum"``, or ``"none"`` (``[N]``; with
+            ``"both"``, the mean of the pair's two anchors).
 
     Paper: van den Oord, Li, Vinyals, "Representation Learning with Contrastive Predictive
     Coding", arXiv 1807.03748; tiling after Inf-CL, arXiv 2410.17243.
     """
     _check_call(_check_contrastive, temperature=temperature, normalize=normalize,
-                symmetric=symmetric, chunk_size=chunk_size)
+                symmetric=symmetric, negatives=negatives, chunk_size=chunk_size)
     a, b = prepare_paired(a, b, normalize=False)
+    if negatives == "both":
+        if chunk_size is not None:
+            raise ValueError("chunk_size must be None with negatives='both' (NT-Xent is "
+                             "computed densely)")
+        return reduce(_nt_xent_terms(a, b, _scale(temperature, a), normalize=normalize),
+                      reduction)
     row, col = _infonce_terms(a, b, _scale(temperature, a), chunk_size, normalize=normalize,
                               columns=symmetric)
     per_pair = (row + col) / 2 if col is not None else row
     return reduce(per_pair, reduction)
+
+
+def _nt_xent_terms(a: Tensor, b: Tensor, scale: Tensor, *, normalize: bool) -> Tensor:
+    """Per-pair NT-Xent terms ``[N]``: the mean of anchors ``a_i`` and ``b_i``."""
+    logits, positive, negative = two_view_logits(a, b, scale, "both", normalize=normalize)
+    keep = negative.clone()
+    keep[torch.arange(keep.shape[0], device=keep.device), positive] = True
+    lse = torch.logsumexp(logits.masked_fill(~keep, float("-inf")), 1)
+    per_anchor = lse - logits.gather(1, positive.unsqueeze(1)).squeeze(1)
+    n = a.shape[0]
+    return (per_anchor[:n] + per_anchor[n:]) / 2
 
 
 @register(
@@ -415,3 +447,14 @@ _check_uniformity = hparams(t=Real(gt=0), normalize=Flag())
 )
 class UniformityLoss(LossModule, function=uniformity_loss, check=_check_uniformity):
     """Module form of :func:`uniformity_loss`."""
+
+
+# The other contrastive modules register their losses on import (after the names above exist).
+from losslab.losses.contrastive_ssl import (  # noqa: E402
+    captioning,
+    icon,
+    isogclr,
+    redundancy,
+    sampling,
+    variants,
+)

@@ -1,0 +1,686 @@
+r"""Preference-optimisation losses over per-sequence log-probabilities (family ``preference``).
+
+Kind ``preference``: ``loss(policy_chosen[N], policy_rejected[N], *, ref_chosen=None,
+ref_rejected=None, chosen_length=None, rejected_length=None, reference_point=None)``.
+
+* ``policy_chosen`` / ``policy_rejected``: :math:`\log \pi_\theta(y_w \mid x)` and
+  :math:`\log \pi_\theta(y_l \mid x)`, the log-probability of the chosen (preferred) and
+  rejected completion of pair ``i``, summed over the completion's tokens (``[N]`` float; they
+  are log-probabilities, so ``<= 0``). The token-level sum is what ``linear_cross_entropy`` /
+  ``cross_entropy`` with ``reduction="none"`` give, negated and summed per sequence.
+* ``ref_chosen`` / ``ref_rejected``: the same under the frozen reference model (no gradient
+  is needed). For the methods that have a reference model (``dpo``, ``ipo``, ``kto``) ``None``
+  means *reference-free*: the log-ratios are the policy log-probs (TRL's
+  ``reference_free=True``). Reference-free methods (``simpo``, ``cpo``, ``orpo``) take none.
+* ``chosen_length`` / ``rejected_length``: optional ``[N]`` numbers of completion tokens. The
+  methods defined on *length-normalised* log-probabilities (``simpo``, ``orpo``; ``ipo`` and
+  the NLL term of ``cpo`` as TRL normalises them) divide by them; ``None`` means the inputs
+  are already what the method needs (length 1).
+* ``reference_point``: KTO's :math:`z_0` (see :func:`kto_reference_point`).
+* ``chosen_grad_norm`` / ``rejected_grad_norm``: the per-pair gradient norms of the
+  log-probs that ``normalized_preference`` divides by (:func:`logprob_gradient_stats`).
+
+Every loss returns one value per pair (``reduction="none"`` -> ``[N]``; ``"mean"`` averages
+over pairs, as TRL does). fp16/bf16 inputs are computed in float32 and return float32.
+Bad inputs (not 1-D float tensors, mismatched shapes, devices, non-positive lengths, one
+reference without the other) raise ``ValueError``.
+
+References for the definitions: each paper (arXiv id in each docstring), cross-checked in the
+tests against TRL 1.16's loss code (``DPOTrainer`` loss types ``sigmoid``/``ipo``/
+``sigmoid_norm``, ``CPOTrainer.cpo_loss`` (``sigmoid``, ``simpo``), ``ORPOTrainer.
+odds_ratio_loss``, ``KTOTrainer``), restated in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from losslab._core import LossModule, Reduction, check_float, compute_dtype, reduce
+from losslab._hparams import Real, hparams
+from losslab.registry import register
+
+__all__ = [
+    "CPOLoss",
+    "DPOLoss",
+    "IPOLoss",
+    "KTOLoss",
+    "NormalizedPreferenceLoss",
+    "ORPOLoss",
+    "SimPOLoss",
+    "cpo_loss",
+    "dpo_loss",
+    "ipo_loss",
+    "kto_loss",
+    "kto_reference_point",
+    "log1mexp",
+    "logprob_gradient_stats",
+    "normalized_preference_loss",
+    "orpo_loss",
+    "simpo_loss",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Shared plumbing
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreferenceBatch:
+    """Validated per-pair inputs in the compute dtype (float32 for half inputs)."""
+
+    chosen: Tensor
+    rejected: Tensor
+    ref_chosen: Tensor | None
+    ref_rejected: Tensor | None
+    chosen_length: Tensor | None
+    rejected_length: Tensor | None
+
+    def logratios(self) -> tuple[Tensor, Tensor]:
+        """:math:`\\log \\pi_\\theta - \\log \\pi_\\text{ref}` of chosen and rejected (the policy
+        log-probs when reference-free)."""
+        if self.ref_chosen is None or self.ref_rejected is None:
+            return self.chosen, self.rejected
+        return self.chosen - self.ref_chosen, self.rejected - self.ref_rejected
+
+    def per_token(self, chosen: Tensor, rejected: Tensor) -> tuple[Tensor, Tensor]:
+        """``chosen / chosen_length`` and ``rejected / rejected_length`` (unchanged without
+        lengths)."""
+        if self.chosen_length is not None:
+            chosen = chosen / self.chosen_length
+        if self.rejected_length is not None:
+            rejected = rejected / self.rejected_length
+        return chosen, rejected
+
+
+def _vector(name: str, x: object, n: int | None, device: torch.device | None) -> Tensor:
+    check_float(name, x)
+    assert isinstance(x, Tensor)
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D tensor [N] (one value per pair), got shape "
+                         f"{tuple(x.shape)}")
+    if n is not None and x.shape[0] != n:
+        raise ValueError(f"{name} must have shape [{n}] (as policy_chosen), got "
+                         f"{tuple(x.shape)}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} must be on policy_chosen's device {device}, got {x.device}")
+    return x
+
+
+def _length(name: str, x: object, n: int, device: torch.device, dtype: torch.dtype
+            ) -> Tensor | None:
+    if x is None:
+        return None
+    if not isinstance(x, Tensor) or x.dtype == torch.bool or x.is_complex():
+        raise ValueError(f"{name} must be a tensor [N] of token counts (int or float)")
+    if x.ndim != 1 or x.shape[0] != n:
+        raise ValueError(f"{name} must have shape [{n}], got {tuple(x.shape)}")
+    if x.device != device:
+        raise ValueError(f"{name} must be on policy_chosen's device {device}, got {x.device}")
+    x = x.to(dtype)
+    if bool((~(x > 0)).any()) or not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must hold finite token counts > 0")
+    return x
+
+
+def prepare_pairs(
+    policy_chosen: Tensor, policy_rejected: Tensor, *, ref_chosen: Tensor | None = None,
+    ref_rejected: Tensor | None = None, chosen_length: Tensor | None = None,
+    rejected_length: Tensor | None = None,
+) -> PreferenceBatch:
+    """Validate the kind's inputs (see the module docstring) and cast them to the compute
+    dtype."""
+    _vector("policy_chosen", policy_chosen, None, None)
+    n, dev = policy_chosen.shape[0], policy_chosen.device
+    _vector("policy_rejected", policy_rejected, n, dev)
+    if (ref_chosen is None) != (ref_rejected is None):
+        raise ValueError("ref_chosen and ref_rejected must be given together (or neither, "
+                         "reference-free)")
+    dtype = compute_dtype(torch.promote_types(policy_chosen.dtype, policy_rejected.dtype))
+    refs: list[Tensor | None] = [None, None]
+    if ref_chosen is not None and ref_rejected is not None:
+        refs = [_vector("ref_chosen", ref_chosen, n, dev).to(dtype),
+                _vector("ref_rejected", ref_rejected, n, dev).to(dtype)]
+    return PreferenceBatch(
+        policy_chosen.to(dtype), policy_rejected.to(dtype), refs[0], refs[1],
+        _length("chosen_length", chosen_length, n, dev, dtype),
+        _length("rejected_length", rejected_length, n, dev, dtype),
+    )
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    r""":math:`\log(1 - e^{x})` for :math:`x < 0`, accurate on both sides of :math:`-\log 2`
+    (``log(-expm1(x))`` near 0, ``log1p(-exp(x))`` below; Mächler's note)."""
+    small = x > -math.log(2.0)
+    near = torch.log(-torch.expm1(torch.where(small, x, torch.full_like(x, -1.0))))
+    far = torch.log1p(-torch.exp(torch.where(small, torch.full_like(x, -1.0), x)))
+    return torch.where(small, near, far)
+
+
+def _reference_point(z: object, like: Tensor) -> Tensor:
+    if z is None:
+        return torch.zeros((), dtype=like.dtype, device=like.device)
+    if isinstance(z, Tensor):
+        if z.numel() != 1 or not z.is_floating_point():
+            raise ValueError(f"reference_point must be a float scalar, got shape "
+                             f"{tuple(z.shape)} dtype {z.dtype}")
+        return z.reshape(()).detach().to(like.dtype)
+    if isinstance(z, bool) or not isinstance(z, (int, float)) or not math.isfinite(z):
+        raise ValueError(f"reference_point must be a finite float or a scalar tensor, got {z!r}")
+    return torch.tensor(float(z), dtype=like.dtype, device=like.device)
+
+
+_check_beta = hparams(beta=Real(gt=0))
+
+
+# --------------------------------------------------------------------------------------------
+# DPO, IPO
+# --------------------------------------------------------------------------------------------
+
+_check_dpo = hparams(beta=Real(gt=0), label_smoothing=Real(ge=0, le=0.5))
+
+
+def dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    *,
+    ref_chosen: Tensor | None = None,
+    ref_rejected: Tensor | None = None,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Direct Preference Optimization: the Bradley-Terry likelihood of the implicit reward.
+
+    With log-ratios :math:`r_w = \log\pi_\theta(y_w) - \log\pi_\text{ref}(y_w)`,
+    :math:`r_l` likewise, and :math:`\Delta = r_w - r_l`:
+
+    .. math::
+        \ell = -(1-\varepsilon)\log\sigma(\beta\Delta) - \varepsilon \log\sigma(-\beta\Delta)
+
+    :math:`\varepsilon = 0` (default) is the paper's Eq. 7; :math:`\varepsilon > 0` is the
+    "conservative DPO" of label noise :math:`\varepsilon` (TRL's ``label_smoothing``).
+
+    Args:
+        policy_chosen, policy_rejected: ``[N]`` summed log-probs of the completions.
+        ref_chosen, ref_rejected: ``[N]`` reference-model log-probs; ``None``: reference-free.
+        beta: :math:`\beta > 0`, the KL-regularisation strength (default 0.1, as TRL and the
+            paper's summarisation runs).
+        label_smoothing: :math:`\varepsilon \in [0, 0.5]` (default 0).
+        reduction: ``"mean"`` over pairs, ``"sum"`` or ``"none"`` (``[N]``).
+
+    Paper: Rafailov, Sharma, Mitchell, Ermon, Manning, Finn, "Direct Preference Optimization:
+    Your Language Model is Secretly a Reward Model", arXiv 2305.18290.
+    """
+    _check_dpo(beta=beta, label_smoothing=label_smoothing)
+    b = prepare_pairs(policy_chosen, policy_rejected, ref_chosen=ref_chosen,
+                      ref_rejected=ref_rejected)
+    rw, rl = b.logratios()
+    u = beta * (rw - rl)
+    values = -(1.0 - label_smoothing) * F.logsigmoid(u)
+    if label_smoothing > 0:
+        values = values - label_smoothing * F.logsigmoid(-u)
+    return reduce(values, reduction)
+
+
+@register(
+    "dpo", family="preference", kind="preference",
+    paper="Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
+    arxiv="2305.18290",
+    summary="-log sigmoid(beta ((logp_w - ref_w) - (logp_l - ref_l))), beta=0.1",
+    peers=("trl.DPOTrainer(loss_type='sigmoid')",),
+    reduction="per pair",
+)
+class DPOLoss(LossModule, function=dpo_loss, check=_check_dpo):
+    """Module form of :func:`dpo_loss`."""
+
+
+def ipo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    *,
+    ref_chosen: Tensor | None = None,
+    ref_rejected: Tensor | None = None,
+    chosen_length: Tensor | None = None,
+    rejected_length: Tensor | None = None,
+    beta: float = 0.1,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Identity Preference Optimization (:math:`\Psi`-PO with identity :math:`\Psi`).
+
+    .. math::
+        \ell = \Big(\Delta - \frac{1}{2\beta}\Big)^2, \qquad
+        \Delta = \frac{r_w}{L_w} - \frac{r_l}{L_l}
+
+    with log-ratios :math:`r` as :func:`dpo_loss` (the paper's Eq. 17 with :math:`\tau =
+    \beta`). The paper writes :math:`\Delta` on sequence log-ratios (:math:`L = 1`, the
+    default); given ``chosen_length``/``rejected_length`` the log-ratios are averaged per
+    token, as TRL's ``loss_type="ipo"`` does (confirmed there with the authors).
+
+    Args:
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected: as :func:`dpo_loss`.
+        chosen_length, rejected_length: optional ``[N]`` completion token counts.
+        beta: :math:`\beta = \tau > 0` (default 0.1); the target margin is :math:`1/(2\beta)`.
+        reduction: ``"mean"`` over pairs, ``"sum"`` or ``"none"`` (``[N]``).
+
+    Paper: Azar, Rowland, Piot, Guo, Calandriello, Valko, Munos, "A General Theoretical
+    Paradigm to Understand Learning from Human Preferences", arXiv 2310.12036.
+    """
+    _check_beta(beta=beta)
+    b = prepare_pairs(policy_chosen, policy_rejected, ref_chosen=ref_chosen,
+                      ref_rejected=ref_rejected, chosen_length=chosen_length,
+                      rejected_length=rejected_length)
+    rw, rl = b.per_token(*b.logratios())
+    return reduce((rw - rl - 1.0 / (2.0 * beta)).square(), reduction)
+
+
+@register(
+    "ipo", family="preference", kind="preference",
+    paper="A General Theoretical Paradigm to Understand Learning from Human Preferences",
+    arxiv="2310.12036",
+    summary="(delta log-ratio - 1/(2 beta))^2, per-token log-ratios given lengths, beta=0.1",
+    peers=("trl.DPOTrainer(loss_type='ipo')",),
+    reduction="per pair",
+)
+class IPOLoss(LossModule, function=ipo_loss, check=_check_beta):
+    """Module form of :func:`ipo_loss`."""
+
+
+# --------------------------------------------------------------------------------------------
+# KTO
+# --------------------------------------------------------------------------------------------
+
+_check_kto = hparams(beta=Real(gt=0), desirable_weight=Real(ge=0),
+                     undesirable_weight=Real(ge=0))
+
+
+def kto_reference_point(policy_mismatched: Tensor, ref_mismatched: Tensor) -> Tensor:
+    r"""KTO's reference point :math:`z_0 = \max(0, \operatorname{mean}_j
+    [\log\pi_\theta(y'_j|x_j) - \log\pi_\text{ref}(y'_j|x_j)])`, detached.
+
+    The inputs are the log-probs of *mismatched* completions :math:`y'_j` (another example's
+    completion under prompt :math:`x_j`; TRL cycles the batch's completions by one), the
+    paper's biased estimate of :math:`\mathrm{KL}(\pi_\theta \| \pi_\text{ref})`. It is not
+    back-propagated (paper, Section 4.1). Returns a 0-dim tensor for ``reference_point=``.
+    """
+    _vector("policy_mismatched", policy_mismatched, None, None)
+    _vector("ref_mismatched", ref_mismatched, policy_mismatched.shape[0], policy_mismatched.device)
+    if policy_mismatched.shape[0] == 0:
+        return policy_mismatched.new_zeros(()).detach()
+    return (policy_mismatched - ref_mismatched).mean().clamp(min=0).detach()
+
+
+def kto_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    *,
+    ref_chosen: Tensor | None = None,
+    ref_rejected: Tensor | None = None,
+    reference_point: Tensor | float | None = None,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Kahneman-Tversky Optimization on paired data (each pair gives one desirable and one
+    undesirable example).
+
+    .. math::
+        \ell_i = \tfrac12\Big[\lambda_D\big(1 - \sigma(\beta(r_{w,i} - z_0))\big)
+            + \lambda_U\big(1 - \sigma(\beta(z_0 - r_{l,i}))\big)\Big]
+
+    with log-ratios :math:`r` as :func:`dpo_loss` and the reference point :math:`z_0` (a
+    detached constant). The mean over pairs equals the paper's (and TRL's) mean over the
+    :math:`2N` examples.
+
+    Args:
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected: as :func:`dpo_loss`.
+        reference_point: :math:`z_0`, a float or 0-dim tensor (detached). The paper estimates
+            it from mismatched completions: :func:`kto_reference_point`. Default ``None``:
+            :math:`z_0 = 0`, what TRL uses when it computes no KL term.
+        beta: :math:`\beta > 0` (default 0.1, as the paper and TRL).
+        desirable_weight, undesirable_weight: :math:`\lambda_D, \lambda_U \ge 0` (default 1).
+        reduction: ``"mean"`` over pairs, ``"sum"`` or ``"none"`` (``[N]``).
+
+    Paper: Ethayarajh, Xu, Muennighoff, Jurafsky, Kiela, "KTO: Model Alignment as Prospect
+    Theoretic Optimization", arXiv 2402.01306.
+    """
+    _check_kto(beta=beta, desirable_weight=desirable_weight,
+               undesirable_weight=undesirable_weight)
+    b = prepare_pairs(policy_chosen, policy_rejected, ref_chosen=ref_chosen,
+                      ref_rejected=ref_rejected)
+    rw, rl = b.logratios()
+    z = _reference_point(reference_point, rw)
+    chosen = 1.0 - torch.sigmoid(beta * (rw - z))
+    rejected = 1.0 - torch.sigmoid(beta * (z - rl))
+    return reduce(0.5 * (desirable_weight * chosen + undesirable_weight * rejected), reduction)
+
+
+@register(
+    "kto", family="preference", kind="preference",
+    paper="KTO: Model Alignment as Prospect Theoretic Optimization",
+    arxiv="2402.01306",
+    summary="(l_D (1 - sigmoid(beta (r_w - z0))) + l_U (1 - sigmoid(beta (z0 - r_l)))) / 2",
+    peers=("trl.KTOTrainer",),
+    reduction="per pair",
+)
+class KTOLoss(LossModule, function=kto_loss, check=_check_kto):
+    """Module form of :func:`kto_loss`."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reference-free: SimPO, CPO, ORPO
+# --------------------------------------------------------------------------------------------
+
+_check_simpo = hparams(beta=Real(gt=0), gamma=Real(ge=0), label_smoothing=Real(ge=0, le=0.5))
+
+
+def simpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    *,
+    chosen_length: Tensor | None = None,
+    rejected_length: Tensor | None = None,
+    beta: float = 2.0,
+    gamma: float = 1.0,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Simple Preference Optimization: a reference-free margin on the average log-likelihood.
+
+    .. math::
+        \ell = -\log\sigma\Big(\frac{\beta}{L_w}\log\pi_\theta(y_w)
+            - \frac{\beta}{L_l}\log\pi_\theta(y_l) - \gamma\Big)
+
+    (the paper's Eq. 6), with :math:`\varepsilon`-smoothing as :func:`dpo_loss` when
+    ``label_smoothing > 0`` (TRL's ``CPOTrainer(loss_type="simpo")``). Pass
+    ``chosen_length``/``rejected_length`` (or already averaged log-probs).
+
+    Args:
+        policy_chosen, policy_rejected: ``[N]`` summed (or, without lengths, averaged)
+            log-probs.
+        chosen_length, rejected_length: optional ``[N]`` completion token counts.
+        beta: :math:`\beta > 0`, the reward scale (default 2.0, the value of most of the
+            paper's setups).
+        gamma: :math:`\gamma \ge 0`, the target reward margin (default 1.0, i.e.
+            :math:`\gamma/\beta = 0.5`; the paper tunes :math:`\gamma/\beta` around 0.5).
+        label_smoothing: :math:`\varepsilon \in [0, 0.5]` (default 0).
+        reduction: ``"mean"`` over pairs, ``"sum"`` or ``"none"`` (``[N]``).
+
+    Paper: Meng, Xia, Chen, "SimPO: Simple Preference Optimization with a Reference-Free
+    Reward", arXiv 2405.14734.
+    """
+    _check_simpo(beta=beta, gamma=gamma, label_smoothing=label_smoothing)
+    b = prepare_pairs(policy_chosen, policy_rejected, chosen_length=chosen_length,
+                      rejected_length=rejected_length)
+    aw, al = b.per_token(b.chosen, b.rejected)
+    u = beta * (aw - al) - gamma
+    values = -(1.0 - label_smoothing) * F.logsigmoid(u)
+    if label_smoothing > 0:
+        values = values - label_smoothing * F.logsigmoid(-u)
+    return reduce(values, reduction)
+
+
+@register(
+    "simpo", family="preference", kind="preference",
+    paper="SimPO: Simple Preference Optimization with a Reference-Free Reward",
+    arxiv="2405.14734",
+    summary="-log sigmoid(beta (logp_w/|y_w| - logp_l/|y_l|) - gamma), beta=2, gamma=1",
+    peers=("trl.experimental.cpo.CPOTrainer(loss_type='simpo')",),
+    reduction="per pair",
+)
+class SimPOLoss(LossModule, function=simpo_loss, check=_check_simpo):
+    """Module form of :func:`simpo_loss`."""
+
+
+_check_cpo = hparams(beta=Real(gt=0), nll_weight=Real(ge=0), label_smoothing=Real(ge=0, le=0.5))
+
+
+def cpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    *,
+    chosen_length: Tensor | None = None,
+    beta: float = 0.1,
+    nll_weight: float = 1.0,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Contrastive Preference Optimization: a reference-free DPO term plus an NLL
+    (behaviour-cloning) term on the chosen completion.
+
+    .. math::
+        \ell = -(1-\varepsilon)\log\sigma(\beta\Delta) - \varepsilon\log\sigma(-\beta\Delta)
+            - \alpha\, \frac{\log\pi_\theta(y_w)}{L_w},
+        \qquad \Delta = \log\pi_\theta(y_w) - \log\pi_\theta(y_l)
+
+    (the paper's Eq. 3 + :math:`\mathcal{L}_\text{NLL}`; TRL's ``CPOTrainer`` with
+    ``loss_type="sigmoid"``, ``cpo_alpha`` = :math:`\alpha`). TRL's NLL is the mean token CE
+    over all chosen tokens of the batch; per pair it is :math:`-\log\pi_\theta(y_w)/L_w`, which
+    averages to TRL's value when the chosen lengths are equal.
+
+    Args:
+        policy_chosen, policy_rejected: ``[N]`` summed log-probs.
+        chosen_length: optional ``[N]`` chosen token counts (for the NLL term).
+        beta: :math:`\beta > 0` (default 0.1, as TRL and the paper).
+        nll_weight: :math:`\alpha \ge 0` (default 1.0, as the paper's unweighted sum and TRL's
+            ``cpo_alpha``).
+        label_smoothing: :math:`\varepsilon \in [0, 0.5]` (default 0).
+        reduction: ``"mean"`` over pairs, ``"sum"`` or ``"none"`` (``[N]``).
+
+    Paper: Xu, Sharaf, Chen, Tan, Shen, Van Durme, Murray, Kim, "Contrastive Preference
+    Optimization: Pushing the Boundaries of LLM Performance in Machine Translation",
+    arXiv 2401.08417.
+    """
+    _check_cpo(beta=beta, nll_weight=nll_weight, label_smoothing=label_smoothing)
+    b = prepare_pairs(policy_chosen, policy_rejected, chosen_length=chosen_length)
+    u = beta * (b.chosen - b.rejected)
+    values = -(1.0 - label_smoothing) * F.logsigmoid(u)
+    if label_smoothing > 0:
+        values = values - label_smoothing * F.logsigmoid(-u)
+    nll, _ = b.per_token(-b.chosen, -b.rejected)
+    return reduce(values + nll_weight * nll, reduction)
+
+
+@register(
+    "cpo", family="preference", kind="preference",
+    paper="Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance in "
+    "Machine Translation",
+    arxiv="2401.08417",
+    summary="-log sigmoid(beta (logp_w - logp_l)) - nll_weight logp_w/|y_w|, beta=0.1",
+    peers=("trl.experimental.cpo.CPOTrainer(loss_type='sigmoid')",),
+    reduction="per pair",
+)
+class CPOLoss(LossModule, function=cpo_loss, check=_check_cpo):
+    """Module form of :func:`cpo_loss`."""
+
+
+#: Largest per-token log-prob used by ORPO's odds (``log(1 - p)`` is ``-inf`` at ``p = 1``).
+ORPO_MAX_LOGP = -1e-6
+
+
+def orpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    *,
+    chosen_length: Tensor | None = None,
+    rejected_length: Tensor | None = None,
+    beta: float = 0.1,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Odds Ratio Preference Optimization: NLL of the chosen completion plus a log-odds-ratio
+    penalty, no reference model.
+
+    With the length-normalised log-likelihoods :math:`a = \log\pi_\theta(y)/L` and
+    :math:`\mathrm{odds}(y) = e^{a}/(1 - e^{a})`:
+
+    .. math::
+        \ell = -a_w - \beta \log\sigma\Big(\log\frac{\mathrm{odds}(y_w)}{\mathrm{odds}(y_l)}
+        \Big), \quad
+        \log\frac{\mathrm{odds}(y_w)}{\mathrm{odds}(y_l)} = (a_w - a_l)
+            - \big(\log(1-e^{a_w}) - \log(1-e^{a_l})\big)
+
+    (the paper's Eqs. 4-7, :math:`\lambda = \beta`; TRL's ``odds_ratio_loss``, whose NLL is
+    the mean token CE of the chosen completions; per pair it is :math:`-a_w`). :math:`a` is
+    capped at ``ORPO_MAX_LOGP`` (-1e-6) so that :math:`\log(1 - e^a)` stays finite; log-probs
+    must be ``<= 0``.
+
+    Args:
+        policy_chosen, policy_rejected: ``[N]`` summed (or, without lengths, averaged)
+            log-probs, ``<= 0``.
+        chosen_length, rejected_length: optional ``[N]`` completion token counts.
+        beta: :math:`\lambda > 0`, weight of the odds-ratio term (default 0.1, as TRL and the
+            paper's main runs).
+        reduction: ``"mean"`` over pairs, ``"sum"`` or ``"none"`` (``[N]``).
+
+    Paper: Hong, Lee, Thorne, "ORPO: Monolithic Preference Optimization without Reference
+    Model", arXiv 2403.07691.
+    """
+    _check_beta(beta=beta)
+    b = prepare_pairs(policy_chosen, policy_rejected, chosen_length=chosen_length,
+                      rejected_length=rejected_length)
+    if bool((b.chosen > 0).any()) or bool((b.rejected > 0).any()):
+        raise ValueError("policy_chosen and policy_rejected must be log-probabilities (<= 0)")
+    aw, al = b.per_token(b.chosen, b.rejected)
+    aw, al = aw.clamp(max=ORPO_MAX_LOGP), al.clamp(max=ORPO_MAX_LOGP)
+    log_odds = (aw - al) - (log1mexp(aw) - log1mexp(al))
+    return reduce(-aw - beta * F.logsigmoid(log_odds), reduction)
+
+
+@register(
+    "orpo", family="preference", kind="preference",
+    paper="ORPO: Monolithic Preference Optimization without Reference Model",
+    arxiv="2403.07691",
+    summary="-a_w - beta log sigmoid(log odds(a_w) - log odds(a_l)), a = logp/|y|, beta=0.1",
+    peers=("trl.experimental.orpo.ORPOTrainer",),
+    reduction="per pair",
+)
+class ORPOLoss(LossModule, function=orpo_loss, check=_check_beta):
+    """Module form of :func:`orpo_loss`."""
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient entanglement: pairwise-normalised preference optimisation and its diagnostic
+# --------------------------------------------------------------------------------------------
+
+
+def logprob_gradient_stats(
+    policy_chosen: Tensor, policy_rejected: Tensor, params: list[Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Per-pair gradient norms and inner product of the chosen and rejected log-probs:
+    :math:`\|\nabla_\theta \log\pi(y_w)\|`, :math:`\|\nabla_\theta \log\pi(y_l)\|` and
+    :math:`\langle \nabla_\theta \log\pi(y_w), \nabla_\theta \log\pi(y_l)\rangle`.
+
+    The quantities of the gradient-entanglement condition (the inner product is large
+    relative to the individual norms: a margin loss then moves both log-probs together), and
+    the norms that :func:`normalized_preference_loss` takes. One backward pass per pair and
+    response (``2N``), graph retained; the results are detached ``[N]`` tensors.
+
+    Args:
+        policy_chosen, policy_rejected: ``[N]`` log-probs, functions of ``params``.
+        params: the parameters :math:`\theta` (e.g. ``list(model.parameters())`` or the
+            output layer only).
+
+    Paper: Yuan, Zeng, Wu, Wang, Wang, Leqi, "A Common Pitfall of Margin-based Language Model
+    Alignment: Gradient Entanglement", arXiv 2410.13828.
+    """
+    b = prepare_pairs(policy_chosen, policy_rejected)
+    if not params:
+        raise ValueError("params must be a non-empty list of tensors that require grad")
+    norms_w, norms_l, inner = [], [], []
+    for i in range(b.chosen.shape[0]):
+        gw = torch.autograd.grad(policy_chosen[i], params, retain_graph=True, allow_unused=True)
+        gl = torch.autograd.grad(policy_rejected[i], params, retain_graph=True,
+                                 allow_unused=True)
+        fw = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                        for g, p in zip(gw, params, strict=True)])
+        fl = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                        for g, p in zip(gl, params, strict=True)])
+        norms_w.append(fw.norm())
+        norms_l.append(fl.norm())
+        inner.append(fw @ fl)
+    if not norms_w:
+        z = b.chosen.new_zeros(0)
+        return z, z, z
+    return (torch.stack(norms_w).detach(), torch.stack(norms_l).detach(),
+            torch.stack(inner).detach())
+
+
+_check_normalized = hparams(beta=Real(gt=0), eps=Real(gt=0))
+
+
+def normalized_preference_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    *,
+    ref_chosen: Tensor | None = None,
+    ref_rejected: Tensor | None = None,
+    chosen_grad_norm: Tensor | None = None,
+    rejected_grad_norm: Tensor | None = None,
+    beta: float = 0.1,
+    eps: float = 1e-8,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Pairwise-normalised preference optimisation: DPO whose update uses the chosen and
+    rejected log-prob gradients *normalised separately*, so that neither response's gradient
+    dominates (the remedy the gradient-entanglement paper proposes for margin losses).
+
+    With log-ratios :math:`r` as :func:`dpo_loss` and the detached gradient norms
+    :math:`g_w = \|\nabla\log\pi(y_w)\|`, :math:`g_l = \|\nabla\log\pi(y_l)\|` (from
+    :func:`logprob_gradient_stats`):
+
+    .. math::
+        \ell = -\log\sigma\Big(\beta\Big(\frac{r_w}{g_w + \epsilon}
+            - \frac{r_l}{g_l + \epsilon}\Big)\Big), \qquad
+        \nabla_\theta \ell = -\beta\,\sigma(-\beta m)\Big(\frac{\nabla\log\pi(y_w)}{g_w+\epsilon}
+            - \frac{\nabla\log\pi(y_l)}{g_l+\epsilon}\Big)
+
+    i.e. the DPO weight times the pairwise-normalised gradient difference. Without norms
+    (``None``) it is :func:`dpo_loss`.
+
+    Formula from the abstract and a published summary ("pairwise normalized gradient
+    descent"); the exact form (where the DPO weighting enters, the eps) was not verified
+    against the paper's text.
+
+    Args:
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected: as :func:`dpo_loss`.
+        chosen_grad_norm, rejected_grad_norm: ``[N]`` gradient norms (detached; call-time).
+        beta: :math:`\beta > 0` (default 0.1, as DPO).
+        eps: :math:`\epsilon > 0` added to the norms (default 1e-8).
+        reduction: ``"mean"`` over pairs, ``"sum"`` or ``"none"`` (``[N]``).
+
+    Paper: Yuan, Zeng, Wu, Wang, Wang, Leqi, "A Common Pitfall of Margin-based Language Model
+    Alignment: Gradient Entanglement", arXiv 2410.13828 (ICLR 2025).
+    """
+    _check_normalized(beta=beta, eps=eps)
+    b = prepare_pairs(policy_chosen, policy_rejected, ref_chosen=ref_chosen,
+                      ref_rejected=ref_rejected)
+    rw, rl = b.logratios()
+    n, dev = rw.shape[0], rw.device
+    if (chosen_grad_norm is None) != (rejected_grad_norm is None):
+        raise ValueError("chosen_grad_norm and rejected_grad_norm must be given together")
+    if chosen_grad_norm is not None and rejected_grad_norm is not None:
+        gw = _vector("chosen_grad_norm", chosen_grad_norm, n, dev).detach().to(rw.dtype)
+        gl = _vector("rejected_grad_norm", rejected_grad_norm, n, dev).detach().to(rw.dtype)
+        if bool((gw < 0).any()) or bool((gl < 0).any()):
+            raise ValueError("chosen_grad_norm and rejected_grad_norm must be >= 0")
+        rw, rl = rw / (gw + eps), rl / (gl + eps)
+    return reduce(-F.logsigmoid(beta * (rw - rl)), reduction)
+
+
+@register(
+    "normalized_preference", family="preference", kind="preference",
+    paper="A Common Pitfall of Margin-based Language Model Alignment: Gradient Entanglement",
+    arxiv="2410.13828",
+    summary="-log sigmoid(beta (r_w / |grad log pi_w| - r_l / |grad log pi_l|)), norms "
+    "detached",
+    reduction="per pair",
+)
+class NormalizedPreferenceLoss(LossModule, function=normalized_preference_loss,
+                               check=_check_normalized):
+    """Module form of :func:`normalized_preference_loss`."""

@@ -1,0 +1,59 @@
+"""Training procedures from the literature: optimizer wrappers, head wrappers, loss-derivative
+ensembles and data-selection scores over per-sample losses (wrappers, not registered losses).
+
+* :mod:`losslab.train.sam` -- :class:`SAM` around any optimizer (ASAM, AdaSAP rules);
+* :mod:`losslab.train.ortho_grad` -- :class:`OrthoGrad` (⊥Grad, the grokking paper);
+* :mod:`losslab.train.saf` -- :class:`SAFLoss` and :class:`MESA` (trajectory KL);
+* :mod:`losslab.train.dropout` -- :class:`MultiSampleDropout` / :class:`MultiSampleLoss`;
+* :mod:`losslab.train.ensloss` -- :class:`EnsLoss` (random calibrated loss-derivatives);
+* :mod:`losslab.train.selection` -- CoLoR-Filter, SeTa and USEFUL selections.
+
+Each works in a plain loop and with the lab's ``fit`` (``step=`` / ``on_epoch_start=`` hooks).
+"""
+
+from losslab.train.dropout import MultiSampleDropout, MultiSampleLoss, multi_sample_dropout_loss
+from losslab.train.ensloss import EnsLoss, ensloss_loss, sample_calibrated_derivatives
+from losslab.train.ortho_grad import OrthoGrad, orthogonal_gradient
+from losslab.train.saf import MESA, SAFLoss, trajectory_kl
+from losslab.train.sam import (
+    SAM,
+    AdaSAPPerturbation,
+    PerturbationRule,
+    asam_perturbation,
+    frozen_bn_stats,
+    sam_perturbation,
+)
+from losslab.train.selection import (
+    color_filter_scores,
+    color_filter_select,
+    kmeans,
+    seta_select,
+    slow_learnable,
+    useful_upsample,
+)
+
+__all__ = [
+    "MESA",
+    "SAM",
+    "AdaSAPPerturbation",
+    "EnsLoss",
+    "MultiSampleDropout",
+    "MultiSampleLoss",
+    "OrthoGrad",
+    "PerturbationRule",
+    "SAFLoss",
+    "asam_perturbation",
+    "color_filter_scores",
+    "color_filter_select",
+    "ensloss_loss",
+    "frozen_bn_stats",
+    "kmeans",
+    "multi_sample_dropout_loss",
+    "orthogonal_gradient",
+    "sam_perturbation",
+    "sample_calibrated_derivatives",
+    "seta_select",
+    "slow_learnable",
+    "trajectory_kl",
+    "useful_upsample",
+]
