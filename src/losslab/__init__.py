@@ -34,6 +34,20 @@ from losslab.losses.classification import (
     WestonWatkinsLoss,
     ZLoss,
 )
+from losslab.losses.classification.ebv import (
+    EBVLoss,
+)
+from losslab.losses.classification.hyperbolic import (
+    HypCELoss,
+    HypPCLoss,
+)
+from losslab.losses.classification.multilabel import (
+    LDAMMultilabelLoss,
+    MLCDLoss,
+)
+from losslab.losses.classification.polyloss import (
+    PolyNLoss,
+)
 from losslab.losses.contrastive_ssl import (
     AlignmentLoss,
     ClipLoss,
@@ -265,6 +279,7 @@ __all__ = [
     "DiceLoss",
     "DiceSemimetricLoss",
     "Dist2Loss",
+    "EBVLoss",
     "EISLLoss",
     "EMOLoss",
     "EasyLLPLoss",
@@ -276,6 +291,8 @@ __all__ = [
     "HausdorffDTLoss",
     "HazardLoss",
     "HuberLoss",
+    "HypCELoss",
+    "HypPCLoss",
     "ICNNLoss",
     "IConLoss",
     "IPOLoss",
@@ -289,6 +306,7 @@ __all__ = [
     "KDLoss",
     "KTOLoss",
     "LDAMLoss",
+    "LDAMMultilabelLoss",
     "LDRKLLoss",
     "LambdaLoss",
     "LiftedStructureLoss",
@@ -302,6 +320,7 @@ __all__ = [
     "LovaszSoftmaxLoss",
     "MAELoss",
     "MGDSemanticLoss",
+    "MLCDLoss",
     "MSELoss",
     "MacroAUCPairwiseLoss",
     "MacroAUCUnivariateLoss",
@@ -327,6 +346,7 @@ __all__ = [
     "PairwiseHingeLoss",
     "Poly1ListwiseLoss",
     "Poly1Loss",
+    "PolyNLoss",
     "ProportionLoss",
     "ProtoNetLoss",
     "ProtoTripletLoss",

@@ -33,6 +33,20 @@ from losslab.losses.classification import (
     weston_watkins_loss,
     z_loss,
 )
+from losslab.losses.classification.ebv import (
+    ebv_loss,
+)
+from losslab.losses.classification.hyperbolic import (
+    hyp_ce_loss,
+    hyp_pc_loss,
+)
+from losslab.losses.classification.multilabel import (
+    ldam_multilabel_loss,
+    mlcd_loss,
+)
+from losslab.losses.classification.polyloss import (
+    poly_n_loss,
+)
 from losslab.losses.contrastive_ssl import (
     alignment_loss,
     clip_loss,
@@ -276,6 +290,7 @@ __all__ = [
     "dkd_loss",
     "dpo_loss",
     "easyllp_loss",
+    "ebv_loss",
     "eisl_loss",
     "emo_loss",
     "entropy_prior_loss",
@@ -286,6 +301,8 @@ __all__ = [
     "hausdorff_dt_loss",
     "hazard_loss",
     "huber_loss",
+    "hyp_ce_loss",
+    "hyp_pc_loss",
     "i_con_loss",
     "icnn_loss",
     "infonce_loss",
@@ -300,6 +317,7 @@ __all__ = [
     "kto_loss",
     "lambda_loss",
     "ldam_loss",
+    "ldam_multilabel_loss",
     "ldr_kl_loss",
     "lifted_structure_loss",
     "linear_cross_entropy_loss",
@@ -316,6 +334,7 @@ __all__ = [
     "margin_mse_loss",
     "metrix_loss",
     "mgd_semantic_loss",
+    "mlcd_loss",
     "mse_loss",
     "multi_positive_infonce_loss",
     "multi_similarity_loss",
@@ -335,6 +354,7 @@ __all__ = [
     "pairwise_hinge_loss",
     "poly1_listwise_loss",
     "poly1_loss",
+    "poly_n_loss",
     "proportion_loss",
     "proto_triplet_loss",
     "protonet_loss",

@@ -16,6 +16,12 @@ checked at construction and by every functional call.
 Soft targets are accepted by: ``cross_entropy``, ``focal``, ``poly1``, ``logit_adjusted`` and
 ``stablemax_ce``. ``anyloss`` is a batch-level loss (one value per batch, no ``reduction``).
 
+Submodules (the long tail of the seed catalog): :mod:`~.polyloss` (Poly-N),
+:mod:`~.ebv` (Equiangular Basis Vectors),
+:mod:`~.multilabel` (multi-label cluster discrimination, LDAM for multi-label targets),
+:mod:`~.hyperbolic` (Hyp-OC's hyperbolic pairwise confusion, kind ``paired``, and
+hyperbolic cross-entropy, kind ``embeddings``).
+
 The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
 :mod:`losslab.losses.robust`; the log-partition penalty ``logz_penalty`` in
 :mod:`losslab.losses.sequence`.
@@ -44,6 +50,21 @@ from losslab._ops.logits import (
     prepare,
     target_log_prob,
 )
+from losslab.losses.classification import ebv, hyperbolic, multilabel, polyloss
+from losslab.losses.classification.ebv import EBVLoss, ebv_loss
+from losslab.losses.classification.hyperbolic import (
+    HypCELoss,
+    HypPCLoss,
+    hyp_ce_loss,
+    hyp_pc_loss,
+)
+from losslab.losses.classification.multilabel import (
+    LDAMMultilabelLoss,
+    MLCDLoss,
+    ldam_multilabel_loss,
+    mlcd_loss,
+)
+from losslab.losses.classification.polyloss import PolyNLoss, poly_n_loss
 from losslab.registry import register
 
 __all__ = [
@@ -51,10 +72,16 @@ __all__ = [
     "CompSumLoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
+    "EBVLoss",
     "FocalLoss",
+    "HypCELoss",
+    "HypPCLoss",
     "LDAMLoss",
+    "LDAMMultilabelLoss",
     "LogitAdjustedLoss",
+    "MLCDLoss",
     "Poly1Loss",
+    "PolyNLoss",
     "StableMaxCELoss",
     "WestonWatkinsLoss",
     "ZLoss",
@@ -62,11 +89,21 @@ __all__ = [
     "comp_sum_loss",
     "crammer_singer_loss",
     "cross_entropy_loss",
+    "ebv",
+    "ebv_loss",
     "focal_loss",
+    "hyp_ce_loss",
+    "hyp_pc_loss",
+    "hyperbolic",
     "ldam_loss",
+    "ldam_multilabel_loss",
     "log_stablemax",
     "logit_adjusted_loss",
+    "mlcd_loss",
+    "multilabel",
     "poly1_loss",
+    "poly_n_loss",
+    "polyloss",
     "soft_confusion",
     "stablemax_ce_loss",
     "weston_watkins_loss",
