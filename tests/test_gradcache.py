@@ -43,7 +43,10 @@ def grads(*modules: nn.Module) -> list[torch.Tensor]:
 def make_loss(name: str, **extra) -> nn.Module:
     s = losslab.spec(name)
     torch.manual_seed(0)
-    return losslab.create(name, **{**s.example_hparams, **extra}).double()
+    hp = dict(s.example_hparams)
+    if "embedding_dim" in hp:  # class-vector losses (proxies, EBV, ...): the encoder's width
+        hp["embedding_dim"] = D_OUT
+    return losslab.create(name, **{**hp, **extra}).double()
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -39,6 +39,7 @@ def pair_losses() -> list[str]:
     for name in losslab.available(kind="embeddings"):
         loss = losslab.create(name, **losslab.spec(name).example_hparams)
         if (getattr(loss, "proxies", None) is None and name != "metrix"
+                and "num_classes" not in losslab.spec(name).example_hparams  # class vectors
                 and "ref_embeddings" in type(loss)._call_keywords):
             out.append(name)
     return out

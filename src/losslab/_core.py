@@ -117,8 +117,9 @@ def require(ok: Tensor, message: str | Callable[[], str]) -> None:
     replaced by a static one).
     """
     if torch.compiler.is_compiling():
-        torch._assert_async(ok.all(), message if isinstance(message, str) else
-                            "losslab: invalid input values (run eagerly for the details)")
+        text = message if isinstance(message, str) else (
+            "losslab: invalid input values (run eagerly for the details)")
+        torch._assert_async(ok.all(), text)  # pyright: ignore[reportPrivateImportUsage]
         return
     if not bool(ok.all()):
         raise ValueError(message if isinstance(message, str) else message())

@@ -89,7 +89,10 @@ def build(name: str) -> tuple[losslab.registry.LossSpec, nn.Module]:
     base, extra = VARIANTS.get(name, (name, {}))
     s = losslab.spec(base)
     torch.manual_seed(0)
-    return s, losslab.create(base, **{**s.example_hparams, **extra}).double()
+    hp = dict(s.example_hparams)
+    if "embedding_dim" in hp:  # class-vector losses (proxies, EBV, ...): the encoder's width
+        hp["embedding_dim"] = D_OUT
+    return s, losslab.create(base, **{**hp, **extra}).double()
 
 
 def data(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

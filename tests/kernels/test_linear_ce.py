@@ -382,7 +382,7 @@ def test_chunk_workspace_bytes_match_allocation():
         got = sum(b.numel() * b.element_size() for b in bufs if b is not None)
         assert got == lce_sizes.chunk_workspace_bytes(
             96, 5000, 48, dt, softcap=sc is not None, smooth_sum=smooth, weight_grad=wgrad,
-            folded=folded)
+            folded=folded, runtime=False)
     for dt, sc, n in itertools.product([torch.float32, torch.bfloat16], [None, 30.0],
                                        [10, 100000]):
         vw = lce_sizes.VocabBlockWorkspace.allocate(n, 5000, 48, dt, cpu, sc)
@@ -391,7 +391,8 @@ def test_chunk_workspace_bytes_match_allocation():
         if vw.block_acc is not None:
             got += vw.block * 48 * dt.itemsize  # the partial product of each token group
         blk, grp, planned = lce_sizes.vocab_workspace_bytes(n, 5000, 48, dt,
-                                                            softcap=sc is not None)
+                                                            softcap=sc is not None,
+                                                            runtime=False)
         assert (vw.block, vw.group) == (blk, grp) and got == planned
 
 
@@ -402,7 +403,7 @@ def test_plan_chunks_follows_the_budget():
     assert lce_sizes.plan_chunks(4096, 32000, 1024, workspace_bytes=2**30)[1] == 1024
     assert lce_sizes.plan_chunks(10, 128256, 1024) == ("token_chunks", 10)
     # half inputs keep token_chunks when the float32 accumulator fits (small V x d)...
-    assert lce_sizes.plan_chunks(4096, 32000, 64, torch.bfloat16)[0] == "token_chunks"
+    assert lce_sizes.plan_chunks(4096, 8000, 64, torch.bfloat16)[0] == "token_chunks"
     # ...and with a budget that holds it
     assert lce_sizes.plan_chunks(4096, 32000, 1024, torch.bfloat16,
                                  workspace_bytes=512 * MIB)[0] == "token_chunks"

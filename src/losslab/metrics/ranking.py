@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from losslab.losses.ranking._common import prepare_scores
+from losslab._ops.scores import prepare_scores
 
 __all__ = [
     "RANKING_METRICS",

@@ -51,6 +51,11 @@ MIN_TOKEN_CHUNK = 256
 #: Automatic chunks are multiples of this (when at least this large) and at most
 #: :data:`MAX_CHUNK` tokens (larger chunks gain nothing on CPU GEMMs).
 CHUNK_ALIGN, MAX_CHUNK = 16, 1024
+#: Bytes per entry of a half-precision GEMM operand that the CPU matmul converts to float32
+#: behind our back (oneDNN without native bf16/fp16 kernels): the ``[chunk, V]`` logits and the
+#: ``tokens x block`` gradient block. Not ours to allocate, but it is extra memory: measured on
+#: the CPU of ``benchmarks/README.md`` the half passes took 1.5x the bytes planned without it.
+HALF_GEMM_COPY = 4
 #: Bytes of the float32 row-block scratch used with half-precision inputs.
 HALF_SCRATCH_BYTES = 2 * 1024 * 1024
 #: Vocabulary rows per block of the half-precision ``dweight`` matmul (bounds its scratch).
@@ -84,14 +89,18 @@ def _half_weight_block(v: int, d: int, rows: int) -> tuple[int, bool]:
 def chunk_workspace_bytes(
     chunk: int, v: int, d: int, dtype: torch.dtype, *, softcap: bool, smooth_sum: bool = True,
     weight_grad: bool = True, folded: bool = True, accumulator: bool = False,
+    runtime: bool = True,
 ) -> int:
     """Bytes of the buffers of one chunk pass (:meth:`ChunkWorkspace.allocate` with the same
     flags), plus, with ``accumulator``, the float32 ``V x d`` ``dweight`` accumulator of half
-    inputs beyond the half gradient it is rounded into (``"token_chunks"`` only)."""
+    inputs beyond the half gradient it is rounded into (``"token_chunks"`` only), and, with
+    ``runtime``, the matmul's float32 copy of the half logits (:data:`HALF_GEMM_COPY`)."""
     it, acc = dtype.itemsize, compute_dtype(dtype).itemsize
     half = dtype in HALF_DTYPES
     rows = half_rows(v, chunk) if half else chunk
     total = chunk * v * it + chunk * acc * (2 if smooth_sum else 1)
+    if half and runtime:
+        total += chunk * v * HALF_GEMM_COPY
     if softcap:
         total += rows * v * acc
     if half:
@@ -164,21 +173,23 @@ def tokens_within(n_tokens: int, bytes_per_token: int, *,
 
 def vocab_workspace_bytes(
     n: int, v: int, d: int, dtype: torch.dtype, *, softcap: bool,
-    workspace_bytes: int = WORKSPACE_BYTES,
+    workspace_bytes: int = WORKSPACE_BYTES, runtime: bool = True,
 ) -> tuple[int, int, int]:
     """``(block, group, bytes)`` of the ``"vocab_blocks"`` pass: vocabulary rows per block
     (between :data:`MIN_VOCAB_BLOCK` and :data:`VOCAB_BLOCK`), tokens per GEMM and the bytes
-    of its buffers (:meth:`VocabBlockWorkspace.allocate`)."""
+    of its buffers (:meth:`VocabBlockWorkspace.allocate`), with ``runtime`` the matmul's
+    float32 copy of the half gradient block too (the sizes always reserve it)."""
     it = dtype.itemsize
     half = dtype in HALF_DTYPES
-    per = it + (4 if half else 0) + (compute_dtype(dtype).itemsize if softcap else 0)
+    copy = HALF_GEMM_COPY if half else 0
+    per = it + (4 if half else 0) + (compute_dtype(dtype).itemsize if softcap else 0) + copy
     usable = min(VOCAB_PASS_BYTES, _usable(workspace_bytes))
     vb = min(v, max(MIN_VOCAB_BLOCK, min(VOCAB_BLOCK, usable // max(1, n * per))))
     grp = max(1, min(n, usable // (vb * per)))
     if half and grp < n:  # the float32 block accumulator and one half partial product
         grp = max(1, min(n, (usable - vb * d * (4 + it)) // (vb * per)))
     acc_bytes = vb * d * (4 + it) if half and grp < n else 0
-    return vb, grp, grp * vb * per + acc_bytes
+    return vb, grp, grp * vb * (per if runtime else per - copy) + acc_bytes
 
 
 @dataclass(frozen=True)
