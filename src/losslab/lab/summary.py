@@ -321,7 +321,8 @@ def conclusion(s: Summary, metric: ReportColumn | None = None) -> str:
             parts.append(f"adding `{term}` " + ", ".join(
                 f"{'helps' if d[0] > 0 else 'hurts'} on {where} "
                 f"({'+' if d[0] > 0 else '-'}{_pm(d, metric.fmt)}{unit})" for where, d in sig)
-                + (f" and changes nothing measurable in the other {len(comps) - len(sig)}"
+                + (f" and changes nothing measurable in the other {len(comps) - len(sig)} "
+                   f"comparison{'s' if len(comps) - len(sig) > 1 else ''}"
                    if len(comps) > len(sig) else ""))
     if not parts:
         return f"No loss has seeds in common with `{base}`: nothing to compare."
