@@ -15,7 +15,7 @@ from losslab.lab.claims import (
     paired_difference,
 )
 from losslab.lab.cli import main as lab_main
-from tests.lab.test_conclusion import fewshot_folder
+from tests.lab.test_summary import fewshot_folder
 
 
 @pytest.mark.parametrize(("mean", "ci", "n", "rule", "margin", "verdict"), [
