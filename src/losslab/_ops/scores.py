@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losslab._core import check_float, check_same_device, compute_dtype
+from losslab._core import check_float, check_same_device, compute_dtype, require
 
 __all__ = ["prepare_scores"]
 
@@ -34,7 +34,6 @@ def prepare_scores(
     check_same_device(scores=scores, relevance=relevance, mask=mask)
     cd = compute_dtype(scores.dtype)
     relevance = relevance.to(cd)
-    if not bool((torch.isfinite(relevance) | ~mask).all()):
-        raise ValueError("relevance must be finite at the real items (mask True), got NaN or "
-                         "inf; mark padding with mask=False")
+    require(torch.isfinite(relevance) | ~mask, "relevance must be finite at the real items "
+            "(mask True), got NaN or inf; mark padding with mask=False")
     return scores.to(cd), relevance, mask
