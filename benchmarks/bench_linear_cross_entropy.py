@@ -44,12 +44,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _measure import measure_fwd_bwd
 
 IMPLS = ("naive", "naive_fp32_logits", "torch_ref", "torch_chunked", "torch_chunked_bs1024",
          "losslab", "before")
@@ -57,11 +57,6 @@ DEFAULT_IMPLS = ("naive", "naive_fp32_logits", "torch_chunked", "torch_chunked_b
                  "losslab")
 RESULTS = Path(__file__).resolve().parent / "results"
 MEM_TARGET, TIME_TARGET, CHUNKED_TARGET = 0.15, 1.0, 0.8
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _parse_kwargs(spec: str) -> dict:
@@ -114,31 +109,9 @@ def run_case(impl: str, n: int, d: int, v: int, dtype_name: str, iters: int,
     else:
         raise ValueError(f"unknown impl {impl!r}")
 
-    rss0 = _rss_mib()
-    load0 = os.getloadavg()[0]
-    times, cpu = [], []
-    loss_val = float("nan")
-    for i in range(iters + 1):
-        h.grad = None
-        w.grad = None
-        t0, c0 = time.perf_counter(), time.process_time()
-        loss = step()
-        loss.backward()
-        el, ce = time.perf_counter() - t0, time.process_time() - c0
-        loss_val = float(loss.detach().float())
-        del loss
-        if i > 0:
-            times.append(el)
-            cpu.append(ce)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     grads = (n * d + v * d) * h.element_size() / 2**20
-    return {
-        "impl": impl, "N": n, "d": d, "V": v, "dtype": dtype_name, "threads": threads,
-        "wall_s": min(times), "cpu_s": min(cpu), "walls": times, "cpus": cpu,
-        "peak_rss_mib": peak, "rss_after_inputs_mib": rss0, "extra_mib": peak - rss0,
-        "extra_minus_grads_mib": peak - rss0 - grads, "grads_mib": grads, "loss": loss_val,
-        "load_before": load0, "load_after": os.getloadavg()[0],
-    }
+    return {"impl": impl, "N": n, "d": d, "V": v, "dtype": dtype_name, "threads": threads,
+            **measure_fwd_bwd(step, (h, w), iters, grads)}
 
 
 def _median(xs: list[float]) -> float:

@@ -23,22 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _measure import measure_fwd_bwd
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MEM_TARGET, TIME_TARGET = 0.15, 1.0
 IMPLS = ("naive", "losslab")
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def run_case(impl: str, n: int, ds: int, dt: int, v: int, dtype_name: str, divergence: str,
@@ -71,31 +65,10 @@ def run_case(impl: str, n: int, ds: int, dt: int, v: int, dtype_name: str, diver
     else:
         raise ValueError(f"unknown impl {impl!r}")
 
-    rss0 = _rss_mib()
-    load0 = os.getloadavg()[0]
-    walls, cpus = [], []
-    loss_val = float("nan")
-    for i in range(iters + 1):
-        hs.grad = None
-        ws.grad = None
-        t0, c0 = time.perf_counter(), time.process_time()
-        loss = step()
-        loss.backward()
-        el, ce = time.perf_counter() - t0, time.process_time() - c0
-        loss_val = float(loss.detach().float())
-        del loss
-        if i > 0:
-            walls.append(el)
-            cpus.append(ce)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     grads = (n * ds + v * ds) * hs.element_size() / 2**20
-    return {
-        "impl": impl, "N": n, "d_s": ds, "d_t": dt, "V": v, "dtype": dtype_name,
-        "divergence": divergence, "threads": threads, "wall_s": min(walls), "cpu_s": min(cpus),
-        "peak_rss_mib": peak, "rss_after_inputs_mib": rss0, "extra_mib": peak - rss0,
-        "extra_minus_grads_mib": peak - rss0 - grads, "grads_mib": grads, "loss": loss_val,
-        "load_before": load0, "load_after": os.getloadavg()[0],
-    }
+    return {"impl": impl, "N": n, "d_s": ds, "d_t": dt, "V": v, "dtype": dtype_name,
+        "divergence": divergence, "threads": threads,
+            **measure_fwd_bwd(step, (hs, ws), iters, grads)}
 
 
 def summarize(rows: list[dict]) -> str:
