@@ -162,6 +162,15 @@ def log1mexp(x: Tensor) -> Tensor:
     return torch.where(small, near, far)
 
 
+def _smoothed_sigmoid_loss(u: Tensor, label_smoothing: float) -> Tensor:
+    """``-(1 - eps) log sigmoid(u) - eps log sigmoid(-u)``: the logistic preference term with
+    the conservative label smoothing of DPO, SimPO and CPO (``eps`` = ``label_smoothing``)."""
+    values = -(1.0 - label_smoothing) * F.logsigmoid(u)
+    if label_smoothing > 0:
+        values = values - label_smoothing * F.logsigmoid(-u)
+    return values
+
+
 def _reference_point(z: object, like: Tensor) -> Tensor:
     if z is None:
         return torch.zeros((), dtype=like.dtype, device=like.device)
@@ -222,9 +231,7 @@ def dpo_loss(
                       ref_rejected=ref_rejected)
     rw, rl = b.logratios()
     u = beta * (rw - rl)
-    values = -(1.0 - label_smoothing) * F.logsigmoid(u)
-    if label_smoothing > 0:
-        values = values - label_smoothing * F.logsigmoid(-u)
+    values = _smoothed_sigmoid_loss(u, label_smoothing)
     return reduce(values, reduction)
 
 
@@ -420,9 +427,7 @@ def simpo_loss(
                       rejected_length=rejected_length)
     aw, al = b.per_token(b.chosen, b.rejected)
     u = beta * (aw - al) - gamma
-    values = -(1.0 - label_smoothing) * F.logsigmoid(u)
-    if label_smoothing > 0:
-        values = values - label_smoothing * F.logsigmoid(-u)
+    values = _smoothed_sigmoid_loss(u, label_smoothing)
     return reduce(values, reduction)
 
 
@@ -480,9 +485,7 @@ def cpo_loss(
     _check_cpo(beta=beta, nll_weight=nll_weight, label_smoothing=label_smoothing)
     b = prepare_pairs(policy_chosen, policy_rejected, chosen_length=chosen_length)
     u = beta * (b.chosen - b.rejected)
-    values = -(1.0 - label_smoothing) * F.logsigmoid(u)
-    if label_smoothing > 0:
-        values = values - label_smoothing * F.logsigmoid(-u)
+    values = _smoothed_sigmoid_loss(u, label_smoothing)
     nll, _ = b.per_token(-b.chosen, -b.rejected)
     return reduce(values + nll_weight * nll, reduction)
 
