@@ -48,6 +48,9 @@ from losslab.losses.classification.multilabel import (
 from losslab.losses.classification.polyloss import (
     PolyNLoss,
 )
+from losslab.losses.classification.rationale import (
+    RationaleInvarianceLoss,
+)
 from losslab.losses.contrastive_ssl import (
     AlignmentLoss,
     ClipLoss,
@@ -357,6 +360,7 @@ __all__ = [
     "PseudoHuberLoss",
     "RCELoss",
     "RankNetLoss",
+    "RationaleInvarianceLoss",
     "RePRILoss",
     "SCELoss",
     "SampledSoftmaxLoss",

@@ -47,6 +47,9 @@ from losslab.losses.classification.multilabel import (
 from losslab.losses.classification.polyloss import (
     poly_n_loss,
 )
+from losslab.losses.classification.rationale import (
+    rationale_invariance_loss,
+)
 from losslab.losses.contrastive_ssl import (
     alignment_loss,
     clip_loss,
@@ -365,6 +368,7 @@ __all__ = [
     "pseudo_huber_loss",
     "psl_loss",
     "ranknet_loss",
+    "rationale_invariance_loss",
     "rce_loss",
     "repri_loss",
     "sampled_softmax_loss",
