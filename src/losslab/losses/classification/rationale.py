@@ -210,8 +210,8 @@ class RationaleInvarianceLoss(LossModule, function=rationale_invariance_loss,
     """Module form of :func:`rationale_invariance_loss` with RIDG's running reference.
 
     Keeps ``reference`` (``[C, C, D]``; float32 in a half-precision module) and ``seen``
-    (``[C]``) buffers: in training mode each call first updates the reference of every class in the batch, to the batch's mean rationale
-    the first time the class is seen and then by
+    (``[C]``) buffers: in training mode each call first updates the reference of every class
+    in the batch, to the batch's mean rationale the first time the class is seen and then by
     :math:`\\bar R_k \\leftarrow (1 - m)\\, \\bar R_k + m\\, \\bar R_k^{batch}` (the official
     update, ``momentum`` :math:`m` weighting the new batch; default 0.001 from RIDG's
     ``hparams_registry``), and then computes the loss against the updated reference. In eval
