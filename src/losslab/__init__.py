@@ -103,6 +103,9 @@ from losslab.losses.fewshot import (
     ProtoNetLoss,
     ProtoTripletLoss,
 )
+from losslab.losses.metric_learning.hashing import (
+    OrthoHashLoss,
+)
 from losslab.losses.metric_learning.metrix import (
     MetrixLoss,
 )
@@ -347,6 +350,7 @@ __all__ = [
     "NumberTokenLoss",
     "ORPOLoss",
     "OrdinalLoss",
+    "OrthoHashLoss",
     "PSLLoss",
     "PairwiseHingeLoss",
     "Poly1ListwiseLoss",

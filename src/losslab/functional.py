@@ -102,6 +102,9 @@ from losslab.losses.fewshot import (
     proto_triplet_loss,
     protonet_loss,
 )
+from losslab.losses.metric_learning.hashing import (
+    orthohash_loss,
+)
 from losslab.losses.metric_learning.metrix import (
     metrix_loss,
 )
@@ -356,6 +359,7 @@ __all__ = [
     "number_token_loss",
     "ordinal_loss",
     "orpo_loss",
+    "orthohash_loss",
     "pairwise_hinge_loss",
     "poly1_listwise_loss",
     "poly1_loss",
