@@ -129,6 +129,9 @@ from losslab.losses.metric_learning.triplet import (
     TripletLoss,
     TripletRatioLoss,
 )
+from losslab.losses.metric_learning.unpg import (
+    UNPGLoss,
+)
 from losslab.losses.metric_learning.weighted import (
     CircleLoss,
     MultiSimilarityLoss,
@@ -382,6 +385,7 @@ __all__ = [
     "TripletLoss",
     "TripletRatioLoss",
     "TverskyLoss",
+    "UNPGLoss",
     "UniformityLoss",
     "VICRegLoss",
     "WDRLoss",

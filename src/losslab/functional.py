@@ -128,6 +128,9 @@ from losslab.losses.metric_learning.triplet import (
     triplet_loss,
     triplet_ratio_loss,
 )
+from losslab.losses.metric_learning.unpg import (
+    unpg_loss,
+)
 from losslab.losses.metric_learning.weighted import (
     circle_loss,
     multi_similarity_loss,
@@ -392,6 +395,7 @@ __all__ = [
     "triplet_ratio_loss",
     "tversky_loss",
     "uniformity_loss",
+    "unpg_loss",
     "vicreg_loss",
     "wavelet_hf_loss",
     "wdr_loss",
