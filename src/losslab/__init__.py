@@ -146,6 +146,9 @@ from losslab.losses.preference import (
     ORPOLoss,
     SimPOLoss,
 )
+from losslab.losses.quantization import (
+    VQCommitmentLoss,
+)
 from losslab.losses.ranking.auc import (
     AUCMarginLoss,
     AUCPairwiseLoss,
@@ -388,6 +391,7 @@ __all__ = [
     "UNPGLoss",
     "UniformityLoss",
     "VICRegLoss",
+    "VQCommitmentLoss",
     "WDRLoss",
     "WaveletHFLoss",
     "WestonWatkinsLoss",

@@ -145,6 +145,9 @@ from losslab.losses.preference import (
     orpo_loss,
     simpo_loss,
 )
+from losslab.losses.quantization import (
+    vq_commitment_loss,
+)
 from losslab.losses.ranking.auc import (
     auc_margin_loss,
     auc_pairwise_loss,
@@ -397,6 +400,7 @@ __all__ = [
     "uniformity_loss",
     "unpg_loss",
     "vicreg_loss",
+    "vq_commitment_loss",
     "wavelet_hf_loss",
     "wdr_loss",
     "weston_watkins_loss",

@@ -80,6 +80,7 @@ FAMILIES: tuple[str, ...] = (
     "sequence-lm",
     "lm-tokens",
     "preference",
+    "quantization-compression",
 )
 
 #: Where each family lives: a module (or package) of ``losslab.losses``. The layout test checks
@@ -100,6 +101,7 @@ FAMILY_MODULES: Mapping[str, str] = MappingProxyType(
         "sequence-lm": "losslab.losses.sequence",
         "lm-tokens": "losslab.losses.tokens",
         "preference": "losslab.losses.preference",
+        "quantization-compression": "losslab.losses.quantization",
     }
 )
 
