@@ -48,6 +48,9 @@ from losslab.losses.classification.multilabel import (
 from losslab.losses.classification.polyloss import (
     PolyNLoss,
 )
+from losslab.losses.classification.rationale import (
+    RationaleInvarianceLoss,
+)
 from losslab.losses.contrastive_ssl import (
     AlignmentLoss,
     ClipLoss,
@@ -100,6 +103,9 @@ from losslab.losses.fewshot import (
     ProtoNetLoss,
     ProtoTripletLoss,
 )
+from losslab.losses.metric_learning.hashing import (
+    OrthoHashLoss,
+)
 from losslab.losses.metric_learning.metrix import (
     MetrixLoss,
 )
@@ -123,6 +129,9 @@ from losslab.losses.metric_learning.triplet import (
     TripletLoss,
     TripletRatioLoss,
 )
+from losslab.losses.metric_learning.unpg import (
+    UNPGLoss,
+)
 from losslab.losses.metric_learning.weighted import (
     CircleLoss,
     MultiSimilarityLoss,
@@ -136,6 +145,9 @@ from losslab.losses.preference import (
     NormalizedPreferenceLoss,
     ORPOLoss,
     SimPOLoss,
+)
+from losslab.losses.quantization import (
+    VQCommitmentLoss,
 )
 from losslab.losses.ranking.auc import (
     AUCMarginLoss,
@@ -186,6 +198,7 @@ from losslab.losses.robust import (
     GCELoss,
     LDRKLLoss,
     MAELoss,
+    MeanTeacherSCELoss,
     NCELoss,
     NCEMAELoss,
     NCERCELoss,
@@ -326,6 +339,7 @@ __all__ = [
     "MacroAUCUnivariateLoss",
     "MadaCosLoss",
     "MarginMSELoss",
+    "MeanTeacherSCELoss",
     "MetrixLoss",
     "MultiPositiveInfoNCELoss",
     "MultiSimilarityLoss",
@@ -342,6 +356,7 @@ __all__ = [
     "NumberTokenLoss",
     "ORPOLoss",
     "OrdinalLoss",
+    "OrthoHashLoss",
     "PSLLoss",
     "PairwiseHingeLoss",
     "Poly1ListwiseLoss",
@@ -355,6 +370,7 @@ __all__ = [
     "PseudoHuberLoss",
     "RCELoss",
     "RankNetLoss",
+    "RationaleInvarianceLoss",
     "RePRILoss",
     "SCELoss",
     "SampledSoftmaxLoss",
@@ -372,8 +388,10 @@ __all__ = [
     "TripletLoss",
     "TripletRatioLoss",
     "TverskyLoss",
+    "UNPGLoss",
     "UniformityLoss",
     "VICRegLoss",
+    "VQCommitmentLoss",
     "WDRLoss",
     "WaveletHFLoss",
     "WestonWatkinsLoss",

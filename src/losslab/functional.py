@@ -47,6 +47,9 @@ from losslab.losses.classification.multilabel import (
 from losslab.losses.classification.polyloss import (
     poly_n_loss,
 )
+from losslab.losses.classification.rationale import (
+    rationale_invariance_loss,
+)
 from losslab.losses.contrastive_ssl import (
     alignment_loss,
     clip_loss,
@@ -99,6 +102,9 @@ from losslab.losses.fewshot import (
     proto_triplet_loss,
     protonet_loss,
 )
+from losslab.losses.metric_learning.hashing import (
+    orthohash_loss,
+)
 from losslab.losses.metric_learning.metrix import (
     metrix_loss,
 )
@@ -122,6 +128,9 @@ from losslab.losses.metric_learning.triplet import (
     triplet_loss,
     triplet_ratio_loss,
 )
+from losslab.losses.metric_learning.unpg import (
+    unpg_loss,
+)
 from losslab.losses.metric_learning.weighted import (
     circle_loss,
     multi_similarity_loss,
@@ -135,6 +144,9 @@ from losslab.losses.preference import (
     normalized_preference_loss,
     orpo_loss,
     simpo_loss,
+)
+from losslab.losses.quantization import (
+    vq_commitment_loss,
 )
 from losslab.losses.ranking.auc import (
     auc_margin_loss,
@@ -185,6 +197,7 @@ from losslab.losses.robust import (
     gce_loss,
     ldr_kl_loss,
     mae_loss,
+    mean_teacher_sce_loss,
     nce_loss,
     nce_mae_loss,
     nce_rce_loss,
@@ -332,6 +345,7 @@ __all__ = [
     "madacos_loss",
     "mae_loss",
     "margin_mse_loss",
+    "mean_teacher_sce_loss",
     "metrix_loss",
     "mgd_semantic_loss",
     "mlcd_loss",
@@ -351,6 +365,7 @@ __all__ = [
     "number_token_loss",
     "ordinal_loss",
     "orpo_loss",
+    "orthohash_loss",
     "pairwise_hinge_loss",
     "poly1_listwise_loss",
     "poly1_loss",
@@ -363,6 +378,7 @@ __all__ = [
     "pseudo_huber_loss",
     "psl_loss",
     "ranknet_loss",
+    "rationale_invariance_loss",
     "rce_loss",
     "repri_loss",
     "sampled_softmax_loss",
@@ -382,7 +398,9 @@ __all__ = [
     "triplet_ratio_loss",
     "tversky_loss",
     "uniformity_loss",
+    "unpg_loss",
     "vicreg_loss",
+    "vq_commitment_loss",
     "wavelet_hf_loss",
     "wdr_loss",
     "weston_watkins_loss",

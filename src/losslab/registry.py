@@ -80,6 +80,7 @@ FAMILIES: tuple[str, ...] = (
     "sequence-lm",
     "lm-tokens",
     "preference",
+    "quantization-compression",
 )
 
 #: Where each family lives: a module (or package) of ``losslab.losses``. The layout test checks
@@ -100,6 +101,7 @@ FAMILY_MODULES: Mapping[str, str] = MappingProxyType(
         "sequence-lm": "losslab.losses.sequence",
         "lm-tokens": "losslab.losses.tokens",
         "preference": "losslab.losses.preference",
+        "quantization-compression": "losslab.losses.quantization",
     }
 )
 
@@ -142,6 +144,10 @@ class LossSpec:
             checked by the contract suite: ``"one_class"`` (every label equal),
             ``"no_positives"`` (every label distinct), ``"all_ignored"`` (every target equal
             to ``ignore_index``).
+        half_input_scale: the largest input scale at which the contract suite asks float16
+            gradients to be finite (default 30). Lower only for a loss of high polynomial
+            degree in its inputs whose true gradient exceeds float16's range (65504) there,
+            with the arithmetic in its docstring.
     """
 
     name: str
@@ -159,6 +165,7 @@ class LossSpec:
     example_hparams: Mapping[str, Any] = field(default_factory=dict)
     degenerate: tuple[str, ...] = ()
     surrogate_gradient: str | None = None
+    half_input_scale: float = 30.0
 
     @property
     def function_name(self) -> str:
@@ -329,6 +336,7 @@ def register(
     example_hparams: Mapping[str, Any] | None = None,
     degenerate: tuple[str, ...] = (),
     surrogate_gradient: str | None = None,
+    half_input_scale: float = 30.0,
 ) -> Callable[[M], M]:
     """Class decorator that registers a :class:`~losslab._core.LossModule` loss under ``name``.
 
@@ -383,6 +391,7 @@ def register(
             example_hparams=MappingProxyType(dict(example_hparams or {})),
             degenerate=tuple(degenerate),
             surrogate_gradient=surrogate_gradient,
+            half_input_scale=float(half_input_scale),
         )
         _REGISTRY[name] = s
         module.spec = s

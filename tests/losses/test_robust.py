@@ -403,3 +403,59 @@ def test_bad_hyperparameters_raise_at_construction_and_call(name, key, value):  
         kw["num_samples"] = None
     with pytest.raises(ValueError, match=key):
         losslab.spec(name).function(x, t, **{**kw, key: value})
+
+
+# --- robust mean teacher: symmetric CE between student and teacher ---------------------------
+
+
+def _sce_oracle(s: torch.Tensor, t: torch.Tensor) -> float:
+    """-1/2 sum_c (q log p + p log q), averaged over rows, with explicit loops."""
+    total = 0.0
+    for i in range(s.shape[0]):
+        zs = sum(math.exp(v) for v in s[i].tolist())
+        zt = sum(math.exp(v) for v in t[i].tolist())
+        row = 0.0
+        for c in range(s.shape[1]):
+            p = math.exp(s[i, c].item()) / zs
+            q = math.exp(t[i, c].item()) / zt
+            row += q * math.log(p) + p * math.log(q)
+        total += -0.5 * row
+    return total / s.shape[0]
+
+
+def test_mean_teacher_sce_oracle_and_official_form() -> None:
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    t = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    out = LF.mean_teacher_sce_loss(s, t)
+    assert out.item() == pytest.approx(_sce_oracle(s, t), rel=1e-12)
+    # the official code's softmax_entropy(x, x_ema) for one view
+    official = (-0.5 * (t.softmax(1) * s.log_softmax(1)).sum(1)
+                - 0.5 * (s.softmax(1) * t.log_softmax(1)).sum(1)).mean()
+    torch.testing.assert_close(out, official)
+
+
+def test_mean_teacher_sce_properties() -> None:
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    t = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    # symmetric in its arguments
+    torch.testing.assert_close(LF.mean_teacher_sce_loss(s, t), LF.mean_teacher_sce_loss(t, s))
+    # equals the entropy at p = q
+    p = s.softmax(1)
+    entropy = -(p * p.log()).sum(1)
+    torch.testing.assert_close(LF.mean_teacher_sce_loss(s, s, reduction="none"), entropy)
+    # shift-invariant per row (a softmax of each side)
+    torch.testing.assert_close(LF.mean_teacher_sce_loss(s + 3.0, t - 1.0),
+                               LF.mean_teacher_sce_loss(s, t))
+    # p = q is not a stationary point for a fixed non-uniform teacher (a consistency loss, not
+    # a divergence): the gradient at s = t does not vanish
+    x = t.clone().requires_grad_()
+    LF.mean_teacher_sce_loss(x, t).backward()
+    assert x.grad is not None and x.grad.abs().max() > 1e-3
+
+
+def test_mean_teacher_sce_rejects_target() -> None:
+    s, t = torch.randn(3, 4), torch.randn(3, 4)
+    with pytest.raises(ValueError, match="no target"):
+        LF.mean_teacher_sce_loss(s, t, target=torch.tensor([0, 1, 2]))

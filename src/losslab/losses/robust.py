@@ -1,5 +1,6 @@
 """Losses robust to label noise (family ``robust-noisy``): LDR-KL / ALDR-KL, the comp-sum
-members GCE and MAE, and the normalized / active-passive losses.
+members GCE and MAE, the normalized / active-passive losses, and the robust mean teacher's
+symmetric consistency (``mean_teacher_sce``, kind ``teacher``).
 
 Kind ``logits``: ``loss(logits[N, C, d1, ...], target[N, d1, ...])`` with integer class ids
 (soft targets raise ``ValueError``); ``ignore_index`` (default -100) items are skipped and
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction
+from losslab._core import LossModule, Reduction, reduce
 from losslab._hparams import Choice, Flag, Int, Real, hparams
 from losslab._ops.logits import (
     LogitsBatch,
@@ -39,6 +40,7 @@ from losslab._ops.logits import (
     one_minus_pt_power,
     prepare,
 )
+from losslab._ops.teacher import check_teacher_pair
 from losslab.registry import register
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "GCELoss",
     "LDRKLLoss",
     "MAELoss",
+    "MeanTeacherSCELoss",
     "NCELoss",
     "NCEMAELoss",
     "NCERCELoss",
@@ -57,6 +60,7 @@ __all__ = [
     "gce_loss",
     "ldr_kl_loss",
     "mae_loss",
+    "mean_teacher_sce_loss",
     "nce_loss",
     "nce_mae_loss",
     "nce_rce_loss",
@@ -73,6 +77,7 @@ LDR = (
 )
 APL = "Normalized Loss Functions for Deep Learning with Noisy Labels"
 SCE = "Symmetric Cross Entropy for Robust Learning with Noisy Labels"
+RMT = "Robust Mean Teacher for Continual and Gradual Test-Time Adaptation"
 
 ScoreTransform = Literal["softplus_mean", "l1_mean"] | None
 SCORE_TRANSFORMS = (None, "softplus_mean", "l1_mean")
@@ -734,3 +739,85 @@ class NCEMAELoss(LossModule, function=nce_mae_loss, check=_check_nce_mae):
     """Module form of :func:`nce_mae_loss`."""
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Robust mean teacher: symmetric cross-entropy between student and teacher distributions
+# ---------------------------------------------------------------------------------------------
+
+
+def mean_teacher_sce_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    target: Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Symmetric cross-entropy between the student's and the (mean) teacher's predictions.
+
+    .. math::
+        \ell_i = -\tfrac12 \sum_c \big(q_{ic} \log p_{ic} + p_{ic} \log q_{ic}\big),
+        \qquad p_i = \operatorname{softmax}(s_i),\ q_i = \operatorname{softmax}(t_i)
+
+    The consistency loss of the robust mean teacher (RMT) for test-time adaptation: the
+    cross-entropy of the teacher's soft prediction under the student plus the reverse term,
+    with equal weights. The paper prefers this symmetric form to the usual soft cross-entropy
+    (first term only) for its gradient behaviour in mean-teacher adaptation; that argument is
+    taken from the abstract and the official code here, not re-derived. The gradient flows
+    through both terms of the student; pass the teacher's logits detached (an EMA teacher has
+    no gradient anyway).
+    RMT's training objective averages this loss over the student's predictions of the test
+    image and of an augmented view, both against the teacher on the test image:
+    ``0.5 * (mean_teacher_sce_loss(s, t) + mean_teacher_sce_loss(s_aug, t))`` (the official
+    code's ``symmetric_entropy``), plus the contrastive alignment to source prototypes of
+    :func:`losslab.train.mean_teacher.prototype_alignment_loss`.
+
+    Unlike the noisy-label SCE (:func:`sce_loss`, CE + reverse CE against a one-hot label with a
+    clipped :math:`\log 0`), both distributions here are soft, so no clipping is needed. Classes
+    with probability 0 under both (``-inf`` in both, a shared mask) contribute 0; a class the
+    teacher excludes while the student does not gives an infinite loss, as the formula says.
+
+    Args:
+        student_logits: ``[N, C]`` student scores :math:`s`.
+        teacher_logits: ``[N, C]`` teacher scores :math:`t` (pass them detached).
+        target: unused (accepted for the ``teacher`` kind's signature; must be ``None``).
+        reduction: ``"mean"`` over rows (the official code's ``.mean(0)``), ``"sum"``, or
+            ``"none"`` (``[N]``).
+
+    Symmetric in its two arguments; at :math:`p = q` it equals the entropy :math:`H(p)`, its
+    minimum over the student for a fixed teacher is not at :math:`p = q` in general (it is a
+    consistency loss, not a divergence).
+
+    Paper: Döbler, Marsden, Yang, "Robust Mean Teacher for Continual and Gradual Test-Time
+    Adaptation", arXiv 2211.13081 (code: the authors' ``test-time-adaptation`` repository,
+    ``methods/rmt.py``).
+    """
+    if target is not None:
+        raise ValueError("mean_teacher_sce takes no target (it compares two predictions); "
+                         "got a target")
+    s, t = check_teacher_pair(student_logits, teacher_logits)
+    log_p = F.log_softmax(s, dim=1)
+    log_q = F.log_softmax(t, dim=1)
+    p, q = log_p.exp(), log_q.exp()
+    # 0 log 0 = 0: a where() before each product, so a shared -inf mask never meets 0 * inf in
+    # the value or the gradient.
+    zero = torch.zeros_like(p)
+    cross = q * torch.where(q > 0, log_p, zero)
+    reverse = p * torch.where(p > 0, log_q, zero)
+    return reduce(-0.5 * (cross + reverse).sum(1), reduction)
+
+
+_check_mean_teacher_sce = hparams()
+
+
+@register(
+    "mean_teacher_sce",
+    family="robust-noisy",
+    kind="teacher",
+    paper=RMT,
+    arxiv="2211.13081",
+    summary="-1/2 sum_c (q log p + p log q), student p vs mean-teacher q (test-time adaptation)",
+)
+class MeanTeacherSCELoss(LossModule, function=mean_teacher_sce_loss,
+                         check=_check_mean_teacher_sce):
+    """Module form of :func:`mean_teacher_sce_loss`."""

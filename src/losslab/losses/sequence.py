@@ -220,8 +220,11 @@ def logz_penalty_loss(
         reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"``.
 
     Paper: Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", arXiv 2204.02311
-    (also in Mesh-TensorFlow/T5 code). Not the Z-loss of de Brébisson & Vincent
-    (:func:`~losslab.losses.classification.z_loss`).
+    (also in Mesh-TensorFlow/T5 code). Wortsman et al., "Small-scale proxies for large-scale
+    Transformer training instabilities", arXiv 2309.14322, show at small scale that this term
+    (with the same 1e-4) prevents the output-logit divergence instability; the same penalty is
+    ``logz_penalty=`` of ``cross_entropy`` and ``linear_cross_entropy``. Not the Z-loss of
+    de Brébisson & Vincent (:func:`~losslab.losses.classification.z_loss`).
     """
     _check_logz_penalty(coefficient=coefficient, ignore_index=ignore_index)
     batch = prepare(logits, target, ignore_index=ignore_index, soft_ok=True, loss="logz_penalty")

@@ -6,13 +6,19 @@ ensembles and data-selection scores over per-sample losses (wrappers, not regist
 * :mod:`losslab.train.saf` -- :class:`SAFLoss` and :class:`MESA` (trajectory KL);
 * :mod:`losslab.train.dropout` -- :class:`MultiSampleDropout` / :class:`MultiSampleLoss`;
 * :mod:`losslab.train.ensloss` -- :class:`EnsLoss` (random calibrated loss-derivatives);
-* :mod:`losslab.train.selection` -- CoLoR-Filter, SeTa and USEFUL selections.
+* :mod:`losslab.train.selection` -- CoLoR-Filter, SeTa and USEFUL selections;
+* :mod:`losslab.train.mean_teacher` -- the robust mean teacher's source-prototype alignment.
 
 Each works in a plain loop and with the lab's ``fit`` (``step=`` / ``on_epoch_start=`` hooks).
 """
 
 from losslab.train.dropout import MultiSampleDropout, MultiSampleLoss, multi_sample_dropout_loss
 from losslab.train.ensloss import EnsLoss, ensloss_loss, sample_calibrated_derivatives
+from losslab.train.mean_teacher import (
+    class_prototypes,
+    nearest_prototype,
+    prototype_alignment_loss,
+)
 from losslab.train.ortho_grad import OrthoGrad, orthogonal_gradient
 from losslab.train.saf import MESA, SAFLoss, trajectory_kl
 from losslab.train.sam import (
@@ -43,13 +49,16 @@ __all__ = [
     "PerturbationRule",
     "SAFLoss",
     "asam_perturbation",
+    "class_prototypes",
     "color_filter_scores",
     "color_filter_select",
     "ensloss_loss",
     "frozen_bn_stats",
     "kmeans",
     "multi_sample_dropout_loss",
+    "nearest_prototype",
     "orthogonal_gradient",
+    "prototype_alignment_loss",
     "sam_perturbation",
     "sample_calibrated_derivatives",
     "seta_select",

@@ -20,7 +20,8 @@ Submodules (the long tail of the seed catalog): :mod:`~.polyloss` (Poly-N),
 :mod:`~.ebv` (Equiangular Basis Vectors),
 :mod:`~.multilabel` (multi-label cluster discrimination, LDAM for multi-label targets),
 :mod:`~.hyperbolic` (Hyp-OC's hyperbolic pairwise confusion, kind ``paired``, and
-hyperbolic cross-entropy, kind ``embeddings``).
+hyperbolic cross-entropy, kind ``embeddings``), :mod:`~.rationale` (rationale invariance of
+a linear classifier, kind ``linear``).
 
 The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
 :mod:`losslab.losses.robust`; the log-partition penalty ``logz_penalty`` in
@@ -50,7 +51,7 @@ from losslab._ops.logits import (
     prepare,
     target_log_prob,
 )
-from losslab.losses.classification import ebv, hyperbolic, multilabel, polyloss
+from losslab.losses.classification import ebv, hyperbolic, multilabel, polyloss, rationale
 from losslab.losses.classification.ebv import EBVLoss, ebv_loss
 from losslab.losses.classification.hyperbolic import (
     HypCELoss,
@@ -65,6 +66,10 @@ from losslab.losses.classification.multilabel import (
     mlcd_loss,
 )
 from losslab.losses.classification.polyloss import PolyNLoss, poly_n_loss
+from losslab.losses.classification.rationale import (
+    RationaleInvarianceLoss,
+    rationale_invariance_loss,
+)
 from losslab.registry import register
 
 __all__ = [
@@ -82,6 +87,7 @@ __all__ = [
     "MLCDLoss",
     "Poly1Loss",
     "PolyNLoss",
+    "RationaleInvarianceLoss",
     "StableMaxCELoss",
     "WestonWatkinsLoss",
     "ZLoss",
@@ -104,6 +110,8 @@ __all__ = [
     "poly1_loss",
     "poly_n_loss",
     "polyloss",
+    "rationale",
+    "rationale_invariance_loss",
     "soft_confusion",
     "stablemax_ce_loss",
     "weston_watkins_loss",

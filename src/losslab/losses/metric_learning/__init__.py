@@ -25,7 +25,9 @@
 Modules, by loss group: :mod:`~.pairs` (contrastive, lifted structure, N-pairs),
 :mod:`~.triplet` (triplet, triplet ratio), :mod:`~.weighted` (multi-similarity, circle,
 SupCon), :mod:`~.proxy` (Proxy-NCA, Proxy-Anchor, normalized softmax, ArcFace, CosFace,
-MadaCos), :mod:`~.metrix` (Metrix mixup), :mod:`~.tcm` (the TCM regulariser).
+MadaCos), :mod:`~.metrix` (Metrix mixup), :mod:`~.tcm` (the TCM regulariser),
+:mod:`~.hashing` (OrthoHash deep hashing against fixed binary class codes), :mod:`~.unpg`
+(UNPG: ArcFace/CosFace with the batch's negative sample pairs as extra negatives).
 
 Fast paths. Several losses have two implementations of one definition: the autograd
 *reference*, taken when ``indices=`` lists the pairs or triplets, and a fused path taken
@@ -48,11 +50,21 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from losslab.distances import METRICS
-from losslab.losses.metric_learning import metrix, pairs, proxy, tcm, triplet, weighted
+from losslab.losses.metric_learning import (
+    hashing,
+    metrix,
+    pairs,
+    proxy,
+    tcm,
+    triplet,
+    unpg,
+    weighted,
+)
 from losslab.losses.metric_learning._common import SIMILARITIES
 from losslab.losses.metric_learning.metrix import MetrixLoss
 
-__all__ = ["FAST_PATHS", "FastPath", "metrix", "pairs", "proxy", "tcm", "triplet", "weighted"]
+__all__ = ["FAST_PATHS", "FastPath", "hashing", "metrix", "pairs", "proxy", "tcm", "triplet",
+           "unpg", "weighted"]
 
 
 @dataclass(frozen=True)

@@ -470,11 +470,17 @@ def arcface_loss(
     embeddings, labels, proxies = validate_proxy_inputs(
         embeddings, labels, proxies, ref_embeddings, ref_labels, indices, name="arcface")
     cos = cosine_similarity(embeddings, proxies)
-    c = cos.gather(1, labels.long().unsqueeze(1)).squeeze(1).clamp(-1.0, 1.0)
+    target = arc_margin_target(cos.gather(1, labels.long().unsqueeze(1)).squeeze(1), margin)
+    return _finish_ce(_margin_ce(cos, labels, target, scale), embeddings, proxies, reduction)
+
+
+def arc_margin_target(c: Tensor, margin: float) -> Tensor:
+    r""":math:`\cos(\theta + m)` of target cosines ``c``, and :math:`\cos\theta - m \sin m`
+    where :math:`\theta + m > \pi` (ArcFace's monotonic rule, the official code's and PML's)."""
+    c = c.clamp(-1.0, 1.0)
     sin = (1.0 - c * c).clamp_min(torch.finfo(c.dtype).tiny).sqrt()
     cos_m = c * math.cos(margin) - sin * math.sin(margin)
-    target = torch.where(c >= math.cos(math.pi - margin), cos_m, c - margin * math.sin(margin))
-    return _finish_ce(_margin_ce(cos, labels, target, scale), embeddings, proxies, reduction)
+    return torch.where(c >= math.cos(math.pi - margin), cos_m, c - margin * math.sin(margin))
 
 
 def cosface_loss(
