@@ -219,7 +219,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--m", type=int, default=4, help="samples per class in a batch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (tiny models run fastest on one)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     L.seed_everything(args.seed, verbose=False)
     train, val = glyph_data(args.classes, seed=args.seed)
