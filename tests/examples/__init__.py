@@ -1,7 +1,8 @@
 """Tests of the scripts in ``examples/`` (each ``test_<name>.py`` tests ``examples/<name>.py``).
 
 The scripts are not a package (``examples`` is a common top-level name; another distribution
-installs a namespace package of that name), so :func:`load_example` imports one by its path.
+installs a namespace package of that name), so :func:`load_example` imports one by its path,
+with ``examples/`` on ``sys.path`` as when a script runs (the scripts share ``_tiny_lm.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ def load_example(name: str) -> ModuleType:
     key = f"losslab_examples.{name}"
     if key in sys.modules:
         return sys.modules[key]
+    if str(EXAMPLES) not in sys.path:
+        sys.path.append(str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(key, EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
