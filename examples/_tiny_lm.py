@@ -104,6 +104,6 @@ def max_relative_difference(a: dict[str, Tensor], b: dict[str, Tensor]) -> float
         raise ValueError(f"different parameters: {sorted(a.keys() ^ b.keys())}")
     out = 0.0
     for k in a:
-        scale = float(b[k].abs().max()) or 1.0
-        out = max(out, float((a[k] - b[k]).abs().max()) / scale)
+        scale = float(b[k].detach().abs().max()) or 1.0
+        out = max(out, float((a[k] - b[k]).detach().abs().max()) / scale)
     return out
