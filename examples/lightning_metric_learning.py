@@ -214,8 +214,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
                    help="a loss of kind embeddings, or name=weight,name=weight")
     p.add_argument("--miner", default="multi_similarity", help="a losslab.miners name or none")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--steps", type=int, default=20, help="batches per epoch")
-    p.add_argument("--classes", type=int, default=64, help="training classes")
+    p.add_argument("--steps", type=int, default=30, help="batches per epoch")
+    p.add_argument("--classes", type=int, default=200, help="training classes (of 626)")
+    p.add_argument("--val-classes", type=int, default=171,
+                   help="validation classes (of 171, other scripts)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--m", type=int, default=4, help="samples per class in a batch")
     p.add_argument("--seed", type=int, default=0)
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     torch.set_num_threads(args.threads)
 
     L.seed_everything(args.seed, verbose=False)
-    train, val = glyph_data(args.classes, seed=args.seed)
+    train, val = glyph_data(args.classes, val_classes=args.val_classes, seed=args.seed)
     train_dl, val_dl = loaders(train, val, m=args.m, batch_size=args.batch_size,
                                steps=args.steps, seed=args.seed)
     model = MetricLearningModule(_parse_loss(args.loss),
@@ -234,6 +236,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[history])
+    (before,) = trainer.validate(model, val_dl, verbose=False)
+    print("before training: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(before.items())))
     trainer.fit(model, train_dl, val_dl)
     for i, row in enumerate(history.epochs):
         print(f"epoch {i}: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(row.items())))
