@@ -64,7 +64,7 @@ def collate(features: Sequence[dict[str, Sequence[int]]]) -> dict[str, Tensor]:
 
     Position 0 of a row is never a target of a causal LM (no prefix predicts it); marking it
     -100 makes ``labels.ne(-100).sum()`` the number of predicted tokens whether the Trainer
-    counts over ``labels`` or over ``labels[..., 1:]`` (transformers < 5 counted the former).
+    counts over ``labels`` or over ``labels[..., 1:]`` (older releases counted the former).
     """
     width = max(len(f["input_ids"]) for f in features)
     ids = torch.full((len(features), width), PAD, dtype=torch.long)
