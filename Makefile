@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m losslab.lab.demo
 
 test: $(STAMP)
-	$(PY) -m ruff check src tests $(wildcard benchmarks scripts)
+	$(PY) -m ruff check src tests $(wildcard benchmarks scripts examples)
 	$(VENV)/bin/pyright --pythonpath $(PY)
 	$(PY) -m pytest -q
 
@@ -82,7 +82,7 @@ bench-segmentation: $(STAMP)
 	$(PY) -m losslab.lab.tasks.segmentation "$(SEGMENTATION_OUT)"
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests $(wildcard benchmarks scripts)
+	$(PY) -m ruff check src tests $(wildcard benchmarks scripts examples)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/pyright --pythonpath $(PY)

@@ -6,7 +6,7 @@
 ``distances`` and other ``_ops`` modules, ``miners`` nothing from ``losses``;
 (iv) no import cycle among losslab's modules, counting imports inside functions;
 (v) ``tests/`` mirrors ``src/losslab``: every folder a package, every test module named after
-the source module (or package) it tests.
+the source module (or package) it tests; ``tests/examples/`` mirrors the scripts of ``examples/``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from losslab.registry import FAMILY_MODULES
 
 SRC = Path(losslab.__file__).resolve().parent
 TESTS = Path(__file__).resolve().parents[1]
+EXAMPLES = TESTS.parent / "examples"
 
 
 def _module_name(path: Path) -> str:
@@ -161,6 +162,11 @@ def test_tests_mirror_src() -> None:
     for p in TESTS.rglob("test_*.py"):
         rel = p.relative_to(TESTS)
         if rel.parts[0] == "contract":
+            continue
+        if rel.parts[0] == "examples":  # tests/examples/test_X.py tests the script examples/X.py
+            script = EXAMPLES.joinpath(*rel.parts[1:-1], p.stem.removeprefix("test_") + ".py")
+            if not script.exists():
+                orphans.append(str(rel))
             continue
         target = SRC.joinpath(*rel.parts[:-1], p.stem.removeprefix("test_"))
         if not (target.with_suffix(".py").exists() or target.is_dir()):
