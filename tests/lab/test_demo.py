@@ -19,9 +19,9 @@ def test_the_shipped_demo_settings_fit_the_glyph_splits():
 
     from losslab.lab.config import load_config_file, resolve_config
     from losslab.lab.episodes import EpisodeSampler
-    from losslab.lab.tasks import get_task
+    from losslab.lab.tasks.fewshot import FewShotTask
 
-    task = get_task("fewshot")
+    task = FewShotTask()
     cfg = resolve_config(task, load_config_file("demo"), {})
     task.validate(cfg)
     settings = task.settings(cfg)
