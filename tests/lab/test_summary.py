@@ -148,6 +148,22 @@ def test_no_winner_when_every_interval_holds_zero(tmp_path):
     assert "beats" not in text
 
 
+def test_a_baseline_that_beats_every_loss_is_said_so(tmp_path):
+    """Every other loss measurably worse: the baseline wins; the line must not call the least
+    bad loss's interval one that "includes 0"."""
+    base = [60.0, 62.0, 61.0]
+    folder = fewshot_folder(tmp_path, {
+        (1, "protonet"): base,
+        (1, "proto_triplet"): [b + d for b, d in zip(base, [-0.5, -0.7, -0.6])],
+        (1, "protonet+icnn"): [b + d for b, d in zip(base, [-1.0, -2.0, -1.5])],
+    })
+    text = conclusion(summarise(folder))
+    # -0.5, -0.7, -0.6: mean -0.60, s = 0.1, t(2) = 4.302653 -> 0.25
+    assert ("on 20-way 1-shot, `protonet` beats every other loss: `protonet+icnn` "
+            "-1.50 ± 1.24 points, `proto_triplet` -0.60 ± 0.25 points") in text  # worst first
+    assert "includes 0" not in text and "no loss is measurably better" not in text
+
+
 def test_the_table_is_sorted_by_paired_difference_and_ends_with_the_conclusion(tmp_path):
     base = [50.0, 52.0, 51.0]
     folder = fewshot_folder(tmp_path, {

@@ -251,13 +251,15 @@ def report_main(args: argparse.Namespace) -> int:
 
 def claims_main(args: argparse.Namespace) -> int:
     """``losslab report --claims [RUNS] [--output FILE]``: every claim's verdict, as markdown."""
-    from losslab.lab.claims import claims_markdown, evaluate_claims
+    from losslab.lab.claims import claims_markdown, describe_run_folders, evaluate_claims
 
     root = Path(args.run_dir or "runs")
     try:
         verdicts = evaluate_claims(root)
-        md = claims_markdown(verdicts, root.as_posix())
         out = Path(args.output)
+        command = f"losslab report --claims {root.as_posix()} --output {out.as_posix()}"
+        md = claims_markdown(verdicts, root.as_posix(), folders=describe_run_folders(root),
+                             command=command)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(md + "\n")
     except (ValueError, RuntimeError, OSError) as e:

@@ -282,8 +282,13 @@ def conclusion(s: Summary, metric: ReportColumn | None = None) -> str:
             txt = f"on {setting}, `{top}` beats `{base}` by {_pm(ds[top], metric.fmt)}{unit}"
             if len(better) > 1:
                 txt += " (also better: " + ", ".join(f"`{x}`" for x in better[1:]) + ")"
+        elif len(worse) == len(ds):
+            # every other loss is measurably worse: the baseline wins (no "interval includes 0")
+            parts.append(f"on {setting}, `{base}` beats every other loss: " + ", ".join(
+                f"`{x}` -{_pm(ds[x], metric.fmt)}{unit}" for x in worse))
+            continue
         else:
-            top = max(ds, key=lambda x: ds[x][0])
+            top = max((x for x in ds if x not in worse), key=lambda x: ds[x][0])
             why = ("interval includes 0" if ds[top][2] >= 2 and math.isfinite(ds[top][1])
                    else f"{ds[top][2]} paired seed{'s' if ds[top][2] != 1 else ''}: no interval")
             txt = (f"on {setting}, no loss is measurably better than `{base}` (best: `{top}` "

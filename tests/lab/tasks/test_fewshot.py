@@ -37,3 +37,20 @@ def test_settings_and_title(tiny_config):
     with pytest.raises(ValueError, match="one per shot"):
         task.settings({**cfg, "train_way": [4, 3, 2]})
     assert "Few-shot on synthetic" in task.title(cfg)
+
+
+def test_one_way_per_shot(tiny_config):
+    """``way`` like ``train_way``: one value for every shot, or one per shot (the demo tests
+    5-shot at a larger way than 1-shot)."""
+    task, cfg = tiny_config(shots=[1, 2], way=[3, 5], train_way=[4])
+    assert task.settings(cfg) == [{"way": 3, "shot": 1, "train_way": 4},
+                                  {"way": 5, "shot": 2, "train_way": 4}]
+    assert [task.setting_label(s) for s in task.settings(cfg)] == ["3-way 1-shot",
+                                                                   "5-way 2-shot"]
+    with pytest.raises(ValueError, match="way: give one value or one per shot"):
+        task.settings({**cfg, "way": [3, 4, 5]})
+    with pytest.raises(ValueError, match="way must be >= 2"):
+        task.validate({**cfg, "way": [3, 1]})
+    # the 5-way 2-shot job really tests 5-way episodes
+    m = _run(tiny_config, losses=["protonet"], shots=[2], way=[5], train_way=[4])
+    assert 0 <= m["test_acc"] <= 100

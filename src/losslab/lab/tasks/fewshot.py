@@ -62,7 +62,8 @@ class FewShotTask(Task):
         Option("flatten", False, "conv4: flatten the last feature map (original ProtoNet, "
                "1600-d at 84x84) instead of global average pooling (64-d, the paper's code)",
                bool),
-        Option("way", 5, "classes per validation/test episode", int, grid=True),
+        Option("way", [5], "classes per validation/test episode: one value for all shots, or "
+               "one per value of --shots", int, multiple=True, grid=True),
         Option("shots", [1, 5], "support images per class; one setting per value", int,
                multiple=True, grid=True),
         Option("train_way", [30, 20], "classes per training episode: one value for all shots, "
@@ -99,15 +100,20 @@ class FewShotTask(Task):
     # -- grid -------------------------------------------------------------------------------
 
     def settings(self, config: Mapping[str, Any]) -> list[dict[str, Any]]:
-        shots, tws = list(config["shots"]), list(config["train_way"])
-        if len(tws) == 1:
-            tws = tws * len(shots)
-        if len(tws) != len(shots):
-            raise ValueError(
-                f"train_way: give one value or one per shot ({len(shots)}), got {tws}"
-            )
-        return [{"way": int(config["way"]), "shot": int(s), "train_way": int(t)}
-                for s, t in zip(shots, tws)]
+        shots = list(config["shots"])
+        per_shot = {}
+        for key in ("way", "train_way"):
+            raw = config[key]
+            values = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+            if len(values) == 1:
+                values = values * len(shots)
+            if len(values) != len(shots):
+                raise ValueError(
+                    f"{key}: give one value or one per shot ({len(shots)}), got {values}"
+                )
+            per_shot[key] = values
+        return [{"way": int(w), "shot": int(s), "train_way": int(t)}
+                for s, w, t in zip(shots, per_shot["way"], per_shot["train_way"])]
 
     def setting_label(self, setting: Mapping[str, Any]) -> str:
         return f"{setting['way']}-way {setting['shot']}-shot"
@@ -121,7 +127,7 @@ class FewShotTask(Task):
         )
 
     def validate(self, config: Mapping[str, Any]) -> None:
-        positive = ("way", "query", "train_query", "epochs", "episodes_per_epoch",
+        positive = ("query", "train_query", "epochs", "episodes_per_epoch",
                     "test_episodes", "icnn_k", "eval_batch", "lr_step")
         for k in positive:
             if config[k] < 1:
@@ -133,6 +139,9 @@ class FewShotTask(Task):
             raise ValueError("lr must be > 0 and lr_gamma in (0, 1]")
         if any(s < 1 for s in config["shots"]) or any(t < 2 for t in config["train_way"]):
             raise ValueError("shots must be >= 1 and train_way >= 2")
+        ways = config["way"] if isinstance(config["way"], (list, tuple)) else [config["way"]]
+        if any(w < 2 for w in ways):
+            raise ValueError(f"way must be >= 2 (classes per episode), got {list(ways)}")
         if config["flatten"] and config["backbone"] != "conv4":
             raise ValueError("flatten applies to the conv4 backbone only")
         self.settings(config)
