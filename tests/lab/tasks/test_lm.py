@@ -169,6 +169,7 @@ def test_teacher_objective_is_ce_plus_weighted_distillation_per_sequence_for_sin
 
 
 TINY = {"corpus": "pydoc", "seeds": 1, "seq_len": 24, "n_train": 16, "n_val": 16,
+        "n_fresh": 40, "fresh_batch": 4,
         "d_model": 16, "n_layers": 1, "n_heads": 2, "epochs": 2, "batch_size": 8,
         "teacher_d_model": 16, "teacher_layers": 1, "teacher_epochs": 1, "mem_prefix": 8,
         "mem_suffix": 8, "device": "cpu", "threads": 1}
@@ -227,7 +228,7 @@ def test_variants_are_checked_before_any_job():
     with pytest.raises(ValueError, match="mem_prefix"):
         task.validate({**cfg, "mem_suffix": 30})
     with pytest.raises(ValueError, match="exceeds"):
-        task.validate({**cfg, "n_train": 10**6})
+        task.validate({**cfg, "n_fresh": 10**6})
     with pytest.raises(ValueError, match="kind"):
         _config(losses=["bpr"])
 

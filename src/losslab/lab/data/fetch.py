@@ -34,10 +34,10 @@ from losslab.lab.data.classification import FASHION_MNIST_DIR
 __all__ = [
     "DEB_PACKAGE",
     "FASHION_MNIST_FILES",
-    "FetchError",
     "WORDNET_DIR",
     "WORDNET_FILES",
     "WORDNET_PACKAGE",
+    "FetchError",
     "ensure_fashion_mnist",
     "ensure_wordnet",
     "fetch_deb",

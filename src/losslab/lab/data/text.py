@@ -141,15 +141,19 @@ def windows(tokens: np.ndarray, length: int) -> np.ndarray:
     return np.ascontiguousarray(tokens[: n * length].reshape(n, length))
 
 
-def split_windows(tokens: np.ndarray, length: int, n_train: int, n_val: int, seed: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``n_train`` and ``n_val`` distinct windows of ``length`` tokens, drawn without
-    replacement with ``default_rng([seed, 1])`` (disjoint: no window is in both)."""
+def split_windows(tokens: np.ndarray, length: int, n_train: int, n_val: int, seed: int,
+                  n_fresh: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train, val, fresh)``: ``n_train``, ``n_val`` and ``n_fresh`` distinct windows of
+    ``length`` tokens, drawn without replacement with ``default_rng([seed, 1])`` (disjoint: no
+    window is in two of them)."""
     w = windows(tokens, length)
-    if n_train < 1 or n_val < 1:
-        raise ValueError(f"n_train and n_val must be >= 1, got {n_train} and {n_val}")
-    if n_train + n_val > len(w):
-        raise ValueError(f"n_train + n_val = {n_train + n_val} exceeds the corpus's {len(w)} "
+    if n_train < 1 or n_val < 1 or n_fresh < 0:
+        raise ValueError(f"n_train and n_val must be >= 1 and n_fresh >= 0, got {n_train}, "
+                         f"{n_val} and {n_fresh}")
+    total = n_train + n_val + n_fresh
+    if total > len(w):
+        raise ValueError(f"n_train + n_val + n_fresh = {total} exceeds the corpus's {len(w)} "
                          f"windows of {length} tokens")
     order = np.random.default_rng([seed, 1]).permutation(len(w))
-    return w[order[:n_train]], w[order[n_train:n_train + n_val]]
+    a, b = n_train, n_train + n_val
+    return w[order[:a]], w[order[a:b]], w[order[b:total]]

@@ -5,17 +5,21 @@ Per job (loss, seed), every loss with the same budget:
 
 1. **Data** (:mod:`losslab.lab.data.text`): the corpus (``corpus``: WordNet glosses by default,
    or CPython's pydoc topics) as one stream of character tokens (96 ids), cut into
-   non-overlapping windows of ``seq_len + 1`` tokens; ``n_train`` of them are the training set
-   and ``n_val`` others the validation set (drawn with the job seed, so the losses of a seed
-   see the same windows). The training set is small and is repeated for ``epochs`` epochs --
-   the goldfish paper's memorisation setting (a few documents, many epochs) -- so that plain
-   cross-entropy memorises measurably.
+   non-overlapping windows of ``seq_len + 1`` tokens, drawn with the job seed (the losses of
+   a seed see the same windows): ``n_train`` *repeated* windows (the memorisation set),
+   ``n_val`` validation windows and ``n_fresh`` *fresh* windows. Every step trains on
+   ``batch_size`` repeated windows (an epoch is one seeded shuffle of them; ``epochs`` epochs,
+   so each is seen ``epochs`` times -- the goldfish paper's setting of a few documents
+   repeated many times, so that plain cross-entropy memorises measurably) plus
+   ``fresh_batch`` fresh windows taken in order (each seen about once: the general text that
+   keeps the validation perplexity meaningful; ``fresh_batch = 0`` is the pure
+   memorisation setting).
 2. **Model**: :class:`CharTransformer` (pre-LN causal transformer, learned positions, tied
    input/output embedding), ``d_model`` x ``n_layers`` x ``n_heads``; the initial weights
    depend on the seed only.
 3. **Training**: Adam (``lr``, ``weight_decay``), cosine decay per step, ``epochs`` epochs over
-   the training windows in batches of ``batch_size`` (a seeded shuffle per epoch), next-token
-   prediction on ``[B, seq_len]`` inputs. The objective of a job:
+   the repeated windows, next-token prediction on ``[batch_size + fresh_batch, seq_len]``
+   inputs. The objective of a job (on every token of the batch):
 
    * a ``logits`` loss (``cross_entropy``, or any classification loss) on the ``B x seq_len``
      tokens;
@@ -33,7 +37,7 @@ Per job (loss, seed), every loss with the same budget:
      distill_weight * loss(student, teacher)`` (``target=y`` for the losses that require it:
      ``dkd``; ``kd``'s optional hard-label term stays off) with the logits of a teacher: a
      larger :class:`CharTransformer` (``teacher_d_model``, ``teacher_layers``) trained with
-     plain CE on the same windows (``teacher_epochs``), once per seed and run: it is saved in
+     plain CE on the same batches (``teacher_epochs``), once per seed and run: it is saved in
      ``<run folder>/teachers/`` and re-used by every student of that seed, also by a resumed
      run. ``sinkhorn_kd`` (a batch-wise transport between rows) is called per sequence, its
      rows being the sequence's positions; the row-wise losses on all tokens at once.
@@ -299,7 +303,8 @@ class _BarsOnly:
         self.inner.log(message)
 
 
-_TEACHER_KEYS = ("corpus", "data_dir", "seq_len", "n_train", "n_val", "teacher_d_model",
+_TEACHER_KEYS = ("corpus", "data_dir", "seq_len", "n_train", "n_val", "n_fresh", "fresh_batch",
+                 "teacher_d_model",
                  "teacher_layers", "n_heads", "teacher_epochs", "batch_size", "lr",
                  "weight_decay", "mem_prefix", "mem_suffix")
 
@@ -319,14 +324,16 @@ class LMTask(Task):
         Option("cache_dir", ".cache", "where wordnet-base is fetched and unpacked", str,
                affects_results=False),
         Option("seq_len", 64, "tokens (characters) per training input", int),
-        Option("n_train", 256, "training windows (repeated every epoch: the memorisation set)",
+        Option("n_train", 64, "repeated training windows (every epoch: the memorisation set)",
                int),
         Option("n_val", 512, "validation windows", int),
+        Option("n_fresh", 12800, "fresh training windows (each seen about once)", int),
         Option("d_model", 64, "student width", int),
         Option("n_layers", 2, "student layers", int),
         Option("n_heads", 4, "attention heads (student and teacher)", int),
-        Option("epochs", 60, "epochs over the training windows", int),
-        Option("batch_size", 32, "windows per step", int),
+        Option("epochs", 200, "epochs over the repeated windows", int),
+        Option("batch_size", 16, "repeated windows per step", int),
+        Option("fresh_batch", 16, "fresh windows per step (0: repeated windows only)", int),
         Option("lr", 3e-3, "Adam learning rate (cosine decay to 0)", float),
         Option("weight_decay", 0.0, "weight decay", float),
         Option("goldfish_k", 4, "goldfish: drop about 1 in k tokens", int),
@@ -337,7 +344,7 @@ class LMTask(Task):
                float),
         Option("teacher_d_model", 128, "teacher width", int),
         Option("teacher_layers", 4, "teacher layers", int),
-        Option("teacher_epochs", 60, "teacher epochs (plain CE)", int),
+        Option("teacher_epochs", 200, "teacher epochs (plain CE)", int),
         Option("mem_prefix", 32, "memorisation: prompt length P (characters)", int),
         Option("mem_suffix", 32, "memorisation: continuation S that must match exactly", int),
         Option("eval_batch", 256, "windows per evaluation batch", int, affects_results=False),
@@ -359,8 +366,8 @@ class LMTask(Task):
         return [{"corpus": config["corpus"]}]
 
     def setting_label(self, setting: Mapping[str, Any]) -> str:
-        return {"wordnet": "WordNet glosses", "pydoc": "pydoc topics"}.get(
-            setting["corpus"], setting["corpus"])
+        labels = {"wordnet": "WordNet glosses", "pydoc": "pydoc topics"}
+        return labels.get(str(setting["corpus"]), str(setting["corpus"]))
 
     def title(self, config: Mapping[str, Any]) -> str:
         return (f"Char LM ({config['corpus']}): {config['n_layers']}x{config['d_model']} "
@@ -378,6 +385,8 @@ class LMTask(Task):
                   "eval_batch"):
             if config[k] < 1:
                 raise ValueError(f"{k} must be >= 1, got {config[k]}")
+        if config["n_fresh"] < 0 or config["fresh_batch"] < 0:
+            raise ValueError("n_fresh and fresh_batch must be >= 0")
         if not config["lr"] > 0 or config["weight_decay"] < 0 or config["distill_weight"] < 0:
             raise ValueError("lr must be > 0, weight_decay and distill_weight >= 0")
         if config["mem_prefix"] + config["mem_suffix"] > config["seq_len"] + 1:
@@ -401,8 +410,9 @@ class LMTask(Task):
                                          "token_weight= (cross_entropy)")
         corpus = self.corpus(config)  # fail before the first job (fetches wordnet-base)
         n_windows = len(corpus.tokens) // (config["seq_len"] + 1)
-        if config["n_train"] + config["n_val"] > n_windows:
-            raise ValueError(f"n_train + n_val exceeds the {n_windows} windows of the corpus")
+        if config["n_train"] + config["n_val"] + config["n_fresh"] > n_windows:
+            raise ValueError(f"n_train + n_val + n_fresh exceeds the {n_windows} windows of "
+                             "the corpus")
 
     def corpus(self, config: Mapping[str, Any]) -> Corpus:
         return load_corpus(config["corpus"], data_dir=config["data_dir"] or None,
@@ -415,17 +425,25 @@ class LMTask(Task):
             n_heads=config["n_heads"], context=config["seq_len"])
 
     def _train(self, model: nn.Module, objective: LMObjective, train: np.ndarray,
-               config: Mapping[str, Any], seed: int, epochs: int, device: torch.device,
-               progress: Any, desc: str, teacher: nn.Module | None = None) -> Any:
+               fresh: np.ndarray, config: Mapping[str, Any], seed: int, epochs: int,
+               device: torch.device, progress: Any, desc: str,
+               teacher: nn.Module | None = None) -> Any:
         n, bsz = len(train), min(config["batch_size"], len(train))
+        fb = config["fresh_batch"] if len(fresh) else 0
         steps = math.ceil(n / bsz)
         rng = np.random.default_rng(stream_seed(seed, 3))
         data = torch.as_tensor(train, device=device)
+        pool = torch.as_tensor(fresh, device=device)
+        cursor = [0]
 
         def batches(epoch: int) -> Iterator[Batch]:
             perm = torch.as_tensor(rng.permutation(n), device=device)
             for i in range(steps):
                 w = data[perm[i * bsz:(i + 1) * bsz]]
+                if fb:
+                    at = (cursor[0] + torch.arange(fb, device=device)) % len(pool)
+                    cursor[0] += fb
+                    w = torch.cat([w, pool[at]])
                 x, y = w[:, :-1], w[:, 1:]
                 t_logits = None
                 if teacher is not None:
@@ -441,7 +459,7 @@ class LMTask(Task):
                    progress=progress, desc=desc)
 
     def teacher(self, config: Mapping[str, Any], seed: int, train: np.ndarray,
-                val: np.ndarray, device: torch.device, progress: Progress
+                val: np.ndarray, fresh: np.ndarray, device: torch.device, progress: Progress
                 ) -> tuple[CharTransformer, dict[str, Any]]:
         """The teacher of ``seed`` (see the module docstring): from memory, else from
         ``<run_dir>/teachers/``, else trained (and saved there) under a file lock."""
@@ -465,7 +483,7 @@ class LMTask(Task):
                 torch.manual_seed(stream_seed(seed, 5))
                 model = self._model(config, teacher=True).to(device)
                 objective = LMObjective(nn.CrossEntropyLoss(), "logits", None)
-                res = self._train(model, objective, train, config, stream_seed(seed, 6),
+                res = self._train(model, objective, train, fresh, config, stream_seed(seed, 6),
                                   config["teacher_epochs"], device, _BarsOnly(progress),
                                   f"teacher s{seed}")
                 vt = torch.as_tensor(val, device=device)
@@ -493,12 +511,13 @@ class LMTask(Task):
         device = resolve_device(config["device"])
         seed = job.seed
         corpus = self.corpus(config)
-        train, val = split_windows(corpus.tokens, config["seq_len"] + 1, config["n_train"],
-                                   config["n_val"], seed)
+        train, val, fresh = split_windows(corpus.tokens, config["seq_len"] + 1,
+                                          config["n_train"], config["n_val"], seed,
+                                          config["n_fresh"])
         kind = spec(job.loss_names[0]).kind
         teacher, extra = None, {}
         if kind == "teacher":
-            teacher, extra = self.teacher(config, seed, train, val, device, progress)
+            teacher, extra = self.teacher(config, seed, train, val, fresh, device, progress)
         torch.manual_seed(stream_seed(seed, 2))  # the same initial student for every loss
         model = self._model(config, teacher=False).to(device)
         objective = LMObjective(
@@ -506,8 +525,8 @@ class LMTask(Task):
             goldfish_h=config["goldfish_h"], reweight_strategy=config["reweight_strategy"],
             distill_weight=config["distill_weight"],
             per_sequence=job.loss_names[0] == "sinkhorn_kd").to(device)
-        res = self._train(model, objective, train, config, seed, config["epochs"], device,
-                          progress, f"{job.loss} s{seed}", teacher=teacher)
+        res = self._train(model, objective, train, fresh, config, seed, config["epochs"],
+                          device, progress, f"{job.loss} s{seed}", teacher=teacher)
         t_eval = time.perf_counter()
         tt, vt = torch.as_tensor(train, device=device), torch.as_tensor(val, device=device)
         eb = config["eval_batch"]
