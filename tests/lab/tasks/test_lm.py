@@ -243,3 +243,16 @@ def test_shipped_config_resolves():
             "dkd", "jsd", "sinkhorn_kd"} <= set(cfg["losses"])
     assert cfg["corpus"] == "wordnet" and cfg["goldfish_k"] == 4
     assert cfg["loss_hparams"]["kd"]["alpha"] == 1.0
+
+
+def test_variant_suffix_of_a_loss_spec():
+    from losslab.lab.tasks.base import Job, parse_loss_spec, split_variant
+
+    assert split_variant("cross_entropy@goldfish") == ("cross_entropy", "goldfish")
+    assert split_variant("kd") == ("kd", None)
+    assert parse_loss_spec("cross_entropy@talr") == ["cross_entropy"]
+    assert Job("lm", "cross_entropy@talr", {}, "", 0, "").variant == "talr"
+    assert Job("lm", "kd", {}, "", 0, "").variant is None
+    for bad in ("cross_entropy@", "cross_entropy@1x", "@goldfish"):
+        with pytest.raises(ValueError, match="loss spec"):
+            parse_loss_spec(bad)
