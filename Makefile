@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.losslab-installed
 
 .PHONY: setup demo test test-all lint typecheck bench bench-noisy clean catalog
 .PHONY: bench-regression bench-aggregate bench-segmentation bench-ranking
+.PHONY: bench-lm
 
 # torch first (a CPU wheel; override with `make demo TORCH=torch==X`), then the package.
 $(STAMP): pyproject.toml
@@ -80,6 +81,19 @@ bench-segmentation: $(STAMP)
 	$(PY) -m losslab.cli bench segmentation --config segmentation_glyphs \
 		--out "$(SEGMENTATION_OUT)" $(ARGS) && \
 	$(PY) -m losslab.lab.tasks.segmentation "$(SEGMENTATION_OUT)"
+
+# The LM comparison (docs/lab.md, "The LM task"): a character-level transformer on WordNet
+# glosses (Debian package wordnet-base: the system copy, or fetched without root into $(CACHE)/
+# by `apt-get download` + `dpkg -x`, as for bench-noisy); CE, goldfish, TALR, loss-based
+# reweighting and 4 distilled students x 2 seeds, 2 worker processes.
+LM_OUT ?= runs/lm_wordnet
+
+bench-lm: $(STAMP)
+	@dir=$$($(PY) -m losslab.lab.data.fetch wordnet --cache-dir "$(CACHE)" \
+		$(if $(DATA_DIR),--data-dir "$(DATA_DIR)")) || exit 1; \
+	echo "WordNet: $$dir"; \
+	$(PY) -m losslab.cli bench lm --config lm_wordnet --data-dir "$$dir" \
+		--cache-dir "$(CACHE)" --workers 2 --threads 1 --out "$(LM_OUT)" $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests $(wildcard benchmarks scripts examples)

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from losslab.lab.tasks.base import RUNNER_OPTIONS, Task, parse_loss_spec
+from losslab.lab.tasks.base import RUNNER_OPTIONS, Task, parse_loss_spec, split_variant
 
 __all__ = ["CONFIG_DIR", "check_losses", "find_config", "fingerprint", "load_config_file",
            "resolve_config"]
@@ -173,6 +173,11 @@ def check_losses(task: Task, config: Mapping[str, Any], *,
     for s in config["losses"]:
         names = parse_loss_spec(s)
         in_run.update(names)
+        variant = split_variant(s)[1]
+        if variant is not None and variant not in task.loss_variants:
+            known = ", ".join(task.loss_variants) or "none"
+            raise ValueError(f"loss {s!r}: the {task.name} task has no variant {variant!r} "
+                             f"(its variants: {known})")
         got = {n: loss_spec(n).kind for n in names}
         if kinds is not None:
             for n, k in got.items():

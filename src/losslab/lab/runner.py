@@ -265,6 +265,7 @@ def run_bench(
     """
     folder = Path(out)
     config = dict(config)
+    config["run_dir"] = str(folder)  # tasks may keep run-level artefacts there (LM teachers)
     fp = fingerprint(task, config)
     executor = executor if executor is not None else LocalExecutor()
     executor.check(config)

@@ -43,6 +43,12 @@ def _ranking() -> type[Task]:
     return RankingTask
 
 
+def _lm() -> type[Task]:
+    from losslab.lab.tasks.lm import LMTask
+
+    return LMTask
+
+
 def _regression() -> type[Task]:
     from losslab.lab.tasks.regression import RegressionTask
 
@@ -52,7 +58,7 @@ def _regression() -> type[Task]:
 #: name -> zero-argument callable returning the task class (imported lazily).
 TASKS = {"fewshot": _fewshot, "noisy": _noisy, "retrieval": _retrieval,
          "regression": _regression, "aggregate": _aggregate, "segmentation": _segmentation,
-         "ranking": _ranking}
+         "ranking": _ranking, "lm": _lm}
 
 
 def available_tasks() -> list[str]:

@@ -23,6 +23,12 @@ the :class:`Task` class below. A task module imports the lab's building blocks
    * ``loss_kinds`` -- the loss kinds (:data:`losslab.registry.KINDS`) the task can train,
      e.g. ``("episode",)``; a loss of another kind is refused before any job runs (``None``:
      no check).
+   * ``loss_variants`` (optional) -- names of training variants of a loss that the task
+     implements itself (the LM task's ``"goldfish"``: the CE on a goldfish-masked target). A
+     loss spec may then end in ``@<variant>`` (``cross_entropy@goldfish``): the registered loss
+     is built as usual, :attr:`Job.variant` tells ``run_job`` which variant to train, and the
+     spec (with its suffix) is the job's loss in tables and paired differences. A variant the
+     task does not declare is refused before any job runs.
    * ``line_x`` (optional) -- the key of a *numeric* setting value (e.g. the label-noise
      ``"rate"``): the report then draws each plotted metric as lines over that value (one
      line per loss, t-interval error bars, one panel per combination of the other setting
@@ -51,7 +57,9 @@ the :class:`Task` class below. A task module imports the lab's building blocks
 
 The ``config`` passed around is a flat ``dict``: the runner's own keys (:data:`RUNNER_OPTIONS`:
 ``losses``, ``seeds``, ``device``, ``threads``, ``workers``, ``loss_hparams``) plus one key per
-task option, resolved as task defaults < config file < explicit CLI flags.
+task option, resolved as task defaults < config file < explicit CLI flags. :func:`run_bench`
+adds ``run_dir``, the run folder, where a task may keep artefacts that every job of the run
+shares and a resumed run re-uses (the LM task's teachers); it is not part of the fingerprint.
 """
 
 from __future__ import annotations
@@ -74,6 +82,7 @@ __all__ = [
     "Task",
     "build_loss",
     "parse_loss_spec",
+    "split_variant",
 ]
 
 
@@ -209,17 +218,36 @@ class Job:
         return build_loss(self.loss, config.get("loss_hparams") or {})
 
     @property
+    def variant(self) -> str | None:
+        """The ``@variant`` suffix of the loss spec (``"cross_entropy@goldfish"`` ->
+        ``"goldfish"``), or ``None``."""
+        return split_variant(self.loss)[1]
+
+    @property
     def loss_names(self) -> list[str]:
         """The registered losses of the job's loss spec (``"a+b"`` -> ``["a", "b"]``)."""
         return parse_loss_spec(self.loss)
 
 
+def split_variant(spec: str) -> tuple[str, str | None]:
+    """``"cross_entropy@goldfish"`` -> ``("cross_entropy", "goldfish")``; no ``@``: ``(spec,
+    None)`` (see ``Task.loss_variants``)."""
+    base, sep, variant = spec.partition("@")
+    if not sep:
+        return spec, None
+    variant = variant.strip()
+    if not variant.isidentifier():
+        raise ValueError(f"bad loss spec {spec!r}: expected LOSS@VARIANT with a name after '@'")
+    return base, variant
+
+
 def parse_loss_spec(spec: str) -> list[str]:
     """``"protonet+proto_triplet"`` -> ``["protonet", "proto_triplet"]``, checked against the
-    registry (``ValueError`` naming the unknown loss)."""
+    registry (``ValueError`` naming the unknown loss). A ``@variant`` suffix is dropped (see
+    :func:`split_variant`)."""
     from losslab.registry import spec as loss_spec
 
-    names = [p.strip() for p in spec.split("+")]
+    names = [p.strip() for p in split_variant(spec)[0].split("+")]
     if not spec.strip() or any(not n for n in names):
         raise ValueError(f"bad loss spec {spec!r}: expected names joined by '+'")
     for n in names:
@@ -253,6 +281,7 @@ class Task(ABC):
     metrics: ClassVar[tuple[ReportColumn, ...]]
     setting_columns: ClassVar[tuple[str, ...]] = ()
     loss_kinds: ClassVar[tuple[str, ...] | None] = None
+    loss_variants: ClassVar[tuple[str, ...]] = ()
     line_x: ClassVar[str | None] = None
     line_x_label: ClassVar[str | None] = None
 
