@@ -64,6 +64,9 @@ from losslab.losses.contrastive_ssl.icon import (
 from losslab.losses.contrastive_ssl.isogclr import (
     ISogCLRLoss,
 )
+from losslab.losses.contrastive_ssl.ordering import (
+    GroCoLoss,
+)
 from losslab.losses.contrastive_ssl.redundancy import (
     BarlowTwinsLoss,
     TLDRLoss,
@@ -287,6 +290,7 @@ __all__ = [
     "FocalLoss",
     "FocalTverskyLoss",
     "GCELoss",
+    "GroCoLoss",
     "HardNegativeInfoNCELoss",
     "HausdorffDTLoss",
     "HazardLoss",

@@ -63,6 +63,9 @@ from losslab.losses.contrastive_ssl.icon import (
 from losslab.losses.contrastive_ssl.isogclr import (
     isogclr_loss,
 )
+from losslab.losses.contrastive_ssl.ordering import (
+    groco_loss,
+)
 from losslab.losses.contrastive_ssl.redundancy import (
     barlow_twins_loss,
     tldr_loss,
@@ -297,6 +300,7 @@ __all__ = [
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
+    "groco_loss",
     "hard_negative_infonce_loss",
     "hausdorff_dt_loss",
     "hazard_loss",
