@@ -58,6 +58,10 @@ from losslab.losses.contrastive_ssl import (
 from losslab.losses.contrastive_ssl.captioning import (
     CoCaLoss,
 )
+from losslab.losses.contrastive_ssl.graph import (
+    PamCLoss,
+    StructCompLoss,
+)
 from losslab.losses.contrastive_ssl.icon import (
     IConLoss,
 )
@@ -348,6 +352,7 @@ __all__ = [
     "OrdinalLoss",
     "PSLLoss",
     "PairwiseHingeLoss",
+    "PamCLoss",
     "Poly1ListwiseLoss",
     "Poly1Loss",
     "PolyNLoss",
@@ -370,6 +375,7 @@ __all__ = [
     "SoftTopKLoss",
     "SoftmaxAtKLoss",
     "StableMaxCELoss",
+    "StructCompLoss",
     "SupConLoss",
     "TCMLoss",
     "TLDRLoss",

@@ -57,6 +57,10 @@ from losslab.losses.contrastive_ssl import (
 from losslab.losses.contrastive_ssl.captioning import (
     coca_loss,
 )
+from losslab.losses.contrastive_ssl.graph import (
+    pamc_loss,
+    structcomp_loss,
+)
 from losslab.losses.contrastive_ssl.icon import (
     i_con_loss,
 )
@@ -356,6 +360,7 @@ __all__ = [
     "ordinal_loss",
     "orpo_loss",
     "pairwise_hinge_loss",
+    "pamc_loss",
     "poly1_listwise_loss",
     "poly1_loss",
     "poly_n_loss",
@@ -379,6 +384,7 @@ __all__ = [
     "soft_topk_loss",
     "softmax_at_k_loss",
     "stablemax_ce_loss",
+    "structcomp_loss",
     "supcon_loss",
     "tcm_loss",
     "tldr_loss",

@@ -58,6 +58,7 @@ __all__ = [
     "alignment_loss",
     "captioning",
     "clip_loss",
+    "graph",
     "icon",
     "infonce_loss",
     "isogclr",
@@ -453,6 +454,7 @@ class UniformityLoss(LossModule, function=uniformity_loss, check=_check_uniformi
 # The other contrastive modules register their losses on import (after the names above exist).
 from losslab.losses.contrastive_ssl import (  # noqa: E402
     captioning,
+    graph,
     icon,
     isogclr,
     ordering,
