@@ -68,6 +68,9 @@ from losslab.losses.contrastive_ssl.icon import (
 from losslab.losses.contrastive_ssl.isogclr import (
     ISogCLRLoss,
 )
+from losslab.losses.contrastive_ssl.multihead import (
+    AMCLLoss,
+)
 from losslab.losses.contrastive_ssl.ordering import (
     GroCoLoss,
 )
@@ -245,6 +248,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALDRKLLoss",
+    "AMCLLoss",
     "AUCMarginLoss",
     "AUCPairwiseLoss",
     "AlignmentLoss",

@@ -67,6 +67,9 @@ from losslab.losses.contrastive_ssl.icon import (
 from losslab.losses.contrastive_ssl.isogclr import (
     isogclr_loss,
 )
+from losslab.losses.contrastive_ssl.multihead import (
+    amcl_loss,
+)
 from losslab.losses.contrastive_ssl.ordering import (
     groco_loss,
 )
@@ -257,6 +260,7 @@ z_loss_loss = _deprecated("z_loss_loss", z_loss)
 __all__ = [
     "aldr_kl_loss",
     "alignment_loss",
+    "amcl_loss",
     "anyloss",
     "approx_ndcg_loss",
     "arcface_loss",
