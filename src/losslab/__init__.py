@@ -58,6 +58,9 @@ from losslab.losses.contrastive_ssl import (
 from losslab.losses.contrastive_ssl.captioning import (
     CoCaLoss,
 )
+from losslab.losses.contrastive_ssl.continual import (
+    SyConLoss,
+)
 from losslab.losses.contrastive_ssl.graph import (
     PamCLoss,
     StructCompLoss,
@@ -381,6 +384,7 @@ __all__ = [
     "StableMaxCELoss",
     "StructCompLoss",
     "SupConLoss",
+    "SyConLoss",
     "TCMLoss",
     "TLDRLoss",
     "TripletLoss",

@@ -57,6 +57,9 @@ from losslab.losses.contrastive_ssl import (
 from losslab.losses.contrastive_ssl.captioning import (
     coca_loss,
 )
+from losslab.losses.contrastive_ssl.continual import (
+    sy_con_loss,
+)
 from losslab.losses.contrastive_ssl.graph import (
     pamc_loss,
     structcomp_loss,
@@ -390,6 +393,7 @@ __all__ = [
     "stablemax_ce_loss",
     "structcomp_loss",
     "supcon_loss",
+    "sy_con_loss",
     "tcm_loss",
     "tldr_loss",
     "triplet_loss",

@@ -58,6 +58,7 @@ __all__ = [
     "alignment_loss",
     "captioning",
     "clip_loss",
+    "continual",
     "graph",
     "icon",
     "infonce_loss",
@@ -455,6 +456,7 @@ class UniformityLoss(LossModule, function=uniformity_loss, check=_check_uniformi
 # The other contrastive modules register their losses on import (after the names above exist).
 from losslab.losses.contrastive_ssl import (  # noqa: E402
     captioning,
+    continual,
     graph,
     icon,
     isogclr,
