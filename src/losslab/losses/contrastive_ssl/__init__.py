@@ -19,7 +19,10 @@ SigLIP, alignment and uniformity; the other objectives of the family live in its
 :mod:`~.variants` (``dcl``, ``hard_negative_infonce``, ``multi_positive_infonce``),
 :mod:`~.redundancy` (``barlow_twins``, ``vicreg``, ``tldr`` and its ``knn_pairs``),
 :mod:`~.icon` (``i_con``), :mod:`~.isogclr` (``isogclr``, per-sample state by ``index=``),
-:mod:`~.captioning` (``coca``) and :mod:`~.sampling` (G-SimCLR's pseudo-label batch sampler).
+:mod:`~.captioning` (``coca``), :mod:`~.multihead` (``amcl``), :mod:`~.continual`
+(``sy_con``), :mod:`~.ordering` (``groco`` and its sorting network), :mod:`~.graph` (``pamc``,
+``structcomp`` and ``compress_nodes``) and :mod:`~.sampling` (G-SimCLR's pseudo-label batch
+sampler).
 Shared helpers are in :mod:`~._common`. The representation metrics (RankMe, alignment,
 uniformity) are in :mod:`losslab.metrics.representation`.
 """
