@@ -61,11 +61,24 @@ from losslab.losses.contrastive_ssl import (
 from losslab.losses.contrastive_ssl.captioning import (
     CoCaLoss,
 )
+from losslab.losses.contrastive_ssl.continual import (
+    SyConLoss,
+)
+from losslab.losses.contrastive_ssl.graph import (
+    PamCLoss,
+    StructCompLoss,
+)
 from losslab.losses.contrastive_ssl.icon import (
     IConLoss,
 )
 from losslab.losses.contrastive_ssl.isogclr import (
     ISogCLRLoss,
+)
+from losslab.losses.contrastive_ssl.multihead import (
+    AMCLLoss,
+)
+from losslab.losses.contrastive_ssl.ordering import (
+    GroCoLoss,
 )
 from losslab.losses.contrastive_ssl.redundancy import (
     BarlowTwinsLoss,
@@ -251,6 +264,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALDRKLLoss",
+    "AMCLLoss",
     "AUCMarginLoss",
     "AUCPairwiseLoss",
     "AlignmentLoss",
@@ -300,6 +314,7 @@ __all__ = [
     "FocalLoss",
     "FocalTverskyLoss",
     "GCELoss",
+    "GroCoLoss",
     "HardNegativeInfoNCELoss",
     "HausdorffDTLoss",
     "HazardLoss",
@@ -359,6 +374,7 @@ __all__ = [
     "OrthoHashLoss",
     "PSLLoss",
     "PairwiseHingeLoss",
+    "PamCLoss",
     "Poly1ListwiseLoss",
     "Poly1Loss",
     "PolyNLoss",
@@ -382,7 +398,9 @@ __all__ = [
     "SoftTopKLoss",
     "SoftmaxAtKLoss",
     "StableMaxCELoss",
+    "StructCompLoss",
     "SupConLoss",
+    "SyConLoss",
     "TCMLoss",
     "TLDRLoss",
     "TripletLoss",

@@ -60,11 +60,24 @@ from losslab.losses.contrastive_ssl import (
 from losslab.losses.contrastive_ssl.captioning import (
     coca_loss,
 )
+from losslab.losses.contrastive_ssl.continual import (
+    sy_con_loss,
+)
+from losslab.losses.contrastive_ssl.graph import (
+    pamc_loss,
+    structcomp_loss,
+)
 from losslab.losses.contrastive_ssl.icon import (
     i_con_loss,
 )
 from losslab.losses.contrastive_ssl.isogclr import (
     isogclr_loss,
+)
+from losslab.losses.contrastive_ssl.multihead import (
+    amcl_loss,
+)
+from losslab.losses.contrastive_ssl.ordering import (
+    groco_loss,
 )
 from losslab.losses.contrastive_ssl.redundancy import (
     barlow_twins_loss,
@@ -263,6 +276,7 @@ z_loss_loss = _deprecated("z_loss_loss", z_loss)
 __all__ = [
     "aldr_kl_loss",
     "alignment_loss",
+    "amcl_loss",
     "anyloss",
     "approx_ndcg_loss",
     "arcface_loss",
@@ -310,6 +324,7 @@ __all__ = [
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
+    "groco_loss",
     "hard_negative_infonce_loss",
     "hausdorff_dt_loss",
     "hazard_loss",
@@ -367,6 +382,7 @@ __all__ = [
     "orpo_loss",
     "orthohash_loss",
     "pairwise_hinge_loss",
+    "pamc_loss",
     "poly1_listwise_loss",
     "poly1_loss",
     "poly_n_loss",
@@ -391,7 +407,9 @@ __all__ = [
     "soft_topk_loss",
     "softmax_at_k_loss",
     "stablemax_ce_loss",
+    "structcomp_loss",
     "supcon_loss",
+    "sy_con_loss",
     "tcm_loss",
     "tldr_loss",
     "triplet_loss",

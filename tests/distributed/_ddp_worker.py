@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import losslab
 from losslab.distributed import (
+    EMBEDDING_LOCAL,
     LOCAL_FORMS,
     DistributedLoss,
     all_gather,
@@ -41,6 +42,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "siglip+learned": ("siglip", {"learnable_temperature": True}),
     "siglip+tiled": ("siglip", {"chunk_size": 2}),
     "supcon+sum": ("supcon", {"reduction": "sum"}),
+    # embeddings losses whose "mean" counts non-zero terms: a local form for "sum" only
+    "triplet+sum": ("triplet", {"reduction": "sum"}),
+    "triplet_ratio+sum": ("triplet_ratio", {"reduction": "sum"}),
+    "contrastive+sum": ("contrastive", {"reduction": "sum"}),
+    "multi_similarity+sum": ("multi_similarity", {"reduction": "sum"}),
     # losslab.gradcache with DDP encoders (no_sync until each encoder's last chunk)
     "gradcache+clip": ("clip", {}),
     "gradcache+siglip": ("siglip", {}),
@@ -60,7 +66,10 @@ def cases() -> list[str]:
     for name in [*names, *VARIANTS]:
         base = VARIANTS[name][0] if name in VARIANTS else name
         out.append(f"{name}:global")
-        if base in LOCAL_FORMS:
+        memory = name.startswith("memory+")  # CrossBatchMemory: global only (refused in local)
+        if not memory and (base in LOCAL_FORMS or (
+                name in VARIANTS and base in EMBEDDING_LOCAL
+                and VARIANTS[name][1].get("reduction") == "sum")):
             out.append(f"{name}:local")
         if base == "siglip":
             out.append(f"{name}:ring")

@@ -52,7 +52,12 @@ def test_bad_modes_raise() -> None:
     with pytest.raises(ValueError, match="mode must be one of"):
         DistributedLoss("clip", mode="both")
     with pytest.raises(ValueError, match="row-decomposable"):
-        DistributedLoss("supcon", mode="local")
+        DistributedLoss("npairs", mode="local")
+    from losslab.memory import CrossBatchMemory
+
+    with pytest.raises(ValueError, match="not a wrapper"):
+        DistributedLoss(CrossBatchMemory(losslab.create("supcon"), embedding_dim=4),
+                        mode="local")
     with pytest.raises(ValueError, match="ring"):
         DistributedLoss("clip", mode="ring")
     with pytest.raises(ValueError, match="kind paired or embeddings"):
@@ -61,6 +66,31 @@ def test_bad_modes_raise() -> None:
         DistributedLoss("supcon")(torch.randn(4, 3), torch.arange(4),
                                   ref_embeddings=torch.randn(4, 3), ref_labels=torch.arange(4))
     assert "uniformity" not in LOCAL_FORMS
+
+
+def test_local_mode_of_embeddings_losses_is_declared_or_refused() -> None:
+    """Every ``embeddings`` loss with a query/reference split either has a local form (its
+    DDP case runs) or is refused with a ValueError that says why; those whose mean counts
+    non-zero terms are refused for "mean" and accepted for "sum"."""
+    from losslab.distributed import EMBEDDING_LOCAL
+
+    cases = set(CASES)
+    for name in losslab.available(kind="embeddings"):
+        s = losslab.spec(name)
+        if s.needs_index:
+            continue
+        hp = dict(s.example_hparams)
+        if name in LOCAL_FORMS:
+            assert f"{name}:local" in cases
+            DistributedLoss(name, mode="local", **hp)
+        elif name in EMBEDDING_LOCAL:
+            with pytest.raises(ValueError, match="non-zero terms of the whole batch"):
+                DistributedLoss(name, mode="local", **hp)
+            DistributedLoss(name, mode="local", reduction="sum", **hp)
+            assert f"{name}+sum:local" in cases
+        else:
+            with pytest.raises(ValueError, match="mode='local' needs a row-decomposable loss"):
+                DistributedLoss(name, mode="local", **hp)
 
 
 @pytest.mark.parametrize("sigmoid", [False, True])

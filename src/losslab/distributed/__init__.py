@@ -17,9 +17,17 @@ from losslab.distributed.gather import (
     neighbour_exchange,
     rank_and_world,
 )
-from losslab.distributed.modes import LOCAL_FORMS, MODES, POINTWISE, DistributedLoss, distributed
+from losslab.distributed.modes import (
+    EMBEDDING_LOCAL,
+    LOCAL_FORMS,
+    MODES,
+    POINTWISE,
+    DistributedLoss,
+    distributed,
+)
 
 __all__ = [
+    "EMBEDDING_LOCAL",
     "LOCAL_FORMS",
     "MODES",
     "POINTWISE",

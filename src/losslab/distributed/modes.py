@@ -9,8 +9,13 @@ global batch of ``N = sum_r n_r``, train as if one process held the whole batch:
 - ``local`` (open_clip's ``local_loss``): rank ``r`` computes only its own rows' terms
   against the gathered columns, ``L_r = (W / N) sum_{i in r} l_i`` for ``reduction="mean"``
   (``W sum_{i in r} l_i`` for ``"sum"``), so that ``(1/W) sum_r L_r = L``. Needs a
-  row-decomposable loss (:data:`LOCAL_FORMS`): InfoNCE (both directions), CLIP, SigLIP, and
-  the per-row losses (alignment, cosine alignment, the proxy-softmax heads).
+  row-decomposable loss (:data:`LOCAL_FORMS`): InfoNCE (both directions), CLIP, SigLIP, the
+  per-row losses (alignment, cosine alignment, the proxy-softmax heads), and the
+  ``embeddings`` losses with a query/reference split (:data:`EMBEDDING_LOCAL`: this rank's
+  anchors against the gathered batch as ``ref_embeddings``, every pair but an anchor with its
+  own row; the ``"mean"`` divided by the all-reduced anchor count -- multi-similarity, circle,
+  lifted structure, SupCon; triplet, triplet-ratio and contrastive average over the whole
+  batch's non-zero triplets/pairs, so only their ``reduction="sum"`` has a local form).
 - ``ring`` (SigLIP only, arXiv 2303.15343 section 3.3): no all-gather; the ``b`` chunks travel
   around the ring (``W - 1`` neighbour exchanges) and each rank sums its rows' sigmoid terms
   chunk by chunk. Same value and gradient as ``local``.
@@ -53,6 +58,7 @@ from losslab.kernels.tiled_contrastive import rows_for_budget
 from losslab.registry import LossSpec, create
 
 __all__ = [
+    "EMBEDDING_LOCAL",
     "LOCAL_FORMS",
     "MODES",
     "POINTWISE",
@@ -68,9 +74,29 @@ POINTWISE: frozenset[str] = frozenset({
     "alignment", "cosine_alignment", "arcface", "cosface", "normalized_softmax", "proxy_nca",
 })
 
-#: Losses with a ``local`` form: the row-decomposable contrastive losses (local rows against
-#: gathered columns) and :data:`POINTWISE`.
-LOCAL_FORMS: frozenset[str] = frozenset({"infonce", "clip", "siglip"}) | POINTWISE
+#: ``embeddings`` losses with a query/reference split (``ref_embeddings=``, ``ref_labels=``,
+#: ``indices=``) whose per-anchor terms against the whole batch are the full-batch terms: their
+#: ``local`` form is this rank's anchors against the gathered batch (each anchor's own copy is
+#: no positive). The value is the anchor whose ``"mean"`` denominator: ``"anchors"`` (every
+#: anchor), ``"pos_neg"`` (anchors with a positive and a negative in the batch), ``None`` (the
+#: mean is over non-zero triplets or pairs, a count the per-anchor terms do not carry: only
+#: ``reduction="sum"``/``"none"`` have a local form).
+EMBEDDING_LOCAL: dict[str, str | None] = {
+    "multi_similarity": "anchors",
+    "circle": "pos_neg",
+    "lifted_structure": "pos_neg",
+    "supcon": "pos_neg",
+    "triplet": None,
+    "triplet_ratio": None,
+    "contrastive": None,
+}
+
+#: Losses with a ``local`` form at their default ``reduction="mean"``: the row-decomposable
+#: contrastive losses (local rows against gathered columns), :data:`POINTWISE` and the
+#: :data:`EMBEDDING_LOCAL` losses with an anchor count (the others have a local form for
+#: ``reduction="sum"`` and ``"none"`` only).
+LOCAL_FORMS: frozenset[str] = (frozenset({"infonce", "clip", "siglip"}) | POINTWISE
+                               | {k for k, v in EMBEDDING_LOCAL.items() if v is not None})
 
 #: Row count from which the local forms work in row tiles of a fused backward (as the losses' own
 #: automatic tiling, ``contrastive_ssl.AUTO_TILE_FROM``).
@@ -172,6 +198,13 @@ def _scalar(value: float | Tensor, like: Tensor) -> Tensor:
     return torch.tensor(float(value), dtype=like.dtype, device=like.device)
 
 
+def _all_reduce_sum(t: Tensor, group: Any) -> Tensor:
+    """The sum over the ranks of a constant (a count: no gradient)."""
+    out = t.detach().clone()
+    torch.distributed.all_reduce(out, group=group)
+    return out
+
+
 def _reduce_local(terms: Tensor, reduction: str, world: int, total: int) -> Tensor:
     """This rank's share, scaled so that the mean over ranks is the full-batch loss."""
     if reduction == "none":
@@ -231,10 +264,25 @@ class DistributedLoss(nn.Module):
                 f"use")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode == "local" and spec.name not in LOCAL_FORMS:
+        if (mode == "local" and spec.kind == "embeddings" and spec.name not in POINTWISE
+                and not hasattr(type(loss), "function")):
             raise ValueError(
-                f"mode='local' needs a row-decomposable loss ({', '.join(sorted(LOCAL_FORMS))}); "
-                f"{spec.name}'s terms depend on the whole batch (use mode='global')")
+                f"mode='local' takes the {spec.name} loss itself, not a wrapper "
+                f"({type(loss).__name__}): a CrossBatchMemory is its own reference set, wrap it "
+                f"with mode='global'")
+        reduction = str(getattr(loss, "hparams", {}).get("reduction", "mean"))
+        if mode == "local" and spec.name in EMBEDDING_LOCAL and EMBEDDING_LOCAL[
+                spec.name] is None and reduction == "mean":
+            raise ValueError(
+                f"mode='local' for {spec.name}: its reduction='mean' divides by the number of "
+                f"non-zero terms of the whole batch, which the local anchors' terms do not "
+                f"carry; use reduction='sum' (a local form) or mode='global'")
+        if mode == "local" and spec.name not in LOCAL_FORMS | EMBEDDING_LOCAL.keys():
+            raise ValueError(
+                f"mode='local' needs a row-decomposable loss ({', '.join(sorted(LOCAL_FORMS))}, "
+                f"and {', '.join(sorted(k for k, v in EMBEDDING_LOCAL.items() if v is None))} "
+                f"with reduction='sum'); {spec.name}'s terms depend on the whole batch or it "
+                f"has no query/reference split (use mode='global')")
         if mode == "ring" and spec.name != "siglip":
             raise ValueError(f"mode='ring' is SigLIP's neighbour exchange (loss 'siglip'), "
                              f"got {spec.name!r}")
@@ -270,6 +318,8 @@ class DistributedLoss(nn.Module):
             return self._pointwise(x, y, index)
         if self.mode == "ring":
             return self._ring(x, y)
+        if self.spec.kind == "embeddings":
+            return self._local_embeddings(x, y)
         return self._local(x, y)
 
     # ---- modes --------------------------------------------------------------------------
@@ -332,6 +382,43 @@ class DistributedLoss(nn.Module):
                 col = _local_rows(b, ga, pos, scale, None, tile=tile)
                 terms = (terms + col) / 2
         return _reduce_local(terms, kw["reduction"], world, total)
+
+    def _local_embeddings(self, x: Tensor, labels: Tensor) -> Tensor:
+        """This rank's anchors against the gathered batch as the reference set, every
+        (anchor, reference) pair labelled by the labels except each anchor with its own row;
+        the ``"mean"`` over the anchor count of :data:`EMBEDDING_LOCAL`, all-reduced."""
+        rank, world = rank_and_world(self.group)
+        if not isinstance(labels, Tensor) or labels.shape[:1] != x.shape[:1]:
+            raise ValueError(f"labels must be a tensor of {x.shape[0]} labels, one per row of "
+                             f"embeddings")
+        sizes = all_gather_sizes(x, self.group)
+        offset = sum(sizes[:rank])
+        gx = all_gather_with_grad(x, self.group, sizes=sizes)
+        gy = all_gather(labels, self.group, sizes=sizes)
+        own = torch.arange(offset, offset + x.shape[0], device=x.device)
+        same = labels[:, None] == gy[None, :]
+        a1, p = same.nonzero(as_tuple=True)
+        keep = p != own[a1]
+        a2, n = (~same).nonzero(as_tuple=True)
+        kw = {**self._hyper(), "reduction": "none"}
+        terms = type(self.loss).function(  # type: ignore[union-attr]
+            x, labels, ref_embeddings=gx, ref_labels=gy, indices=(a1[keep], p[keep], a2, n),
+            **kw)
+        reduction = self._reduction()
+        if reduction == "none":
+            return terms
+        if reduction == "sum":
+            return terms.sum() * world
+        if EMBEDDING_LOCAL[self.spec.name] == "anchors":
+            count = torch.tensor(float(sum(sizes)), dtype=terms.dtype, device=terms.device)
+        else:  # anchors with a positive (not itself) and a negative in the whole batch
+            has_pos = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            has_pos[a1[keep]] = True
+            has_neg = (~same).any(1)
+            count = (has_pos & has_neg).sum().to(terms.dtype)
+            count = _all_reduce_sum(count, self.group)
+        safe = torch.where(count > 0, count, torch.ones_like(count))
+        return torch.where(count > 0, terms.sum() * world / safe, terms.sum() * 0.0)
 
     def _ring(self, a: Tensor, b: Tensor) -> Tensor:
         rank, world = rank_and_world(self.group)

@@ -17,7 +17,7 @@ from losslab.functional import (
     infonce_loss,
     multi_positive_infonce_loss,
 )
-from tests.losses.contrastive_ssl.common import lightly_module, pairs
+from tests.losses.contrastive_ssl.common import lightly_module, lightly_ntxent_module, pairs
 
 
 def unit(x: torch.Tensor) -> list[list[float]]:
@@ -84,6 +84,18 @@ def test_nt_xent_matches_lightly_formula() -> None:
     labels = torch.where(torch.arange(n2) < n2 // 2, labels - 1, labels - n2 // 2)
     restated = torch.nn.functional.cross_entropy(logits, labels)
     torch.testing.assert_close(infonce_loss(a, b, temperature=0.5, negatives="both"), restated)
+
+
+def test_nt_xent_matches_lightly_ntxentloss() -> None:
+    """lightly's own ``NTXentLoss`` (no memory bank, one process), loaded by file."""
+    ntx = lightly_ntxent_module()
+    a, b = pairs(n=7, d=5, seed=3)
+    for tau in (0.5, 0.1):
+        peer = ntx.NTXentLoss(temperature=tau)(a, b)
+        ours = infonce_loss(a, b, temperature=tau, negatives="both")
+        torch.testing.assert_close(ours, peer)
+        for x, y in zip(torch.autograd.grad(ours, (a, b)), torch.autograd.grad(peer, (a, b))):
+            torch.testing.assert_close(x, y)
 
 
 def test_nt_xent_options() -> None:

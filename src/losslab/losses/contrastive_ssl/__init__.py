@@ -19,7 +19,10 @@ SigLIP, alignment and uniformity; the other objectives of the family live in its
 :mod:`~.variants` (``dcl``, ``hard_negative_infonce``, ``multi_positive_infonce``),
 :mod:`~.redundancy` (``barlow_twins``, ``vicreg``, ``tldr`` and its ``knn_pairs``),
 :mod:`~.icon` (``i_con``), :mod:`~.isogclr` (``isogclr``, per-sample state by ``index=``),
-:mod:`~.captioning` (``coca``) and :mod:`~.sampling` (G-SimCLR's pseudo-label batch sampler).
+:mod:`~.captioning` (``coca``), :mod:`~.multihead` (``amcl``), :mod:`~.continual`
+(``sy_con``), :mod:`~.ordering` (``groco`` and its sorting network), :mod:`~.graph` (``pamc``,
+``structcomp`` and ``compress_nodes``) and :mod:`~.sampling` (G-SimCLR's pseudo-label batch
+sampler).
 Shared helpers are in :mod:`~._common`. The representation metrics (RankMe, alignment,
 uniformity) are in :mod:`losslab.metrics.representation`.
 """
@@ -58,9 +61,13 @@ __all__ = [
     "alignment_loss",
     "captioning",
     "clip_loss",
+    "continual",
+    "graph",
     "icon",
     "infonce_loss",
     "isogclr",
+    "multihead",
+    "ordering",
     "redundancy",
     "sampling",
     "siglip_loss",
@@ -452,8 +459,12 @@ class UniformityLoss(LossModule, function=uniformity_loss, check=_check_uniformi
 # The other contrastive modules register their losses on import (after the names above exist).
 from losslab.losses.contrastive_ssl import (  # noqa: E402
     captioning,
+    continual,
+    graph,
     icon,
     isogclr,
+    multihead,
+    ordering,
     redundancy,
     sampling,
     variants,
