@@ -86,8 +86,8 @@ __all__ = [
 
 Strategy = Literal["auto", "grad_in_forward", "recompute"]
 STRATEGIES: tuple[str, ...] = ("auto", "grad_in_forward", "recompute")
-WeightGrad = Literal["auto", "token_chunks", "vocab_blocks"]
-WEIGHT_GRADS: tuple[str, ...] = ("auto", "token_chunks", "vocab_blocks")
+WeightGrad = Literal["auto", "token_chunks", "vocab_blocks", "vocab_major"]
+WEIGHT_GRADS: tuple[str, ...] = ("auto", "token_chunks", "vocab_blocks", "vocab_major")
 
 #: The declared rules of the options; ``losses.sequence`` passes them as the shell's ``check``.
 OPTION_RULES = hparams(
