@@ -413,6 +413,18 @@ def test_chunk_workspace_bytes_match_allocation():
                                                             softcap=sc is not None,
                                                             runtime=False)
         assert (vw.block, vw.group) == (blk, grp) and got == planned
+    for dt, sc, panel in itertools.product([torch.float32, torch.bfloat16, torch.float64],
+                                           [None, 30.0], [7, 300]):
+        opts = lce_sizes.LceOptions(label_smoothing=0.0, softcap=sc, logz_penalty=0.0,
+                                    chunk_size=panel, weight_grad="vocab_major",
+                                    workspace_bytes=2 * MIB)
+        vm = lce_sizes.VocabMajorWorkspace.allocate(300, 5000, 48, dt, cpu, opts, grads=True,
+                                                    dh=True)
+        got = sum(b.numel() * b.element_size()
+                  for b in (vm.z, vm.x, vm.tanh, vm.dh_acc, vm.dh_part) if b is not None)
+        blk, planned = lce_sizes.vocab_major_bytes(panel, 5000, 48, dt, softcap=sc is not None,
+                                                   workspace_bytes=2 * MIB, runtime=False)
+        assert vm.panel == panel and vm.block == blk and got == planned
 
 
 def test_plan_chunks_follows_the_budget(real_sizes):

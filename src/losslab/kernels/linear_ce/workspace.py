@@ -313,8 +313,9 @@ class VocabMajorWorkspace:
 @dataclass(frozen=True)
 class LceOptions:
     """The resolved options of one call (no ``"auto"`` left): smoothing ``eps``, ``softcap``
-    ``c`` (None: off), z-loss coefficient ``lam``, tokens per chunk, how ``dweight`` is formed
-    and which autograd Function runs."""
+    ``c`` (None: off), z-loss coefficient ``lam``, tokens per chunk (per panel for
+    ``weight_grad="vocab_major"``), how ``dweight`` is formed and which autograd Function
+    runs."""
 
     label_smoothing: float
     softcap: float | None
