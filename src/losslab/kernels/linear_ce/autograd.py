@@ -108,14 +108,17 @@ class Recompute(torch.autograd.Function):
         per_token = per_token_loss(ce, smooth, lse, valid, opts.label_smoothing,
                                    opts.logz_penalty, w.shape[0])
         ctx.opts = opts
-        ctx.save_for_backward(h, w, b, target, valid, class_weight, lse)
+        ctx.save_for_backward(h, w, b, target, valid, class_weight)
+        # vocab_major's backward reuses the LSE (an O(N) copy: the caller may modify the
+        # returned one in place) instead of repeating its LSE pass
+        ctx.lse = lse.detach().clone() if opts.weight_grad == "vocab_major" else None
         return per_token, lse
 
     @staticmethod
     def backward(ctx: Any, g_loss: Tensor | None, g_lse: Tensor | None) -> tuple[Any, ...]:
-        h, w, b, target, valid, class_weight, lse = ctx.saved_tensors
+        h, w, b, target, valid, class_weight = ctx.saved_tensors
         acc = compute_dtype(h.dtype)
         *_, gr = grad_pass(h, w, b, target, valid, class_weight, ctx.opts, stats=False,
                            g_loss=_as(g_loss, acc), g_lse=_as(g_lse, acc),
-                           need=_needs(ctx, b), lse=lse)
+                           need=_needs(ctx, b), lse=ctx.lse)
         return (*gr.in_param_dtypes(w, b), None, None, None, None)
