@@ -22,7 +22,8 @@ upcast; bf16 only); ``torch_ref`` = ``F.linear_cross_entropy(h, W, t)`` (options
 reference path); ``torch_chunked`` = ``options=LinearCrossEntropyOptions()`` (torch's default
 chunked options); ``torch_chunked_bs1024`` = ``LinearCrossEntropyOptions(batch_chunk_size=
 1024)``; ``losslab`` = :func:`losslab.functional.linear_cross_entropy_loss` with default
-options. Variants: ``losslab:weight_grad=vocab_blocks,chunk_size=512`` etc. (int, float or
+options. Variants: ``losslab:weight_grad=vocab_major``,
+``losslab:weight_grad=vocab_blocks,chunk_size=512`` etc. (int, float or
 string values). ``before`` (and ``before:key=value,...``) is ``losslab`` imported from another
 source tree, ``--before-src DIR`` (e.g. an export of an earlier commit): a change to the kernel
 is compared with the code before it, interleaved in the same run.

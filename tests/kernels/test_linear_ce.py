@@ -17,7 +17,7 @@ import losslab.kernels.linear_ce.workspace as lce_sizes
 from losslab.functional import linear_cross_entropy_loss as lce
 
 N, D, V = 23, 6, 11
-WEIGHT_GRADS = ["token_chunks", "vocab_blocks"]
+WEIGHT_GRADS = ["token_chunks", "vocab_blocks", "vocab_major"]
 
 
 @pytest.fixture(autouse=True)
@@ -28,6 +28,20 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(lce_sizes, "VOCAB_BLOCK", 4)
     monkeypatch.setattr(lce_sizes, "MIN_VOCAB_BLOCK", 4)
     monkeypatch.setattr(lce_sizes, "VOCAB_PASS_BYTES", 4 * 4 * 8)  # 4 float64 tokens x 4 rows
+    monkeypatch.setattr(lce_sizes, "MAJOR_BLOCK", 4)  # vocab_major: blocks of 4, 4, 3 rows
+    monkeypatch.setattr(lce_sizes, "MIN_MAJOR_BLOCK", 4)
+
+
+REAL_SIZES = {k: getattr(lce_sizes, k) for k in ("VOCAB_BLOCK", "MIN_VOCAB_BLOCK",
+                                                 "VOCAB_PASS_BYTES", "MAJOR_BLOCK",
+                                                 "MIN_MAJOR_BLOCK")}
+
+
+@pytest.fixture
+def real_sizes(monkeypatch):
+    """The library's own block sizes (undoing :func:`small_blocks`), for the plan tests."""
+    for k, x in REAL_SIZES.items():
+        monkeypatch.setattr(lce_sizes, k, x)
 
 
 def make(dtype=torch.float64, seed=0, n=N, v=V, d=D, ignore_every=4):
@@ -341,26 +355,31 @@ GRID = list(itertools.product([2048, 4096, 16384], [32000, 128256, 262144],
 
 
 @pytest.mark.parametrize("n,v,dt,softcap", GRID)
-def test_planned_workspace_within_budget(n, v, dt, softcap):
+def test_planned_workspace_within_budget(n, v, dt, softcap, real_sizes):
     """Issue #18, target 1: at d = 1024, every (N, V, dtype) of the grid is planned within the
     default 48 MiB budget (the chunk pass with, for half ``token_chunks``, the float32
-    accumulator beyond the half gradient; the ``vocab_blocks`` pass), and the planned bytes
-    are those the allocation takes."""
+    accumulator beyond the half gradient; the ``vocab_major`` passes with their panel of
+    tokens), and the planned bytes are those the allocation takes."""
     d = 1024
     wg, chunk = lce_sizes.plan_chunks(n, v, d, dt, softcap=softcap)
     usable = lce_sizes.WORKSPACE_BYTES * lce_sizes.PLAN_FRACTION
-    tc = wg == "token_chunks"
-    assert lce_sizes.chunk_workspace_bytes(chunk, v, d, dt, softcap=softcap, weight_grad=tc,
-                                           accumulator=tc) <= usable
-    if not tc:
-        assert lce_sizes.vocab_workspace_bytes(n, v, d, dt, softcap=softcap)[2] <= usable
     assert 1 <= chunk <= n
+    if wg == "vocab_major":  # chunk = the token panel
+        block, planned = lce_sizes.vocab_major_bytes(chunk, v, d, dt, softcap=softcap)
+        assert planned <= usable
+        assert block >= lce_sizes.MIN_MAJOR_BLOCK and chunk >= 1024  # every GEMM large
+        if dt == torch.float32 and not softcap:  # all tokens in one panel
+            assert chunk == n
+    else:
+        assert wg == "token_chunks"
+        assert lce_sizes.chunk_workspace_bytes(chunk, v, d, dt, softcap=softcap,
+                                               weight_grad=True, accumulator=True) <= usable
     if dt == torch.float32 and not softcap and v == 32000:  # 320 tokens of logits fit
         assert wg == "token_chunks" and chunk >= lce_sizes.MIN_TOKEN_CHUNK
     if v >= 128256:  # fewer than MIN_TOKEN_CHUNK tokens fit: no small-chunk token pass
-        assert wg == "vocab_blocks"
+        assert wg == "vocab_major"
     if dt == torch.bfloat16:  # the float32 V x d accumulator alone exceeds the budget
-        assert wg == "vocab_blocks"
+        assert wg == "vocab_major"
 
 
 def test_chunk_workspace_bytes_match_allocation():
@@ -394,9 +413,21 @@ def test_chunk_workspace_bytes_match_allocation():
                                                             softcap=sc is not None,
                                                             runtime=False)
         assert (vw.block, vw.group) == (blk, grp) and got == planned
+    for dt, sc, panel in itertools.product([torch.float32, torch.bfloat16, torch.float64],
+                                           [None, 30.0], [7, 300]):
+        opts = lce_sizes.LceOptions(label_smoothing=0.0, softcap=sc, logz_penalty=0.0,
+                                    chunk_size=panel, weight_grad="vocab_major",
+                                    workspace_bytes=2 * MIB)
+        vm = lce_sizes.VocabMajorWorkspace.allocate(300, 5000, 48, dt, cpu, opts, grads=True,
+                                                    dh=True)
+        got = sum(b.numel() * b.element_size()
+                  for b in (vm.z, vm.x, vm.tanh, vm.dh_acc, vm.dh_part) if b is not None)
+        blk, planned = lce_sizes.vocab_major_bytes(panel, 5000, 48, dt, softcap=sc is not None,
+                                                   workspace_bytes=2 * MIB, runtime=False)
+        assert vm.panel == panel and vm.block == blk and got == planned
 
 
-def test_plan_chunks_follows_the_budget():
+def test_plan_chunks_follows_the_budget(real_sizes):
     # fp32, V = 32000, d = 1024: 42 MiB usable / (128 kB logits + 8 kB folds) per token
     assert lce_sizes.plan_chunks(4096, 32000, 1024) == ("token_chunks", 320)
     # a larger budget buys larger chunks, up to MAX_CHUNK; the chunk never exceeds N
@@ -410,7 +441,17 @@ def test_plan_chunks_follows_the_budget():
     # an explicit weight_grad is kept; a budget below one row of logits still gives 1 token
     assert lce_sizes.plan_chunks(4096, 32000, 1024, weight_grad="vocab_blocks")[0] == (
         "vocab_blocks")
-    assert lce_sizes.plan_chunks(4096, 262144, 1024, workspace_bytes=1024)[1] == 1
+    assert lce_sizes.plan_chunks(4096, 262144, 1024, weight_grad="token_chunks",
+                                 workspace_bytes=1024)[1] == 1
+    # vocab_major: the panel is all tokens while MIN_MAJOR_BLOCK-row blocks of them fit, else
+    # the fewest equal panels that fit (one token at least), the block as large as fits
+    big = lce_sizes.plan_chunks(2048, 128256, 1024)
+    assert big == ("vocab_major", 2048)
+    assert lce_sizes.major_block(2048, 128256, 1024, torch.float32, softcap=False) == 5376
+    assert lce_sizes.plan_chunks(4096, 262144, 1024, workspace_bytes=1024) == ("vocab_major", 1)
+    wg, panel = lce_sizes.plan_chunks(10**6, 128256, 1024)
+    assert wg == "vocab_major" and panel * 4 * lce_sizes.MIN_MAJOR_BLOCK <= 42 * MIB
+    assert -(-10**6 // panel) == -(-10**6 * 4 * lce_sizes.MIN_MAJOR_BLOCK // (42 * MIB))
     for n, v, dt, sc in itertools.product([1, 300, 5000], [7, 32000, 262144],
                                           [torch.float32, torch.bfloat16], [False, True]):
         wg, c = lce_sizes.plan_chunks(n, v, 256, dt, softcap=sc)
@@ -441,7 +482,7 @@ def test_auto_weight_grad_policy():
                                             "chunk_size": 5})
         assert opts.weight_grad == "vocab_blocks" and opts.chunk_size == 5
         opts = lce_mod._validate(h, w, t, **{**defaults, "workspace_bytes": 64})
-        assert opts.weight_grad == "vocab_blocks" and opts.workspace_bytes == 64
+        assert opts.weight_grad == "vocab_major" and opts.workspace_bytes == 64
     for bad in (0, -1, 1.5, True, "64MiB"):
         with pytest.raises(ValueError, match="workspace_bytes"):
             lce(h, w, t, workspace_bytes=bad)

@@ -113,9 +113,11 @@ def linear_cross_entropy_loss(
             3 GEMMs). ``"vocab_blocks"``: a second pass over vocabulary blocks recomputes
             their logits for all tokens and writes ``dweight[block] = G.T @ hidden`` once
             (4 GEMMs, no accumulator; half inputs accumulate over tokens in float32 inside
-            the GEMM). ``"auto"``: ``"token_chunks"`` while a chunk of at least 256 tokens
-            (and, for half inputs, the float32 ``V x d`` accumulator) fits the budget, else
-            ``"vocab_blocks"``.
+            the GEMM). ``"vocab_major"``: an LSE pass, then a gradient pass, over vocabulary
+            blocks of all tokens (or of token panels of ``chunk_size`` tokens when the
+            budget requires; 4 large GEMMs, ``dweight[block]`` written once). ``"auto"``:
+            ``"token_chunks"`` while a chunk of at least 256 tokens (and, for half inputs,
+            the float32 ``V x d`` accumulator) fits the budget, else ``"vocab_major"``.
         workspace_bytes: the memory budget: bytes the kernel may allocate beyond the
             gradients it returns and its O(N) per-token vectors; default None = 48 MiB
             (:data:`losslab.kernels.linear_ce.WORKSPACE_BYTES`), independent of N and V.

@@ -27,9 +27,15 @@ Two strategies (``strategy=``, :mod:`.autograd`):
 runs a second pass over vocabulary blocks that recomputes their logits for all tokens and
 writes ``dweight[block] = G.T @ h`` once (4 GEMMs, no accumulator: for half inputs the GEMM's
 internal float32 accumulation over all tokens replaces a float32 ``V x d`` buffer, so it uses
-less memory and more time). ``"auto"`` and the chunk size are resolved in :func:`_validate`
+less memory and more time), and ``"vocab_major"`` (:mod:`.vocab_major`) is a whole method:
+an LSE pass over vocabulary blocks of all tokens (online log-sum-exp, ``O(N)`` statistics),
+then a gradient pass that recomputes each block's logits and writes ``dweight[block]`` once,
+adds the block's ``dhidden`` term and its ``dbias`` (4 GEMMs, every one of them
+``tokens x block x d`` with all tokens in one panel unless the budget forbids; ``chunk_size``
+is then the token panel). ``"auto"`` and the chunk size are resolved in :func:`_validate`
 from the call's memory budget, ``workspace_bytes`` (default 48 MiB, whatever N and V:
-:func:`~.workspace.plan_chunks`).
+:func:`~.workspace.plan_chunks`: ``"token_chunks"`` while chunks of at least 256 tokens fit,
+else ``"vocab_major"``).
 
 Numerics: the loss, the LSE and ``dbias`` are accumulated in float32 (float64 for float64
 inputs). For bfloat16/float16 inputs the matmuls run in the input dtype (as the naive
@@ -86,8 +92,8 @@ __all__ = [
 
 Strategy = Literal["auto", "grad_in_forward", "recompute"]
 STRATEGIES: tuple[str, ...] = ("auto", "grad_in_forward", "recompute")
-WeightGrad = Literal["auto", "token_chunks", "vocab_blocks"]
-WEIGHT_GRADS: tuple[str, ...] = ("auto", "token_chunks", "vocab_blocks")
+WeightGrad = Literal["auto", "token_chunks", "vocab_blocks", "vocab_major"]
+WEIGHT_GRADS: tuple[str, ...] = ("auto", "token_chunks", "vocab_blocks", "vocab_major")
 
 #: The declared rules of the options; ``losses.sequence`` passes them as the shell's ``check``.
 OPTION_RULES = hparams(

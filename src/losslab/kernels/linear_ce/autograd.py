@@ -109,6 +109,9 @@ class Recompute(torch.autograd.Function):
                                    opts.logz_penalty, w.shape[0])
         ctx.opts = opts
         ctx.save_for_backward(h, w, b, target, valid, class_weight)
+        # vocab_major's backward reuses the LSE (an O(N) copy: the caller may modify the
+        # returned one in place) instead of repeating its LSE pass
+        ctx.lse = lse.detach().clone() if opts.weight_grad == "vocab_major" else None
         return per_token, lse
 
     @staticmethod
@@ -117,5 +120,5 @@ class Recompute(torch.autograd.Function):
         acc = compute_dtype(h.dtype)
         *_, gr = grad_pass(h, w, b, target, valid, class_weight, ctx.opts, stats=False,
                            g_loss=_as(g_loss, acc), g_lse=_as(g_lse, acc),
-                           need=_needs(ctx, b))
+                           need=_needs(ctx, b), lse=ctx.lse)
         return (*gr.in_param_dtypes(w, b), None, None, None, None)

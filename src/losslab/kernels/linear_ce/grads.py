@@ -34,6 +34,7 @@ from losslab.kernels.linear_ce.workspace import (
 __all__ = [
     "LceGrads",
     "add_weight_grad_",
+    "block_logit_grad_",
     "finish_smoothing_terms_",
     "fold_grads_",
     "round_in_place",
@@ -267,7 +268,7 @@ def weight_grad_by_vocab_blocks(
     For each block of vocabulary rows the logits of all tokens are recomputed
     (``h @ W[block].T``), turned into the logit gradient
     ``(A exp(z - lse) - B e_t - C w) * cap'(z)`` with the per-token LSE and coefficients of the
-    first pass (:func:`_block_logit_grad_`), and ``dW[block] = G.T @ h`` is written once by
+    first pass (:func:`block_logit_grad_`), and ``dW[block] = G.T @ h`` is written once by
     one GEMM over all tokens (:func:`_write_block_grad_`): no ``V x d`` accumulator is
     re-read per token chunk, and for half inputs the sum over tokens happens inside the GEMM
     (float32 accumulation in the kernel, one rounding to the output). With more tokens than
@@ -298,31 +299,33 @@ def weight_grad_by_vocab_blocks(
             torch.mm(h[g0:g1], wt[:, v0:v1], out=z)
             if b is not None:
                 z.add_(b[v0:v1])
-            _block_logit_grad_(z, ws, gr, shift, cw, onehot, tr, opts.softcap, fold,
-                               (g0, g1), (v0, v1))
+            block_logit_grad_(z, ws.x, ws.tanh, gr, shift, cw, onehot, tr, opts.softcap,
+                              fold, (g0, g1), (v0, v1))
             _write_block_grad_(dw, z, h, ws, (g0, g1), (v0, v1))
     return dw
 
 
-def _block_logit_grad_(
-    z: Tensor, ws: VocabBlockWorkspace, gr: LceGrads, shift: Tensor, cw: Tensor | None,
-    onehot: Tensor, tr: Tensor, cap: float | None, fold: bool, tokens: tuple[int, int],
-    vocab: tuple[int, int],
+def block_logit_grad_(
+    z: Tensor, x_buf: Tensor | None, tanh_buf: Tensor | None, gr: LceGrads, shift: Tensor,
+    cw: Tensor | None, onehot: Tensor, tr: Tensor, cap: float | None, fold: bool,
+    tokens: tuple[int, int], vocab: tuple[int, int],
 ) -> None:
     """``z <- (A exp(cap(z) - lse) - B e_t - C w) * cap'(z)`` for the block's tokens
     ``[g0, g1)`` and vocabulary rows ``[v0, v1)`` (in float32 for half inputs; ``A`` enters
     the exponent as ``shift = lse - log A`` when ``fold``). ``onehot`` lists the tokens whose
-    target lies in the block and has ``B != 0``; ``tr`` = target - v0."""
+    target lies in the block and has ``B != 0``; ``tr`` = target - v0. ``x_buf`` (half
+    inputs: the float32 side, None otherwise) and ``tanh_buf`` (softcap) are flat buffers of
+    at least ``z.numel()`` entries; the float32 gradient stays in ``x_buf`` too."""
     (g0, g1), (v0, v1) = tokens, vocab
     ca, cb, cc = gr.coef_a, gr.coef_b, gr.coef_c
     assert ca is not None and cb is not None
     k, m = z.shape
-    x = ws.x[: k * m].view(k, m) if ws.x is not None else z
+    x = x_buf[: k * m].view(k, m) if x_buf is not None else z
     col = shift[g0:g1].unsqueeze(1)
     t = None
     if cap is not None:
-        assert ws.tanh is not None
-        t = ws.tanh[: k * m].view(k, m)
+        assert tanh_buf is not None
+        t = tanh_buf[: k * m].view(k, m)
         torch.div(z, cap, out=t)
         t.tanh_()
         torch.mul(t, cap, out=x)

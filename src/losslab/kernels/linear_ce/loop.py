@@ -29,6 +29,7 @@ from losslab.kernels.linear_ce.rows import (
     softcap_,
     softmax_rows_,
 )
+from losslab.kernels.linear_ce.vocab_major import vocab_major_pass
 from losslab.kernels.linear_ce.workspace import ChunkWorkspace, LceOptions
 
 __all__ = ["PassResult", "chunk_loop", "grad_pass"]
@@ -41,6 +42,7 @@ def chunk_loop(
     h: Tensor, w: Tensor, b: Tensor | None, target: Tensor, valid: Tensor,
     class_weight: Tensor | None, opts: LceOptions, *, stats: bool, g_loss: Tensor | None,
     g_lse: Tensor | None, need: tuple[bool, bool, bool], coefs: bool = False,
+    lse: Tensor | None = None,
 ) -> PassResult:
     r"""One pass over the tokens in chunks of ``opts.chunk_size`` rows.
 
@@ -51,7 +53,15 @@ def chunk_loop(
     ``sum_n g_loss[n] * l_n + g_lse[n] * lse_n`` (``l_n`` the label-smoothed, class-weighted
     CE plus z-loss) for the inputs flagged in ``need`` (``dh, dw, db``); with ``coefs`` the
     per-token coefficients ``A, B, C`` are kept in ``grads`` even if ``need`` is all False.
+
+    ``opts.weight_grad == "vocab_major"`` runs :func:`~.vocab_major.vocab_major_pass`
+    instead (vocabulary blocks of whole token panels; ``lse``, the per-token LSE of an
+    earlier pass over the same inputs, lets it skip its LSE pass when no ``stats`` are
+    wanted). The token-chunk passes ignore ``lse``.
     """
+    if opts.weight_grad == "vocab_major":
+        return vocab_major_pass(h, w, b, target, valid, class_weight, opts, stats=stats,
+                                g_loss=g_loss, g_lse=g_lse, need=need, lse=lse)
     (n, d), v = h.shape, w.shape[0]
     acc, dev = compute_dtype(h.dtype), h.device
     eps = opts.label_smoothing
@@ -137,14 +147,16 @@ def _part(x: Tensor | None, s: int, e: int) -> Tensor | None:
 def grad_pass(
     h: Tensor, w: Tensor, b: Tensor | None, target: Tensor, valid: Tensor,
     class_weight: Tensor | None, opts: LceOptions, *, stats: bool, g_loss: Tensor | None,
-    g_lse: Tensor | None, need: tuple[bool, bool, bool],
+    g_lse: Tensor | None, need: tuple[bool, bool, bool], lse: Tensor | None = None,
 ) -> PassResult:
     """:func:`chunk_loop`, with ``dweight`` from the token chunks (``weight_grad=
-    "token_chunks"``: one float32/float64 accumulator, in the accumulator dtype) or from
-    :func:`~.grads.weight_grad_by_vocab_blocks` (``"vocab_blocks"``: in ``weight``'s dtype)."""
+    "token_chunks"``: one float32/float64 accumulator, in the accumulator dtype), from
+    :func:`~.grads.weight_grad_by_vocab_blocks` (``"vocab_blocks"``: in ``weight``'s dtype) or
+    by the vocabulary-major passes (``"vocab_major"``: in ``weight``'s dtype; ``lse`` as in
+    :func:`chunk_loop`)."""
     if opts.weight_grad != "vocab_blocks" or not need[1] or (g_loss is None and g_lse is None):
         return chunk_loop(h, w, b, target, valid, class_weight, opts, stats=stats,
-                          g_loss=g_loss, g_lse=g_lse, need=need)
+                          g_loss=g_loss, g_lse=g_lse, need=need, lse=lse)
     ce, smooth, lse, gr = chunk_loop(h, w, b, target, valid, class_weight, opts, stats=stats,
                                      g_loss=g_loss, g_lse=g_lse,
                                      need=(need[0], False, need[2]), coefs=True)

@@ -25,9 +25,13 @@ __all__ = [
     "ChunkWorkspace",
     "LceOptions",
     "VocabBlockWorkspace",
+    "VocabMajorWorkspace",
     "chunk_workspace_bytes",
+    "major_block",
+    "major_panel",
     "plan_chunks",
     "tokens_within",
+    "vocab_major_bytes",
     "vocab_workspace_bytes",
 ]
 
@@ -65,6 +69,12 @@ VOCAB_BLOCK, MIN_VOCAB_BLOCK = 8192, 256
 #: Cap on that pass's ``tokens x block`` buffers (within the budget; tokens are grouped
 #: beyond it).
 VOCAB_PASS_BYTES = 64 * 1024 * 1024
+#: Most / fewest vocabulary rows per block of the ``weight_grad="vocab_major"`` passes (the
+#: fewest is kept even when the budget is smaller: a block of fewer rows makes every GEMM
+#: small; the panel of tokens shrinks instead).
+MAJOR_BLOCK, MIN_MAJOR_BLOCK = 8192, 512
+#: Vocabulary blocks of the ``"vocab_major"`` passes are multiples of this (when larger).
+MAJOR_ALIGN = 64
 
 
 def _usable(budget: int) -> int:
@@ -143,17 +153,24 @@ def plan_chunks(
 
     ``weight_grad="auto"`` keeps ``"token_chunks"`` (3 GEMMs) when a chunk of at least
     :data:`MIN_TOKEN_CHUNK` tokens fits the budget together with, for half inputs, the float32
-    ``V x d`` accumulator; otherwise ``"vocab_blocks"`` (4 GEMMs, no accumulator: its second
-    pass, :class:`VocabBlockWorkspace`, has its own buffers within the same budget). The chunk
-    is then the largest that fits (:func:`chunk_workspace_bytes`), aligned to
-    :data:`CHUNK_ALIGN` and at most :data:`MAX_CHUNK` tokens; if not even one token fits
-    (a budget below one row of logits) the chunk is one token.
+    ``V x d`` accumulator; otherwise ``"vocab_major"`` (two passes over vocabulary blocks of
+    whole token panels, 4 large GEMMs, no ``V x d`` accumulator: :mod:`.vocab_major`), whose
+    "chunk" is the token panel of :func:`major_panel` (all tokens unless a panel of
+    :data:`MIN_MAJOR_BLOCK`-row blocks would exceed the budget). ``"vocab_blocks"`` is never
+    chosen automatically any more (it does the same 4 GEMMs, two of them on small token
+    chunks). For the token passes the chunk is the largest that fits
+    (:func:`chunk_workspace_bytes`), aligned to :data:`CHUNK_ALIGN` and at most
+    :data:`MAX_CHUNK` tokens; if not even one token fits (a budget below one row of logits)
+    the chunk is one token.
     """
     n = max(n_tokens, 1)
     usable = _usable(workspace_bytes)
     if weight_grad == "auto":
         c = _fit_chunk(n, vocab_size, d, dtype, softcap, usable, True, True)
-        weight_grad = "token_chunks" if c >= min(MIN_TOKEN_CHUNK, n) else "vocab_blocks"
+        weight_grad = "token_chunks" if c >= min(MIN_TOKEN_CHUNK, n) else "vocab_major"
+    if weight_grad == "vocab_major":
+        return weight_grad, major_panel(n, vocab_size, d, dtype, softcap=softcap,
+                                        workspace_bytes=workspace_bytes)
     tc = weight_grad == "token_chunks"
     return weight_grad, max(1, _fit_chunk(n, vocab_size, d, dtype, softcap, usable, tc, tc))
 
@@ -192,11 +209,113 @@ def vocab_workspace_bytes(
     return vb, grp, grp * vb * (per if runtime else per - copy) + acc_bytes
 
 
+def _major_entry_bytes(dtype: torch.dtype, softcap: bool, runtime: bool = True) -> int:
+    """Bytes per logit of a ``"vocab_major"`` block: the logits (input dtype), for half inputs
+    their float32 copy and (``runtime``) the matmul's float32 copy of the half operand, with
+    softcap the ``tanh`` of the gradient pass (compute dtype)."""
+    half = dtype in HALF_DTYPES
+    return (dtype.itemsize + (4 + (HALF_GEMM_COPY if runtime else 0) if half else 0)
+            + (compute_dtype(dtype).itemsize if softcap else 0))
+
+
+def _major_token_bytes(d: int, dtype: torch.dtype) -> int:
+    """Bytes per panel token of a ``"vocab_major"`` gradient pass: for half inputs the float32
+    ``dhidden`` accumulator of the panel and one half partial product (none for fp32/fp64:
+    ``dhidden`` accumulates in the returned gradient)."""
+    return d * (4 + dtype.itemsize) if dtype in HALF_DTYPES else 0
+
+
+def major_panel(n: int, v: int, d: int, dtype: torch.dtype, *, softcap: bool,
+                workspace_bytes: int = WORKSPACE_BYTES) -> int:
+    """Tokens per panel of ``"vocab_major"``: all ``n`` when blocks of
+    :data:`MIN_MAJOR_BLOCK` vocabulary rows of all tokens fit the budget, else the fewest
+    equal panels that fit (at least one token)."""
+    n = max(n, 1)
+    per_tok = min(v, MIN_MAJOR_BLOCK) * _major_entry_bytes(dtype, softcap) \
+        + _major_token_bytes(d, dtype)
+    cap = max(1, _usable(workspace_bytes) // per_tok)
+    if cap >= n:
+        return n
+    k = -(-n // cap)
+    return -(-n // k)
+
+
+def major_block(panel: int, v: int, d: int, dtype: torch.dtype, *, softcap: bool,
+                workspace_bytes: int = WORKSPACE_BYTES) -> int:
+    """Vocabulary rows per ``"vocab_major"`` block for panels of ``panel`` tokens: the most
+    that fit the budget next to the panel's ``dhidden`` buffers, between
+    :data:`MIN_MAJOR_BLOCK` and :data:`MAJOR_BLOCK` (and ``V``), aligned to
+    :data:`MAJOR_ALIGN`."""
+    panel = max(panel, 1)
+    room = _usable(workspace_bytes) - panel * _major_token_bytes(d, dtype)
+    fit = max(0, room) // (panel * _major_entry_bytes(dtype, softcap))
+    vb = min(v, MAJOR_BLOCK, max(MIN_MAJOR_BLOCK, fit))
+    if MAJOR_ALIGN <= vb < v:
+        vb = vb // MAJOR_ALIGN * MAJOR_ALIGN
+    return max(1, vb)
+
+
+def vocab_major_bytes(
+    panel: int, v: int, d: int, dtype: torch.dtype, *, softcap: bool,
+    workspace_bytes: int = WORKSPACE_BYTES, runtime: bool = True,
+) -> tuple[int, int]:
+    """``(block, bytes)`` of the ``"vocab_major"`` passes with panels of ``panel`` tokens:
+    the buffers of :meth:`VocabMajorWorkspace.allocate` (gradients wanted, the largest case),
+    with ``runtime`` the matmul's float32 copy of the half logits block too."""
+    vb = major_block(panel, v, d, dtype, softcap=softcap, workspace_bytes=workspace_bytes)
+    return vb, (panel * vb * _major_entry_bytes(dtype, softcap, runtime)
+                + panel * _major_token_bytes(d, dtype))
+
+
+@dataclass
+class VocabMajorWorkspace:
+    """The buffers of the ``weight_grad="vocab_major"`` passes (allocated once per call).
+
+    ``panel`` tokens per panel and ``block`` vocabulary rows per block
+    (:func:`major_panel`, :func:`major_block`); flat buffers of ``panel x block`` entries:
+    ``z`` the block's logits (input dtype), ``x`` their float32 copy (half only), ``tanh``
+    the softcap's ``tanh`` (gradient pass with softcap only); ``dh_acc`` / ``dh_part``
+    ``[panel, d]``: the float32 ``dhidden`` accumulator of a panel and one half partial
+    product (half inputs with ``dhidden`` wanted).
+    """
+
+    panel: int
+    block: int
+    z: Tensor
+    x: Tensor | None
+    tanh: Tensor | None
+    dh_acc: Tensor | None
+    dh_part: Tensor | None
+
+    @classmethod
+    def allocate(
+        cls, n: int, v: int, d: int, dtype: torch.dtype, device: torch.device,
+        opts: LceOptions, *, grads: bool, dh: bool,
+    ) -> VocabMajorWorkspace:
+        acc = compute_dtype(dtype)
+        half = dtype in HALF_DTYPES
+        panel = max(1, min(opts.chunk_size, n))
+        vb = major_block(panel, v, d, dtype, softcap=opts.softcap is not None,
+                         workspace_bytes=opts.workspace_bytes)
+
+        def new(*shape: int, dt: torch.dtype = acc) -> Tensor:
+            return torch.empty(*shape, dtype=dt, device=device)
+
+        return cls(
+            panel=panel, block=vb, z=new(panel * vb, dt=dtype),
+            x=new(panel * vb) if half else None,
+            tanh=new(panel * vb) if grads and opts.softcap is not None else None,
+            dh_acc=new(panel, d) if half and dh else None,
+            dh_part=new(panel, d, dt=dtype) if half and dh else None,
+        )
+
+
 @dataclass(frozen=True)
 class LceOptions:
     """The resolved options of one call (no ``"auto"`` left): smoothing ``eps``, ``softcap``
-    ``c`` (None: off), z-loss coefficient ``lam``, tokens per chunk, how ``dweight`` is formed
-    and which autograd Function runs."""
+    ``c`` (None: off), z-loss coefficient ``lam``, tokens per chunk (per panel for
+    ``weight_grad="vocab_major"``), how ``dweight`` is formed and which autograd Function
+    runs."""
 
     label_smoothing: float
     softcap: float | None
