@@ -55,11 +55,13 @@ def probe(name: str, *, timed: bool, iters: int) -> dict:
     call = make_call(spec, dtype=torch.float32)
     torch._dynamo.reset()
     out: dict = {"loss": name, "kind": spec.kind}
+    t0 = time.perf_counter()
     try:
         ex = torch._dynamo.explain(module)(*call.args, **call.kwargs)
     except Exception as e:  # a loss that cannot be traced at all is a result, not a crash
         out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
         return out
+    out["explain_s"] = round(time.perf_counter() - t0, 2)
     out["graph_breaks"] = ex.graph_break_count
     out["sites"] = sorted({f"{str(b.reason).splitlines()[0][:60]} @ {_break_site(b)}"
                            for b in ex.break_reasons})
