@@ -84,7 +84,7 @@ def probe(name: str, *, timed: bool, iters: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--names", nargs="+", help="losses to probe (default: all registered)")
     ap.add_argument("--time", action="store_true", help="also time eager vs compiled")
     ap.add_argument("--iters", type=int, default=5)

@@ -178,5 +178,5 @@ def test_compiled_data_check_raises() -> None:
     support, sl, query, ql = _episode()
     m = torch.compile(losslab.create("protonet"), fullgraph=True)
     m(support, sl, query, ql)
-    with pytest.raises(RuntimeError, match="absent|invalid input"):
+    with pytest.raises(RuntimeError, match=r"absent|invalid input"):
         m(support, sl, query, ql.clone().fill_(5))
