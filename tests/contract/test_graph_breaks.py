@@ -5,10 +5,10 @@ kind and counts the graph breaks. A loss that still breaks is listed in
 :data:`EXPECTED_BREAKS` with the reason; it is a strict expected failure, so the test fails
 both when a new break appears and when a listed loss gets fixed (then remove it from the list).
 
-Cost: about 0.3-1.5 s of tracing per loss on a CPU (a few up to ~8 s), ~3 minutes for the
-registry. The default suite traces :data:`REPRESENTATIVE` (every kind, and each site that once
-broke); the rest is ``slow`` (``-m slow``). ``benchmarks/bench_compile.py`` prints the same
-census with the break sites.
+Cost: about 0.3-1.5 s of tracing per loss on a CPU (a few up to ~8 s), about a minute for
+the whole registry under pytest. The default suite traces :data:`REPRESENTATIVE` (every kind,
+and each site that once broke); the rest is ``slow`` (``-m slow``).
+``benchmarks/bench_compile.py`` prints the same census with the break sites.
 
 The compile-only code paths (static bounds instead of data-dependent sizes) are checked against
 eager on inputs chosen to exercise the padding (``test_compiled_equals_eager``, slow).
