@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from losslab._require import require
+
 __all__ = [
     "HALF_DTYPES",
     "PROB_ATOL",
@@ -104,25 +106,6 @@ def zero_loss(*tensors: Tensor) -> Tensor:
     if out is None:
         raise ValueError("zero_loss needs at least one floating-point tensor")
     return out
-
-
-def require(ok: Tensor, message: str | Callable[[], str]) -> None:
-    """Raise ``ValueError(message)`` unless every entry of the bool tensor ``ok`` holds: the
-    data checks of the losses (label ranges, finite relevance, ...). ``message`` may be a
-    function, called only on failure (to list the offending values).
-
-    Under ``torch.compile`` the check is traced as an asynchronous assert
-    (``torch._assert_async``, no graph break): a failing batch raises a ``RuntimeError`` when
-    the graph runs instead of the eager ``ValueError`` (the message, if a function, is
-    replaced by a static one).
-    """
-    if torch.compiler.is_compiling():
-        text = message if isinstance(message, str) else (
-            "losslab: invalid input values (run eagerly for the details)")
-        torch._assert_async(ok.all(), text)  # pyright: ignore[reportPrivateImportUsage]
-        return
-    if not bool(ok.all()):
-        raise ValueError(message if isinstance(message, str) else message())
 
 
 def check_float(name: str, x: Any) -> None:

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from losslab._require import require  # a leaf module (torch only): no import cycle
+
 __all__ = ["Choice", "Flag", "HParamCheck", "Int", "Kwargs", "PerClass", "Real", "Rule", "hparams"]
 
 
@@ -282,9 +284,9 @@ class PerClass(Rule):
             ok = ok & (t > self.gt)
         if self.ge is not None:
             ok = ok & (t >= self.ge)
-        if not bool(ok.all()):
-            bad = float(t[~ok][0])
-            raise ValueError(f"{name} must be {self.expected()}, got an entry {bad!r}")
+        # through require: an async assert under torch.compile instead of a graph break
+        require(ok, lambda: f"{name} must be {self.expected()}, got an entry "
+                            f"{float(t[~ok][0])!r}")
 
     def rejects(self) -> Iterator[Any]:
         yield from super().rejects()

@@ -139,7 +139,11 @@ def members(labels: Tensor, ref_labels: Tensor | int, self_ref: bool) -> Members
     q = labels.to(srt.dtype).contiguous()
     start = torch.searchsorted(srt, q, side="left")
     cnt = torch.searchsorted(srt, q, side="right") - start
-    k = max(int(cnt.max()), 1) if n else 1
+    compiling = torch.compiler.is_compiling()
+    # K = the largest class size; under torch.compile its static bound M instead (a
+    # data-dependent width would break the graph): the extra slots are padding (pos False,
+    # pointing at the row's first member), so every result is the same, at O(N·M) indices.
+    k = max(m, 1) if compiling else (max(int(cnt.max()), 1) if n else 1)
     ar = torch.arange(k, device=labels.device)
     real = ar.unsqueeze(0) < cnt.unsqueeze(1)
     slot = (start.unsqueeze(1) + torch.where(real, ar, 0)).clamp_max_(max(m - 1, 0))
@@ -150,7 +154,10 @@ def members(labels: Tensor, ref_labels: Tensor | int, self_ref: bool) -> Members
         n_pos = cnt - 1
     else:
         pos, n_pos = real, cnt
-    return Members(idx, pos, n_pos, m - cnt, has, bool(has.all()), self_ref)
+    # all_have is a fast-path flag: always true for the batch itself; under compile the
+    # general (masked) path is taken for a separate reference set
+    all_have = self_ref or (not compiling and bool(has.all()))
+    return Members(idx, pos, n_pos, m - cnt, has, all_have, self_ref)
 
 
 def ms_pair_mining(s: Tensor, pos: Tensor, neg: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:

@@ -46,6 +46,7 @@ from losslab._core import (
     check_same_device,
     compute_dtype,
     reduce,
+    require,
 )
 from losslab._hparams import Choice, Int, PerClass, Real, hparams
 from losslab.registry import register
@@ -72,11 +73,20 @@ Base = Literal["mse", "bce", "ce"]
 BASES: tuple[str, ...] = ("mse", "bce", "ce")
 
 
+def _bag_sizes(bag_index: Tensor, n_bags: int) -> Tensor:
+    """``[n_bags]`` int64 instance counts of the bags in ``[0, n_bags)``: ``torch.bincount``
+    with a static output size (bincount's size depends on the values, a graph break under
+    ``torch.compile``)."""
+    ones = torch.ones_like(bag_index)
+    return torch.zeros(n_bags, dtype=bag_index.dtype, device=bag_index.device).index_add_(
+        0, bag_index, ones)
+
+
 def bag_means(values: Tensor, bag_index: Tensor, n_bags: int) -> Tensor:
     """Mean of ``values[N, ...]`` within each bag: ``[n_bags, ...]`` (O(N), no padding)."""
     sums = torch.zeros((n_bags, *values.shape[1:]), dtype=values.dtype, device=values.device)
     sums = sums.index_add(0, bag_index, values)
-    counts = torch.bincount(bag_index, minlength=n_bags).to(values.dtype)
+    counts = _bag_sizes(bag_index, n_bags).to(values.dtype)
     return sums / counts.reshape(-1, *([1] * (values.ndim - 1)))
 
 
@@ -98,15 +108,14 @@ def _validate(pred: Tensor, bag_index: Tensor, bag_target: Tensor, base: str) ->
     n_bags = bag_target.shape[0] if bag_target.ndim else 0
     if n_bags == 0:
         raise ValueError("bag_target must have at least one bag, shape [B, ...]")
-    if bag_index.numel() and (int(bag_index.min()) < 0 or int(bag_index.max()) >= n_bags):
-        raise ValueError(
-            f"bag_index must be in [0, {n_bags}) (the number of bags in bag_target), got "
-            f"values in [{int(bag_index.min())}, {int(bag_index.max())}]"
-        )
-    counts = torch.bincount(bag_index, minlength=n_bags)
-    if bool((counts == 0).any()):
-        empty = torch.nonzero(counts == 0).flatten()[:5].tolist()
-        raise ValueError(f"every bag needs at least one instance; bags {empty} have none")
+    # data checks through require: async asserts under torch.compile, no graph break
+    require((bag_index >= 0) & (bag_index < n_bags), lambda: (
+        f"bag_index must be in [0, {n_bags}) (the number of bags in bag_target), got "
+        f"values in [{int(bag_index.min())}, {int(bag_index.max())}]"))
+    counts = _bag_sizes(bag_index, n_bags)
+    require(counts > 0, lambda: (
+        "every bag needs at least one instance; bags "
+        f"{torch.nonzero(counts == 0).flatten()[:5].tolist()} have none"))
     if base == "ce":
         if pred.ndim != 2 or bag_target.shape != (n_bags, pred.shape[1]):
             raise ValueError(
@@ -121,10 +130,9 @@ def _validate(pred: Tensor, bag_index: Tensor, bag_target: Tensor, base: str) ->
         )
     elif base == "bce":
         t = bag_target.detach()
-        if not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails too
-            bad = t[~((t >= 0) & (t <= 1))].flatten()[:5].tolist()
-            raise ValueError(
-                f"base='bce' needs bag_target fractions of positives in [0, 1], got {bad}")
+        ok = (t >= 0) & (t <= 1)  # NaN fails too
+        require(ok, lambda: ("base='bce' needs bag_target fractions of positives in [0, 1], "
+                             f"got {t[~ok].flatten()[:5].tolist()}"))
     return bag_index
 
 
@@ -309,7 +317,7 @@ def _prior(bag_target: Tensor, bag_index: Tensor, prior: Any, base: str) -> Tens
     bag size); ``[]`` for ``"bce"`` targets ``[B, ...]``, ``[C]`` for ``"ce"``."""
     t = bag_target.detach()
     if prior is None:
-        counts = torch.bincount(bag_index, minlength=t.shape[0]).to(t.dtype)
+        counts = _bag_sizes(bag_index, t.shape[0]).to(t.dtype)
         w = counts.reshape(-1, *([1] * (t.ndim - 1)))
         return (t * w).sum(0) / counts.sum()
     p = torch.as_tensor(prior, dtype=t.dtype, device=t.device)
@@ -371,7 +379,7 @@ def easyllp_loss(
     dtype = compute_dtype(pred.dtype)
     x, t = pred.to(dtype), bag_target.to(dtype)
     n_bags = t.shape[0]
-    k = torch.bincount(bag_index, minlength=n_bags).to(dtype)[bag_index]
+    k = _bag_sizes(bag_index, n_bags).to(dtype)[bag_index]
     p = _prior(t, bag_index, prior, base).to(dtype)
     k = k.reshape(-1, *([1] * (x.ndim - 1)))
     soft = k * (t[bag_index] - p) + p

@@ -25,6 +25,7 @@ from losslab._core import (
     check_same_device,
     compute_dtype,
     reduce,
+    require,
 )
 from losslab._hparams import Choice, Int, Real, hparams
 from losslab._ops.icnn import icnn_effective_k, icnn_score_from_neighbours
@@ -62,6 +63,10 @@ class Episode:
             half inputs, which is also the dtype of the losses' results).
 
     The labels are int64 whatever integer dtype was passed.
+
+    ``valid``: ``None``, except for an episode built with ``pad=True`` under ``torch.compile``
+    (:func:`make_episode`): then ``[C]`` bool, the class slots that are real (the others are
+    padding, with a zero prototype, to be masked by the loss).
     """
 
     support: Tensor
@@ -73,19 +78,40 @@ class Episode:
     query_index: Tensor
     prototypes: Tensor
     dtype: torch.dtype
+    valid: Tensor | None = None
 
     @property
     def n_classes(self) -> int:
         return int(self.classes.shape[0])
 
 
+def _padded_classes(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``torch.unique(labels, sorted=True, return_inverse=True)`` with a static size: the
+    classes padded to ``Ns`` slots (padding repeats the largest label, so ``searchsorted``
+    still finds every real class first), the inverse indices, and the ``[Ns]`` mask of the real
+    slots. No data-dependent shape (``torch.unique`` is a graph break under compile)."""
+    srt, order = labels.sort(stable=True)
+    first = torch.ones_like(srt, dtype=torch.bool)
+    first[1:] = srt[1:] != srt[:-1]
+    rank = first.cumsum(0) - 1  # class index of each sorted label
+    inverse = torch.empty_like(rank).scatter_(0, order, rank)
+    classes = srt[-1:].expand(srt.shape[0]).clone().scatter_(0, rank, srt)
+    valid = torch.arange(srt.shape[0], device=srt.device) <= rank[-1]
+    return classes, inverse, valid
+
+
 def make_episode(
-    support: Tensor, support_labels: Tensor, query: Tensor, query_labels: Tensor
+    support: Tensor, support_labels: Tensor, query: Tensor, query_labels: Tensor,
+    *, pad: bool = False,
 ) -> Episode:
     """Validate an episode and compute its prototypes (the class means of the support set).
 
     Labels of any integer dtype are accepted (converted to int64, so that support and query
     labels of different integer dtypes match); bool labels are a ``ValueError``.
+
+    ``pad=True`` (for a loss that masks ``Episode.valid``): under ``torch.compile`` the classes
+    are padded to the static bound ``Ns`` instead of the data-dependent number of classes (no
+    graph break); eagerly it changes nothing.
     """
     check_matrix("support", support)
     check_matrix("query", query, dim=support.shape[1])
@@ -99,26 +125,31 @@ def make_episode(
     check_same_device(
         support=support, query=query, support_labels=support_labels, query_labels=query_labels
     )
-    classes, support_index = torch.unique(support_labels, sorted=True, return_inverse=True)
+    valid: Tensor | None = None
+    if pad and torch.compiler.is_compiling():
+        classes, support_index, valid = _padded_classes(support_labels)
+    else:
+        classes, support_index = torch.unique(support_labels, sorted=True, return_inverse=True)
     query_index = torch.searchsorted(classes, query_labels.contiguous())
     query_index = query_index.clamp_max(classes.shape[0] - 1)
     missing = classes[query_index] != query_labels
-    if bool(missing.any()):
-        absent = sorted(set(query_labels[missing].tolist()))
-        raise ValueError(
-            f"query_labels has class(es) {absent} absent from support_labels "
-            f"(support classes: {classes.tolist()})"
-        )
+    require(~missing, lambda: (  # an async assert under compile, no graph break
+        f"query_labels has class(es) {sorted(set(query_labels[missing].tolist()))} absent "
+        f"from support_labels (support classes: {classes.tolist()})"))
     dtype = support.dtype
     support, query = support.to(compute_dtype(dtype)), query.to(compute_dtype(dtype))
-    counts = torch.bincount(support_index, minlength=classes.shape[0]).to(support.dtype)
+    n_slots = classes.shape[0]
+    # the class sizes with a static shape (bincount's depends on the values); a padded slot
+    # has none (its prototype is 0, masked by the loss), a real class at least one
+    counts = torch.zeros(n_slots, dtype=support.dtype, device=support.device).index_add_(
+        0, support_index, torch.ones_like(support_index, dtype=support.dtype))
     sums = torch.zeros(
-        classes.shape[0], support.shape[1], dtype=support.dtype, device=support.device
+        n_slots, support.shape[1], dtype=support.dtype, device=support.device
     ).index_add(0, support_index, support)
-    prototypes = sums / counts.unsqueeze(1)
+    prototypes = sums / counts.clamp_min(1.0).unsqueeze(1)
     return Episode(
         support, support_labels, query, query_labels, classes, support_index, query_index,
-        prototypes, dtype,
+        prototypes, dtype, valid,
     )
 
 
@@ -153,8 +184,10 @@ def protonet_loss(
     Paper: Snell, Swersky, Zemel, "Prototypical Networks for Few-shot Learning", arXiv 1703.05175.
     """
     _check_protonet(temperature=temperature)
-    ep = make_episode(support, support_labels, query, query_labels)
+    ep = make_episode(support, support_labels, query, query_labels, pad=True)
     logits = -squared_euclidean(ep.query, ep.prototypes) / temperature
+    if ep.valid is not None:  # padded class slots (under torch.compile) take no mass
+        logits = logits.masked_fill(~ep.valid, float("-inf"))
     per_query = F.cross_entropy(logits, ep.query_index, reduction="none")
     return reduce(per_query, reduction)
 
@@ -212,9 +245,11 @@ def proto_triplet_loss(
     Paper: Mendez-Ruiz et al., "SuSana Distancia is all you need", arXiv 2305.09062.
     """
     _check_proto_triplet(margin=margin, eps=eps)
-    ep = make_episode(support, support_labels, query, query_labels)
+    ep = make_episode(support, support_labels, query, query_labels, pad=True)
     d = euclidean(ep.query, ep.prototypes, eps=eps)
     own = F.one_hot(ep.query_index, ep.n_classes).bool()
+    if ep.valid is not None:  # padded class slots (under torch.compile) are no negative
+        own = own | ~ep.valid
     d_pos = d.gather(1, ep.query_index.unsqueeze(1)).squeeze(1)
     d_neg = d.masked_fill(own, float("inf")).min(dim=1).values
     per_query = F.relu(d_pos - d_neg + margin)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_float, compute_dtype, reduce
+from losslab._core import LossModule, Reduction, check_float, compute_dtype, reduce, require
 from losslab._hparams import Real, hparams
 from losslab.registry import register
 
@@ -123,8 +123,8 @@ def _length(name: str, x: object, n: int, device: torch.device, dtype: torch.dty
     if x.device != device:
         raise ValueError(f"{name} must be on policy_chosen's device {device}, got {x.device}")
     x = x.to(dtype)
-    if bool((~(x > 0)).any()) or not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} must hold finite token counts > 0")
+    # through require: an async assert under torch.compile, no graph break
+    require((x > 0) & torch.isfinite(x), f"{name} must hold finite token counts > 0")
     return x
 
 
@@ -547,8 +547,8 @@ def orpo_loss(
     _check_beta(beta=beta)
     b = prepare_pairs(policy_chosen, policy_rejected, chosen_length=chosen_length,
                       rejected_length=rejected_length)
-    if bool((b.chosen > 0).any()) or bool((b.rejected > 0).any()):
-        raise ValueError("policy_chosen and policy_rejected must be log-probabilities (<= 0)")
+    require(~(b.chosen > 0) & ~(b.rejected > 0),
+            "policy_chosen and policy_rejected must be log-probabilities (<= 0)")
     aw, al = b.per_token(b.chosen, b.rejected)
     aw, al = aw.clamp(max=ORPO_MAX_LOGP), al.clamp(max=ORPO_MAX_LOGP)
     log_odds = (aw - al) - (log1mexp(aw) - log1mexp(al))
@@ -670,8 +670,7 @@ def normalized_preference_loss(
     if chosen_grad_norm is not None and rejected_grad_norm is not None:
         gw = _vector("chosen_grad_norm", chosen_grad_norm, n, dev).detach().to(rw.dtype)
         gl = _vector("rejected_grad_norm", rejected_grad_norm, n, dev).detach().to(rw.dtype)
-        if bool((gw < 0).any()) or bool((gl < 0).any()):
-            raise ValueError("chosen_grad_norm and rejected_grad_norm must be >= 0")
+        require(~(gw < 0) & ~(gl < 0), "chosen_grad_norm and rejected_grad_norm must be >= 0")
         rw, rl = rw / (gw + eps), rl / (gl + eps)
     return reduce(-F.logsigmoid(beta * (rw - rl)), reduction)
 

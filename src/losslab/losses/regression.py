@@ -38,6 +38,7 @@ from losslab._core import (
     check_same_device,
     compute_dtype,
     reduce,
+    require,
     zero_loss,
 )
 from losslab._hparams import Choice, Flag, Int, PerClass, Real, hparams
@@ -630,12 +631,12 @@ def _survival_target(target: Tensor, n: int, bins: int) -> tuple[Tensor, Tensor]
                          f"{tuple(target.shape)}")
     t = target.detach()
     time, event = t[:, 0], t[:, 1]
-    if not bool(((time >= 0) & (time < bins) & (time == time.round())).all()):
-        raise ValueError(f"target[:, 0] must hold integer time bins in [0, {bins}) (the columns "
-                         f"of pred), got {time[:8].tolist()}")
-    if not bool(((event == 0) | (event == 1)).all()):
-        raise ValueError(f"target[:, 1] must hold event indicators 0 or 1, got "
-                         f"{event[:8].tolist()}")
+    # data checks through require: async asserts under torch.compile, no graph break
+    require((time >= 0) & (time < bins) & (time == time.round()), lambda: (
+        f"target[:, 0] must hold integer time bins in [0, {bins}) (the columns of pred), got "
+        f"{time[:8].tolist()}"))
+    require((event == 0) | (event == 1), lambda: (
+        f"target[:, 1] must hold event indicators 0 or 1, got {event[:8].tolist()}"))
     return time.long(), event.bool()
 
 
@@ -712,9 +713,9 @@ def _ordinal_target(pred: Tensor, target: Tensor) -> Tensor:
     y = check_labels("target", target, pred.shape[0], of="pred")
     check_same_device(pred=pred, target=y)
     k = pred.shape[1] + 1
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
-        raise ValueError(f"target must hold ordered categories in [0, {k}) (K = thresholds + "
-                         f"1), got values in [{int(y.min())}, {int(y.max())}]")
+    require((y >= 0) & (y < k), lambda: (
+        f"target must hold ordered categories in [0, {k}) (K = thresholds + 1), got values in "
+        f"[{int(y.min())}, {int(y.max())}]"))
     return y
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_float, compute_dtype, reduce
+from losslab._core import LossModule, Reduction, check_float, compute_dtype, reduce, require
 from losslab._hparams import Choice, Flag, Int, Real, hparams
 from losslab.registry import register
 
@@ -78,8 +78,8 @@ def prepare_tokens(logits: Tensor, target: Tensor, *, ignore_index: int = -100,
     logits (for losses that read only some of the vocabulary, where a NaN elsewhere would not
     reach the value)."""
     check_float("logits", logits)
-    if reject_nan and bool(torch.isnan(logits).any()):
-        raise ValueError(f"logits of {loss} contain NaN")
+    if reject_nan:  # data checks through require: async asserts under torch.compile
+        require(~torch.isnan(logits), f"logits of {loss} contain NaN")
     if logits.ndim != 3:
         raise ValueError(f"{loss} needs logits of shape [N, T, V], got {tuple(logits.shape)}")
     if not isinstance(target, Tensor):
@@ -96,9 +96,8 @@ def prepare_tokens(logits: Tensor, target: Tensor, *, ignore_index: int = -100,
     ids = target.long()
     valid = ids != ignore_index
     bad = valid & ((ids < 0) | (ids >= v))
-    if bool(bad.any()):
-        raise ValueError(f"target must hold token ids in [0, {v}) or ignore_index="
-                         f"{ignore_index}, got {sorted(set(ids[bad].tolist()))[:5]}")
+    require(~bad, lambda: (f"target must hold token ids in [0, {v}) or ignore_index="
+                           f"{ignore_index}, got {sorted(set(ids[bad].tolist()))[:5]}"))
     dtype = compute_dtype(logits.dtype)
     tw = None
     if token_weight is not None:
@@ -453,10 +452,8 @@ def _token_values(name: str, values: object, v: int, like: Tensor) -> Tensor:
         raise ValueError(f"{name} must be a float tensor [V={v}] (NaN for tokens without a "
                          f"value), got shape {tuple(t.shape)} dtype {t.dtype}")
     t = t.to(like.dtype)
-    if bool(torch.isinf(t).any()):
-        raise ValueError(f"{name} must hold finite values or NaN, got inf")
-    if not bool((~torch.isnan(t)).any()):
-        raise ValueError(f"{name} marks no token as having a value (all NaN)")
+    require(~torch.isinf(t), f"{name} must hold finite values or NaN, got inf")
+    require((~torch.isnan(t)).any(), f"{name} marks no token as having a value (all NaN)")
     return t
 
 
@@ -509,11 +506,17 @@ def number_token_loss(
                        loss="number_token", reject_nan=True)
     vals = _token_values("number_values", number_values, b.logits.shape[-1], b.logits)
     is_num = ~torch.isnan(vals)
-    x = vals[is_num]  # [K]
     y = vals[b.target]  # [N, T], NaN at non-number targets
     at_number = b.valid & ~torch.isnan(y)
     y = torch.where(at_number, y, torch.zeros_like(y))
-    p = torch.softmax(b.logits[..., is_num], dim=-1)  # [N, T, K]
+    if torch.compiler.is_compiling():
+        # the K number tokens are a data-dependent count (a graph break): the same softmax
+        # over all V tokens with the others masked to -inf (p = 0 there, x = 0), at [N, T, V]
+        x = torch.where(is_num, vals, torch.zeros_like(vals))
+        p = torch.softmax(b.logits.masked_fill(~is_num, float("-inf")), dim=-1)
+    else:
+        x = vals[is_num]  # [K]
+        p = torch.softmax(b.logits[..., is_num], dim=-1)  # [N, T, K]
     if variant == "wasserstein":
         values = (p * (x - y.unsqueeze(-1)).abs()).sum(-1)
     else:

@@ -107,7 +107,8 @@ class ContrastiveKernel:
         # Any active negative ([m- - u]_+ > 0, i.e. u < m-)? A bool test first, so that the
         # common case "every negative beyond the margin" builds no float [N, M] hinge matrix.
         active = torch.lt(u, neg_bound)
-        if not bool(members.fill_(active, False).any()):
+        compiling = torch.compiler.is_compiling()  # then the dense path, tensor counts
+        if not compiling and not bool(members.fill_(active, False).any()):
             w_p = 1.0
             if mean:
                 count_p = (float((hinge_p > 0).sum()) if self.mean_over == "nonzero"
@@ -129,6 +130,21 @@ class ContrastiveKernel:
             per_n = term_n.sum(1)
             del term_n
             active_n = (hinge_n > 0).sum(1)
+        if compiling:
+            # the counts as float64 0-d tensors (the arithmetic of the Python floats below,
+            # without their device syncs, which break the graph), and no sparse gradient
+            f64 = torch.float64
+            cnt_p, cnt_n = (hinge_p > 0).sum(dtype=f64), active_n.sum(dtype=f64)
+            if mean and self.mean_over == "all":
+                cnt_p, cnt_n = members.n_pos.sum(dtype=f64), members.n_neg.sum(dtype=f64)
+            if mean:
+                inv_p, inv_n = cnt_p.clamp_min(1.0).reciprocal(), cnt_n.clamp_min(1.0).reciprocal()
+                grad.mul_(inv_n * (-sign))
+                members.add_pos_(grad, slope_p * (inv_p * sign))
+                return KernelOut(per_p * inv_p + per_n * inv_n, grad=grad)
+            grad.mul_(-sign)
+            members.add_pos_(grad, slope_p * sign)
+            return KernelOut(per_p + per_n, grad=grad)
         nonzero_n = float(active_n.sum(dtype=torch.float64))  # non-zero negative terms
         count_p, count_n = float((hinge_p > 0).sum()), nonzero_n
         w_p = w_n = 1.0

@@ -33,6 +33,7 @@ from losslab._core import (
     check_same_device,
     compute_dtype,
     reduce,
+    require,
     zero_loss,
 )
 from losslab._hparams import Flag, Int, Real, hparams
@@ -104,9 +105,9 @@ def validate_proxy_inputs(
         raise ValueError(f"{name} compares samples with class proxies: indices= (mined pairs "
                          "or triplets) is not supported")
     c = proxies.shape[0]
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= c):
-        raise ValueError(f"labels must lie in [0, {c}) (the number of classes / proxies), got "
-                         f"values in [{int(labels.min())}, {int(labels.max())}]")
+    require((labels >= 0) & (labels < c), lambda: (  # no graph break under compile
+        f"labels must lie in [0, {c}) (the number of classes / proxies), got "
+        f"values in [{int(labels.min())}, {int(labels.max())}]"))
     dt = compute_dtype(embeddings.dtype)
     return ProxyBatch(embeddings.to(dt), labels, proxies.to(dt))
 
@@ -306,7 +307,10 @@ class ProxyAnchorKernel:
         weight_p = exp_p / total_p[label]  # [N]
         scale_p = scale_n = self.alpha
         if mean:
-            n_with = max(int(torch.unique(label).numel()), 1)  # proxies with a positive
+            # proxies with a positive: a float64 0-d tensor (the same arithmetic as the
+            # Python number it replaces; no sync, no graph break under torch.compile)
+            present = torch.zeros(n_classes, dtype=torch.bool, device=s.device)
+            n_with = present.index_fill_(0, label, True).sum().to(torch.float64).clamp_min(1.0)
             lse_p = lse_p / n_with
             scale_p, scale_n = self.alpha / n_with, self.alpha / n_classes
         # negatives: log(1 + sum_{x not of class p} e^{a(s_xp + d)}); a (s + d) <= a (1 + d)
@@ -529,11 +533,12 @@ def madacos_scale_margin(cos: Tensor, labels: Tensor, *, alpha: float, min_scale
         c_med, idx = c.median(dim=0)
         s = math.log(prior * (1.0 - alpha) / alpha) / (1.0 - c_med).clamp_min(1e-12)
         s = s.clamp_min(min_scale)
-        row = cos[idx]
-        others = torch.ones_like(row, dtype=torch.bool)
-        others[labels[idx].long()] = False
-        log_b = torch.logsumexp(s * row[others], dim=0) if bool(others.any()) else row.new_tensor(
-            float("-inf"))
+        # the median sample's row and its other classes, by tensor index (no graph break)
+        at = idx.reshape(1)
+        row = cos.index_select(0, at).squeeze(0)
+        others = torch.arange(row.shape[0], device=row.device) != labels.long().index_select(0, at)
+        # the other classes masked to -inf (static shape): -inf when there are none
+        log_b = torch.logsumexp((s * row).masked_fill(~others, float("-inf")), dim=0)
         m = (c_med - (log_b + math.log(alpha / (1.0 - alpha))) / s).clamp_min(0.0)
         return s, m
 
