@@ -255,10 +255,11 @@ class RationaleInvarianceLoss(LossModule, function=rationale_invariance_loss,
             ref = self.reference
             if self.training:
                 m = self.config["momentum"]
-                first = present & ~self.seen
-                again = present & self.seen
-                ref[first] = batch[first]
-                ref[again] = (1.0 - m) * ref[again] + m * batch[again]
+                first = (present & ~self.seen).view(-1, 1, 1)
+                again = (present & self.seen).view(-1, 1, 1)
+                # torch.where, not boolean indexing: static shapes (no graph break)
+                ref.copy_(torch.where(first, batch,
+                                      torch.where(again, (1.0 - m) * ref + m * batch, ref)))
                 self.seen |= present
                 reference = ref
             else:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from losslab._core import Reduction
 from losslab._hparams import Choice, Real, hparams
+from losslab._ops.logsumexp import masked_logsumexp
 from losslab.distances import normalize_rows
 from losslab.losses.metric_learning.proxy import (
     EXAMPLE,
@@ -39,24 +40,40 @@ UNPG = ("Unified Negative Pair Generation toward Well-discriminative Feature Spa
 def negative_pair_cosines(embeddings: Tensor, labels: Tensor) -> Tensor:
     """Cosines of every sample pair ``i < j`` with different labels (``[K]``, row-major order of
     the upper triangle), differentiable in the embeddings."""
-    f = normalize_rows(embeddings)
-    sim = f @ f.T
-    neg = (labels.unsqueeze(1) != labels.unsqueeze(0)).triu(diagonal=1)
+    sim, neg = _pair_matrix(embeddings, labels)
     return sim[neg]
+
+
+def _pair_matrix(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The ``[N, N]`` cosine matrix and the mask of its negative pairs ``i < j``."""
+    f = normalize_rows(embeddings)
+    neg = (labels.unsqueeze(1) != labels.unsqueeze(0)).triu(diagonal=1)
+    return f @ f.T, neg
 
 
 def box_and_whisker(values: Tensor, whisker: float) -> Tensor:
     r"""The values inside Tukey's fences :math:`[Q_1 - w\,\mathrm{IQR},\ Q_3 + w\,\mathrm{IQR}]`,
     sorted ascending, with the official code's quartiles: the sorted entries at indices
     ``int(0.25 K)`` and ``int(0.75 K)``. Empty in, empty out."""
-    k = values.numel()
-    if k == 0:
+    if values.numel() == 0:
         return values
     x = torch.sort(values).values
-    q1, q3 = x[int(0.25 * k)], x[int(0.75 * k)]
+    return x[_inside_fences(x, torch.ones_like(x, dtype=torch.bool), whisker)]
+
+
+def _inside_fences(values: Tensor, valid: Tensor, whisker: float) -> Tensor:
+    """Mask of the ``valid`` entries of ``values`` (any shape) inside Tukey's fences of the
+    valid entries, with static shapes (no boolean indexing: traceable without graph breaks)."""
+    flat, ok = values.reshape(-1), valid.reshape(-1)
+    x = torch.sort(torch.where(ok, flat, torch.full_like(flat, float("inf")))).values
+    k = ok.sum()
+    last = (k - 1).clamp_min(0)
+    # gather with index tensors, not x[tensor]: no data-dependent Python index
+    q1 = x.gather(0, torch.minimum((k * 0.25).floor().long(), last).view(1)).squeeze(0)
+    q3 = x.gather(0, torch.minimum((k * 0.75).floor().long(), last).view(1)).squeeze(0)
     iqr = q3 - q1
-    keep = (x >= q1 - whisker * iqr) & (x <= q3 + whisker * iqr)
-    return x[keep]
+    inside = ok & (flat >= q1 - whisker * iqr) & (flat <= q3 + whisker * iqr)
+    return inside.reshape(values.shape)
 
 
 _check_unpg = hparams(margin_type=Choice("arc", "cos"), margin=Real(ge=0, lt=math.pi),
@@ -117,9 +134,10 @@ def unpg_loss(
     target = arc_margin_target(c, margin) if margin_type == "arc" else c - margin
     logits = cos.scatter(1, labels.unsqueeze(1), target.unsqueeze(1)) * scale
     lse = torch.logsumexp(logits, dim=1)
-    pairs = box_and_whisker(negative_pair_cosines(embeddings, labels), whisker)
-    if pairs.numel():
-        lse = torch.logaddexp(lse, torch.logsumexp(scale * pairs, dim=0))
+    sim, neg = _pair_matrix(embeddings, labels)
+    keep = _inside_fences(sim, neg, whisker)
+    pair_lse, any_pair = masked_logsumexp((scale * sim).reshape(1, -1), keep.reshape(1, -1))
+    lse = torch.where(any_pair, torch.logaddexp(lse, pair_lse.expand_as(lse)), lse)
     per = lse - scale * target
     return _finish_ce(per, embeddings, proxies, reduction)
 
