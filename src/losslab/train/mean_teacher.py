@@ -28,11 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from losslab._core import check_labels
 from losslab.losses.metric_learning.weighted import supcon_loss
 
 __all__ = ["class_prototypes", "nearest_prototype", "prototype_alignment_loss"]
-
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def class_prototypes(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
@@ -41,9 +40,7 @@ def class_prototypes(features: Tensor, labels: Tensor, num_classes: int) -> Tens
     prototype would be undefined)."""
     if features.ndim != 2:
         raise ValueError(f"features must be [N, D], got shape {tuple(features.shape)}")
-    if labels.shape != (features.shape[0],) or labels.dtype in (torch.bool, *_FLOATS):
-        raise ValueError(f"labels must be [N] integer class ids with N = {features.shape[0]}, "
-                         f"got {labels.dtype} of shape {tuple(labels.shape)}")
+    labels = check_labels("labels", labels, features.shape[0], of="features")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
