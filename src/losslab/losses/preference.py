@@ -33,8 +33,11 @@ odds_ratio_loss``, ``KTOTrainer``), restated in the tests.
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +45,7 @@ from torch import Tensor
 
 from losslab._core import LossModule, Reduction, check_float, compute_dtype, reduce
 from losslab._hparams import Real, hparams
+from losslab.kernels.linear_preference import linear_preference_logps
 from losslab.registry import register
 
 __all__ = [
@@ -57,6 +61,7 @@ __all__ = [
     "ipo_loss",
     "kto_loss",
     "kto_reference_point",
+    "linear_preference_loss",
     "log1mexp",
     "logprob_gradient_stats",
     "normalized_preference_loss",
@@ -687,3 +692,123 @@ def normalized_preference_loss(
 class NormalizedPreferenceLoss(LossModule, function=normalized_preference_loss,
                                check=_check_normalized):
     """Module form of :func:`normalized_preference_loss`."""
+
+
+# --------------------------------------------------------------------------------------------
+# Fused with the LM head: the losses above straight from hidden states
+# --------------------------------------------------------------------------------------------
+
+#: The losses :func:`linear_preference_loss` applies, by name (one formula each, above).
+FUSED_PREFERENCE_LOSSES: dict[str, Callable[..., Tensor]] = {
+    "dpo": dpo_loss, "ipo": ipo_loss, "kto": kto_loss, "simpo": simpo_loss, "cpo": cpo_loss,
+    "orpo": orpo_loss, "normalized_preference": normalized_preference_loss,
+}
+
+
+def linear_preference_loss(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    *,
+    loss: str = "dpo",
+    bias: Tensor | None = None,
+    ref_chosen: Tensor | None = None,
+    ref_rejected: Tensor | None = None,
+    ref_hidden: Tensor | None = None,
+    ref_weight: Tensor | None = None,
+    ref_bias: Tensor | None = None,
+    ignore_index: int = -100,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    reduction: Reduction = "mean",
+    **hparams_: Any,
+) -> Tensor:
+    r"""A preference loss computed from the LM head's hidden states, chunked: no ``N x V``
+    logits in the forward or the backward pass (Liger's fused linear preference losses, here
+    exact and without Triton).
+
+    The per-sequence log-probabilities :math:`\log\pi_\theta(y_w)`,
+    :math:`\log\pi_\theta(y_l)` (sums over the scored tokens) and the token counts
+    :math:`L_w, L_l` come from :func:`losslab.kernels.linear_preference.linear_preference_logps`;
+    then the loss named ``loss`` is applied to them: :func:`dpo_loss`, :func:`ipo_loss`,
+    :func:`kto_loss`, :func:`simpo_loss`, :func:`cpo_loss`, :func:`orpo_loss` or
+    :func:`normalized_preference_loss` (their docstrings hold the formulas, defaults and
+    papers). The losses that take ``chosen_length``/``rejected_length`` (``ipo``, ``simpo``,
+    ``cpo``'s NLL term, ``orpo``) get the token counts, i.e. they see average log-probs, as
+    TRL and Liger compute them (``ipo`` per token is TRL's ``loss_type="ipo"``; for the
+    paper's sequence-level IPO call :func:`ipo_loss` on
+    :func:`~losslab.kernels.linear_preference.linear_preference_logps`' sums).
+
+    Args:
+        hidden: ``[2B, T, d]``: the ``B`` chosen completions, then the ``B`` rejected ones
+            (Liger's and TRL's concatenated layout; pair ``i`` is rows ``i`` and ``B + i``).
+        weight: ``[V, d]`` LM head; ``bias``: optional ``[V]``.
+        target: ``[2B, T]`` next-token ids aligned with ``hidden`` (already shifted), with
+            ``ignore_index`` at prompt and padding positions.
+        loss: one of ``FUSED_PREFERENCE_LOSSES`` (default ``"dpo"``).
+        ref_chosen, ref_rejected: ``[B]`` reference-model sequence log-probs, or
+        ref_hidden, ref_weight, ref_bias: the reference model's ``[2B, T, d']`` hidden
+            states and head, whose sequence log-probs are computed here without gradient
+            (the same chunked path; ``ref_weight`` defaults to ``weight``). Only for the
+            losses with a reference model (``dpo``, ``ipo``, ``kto``,
+            ``normalized_preference``); none of them: reference-free.
+        ignore_index: target value of unscored positions (default -100).
+        softcap: logit softcap ``c`` (both heads), or None.
+        chunk_size: tokens per chunk (None: the 48 MiB budget of the fused cross-entropy).
+        reduction: ``"mean"`` over pairs, ``"sum"`` or ``"none"`` (``[B]``).
+        **hparams_: the chosen loss's hyperparameters (``beta``, ``label_smoothing``,
+            ``gamma``, ``nll_weight``, ``reference_point``, ...), validated by it.
+
+    Returns:
+        The loss (float32 for half inputs). Gradients reach ``hidden``, ``weight`` and
+        ``bias``; the reference inputs are constants.
+
+    Equals ``FUSED_PREFERENCE_LOSSES[loss]`` applied to the sequence sums of
+    ``log_softmax(hidden @ weight.T + bias).gather(-1, target)`` (the tests check values and
+    gradients against that materialised float64 reference for every loss).
+    """
+    if loss not in FUSED_PREFERENCE_LOSSES:
+        raise ValueError(f"loss must be one of {tuple(FUSED_PREFERENCE_LOSSES)}, got {loss!r}")
+    fn = FUSED_PREFERENCE_LOSSES[loss]
+    accepted = set(inspect.signature(fn).parameters)
+    own = {"ref_chosen", "ref_rejected", "chosen_length", "rejected_length", "reduction"}
+    unknown = sorted(set(hparams_) - (accepted - own - {"policy_chosen", "policy_rejected"}))
+    if unknown:
+        raise ValueError(f"loss={loss!r} takes no hyperparameter(s) {unknown}; it takes "
+                         f"{sorted(accepted - own - {'policy_chosen', 'policy_rejected'})}")
+    pol = linear_preference_logps(hidden, weight, target, bias=bias, ignore_index=ignore_index,
+                                  softcap=softcap, chunk_size=chunk_size)
+    kwargs: dict[str, Any] = dict(hparams_)
+    has_ref = ref_hidden is not None or ref_chosen is not None or ref_rejected is not None
+    if has_ref and "ref_chosen" not in accepted:
+        raise ValueError(f"loss={loss!r} is reference-free: pass no ref_chosen/ref_rejected/"
+                         f"ref_hidden")
+    if ref_hidden is not None:
+        if ref_chosen is not None or ref_rejected is not None:
+            raise ValueError("give either ref_hidden (and ref_weight) or ref_chosen and "
+                             "ref_rejected, not both")
+        if tuple(ref_hidden.shape[:-1]) != tuple(hidden.shape[:-1]):
+            raise ValueError(f"ref_hidden must have shape [2B, T, d'] with [2B, T] = "
+                             f"{tuple(hidden.shape[:-1])}, got {tuple(ref_hidden.shape)}")
+        with torch.no_grad():
+            ref = linear_preference_logps(
+                ref_hidden.detach(), (ref_weight if ref_weight is not None else weight).detach(),
+                target, bias=ref_bias.detach() if ref_bias is not None else None,
+                ignore_index=ignore_index, softcap=softcap, chunk_size=chunk_size)
+        kwargs.update(ref_chosen=ref.chosen, ref_rejected=ref.rejected)
+    elif ref_weight is not None or ref_bias is not None:
+        raise ValueError("ref_weight and ref_bias need ref_hidden")
+    elif ref_chosen is not None or ref_rejected is not None:
+        if ref_chosen is None or ref_rejected is None:
+            raise ValueError("ref_chosen and ref_rejected must be given together (or neither, "
+                             "reference-free)")
+        kwargs.update(ref_chosen=ref_chosen.detach(), ref_rejected=ref_rejected.detach())
+    for name, n in (("chosen_length", pol.chosen_length),
+                    ("rejected_length", pol.rejected_length)):
+        if name in accepted:
+            if bool((n == 0).any()):
+                raise ValueError(f"target: every {name.split('_')[0]} completion needs at least "
+                                 f"one scored token (not ignore_index={ignore_index}) for "
+                                 f"loss={loss!r}, which averages over them")
+            kwargs[name] = n
+    return fn(pol.chosen, pol.rejected, reduction=reduction, **kwargs)
