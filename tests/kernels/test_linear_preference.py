@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from losslab._core import Reduction
 from losslab.kernels.linear_preference import linear_preference_logps, linear_sequence_logps
 from losslab.losses.preference import FUSED_PREFERENCE_LOSSES, linear_preference_loss
 
@@ -89,13 +90,26 @@ def test_every_preference_loss_has_a_case() -> None:
     assert {c[0] for c in CASES} == set(FUSED_PREFERENCE_LOSSES)
 
 
+#: (strategy, group_workspace_bytes, reduction): grad-in-forward with all pairs in one group,
+#: with groups of 2 pairs (B = 3: a short last group), with two passes per pair (a workspace
+#: below one pair; 4-token chunks across the rows), and recompute with every reduction.
+RUNS = [("grad_in_forward", 1 << 28, "mean"), ("grad_in_forward", 1 << 28, "sum"),
+        ("grad_in_forward", 2 * 2 * 5 * 11 * 12, "mean"), ("grad_in_forward", 1, "mean"),
+        ("recompute", 1 << 28, "mean"), ("recompute", 1 << 28, "sum"),
+        ("recompute", 1 << 28, "none")]
+
+
 @pytest.mark.parametrize("loss,hp,use_ref", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_matches_materialised_float64_reference(loss, hp, use_ref, reduction) -> None:
+@pytest.mark.parametrize("strategy,ws,reduction", RUNS,
+                         ids=["gif-mean", "gif-sum", "gif-groups", "gif-2pass", "rec-mean",
+                              "rec-sum", "rec-none"])
+def test_matches_materialised_float64_reference(loss, hp, use_ref, strategy, ws,
+                                                reduction) -> None:
     h, w, bias, y, ref_h, ref_w = batch()
     ref_kw = dict(ref_hidden=ref_h, ref_weight=ref_w) if use_ref else {}
     got = linear_preference_loss(h, w, y, loss=loss, bias=bias, chunk_size=4,
-                                 reduction=reduction, **ref_kw, **hp)
+                                 reduction=reduction, strategy=strategy,
+                                 group_workspace_bytes=ws, **ref_kw, **hp)
     want = reference_loss(loss, hp, use_ref, h, w, bias, y, ref_h, ref_w, reduction)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
@@ -169,12 +183,14 @@ def test_softcap_and_sequence_logps() -> None:
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("strategy", ["grad_in_forward", "recompute"])
 @pytest.mark.parametrize("loss", ["dpo", "orpo"])
-def test_bf16_uses_float32_accumulation(loss: str) -> None:
+def test_bf16_uses_float32_accumulation(loss: str, strategy: str) -> None:
     """bf16 inputs: the loss and gradients match a float32 computation on the same (bf16)
     values; the logits GEMM runs in bf16 as the naive path's does."""
     h, w, bias, y, _, _ = batch(b=4, t=6, d=16, v=50, seed=5, dtype=torch.bfloat16)
-    got = linear_preference_loss(h, w, y, loss=loss, bias=bias, chunk_size=5)
+    got = linear_preference_loss(h, w, y, loss=loss, bias=bias, chunk_size=5,
+                                 strategy=strategy)
     assert got.dtype == torch.float32 and torch.isfinite(got)
     h32, w32, b32 = (x.detach().float().requires_grad_(True) for x in (h, w, bias))
     cw, cl, nw, nl = materialised_logps(h32, w32, b32, y)
@@ -189,7 +205,8 @@ def test_bf16_uses_float32_accumulation(loss: str) -> None:
         assert float(err) < 3e-2
 
 
-def test_no_vocabulary_sized_tensor_is_saved_for_backward() -> None:
+@pytest.mark.parametrize("strategy", ["grad_in_forward", "recompute"])
+def test_no_vocabulary_sized_tensor_is_saved_for_backward(strategy: str) -> None:
     b, t, v = 2, 8, 400
     h, w, bias, y, _, _ = batch(b=b, t=t, d=6, v=v, seed=6)
     sizes: list[int] = []
@@ -199,7 +216,8 @@ def test_no_vocabulary_sized_tensor_is_saved_for_backward() -> None:
         return x
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        out = linear_preference_loss(h, w, y, loss="simpo", bias=bias, chunk_size=4)
+        out = linear_preference_loss(h, w, y, loss="simpo", bias=bias, chunk_size=4,
+                                     strategy=strategy)
     out.backward()
     assert max(sizes) < 2 * b * t * v / 4  # no [N, V] logits, probs or log-probs kept
     assert max(sizes) <= max(h.numel(), w.numel())
@@ -209,19 +227,22 @@ def test_empty_batch_is_a_finite_zero_with_zero_gradient() -> None:
     h = torch.zeros(0, 5, 4, dtype=torch.float64, requires_grad=True)
     w = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
     y = torch.zeros(0, 5, dtype=torch.long)
-    for loss in ("dpo", "simpo", "orpo"):
-        out = linear_preference_loss(h, w, y, loss=loss)
+    for loss, strategy in (("dpo", "grad_in_forward"), ("simpo", "recompute"),
+                           ("orpo", "auto")):
+        out = linear_preference_loss(h, w, y, loss=loss, strategy=strategy)
         assert float(out.detach()) == 0.0
         gh, gw = torch.autograd.grad(out, (h, w))
         assert torch.all(gw == 0) and gh.shape == h.shape
 
 
-def test_gradcheck() -> None:
-    h, w, bias, y, _, _ = batch(b=2, t=4, d=3, v=5, seed=7)
+@pytest.mark.parametrize("strategy,reduction", [("grad_in_forward", "sum"),
+                                                 ("recompute", "none")])
+def test_gradcheck(strategy: str, reduction: Reduction) -> None:
+    h, w, bias, y, _, _ = batch(b=1, t=4, d=2, v=4, seed=7)
 
     def f(hh, ww, bb):
         return linear_preference_loss(hh, ww, y, loss="orpo", bias=bb, chunk_size=2,
-                                      reduction="none")
+                                      strategy=strategy, reduction=reduction)
 
     assert torch.autograd.gradcheck(f, (h, w, bias))
 
@@ -242,6 +263,13 @@ def test_sft_special_case_dpo_gradient_direction() -> None:
 
 def test_bad_input_raises_value_error() -> None:
     h, w, _, y, ref_h, ref_w = batch()
+    with pytest.raises(ValueError, match="strategy='grad_in_forward' needs reduction"):
+        linear_preference_loss(h, w, y, strategy="grad_in_forward", reduction="none")
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        linear_preference_loss(h, w, y, strategy="fast")
+    with pytest.raises(ValueError, match=r"ref_chosen and ref_rejected must have shape \[3\]"):
+        linear_preference_loss(h, w, y, ref_chosen=torch.zeros(4, dtype=torch.float64),
+                               ref_rejected=torch.zeros(4, dtype=torch.float64))
     with pytest.raises(ValueError, match="loss must be one of"):
         linear_preference_loss(h, w, y, loss="rlhf")
     with pytest.raises(ValueError, match=r"hidden must have shape \[2B, T, d\]"):

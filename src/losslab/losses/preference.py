@@ -43,9 +43,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_float, compute_dtype, reduce
+from losslab._core import (
+    LossModule,
+    Reduction,
+    check_choice,
+    check_float,
+    check_reduction,
+    compute_dtype,
+    reduce,
+)
 from losslab._hparams import Real, hparams
-from losslab.kernels.linear_preference import linear_preference_logps
+from losslab.kernels.linear_preference import (
+    GROUP_WORKSPACE_BYTES,
+    linear_pair_loss,
+    linear_preference_logps,
+)
 from losslab.registry import register
 
 __all__ = [
@@ -720,6 +732,8 @@ def linear_preference_loss(
     ignore_index: int = -100,
     softcap: float | None = None,
     chunk_size: int | None = None,
+    strategy: str = "auto",
+    group_workspace_bytes: int = GROUP_WORKSPACE_BYTES,
     reduction: Reduction = "mean",
     **hparams_: Any,
 ) -> Tensor:
@@ -754,7 +768,18 @@ def linear_preference_loss(
             ``normalized_preference``); none of them: reference-free.
         ignore_index: target value of unscored positions (default -100).
         softcap: logit softcap ``c`` (both heads), or None.
-        chunk_size: tokens per chunk (None: the 48 MiB budget of the fused cross-entropy).
+        chunk_size: tokens per chunk of the ``"recompute"`` strategy and of the two-pass
+            fallback of ``"grad_in_forward"`` (None: the 48 MiB budget of the fused
+            cross-entropy).
+        strategy: ``"grad_in_forward"`` (pairs in groups, gradients in the forward pass:
+            three GEMMs, as the naive computation; ``reduction="mean"``/``"sum"``; a group's
+            ``[tokens, V]`` logits take at most ``group_workspace_bytes``),
+            ``"recompute"`` (token chunks, logits recomputed in backward: four GEMMs, 48 MiB;
+            any reduction) or ``"auto"`` (default: grad-in-forward for ``"mean"``/``"sum"``
+            when a gradient is needed and the inputs are not float16, else recompute). See
+            :mod:`losslab.kernels.linear_preference`.
+        group_workspace_bytes: the pair-group workspace of ``"grad_in_forward"`` (default
+            256 MiB; a pair larger than it takes two passes over 48 MiB token chunks).
         reduction: ``"mean"`` over pairs, ``"sum"`` or ``"none"`` (``[B]``).
         **hparams_: the chosen loss's hyperparameters (``beta``, ``label_smoothing``,
             ``gamma``, ``nll_weight``, ``reference_point``, ...), validated by it.
@@ -776,8 +801,11 @@ def linear_preference_loss(
     if unknown:
         raise ValueError(f"loss={loss!r} takes no hyperparameter(s) {unknown}; it takes "
                          f"{sorted(accepted - own - {'policy_chosen', 'policy_rejected'})}")
-    pol = linear_preference_logps(hidden, weight, target, bias=bias, ignore_index=ignore_index,
-                                  softcap=softcap, chunk_size=chunk_size)
+    check_choice("strategy", strategy, ("auto", "grad_in_forward", "recompute"))
+    check_reduction(reduction)
+    if strategy == "grad_in_forward" and reduction == "none":
+        raise ValueError("strategy='grad_in_forward' needs reduction 'mean' or 'sum' (each "
+                         "pair's own upstream gradient needs strategy='recompute')")
     kwargs: dict[str, Any] = dict(hparams_)
     has_ref = ref_hidden is not None or ref_chosen is not None or ref_rejected is not None
     if has_ref and "ref_chosen" not in accepted:
@@ -787,9 +815,11 @@ def linear_preference_loss(
         if ref_chosen is not None or ref_rejected is not None:
             raise ValueError("give either ref_hidden (and ref_weight) or ref_chosen and "
                              "ref_rejected, not both")
-        if tuple(ref_hidden.shape[:-1]) != tuple(hidden.shape[:-1]):
+        if not isinstance(ref_hidden, Tensor) or not isinstance(hidden, Tensor) or \
+                tuple(ref_hidden.shape[:-1]) != tuple(hidden.shape[:-1]):
             raise ValueError(f"ref_hidden must have shape [2B, T, d'] with [2B, T] = "
-                             f"{tuple(hidden.shape[:-1])}, got {tuple(ref_hidden.shape)}")
+                             f"{tuple(getattr(hidden, 'shape', ())[:-1])}, got "
+                             f"{tuple(getattr(ref_hidden, 'shape', ()))}")
         with torch.no_grad():
             ref = linear_preference_logps(
                 ref_hidden.detach(), (ref_weight if ref_weight is not None else weight).detach(),
@@ -803,12 +833,49 @@ def linear_preference_loss(
             raise ValueError("ref_chosen and ref_rejected must be given together (or neither, "
                              "reference-free)")
         kwargs.update(ref_chosen=ref_chosen.detach(), ref_rejected=ref_rejected.detach())
-    for name, n in (("chosen_length", pol.chosen_length),
-                    ("rejected_length", pol.rejected_length)):
-        if name in accepted:
-            if bool((n == 0).any()):
-                raise ValueError(f"target: every {name.split('_')[0]} completion needs at least "
-                                 f"one scored token (not ignore_index={ignore_index}) for "
-                                 f"loss={loss!r}, which averages over them")
-            kwargs[name] = n
-    return fn(pol.chosen, pol.rejected, reduction=reduction, **kwargs)
+    needs_grad = torch.is_grad_enabled() and any(
+        isinstance(x, Tensor) and x.requires_grad for x in (hidden, weight, bias))
+    if strategy == "auto":
+        strategy = "grad_in_forward" if reduction != "none" and needs_grad and \
+            getattr(hidden, "dtype", None) != torch.float16 else "recompute"
+    uses_length = [n for n in ("chosen_length", "rejected_length") if n in accepted]
+
+    def check_lengths(chosen_n: Tensor, rejected_n: Tensor) -> None:
+        for name, n in (("chosen_length", chosen_n), ("rejected_length", rejected_n)):
+            if name in uses_length and bool((n == 0).any()):
+                raise ValueError(f"target: every {name.split('_')[0]} completion needs at "
+                                 f"least one scored token (not ignore_index={ignore_index}) "
+                                 f"for loss={loss!r}, which averages over them")
+
+    if strategy == "recompute":
+        pol = linear_preference_logps(hidden, weight, target, bias=bias,
+                                      ignore_index=ignore_index, softcap=softcap,
+                                      chunk_size=chunk_size)
+        check_lengths(pol.chosen_length, pol.rejected_length)
+        lengths = dict(chosen_length=pol.chosen_length, rejected_length=pol.rejected_length)
+        kwargs.update({n: lengths[n] for n in uses_length})
+        return fn(pol.chosen, pol.rejected, reduction=reduction, **kwargs)
+    if isinstance(target, Tensor) and target.ndim == 2:
+        n_scored = (target != ignore_index).sum(1)
+        half = n_scored.shape[0] // 2
+        check_lengths(n_scored[:half], n_scored[half:])
+    refs = {k: kwargs.pop(k) for k in ("ref_chosen", "ref_rejected") if k in kwargs}
+    if refs:  # validated on the whole batch (each group sees a slice)
+        prepare_pairs(refs["ref_chosen"], refs["ref_rejected"])
+        n_pairs = getattr(hidden, "shape", (0,))[0] // 2
+        if refs["ref_chosen"].shape[0] != n_pairs:
+            raise ValueError(f"ref_chosen and ref_rejected must have shape [{n_pairs}] (one "
+                             f"value per pair), got {tuple(refs['ref_chosen'].shape)}")
+
+    def pair_loss(c: Tensor, r: Tensor, n_c: Tensor, n_r: Tensor, pairs: slice) -> Tensor:
+        kw = dict(kwargs)
+        kw.update({k: v[pairs] for k, v in refs.items()})
+        kw.update({n: x for n, x in (("chosen_length", n_c), ("rejected_length", n_r))
+                   if n in uses_length})
+        return fn(c, r, reduction="none", **kw)
+
+    out, _ = linear_pair_loss(hidden, weight, target, pair_loss, bias=bias,
+                              ignore_index=ignore_index, softcap=softcap, reduction=reduction,
+                              group_workspace_bytes=group_workspace_bytes,
+                              chunk_size=chunk_size)
+    return out
