@@ -90,6 +90,9 @@ from losslab.losses.contrastive_ssl.variants import (
     HardNegativeInfoNCELoss,
     MultiPositiveInfoNCELoss,
 )
+from losslab.losses.distillation.boundary_kd import (
+    BPKDLoss,
+)
 from losslab.losses.distillation.classic import (
     BinaryKLLoss,
     CosineAlignmentLoss,
@@ -272,6 +275,7 @@ __all__ = [
     "ApproxNDCGLoss",
     "ArcFaceLoss",
     "BASNetHybridLoss",
+    "BPKDLoss",
     "BPRLoss",
     "BagLevelLoss",
     "BarlowTwinsLoss",

@@ -89,6 +89,9 @@ from losslab.losses.contrastive_ssl.variants import (
     hard_negative_infonce_loss,
     multi_positive_infonce_loss,
 )
+from losslab.losses.distillation.boundary_kd import (
+    bpkd_loss,
+)
 from losslab.losses.distillation.classic import (
     binary_kl_loss,
     cosine_alignment_loss,
@@ -288,6 +291,7 @@ __all__ = [
     "basnet_hybrid_loss",
     "binary_kl_loss",
     "boundary_loss",
+    "bpkd_loss",
     "bpr_loss",
     "ca_loss",
     "cauchy_loss",

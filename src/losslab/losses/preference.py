@@ -33,15 +33,32 @@ odds_ratio_loss``, ``KTOTrainer``), restated in the tests.
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_float, compute_dtype, reduce, require
+from losslab._core import (
+    LossModule,
+    Reduction,
+    check_choice,
+    check_float,
+    check_reduction,
+    compute_dtype,
+    reduce,
+    require,
+)
 from losslab._hparams import Real, hparams
+from losslab.kernels.linear_preference import (
+    GROUP_WORKSPACE_BYTES,
+    linear_pair_loss,
+    linear_preference_logps,
+)
 from losslab.registry import register
 
 __all__ = [
@@ -57,6 +74,7 @@ __all__ = [
     "ipo_loss",
     "kto_loss",
     "kto_reference_point",
+    "linear_preference_loss",
     "log1mexp",
     "logprob_gradient_stats",
     "normalized_preference_loss",
@@ -686,3 +704,178 @@ def normalized_preference_loss(
 class NormalizedPreferenceLoss(LossModule, function=normalized_preference_loss,
                                check=_check_normalized):
     """Module form of :func:`normalized_preference_loss`."""
+
+
+# --------------------------------------------------------------------------------------------
+# Fused with the LM head: the losses above straight from hidden states
+# --------------------------------------------------------------------------------------------
+
+#: The losses :func:`linear_preference_loss` applies, by name (one formula each, above).
+FUSED_PREFERENCE_LOSSES: dict[str, Callable[..., Tensor]] = {
+    "dpo": dpo_loss, "ipo": ipo_loss, "kto": kto_loss, "simpo": simpo_loss, "cpo": cpo_loss,
+    "orpo": orpo_loss, "normalized_preference": normalized_preference_loss,
+}
+
+
+def linear_preference_loss(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    *,
+    loss: str = "dpo",
+    bias: Tensor | None = None,
+    ref_chosen: Tensor | None = None,
+    ref_rejected: Tensor | None = None,
+    ref_hidden: Tensor | None = None,
+    ref_weight: Tensor | None = None,
+    ref_bias: Tensor | None = None,
+    ignore_index: int = -100,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    strategy: str = "auto",
+    group_workspace_bytes: int = GROUP_WORKSPACE_BYTES,
+    reduction: Reduction = "mean",
+    **hparams_: Any,
+) -> Tensor:
+    r"""A preference loss computed from the LM head's hidden states, chunked: no ``N x V``
+    logits in the forward or the backward pass (Liger's fused linear preference losses, here
+    exact and without Triton).
+
+    The per-sequence log-probabilities :math:`\log\pi_\theta(y_w)`,
+    :math:`\log\pi_\theta(y_l)` (sums over the scored tokens) and the token counts
+    :math:`L_w, L_l` come from :func:`losslab.kernels.linear_preference.linear_preference_logps`;
+    then the loss named ``loss`` is applied to them: :func:`dpo_loss`, :func:`ipo_loss`,
+    :func:`kto_loss`, :func:`simpo_loss`, :func:`cpo_loss`, :func:`orpo_loss` or
+    :func:`normalized_preference_loss` (their docstrings hold the formulas, defaults and
+    papers). The losses that take ``chosen_length``/``rejected_length`` (``ipo``, ``simpo``,
+    ``cpo``'s NLL term, ``orpo``) get the token counts, i.e. they see average log-probs, as
+    TRL and Liger compute them (``ipo`` per token is TRL's ``loss_type="ipo"``; for the
+    paper's sequence-level IPO call :func:`ipo_loss` on
+    :func:`~losslab.kernels.linear_preference.linear_preference_logps`' sums).
+
+    Args:
+        hidden: ``[2B, T, d]``: the ``B`` chosen completions, then the ``B`` rejected ones
+            (Liger's and TRL's concatenated layout; pair ``i`` is rows ``i`` and ``B + i``).
+        weight: ``[V, d]`` LM head; ``bias``: optional ``[V]``.
+        target: ``[2B, T]`` next-token ids aligned with ``hidden`` (already shifted), with
+            ``ignore_index`` at prompt and padding positions.
+        loss: one of ``FUSED_PREFERENCE_LOSSES`` (default ``"dpo"``).
+        ref_chosen, ref_rejected: ``[B]`` reference-model sequence log-probs, or
+        ref_hidden, ref_weight, ref_bias: the reference model's ``[2B, T, d']`` hidden
+            states and head, whose sequence log-probs are computed here without gradient
+            (the same chunked path; ``ref_weight`` defaults to ``weight``). Only for the
+            losses with a reference model (``dpo``, ``ipo``, ``kto``,
+            ``normalized_preference``); none of them: reference-free.
+        ignore_index: target value of unscored positions (default -100).
+        softcap: logit softcap ``c`` (both heads), or None.
+        chunk_size: tokens per chunk of the ``"recompute"`` strategy and of the two-pass
+            fallback of ``"grad_in_forward"`` (None: the 48 MiB budget of the fused
+            cross-entropy).
+        strategy: ``"grad_in_forward"`` (pairs in groups, gradients in the forward pass:
+            three GEMMs, as the naive computation; ``reduction="mean"``/``"sum"``; a group's
+            ``[tokens, V]`` logits take at most ``group_workspace_bytes``),
+            ``"recompute"`` (token chunks, logits recomputed in backward: four GEMMs, 48 MiB;
+            any reduction) or ``"auto"`` (default: grad-in-forward for ``"mean"``/``"sum"``
+            when a gradient is needed and the inputs are not float16, else recompute). See
+            :mod:`losslab.kernels.linear_preference`.
+        group_workspace_bytes: the pair-group workspace of ``"grad_in_forward"`` (default
+            256 MiB; a pair larger than it takes two passes over 48 MiB token chunks).
+        reduction: ``"mean"`` over pairs, ``"sum"`` or ``"none"`` (``[B]``).
+        **hparams_: the chosen loss's hyperparameters (``beta``, ``label_smoothing``,
+            ``gamma``, ``nll_weight``, ``reference_point``, ...), validated by it.
+
+    Returns:
+        The loss (float32 for half inputs). Gradients reach ``hidden``, ``weight`` and
+        ``bias``; the reference inputs are constants.
+
+    Equals ``FUSED_PREFERENCE_LOSSES[loss]`` applied to the sequence sums of
+    ``log_softmax(hidden @ weight.T + bias).gather(-1, target)`` (the tests check values and
+    gradients against that materialised float64 reference for every loss).
+    """
+    if loss not in FUSED_PREFERENCE_LOSSES:
+        raise ValueError(f"loss must be one of {tuple(FUSED_PREFERENCE_LOSSES)}, got {loss!r}")
+    fn = FUSED_PREFERENCE_LOSSES[loss]
+    accepted = set(inspect.signature(fn).parameters)
+    own = {"ref_chosen", "ref_rejected", "chosen_length", "rejected_length", "reduction"}
+    unknown = sorted(set(hparams_) - (accepted - own - {"policy_chosen", "policy_rejected"}))
+    if unknown:
+        raise ValueError(f"loss={loss!r} takes no hyperparameter(s) {unknown}; it takes "
+                         f"{sorted(accepted - own - {'policy_chosen', 'policy_rejected'})}")
+    check_choice("strategy", strategy, ("auto", "grad_in_forward", "recompute"))
+    check_reduction(reduction)
+    if strategy == "grad_in_forward" and reduction == "none":
+        raise ValueError("strategy='grad_in_forward' needs reduction 'mean' or 'sum' (each "
+                         "pair's own upstream gradient needs strategy='recompute')")
+    kwargs: dict[str, Any] = dict(hparams_)
+    has_ref = ref_hidden is not None or ref_chosen is not None or ref_rejected is not None
+    if has_ref and "ref_chosen" not in accepted:
+        raise ValueError(f"loss={loss!r} is reference-free: pass no ref_chosen/ref_rejected/"
+                         f"ref_hidden")
+    if ref_hidden is not None:
+        if ref_chosen is not None or ref_rejected is not None:
+            raise ValueError("give either ref_hidden (and ref_weight) or ref_chosen and "
+                             "ref_rejected, not both")
+        if not isinstance(ref_hidden, Tensor) or not isinstance(hidden, Tensor) or \
+                tuple(ref_hidden.shape[:-1]) != tuple(hidden.shape[:-1]):
+            raise ValueError(f"ref_hidden must have shape [2B, T, d'] with [2B, T] = "
+                             f"{tuple(getattr(hidden, 'shape', ())[:-1])}, got "
+                             f"{tuple(getattr(ref_hidden, 'shape', ()))}")
+        with torch.no_grad():
+            ref = linear_preference_logps(
+                ref_hidden.detach(), (ref_weight if ref_weight is not None else weight).detach(),
+                target, bias=ref_bias.detach() if ref_bias is not None else None,
+                ignore_index=ignore_index, softcap=softcap, chunk_size=chunk_size)
+        kwargs.update(ref_chosen=ref.chosen, ref_rejected=ref.rejected)
+    elif ref_weight is not None or ref_bias is not None:
+        raise ValueError("ref_weight and ref_bias need ref_hidden")
+    elif ref_chosen is not None or ref_rejected is not None:
+        if ref_chosen is None or ref_rejected is None:
+            raise ValueError("ref_chosen and ref_rejected must be given together (or neither, "
+                             "reference-free)")
+        kwargs.update(ref_chosen=ref_chosen.detach(), ref_rejected=ref_rejected.detach())
+    needs_grad = torch.is_grad_enabled() and any(
+        isinstance(x, Tensor) and x.requires_grad for x in (hidden, weight, bias))
+    if strategy == "auto":
+        strategy = "grad_in_forward" if reduction != "none" and needs_grad and \
+            getattr(hidden, "dtype", None) != torch.float16 else "recompute"
+    uses_length = [n for n in ("chosen_length", "rejected_length") if n in accepted]
+
+    def check_lengths(chosen_n: Tensor, rejected_n: Tensor) -> None:
+        for name, n in (("chosen_length", chosen_n), ("rejected_length", rejected_n)):
+            if name in uses_length and bool((n == 0).any()):
+                raise ValueError(f"target: every {name.split('_')[0]} completion needs at "
+                                 f"least one scored token (not ignore_index={ignore_index}) "
+                                 f"for loss={loss!r}, which averages over them")
+
+    if strategy == "recompute":
+        pol = linear_preference_logps(hidden, weight, target, bias=bias,
+                                      ignore_index=ignore_index, softcap=softcap,
+                                      chunk_size=chunk_size)
+        check_lengths(pol.chosen_length, pol.rejected_length)
+        lengths = dict(chosen_length=pol.chosen_length, rejected_length=pol.rejected_length)
+        kwargs.update({n: lengths[n] for n in uses_length})
+        return fn(pol.chosen, pol.rejected, reduction=reduction, **kwargs)
+    if isinstance(target, Tensor) and target.ndim == 2:
+        n_scored = (target != ignore_index).sum(1)
+        half = n_scored.shape[0] // 2
+        check_lengths(n_scored[:half], n_scored[half:])
+    refs = {k: kwargs.pop(k) for k in ("ref_chosen", "ref_rejected") if k in kwargs}
+    if refs:  # validated on the whole batch (each group sees a slice)
+        prepare_pairs(refs["ref_chosen"], refs["ref_rejected"])
+        n_pairs = getattr(hidden, "shape", (0,))[0] // 2
+        if refs["ref_chosen"].shape[0] != n_pairs:
+            raise ValueError(f"ref_chosen and ref_rejected must have shape [{n_pairs}] (one "
+                             f"value per pair), got {tuple(refs['ref_chosen'].shape)}")
+
+    def pair_loss(c: Tensor, r: Tensor, n_c: Tensor, n_r: Tensor, pairs: slice) -> Tensor:
+        kw = dict(kwargs)
+        kw.update({k: v[pairs] for k, v in refs.items()})
+        kw.update({n: x for n, x in (("chosen_length", n_c), ("rejected_length", n_r))
+                   if n in uses_length})
+        return fn(c, r, reduction="none", **kw)
+
+    out, _ = linear_pair_loss(hidden, weight, target, pair_loss, bias=bias,
+                              ignore_index=ignore_index, softcap=softcap, reduction=reduction,
+                              group_workspace_bytes=group_workspace_bytes,
+                              chunk_size=chunk_size)
+    return out

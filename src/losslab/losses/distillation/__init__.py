@@ -15,13 +15,15 @@ alignment and its triple loss), :mod:`~.divergences` (DKD, generalised JSD),
 (EQ-Net's weight-distribution regulariser, kind ``weights``), :mod:`~.dual_head`
 (DHKD's auxiliary head and objective around BinaryKL; a module, not a registered loss),
 :mod:`~.segmentation_kd` (MGD's image-level and region-level distillation terms),
-:mod:`~.landmarks` (KD-Loss + assistive losses of two landmark teachers; a function).
+:mod:`~.landmarks` (KD-Loss + assistive losses of two landmark teachers; a function),
+:mod:`~.boundary_kd` (BPKD's edge and body terms).
 The fused LM-head forms of KD and JSD are :mod:`losslab.kernels.linear_kd`.
 """
 
 from __future__ import annotations
 
 from losslab.losses.distillation import (
+    boundary_kd,
     classic,
     divergences,
     dual_head,
@@ -31,6 +33,7 @@ from losslab.losses.distillation import (
     segmentation_kd,
     transport,
 )
+from losslab.losses.distillation.boundary_kd import BPKDLoss, bpkd_edge_mask, bpkd_loss
 from losslab.losses.distillation.classic import (
     BinaryKLLoss,
     CosineAlignmentLoss,
@@ -52,6 +55,7 @@ from losslab.losses.distillation.segmentation_kd import (
 from losslab.losses.distillation.transport import SinkhornKDLoss, sinkhorn_kd_loss
 
 __all__ = [
+    "BPKDLoss",
     "BinaryKLLoss",
     "CosineAlignmentLoss",
     "DKDLoss",
@@ -64,6 +68,9 @@ __all__ = [
     "SinkhornKDLoss",
     "WDRLoss",
     "binary_kl_loss",
+    "boundary_kd",
+    "bpkd_edge_mask",
+    "bpkd_loss",
     "classic",
     "cosine_alignment_loss",
     "divergences",
