@@ -194,6 +194,9 @@ from losslab.losses.robust import (
     RCELoss,
     SCELoss,
 )
+from losslab.losses.segmentation.betti import (
+    BettiMatchingLoss,
+)
 from losslab.losses.segmentation.boundary import (
     BASNetHybridLoss,
     BoundaryLoss,
@@ -249,6 +252,7 @@ __all__ = [
     "BagLevelLoss",
     "BarlowTwinsLoss",
     "BarronLoss",
+    "BettiMatchingLoss",
     "BinaryKLLoss",
     "BoundaryLoss",
     "CALoss",

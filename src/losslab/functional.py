@@ -193,6 +193,9 @@ from losslab.losses.robust import (
     rce_loss,
     sce_loss,
 )
+from losslab.losses.segmentation.betti import (
+    betti_matching_loss,
+)
 from losslab.losses.segmentation.boundary import (
     basnet_hybrid_loss,
     boundary_loss,
@@ -259,6 +262,7 @@ __all__ = [
     "barlow_twins_loss",
     "barron_loss",
     "basnet_hybrid_loss",
+    "betti_matching_loss",
     "binary_kl_loss",
     "boundary_loss",
     "bpr_loss",
