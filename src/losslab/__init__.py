@@ -166,6 +166,10 @@ from losslab.losses.ranking.recsys import (
     SoftmaxAtKLoss,
     SoftTopKLoss,
 )
+from losslab.losses.ranking.tbatch import (
+    TBatchFullSumLoss,
+    TBatchItemSumLoss,
+)
 from losslab.losses.regression import (
     BarronLoss,
     CauchyLoss,
@@ -371,6 +375,8 @@ __all__ = [
     "SoftmaxAtKLoss",
     "StableMaxCELoss",
     "SupConLoss",
+    "TBatchFullSumLoss",
+    "TBatchItemSumLoss",
     "TCMLoss",
     "TLDRLoss",
     "TripletLoss",

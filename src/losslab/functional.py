@@ -165,6 +165,10 @@ from losslab.losses.ranking.recsys import (
     soft_topk_loss,
     softmax_at_k_loss,
 )
+from losslab.losses.ranking.tbatch import (
+    tbatch_full_sum_loss,
+    tbatch_item_sum_loss,
+)
 from losslab.losses.regression import (
     barron_loss,
     cauchy_loss,
@@ -380,6 +384,8 @@ __all__ = [
     "softmax_at_k_loss",
     "stablemax_ce_loss",
     "supcon_loss",
+    "tbatch_full_sum_loss",
+    "tbatch_item_sum_loss",
     "tcm_loss",
     "tldr_loss",
     "triplet_loss",
