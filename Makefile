@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "$(TORCH)"
 	$(PIP) install -e ".[lab,dev]"
+	# segmentation-models-pytorch for the parity tests, without its dependencies: its losses/
+	# need torch only, and its timm/torchvision pins would pull a torchvision that does not
+	# import beside the CPU torch (the tests load losses/ alone when the package import fails)
+	$(PIP) install --no-deps "segmentation-models-pytorch>=0.3"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -194,6 +194,10 @@ from losslab.losses.ranking.recsys import (
     SoftmaxAtKLoss,
     SoftTopKLoss,
 )
+from losslab.losses.ranking.tbatch import (
+    TBatchFullSumLoss,
+    TBatchItemSumLoss,
+)
 from losslab.losses.regression import (
     BarronLoss,
     CauchyLoss,
@@ -222,6 +226,9 @@ from losslab.losses.robust import (
     NFLRCELoss,
     RCELoss,
     SCELoss,
+)
+from losslab.losses.segmentation.betti import (
+    BettiMatchingLoss,
 )
 from losslab.losses.segmentation.boundary import (
     BASNetHybridLoss,
@@ -280,6 +287,7 @@ __all__ = [
     "BagLevelLoss",
     "BarlowTwinsLoss",
     "BarronLoss",
+    "BettiMatchingLoss",
     "BinaryKLLoss",
     "BoundaryLoss",
     "CALoss",
@@ -405,6 +413,8 @@ __all__ = [
     "StructCompLoss",
     "SupConLoss",
     "SyConLoss",
+    "TBatchFullSumLoss",
+    "TBatchItemSumLoss",
     "TCMLoss",
     "TLDRLoss",
     "TripletLoss",

@@ -193,6 +193,10 @@ from losslab.losses.ranking.recsys import (
     soft_topk_loss,
     softmax_at_k_loss,
 )
+from losslab.losses.ranking.tbatch import (
+    tbatch_full_sum_loss,
+    tbatch_item_sum_loss,
+)
 from losslab.losses.regression import (
     barron_loss,
     cauchy_loss,
@@ -221,6 +225,9 @@ from losslab.losses.robust import (
     nfl_rce_loss,
     rce_loss,
     sce_loss,
+)
+from losslab.losses.segmentation.betti import (
+    betti_matching_loss,
 )
 from losslab.losses.segmentation.boundary import (
     basnet_hybrid_loss,
@@ -289,6 +296,7 @@ __all__ = [
     "barlow_twins_loss",
     "barron_loss",
     "basnet_hybrid_loss",
+    "betti_matching_loss",
     "binary_kl_loss",
     "boundary_loss",
     "bpkd_loss",
@@ -414,6 +422,8 @@ __all__ = [
     "structcomp_loss",
     "supcon_loss",
     "sy_con_loss",
+    "tbatch_full_sum_loss",
+    "tbatch_item_sum_loss",
     "tcm_loss",
     "tldr_loss",
     "triplet_loss",

@@ -27,6 +27,7 @@ from losslab.metrics.representation import alignment, rankme, uniformity
 from losslab.metrics.retrieval import epsilon_opis, opis, retrieval_metrics
 from losslab.metrics.segmentation import (
     betti_errors,
+    betti_matching_error,
     betti_numbers,
     boundary_f_score,
     cl_dice_score,
@@ -43,6 +44,7 @@ __all__ = [
     "average_precision",
     "balanced_mae",
     "betti_errors",
+    "betti_matching_error",
     "betti_numbers",
     "bin_edges",
     "boundary_f_score",

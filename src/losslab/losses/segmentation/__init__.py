@@ -10,6 +10,7 @@ reductions, degenerate batches) are in :mod:`~.overlap` and shared by every modu
   Lovász-Softmax, Lovász hinge;
 * :mod:`~.compound`: Dice + CE, Dice + focal (soft-label correct Dice term);
 * :mod:`~.topology`: Skeleton Recall, clDice (thin structures);
+* :mod:`~.betti`: the Betti matching loss (persistence bars matched through the union);
 * :mod:`~.boundary`: the distance-map boundary loss, the Hausdorff-DT loss, BASNet's hybrid
   loss;
 * :mod:`~.prior`: label-free losses with a class-proportion prior (prior-aware entropy
@@ -18,14 +19,16 @@ reductions, degenerate batches) are in :mod:`~.overlap` and shared by every modu
 
 from __future__ import annotations
 
-from losslab.losses.segmentation import boundary, compound, overlap, prior, topology
+from losslab.losses.segmentation import betti, boundary, compound, overlap, prior, topology
+from losslab.losses.segmentation.betti import *  # noqa: F403
 from losslab.losses.segmentation.boundary import *  # noqa: F403
 from losslab.losses.segmentation.compound import *  # noqa: F403
 from losslab.losses.segmentation.overlap import *  # noqa: F403
 from losslab.losses.segmentation.prior import *  # noqa: F403
 from losslab.losses.segmentation.topology import *  # noqa: F403
 
-__all__ = ["boundary", "compound", "overlap", "prior", "topology"]
+__all__ = ["betti", "boundary", "compound", "overlap", "prior", "topology"]
+__all__ += betti.__all__
 __all__ += boundary.__all__
 __all__ += compound.__all__
 __all__ += overlap.__all__
