@@ -21,6 +21,7 @@ from losslab._core import (
     check_same_device,
     compute_dtype,
     reduce,
+    require,
 )
 from losslab._hparams import Int, Real, hparams
 from losslab._ops.teacher import kl_terms
@@ -143,9 +144,8 @@ def bpkd_loss(
                       target=target)
     valid = target != ignore_index
     bad = valid & ((target < 0) | (target >= c))
-    if bool(bad.any()):
-        raise ValueError(f"target has value(s) {sorted(set(target[bad].tolist()))[:5]} outside "
-                         f"[0, {c}) that are not ignore_index={ignore_index}")
+    require(~bad, lambda: f"target has value(s) {sorted(set(target[bad].tolist()))[:5]} "
+            f"outside [0, {c}) that are not ignore_index={ignore_index}")
     cd = compute_dtype(student_logits.dtype)
     s = student_logits.to(cd).reshape(n, c, -1)  # [N, C, P]
     t = teacher_logits.to(cd).reshape(n, c, -1)
