@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "$(TORCH)"
 	$(PIP) install -e ".[lab,dev]"
-	# segmentation-models-pytorch for the parity tests, without its dependencies: its losses/
-	# need torch only, and its timm/torchvision pins would pull a torchvision that does not
-	# import beside the CPU torch (the tests load losses/ alone when the package import fails)
-	$(PIP) install --no-deps "segmentation-models-pytorch>=0.3"
+	# peers for the parity tests, without their dependencies: their loss files need torch only.
+	# smp's timm/torchvision would pull a torchvision that does not import beside the CPU
+	# torch, allRank pins torch<=1.8, LibAUC pulls torch_geometric/ogb/opencv; the tests load
+	# the loss files alone (tests/losses/ranking/peers.py, tests/losses/test_segmentation.py)
+	$(PIP) install --no-deps "segmentation-models-pytorch>=0.3" "allRank==1.4.3" "libauc==2.0.1"
 	touch $(STAMP)
 
 setup: $(STAMP)

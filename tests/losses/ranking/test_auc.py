@@ -1,6 +1,7 @@
-"""AUC surrogates and YetiLoss: loop oracles (fp64), LibAUC's AUCMLoss formula restated (LibAUC
-is not installable here) with the saddle-point property, the RankNet coincidence of the MW
-loss, and YetiLoss's weights recomputed by loops from the same noise."""
+"""AUC surrogates and YetiLoss: loop oracles (fp64), LibAUC's ``AUCMLoss`` and
+``PairwiseAUCLoss`` (the package's own files, see ``peers.py``) with the saddle-point property,
+the RankNet coincidence of the MW loss, and YetiLoss's weights recomputed by loops from the same
+noise."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from losslab.functional import (
     ranknet_loss,
     yeti_loss,
 )
+from tests.losses.ranking.peers import libauc_losses
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 
@@ -50,15 +52,25 @@ def test_auc_pairwise_matches_loop_oracle_across_lists() -> None:
     torch.testing.assert_close(auc_pairwise_loss(*one), bpr_loss(*one))
 
 
+def test_auc_pairwise_matches_libauc_pairwise_auc_loss() -> None:
+    s, r, m = _batch(3)
+    peer = libauc_losses().PairwiseAUCLoss(surr_loss="logistic", hparam=1.0)
+    torch.testing.assert_close(auc_pairwise_loss(s, r, mask=m), peer(s[m], r[m]))
+    (g1,) = torch.autograd.grad(auc_pairwise_loss(s, r, mask=m), s)
+    (g2,) = torch.autograd.grad(peer(s[m], r[m]), s)
+    torch.testing.assert_close(g1, g2)
+
+
 def _libauc_aucm(y_pred, y_true, a, b, alpha, p, margin):
-    """LibAUC ``AUCMLoss.forward`` restated (means over all N items)."""
-    pos = (y_true == 1).to(y_pred.dtype)
-    neg = (y_true == 0).to(y_pred.dtype)
-    return ((1 - p) * torch.mean((y_pred - a) ** 2 * pos)
-            + p * torch.mean((y_pred - b) ** 2 * neg)
-            + 2 * alpha * (p * (1 - p) * margin
-                           + torch.mean(p * y_pred * neg - (1 - p) * y_pred * pos))
-            - p * (1 - p) * alpha ** 2)
+    """LibAUC's ``AUCMLoss`` (version v1: means over all N items) with its auxiliary variables
+    set to ``a, b, alpha`` and the imbalance ratio to ``p``."""
+    peer = libauc_losses().AUCMLoss(margin=margin, imratio=p, device=torch.device("cpu"))
+    peer = peer.double()
+    with torch.no_grad():
+        peer.a.fill_(float(a))
+        peer.b.fill_(float(b))
+        peer.alpha.fill_(float(alpha))
+    return peer(y_pred.reshape(-1, 1), y_true.reshape(-1, 1), auto=False).reshape(())
 
 
 @pytest.mark.parametrize("ratio", [None, 0.3])

@@ -1,9 +1,11 @@
 """Pairwise hinge, LambdaLoss, ApproxNDCG, NeuralNDCG and Poly-1 listwise: loop oracles from
-the papers' formulas (fp64), allRank's published formulas restated (allRank is not
-installable here), and the papers' limit properties."""
+the papers' formulas (fp64), the peers' own code for the pairwise losses (allRank's
+``lambdaLoss``, Rax's pairwise losses and lambdaweights; loaders in ``peers.py``; the listwise
+peers are in ``test_listwise.py``), and the papers' limit properties."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -18,6 +20,7 @@ from losslab.functional import (
     poly1_listwise_loss,
     ranknet_loss,
 )
+from tests.losses.ranking.peers import allrank_losses, rax
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 
@@ -107,28 +110,88 @@ def test_lambda_loss_matches_loop_oracle(weighting: str, k: int | None) -> None:
     assert torch.isfinite(g).all() and torch.count_nonzero(g[2:]) == 0
 
 
-def test_lambda_loss_allrank_formula_restated() -> None:
-    """allRank ``lambdaLoss`` (no padding, k=None): sort by predictions, true_diffs > 0 pairs,
-    ``weighted_probas = sigmoid(sigma * diffs) ** weights``, ``loss = -sum(log2(...))``."""
+_ALLRANK_SCHEMES = {"lambdarank": "lambdaRank_scheme", "ndcg_loss2": "ndcgLoss2_scheme",
+                    "ndcg_loss2pp": "ndcgLoss2PP_scheme"}
+
+
+@pytest.mark.parametrize("weighting", sorted(_ALLRANK_SCHEMES))
+@pytest.mark.parametrize("k", [None, 4])
+def test_lambda_loss_matches_allrank_lambda_loss(weighting: str, k: int | None) -> None:
+    """allRank's own ``lambdaLoss`` (``reduction="sum"``: the pairs of one list), list by
+    list; allRank computes its discounts in float32, hence the tolerance."""
+    A = allrank_losses()
     g = torch.Generator().manual_seed(5)
     y_pred = torch.randn(3, 7, generator=g, dtype=torch.float64)
     y_true = torch.randint(0, 3, (3, 7), generator=g).to(torch.float64)
-    y_pred_sorted, idx = y_pred.sort(descending=True, dim=-1)
-    y_true_sorted, _ = y_true.sort(descending=True, dim=-1)
-    true_by_pred = torch.gather(y_true, 1, idx)
-    true_diffs = true_by_pred[:, :, None] - true_by_pred[:, None, :]
-    pairs = true_diffs > 0
-    pos = torch.arange(1, 8, dtype=torch.float64)
-    D = torch.log2(1.0 + pos)[None, :]
-    maxDCG = ((torch.pow(2, y_true_sorted) - 1) / D).sum(-1).clamp(min=1e-10)
-    G = (torch.pow(2, true_by_pred) - 1) / maxDCG[:, None]
-    weights = torch.abs(1 / D[:, :, None] - 1 / D[:, None, :]) * torch.abs(
-        G[:, :, None] - G[:, None, :])  # lambdaRank_scheme
-    diffs = y_pred_sorted[:, :, None] - y_pred_sorted[:, None, :]
-    probas = torch.sigmoid(diffs).clamp(min=1e-10) ** weights
-    peer = -torch.log2(probas.clamp(min=1e-10))[pairs].sum()
-    torch.testing.assert_close(lambda_loss(y_pred, y_true, weighting="lambdarank",
-                                           reduction="sum"), peer)
+    y_true[:, 0] = 2.0
+    for q in range(3):
+        x = y_pred[q:q + 1].clone().requires_grad_(True)
+        y = y_true[q:q + 1]
+        peer = A.lambdaLoss(x, y.clone(), weighing_scheme=_ALLRANK_SCHEMES[weighting], k=k,
+                            sigma=1.5, mu=10.0, reduction="sum")
+        ours = lambda_loss(x, y, weighting=weighting, k=k, sigma=1.5, mu=10.0, reduction="sum")
+        torch.testing.assert_close(ours, peer, rtol=1e-6, atol=1e-7)
+        (g1,) = torch.autograd.grad(ours, x)
+        (g2,) = torch.autograd.grad(peer, x)
+        torch.testing.assert_close(g1, g2, rtol=1e-6, atol=1e-7)
+
+
+def _rax_per_list(loss, s: torch.Tensor, r: torch.Tensor, **kw):
+    import jax
+    import numpy as np
+
+    per_list = jax.jit(jax.vmap(jax.value_and_grad(lambda x, y: loss(x, y, **kw))))
+    v, g = per_list(jax.numpy.asarray(s.numpy()), jax.numpy.asarray(r.numpy()))
+    return torch.from_numpy(np.asarray(v)), torch.from_numpy(np.asarray(g))
+
+
+def _ours_per_list(fn, s: torch.Tensor, r: torch.Tensor, **kw):
+    x = s.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(fn(x, r, reduction="sum", **kw), x)
+    return fn(s.detach(), r, reduction="none", **kw), g
+
+
+def test_ranknet_and_hinge_match_rax_and_allrank_ranknet() -> None:
+    R = rax()
+    s, r, _ = _lists(7)
+    s, r = s.detach(), r.clone()
+    r[:, 0] = 3.0  # a pair in every list
+    for ours, theirs in ((ranknet_loss, R.pairwise_logistic_loss),
+                         (pairwise_hinge_loss, R.pairwise_hinge_loss)):
+        a, b = _ours_per_list(ours, s, r), _rax_per_list(theirs, s, r)
+        torch.testing.assert_close(a[0], b[0])
+        torch.testing.assert_close(a[1], b[1])
+    # allRank's rankNet: BCE-with-logits over the pairs, averaged over the pairs of the batch
+    # (its float32 targets make the result float32)
+    A = allrank_losses()
+    for q in range(s.shape[0]):
+        x = s[q:q + 1].clone().requires_grad_(True)
+        peer = A.rankNet(x, r[q:q + 1].clone())
+        ours_q = ranknet_loss(x, r[q:q + 1])
+        torch.testing.assert_close(ours_q, peer.double(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(torch.autograd.grad(ours_q, x)[0],
+                                   torch.autograd.grad(peer, x)[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(("weighting", "lambdaweight"), [("lambdarank", "dcg_lambdaweight"),
+                                                         ("ndcg_loss2", "dcg2_lambdaweight")])
+def test_lambda_loss_matches_rax_lambdaweights(weighting: str, lambdaweight: str) -> None:
+    """Rax's pairwise logistic loss with its normalised DCG lambdaweights, summed over pairs:
+    Rax scales its weights by the list size ``n`` and uses the natural logarithm, so
+    ``ours = rax / (n ln 2)``."""
+    R = rax()
+    import jax
+
+    s, r, _ = _lists(8)
+    s, r = s.detach(), r.clone()
+    r[:, 0] = 3.0
+    n = s.shape[1]
+    weight_fn = functools.partial(getattr(R, lambdaweight), normalize=True)
+    theirs = _rax_per_list(R.pairwise_logistic_loss, s, r, lambdaweight_fn=weight_fn,
+                           reduce_fn=jax.numpy.sum)
+    ours = _ours_per_list(lambda_loss, s, r, weighting=weighting)
+    torch.testing.assert_close(ours[0], theirs[0] / (n * math.log(2)))
+    torch.testing.assert_close(ours[1], theirs[1] / (n * math.log(2)))
 
 
 def test_lambda_loss_without_weights_is_ranknet_in_base_two() -> None:
@@ -248,9 +311,13 @@ def test_poly1_listwise_matches_loop_oracle_and_reduces_to_softmax_ce() -> None:
         for q in range(4):
             it = _items(m, q)
             z = sum(math.exp(float(s[q, i])) for i in it) if it else 1.0
-            want.append(sum(float(r[q, i]) * (-(float(s[q, i]) - math.log(z))
-                                              + eps * (1 - math.exp(float(s[q, i])) / z))
-                            for i in it))
+            total = sum(float(r[q, i]) for i in it)
+            if total == 0:
+                want.append(0.0)
+                continue
+            ce = -sum(float(r[q, i]) * (float(s[q, i]) - math.log(z)) for i in it)
+            p_t = sum(float(r[q, i]) / total * math.exp(float(s[q, i])) / z for i in it)
+            want.append(ce + eps * (1 - p_t))
         got = poly1_listwise_loss(s, r, mask=m, epsilon=eps, reduction="none")
         torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
     # epsilon = 0, one relevant item per list: the softmax cross-entropy of torch

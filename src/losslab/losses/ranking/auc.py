@@ -102,7 +102,7 @@ def auc_pairwise_loss(
     paper="Optimizing What Matters: AUC-Driven Learning for Robust Neural Retrieval",
     arxiv="2510.00137",
     summary="mean over all (pos, neg) pairs of the batch of log(1 + exp(-(s_pos - s_neg)))",
-    peers=("allrank.models.losses.rankNet (one list)",),
+    peers=("allrank.models.losses.rankNet (one list)", "libauc.losses.PairwiseAUCLoss"),
     reduction="per item ([Q, L], positives only)",
     degenerate=("all_masked", "no_relevant"),
 )

@@ -77,7 +77,7 @@ def listnet_loss(
     paper="Learning to Rank: From Pairwise Approach to Listwise Approach",
     arxiv="",
     summary="-sum_i softmax(r)_i log softmax(s)_i per list",
-    peers=("allrank.models.losses.listNet",),
+    peers=("allrank.models.losses.listNet", "rax.softmax_loss (softmax labels)"),
     reduction="per query",
     degenerate=("all_masked",),
 )
@@ -130,7 +130,7 @@ def listmle_loss(
     paper="Listwise Approach to Learning to Rank: Theory and Algorithm",
     arxiv="",
     summary="-sum_i (s_pi_i - log sum_{k>=i} exp s_pi_k), pi = ideal order",
-    peers=("allrank.models.losses.listMLE",),
+    peers=("allrank.models.losses.listMLE", "rax.listmle_loss"),
     reduction="per query",
     degenerate=("all_masked",),
 )
@@ -205,7 +205,8 @@ def approx_ndcg_loss(
     "Measures",
     arxiv="",
     summary="-NDCG with ranks replaced by 1 + sum_j sigmoid((s_j - s_i) / T)",
-    peers=("allrank.models.losses.approxNDCGLoss", "tfr.keras.losses.ApproxNDCGLoss"),
+    peers=("allrank.models.losses.approxNDCGLoss", "rax.approx_t12n(rax.ndcg_metric)",
+           "tfr.keras.losses.ApproxNDCGLoss"),
     reduction="per query",
     degenerate=("all_masked", "no_relevant"),
 )
@@ -335,14 +336,17 @@ def poly1_listwise_loss(
 
     .. math::
         p_i = \frac{e^{s_i}}{\sum_j e^{s_j}}, \qquad
-        \ell_q = \sum_i y_i \big(-\log p_i + \epsilon\, (1 - p_i)\big)
+        \ell_q = -\sum_i y_i \log p_i + \epsilon\,\big(1 - p_t\big), \qquad
+        p_t = \sum_i \frac{y_i}{\sum_j y_j}\, p_i
 
     over the real items, :math:`y_i` the relevance (RankT5: 1 for the relevant document, 0 for
-    the sampled negatives). :math:`\epsilon = 0` is RankT5's listwise softmax cross-entropy;
-    the :math:`\epsilon(1 - p_i)` term is PolyLoss's first polynomial coefficient
-    (Leng et al., arXiv 2204.12511). The formula follows the paper's abstract and the
-    PolyLoss form; **not verified against the paper's equation** (its full text could not be
-    retrieved here).
+    the sampled negatives, where :math:`p_t` is the relevant document's probability).
+    :math:`\epsilon = 0` is RankT5's listwise softmax cross-entropy; the
+    :math:`\epsilon(1 - p_t)` term is PolyLoss's first polynomial coefficient (Leng et al.,
+    arXiv 2204.12511). This is the definition of Rax's ``poly1_softmax_loss`` (the JAX ranking
+    library of RankT5's authors; the test compares values and gradients with it for graded
+    labels too). The paper's own equation was not retrieved here. A list without a relevant
+    item gives 0 (Rax gives :math:`\epsilon (1 - 1/n)` there: uniform labels).
 
     Args:
         scores: ``[Q, L]`` predicted scores; ``relevance``: ``[Q, L]`` labels ``y >= 0``.
@@ -358,9 +362,12 @@ def poly1_listwise_loss(
     s, r, m = prepare_scores(scores, relevance, mask)
     y = torch.where(m, r, torch.zeros_like(r))
     logp = masked_log_softmax(s, m)
-    terms = y * (-logp + epsilon * (1 - logp.exp()))
-    values = torch.where(m, terms, torch.zeros_like(terms)).sum(1)
+    ce = -torch.where(m, y * logp, torch.zeros_like(logp)).sum(1)
+    total = y.sum(1)
     has = ((y != 0) & m).any(1)
+    safe = torch.where(has, total, torch.ones_like(total))
+    p_t = torch.where(m, y * logp.exp(), torch.zeros_like(logp)).sum(1) / safe
+    values = torch.where(has, ce + epsilon * (1 - p_t), torch.zeros_like(ce))
     return reduce(values, reduction, count=has.sum().to(s.dtype))
 
 
@@ -370,7 +377,8 @@ def poly1_listwise_loss(
     kind="scores",
     paper="RankT5: Fine-Tuning T5 for Text Ranking with Ranking Losses",
     arxiv="2210.10634",
-    summary="sum_i y_i (-log softmax(s)_i + eps (1 - softmax(s)_i))",
+    peers=("rax.poly1_softmax_loss",),
+    summary="-sum_i y_i log p_i + eps (1 - p_t), p = softmax(s), p_t = sum_i y_i p_i / sum_j y_j",
     reduction="per query",
     degenerate=("all_masked", "no_relevant"),
 )

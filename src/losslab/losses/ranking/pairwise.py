@@ -153,7 +153,7 @@ def ranknet_loss(
     paper="Learning to Rank using Gradient Descent",
     arxiv="",
     summary="mean over pairs r_i > r_j of log(1 + exp(-(s_i - s_j)))",
-    peers=("allrank.models.losses.rankNet",),
+    peers=("allrank.models.losses.rankNet", "rax.pairwise_logistic_loss"),
     reduction="per query",
     degenerate=("all_masked", "no_relevant"),
 )
@@ -209,7 +209,7 @@ def pairwise_hinge_loss(
     paper="Optimizing Search Engines using Clickthrough Data",
     arxiv="",
     summary="mean over pairs r_i > r_j of max(0, margin - (s_i - s_j))",
-    peers=("tfr.keras.losses.PairwiseHingeLoss",),
+    peers=("rax.pairwise_hinge_loss", "tfr.keras.losses.PairwiseHingeLoss"),
     reduction="per query",
     degenerate=("all_masked", "no_relevant"),
 )
@@ -319,7 +319,8 @@ def lambda_loss(
     paper="The LambdaLoss Framework for Ranking Metric Optimization",
     arxiv="",
     summary="-sum_{r_i > r_j} w_ij log2 sigmoid(s_i - s_j), NDCG-Loss2 / LambdaRank weights",
-    peers=("allrank.models.losses.lambdaLoss",),
+    peers=("allrank.models.losses.lambdaLoss",
+           "rax.pairwise_logistic_loss(lambdaweight_fn=rax.dcg_lambdaweight)"),
     reduction="per query",
     degenerate=("all_masked", "no_relevant"),
 )
