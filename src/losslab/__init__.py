@@ -116,6 +116,12 @@ from losslab.losses.fewshot import (
     ProtoNetLoss,
     ProtoTripletLoss,
 )
+from losslab.losses.metric_learning.cip import (
+    CIPLoss,
+)
+from losslab.losses.metric_learning.energy_confusion import (
+    EnergyConfusionLoss,
+)
 from losslab.losses.metric_learning.hashing import (
     OrthoHashLoss,
 )
@@ -135,10 +141,16 @@ from losslab.losses.metric_learning.proxy import (
     ProxyAnchorLoss,
     ProxyNCALoss,
 )
+from losslab.losses.metric_learning.submodular import (
+    ScoreFLLoss,
+    ScoreGCLoss,
+    ScoreLogDetLoss,
+)
 from losslab.losses.metric_learning.tcm import (
     TCMLoss,
 )
 from losslab.losses.metric_learning.triplet import (
+    AdaptiveMarginTripletLoss,
     TripletLoss,
     TripletRatioLoss,
 )
@@ -267,6 +279,7 @@ __all__ = [
     "AMCLLoss",
     "AUCMarginLoss",
     "AUCPairwiseLoss",
+    "AdaptiveMarginTripletLoss",
     "AlignmentLoss",
     "AnyLoss",
     "ApproxNDCGLoss",
@@ -280,6 +293,7 @@ __all__ = [
     "BoundaryLoss",
     "CALoss",
     "CCLLoss",
+    "CIPLoss",
     "CPOLoss",
     "CSIBLoss",
     "CauchyLoss",
@@ -310,6 +324,7 @@ __all__ = [
     "EISLLoss",
     "EMOLoss",
     "EasyLLPLoss",
+    "EnergyConfusionLoss",
     "EntropyPriorLoss",
     "FocalLoss",
     "FocalTverskyLoss",
@@ -390,6 +405,9 @@ __all__ = [
     "RePRILoss",
     "SCELoss",
     "SampledSoftmaxLoss",
+    "ScoreFLLoss",
+    "ScoreGCLoss",
+    "ScoreLogDetLoss",
     "SigLipLoss",
     "SimPOLoss",
     "SinkhornAlignmentLoss",
