@@ -125,6 +125,10 @@ def score_fl_loss(
     term of its own class is its self-similarity). With the cosine kernel
     :math:`\max_{j \in V} S_{ij} = S_{ii} = 1`, so :math:`L_{S_f} = L_{C_f} + 1`: the two
     forms have the same gradient (the official results table lists FL once for both).
+    Per sample :math:`i` the loss sums, over the *other* classes, its largest similarity to
+    each of them; the official ``FacilityLocation`` objective instead takes, per sample, one
+    (soft) maximum over all other-class samples together -- a different function, not the
+    facility-location information written above.
 
     Args:
         embeddings: ``[N, D]``; labels: ``[N]`` integer class ids (the partition).
