@@ -262,7 +262,10 @@ def score_logdet_loss(
         L_{S_f} = \frac1N \sum_k \log\det(S_{A_k} + \lambda I), \qquad
         L_{C_f} = L_{S_f} - \frac1N \log\det(S_V + \lambda I)
 
-    Small class log-determinants mean compact classes (near rank-one class kernels); the
+    The total-correlation form is the official detection code's ``LogDet`` objective
+    (``SCoRe_Det``: normalised features, ``0.5 I``, the class log-dets minus the ground set's)
+    times ``1/N``. Small class log-determinants mean compact classes (near rank-one class
+    kernels); the
     subtracted ground-set term rewards a diverse batch. By Fischer's inequality
     :math:`L_{C_f} \ge 0` for every PSD kernel, with equality for one class. Computed as
     :math:`\log\det(S \circ P + \lambda I) = \sum_k \log\det(S_{A_k} + \lambda I)`
