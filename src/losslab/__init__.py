@@ -119,6 +119,12 @@ from losslab.losses.fewshot import (
     ProtoNetLoss,
     ProtoTripletLoss,
 )
+from losslab.losses.metric_learning.cip import (
+    CIPLoss,
+)
+from losslab.losses.metric_learning.energy_confusion import (
+    EnergyConfusionLoss,
+)
 from losslab.losses.metric_learning.hashing import (
     OrthoHashLoss,
 )
@@ -138,10 +144,16 @@ from losslab.losses.metric_learning.proxy import (
     ProxyAnchorLoss,
     ProxyNCALoss,
 )
+from losslab.losses.metric_learning.submodular import (
+    ScoreFLLoss,
+    ScoreGCLoss,
+    ScoreLogDetLoss,
+)
 from losslab.losses.metric_learning.tcm import (
     TCMLoss,
 )
 from losslab.losses.metric_learning.triplet import (
+    AdaptiveMarginTripletLoss,
     TripletLoss,
     TripletRatioLoss,
 )
@@ -277,6 +289,7 @@ __all__ = [
     "AMCLLoss",
     "AUCMarginLoss",
     "AUCPairwiseLoss",
+    "AdaptiveMarginTripletLoss",
     "AlignmentLoss",
     "AnyLoss",
     "ApproxNDCGLoss",
@@ -292,6 +305,7 @@ __all__ = [
     "BoundaryLoss",
     "CALoss",
     "CCLLoss",
+    "CIPLoss",
     "CPOLoss",
     "CSIBLoss",
     "CauchyLoss",
@@ -322,6 +336,7 @@ __all__ = [
     "EISLLoss",
     "EMOLoss",
     "EasyLLPLoss",
+    "EnergyConfusionLoss",
     "EntropyPriorLoss",
     "FocalLoss",
     "FocalTverskyLoss",
@@ -402,6 +417,9 @@ __all__ = [
     "RePRILoss",
     "SCELoss",
     "SampledSoftmaxLoss",
+    "ScoreFLLoss",
+    "ScoreGCLoss",
+    "ScoreLogDetLoss",
     "SigLipLoss",
     "SimPOLoss",
     "SinkhornAlignmentLoss",

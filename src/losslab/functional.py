@@ -118,6 +118,12 @@ from losslab.losses.fewshot import (
     proto_triplet_loss,
     protonet_loss,
 )
+from losslab.losses.metric_learning.cip import (
+    cip_loss,
+)
+from losslab.losses.metric_learning.energy_confusion import (
+    energy_confusion_loss,
+)
 from losslab.losses.metric_learning.hashing import (
     orthohash_loss,
 )
@@ -137,10 +143,16 @@ from losslab.losses.metric_learning.proxy import (
     proxy_anchor_loss,
     proxy_nca_loss,
 )
+from losslab.losses.metric_learning.submodular import (
+    score_fl_loss,
+    score_gc_loss,
+    score_logdet_loss,
+)
 from losslab.losses.metric_learning.tcm import (
     tcm_loss,
 )
 from losslab.losses.metric_learning.triplet import (
+    adaptive_margin_triplet_loss,
     triplet_loss,
     triplet_ratio_loss,
 )
@@ -284,6 +296,7 @@ anyloss_loss = _deprecated("anyloss_loss", anyloss)
 z_loss_loss = _deprecated("z_loss_loss", z_loss)
 
 __all__ = [
+    "adaptive_margin_triplet_loss",
     "aldr_kl_loss",
     "alignment_loss",
     "amcl_loss",
@@ -305,6 +318,7 @@ __all__ = [
     "cauchy_loss",
     "ccl_loss",
     "charbonnier_loss",
+    "cip_loss",
     "circle_loss",
     "cl_dice_loss",
     "clip_loss",
@@ -332,6 +346,7 @@ __all__ = [
     "ebv_loss",
     "eisl_loss",
     "emo_loss",
+    "energy_confusion_loss",
     "entropy_prior_loss",
     "focal_loss",
     "focal_tversky_loss",
@@ -411,6 +426,9 @@ __all__ = [
     "repri_loss",
     "sampled_softmax_loss",
     "sce_loss",
+    "score_fl_loss",
+    "score_gc_loss",
+    "score_logdet_loss",
     "siglip_loss",
     "simpo_loss",
     "sinkhorn_alignment_loss",

@@ -37,6 +37,8 @@ EXPECTED_BREAKS: dict[str, str] = {
     "triplet": f"{_ITEM}: the kernel skips empty positive slots and counts triplets "
                "(metric_learning/triplet.py)",
     "triplet_ratio": f"{_ITEM}: counts (metric_learning/triplet.py)",
+    "adaptive_margin_triplet": f"{_ITEM}: the largest positive count sizes the per-anchor "
+                               "[P_max, M] blocks (metric_learning/triplet.py)",
     "metrix": "boolean-mask indexing and a count (metric_learning/metrix.py)",
     "npairs": "one (anchor, positive) pair per class: the number of pairs is data-dependent "
               "and is the length of reduction='none' (torch.where / nonzero)",

@@ -42,10 +42,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "siglip+learned": ("siglip", {"learnable_temperature": True}),
     "siglip+tiled": ("siglip", {"chunk_size": 2}),
     "supcon+sum": ("supcon", {"reduction": "sum"}),
-    # embeddings losses whose "mean" counts non-zero terms: a local form for "sum" only
-    "triplet+sum": ("triplet", {"reduction": "sum"}),
+    # triplet / triplet-ratio / contrastive: "mean" (default) and "sum"; with
+    # mean_over="nonzero" (a count of non-zero terms) a local form for "sum" only
+    "triplet+sum": ("triplet", {"reduction": "sum", "mean_over": "nonzero"}),
+    "triplet+margin": ("triplet", {"margin": 1.5}),  # most triplets active
     "triplet_ratio+sum": ("triplet_ratio", {"reduction": "sum"}),
-    "contrastive+sum": ("contrastive", {"reduction": "sum"}),
+    "contrastive+sum": ("contrastive", {"reduction": "sum", "mean_over": "nonzero"}),
+    "contrastive+cosine": ("contrastive", {"metric": "cosine", "pos_margin": 0.8,
+                                           "neg_margin": 0.2, "power": 2.0}),
     "multi_similarity+sum": ("multi_similarity", {"reduction": "sum"}),
     # losslab.gradcache with DDP encoders (no_sync until each encoder's last chunk)
     "gradcache+clip": ("clip", {}),

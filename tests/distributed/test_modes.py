@@ -70,8 +70,10 @@ def test_bad_modes_raise() -> None:
 
 def test_local_mode_of_embeddings_losses_is_declared_or_refused() -> None:
     """Every ``embeddings`` loss with a query/reference split either has a local form (its
-    DDP case runs) or is refused with a ValueError that says why; those whose mean counts
-    non-zero terms are refused for "mean" and accepted for "sum"."""
+    DDP case runs) or is refused with a ValueError that says why. Triplet, triplet-ratio and
+    contrastive have a local "mean" (the all-reduced count of triplets / pairs) and "sum";
+    their mean over the non-zero terms (mean_over="nonzero") is refused for "mean" and
+    accepted for "sum"; triplet's per-anchor selections (batch hard, ...) are refused."""
     from losslab.distributed import EMBEDDING_LOCAL
 
     cases = set(CASES)
@@ -83,14 +85,21 @@ def test_local_mode_of_embeddings_losses_is_declared_or_refused() -> None:
         if name in LOCAL_FORMS:
             assert f"{name}:local" in cases
             DistributedLoss(name, mode="local", **hp)
-        elif name in EMBEDDING_LOCAL:
-            with pytest.raises(ValueError, match="non-zero terms of the whole batch"):
-                DistributedLoss(name, mode="local", **hp)
-            DistributedLoss(name, mode="local", reduction="sum", **hp)
-            assert f"{name}+sum:local" in cases
         else:
+            assert name not in EMBEDDING_LOCAL
             with pytest.raises(ValueError, match="mode='local' needs a row-decomposable loss"):
                 DistributedLoss(name, mode="local", **hp)
+    for name in ("triplet", "contrastive"):
+        with pytest.raises(ValueError, match="non-zero terms of the whole batch"):
+            DistributedLoss(name, mode="local", mean_over="nonzero")
+        DistributedLoss(name, mode="local", mean_over="nonzero", reduction="sum")
+        assert f"{name}+sum:local" in cases
+    assert {"triplet:local", "triplet_ratio:local", "contrastive:local",
+            "contrastive+cosine:local"} <= cases
+    for strategy in ("batch_hard", "semi_hard", "soft_margin"):
+        with pytest.raises(ValueError, match="strategy='all'"):
+            DistributedLoss("triplet", mode="local", strategy=strategy, reduction="sum")
+        DistributedLoss("triplet", mode="global", strategy=strategy)
 
 
 @pytest.mark.parametrize("sigmoid", [False, True])

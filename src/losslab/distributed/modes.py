@@ -13,9 +13,11 @@ global batch of ``N = sum_r n_r``, train as if one process held the whole batch:
   per-row losses (alignment, cosine alignment, the proxy-softmax heads), and the
   ``embeddings`` losses with a query/reference split (:data:`EMBEDDING_LOCAL`: this rank's
   anchors against the gathered batch as ``ref_embeddings``, every pair but an anchor with its
-  own row; the ``"mean"`` divided by the all-reduced anchor count -- multi-similarity, circle,
-  lifted structure, SupCon; triplet, triplet-ratio and contrastive average over the whole
-  batch's non-zero triplets/pairs, so only their ``reduction="sum"`` has a local form).
+  own row; the ``"mean"`` divided by the all-reduced count of its denominator -- anchors for
+  multi-similarity, circle, lifted structure, SupCon; valid triplets for triplet (batch all)
+  and triplet-ratio; positive and negative pairs, each part by its own count, for contrastive.
+  Their ``mean_over="nonzero"`` counts non-zero terms, which the local terms do not carry:
+  ``"sum"`` only).
 - ``ring`` (SigLIP only, arXiv 2303.15343 section 3.3): no all-gather; the ``b`` chunks travel
   around the ring (``W - 1`` neighbour exchanges) and each rank sums its rows' sigmoid terms
   chunk by chunk. Same value and gradient as ``local``.
@@ -77,18 +79,22 @@ POINTWISE: frozenset[str] = frozenset({
 #: ``embeddings`` losses with a query/reference split (``ref_embeddings=``, ``ref_labels=``,
 #: ``indices=``) whose per-anchor terms against the whole batch are the full-batch terms: their
 #: ``local`` form is this rank's anchors against the gathered batch (each anchor's own copy is
-#: no positive). The value is the anchor whose ``"mean"`` denominator: ``"anchors"`` (every
-#: anchor), ``"pos_neg"`` (anchors with a positive and a negative in the batch), ``None`` (the
-#: mean is over non-zero triplets or pairs, a count the per-anchor terms do not carry: only
-#: ``reduction="sum"``/``"none"`` have a local form).
+#: no positive). The value is the ``"mean"`` denominator, all-reduced over the ranks:
+#: ``"anchors"`` (every anchor), ``"pos_neg"`` (anchors with a positive and a negative in the
+#: batch), ``"triplets"`` (the valid triplets: the sum over anchors of positives x negatives),
+#: ``"pairs"`` (contrastive's mean over positive pairs plus mean over negative pairs: each
+#: part's sum by its own pair count); ``None``: no local ``"mean"``. With
+#: ``mean_over="nonzero"`` (a count of non-zero terms, which the local terms do not carry)
+#: only ``reduction="sum"``/``"none"`` have a local form; triplet's local form is its
+#: batch-all strategy (``strategy="all"``, the default).
 EMBEDDING_LOCAL: dict[str, str | None] = {
     "multi_similarity": "anchors",
     "circle": "pos_neg",
     "lifted_structure": "pos_neg",
     "supcon": "pos_neg",
-    "triplet": None,
-    "triplet_ratio": None,
-    "contrastive": None,
+    "triplet": "triplets",
+    "triplet_ratio": "triplets",
+    "contrastive": "pairs",
 }
 
 #: Losses with a ``local`` form at their default ``reduction="mean"``: the row-decomposable
@@ -270,19 +276,26 @@ class DistributedLoss(nn.Module):
                 f"mode='local' takes the {spec.name} loss itself, not a wrapper "
                 f"({type(loss).__name__}): a CrossBatchMemory is its own reference set, wrap it "
                 f"with mode='global'")
-        reduction = str(getattr(loss, "hparams", {}).get("reduction", "mean"))
-        if mode == "local" and spec.name in EMBEDDING_LOCAL and EMBEDDING_LOCAL[
-                spec.name] is None and reduction == "mean":
+        loss_hp = dict(getattr(loss, "hparams", {}))
+        reduction = str(loss_hp.get("reduction", "mean"))
+        if mode == "local" and spec.name in EMBEDDING_LOCAL and reduction == "mean" and (
+                EMBEDDING_LOCAL[spec.name] is None or loss_hp.get("mean_over") == "nonzero"):
             raise ValueError(
-                f"mode='local' for {spec.name}: its reduction='mean' divides by the number of "
-                f"non-zero terms of the whole batch, which the local anchors' terms do not "
-                f"carry; use reduction='sum' (a local form) or mode='global'")
+                f"mode='local' for {spec.name}: its reduction='mean' with mean_over='nonzero' "
+                f"divides by the number of non-zero terms of the whole batch, which the local "
+                f"anchors' terms do not carry; use mean_over='all', reduction='sum' (local "
+                f"forms) or mode='global'")
+        if mode == "local" and spec.name == "triplet" and loss_hp.get("strategy",
+                                                                        "all") != "all":
+            raise ValueError(
+                f"mode='local' for triplet takes strategy='all' (every triplet of this rank's "
+                f"anchors against the gathered batch); strategy={loss_hp.get('strategy')!r} "
+                f"selects triplets per anchor over the whole batch: use mode='global'")
         if mode == "local" and spec.name not in LOCAL_FORMS | EMBEDDING_LOCAL.keys():
             raise ValueError(
-                f"mode='local' needs a row-decomposable loss ({', '.join(sorted(LOCAL_FORMS))}, "
-                f"and {', '.join(sorted(k for k, v in EMBEDDING_LOCAL.items() if v is None))} "
-                f"with reduction='sum'); {spec.name}'s terms depend on the whole batch or it "
-                f"has no query/reference split (use mode='global')")
+                f"mode='local' needs a row-decomposable loss ({', '.join(sorted(LOCAL_FORMS))}"
+                f"); {spec.name}'s terms depend on the whole batch or it has no "
+                f"query/reference split (use mode='global')")
         if mode == "ring" and spec.name != "siglip":
             raise ValueError(f"mode='ring' is SigLIP's neighbour exchange (loss 'siglip'), "
                              f"got {spec.name!r}")
@@ -400,20 +413,39 @@ class DistributedLoss(nn.Module):
         a1, p = same.nonzero(as_tuple=True)
         keep = p != own[a1]
         a2, n = (~same).nonzero(as_tuple=True)
-        kw = {**self._hyper(), "reduction": "none"}
-        terms = type(self.loss).function(  # type: ignore[union-attr]
-            x, labels, ref_embeddings=gx, ref_labels=gy, indices=(a1[keep], p[keep], a2, n),
-            **kw)
+        fn = type(self.loss).function  # type: ignore[union-attr]
+        a1, p = a1[keep], p[keep]
         reduction = self._reduction()
+        denominator = EMBEDDING_LOCAL[self.spec.name]
+        if reduction == "mean" and denominator == "pairs":
+            # contrastive: mean over the positive pairs + mean over the negative pairs
+            kw = {**self._hyper(), "reduction": "sum"}
+            empty = a1[:0]
+            parts = []
+            for idx, count_local in (((a1, p, empty, empty), a1.numel()),
+                                     ((empty, empty, a2, n), a2.numel())):
+                part = fn(x, labels, ref_embeddings=gx, ref_labels=gy, indices=idx, **kw)
+                count = _all_reduce_sum(torch.tensor(float(count_local), dtype=part.dtype,
+                                                     device=part.device), self.group)
+                safe = torch.where(count > 0, count, torch.ones_like(count))
+                parts.append(torch.where(count > 0, part * world / safe, part * 0.0))
+            return parts[0] + parts[1]
+        kw = {**self._hyper(), "reduction": "none"}
+        terms = fn(x, labels, ref_embeddings=gx, ref_labels=gy, indices=(a1, p, a2, n), **kw)
         if reduction == "none":
             return terms
         if reduction == "sum":
             return terms.sum() * world
-        if EMBEDDING_LOCAL[self.spec.name] == "anchors":
+        if denominator == "anchors":
             count = torch.tensor(float(sum(sizes)), dtype=terms.dtype, device=terms.device)
+        elif denominator == "triplets":  # the sum over local anchors of positives x negatives
+            n_pos = torch.zeros(x.shape[0], dtype=terms.dtype, device=x.device).index_add_(
+                0, a1, torch.ones_like(a1, dtype=terms.dtype))
+            count = (n_pos * (~same).sum(1).to(terms.dtype)).sum()
+            count = _all_reduce_sum(count, self.group)
         else:  # anchors with a positive (not itself) and a negative in the whole batch
             has_pos = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-            has_pos[a1[keep]] = True
+            has_pos[a1] = True
             has_neg = (~same).any(1)
             count = (has_pos & has_neg).sum().to(terms.dtype)
             count = _all_reduce_sum(count, self.group)

@@ -244,3 +244,87 @@ def test_triplet_indices_match_pml():
     mined_pairs = miners.multi_similarity(x, y, epsilon=0.5)
     both(lambda e, l, **k: LF.triplet_loss(e, l, margin=1.0, mean_over="nonzero", **k), theirs,
          x, y, indices=mined_pairs)
+
+
+# -- adaptive-margin triplet (M2FNet) --------------------------------------------------------------
+
+
+def _amt_oracle(x, y, rx=None, ry=None):
+    """Every valid triplet, written out (fp64): [d_ap - (d_an + d_pn)/2 + m(s_ap, s_an)]_+."""
+    ref, rl = (x, None) if rx is None else (rx, ry)
+    pos, neg = pairs(y, rl)
+    per = [0.0] * len(x)
+    count = 0
+    for a, p in pos:
+        for a2, q in neg:
+            if a2 != a:
+                continue
+            s_ap = float(F.cosine_similarity(x[a], ref[p], dim=0))
+            s_an = float(F.cosine_similarity(x[a], ref[q], dim=0))
+            m = (1 + 2 * math.exp(-4 * s_ap)) + (1 + 2 * math.exp(4 * s_an - 4))
+            t = dist(x[a], ref[p]) - 0.5 * (dist(x[a], ref[q]) + dist(ref[p], ref[q])) + m
+            per[a] += max(t, 0.0)
+            count += 1
+    return per, count
+
+
+def test_adaptive_margin_triplet_oracle_ref_and_reductions():
+    x, y = batch(seed=31)
+    x = x * 0.7  # some triplets inside the margin, some outside (hinge active and inactive)
+    per, count = _amt_oracle(x, y)
+    fn = LF.adaptive_margin_triplet_loss
+    torch.testing.assert_close(fn(x, y, reduction="none"), torch.tensor(per, dtype=x.dtype),
+                               **ORACLE_TOL)
+    torch.testing.assert_close(fn(x, y).item(), sum(per) / count, **ORACLE_TOL)
+    torch.testing.assert_close(fn(x, y, chunk_size=2), fn(x, y), **ORACLE_TOL)
+    r, ry = batch(seed=32, n_classes=5)
+    per_r, count_r = _amt_oracle(x, y, r, ry)
+    torch.testing.assert_close(fn(x, y, ref_embeddings=r, ref_labels=ry, reduction="sum").item(),
+                               sum(per_r), **ORACLE_TOL)
+    torch.testing.assert_close(
+        fn(x, y, ref_embeddings=r, ref_labels=ry, chunk_size=3).item(), sum(per_r) / count_r,
+        **ORACLE_TOL)
+
+
+def test_adaptive_margin_grows_with_hardness():
+    """m_sim falls as the positive gets similar, m_dissim rises as the negative does; each lies
+    in [1 + 2 e^-4, 3] for similarities in [0, 1]."""
+    from losslab.losses.metric_learning.triplet import adaptive_margin
+
+    s = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+    zero = torch.zeros_like(s)
+    m_sim = adaptive_margin(s, zero) - adaptive_margin(torch.ones_like(s), zero)  # vs s_ap = 1
+    assert torch.all(m_sim[:-1] > 0) and torch.all(m_sim.diff() < 0)
+    m_dis = adaptive_margin(torch.ones_like(s), s)
+    assert torch.all(m_dis.diff() > 0)
+    both_ends = adaptive_margin(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(both_ends, torch.tensor([2 + 4 * math.exp(-4), 6.0]))
+
+
+def test_adaptive_margin_triplet_explicit_triplets_and_invariances():
+    x, y = batch(seed=33)
+    fn = LF.adaptive_margin_triplet_loss
+    pos, neg = pairs(y)
+    trip = [(a, p, q) for a, p in pos for a2, q in neg if a2 == a]
+    idx = tuple(torch.tensor(c) for c in zip(*trip))
+    torch.testing.assert_close(fn(x, y, indices=idx), fn(x, y), **ORACLE_TOL)
+    q = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64,
+                                    generator=torch.Generator().manual_seed(0))).Q
+    torch.testing.assert_close(fn(x @ q, y), fn(x, y), **ORACLE_TOL)  # rotation invariance
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(fn(x[perm], y[perm]), fn(x, y), **ORACLE_TOL)
+
+
+def test_adaptive_margin_triplet_inputs_and_faults():
+    name = "adaptive_margin_triplet"
+    check_indices_equal_explicit_pairs(name)
+    check_bad_reference_and_indices_raise(name)
+    check_miners_feed(name)
+    check_integer_labels(name)
+    check_nan_propagates(name)
+    check_degenerate_declarations(name, ("one_class", "no_positives"))
+    for form in ("labels", "ref", "indices"):
+        check_half_inputs_return_float32(name, ref=form == "ref", indices=form == "indices")
+    x, y = batch()
+    check_bad_hyperparameters(name, {"chunk_size": [0, 1.5, "2"]},
+                              call=lambda fn, **kw: fn(x, y, **kw))

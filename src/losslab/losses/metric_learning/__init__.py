@@ -23,11 +23,14 @@
   the function.
 
 Modules, by loss group: :mod:`~.pairs` (contrastive, lifted structure, N-pairs),
-:mod:`~.triplet` (triplet, triplet ratio), :mod:`~.weighted` (multi-similarity, circle,
-SupCon), :mod:`~.proxy` (Proxy-NCA, Proxy-Anchor, normalized softmax, ArcFace, CosFace,
-MadaCos), :mod:`~.metrix` (Metrix mixup), :mod:`~.tcm` (the TCM regulariser),
-:mod:`~.hashing` (OrthoHash deep hashing against fixed binary class codes), :mod:`~.unpg`
-(UNPG: ArcFace/CosFace with the batch's negative sample pairs as extra negatives).
+:mod:`~.triplet` (triplet, triplet ratio, M2FNet's adaptive-margin triplet),
+:mod:`~.weighted` (multi-similarity, circle, SupCon), :mod:`~.proxy` (Proxy-NCA,
+Proxy-Anchor, normalized softmax, ArcFace, CosFace, MadaCos), :mod:`~.metrix` (Metrix
+mixup), :mod:`~.tcm` (the TCM regulariser), :mod:`~.hashing` (OrthoHash deep hashing
+against fixed binary class codes), :mod:`~.unpg` (UNPG: ArcFace/CosFace with the batch's
+negative sample pairs as extra negatives), :mod:`~.submodular` (SCoRe: facility-location,
+graph-cut and log-det information of the class sets), :mod:`~.energy_confusion` (ECAML's
+energy-confusion regulariser), :mod:`~.cip` (Collaborative Inner Product).
 
 Fast paths. Several losses have two implementations of one definition: the autograd
 *reference*, taken when ``indices=`` lists the pairs or triplets, and a fused path taken
@@ -51,10 +54,13 @@ from typing import Any, Literal
 
 from losslab.distances import METRICS
 from losslab.losses.metric_learning import (
+    cip,
+    energy_confusion,
     hashing,
     metrix,
     pairs,
     proxy,
+    submodular,
     tcm,
     triplet,
     unpg,
@@ -63,8 +69,8 @@ from losslab.losses.metric_learning import (
 from losslab.losses.metric_learning._common import SIMILARITIES
 from losslab.losses.metric_learning.metrix import MetrixLoss
 
-__all__ = ["FAST_PATHS", "FastPath", "hashing", "metrix", "pairs", "proxy", "tcm", "triplet",
-           "unpg", "weighted"]
+__all__ = ["FAST_PATHS", "FastPath", "cip", "energy_confusion", "hashing", "metrix", "pairs",
+           "proxy", "submodular", "tcm", "triplet", "unpg", "weighted"]
 
 
 @dataclass(frozen=True)

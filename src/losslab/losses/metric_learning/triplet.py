@@ -1,5 +1,5 @@
-"""Triplet losses: the triplet margin loss with its batch strategies, and the Triplet network's
-distance-ratio loss (kind ``embeddings``).
+"""Triplet losses: the triplet margin loss with its batch strategies, the Triplet network's
+distance-ratio loss and M2FNet's adaptive-margin triplet loss (kind ``embeddings``).
 
 See :mod:`losslab.losses.metric_learning` for the call convention (``ref_embeddings``,
 ``indices``, degenerate batches, reductions).
@@ -28,9 +28,12 @@ from losslab.losses.metric_learning._common import (
 from losslab.registry import register
 
 __all__ = [
+    "AdaptiveMarginTripletLoss",
     "TripletAllKernel",
     "TripletLoss",
     "TripletRatioLoss",
+    "adaptive_margin",
+    "adaptive_margin_triplet_loss",
     "triplet_loss",
     "triplet_ratio_loss",
 ]
@@ -365,3 +368,116 @@ def triplet_ratio_loss(
 )
 class TripletRatioLoss(LossModule, function=triplet_ratio_loss, check=_check_triplet_ratio):
     """Module form of :func:`triplet_ratio_loss`."""
+
+
+# --------------------------------------------------------------------------------------------
+# Adaptive-margin triplet (M2FNet)
+# --------------------------------------------------------------------------------------------
+
+
+def adaptive_margin(s_ap: Tensor, s_an: Tensor) -> Tensor:
+    r"""M2FNet's adaptive margin :math:`m_{AM} = m_{sim} + m_{dissim}` from the cosine
+    similarities of the anchor to its positive and negative:
+    :math:`m_{sim} = 1 + 2 e^{-4 s_{ap}}` (large when the positive is dissimilar) and
+    :math:`m_{dissim} = 1 + 2 e^{4 s_{an} - 4}` (large when the negative is similar); each in
+    [1.04, 3] for similarities in [0, 1]. Broadcasts."""
+    return 2.0 + 2.0 * torch.exp(-4.0 * s_ap) + 2.0 * torch.exp(4.0 * s_an - 4.0)
+
+
+def _adaptive_terms(d_ap: Tensor, d_an: Tensor, d_pn: Tensor, s_ap: Tensor,
+                    s_an: Tensor) -> Tensor:
+    return F.relu(d_ap - 0.5 * (d_an + d_pn) + adaptive_margin(s_ap, s_an))
+
+
+_check_adaptive = hparams(chunk_size=Int(ge=1, optional=True))
+
+
+def adaptive_margin_triplet_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    *,
+    ref_embeddings: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    indices: object = None,
+    chunk_size: int | None = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Adaptive-margin triplet loss of M2FNet's audio and visual feature extractors.
+
+    .. math::
+        \ell_{apn} = \Big[d_{ap} - \tfrac12 (d_{an} + d_{pn}) + m_{AM}\Big]_+, \qquad
+        m_{AM} = \big(1 + 2 e^{-4 s_{ap}}\big) + \big(1 + 2 e^{4 s_{an} - 4}\big)
+
+    with :math:`d` the Euclidean distance and :math:`s` the cosine similarity
+    (:func:`adaptive_margin`): the margin grows for hard triplets (a dissimilar positive, a
+    similar negative), and the negative is pushed from both the anchor and the positive. Over
+    all valid triplets of the batch (or ``indices``), evaluated per anchor on the ``[P_max, M]``
+    block of its positives in anchor chunks of at most ``chunk_size`` rows (default: about
+    16 M elements per chunk), as :func:`triplet_ratio_loss`.
+
+    Source: the abstract fixes an adaptive-margin triplet loss; the expression above is the
+    form of a public re-implementation that cites the paper (the positive-negative distance
+    term and the margin constants 1, 2, 4), with its two deliberate departures: the hinge of a
+    triplet loss, and the margin computed from cosine similarities -- on distances the same
+    expression grows as :math:`e^{4 d_{an}}` and pulls negatives in, which no triplet loss
+    does. *Formula from the abstract, not verified against the paper.*
+
+    Args:
+        chunk_size: anchors per chunk (> 0; default ``None``: about 16 M elements a chunk).
+        reduction: ``"mean"`` over all valid triplets, ``"sum"``, or ``"none"`` (``[N]``
+            per-anchor sums).
+
+    Degenerate batches (one class, all labels distinct) have no triplet: zero. Paper:
+    Chudasama et al., "M2FNet: Multi-modal Fusion Network for Emotion Recognition in
+    Conversation", CVPR workshops 2022, arXiv 2206.02187.
+    """
+    _check_adaptive(chunk_size=chunk_size)
+    b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric="euclidean")
+    d = b.mat
+    self_ref = b.ref is b.embeddings
+    s = pairwise(b.embeddings, None if self_ref else b.ref, metric="cosine")
+    d_ref = d if self_ref else pairwise(b.ref, metric="euclidean", eps=0.0)
+    n = embeddings.shape[0]
+    z = b.zero()
+    if b.triplets is not None:
+        a, p, ng = b.triplets
+        terms = _adaptive_terms(d[a, p], d[a, ng], d_ref[p, ng], s[a, p], s[a, ng])
+        per_anchor = d.new_zeros(n).index_add(0, a, terms)
+        return reduce_per_anchor(per_anchor + z, reduce(terms, "mean") + z, reduction)
+    n_pos = b.pos.sum(1)
+    p_max = int(n_pos.max()) if n > 0 else 0
+    if p_max == 0 or not bool(b.neg.any()):
+        return reduce_per_anchor(d.new_zeros(n) + z, z, reduction)
+    pos_idx = b.pos.to(torch.uint8).topk(p_max, dim=1).indices  # positives first
+    valid_p = torch.arange(p_max, device=d.device).unsqueeze(0) < n_pos.unsqueeze(1)
+    m = d.shape[1]
+    if chunk_size is None:
+        chunk_size = max(1, (1 << 24) // max(1, p_max * m))
+    parts = []
+    for st in range(0, n, chunk_size):
+        idx = pos_idx[st : st + chunk_size]  # [c, P]
+        dc, sc = d[st : st + chunk_size], s[st : st + chunk_size]
+        t = _adaptive_terms(dc.gather(1, idx).unsqueeze(2), dc.unsqueeze(1), d_ref[idx],
+                            sc.gather(1, idx).unsqueeze(2), sc.unsqueeze(1))  # [c, P, M]
+        mask = valid_p[st : st + chunk_size].unsqueeze(2) & b.neg[st : st + chunk_size].unsqueeze(1)
+        parts.append(t.masked_fill(~mask, 0.0).sum(dim=(1, 2)))
+    per_anchor = torch.cat(parts)
+    count = (n_pos.to(d.dtype) * b.neg.sum(1).to(d.dtype)).sum()
+    return reduce_per_anchor(per_anchor + z, reduce(per_anchor, "mean", count=count) + z,
+                             reduction)
+
+
+@register(
+    "adaptive_margin_triplet",
+    family="metric-learning",
+    kind="embeddings",
+    paper="M2FNet: Multi-modal Fusion Network for Emotion Recognition in Conversation",
+    arxiv="2206.02187",
+    summary="[d_ap - (d_an + d_pn)/2 + m(s_ap, s_an)]_+ with an adaptive margin from cosine "
+            "similarities, all triplets",
+    reduction="per anchor",
+    degenerate=("one_class", "no_positives"),
+)
+class AdaptiveMarginTripletLoss(LossModule, function=adaptive_margin_triplet_loss,
+                                check=_check_adaptive):
+    """Module form of :func:`adaptive_margin_triplet_loss`."""
