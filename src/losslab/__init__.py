@@ -95,6 +95,10 @@ from losslab.losses.distillation.classic import (
     CosineAlignmentLoss,
     KDLoss,
 )
+from losslab.losses.distillation.dataset import (
+    FeatureMeanMatchingLoss,
+    TrajectoryMatchingLoss,
+)
 from losslab.losses.distillation.divergences import (
     DKDLoss,
     JSDLoss,
@@ -311,6 +315,7 @@ __all__ = [
     "EMOLoss",
     "EasyLLPLoss",
     "EntropyPriorLoss",
+    "FeatureMeanMatchingLoss",
     "FocalLoss",
     "FocalTverskyLoss",
     "GCELoss",
@@ -403,6 +408,7 @@ __all__ = [
     "SyConLoss",
     "TCMLoss",
     "TLDRLoss",
+    "TrajectoryMatchingLoss",
     "TripletLoss",
     "TripletRatioLoss",
     "TverskyLoss",

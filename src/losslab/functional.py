@@ -94,6 +94,10 @@ from losslab.losses.distillation.classic import (
     cosine_alignment_loss,
     kd_loss,
 )
+from losslab.losses.distillation.dataset import (
+    feature_mean_matching_loss,
+    trajectory_matching_loss,
+)
 from losslab.losses.distillation.divergences import (
     dkd_loss,
     jsd_loss,
@@ -321,6 +325,7 @@ __all__ = [
     "eisl_loss",
     "emo_loss",
     "entropy_prior_loss",
+    "feature_mean_matching_loss",
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
@@ -412,6 +417,7 @@ __all__ = [
     "sy_con_loss",
     "tcm_loss",
     "tldr_loss",
+    "trajectory_matching_loss",
     "triplet_loss",
     "triplet_ratio_loss",
     "tversky_loss",
