@@ -207,6 +207,7 @@ from losslab.losses.regression import (
     OrdinalLoss,
     PseudoHuberLoss,
     SinkhornAlignmentLoss,
+    TwoTermHazardLoss,
     WaveletHFLoss,
     ZErrorLoss,
 )
@@ -412,6 +413,7 @@ __all__ = [
     "TripletLoss",
     "TripletRatioLoss",
     "TverskyLoss",
+    "TwoTermHazardLoss",
     "UNPGLoss",
     "UniformityLoss",
     "VICRegLoss",

@@ -206,6 +206,7 @@ from losslab.losses.regression import (
     ordinal_loss,
     pseudo_huber_loss,
     sinkhorn_alignment_loss,
+    two_term_hazard_loss,
     wavelet_hf_loss,
     z_error_loss,
 )
@@ -421,6 +422,7 @@ __all__ = [
     "triplet_loss",
     "triplet_ratio_loss",
     "tversky_loss",
+    "two_term_hazard_loss",
     "uniformity_loss",
     "unpg_loss",
     "vicreg_loss",

@@ -142,7 +142,7 @@ def make_call(
     if k == "regression":
         n = 6
         pred = _randn(n, 3, g=g, dtype=dtype, scale=scale)
-        if spec.name == "hazard":  # target (time bin, event) for per-bin hazard logits
+        if spec.name in ("hazard", "two_term_hazard"):  # (time bin, event), per-bin logits
             target = _survival_target(n, 3, g, dtype)
         elif spec.name == "ordinal":  # ordered categories in [0, K) for K - 1 = 3 thresholds
             target = torch.tensor([0, 1, 2, 3, 1, 2])

@@ -507,3 +507,70 @@ def test_cs_ib_oracle_and_properties() -> None:
     close(cs_mutual_information(x, x, normalized=True), torch.tensor(1.0, dtype=f64))
     with pytest.raises(ValueError, match="inputs"):
         cs_ib_loss(yh, y, features=t)
+
+
+# ---- two-term (multi-task) hazard, CTR-weighted (arXiv 2204.11588) ------------------------------
+
+def _hazard_terms(row: list[float], k: int, d: int) -> list[float]:
+    """Per-bin negative log-likelihood of one sample, from the formula (loops)."""
+    out = []
+    for t, v in enumerate(row):
+        h = 1 / (1 + math.exp(-v))
+        if t < k or (t == k and not d):
+            out.append(-math.log(1 - h))
+        elif t == k:
+            out.append(-math.log(h))
+        else:
+            out.append(0.0)
+    return out
+
+
+def test_two_term_hazard_oracle_weights_and_factorisation() -> None:
+    from losslab.losses.regression import two_term_hazard_loss
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 5, generator=g, dtype=f64)
+    target = torch.tensor([[0, 1], [1, 0], [2, 1], [4, 0], [3, 1], [4, 1]], dtype=f64)
+    ctr = torch.tensor([0.5, 2.0, 1.0, 0.0, 3.0, 0.25], dtype=f64)
+    split, ls, ll = 2, 0.7, 1.9
+    ref = []
+    for row, (k, d), w in zip(logits.tolist(), target.long().tolist(), ctr.tolist()):
+        terms = _hazard_terms(row, k, d)
+        short = sum(terms[:split])
+        # the long-term term conditions on reaching the long horizon: 0 for a short life
+        rest = sum(terms[split:]) if k >= split else 0.0
+        ref.append(w * (ls * short + ll * rest))
+    out = two_term_hazard_loss(logits, target, weights=ctr, split=split, short_weight=ls,
+                               long_weight=ll, reduction="none")
+    close(out, torch.tensor(ref, dtype=f64))
+    mean = two_term_hazard_loss(logits, target, weights=ctr, split=split, short_weight=ls,
+                                long_weight=ll)
+    close(mean, torch.tensor(sum(ref) / ctr.sum().item(), dtype=f64))
+    # equal task weights: the two terms factor the likelihood -> exactly hazard_loss
+    for s in (1, 2, 4):
+        close(two_term_hazard_loss(logits, target, split=s, reduction="none"),
+              hazard_loss(logits, target, reduction="none"))
+    # CTR weighting = per-sample weights; a zero-CTR ad contributes nothing, gradient too
+    x = logits.clone().requires_grad_(True)
+    two_term_hazard_loss(x, target, weights=ctr, split=split, reduction="sum").backward()
+    assert x.grad is not None and torch.count_nonzero(x.grad[3]) == 0
+    # the long-term head gets no gradient from ads that ended in the short horizon
+    assert torch.count_nonzero(x.grad[:2, split:]) == 0
+
+
+def test_two_term_hazard_bad_input() -> None:
+    from losslab.losses.regression import two_term_hazard_loss
+
+    logits = torch.zeros(3, 4)
+    target = torch.tensor([[0, 1], [1, 0], [3, 1]], dtype=torch.float32)
+    with pytest.raises(ValueError, match="split"):
+        two_term_hazard_loss(logits, target, split=4)
+    with pytest.raises(ValueError, match="split"):
+        two_term_hazard_loss(logits, target, split=0)
+    with pytest.raises(ValueError, match="weights"):
+        two_term_hazard_loss(logits, target, split=2, weights=torch.ones(2))
+    with pytest.raises(ValueError, match="weights"):
+        two_term_hazard_loss(logits, target, split=2, weights=-torch.ones(3))
+    with pytest.raises(ValueError, match="missing"):
+        losslab.create("two_term_hazard")
+

@@ -5,8 +5,9 @@ Kind ``regression``: ``loss(pred[N, ...], target[N, ...], *, features=None, weig
 inputs=None)``. ``features`` (``[N, D]``, the representation before the regression head),
 ``weights`` (``[N]``, per-sample weights) and ``inputs`` (``[N, ...]``, the model's inputs) are
 call-time inputs that only some losses take (``conr``: features and weights; ``cs_ib``:
-features and inputs). ``hazard`` and ``ordinal`` take their own target encodings (see their
-docstrings); ``sinkhorn_alignment`` (same family) is of kind ``paired``.
+features and inputs; ``two_term_hazard``: weights). ``hazard``, ``two_term_hazard`` and
+``ordinal`` take their own target encodings (see their docstrings); ``sinkhorn_alignment``
+(same family) is of kind ``paired``.
 
 Reductions: the element-wise losses (``huber``, ``charbonnier``, ``barron``) return the
 element-wise loss for ``reduction="none"`` and its mean over every element for ``"mean"``, as
@@ -58,6 +59,7 @@ __all__ = [
     "PrestoHead",
     "PseudoHuberLoss",
     "SinkhornAlignmentLoss",
+    "TwoTermHazardLoss",
     "WaveletHFLoss",
     "ZErrorLoss",
     "barron_log_partition",
@@ -76,6 +78,7 @@ __all__ = [
     "presto_penalty",
     "pseudo_huber_loss",
     "sinkhorn_alignment_loss",
+    "two_term_hazard_loss",
     "wavelet_hf_loss",
     "z_error_loss",
 ]
@@ -1105,3 +1108,108 @@ def cs_ib_loss(pred: Tensor, target: Tensor, *, features: Tensor | None = None,
           reduction=None)
 class CSIBLoss(LossModule, function=cs_ib_loss, check=_check_cs_ib):
     """Module form of :func:`cs_ib_loss` (``loss(pred, y, features=t, inputs=x)``)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Two-term (multi-task) discrete-time hazard likelihood with per-sample (CTR) weights
+# --------------------------------------------------------------------------------------------
+
+AD_SURVIVAL_PAPER = ("Ad Creative Discontinuation Prediction with Multi-Modal Multi-Task Neural "
+                     "Survival Networks")
+_check_two_term = hparams(split=Int(ge=1), short_weight=Real(ge=0), long_weight=Real(ge=0))
+
+
+def _sample_weights(weights: Tensor | None, shape: tuple[int, ...], like: Tensor
+                    ) -> Tensor | None:
+    """Validate optional non-negative per-sample ``weights`` of ``shape``; cast like ``like``."""
+    if weights is None:
+        return None
+    check_float("weights", weights)
+    if tuple(weights.shape) != shape:
+        raise ValueError(f"weights must have shape {list(shape)} (one per sample), got "
+                         f"{tuple(weights.shape)}")
+    check_same_device(pred=like, weights=weights)
+    w = weights.detach()
+    require(torch.isfinite(w) & (w >= 0), "weights must be finite and non-negative")
+    return weights.to(like.dtype)
+
+
+def two_term_hazard_loss(pred: Tensor, target: Tensor, *, weights: Tensor | None = None,
+                         split: int, short_weight: float = 1.0, long_weight: float = 1.0,
+                         reduction: Reduction = "mean") -> Tensor:
+    r"""Two-term (short-term / long-term) discrete-time hazard loss with per-sample weights:
+    the multi-task survival objective of the ad-discontinuation paper, as its abstract fixes it.
+
+    The ``T`` time bins are split at ``split`` into a short-term horizon ``[0, split)`` and a
+    long-term horizon ``[split, T)``, each predicted by its own head (the two column blocks of
+    ``pred``; concatenate the heads' hazard logits). With hazards
+    :math:`h_t = \sigma(\text{pred}_t)` and the per-bin log-likelihood :math:`l_t` of
+    :func:`hazard_loss` (:math:`\log(1 - h_t)` for a bin survived, :math:`\log h_k` for the
+    event bin ``k``, :math:`\log(1 - h_k)` for the bin of censoring),
+
+    .. math::
+        \ell_i = w_i \Big(\lambda_s \underbrace{-\sum_{t < \text{split}} l_t}_{\text{short}}
+        + \lambda_l \underbrace{-\sum_{t \ge \text{split}} l_t}_{\text{long}}\Big)
+
+    The short-term term is the likelihood of the sample's history inside the short horizon (a
+    sample still running at ``split`` survived all of it); the long-term term is the likelihood
+    of the rest, conditional on reaching ``split`` (zero for a sample that ended before). The
+    two terms factor the likelihood, :math:`P(T, \delta) = P(\text{short}) \cdot
+    P(\text{rest} \mid T \ge \text{split})`, so with ``short_weight = long_weight = 1`` the loss
+    is exactly :func:`hazard_loss` (tested); the weights rebalance the two tasks. ``weights``
+    are the per-sample weights of the paper's click-through-rate weighting (pass each ad's
+    CTR, or any non-negative importance), which make the creatives that contribute to sales
+    count more.
+
+    Formula from the abstract, not verified against the paper: the abstract fixes a hazard-based
+    loss, a two-term estimation with multi-task learning and a CTR weighting of the loss; the
+    split of the horizon into two likelihood terms, the linear task weights and the weighted
+    mean below are this implementation's reading of it.
+
+    Args:
+        pred: ``[N, T]`` hazard logits, short-term head's ``split`` columns first.
+        target: ``[N, 2]``: the time bin in ``[0, T)`` (integer-valued) and the event
+            indicator (1 event / discontinued, 0 censored / still running).
+        weights: optional ``[N]`` non-negative per-sample weights (the ads' CTR).
+        split: first bin of the long-term horizon, ``1 <= split < T``.
+        short_weight, long_weight: :math:`\lambda_s, \lambda_l` (default 1 each).
+        reduction: ``"mean"`` (weighted mean :math:`\sum_i \ell_i / \sum_i w_i`; the plain
+            mean over samples without ``weights``), ``"sum"`` or ``"none"`` (``[N]``).
+
+    Returns:
+        The loss, float32 for half inputs. Evaluate with
+        :func:`losslab.metrics.regression.concordance_index` (the paper's metric).
+
+    Paper: Kitada, Iyatomi, Seki, "Ad Creative Discontinuation Prediction with Multi-Modal
+    Multi-Task Neural Survival Networks", arXiv 2204.11588 (Applied Sciences 2022).
+    """
+    _check_two_term(split=split, short_weight=short_weight, long_weight=long_weight)
+    check_float("pred", pred)
+    check_float("target", target)
+    if pred.ndim != 2:
+        raise ValueError(f"pred must have shape [N, T] (hazard logits per bin), got "
+                         f"{tuple(pred.shape)}")
+    check_same_device(pred=pred, target=target)
+    n, bins = pred.shape
+    if split >= bins:
+        raise ValueError(f"split must be below the number of bins T = {bins} (both horizons "
+                         f"need a bin), got {split}")
+    time, event = _survival_target(target, n, bins)
+    x = pred.to(compute_dtype(pred.dtype))
+    w = _sample_weights(weights, (n,), x)
+    cols = torch.arange(bins, device=x.device).unsqueeze(0)
+    at = cols == time.unsqueeze(1)
+    survive = (cols < time.unsqueeze(1)) | (at & ~event.unsqueeze(1))
+    died = at & event.unsqueeze(1)
+    zero = torch.zeros_like(x)
+    ll = torch.where(survive, F.logsigmoid(-x), zero) + torch.where(died, F.logsigmoid(x), zero)
+    per = -(short_weight * ll[:, :split].sum(1) + long_weight * ll[:, split:].sum(1))
+    return reduce(per, reduction, weights=w)
+
+
+@register("two_term_hazard", family="regression", kind="regression", paper=AD_SURVIVAL_PAPER,
+          arxiv="2204.11588", summary="w_i (l_s * NLL(bins < split) + l_l * NLL(bins >= split)), "
+          "discrete-time hazards, w = CTR", example_hparams={"split": 2})
+class TwoTermHazardLoss(LossModule, function=two_term_hazard_loss, check=_check_two_term):
+    """Module form of :func:`two_term_hazard_loss` (``loss(pred, target, weights=ctr)``)."""
+
