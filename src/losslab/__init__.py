@@ -172,6 +172,9 @@ from losslab.losses.ranking.auc import (
     MacroAUCPairwiseLoss,
     MacroAUCUnivariateLoss,
 )
+from losslab.losses.ranking.extraction import (
+    BidirectionalRepairLoss,
+)
 from losslab.losses.ranking.listwise import (
     ApproxNDCGLoss,
     ListMLELoss,
@@ -281,6 +284,7 @@ __all__ = [
     "BagLevelLoss",
     "BarlowTwinsLoss",
     "BarronLoss",
+    "BidirectionalRepairLoss",
     "BinaryKLLoss",
     "BoundaryLoss",
     "CALoss",

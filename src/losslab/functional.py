@@ -171,6 +171,9 @@ from losslab.losses.ranking.auc import (
     macro_auc_pairwise_loss,
     macro_auc_univariate_loss,
 )
+from losslab.losses.ranking.extraction import (
+    bidirectional_repair_loss,
+)
 from losslab.losses.ranking.listwise import (
     approx_ndcg_loss,
     listmle_loss,
@@ -291,6 +294,7 @@ __all__ = [
     "barlow_twins_loss",
     "barron_loss",
     "basnet_hybrid_loss",
+    "bidirectional_repair_loss",
     "binary_kl_loss",
     "boundary_loss",
     "bpr_loss",
