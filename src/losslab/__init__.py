@@ -68,6 +68,9 @@ from losslab.losses.contrastive_ssl.graph import (
     PamCLoss,
     StructCompLoss,
 )
+from losslab.losses.contrastive_ssl.hpm import (
+    HPMLoss,
+)
 from losslab.losses.contrastive_ssl.icon import (
     IConLoss,
 )
@@ -325,6 +328,7 @@ __all__ = [
     "FocalTverskyLoss",
     "GCELoss",
     "GroCoLoss",
+    "HPMLoss",
     "HardNegativeInfoNCELoss",
     "HausdorffDTLoss",
     "HazardLoss",

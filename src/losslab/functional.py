@@ -67,6 +67,9 @@ from losslab.losses.contrastive_ssl.graph import (
     pamc_loss,
     structcomp_loss,
 )
+from losslab.losses.contrastive_ssl.hpm import (
+    hpm_loss,
+)
 from losslab.losses.contrastive_ssl.icon import (
     i_con_loss,
 )
@@ -338,6 +341,7 @@ __all__ = [
     "hard_negative_infonce_loss",
     "hausdorff_dt_loss",
     "hazard_loss",
+    "hpm_loss",
     "huber_loss",
     "hyp_ce_loss",
     "hyp_pc_loss",
