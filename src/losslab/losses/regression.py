@@ -5,9 +5,9 @@ Kind ``regression``: ``loss(pred[N, ...], target[N, ...], *, features=None, weig
 inputs=None)``. ``features`` (``[N, D]``, the representation before the regression head),
 ``weights`` (``[N]``, per-sample weights) and ``inputs`` (``[N, ...]``, the model's inputs) are
 call-time inputs that only some losses take (``conr``: features and weights; ``cs_ib``:
-features and inputs; ``two_term_hazard``: weights). ``hazard``, ``two_term_hazard`` and
-``ordinal`` take their own target encodings (see their docstrings); ``sinkhorn_alignment``
-(same family) is of kind ``paired``.
+features and inputs; ``two_term_hazard``, ``roma_regression``, ``roma_coarse``: weights).
+``hazard``, ``two_term_hazard``, ``ordinal`` and ``roma_coarse`` take their own target
+encodings (see their docstrings); ``sinkhorn_alignment`` (same family) is of kind ``paired``.
 
 Reductions: the element-wise losses (``huber``, ``charbonnier``, ``barron``) return the
 element-wise loss for ``reduction="none"`` and its mean over every element for ``"mean"``, as
@@ -58,6 +58,8 @@ __all__ = [
     "OrdinalLoss",
     "PrestoHead",
     "PseudoHuberLoss",
+    "RoMaCoarseLoss",
+    "RoMaRegressionLoss",
     "SinkhornAlignmentLoss",
     "TwoTermHazardLoss",
     "WaveletHFLoss",
@@ -77,6 +79,9 @@ __all__ = [
     "ordinal_loss",
     "presto_penalty",
     "pseudo_huber_loss",
+    "roma_anchors",
+    "roma_coarse_loss",
+    "roma_regression_loss",
     "sinkhorn_alignment_loss",
     "two_term_hazard_loss",
     "wavelet_hf_loss",
@@ -1213,3 +1218,150 @@ def two_term_hazard_loss(pred: Tensor, target: Tensor, *, weights: Tensor | None
 class TwoTermHazardLoss(LossModule, function=two_term_hazard_loss, check=_check_two_term):
     """Module form of :func:`two_term_hazard_loss` (``loss(pred, target, weights=ctr)``)."""
 
+
+# --------------------------------------------------------------------------------------------
+# RoMa: robust regression of refined matches, regression-by-classification of coarse matches
+# --------------------------------------------------------------------------------------------
+
+ROMA_PAPER = "RoMa: Revisiting Robust Losses for Dense Feature Matching"
+_check_roma = hparams(alpha=Real(gt=0, le=2), scale=Real(gt=0))
+
+
+def _match_inputs(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    pred, target = _inputs(pred, target)
+    if pred.ndim < 2:
+        raise ValueError(f"pred must have shape [N, ..., d] (match coordinates, last dim the "
+                         f"coordinates), got {tuple(pred.shape)}")
+    return pred, target
+
+
+def roma_regression_loss(pred: Tensor, target: Tensor, *, weights: Tensor | None = None,
+                         alpha: float = 0.5, scale: float = 1e-4,
+                         reduction: Reduction = "mean") -> Tensor:
+    r"""RoMa's robust regression loss of the refined matches: a generalised Charbonnier loss of
+    the end-point error.
+
+    .. math::
+        \ell = c^{\alpha} \Big(\big(\tfrac{r}{c}\big)^2 + 1\Big)^{\alpha / 2},
+        \qquad r = \lVert \hat x - x \rVert_2
+
+    (the Euclidean end-point error of each match, over the last dim). Up to the constant and
+    the factor, this is Barron's loss of shape ``alpha`` at scale :math:`c / \sqrt{|\alpha -
+    2|}` (tested): quadratic for :math:`r \ll c`, :math:`\propto r^{\alpha}` beyond, so that at
+    ``alpha = 0.5`` outliers (wrong coarse matches) pull less than with L1. ``alpha = 1`` is
+    :math:`\sqrt{r^2 + c^2}` (Charbonnier on the end-point error). The value at ``r = 0`` is
+    :math:`c^\alpha`, not 0 (a constant; the official code's form). The paper's defaults are
+    ``alpha = 0.5`` and ``c = 1e-4`` in the normalised ``[-1, 1]`` image coordinates, times
+    the refiner's stride (``c_s = s c``, s = 1, 2, 4, 8): pass ``scale = s * 1e-4`` per scale.
+    The loss is applied where the ground-truth match is valid (``weights``: 0/1 validity or a
+    soft certainty); the certainty head is trained apart with a BCE of weight 0.01.
+
+    Verified against the official code (``RobustLosses.regression_loss``, Parskatt/RoMa); the
+    paper's Section 3.4 text was not found.
+
+    Args:
+        pred, target: ``[N, ..., d]`` predicted and ground-truth match coordinates.
+        weights: optional ``[N, ...]`` non-negative per-match weights (validity mask).
+        alpha: shape :math:`\alpha \in (0, 2]` (default 0.5, the paper's).
+        scale: :math:`c > 0` (default 1e-4, the paper's at stride 1).
+        reduction: ``"mean"`` over matches (weighted mean with ``weights``), ``"sum"`` or
+            ``"none"`` (``[N, ...]``, one value per match).
+
+    Returns:
+        The loss, float32 for half inputs.
+
+    Paper: Edstedt, Sun, Bökman, Wadenbäck, Felsberg, "RoMa: Robust Dense Feature Matching"
+    (first version "RoMa: Revisiting Robust Losses for Dense Feature Matching"), arXiv
+    2305.15404.
+    """
+    _check_roma(alpha=alpha, scale=scale)
+    pred, target = _match_inputs(pred, target)
+    w = _sample_weights(weights, tuple(pred.shape[:-1]), pred)
+    r2 = (pred - target).pow(2).sum(-1)
+    # c^a (r^2 / c^2 + 1)^(a / 2) in log space: no overflow of (r / c)^2 at small c
+    loss = torch.exp(alpha * math.log(scale) + 0.5 * alpha * torch.log1p(r2 / (scale * scale)))
+    return reduce(loss, reduction, weights=w)
+
+
+@register("roma_regression", family="regression", kind="regression", paper=ROMA_PAPER,
+          arxiv="2305.15404", summary="c^a ((|x_hat - x| / c)^2 + 1)^(a/2), a = 0.5, c = 1e-4 "
+          "(times the stride)", reduction="per match")
+class RoMaRegressionLoss(LossModule, function=roma_regression_loss, check=_check_roma):
+    """Module form of :func:`roma_regression_loss` (``loss(pred, target, weights=valid)``)."""
+
+
+def roma_anchors(resolution: int, *, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> Tensor:
+    """The ``[R^2, 2]`` anchor coordinates ``(x, y)`` of RoMa's coarse classifier: the centres
+    of an ``R x R`` grid of cells on ``[-1, 1]^2``, anchor ``k = iy * R + ix`` at
+    ``(-1 + (2 ix + 1) / R, -1 + (2 iy + 1) / R)`` (decode a prediction with
+    ``roma_anchors(R)[logits.argmax(-1)]``)."""
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+    c = (torch.arange(resolution, dtype=torch.float64) * 2 + 1) / resolution - 1
+    iy, ix = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([ix, iy], -1).reshape(-1, 2).to(dtype=dtype, device=device)
+
+
+def roma_coarse_loss(pred: Tensor, target: Tensor, *, weights: Tensor | None = None,
+                     reduction: Reduction = "mean") -> Tensor:
+    r"""RoMa's coarse loss: regression by classification over a grid of anchor matches.
+
+    The coarse matcher predicts, for each pixel, logits over :math:`K = R^2` anchors, the
+    centres of an ``R x R`` grid on the normalised image ``[-1, 1]^2`` (:func:`roma_anchors`).
+    Its target is the anchor nearest to the ground-truth match :math:`x`,
+
+    .. math::
+        \ell = -\log \operatorname{softmax}(z)_{k^*}, \qquad
+        k^* = \arg\min_k \lVert a_k - x \rVert_2
+
+    a cross-entropy that can express several modes (unlike a regression, which averages them),
+    followed in RoMa by :func:`roma_regression_loss` on the refined matches. On a grid the
+    nearest anchor is the per-axis nearest cell, ``ix = clamp(floor((x + 1) R / 2), 0,
+    R - 1)`` (a match on a cell border, equidistant to two anchors, takes the upper one;
+    matches outside ``[-1, 1]`` take the border anchor). The paper's resolution is
+    ``R = 64`` (4096 anchors). Like the regression loss it is applied to the valid matches
+    (``weights``).
+
+    Verified against the official code (``RobustLosses.gm_cls_loss``, Parskatt/RoMa).
+
+    Args:
+        pred: ``[N, R^2]`` anchor logits (anchor ``k = iy * R + ix``).
+        target: ``[N, 2]`` ground-truth matches ``(x, y)`` in ``[-1, 1]``.
+        weights: optional ``[N]`` non-negative per-match weights (validity mask).
+        reduction: ``"mean"`` over matches (weighted mean with ``weights``), ``"sum"`` or
+            ``"none"`` (``[N]``).
+
+    Returns:
+        The loss, float32 for half inputs.
+
+    Paper: Edstedt, Sun, Bökman, Wadenbäck, Felsberg, "RoMa: Robust Dense Feature Matching",
+    arXiv 2305.15404.
+    """
+    check_float("pred", pred)
+    check_float("target", target)
+    if pred.ndim != 2:
+        raise ValueError(f"pred must have shape [N, R^2] (anchor logits), got "
+                         f"{tuple(pred.shape)}")
+    n, k = pred.shape
+    res = math.isqrt(k)
+    if res * res != k or k == 0:
+        raise ValueError(f"pred must have R^2 columns (an R x R anchor grid), got {k}")
+    if tuple(target.shape) != (n, 2):
+        raise ValueError(f"target must have shape [{n}, 2] (match coordinates x, y), got "
+                         f"{tuple(target.shape)}")
+    check_same_device(pred=pred, target=target)
+    x = pred.to(compute_dtype(pred.dtype))
+    w = _sample_weights(weights, (n,), x)
+    t = target.detach().to(torch.float64)
+    require(torch.isfinite(t), "target must hold finite match coordinates")
+    cell = torch.floor((t + 1) * (res / 2)).clamp(0, res - 1).long()
+    anchor = cell[:, 1] * res + cell[:, 0]
+    return reduce(F.cross_entropy(x, anchor, reduction="none"), reduction, weights=w)
+
+
+@register("roma_coarse", family="regression", kind="regression", paper=ROMA_PAPER,
+          arxiv="2305.15404", summary="CE(anchor logits, nearest anchor of the match) on an "
+          "R x R grid of [-1, 1]^2")
+class RoMaCoarseLoss(LossModule, function=roma_coarse_loss):
+    """Module form of :func:`roma_coarse_loss` (``loss(logits, match_xy, weights=valid)``)."""
