@@ -11,6 +11,13 @@ learned so that training on it reproduces what training on the real set does.
 - ``feature_mean_matching`` (kind ``embeddings``): ``loss(synthetic_features[N, D],
   labels[N], *, ref_embeddings=real_features[M, D], ref_labels=real_labels[M])``.
 
+AST's other devices shape how the expert trajectories are *trained* and are procedures, not
+losses on two sets of statistics: the expert's cross-entropy is scaled by a factor that grows
+over its first epochs (0.5 to 0.9 in the official ``buffer.py`` schedule, clipping the large
+early moves so that the trajectory is smooth), and the student's start is perturbed by
+weight-scaled noise. The gradient penalty on the experts that the seed catalog lists is not in
+the official training script (and the paper text was not found), so it is not implemented.
+
 fp16/bf16 inputs are computed in float32 and the loss is returned in float32.
 """
 
