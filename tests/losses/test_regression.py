@@ -597,6 +597,17 @@ def test_roma_regression_oracle_and_barron_relation() -> None:
           charbonnier_loss(a, b1, eps=0.3, reduction="none")[:, 0])
 
 
+def test_roma_regression_alpha_one_matches_kornia_charbonnier() -> None:
+    kornia_losses = pytest.importorskip("kornia.losses")
+    from losslab.losses.regression import roma_regression_loss
+
+    a, b = pair(n=6, d=1, seed=8)
+    # kornia: sqrt((x - y)^2 + 1) - 1 element-wise (Barron alpha = 1, c = 1)
+    peer = kornia_losses.charbonnier_loss(a.reshape(1, 1, 6, 1), b.reshape(1, 1, 6, 1))
+    close(roma_regression_loss(a, b, alpha=1.0, scale=1.0, reduction="none"),
+          peer.reshape(6) + 1)
+
+
 def test_roma_regression_weights_dense_shape_and_robustness() -> None:
     from losslab.losses.regression import roma_regression_loss
 

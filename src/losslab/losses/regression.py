@@ -1249,7 +1249,8 @@ def roma_regression_loss(pred: Tensor, target: Tensor, *, weights: Tensor | None
     the factor, this is Barron's loss of shape ``alpha`` at scale :math:`c / \sqrt{|\alpha -
     2|}` (tested): quadratic for :math:`r \ll c`, :math:`\propto r^{\alpha}` beyond, so that at
     ``alpha = 0.5`` outliers (wrong coarse matches) pull less than with L1. ``alpha = 1`` is
-    :math:`\sqrt{r^2 + c^2}` (Charbonnier on the end-point error). The value at ``r = 0`` is
+    :math:`\sqrt{r^2 + c^2}` (Charbonnier on the end-point error; at ``c = 1`` on 1-D residuals
+    kornia's ``charbonnier_loss`` plus 1, tested). The value at ``r = 0`` is
     :math:`c^\alpha`, not 0 (a constant; the official code's form). The paper's defaults are
     ``alpha = 0.5`` and ``c = 1e-4`` in the normalised ``[-1, 1]`` image coordinates, times
     the refiner's stride (``c_s = s c``, s = 1, 2, 4, 8): pass ``scale = s * 1e-4`` per scale.
