@@ -150,7 +150,8 @@ def feature_mean_matching_loss(embeddings: Tensor, labels: Tensor, *,
     shenjiyuan123/AST-Alignment-with-Smooth-Expert).
 
     Args:
-        embeddings: ``[N, D]`` features of the synthetic images.
+        embeddings: ``[N, D]`` features of the synthetic images (flatten a convolutional
+            layer's maps to ``[N, C * H * W]``: the official code's MSE averages over them).
         labels: ``[N]`` their classes.
         ref_embeddings: ``[M, D]`` features of real images; ``ref_labels``: ``[M]`` their
             classes (every class of ``labels`` must occur).
