@@ -142,8 +142,11 @@ def make_call(
     if k == "regression":
         n = 6
         pred = _randn(n, 3, g=g, dtype=dtype, scale=scale)
-        if spec.name == "hazard":  # target (time bin, event) for per-bin hazard logits
+        if spec.name in ("hazard", "two_term_hazard"):  # (time bin, event), per-bin logits
             target = _survival_target(n, 3, g, dtype)
+        elif spec.name == "roma_coarse":  # logits over a 2 x 2 anchor grid, matches in [-1, 1]
+            pred = _randn(n, 4, g=g, dtype=dtype, scale=scale)
+            target = (torch.rand(n, 2, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
         elif spec.name == "ordinal":  # ordered categories in [0, K) for K - 1 = 3 thresholds
             target = torch.tensor([0, 1, 2, 3, 1, 2])
         else:

@@ -507,3 +507,156 @@ def test_cs_ib_oracle_and_properties() -> None:
     close(cs_mutual_information(x, x, normalized=True), torch.tensor(1.0, dtype=f64))
     with pytest.raises(ValueError, match="inputs"):
         cs_ib_loss(yh, y, features=t)
+
+
+# ---- two-term (multi-task) hazard, CTR-weighted (arXiv 2204.11588) ------------------------------
+
+def _hazard_terms(row: list[float], k: int, d: int) -> list[float]:
+    """Per-bin negative log-likelihood of one sample, from the formula (loops)."""
+    out = []
+    for t, v in enumerate(row):
+        h = 1 / (1 + math.exp(-v))
+        if t < k or (t == k and not d):
+            out.append(-math.log(1 - h))
+        elif t == k:
+            out.append(-math.log(h))
+        else:
+            out.append(0.0)
+    return out
+
+
+def test_two_term_hazard_oracle_weights_and_factorisation() -> None:
+    from losslab.losses.regression import two_term_hazard_loss
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 5, generator=g, dtype=f64)
+    target = torch.tensor([[0, 1], [1, 0], [2, 1], [4, 0], [3, 1], [4, 1]], dtype=f64)
+    ctr = torch.tensor([0.5, 2.0, 1.0, 0.0, 3.0, 0.25], dtype=f64)
+    split, ls, ll = 2, 0.7, 1.9
+    ref = []
+    for row, (k, d), w in zip(logits.tolist(), target.long().tolist(), ctr.tolist()):
+        terms = _hazard_terms(row, k, d)
+        short = sum(terms[:split])
+        # the long-term term conditions on reaching the long horizon: 0 for a short life
+        rest = sum(terms[split:]) if k >= split else 0.0
+        ref.append(w * (ls * short + ll * rest))
+    out = two_term_hazard_loss(logits, target, weights=ctr, split=split, short_weight=ls,
+                               long_weight=ll, reduction="none")
+    close(out, torch.tensor(ref, dtype=f64))
+    mean = two_term_hazard_loss(logits, target, weights=ctr, split=split, short_weight=ls,
+                                long_weight=ll)
+    close(mean, torch.tensor(sum(ref) / ctr.sum().item(), dtype=f64))
+    # equal task weights: the two terms factor the likelihood -> exactly hazard_loss
+    for s in (1, 2, 4):
+        close(two_term_hazard_loss(logits, target, split=s, reduction="none"),
+              hazard_loss(logits, target, reduction="none"))
+    # CTR weighting = per-sample weights; a zero-CTR ad contributes nothing, gradient too
+    x = logits.clone().requires_grad_(True)
+    two_term_hazard_loss(x, target, weights=ctr, split=split, reduction="sum").backward()
+    assert x.grad is not None and torch.count_nonzero(x.grad[3]) == 0
+    # the long-term head gets no gradient from ads that ended in the short horizon
+    assert torch.count_nonzero(x.grad[:2, split:]) == 0
+
+
+def test_two_term_hazard_bad_input() -> None:
+    from losslab.losses.regression import two_term_hazard_loss
+
+    logits = torch.zeros(3, 4)
+    target = torch.tensor([[0, 1], [1, 0], [3, 1]], dtype=torch.float32)
+    with pytest.raises(ValueError, match="split"):
+        two_term_hazard_loss(logits, target, split=4)
+    with pytest.raises(ValueError, match="split"):
+        two_term_hazard_loss(logits, target, split=0)
+    with pytest.raises(ValueError, match="weights"):
+        two_term_hazard_loss(logits, target, split=2, weights=torch.ones(2))
+    with pytest.raises(ValueError, match="weights"):
+        two_term_hazard_loss(logits, target, split=2, weights=-torch.ones(3))
+    with pytest.raises(ValueError, match="missing"):
+        losslab.create("two_term_hazard")
+
+
+# ---- RoMa (arXiv 2305.15404) -------------------------------------------------------------------
+
+def test_roma_regression_oracle_and_barron_relation() -> None:
+    from losslab.losses.regression import roma_regression_loss
+
+    x, y = pair(n=9, d=2, seed=4, scale=0.01)
+    for alpha, c in ((0.5, 1e-4), (0.5, 8e-4), (1.0, 1e-3), (2.0, 5e-3), (0.2, 1e-2)):
+        ref = [c ** alpha * (sum((p - t) ** 2 for p, t in zip(pr, tr)) / c ** 2 + 1)
+               ** (alpha / 2) for pr, tr in zip(x.tolist(), y.tolist())]
+        out = roma_regression_loss(x, y, alpha=alpha, scale=c, reduction="none")
+        close(out, torch.tensor(ref, dtype=f64))
+        if alpha < 2:  # c^a (a / |a - 2| * barron(r; a, c / sqrt|a - 2|) + 1)
+            r = (x - y).norm(dim=1, keepdim=True)
+            b = barron_loss(r, torch.zeros_like(r), alpha=alpha,
+                            scale=c / math.sqrt(abs(alpha - 2)), reduction="none")[:, 0]
+            close(out, c ** alpha * (alpha / abs(alpha - 2) * b + 1))
+    # alpha = 1 on a 1-D residual: Charbonnier with eps = c
+    a, b1 = pair(n=5, d=1, seed=5)
+    close(roma_regression_loss(a, b1, alpha=1.0, scale=0.3, reduction="none"),
+          charbonnier_loss(a, b1, eps=0.3, reduction="none")[:, 0])
+
+
+def test_roma_regression_alpha_one_matches_kornia_charbonnier() -> None:
+    kornia_losses = pytest.importorskip("kornia.losses")
+    from losslab.losses.regression import roma_regression_loss
+
+    a, b = pair(n=6, d=1, seed=8)
+    # kornia: sqrt((x - y)^2 + 1) - 1 element-wise (Barron alpha = 1, c = 1)
+    peer = kornia_losses.charbonnier_loss(a.reshape(1, 1, 6, 1), b.reshape(1, 1, 6, 1))
+    close(roma_regression_loss(a, b, alpha=1.0, scale=1.0, reduction="none"),
+          peer.reshape(6) + 1)
+
+
+def test_roma_regression_weights_dense_shape_and_robustness() -> None:
+    from losslab.losses.regression import roma_regression_loss
+
+    g = torch.Generator().manual_seed(6)
+    pred = torch.randn(2, 3, 4, 2, generator=g, dtype=f64)
+    target = torch.randn(2, 3, 4, 2, generator=g, dtype=f64)
+    valid = (torch.rand(2, 3, 4, generator=g) > 0.4).to(f64)
+    none = roma_regression_loss(pred, target, reduction="none")
+    assert none.shape == (2, 3, 4)
+    close(roma_regression_loss(pred, target, weights=valid),
+          (none * valid).sum() / valid.sum())
+    # robustness: at alpha = 0.5 the gradient magnitude decays like r^(-1/2) for r >> c
+    r = torch.tensor([[1.0, 0.0], [100.0, 0.0]], dtype=f64, requires_grad=True)
+    roma_regression_loss(r, torch.zeros_like(r), reduction="sum").backward()
+    assert r.grad is not None
+    close(r.grad[1, 0] / r.grad[0, 0], torch.tensor(0.1, dtype=f64), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="weights"):
+        roma_regression_loss(pred, target, weights=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="alpha"):
+        roma_regression_loss(pred, target, alpha=0.0)
+
+
+def test_roma_coarse_oracle_nearest_anchor_and_decoding() -> None:
+    from losslab.losses.regression import roma_anchors, roma_coarse_loss
+
+    g = torch.Generator().manual_seed(7)
+    res, n = 5, 40
+    logits = torch.randn(n, res * res, generator=g, dtype=f64)
+    match = torch.rand(n, 2, generator=g, dtype=f64) * 2.4 - 1.2  # some outside [-1, 1]
+    weights = torch.rand(n, generator=g, dtype=f64)
+    centres = [-1 + (2 * i + 1) / res for i in range(res)]
+    ref = []
+    for row, (mx, my) in zip(logits.tolist(), match.tolist()):
+        best = min(((cx - mx) ** 2 + (cy - my) ** 2, iy * res + ix)
+                   for iy, cy in enumerate(centres) for ix, cx in enumerate(centres))[1]
+        lse = math.log(sum(math.exp(v) for v in row))
+        ref.append(lse - row[best])
+    out = roma_coarse_loss(logits, match, reduction="none")
+    close(out, torch.tensor(ref, dtype=f64))
+    close(roma_coarse_loss(logits, match, weights=weights),
+          (out * weights).sum() / weights.sum())
+    anchors = roma_anchors(res, dtype=f64)
+    assert anchors.shape == (res * res, 2)
+    # a classifier peaked on the right anchor has a near-zero loss; decoding gives the anchor
+    peaked = torch.full((1, res * res), -30.0, dtype=f64)
+    peaked[0, 2 * res + 3] = 30.0
+    assert roma_coarse_loss(peaked, anchors[2 * res + 3].unsqueeze(0)) < 1e-20
+    close(anchors[peaked.argmax(-1)][0], torch.tensor([centres[3], centres[2]], dtype=f64))
+    with pytest.raises(ValueError, match="R\\^2"):
+        roma_coarse_loss(torch.zeros(3, 5), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="target"):
+        roma_coarse_loss(torch.zeros(3, 4), torch.zeros(3, 3))

@@ -5,8 +5,9 @@ Kind ``regression``: ``loss(pred[N, ...], target[N, ...], *, features=None, weig
 inputs=None)``. ``features`` (``[N, D]``, the representation before the regression head),
 ``weights`` (``[N]``, per-sample weights) and ``inputs`` (``[N, ...]``, the model's inputs) are
 call-time inputs that only some losses take (``conr``: features and weights; ``cs_ib``:
-features and inputs). ``hazard`` and ``ordinal`` take their own target encodings (see their
-docstrings); ``sinkhorn_alignment`` (same family) is of kind ``paired``.
+features and inputs; ``two_term_hazard``, ``roma_regression``, ``roma_coarse``: weights).
+``hazard``, ``two_term_hazard``, ``ordinal`` and ``roma_coarse`` take their own target
+encodings (see their docstrings); ``sinkhorn_alignment`` (same family) is of kind ``paired``.
 
 Reductions: the element-wise losses (``huber``, ``charbonnier``, ``barron``) return the
 element-wise loss for ``reduction="none"`` and its mean over every element for ``"mean"``, as
@@ -57,7 +58,10 @@ __all__ = [
     "OrdinalLoss",
     "PrestoHead",
     "PseudoHuberLoss",
+    "RoMaCoarseLoss",
+    "RoMaRegressionLoss",
     "SinkhornAlignmentLoss",
+    "TwoTermHazardLoss",
     "WaveletHFLoss",
     "ZErrorLoss",
     "barron_log_partition",
@@ -75,7 +79,11 @@ __all__ = [
     "ordinal_loss",
     "presto_penalty",
     "pseudo_huber_loss",
+    "roma_anchors",
+    "roma_coarse_loss",
+    "roma_regression_loss",
     "sinkhorn_alignment_loss",
+    "two_term_hazard_loss",
     "wavelet_hf_loss",
     "z_error_loss",
 ]
@@ -1105,3 +1113,256 @@ def cs_ib_loss(pred: Tensor, target: Tensor, *, features: Tensor | None = None,
           reduction=None)
 class CSIBLoss(LossModule, function=cs_ib_loss, check=_check_cs_ib):
     """Module form of :func:`cs_ib_loss` (``loss(pred, y, features=t, inputs=x)``)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Two-term (multi-task) discrete-time hazard likelihood with per-sample (CTR) weights
+# --------------------------------------------------------------------------------------------
+
+AD_SURVIVAL_PAPER = ("Ad Creative Discontinuation Prediction with Multi-Modal Multi-Task Neural "
+                     "Survival Networks")
+_check_two_term = hparams(split=Int(ge=1), short_weight=Real(ge=0), long_weight=Real(ge=0))
+
+
+def _sample_weights(weights: Tensor | None, shape: tuple[int, ...], like: Tensor
+                    ) -> Tensor | None:
+    """Validate optional non-negative per-sample ``weights`` of ``shape``; cast like ``like``."""
+    if weights is None:
+        return None
+    check_float("weights", weights)
+    if tuple(weights.shape) != shape:
+        raise ValueError(f"weights must have shape {list(shape)} (one per sample), got "
+                         f"{tuple(weights.shape)}")
+    check_same_device(pred=like, weights=weights)
+    w = weights.detach()
+    require(torch.isfinite(w) & (w >= 0), "weights must be finite and non-negative")
+    return weights.to(like.dtype)
+
+
+def two_term_hazard_loss(pred: Tensor, target: Tensor, *, weights: Tensor | None = None,
+                         split: int, short_weight: float = 1.0, long_weight: float = 1.0,
+                         reduction: Reduction = "mean") -> Tensor:
+    r"""Two-term (short-term / long-term) discrete-time hazard loss with per-sample weights:
+    the multi-task survival objective of the ad-discontinuation paper, as its abstract fixes it.
+
+    The ``T`` time bins are split at ``split`` into a short-term horizon ``[0, split)`` and a
+    long-term horizon ``[split, T)``, each predicted by its own head (the two column blocks of
+    ``pred``; concatenate the heads' hazard logits). With hazards
+    :math:`h_t = \sigma(\text{pred}_t)` and the per-bin log-likelihood :math:`l_t` of
+    :func:`hazard_loss` (:math:`\log(1 - h_t)` for a bin survived, :math:`\log h_k` for the
+    event bin ``k``, :math:`\log(1 - h_k)` for the bin of censoring),
+
+    .. math::
+        \ell_i = w_i \Big(\lambda_s \underbrace{-\sum_{t < \text{split}} l_t}_{\text{short}}
+        + \lambda_l \underbrace{-\sum_{t \ge \text{split}} l_t}_{\text{long}}\Big)
+
+    The short-term term is the likelihood of the sample's history inside the short horizon (a
+    sample still running at ``split`` survived all of it); the long-term term is the likelihood
+    of the rest, conditional on reaching ``split`` (zero for a sample that ended before). The
+    two terms factor the likelihood, :math:`P(T, \delta) = P(\text{short}) \cdot
+    P(\text{rest} \mid T \ge \text{split})`, so with ``short_weight = long_weight = 1`` the loss
+    is exactly :func:`hazard_loss` (tested); the weights rebalance the two tasks. ``weights``
+    are the per-sample weights of the paper's click-through-rate weighting (pass each ad's
+    CTR, or any non-negative importance), which make the creatives that contribute to sales
+    count more.
+
+    Formula from the abstract, not verified against the paper: the abstract fixes a hazard-based
+    loss, a two-term estimation with multi-task learning and a CTR weighting of the loss; the
+    split of the horizon into two likelihood terms, the linear task weights and the weighted
+    mean below are this implementation's reading of it.
+
+    Args:
+        pred: ``[N, T]`` hazard logits, short-term head's ``split`` columns first.
+        target: ``[N, 2]``: the time bin in ``[0, T)`` (integer-valued) and the event
+            indicator (1 event / discontinued, 0 censored / still running).
+        weights: optional ``[N]`` non-negative per-sample weights (the ads' CTR).
+        split: first bin of the long-term horizon, ``1 <= split < T``.
+        short_weight, long_weight: :math:`\lambda_s, \lambda_l` (default 1 each).
+        reduction: ``"mean"`` (weighted mean :math:`\sum_i \ell_i / \sum_i w_i`; the plain
+            mean over samples without ``weights``), ``"sum"`` or ``"none"`` (``[N]``).
+
+    Returns:
+        The loss, float32 for half inputs. Evaluate with
+        :func:`losslab.metrics.regression.concordance_index` (the paper's metric).
+
+    Paper: Kitada, Iyatomi, Seki, "Ad Creative Discontinuation Prediction with Multi-Modal
+    Multi-Task Neural Survival Networks", arXiv 2204.11588 (Applied Sciences 2022).
+    """
+    _check_two_term(split=split, short_weight=short_weight, long_weight=long_weight)
+    check_float("pred", pred)
+    check_float("target", target)
+    if pred.ndim != 2:
+        raise ValueError(f"pred must have shape [N, T] (hazard logits per bin), got "
+                         f"{tuple(pred.shape)}")
+    check_same_device(pred=pred, target=target)
+    n, bins = pred.shape
+    if split >= bins:
+        raise ValueError(f"split must be below the number of bins T = {bins} (both horizons "
+                         f"need a bin), got {split}")
+    time, event = _survival_target(target, n, bins)
+    x = pred.to(compute_dtype(pred.dtype))
+    w = _sample_weights(weights, (n,), x)
+    cols = torch.arange(bins, device=x.device).unsqueeze(0)
+    at = cols == time.unsqueeze(1)
+    survive = (cols < time.unsqueeze(1)) | (at & ~event.unsqueeze(1))
+    died = at & event.unsqueeze(1)
+    zero = torch.zeros_like(x)
+    ll = torch.where(survive, F.logsigmoid(-x), zero) + torch.where(died, F.logsigmoid(x), zero)
+    per = -(short_weight * ll[:, :split].sum(1) + long_weight * ll[:, split:].sum(1))
+    return reduce(per, reduction, weights=w)
+
+
+@register("two_term_hazard", family="regression", kind="regression", paper=AD_SURVIVAL_PAPER,
+          arxiv="2204.11588", summary="w_i (l_s * NLL(bins < split) + l_l * NLL(bins >= split)), "
+          "discrete-time hazards, w = CTR", example_hparams={"split": 2})
+class TwoTermHazardLoss(LossModule, function=two_term_hazard_loss, check=_check_two_term):
+    """Module form of :func:`two_term_hazard_loss` (``loss(pred, target, weights=ctr)``)."""
+
+
+# --------------------------------------------------------------------------------------------
+# RoMa: robust regression of refined matches, regression-by-classification of coarse matches
+# --------------------------------------------------------------------------------------------
+
+ROMA_PAPER = "RoMa: Revisiting Robust Losses for Dense Feature Matching"
+_check_roma = hparams(alpha=Real(gt=0, le=2), scale=Real(gt=0))
+
+
+def _match_inputs(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    pred, target = _inputs(pred, target)
+    if pred.ndim < 2:
+        raise ValueError(f"pred must have shape [N, ..., d] (match coordinates, last dim the "
+                         f"coordinates), got {tuple(pred.shape)}")
+    return pred, target
+
+
+def roma_regression_loss(pred: Tensor, target: Tensor, *, weights: Tensor | None = None,
+                         alpha: float = 0.5, scale: float = 1e-4,
+                         reduction: Reduction = "mean") -> Tensor:
+    r"""RoMa's robust regression loss of the refined matches: a generalised Charbonnier loss of
+    the end-point error.
+
+    .. math::
+        \ell = c^{\alpha} \Big(\big(\tfrac{r}{c}\big)^2 + 1\Big)^{\alpha / 2},
+        \qquad r = \lVert \hat x - x \rVert_2
+
+    (the Euclidean end-point error of each match, over the last dim). Up to the constant and
+    the factor, this is Barron's loss of shape ``alpha`` at scale :math:`c / \sqrt{|\alpha -
+    2|}` (tested): quadratic for :math:`r \ll c`, :math:`\propto r^{\alpha}` beyond, so that at
+    ``alpha = 0.5`` outliers (wrong coarse matches) pull less than with L1. ``alpha = 1`` is
+    :math:`\sqrt{r^2 + c^2}` (Charbonnier on the end-point error; at ``c = 1`` on 1-D residuals
+    kornia's ``charbonnier_loss`` plus 1, tested). The value at ``r = 0`` is
+    :math:`c^\alpha`, not 0 (a constant; the official code's form). The paper's defaults are
+    ``alpha = 0.5`` and ``c = 1e-4`` in the normalised ``[-1, 1]`` image coordinates, times
+    the refiner's stride (``c_s = s c``, s = 1, 2, 4, 8): pass ``scale = s * 1e-4`` per scale.
+    The loss is applied where the ground-truth match is valid (``weights``: 0/1 validity or a
+    soft certainty); the certainty head is trained apart with a BCE of weight 0.01.
+
+    Verified against the official code (``RobustLosses.regression_loss``, Parskatt/RoMa); the
+    paper's Section 3.4 text was not found.
+
+    Args:
+        pred, target: ``[N, ..., d]`` predicted and ground-truth match coordinates.
+        weights: optional ``[N, ...]`` non-negative per-match weights (validity mask).
+        alpha: shape :math:`\alpha \in (0, 2]` (default 0.5, the paper's).
+        scale: :math:`c > 0` (default 1e-4, the paper's at stride 1).
+        reduction: ``"mean"`` over matches (weighted mean with ``weights``), ``"sum"`` or
+            ``"none"`` (``[N, ...]``, one value per match).
+
+    Returns:
+        The loss, float32 for half inputs.
+
+    Paper: Edstedt, Sun, Bökman, Wadenbäck, Felsberg, "RoMa: Robust Dense Feature Matching"
+    (first version "RoMa: Revisiting Robust Losses for Dense Feature Matching"), arXiv
+    2305.15404.
+    """
+    _check_roma(alpha=alpha, scale=scale)
+    pred, target = _match_inputs(pred, target)
+    w = _sample_weights(weights, tuple(pred.shape[:-1]), pred)
+    r2 = (pred - target).pow(2).sum(-1)
+    # c^a (r^2 / c^2 + 1)^(a / 2) in log space: no overflow of (r / c)^2 at small c
+    loss = torch.exp(alpha * math.log(scale) + 0.5 * alpha * torch.log1p(r2 / (scale * scale)))
+    return reduce(loss, reduction, weights=w)
+
+
+@register("roma_regression", family="regression", kind="regression", paper=ROMA_PAPER,
+          arxiv="2305.15404", summary="c^a ((|x_hat - x| / c)^2 + 1)^(a/2), a = 0.5, c = 1e-4 "
+          "(times the stride)", reduction="per match")
+class RoMaRegressionLoss(LossModule, function=roma_regression_loss, check=_check_roma):
+    """Module form of :func:`roma_regression_loss` (``loss(pred, target, weights=valid)``)."""
+
+
+def roma_anchors(resolution: int, *, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> Tensor:
+    """The ``[R^2, 2]`` anchor coordinates ``(x, y)`` of RoMa's coarse classifier: the centres
+    of an ``R x R`` grid of cells on ``[-1, 1]^2``, anchor ``k = iy * R + ix`` at
+    ``(-1 + (2 ix + 1) / R, -1 + (2 iy + 1) / R)`` (decode a prediction with
+    ``roma_anchors(R)[logits.argmax(-1)]``)."""
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+    c = (torch.arange(resolution, dtype=torch.float64) * 2 + 1) / resolution - 1
+    iy, ix = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([ix, iy], -1).reshape(-1, 2).to(dtype=dtype, device=device)
+
+
+def roma_coarse_loss(pred: Tensor, target: Tensor, *, weights: Tensor | None = None,
+                     reduction: Reduction = "mean") -> Tensor:
+    r"""RoMa's coarse loss: regression by classification over a grid of anchor matches.
+
+    The coarse matcher predicts, for each pixel, logits over :math:`K = R^2` anchors, the
+    centres of an ``R x R`` grid on the normalised image ``[-1, 1]^2`` (:func:`roma_anchors`).
+    Its target is the anchor nearest to the ground-truth match :math:`x`,
+
+    .. math::
+        \ell = -\log \operatorname{softmax}(z)_{k^*}, \qquad
+        k^* = \arg\min_k \lVert a_k - x \rVert_2
+
+    a cross-entropy that can express several modes (unlike a regression, which averages them),
+    followed in RoMa by :func:`roma_regression_loss` on the refined matches. On a grid the
+    nearest anchor is the per-axis nearest cell, ``ix = clamp(floor((x + 1) R / 2), 0,
+    R - 1)`` (a match on a cell border, equidistant to two anchors, takes the upper one;
+    matches outside ``[-1, 1]`` take the border anchor). The paper's resolution is
+    ``R = 64`` (4096 anchors). Like the regression loss it is applied to the valid matches
+    (``weights``).
+
+    Verified against the official code (``RobustLosses.gm_cls_loss``, Parskatt/RoMa).
+
+    Args:
+        pred: ``[N, R^2]`` anchor logits (anchor ``k = iy * R + ix``).
+        target: ``[N, 2]`` ground-truth matches ``(x, y)`` in ``[-1, 1]``.
+        weights: optional ``[N]`` non-negative per-match weights (validity mask).
+        reduction: ``"mean"`` over matches (weighted mean with ``weights``), ``"sum"`` or
+            ``"none"`` (``[N]``).
+
+    Returns:
+        The loss, float32 for half inputs.
+
+    Paper: Edstedt, Sun, Bökman, Wadenbäck, Felsberg, "RoMa: Robust Dense Feature Matching",
+    arXiv 2305.15404.
+    """
+    check_float("pred", pred)
+    check_float("target", target)
+    if pred.ndim != 2:
+        raise ValueError(f"pred must have shape [N, R^2] (anchor logits), got "
+                         f"{tuple(pred.shape)}")
+    n, k = pred.shape
+    res = math.isqrt(k)
+    if res * res != k or k == 0:
+        raise ValueError(f"pred must have R^2 columns (an R x R anchor grid), got {k}")
+    if tuple(target.shape) != (n, 2):
+        raise ValueError(f"target must have shape [{n}, 2] (match coordinates x, y), got "
+                         f"{tuple(target.shape)}")
+    check_same_device(pred=pred, target=target)
+    x = pred.to(compute_dtype(pred.dtype))
+    w = _sample_weights(weights, (n,), x)
+    t = target.detach().to(torch.float64)
+    require(torch.isfinite(t), "target must hold finite match coordinates")
+    cell = torch.floor((t + 1) * (res / 2)).clamp(0, res - 1).long()
+    anchor = cell[:, 1] * res + cell[:, 0]
+    return reduce(F.cross_entropy(x, anchor, reduction="none"), reduction, weights=w)
+
+
+@register("roma_coarse", family="regression", kind="regression", paper=ROMA_PAPER,
+          arxiv="2305.15404", summary="CE(anchor logits, nearest anchor of the match) on an "
+          "R x R grid of [-1, 1]^2")
+class RoMaCoarseLoss(LossModule, function=roma_coarse_loss):
+    """Module form of :func:`roma_coarse_loss` (``loss(logits, match_xy, weights=valid)``)."""

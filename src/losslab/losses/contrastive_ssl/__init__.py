@@ -21,8 +21,9 @@ SigLIP, alignment and uniformity; the other objectives of the family live in its
 :mod:`~.icon` (``i_con``), :mod:`~.isogclr` (``isogclr``, per-sample state by ``index=``),
 :mod:`~.captioning` (``coca``), :mod:`~.multihead` (``amcl``), :mod:`~.continual`
 (``sy_con``), :mod:`~.ordering` (``groco`` and its sorting network), :mod:`~.graph` (``pamc``,
-``structcomp`` and ``compress_nodes``) and :mod:`~.sampling` (G-SimCLR's pseudo-label batch
-sampler).
+``structcomp`` and ``compress_nodes``), :mod:`~.hpm` (``hpm``: masked-image-modeling
+reconstruction plus the hard-patches loss predictor, kind ``regression``) and
+:mod:`~.sampling` (G-SimCLR's pseudo-label batch sampler).
 Shared helpers are in :mod:`~._common`. The representation metrics (RankMe, alignment,
 uniformity) are in :mod:`losslab.metrics.representation`.
 """
@@ -63,6 +64,7 @@ __all__ = [
     "clip_loss",
     "continual",
     "graph",
+    "hpm",
     "icon",
     "infonce_loss",
     "isogclr",
@@ -461,6 +463,7 @@ from losslab.losses.contrastive_ssl import (  # noqa: E402
     captioning,
     continual,
     graph,
+    hpm,
     icon,
     isogclr,
     multihead,

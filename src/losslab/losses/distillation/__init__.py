@@ -16,7 +16,12 @@ alignment and its triple loss), :mod:`~.divergences` (DKD, generalised JSD),
 (DHKD's auxiliary head and objective around BinaryKL; a module, not a registered loss),
 :mod:`~.segmentation_kd` (MGD's image-level and region-level distillation terms),
 :mod:`~.landmarks` (KD-Loss + assistive losses of two landmark teachers; a function),
+<<<<<<< HEAD
 :mod:`~.boundary_kd` (BPKD's edge and body terms).
+=======
+:mod:`~.dataset` (dataset distillation: AST's trajectory matching, kind ``regression``, and
+class-mean feature matching, kind ``embeddings``).
+>>>>>>> tailmisc
 The fused LM-head forms of KD and JSD are :mod:`losslab.kernels.linear_kd`.
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 from losslab.losses.distillation import (
     boundary_kd,
     classic,
+    dataset,
     divergences,
     dual_head,
     features,
@@ -41,6 +47,12 @@ from losslab.losses.distillation.classic import (
     binary_kl_loss,
     cosine_alignment_loss,
     kd_loss,
+)
+from losslab.losses.distillation.dataset import (
+    FeatureMeanMatchingLoss,
+    TrajectoryMatchingLoss,
+    feature_mean_matching_loss,
+    trajectory_matching_loss,
 )
 from losslab.losses.distillation.divergences import DKDLoss, JSDLoss, dkd_loss, jsd_loss
 from losslab.losses.distillation.dual_head import DualHeadKD
@@ -60,12 +72,14 @@ __all__ = [
     "CosineAlignmentLoss",
     "DKDLoss",
     "DualHeadKD",
+    "FeatureMeanMatchingLoss",
     "JSDLoss",
     "KDLoss",
     "LandmarkKD",
     "MGDSemanticLoss",
     "NDLoss",
     "SinkhornKDLoss",
+    "TrajectoryMatchingLoss",
     "WDRLoss",
     "binary_kl_loss",
     "boundary_kd",
@@ -73,9 +87,11 @@ __all__ = [
     "bpkd_loss",
     "classic",
     "cosine_alignment_loss",
+    "dataset",
     "divergences",
     "dkd_loss",
     "dual_head",
+    "feature_mean_matching_loss",
     "features",
     "jsd_loss",
     "kd_loss",
@@ -87,6 +103,7 @@ __all__ = [
     "regularizers",
     "segmentation_kd",
     "sinkhorn_kd_loss",
+    "trajectory_matching_loss",
     "transport",
     "wdr_loss",
 ]
