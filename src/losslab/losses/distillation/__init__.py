@@ -16,12 +16,9 @@ alignment and its triple loss), :mod:`~.divergences` (DKD, generalised JSD),
 (DHKD's auxiliary head and objective around BinaryKL; a module, not a registered loss),
 :mod:`~.segmentation_kd` (MGD's image-level and region-level distillation terms),
 :mod:`~.landmarks` (KD-Loss + assistive losses of two landmark teachers; a function),
-<<<<<<< HEAD
-:mod:`~.boundary_kd` (BPKD's edge and body terms).
-=======
+:mod:`~.boundary_kd` (BPKD's edge and body terms),
 :mod:`~.dataset` (dataset distillation: AST's trajectory matching, kind ``regression``, and
 class-mean feature matching, kind ``embeddings``).
->>>>>>> tailmisc
 The fused LM-head forms of KD and JSD are :mod:`losslab.kernels.linear_kd`.
 """
 
