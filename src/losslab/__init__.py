@@ -34,12 +34,19 @@ from losslab.losses.classification import (
     WestonWatkinsLoss,
     ZLoss,
 )
+from losslab.losses.classification.adversarial import (
+    AdvCompSumLoss,
+    ProbabilityMarginLoss,
+)
 from losslab.losses.classification.ebv import (
     EBVLoss,
 )
 from losslab.losses.classification.hyperbolic import (
     HypCELoss,
     HypPCLoss,
+)
+from losslab.losses.classification.legendre import (
+    LegendreTronLoss,
 )
 from losslab.losses.classification.multilabel import (
     LDAMMultilabelLoss,
@@ -50,6 +57,9 @@ from losslab.losses.classification.polyloss import (
 )
 from losslab.losses.classification.rationale import (
     RationaleInvarianceLoss,
+)
+from losslab.losses.classification.reject import (
+    RejectionSurrogateLoss,
 )
 from losslab.losses.contrastive_ssl import (
     AlignmentLoss,
@@ -267,6 +277,7 @@ __all__ = [
     "AMCLLoss",
     "AUCMarginLoss",
     "AUCPairwiseLoss",
+    "AdvCompSumLoss",
     "AlignmentLoss",
     "AnyLoss",
     "ApproxNDCGLoss",
@@ -337,6 +348,7 @@ __all__ = [
     "LDAMMultilabelLoss",
     "LDRKLLoss",
     "LambdaLoss",
+    "LegendreTronLoss",
     "LiftedStructureLoss",
     "LinearCrossEntropyLoss",
     "ListMLELoss",
@@ -378,6 +390,7 @@ __all__ = [
     "Poly1ListwiseLoss",
     "Poly1Loss",
     "PolyNLoss",
+    "ProbabilityMarginLoss",
     "ProportionLoss",
     "ProtoNetLoss",
     "ProtoTripletLoss",
@@ -388,6 +401,7 @@ __all__ = [
     "RankNetLoss",
     "RationaleInvarianceLoss",
     "RePRILoss",
+    "RejectionSurrogateLoss",
     "SCELoss",
     "SampledSoftmaxLoss",
     "SigLipLoss",

@@ -33,12 +33,19 @@ from losslab.losses.classification import (
     weston_watkins_loss,
     z_loss,
 )
+from losslab.losses.classification.adversarial import (
+    adv_comp_sum_loss,
+    probability_margin_loss,
+)
 from losslab.losses.classification.ebv import (
     ebv_loss,
 )
 from losslab.losses.classification.hyperbolic import (
     hyp_ce_loss,
     hyp_pc_loss,
+)
+from losslab.losses.classification.legendre import (
+    legendretron_loss,
 )
 from losslab.losses.classification.multilabel import (
     ldam_multilabel_loss,
@@ -49,6 +56,9 @@ from losslab.losses.classification.polyloss import (
 )
 from losslab.losses.classification.rationale import (
     rationale_invariance_loss,
+)
+from losslab.losses.classification.reject import (
+    rejection_surrogate_loss,
 )
 from losslab.losses.contrastive_ssl import (
     alignment_loss,
@@ -274,6 +284,7 @@ anyloss_loss = _deprecated("anyloss_loss", anyloss)
 z_loss_loss = _deprecated("z_loss_loss", z_loss)
 
 __all__ = [
+    "adv_comp_sum_loss",
     "aldr_kl_loss",
     "alignment_loss",
     "amcl_loss",
@@ -347,6 +358,7 @@ __all__ = [
     "ldam_loss",
     "ldam_multilabel_loss",
     "ldr_kl_loss",
+    "legendretron_loss",
     "lifted_structure_loss",
     "linear_cross_entropy_loss",
     "listmle_loss",
@@ -386,6 +398,7 @@ __all__ = [
     "poly1_listwise_loss",
     "poly1_loss",
     "poly_n_loss",
+    "probability_margin_loss",
     "proportion_loss",
     "proto_triplet_loss",
     "protonet_loss",
@@ -396,6 +409,7 @@ __all__ = [
     "ranknet_loss",
     "rationale_invariance_loss",
     "rce_loss",
+    "rejection_surrogate_loss",
     "repri_loss",
     "sampled_softmax_loss",
     "sce_loss",
