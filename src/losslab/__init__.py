@@ -48,6 +48,9 @@ from losslab.losses.classification.hyperbolic import (
 from losslab.losses.classification.legendre import (
     LegendreTronLoss,
 )
+from losslab.losses.classification.longtail_risk import (
+    IntegratedRiskLoss,
+)
 from losslab.losses.classification.multilabel import (
     LDAMMultilabelLoss,
     MLCDLoss,
@@ -338,6 +341,7 @@ __all__ = [
     "ISogCLRLoss",
     "InfoNCELoss",
     "InstanceLevelLoss",
+    "IntegratedRiskLoss",
     "InterpolatedAggregateLoss",
     "JSDLoss",
     "JaccardLoss",

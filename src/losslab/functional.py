@@ -47,6 +47,9 @@ from losslab.losses.classification.hyperbolic import (
 from losslab.losses.classification.legendre import (
     legendretron_loss,
 )
+from losslab.losses.classification.longtail_risk import (
+    integrated_risk_loss,
+)
 from losslab.losses.classification.multilabel import (
     ldam_multilabel_loss,
     mlcd_loss,
@@ -346,6 +349,7 @@ __all__ = [
     "icnn_loss",
     "infonce_loss",
     "instance_level_loss",
+    "integrated_risk_loss",
     "interpolated_aggregate_loss",
     "ipo_loss",
     "isogclr_loss",

@@ -24,7 +24,9 @@ hyperbolic cross-entropy, kind ``embeddings``), :mod:`~.rationale` (rationale in
 a linear classifier, kind ``linear``), :mod:`~.reject` (the surrogate rejection loss of a
 rejector for a fixed predictor, kind ``regression``), :mod:`~.adversarial` (the PMA
 probability-margin attack objective and the smooth adversarial comp-sum losses),
-:mod:`~.legendre` (LegendreTron: the log loss through a learned monotone link).
+:mod:`~.legendre` (LegendreTron: the log loss through a learned monotone link),
+:mod:`~.longtail_risk` (the integrated-risk objective with a decision utility for long-tailed
+classification; its False Head Rate metric is :func:`losslab.metrics.false_head_rate`).
 
 The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
 :mod:`losslab.losses.robust`; the log-partition penalty ``logz_penalty`` in
@@ -59,6 +61,7 @@ from losslab.losses.classification import (
     ebv,
     hyperbolic,
     legendre,
+    longtail_risk,
     multilabel,
     polyloss,
     rationale,
@@ -82,6 +85,11 @@ from losslab.losses.classification.legendre import (
     LegendreLink,
     LegendreTronLoss,
     legendretron_loss,
+)
+from losslab.losses.classification.longtail_risk import (
+    IntegratedRiskLoss,
+    integrated_risk_loss,
+    tail_sensitive_utility,
 )
 from losslab.losses.classification.multilabel import (
     LDAMMultilabelLoss,
@@ -112,6 +120,7 @@ __all__ = [
     "FocalLoss",
     "HypCELoss",
     "HypPCLoss",
+    "IntegratedRiskLoss",
     "LDAMLoss",
     "LDAMMultilabelLoss",
     "LegendreLink",
@@ -138,12 +147,14 @@ __all__ = [
     "hyp_ce_loss",
     "hyp_pc_loss",
     "hyperbolic",
+    "integrated_risk_loss",
     "ldam_loss",
     "ldam_multilabel_loss",
     "legendre",
     "legendretron_loss",
     "log_stablemax",
     "logit_adjusted_loss",
+    "longtail_risk",
     "mlcd_loss",
     "multilabel",
     "poly1_loss",
@@ -157,6 +168,7 @@ __all__ = [
     "rejection_surrogate_loss",
     "soft_confusion",
     "stablemax_ce_loss",
+    "tail_sensitive_utility",
     "weston_watkins_loss",
     "z_loss",
 ]
