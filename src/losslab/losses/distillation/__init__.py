@@ -15,7 +15,9 @@ alignment and its triple loss), :mod:`~.divergences` (DKD, generalised JSD),
 (EQ-Net's weight-distribution regulariser, kind ``weights``), :mod:`~.dual_head`
 (DHKD's auxiliary head and objective around BinaryKL; a module, not a registered loss),
 :mod:`~.segmentation_kd` (MGD's image-level and region-level distillation terms),
-:mod:`~.landmarks` (KD-Loss + assistive losses of two landmark teachers; a function).
+:mod:`~.landmarks` (KD-Loss + assistive losses of two landmark teachers; a function),
+:mod:`~.multi_teacher` (MTARD's clean + robust teacher objective with its entropy and loss
+balance; a function and a stateful module, not registered).
 The fused LM-head forms of KD and JSD are :mod:`losslab.kernels.linear_kd`.
 """
 
@@ -27,6 +29,7 @@ from losslab.losses.distillation import (
     dual_head,
     features,
     landmarks,
+    multi_teacher,
     regularizers,
     segmentation_kd,
     transport,
@@ -43,6 +46,7 @@ from losslab.losses.distillation.divergences import DKDLoss, JSDLoss, dkd_loss, 
 from losslab.losses.distillation.dual_head import DualHeadKD
 from losslab.losses.distillation.features import NDLoss, nd_loss
 from losslab.losses.distillation.landmarks import LandmarkKD, landmark_kd_loss
+from losslab.losses.distillation.multi_teacher import MTARDBalance, MTARDTerms, mtard_loss
 from losslab.losses.distillation.regularizers import WDRLoss, wdr_loss
 from losslab.losses.distillation.segmentation_kd import (
     MGDSemanticLoss,
@@ -60,6 +64,8 @@ __all__ = [
     "KDLoss",
     "LandmarkKD",
     "MGDSemanticLoss",
+    "MTARDBalance",
+    "MTARDTerms",
     "NDLoss",
     "SinkhornKDLoss",
     "WDRLoss",
@@ -76,6 +82,8 @@ __all__ = [
     "landmarks",
     "mgd_content_loss",
     "mgd_semantic_loss",
+    "mtard_loss",
+    "multi_teacher",
     "nd_loss",
     "regularizers",
     "segmentation_kd",
