@@ -155,3 +155,30 @@ def test_module_gradcheck_masked_class_and_bad_input():
         LF.integrated_risk_loss(x, t, class_counts=COUNTS, utility="tail")
     with pytest.raises(ValueError, match="alpha"):
         LF.integrated_risk_loss(x, t, class_counts=COUNTS, alpha=0.0)
+
+
+def test_particle_diversity_oracle_and_direction():
+    from losslab.losses.classification.longtail_risk import particle_diversity
+
+    g = torch.Generator().manual_seed(9)
+    ws = [torch.randn(3, 4, generator=g, dtype=D) for _ in range(3)]
+    total = 0.0
+    for j in range(12):
+        vals = [float(w.flatten()[j]) for w in ws]
+        mean = sum(vals) / 3
+        total += math.log(sum((v - mean) ** 2 for v in vals) / 3)
+    close(particle_diversity(ws), -0.5 * total / 12)
+    # spreading the members apart lowers the term (it rewards diversity)
+    spread = [w * 2.0 for w in ws]
+    assert float(particle_diversity(spread)) < float(particle_diversity(ws))
+    close(particle_diversity(spread), particle_diversity(ws) - math.log(2.0))
+    same = [ws[0], ws[0].clone()]
+    assert math.isinf(float(particle_diversity(same)))
+    assert math.isfinite(float(particle_diversity(same, eps=1e-8)))
+    wg = [w.clone().requires_grad_() for w in ws]
+    particle_diversity(wg).backward()
+    assert all(w.grad is not None and bool(torch.isfinite(w.grad).all()) for w in wg)
+    with pytest.raises(ValueError, match="weights"):
+        particle_diversity(ws[:1])
+    with pytest.raises(ValueError, match="shape"):
+        particle_diversity([ws[0], ws[1][:, :2]])

@@ -89,6 +89,7 @@ from losslab.losses.classification.legendre import (
 from losslab.losses.classification.longtail_risk import (
     IntegratedRiskLoss,
     integrated_risk_loss,
+    particle_diversity,
     tail_sensitive_utility,
 )
 from losslab.losses.classification.multilabel import (
@@ -157,6 +158,7 @@ __all__ = [
     "longtail_risk",
     "mlcd_loss",
     "multilabel",
+    "particle_diversity",
     "poly1_loss",
     "poly_n_loss",
     "polyloss",

@@ -6,8 +6,8 @@ its official code trains it (one ensemble member's logits per call): a label-dis
 margin, class re-weighting by the inverse class frequency, and a utility term that turns a
 task's decision costs (e.g. "predicting a head class for a tail sample is worse than the
 reverse") into a term of the training loss. The ensemble's diversity term (a log-determinant
-of the members' weight spread) acts on model parameters and is not part of this loss; average
-this loss over the members' logits.
+of the members' weight spread) acts on model parameters: it is :func:`particle_diversity`, to
+add to the mean of this loss over the members' logits.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from losslab.registry import register
 __all__ = [
     "IntegratedRiskLoss",
     "integrated_risk_loss",
+    "particle_diversity",
     "tail_sensitive_utility",
 ]
 
@@ -203,6 +204,47 @@ def integrated_risk_loss(
         safe_logp = torch.where(masked, torch.zeros_like(logp), logp)
         values = values - (gain * safe_logp).sum(1) / alpha
     return finish(values, batch, reduction)
+
+
+def particle_diversity(weights: Sequence[Tensor], *, eps: float = 0.0) -> Tensor:
+    r"""The ensemble term of the objective: minus half the mean log-variance of the ensemble
+    members' weights, entry by entry.
+
+    .. math::
+        \mathcal{R} = -\frac12 \cdot \frac1P \sum_{j=1}^{P}
+        \log\Big(\frac1M \sum_{i=1}^{M} (\theta_{i,j} - \bar\theta_j)^2 + \epsilon\Big)
+
+    over the :math:`M` members' copies :math:`\theta_i` of one weight tensor (the official code
+    passes each member's classifier weight) with :math:`P` entries. Adding it rewards spread
+    between the members (the log-determinant of a diagonal covariance: the entropy term of the
+    variational posterior). The official training adds
+    :math:`e^{-\text{epoch}/\tau}\,\mathcal{R}` (:math:`\tau = 40`) to the members' mean loss,
+    and only with more than one member.
+
+    Args:
+        weights: ``M >= 2`` tensors of one shape, one per ensemble member.
+        eps: added to the variance (default 0, as the official code: identical members give
+            ``+inf``).
+
+    Returns a scalar. Paper: arXiv 2303.06075 / 2501.14090 (see :func:`integrated_risk_loss`);
+    from the official ``VariationalE`` (covariance term).
+    """
+    ws = list(weights)
+    if len(ws) < 2:
+        raise ValueError(f"weights must hold at least 2 tensors (one per ensemble member), got "
+                         f"{len(ws)}")
+    for i, w in enumerate(ws):
+        if not isinstance(w, Tensor) or not w.is_floating_point():
+            raise ValueError(f"weights[{i}] must be a floating-point tensor, got "
+                             f"{type(w).__name__ if not isinstance(w, Tensor) else w.dtype}")
+        if w.shape != ws[0].shape:
+            raise ValueError(f"weights must share one shape, got {tuple(ws[0].shape)} and "
+                             f"{tuple(w.shape)} (weights[{i}])")
+    if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps >= 0):
+        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+    stack = torch.stack(ws)
+    var = (stack - stack.mean(0)).square().mean(0)
+    return -0.5 * torch.log(var + eps).mean()
 
 
 @register(
