@@ -171,12 +171,12 @@ def adv_comp_sum_loss(
         ignore_index: class id of items to skip.
         reduction: ``"mean"`` over non-ignored items, ``"sum"``, ``"none"`` (``[N, ...]``).
 
-    Source and verification: the paper text was not available here; this is the form its
-    abstract and summaries give (the comp-sum loss "plus a related smooth term" on the
-    adversarial input, the margin-vector norm of its adversarial H-consistency analysis). The
-    exact smooth term, the role of :math:`\rho` and the defaults are not verified against the
-    paper; treat the definition as reconstructed. ``tau``/``rho`` reduce to the verified
-    comp-sum loss (tested).
+    Source and verification: the paper text was not available here. Summaries of the paper
+    state only that the smooth adversarial comp-sum losses are the comp-sum losses "plus a
+    related smooth term" on the adversarial input; the smooth term chosen here (the
+    :math:`\ell_2` norm of the change of the margin vector between :math:`x` and :math:`x'`),
+    the role of :math:`\rho` and the defaults are a reconstruction, not verified against the
+    paper. Without the smooth term the loss is the (verified) comp-sum loss (tested).
 
     Paper: Mao, Mohri, Zhong, "Cross-Entropy Loss Functions: Theoretical Analysis and
     Applications", arXiv 2304.07288.
