@@ -34,12 +34,22 @@ from losslab.losses.classification import (
     WestonWatkinsLoss,
     ZLoss,
 )
+from losslab.losses.classification.adversarial import (
+    AdvCompSumLoss,
+    ProbabilityMarginLoss,
+)
 from losslab.losses.classification.ebv import (
     EBVLoss,
 )
 from losslab.losses.classification.hyperbolic import (
     HypCELoss,
     HypPCLoss,
+)
+from losslab.losses.classification.legendre import (
+    LegendreTronLoss,
+)
+from losslab.losses.classification.longtail_risk import (
+    IntegratedRiskLoss,
 )
 from losslab.losses.classification.multilabel import (
     LDAMMultilabelLoss,
@@ -50,6 +60,9 @@ from losslab.losses.classification.polyloss import (
 )
 from losslab.losses.classification.rationale import (
     RationaleInvarianceLoss,
+)
+from losslab.losses.classification.reject import (
+    RejectionSurrogateLoss,
 )
 from losslab.losses.contrastive_ssl import (
     AlignmentLoss,
@@ -303,6 +316,7 @@ __all__ = [
     "AUCMarginLoss",
     "AUCPairwiseLoss",
     "AdaptiveMarginTripletLoss",
+    "AdvCompSumLoss",
     "AlignmentLoss",
     "AnyLoss",
     "ApproxNDCGLoss",
@@ -370,6 +384,7 @@ __all__ = [
     "ISogCLRLoss",
     "InfoNCELoss",
     "InstanceLevelLoss",
+    "IntegratedRiskLoss",
     "InterpolatedAggregateLoss",
     "JSDLoss",
     "JaccardLoss",
@@ -380,6 +395,7 @@ __all__ = [
     "LDAMMultilabelLoss",
     "LDRKLLoss",
     "LambdaLoss",
+    "LegendreTronLoss",
     "LiftedStructureLoss",
     "LinearCrossEntropyLoss",
     "ListMLELoss",
@@ -421,6 +437,7 @@ __all__ = [
     "Poly1ListwiseLoss",
     "Poly1Loss",
     "PolyNLoss",
+    "ProbabilityMarginLoss",
     "ProportionLoss",
     "ProtoNetLoss",
     "ProtoTripletLoss",
@@ -431,6 +448,7 @@ __all__ = [
     "RankNetLoss",
     "RationaleInvarianceLoss",
     "RePRILoss",
+    "RejectionSurrogateLoss",
     "RoMaCoarseLoss",
     "RoMaRegressionLoss",
     "SCELoss",

@@ -33,12 +33,22 @@ from losslab.losses.classification import (
     weston_watkins_loss,
     z_loss,
 )
+from losslab.losses.classification.adversarial import (
+    adv_comp_sum_loss,
+    probability_margin_loss,
+)
 from losslab.losses.classification.ebv import (
     ebv_loss,
 )
 from losslab.losses.classification.hyperbolic import (
     hyp_ce_loss,
     hyp_pc_loss,
+)
+from losslab.losses.classification.legendre import (
+    legendretron_loss,
+)
+from losslab.losses.classification.longtail_risk import (
+    integrated_risk_loss,
 )
 from losslab.losses.classification.multilabel import (
     ldam_multilabel_loss,
@@ -49,6 +59,9 @@ from losslab.losses.classification.polyloss import (
 )
 from losslab.losses.classification.rationale import (
     rationale_invariance_loss,
+)
+from losslab.losses.classification.reject import (
+    rejection_surrogate_loss,
 )
 from losslab.losses.contrastive_ssl import (
     alignment_loss,
@@ -310,6 +323,7 @@ z_loss_loss = _deprecated("z_loss_loss", z_loss)
 
 __all__ = [
     "adaptive_margin_triplet_loss",
+    "adv_comp_sum_loss",
     "aldr_kl_loss",
     "alignment_loss",
     "amcl_loss",
@@ -378,6 +392,7 @@ __all__ = [
     "icnn_loss",
     "infonce_loss",
     "instance_level_loss",
+    "integrated_risk_loss",
     "interpolated_aggregate_loss",
     "ipo_loss",
     "isogclr_loss",
@@ -390,6 +405,7 @@ __all__ = [
     "ldam_loss",
     "ldam_multilabel_loss",
     "ldr_kl_loss",
+    "legendretron_loss",
     "lifted_structure_loss",
     "linear_cross_entropy_loss",
     "listmle_loss",
@@ -429,6 +445,7 @@ __all__ = [
     "poly1_listwise_loss",
     "poly1_loss",
     "poly_n_loss",
+    "probability_margin_loss",
     "proportion_loss",
     "proto_triplet_loss",
     "protonet_loss",
@@ -439,6 +456,7 @@ __all__ = [
     "ranknet_loss",
     "rationale_invariance_loss",
     "rce_loss",
+    "rejection_surrogate_loss",
     "repri_loss",
     "roma_coarse_loss",
     "roma_regression_loss",

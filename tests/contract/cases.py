@@ -95,6 +95,9 @@ def make_call(
         target = torch.randint(0, C, (n,), generator=g)
         target[:C] = torch.arange(C)[:n]
         call = Call((_randn(n, C, g=g, dtype=dtype, scale=scale), target))
+        if "adv_logits" in inspect.signature(spec.function).parameters:  # adversarial inputs
+            call.kwargs["adv_logits"] = call.args[0] + _randn(n, C, g=g, dtype=dtype,
+                                                              scale=0.3 * scale)
         return _finish(spec, call, n)
     if k == "embeddings":
         n = 8
@@ -149,6 +152,9 @@ def make_call(
             target = (torch.rand(n, 2, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
         elif spec.name == "ordinal":  # ordered categories in [0, K) for K - 1 = 3 thresholds
             target = torch.tensor([0, 1, 2, 3, 1, 2])
+        elif spec.name == "rejection_surrogate":  # +1/-1 labels; a bounded rejector's scores
+            target = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0, 1.0]).to(dtype)[:, None].repeat(1, 3)
+            pred = pred * 0.1
         else:
             target = _randn(n, 3, g=g, dtype=dtype, scale=scale)
         call = Call((pred, target))

@@ -111,3 +111,56 @@ def test_bad_inputs():
         top_k_accuracy(probs, target, k=0)
     with pytest.raises(ValueError, match="n_bins"):
         expected_calibration_error(probs, target, n_bins=0)
+
+
+# --------------------------------------------------------------------------------------------
+# False Head Rate (long-tailed classification, arXiv 2303.06075)
+# --------------------------------------------------------------------------------------------
+
+
+def fhr_oracle(pred, target, c, fractions, rank=None):
+    rank = list(range(c)) if rank is None else rank
+    rates = []
+    for h in fractions:
+        border = int(c * h + 0.5)
+        tail = [i for i in range(len(target)) if rank[int(target[i])] >= border]
+        false_head = [i for i in tail if rank[int(pred[i])] < border]
+        rates.append(len(false_head) / len(tail) if tail else 0.0)
+    return sum(rates) / len(rates)
+
+
+def test_false_head_rate_oracle_and_class_order():
+    from losslab.metrics import false_head_rate
+
+    logits, _, target = data(400, 10, seed=3)
+    pred = logits.argmax(1)
+    for fr in ((0.25, 0.5, 0.75), (0.3,), 0.5):
+        seq = (fr,) if isinstance(fr, float) else fr
+        assert false_head_rate(logits, target, head_fraction=fr) == pytest.approx(
+            fhr_oracle(pred, target, 10, seq), abs=1e-12)
+    # class_counts define the order: counts decreasing with the index give the index order
+    counts = [1000 // (k + 1) for k in range(10)]
+    assert false_head_rate(logits, target, class_counts=counts) == pytest.approx(
+        false_head_rate(logits, target), abs=1e-12)
+    # a permuted numbering with matching counts gives the same rate
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    inv = torch.argsort(perm)
+    permuted_counts = [counts[int(perm[k])] for k in range(10)]
+    assert false_head_rate(logits[:, perm], inv[target], class_counts=permuted_counts) == (
+        pytest.approx(false_head_rate(logits, target), abs=1e-12))
+
+
+def test_false_head_rate_extremes_and_bad_input():
+    from losslab.metrics import false_head_rate
+
+    target = torch.tensor([0, 1, 2, 3, 3, -100])
+    always_head = torch.zeros(6, 4)
+    always_head[:, 0] = 1.0
+    # every tail sample predicted as class 0 (head for every split): FHR = 1
+    assert false_head_rate(always_head, target) == 1.0
+    perfect = torch.nn.functional.one_hot(target.clamp(min=0), 4).double()
+    assert false_head_rate(perfect, target) == 0.0
+    with pytest.raises(ValueError, match="head_fraction"):
+        false_head_rate(perfect, target, head_fraction=1.0)
+    with pytest.raises(ValueError, match="class_counts"):
+        false_head_rate(perfect, target, class_counts=[1, 2])

@@ -7,6 +7,7 @@ from losslab.metrics.classification import (
     accuracy,
     adaptive_calibration_error,
     expected_calibration_error,
+    false_head_rate,
     reliability_diagram,
     top_k_accuracy,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "dice_score",
     "epsilon_opis",
     "expected_calibration_error",
+    "false_head_rate",
     "has_relevant",
     "hausdorff_95",
     "icnn_score",

@@ -1,4 +1,5 @@
-"""Classification metrics: accuracy, top-k accuracy, calibration error, reliability diagrams.
+"""Classification metrics: accuracy, top-k accuracy, calibration error, reliability diagrams,
+the False Head Rate of long-tailed classification.
 
 Inputs: ``scores[N, C]`` (logits or probabilities: accuracy only needs the ranking) or
 ``probs[N, C]`` (probabilities, for calibration), and ``target[N]`` integer class ids; items
@@ -9,6 +10,7 @@ whose target is ``ignore_index`` (default -100) are left out. Results are Python
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +22,7 @@ __all__ = [
     "accuracy",
     "adaptive_calibration_error",
     "expected_calibration_error",
+    "false_head_rate",
     "reliability_diagram",
     "top_k_accuracy",
 ]
@@ -172,3 +175,67 @@ def adaptive_calibration_error(
     """Adaptive (equal-mass) ECE: :func:`expected_calibration_error` with ``adaptive=True``."""
     return expected_calibration_error(probs, target, n_bins=n_bins, adaptive=True,
                                       ignore_index=ignore_index)
+
+
+def false_head_rate(
+    scores: Tensor,
+    target: Tensor,
+    *,
+    head_fraction: float | Sequence[float] = (0.25, 0.5, 0.75),
+    class_counts: Sequence[float] | Tensor | None = None,
+    ignore_index: int = -100,
+) -> float:
+    r"""False Head Rate (FHR): the fraction of tail-class samples predicted as a head class.
+
+    Classes are ordered from head to tail: by index (class 0 the most frequent, as the
+    long-tailed benchmarks and the official code number them) or, with ``class_counts``, by
+    decreasing training count (ties by index). For a head fraction :math:`h` the first
+    :math:`b = \lfloor C h + 1/2 \rfloor` classes of that order are the head and the others
+    the tail:
+
+    .. math::
+        \mathrm{FHR}_h = \frac{|\{i : \mathrm{rank}(y_i) \ge b,\
+        \mathrm{rank}(\hat y_i) < b\}|}{|\{i : \mathrm{rank}(y_i) \ge b\}|},
+        \qquad \hat y_i = \arg\max_c s_{ic}.
+
+    Returns the mean of :math:`\mathrm{FHR}_h` over ``head_fraction`` (default
+    ``(0.25, 0.5, 0.75)``: the official code's three splits, whose average the paper reports);
+    a single number gives that one rate. A split with no tail sample counts as 0.
+
+    Args:
+        scores: ``[N, C]`` logits or probabilities; target: ``[N]`` class ids
+            (``ignore_index`` items left out).
+        head_fraction: :math:`h \in (0, 1)`, or a non-empty sequence of them.
+        class_counts: optional ``[C]`` training counts that define the head-to-tail order.
+
+    Paper: Li, Zhang, "Long-tailed Classification from a Bayesian-decision-theory
+    Perspective", arXiv 2303.06075 (RF-DLC, arXiv 2501.14090); definition from the official
+    code (github.com/lblaoke/RF-DLC, ``model/metric.py``, ``FHR``).
+    """
+    fractions = [float(head_fraction)] if isinstance(head_fraction, (int, float)) else [
+        float(t) for t in head_fraction]
+    if not fractions or any(not 0 < t < 1 for t in fractions):
+        raise ValueError(f"head_fraction must be a number in (0, 1) or a non-empty sequence of "
+                         f"them, got {head_fraction!r}")
+    scores, target = _validate(scores, target, ignore_index, "scores")
+    c = scores.shape[1]
+    if class_counts is None:
+        rank = torch.arange(c)
+    else:
+        n = torch.as_tensor(class_counts, dtype=torch.float64).detach().cpu()
+        if n.ndim != 1 or n.shape[0] != c or not bool(torch.isfinite(n).all()):
+            raise ValueError(f"class_counts must hold {c} finite counts (one per class), got "
+                             f"shape {tuple(n.shape)}")
+        order = sorted(range(c), key=lambda k: (-float(n[k]), k))
+        rank = torch.empty(c, dtype=torch.long)
+        rank[torch.tensor(order)] = torch.arange(c)
+    rank = rank.to(scores.device)
+    true_rank = rank[target]
+    pred_rank = rank[scores.argmax(1)]
+    rates = []
+    for h in fractions:
+        border = int(c * h + 0.5)
+        tail = true_rank >= border
+        n_tail = int(tail.sum())
+        rates.append(float((tail & (pred_rank < border)).sum()) / n_tail if n_tail else 0.0)
+    return sum(rates) / len(rates)

@@ -21,7 +21,12 @@ Submodules (the long tail of the seed catalog): :mod:`~.polyloss` (Poly-N),
 :mod:`~.multilabel` (multi-label cluster discrimination, LDAM for multi-label targets),
 :mod:`~.hyperbolic` (Hyp-OC's hyperbolic pairwise confusion, kind ``paired``, and
 hyperbolic cross-entropy, kind ``embeddings``), :mod:`~.rationale` (rationale invariance of
-a linear classifier, kind ``linear``).
+a linear classifier, kind ``linear``), :mod:`~.reject` (the surrogate rejection loss of a
+rejector for a fixed predictor, kind ``regression``), :mod:`~.adversarial` (the PMA
+probability-margin attack objective and the smooth adversarial comp-sum losses),
+:mod:`~.legendre` (LegendreTron: the log loss through a learned monotone link),
+:mod:`~.longtail_risk` (the integrated-risk objective with a decision utility for long-tailed
+classification; its False Head Rate metric is :func:`losslab.metrics.false_head_rate`).
 
 The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
 :mod:`losslab.losses.robust`; the log-partition penalty ``logz_penalty`` in
@@ -51,13 +56,41 @@ from losslab._ops.logits import (
     prepare,
     target_log_prob,
 )
-from losslab.losses.classification import ebv, hyperbolic, multilabel, polyloss, rationale
+from losslab.losses.classification import (
+    adversarial,
+    ebv,
+    hyperbolic,
+    legendre,
+    longtail_risk,
+    multilabel,
+    polyloss,
+    rationale,
+    reject,
+)
+from losslab.losses.classification.adversarial import (
+    AdvCompSumLoss,
+    ProbabilityMarginLoss,
+    adv_comp_sum_loss,
+    probability_margin_loss,
+)
 from losslab.losses.classification.ebv import EBVLoss, ebv_loss
 from losslab.losses.classification.hyperbolic import (
     HypCELoss,
     HypPCLoss,
     hyp_ce_loss,
     hyp_pc_loss,
+)
+from losslab.losses.classification.legendre import (
+    ConvexPotential,
+    LegendreLink,
+    LegendreTronLoss,
+    legendretron_loss,
+)
+from losslab.losses.classification.longtail_risk import (
+    IntegratedRiskLoss,
+    integrated_risk_loss,
+    particle_diversity,
+    tail_sensitive_utility,
 )
 from losslab.losses.classification.multilabel import (
     LDAMMultilabelLoss,
@@ -70,27 +103,41 @@ from losslab.losses.classification.rationale import (
     RationaleInvarianceLoss,
     rationale_invariance_loss,
 )
+from losslab.losses.classification.reject import (
+    RejectionSurrogateLoss,
+    rejection_loss,
+    rejection_surrogate_loss,
+)
 from losslab.registry import register
 
 __all__ = [
+    "AdvCompSumLoss",
     "AnyLoss",
     "CompSumLoss",
+    "ConvexPotential",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
     "EBVLoss",
     "FocalLoss",
     "HypCELoss",
     "HypPCLoss",
+    "IntegratedRiskLoss",
     "LDAMLoss",
     "LDAMMultilabelLoss",
+    "LegendreLink",
+    "LegendreTronLoss",
     "LogitAdjustedLoss",
     "MLCDLoss",
     "Poly1Loss",
     "PolyNLoss",
+    "ProbabilityMarginLoss",
     "RationaleInvarianceLoss",
+    "RejectionSurrogateLoss",
     "StableMaxCELoss",
     "WestonWatkinsLoss",
     "ZLoss",
+    "adv_comp_sum_loss",
+    "adversarial",
     "anyloss",
     "comp_sum_loss",
     "crammer_singer_loss",
@@ -101,19 +148,29 @@ __all__ = [
     "hyp_ce_loss",
     "hyp_pc_loss",
     "hyperbolic",
+    "integrated_risk_loss",
     "ldam_loss",
     "ldam_multilabel_loss",
+    "legendre",
+    "legendretron_loss",
     "log_stablemax",
     "logit_adjusted_loss",
+    "longtail_risk",
     "mlcd_loss",
     "multilabel",
+    "particle_diversity",
     "poly1_loss",
     "poly_n_loss",
     "polyloss",
+    "probability_margin_loss",
     "rationale",
     "rationale_invariance_loss",
+    "reject",
+    "rejection_loss",
+    "rejection_surrogate_loss",
     "soft_confusion",
     "stablemax_ce_loss",
+    "tail_sensitive_utility",
     "weston_watkins_loss",
     "z_loss",
 ]

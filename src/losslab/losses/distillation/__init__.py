@@ -18,7 +18,9 @@ alignment and its triple loss), :mod:`~.divergences` (DKD, generalised JSD),
 :mod:`~.landmarks` (KD-Loss + assistive losses of two landmark teachers; a function),
 :mod:`~.boundary_kd` (BPKD's edge and body terms),
 :mod:`~.dataset` (dataset distillation: AST's trajectory matching, kind ``regression``, and
-class-mean feature matching, kind ``embeddings``).
+class-mean feature matching, kind ``embeddings``),
+:mod:`~.multi_teacher` (MTARD's clean + robust teacher objective with its entropy and loss
+balance; a function and a stateful module, not registered).
 The fused LM-head forms of KD and JSD are :mod:`losslab.kernels.linear_kd`.
 """
 
@@ -32,6 +34,7 @@ from losslab.losses.distillation import (
     dual_head,
     features,
     landmarks,
+    multi_teacher,
     regularizers,
     segmentation_kd,
     transport,
@@ -55,6 +58,7 @@ from losslab.losses.distillation.divergences import DKDLoss, JSDLoss, dkd_loss, 
 from losslab.losses.distillation.dual_head import DualHeadKD
 from losslab.losses.distillation.features import NDLoss, nd_loss
 from losslab.losses.distillation.landmarks import LandmarkKD, landmark_kd_loss
+from losslab.losses.distillation.multi_teacher import MTARDBalance, MTARDTerms, mtard_loss
 from losslab.losses.distillation.regularizers import WDRLoss, wdr_loss
 from losslab.losses.distillation.segmentation_kd import (
     MGDSemanticLoss,
@@ -74,6 +78,8 @@ __all__ = [
     "KDLoss",
     "LandmarkKD",
     "MGDSemanticLoss",
+    "MTARDBalance",
+    "MTARDTerms",
     "NDLoss",
     "SinkhornKDLoss",
     "TrajectoryMatchingLoss",
@@ -96,6 +102,8 @@ __all__ = [
     "landmarks",
     "mgd_content_loss",
     "mgd_semantic_loss",
+    "mtard_loss",
+    "multi_teacher",
     "nd_loss",
     "regularizers",
     "segmentation_kd",
