@@ -37,9 +37,15 @@ from losslab.losses.classification import (
 from losslab.losses.classification.ebv import (
     EBVLoss,
 )
+from losslab.losses.classification.forward_forward import (
+    FFGoodnessLoss,
+)
 from losslab.losses.classification.hyperbolic import (
     HypCELoss,
     HypPCLoss,
+)
+from losslab.losses.classification.levin import (
+    LTSLoss,
 )
 from losslab.losses.classification.multilabel import (
     LDAMMultilabelLoss,
@@ -47,6 +53,9 @@ from losslab.losses.classification.multilabel import (
 )
 from losslab.losses.classification.polyloss import (
     PolyNLoss,
+)
+from losslab.losses.classification.profit import (
+    ChurnRegretLoss,
 )
 from losslab.losses.classification.rationale import (
     RationaleInvarianceLoss,
@@ -160,6 +169,7 @@ from losslab.losses.preference import (
     SimPOLoss,
 )
 from losslab.losses.quantization import (
+    SAEReconstructionLoss,
     VQCommitmentLoss,
 )
 from losslab.losses.ranking.auc import (
@@ -284,6 +294,7 @@ __all__ = [
     "CSIBLoss",
     "CauchyLoss",
     "CharbonnierLoss",
+    "ChurnRegretLoss",
     "CircleLoss",
     "ClDiceLoss",
     "ClipLoss",
@@ -311,6 +322,7 @@ __all__ = [
     "EMOLoss",
     "EasyLLPLoss",
     "EntropyPriorLoss",
+    "FFGoodnessLoss",
     "FocalLoss",
     "FocalTverskyLoss",
     "GCELoss",
@@ -336,6 +348,7 @@ __all__ = [
     "LDAMLoss",
     "LDAMMultilabelLoss",
     "LDRKLLoss",
+    "LTSLoss",
     "LambdaLoss",
     "LiftedStructureLoss",
     "LinearCrossEntropyLoss",
@@ -388,6 +401,7 @@ __all__ = [
     "RankNetLoss",
     "RationaleInvarianceLoss",
     "RePRILoss",
+    "SAEReconstructionLoss",
     "SCELoss",
     "SampledSoftmaxLoss",
     "SigLipLoss",

@@ -36,9 +36,15 @@ from losslab.losses.classification import (
 from losslab.losses.classification.ebv import (
     ebv_loss,
 )
+from losslab.losses.classification.forward_forward import (
+    ff_goodness_loss,
+)
 from losslab.losses.classification.hyperbolic import (
     hyp_ce_loss,
     hyp_pc_loss,
+)
+from losslab.losses.classification.levin import (
+    lts_loss,
 )
 from losslab.losses.classification.multilabel import (
     ldam_multilabel_loss,
@@ -46,6 +52,9 @@ from losslab.losses.classification.multilabel import (
 )
 from losslab.losses.classification.polyloss import (
     poly_n_loss,
+)
+from losslab.losses.classification.profit import (
+    churn_regret_loss,
 )
 from losslab.losses.classification.rationale import (
     rationale_invariance_loss,
@@ -159,6 +168,7 @@ from losslab.losses.preference import (
     simpo_loss,
 )
 from losslab.losses.quantization import (
+    sae_reconstruction_loss,
     vq_commitment_loss,
 )
 from losslab.losses.ranking.auc import (
@@ -293,6 +303,7 @@ __all__ = [
     "cauchy_loss",
     "ccl_loss",
     "charbonnier_loss",
+    "churn_regret_loss",
     "circle_loss",
     "cl_dice_loss",
     "clip_loss",
@@ -321,6 +332,7 @@ __all__ = [
     "eisl_loss",
     "emo_loss",
     "entropy_prior_loss",
+    "ff_goodness_loss",
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
@@ -355,6 +367,7 @@ __all__ = [
     "logz_penalty_loss",
     "lovasz_hinge_loss",
     "lovasz_softmax_loss",
+    "lts_loss",
     "macro_auc_pairwise_loss",
     "macro_auc_univariate_loss",
     "madacos_loss",
@@ -397,6 +410,7 @@ __all__ = [
     "rationale_invariance_loss",
     "rce_loss",
     "repri_loss",
+    "sae_reconstruction_loss",
     "sampled_softmax_loss",
     "sce_loss",
     "siglip_loss",

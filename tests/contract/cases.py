@@ -146,6 +146,11 @@ def make_call(
             target = _survival_target(n, 3, g, dtype)
         elif spec.name == "ordinal":  # ordered categories in [0, K) for K - 1 = 3 thresholds
             target = torch.tensor([0, 1, 2, 3, 1, 2])
+        elif spec.name == "churn_regret":  # one logit per customer; (churned, CLV)
+            pred = _randn(n, g=g, dtype=dtype, scale=scale)
+            target = torch.stack([torch.tensor([1.0, 0, 1, 0, 1, 1], dtype=torch.float64),
+                                  torch.tensor([250.0, 80, 12, 400, 3, 900],
+                                               dtype=torch.float64)], 1).to(dtype)
         else:
             target = _randn(n, 3, g=g, dtype=dtype, scale=scale)
         call = Call((pred, target))

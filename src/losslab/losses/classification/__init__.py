@@ -21,7 +21,9 @@ Submodules (the long tail of the seed catalog): :mod:`~.polyloss` (Poly-N),
 :mod:`~.multilabel` (multi-label cluster discrimination, LDAM for multi-label targets),
 :mod:`~.hyperbolic` (Hyp-OC's hyperbolic pairwise confusion, kind ``paired``, and
 hyperbolic cross-entropy, kind ``embeddings``), :mod:`~.rationale` (rationale invariance of
-a linear classifier, kind ``linear``).
+a linear classifier, kind ``linear``), :mod:`~.profit` (the profit-driven churn regret,
+kind ``regression``), :mod:`~.levin` (the Levin Tree Search loss over solution paths, kind
+``tokens``), :mod:`~.forward_forward` (Scalable Forward-Forward's block-local goodness loss).
 
 The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
 :mod:`losslab.losses.robust`; the log-partition penalty ``logz_penalty`` in
@@ -51,14 +53,25 @@ from losslab._ops.logits import (
     prepare,
     target_log_prob,
 )
-from losslab.losses.classification import ebv, hyperbolic, multilabel, polyloss, rationale
+from losslab.losses.classification import (
+    ebv,
+    forward_forward,
+    hyperbolic,
+    levin,
+    multilabel,
+    polyloss,
+    profit,
+    rationale,
+)
 from losslab.losses.classification.ebv import EBVLoss, ebv_loss
+from losslab.losses.classification.forward_forward import FFGoodnessLoss, ff_goodness_loss
 from losslab.losses.classification.hyperbolic import (
     HypCELoss,
     HypPCLoss,
     hyp_ce_loss,
     hyp_pc_loss,
 )
+from losslab.losses.classification.levin import LTSLoss, lts_log_cost, lts_loss
 from losslab.losses.classification.multilabel import (
     LDAMMultilabelLoss,
     MLCDLoss,
@@ -66,6 +79,7 @@ from losslab.losses.classification.multilabel import (
     mlcd_loss,
 )
 from losslab.losses.classification.polyloss import PolyNLoss, poly_n_loss
+from losslab.losses.classification.profit import ChurnRegretLoss, churn_profit, churn_regret_loss
 from losslab.losses.classification.rationale import (
     RationaleInvarianceLoss,
     rationale_invariance_loss,
@@ -74,15 +88,18 @@ from losslab.registry import register
 
 __all__ = [
     "AnyLoss",
+    "ChurnRegretLoss",
     "CompSumLoss",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
     "EBVLoss",
+    "FFGoodnessLoss",
     "FocalLoss",
     "HypCELoss",
     "HypPCLoss",
     "LDAMLoss",
     "LDAMMultilabelLoss",
+    "LTSLoss",
     "LogitAdjustedLoss",
     "MLCDLoss",
     "Poly1Loss",
@@ -92,24 +109,32 @@ __all__ = [
     "WestonWatkinsLoss",
     "ZLoss",
     "anyloss",
+    "churn_profit",
+    "churn_regret_loss",
     "comp_sum_loss",
     "crammer_singer_loss",
     "cross_entropy_loss",
     "ebv",
     "ebv_loss",
+    "ff_goodness_loss",
     "focal_loss",
+    "forward_forward",
     "hyp_ce_loss",
     "hyp_pc_loss",
     "hyperbolic",
     "ldam_loss",
     "ldam_multilabel_loss",
+    "levin",
     "log_stablemax",
     "logit_adjusted_loss",
+    "lts_log_cost",
+    "lts_loss",
     "mlcd_loss",
     "multilabel",
     "poly1_loss",
     "poly_n_loss",
     "polyloss",
+    "profit",
     "rationale",
     "rationale_invariance_loss",
     "soft_confusion",
