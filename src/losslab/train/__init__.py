@@ -10,11 +10,14 @@ ensembles and data-selection scores over per-sample losses (wrappers, not regist
 * :mod:`losslab.train.mean_teacher` -- the robust mean teacher's source-prototype alignment;
 * :mod:`losslab.train.compress` -- nested dropout on the features and Co-teaching's small-loss
   exchange (compressing features against noisy labels);
+* :mod:`losslab.train.block_local` -- :class:`BlockLocal` (Scalable Forward-Forward's block-local
+  training, no gradient across blocks);
 * :mod:`losslab.train.sensitivity` -- clustering-based sensitivity sampling of a weighted subset.
 
 Each works in a plain loop and with the lab's ``fit`` (``step=`` / ``on_epoch_start=`` hooks).
 """
 
+from losslab.train.block_local import BlockLocal
 from losslab.train.compress import (
     NestedDropout,
     coteaching_forget_rate,
@@ -58,6 +61,7 @@ __all__ = [
     "MESA",
     "SAM",
     "AdaSAPPerturbation",
+    "BlockLocal",
     "EnsLoss",
     "MultiSampleDropout",
     "MultiSampleLoss",

@@ -31,6 +31,7 @@ __all__ = ["LTSLoss", "lts_log_cost", "lts_loss"]
 PAPER = "Levin Tree Search with Context Models"
 
 _check_lts = hparams(ignore_index=Int(), normalize=Flag())
+_check_ignore = hparams(ignore_index=Int())
 
 
 def lts_log_cost(logits: Tensor, target: Tensor, *, ignore_index: int = -100
@@ -41,7 +42,7 @@ def lts_log_cost(logits: Tensor, target: Tensor, *, ignore_index: int = -100
     ``[N, T]`` with actions in ``[0, V)`` or ``ignore_index``). A path without a step has
     depth 0 (its log-cost is returned as 0; the cost itself is 0).
     """
-    _check_lts(ignore_index=ignore_index, normalize=False)
+    _check_ignore(ignore_index=ignore_index)
     check_float("logits", logits)
     if logits.ndim != 3:
         raise ValueError(f"lts needs logits of shape [N, T, V] (paths, steps, actions), got "
