@@ -96,8 +96,9 @@ def lts_loss(logits: Tensor, target: Tensor, *, normalize: bool = True,
     returns the bound itself (:func:`lts_log_cost` gives its logarithm at any scale).
 
     The paper's proven properties (tested): the number of non-root expansions of a best-first
-    search in the order of :math:`d/\pi` before it reaches the goal is at most the loss;
-    the loss is convex in the parameters :math:`\beta` of a product-of-context-models policy.
+    search in the order of :math:`d/\pi` before it reaches the goal is at most the bound
+    (``normalize=False``); the bound is convex in the parameters :math:`\beta` of a
+    product-of-context-models policy.
 
     Args:
         logits: ``[N, T, V]`` float, the policy's scores over ``V`` actions at each step.
