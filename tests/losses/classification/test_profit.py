@@ -52,6 +52,25 @@ def test_oracle_loop() -> None:
             torch.tensor(ref, dtype=D).mean())
 
 
+def test_empulse_peer_expected_cost_plus_the_hindsight_profit() -> None:
+    """empulse's instance-dependent churn cost (B2Boost's) is -p v with the same profit model;
+    the regret adds max(v, 0), which does not depend on the prediction."""
+    empulse_metrics = pytest.importorskip("empulse.metrics")
+    np = pytest.importorskip("numpy")
+    s, t = customers(30, seed=5)
+    p = torch.sigmoid(s)
+    y, clv = t[:, 0], t[:, 1] + 15.0  # empulse: the incentive is a fraction (< 1) of the CLV
+    for delta, f, gamma in ((10.0, 1.0, 0.3), (4.0, 0.5, 0.6)):
+        cost = empulse_metrics.expected_cost_loss_churn(
+            y.numpy().astype(int), p.numpy(), accept_rate=gamma, clv=clv.numpy(),
+            incentive_fraction=(delta / clv).numpy(), contact_cost=f)
+        v = churn_profit(y, clv, incentive=delta, contact_cost=f, acceptance=gamma)
+        ours = churn_regret_loss(s, torch.stack([y, clv], 1), incentive=delta, contact_cost=f,
+                                 acceptance=gamma)
+        assert float(ours) == pytest.approx(float(np.asarray(cost)) + float(v.clamp_min(0).mean()),
+                                            rel=1e-10)
+
+
 def test_regret_is_nonnegative_and_zero_at_the_hindsight_decision() -> None:
     _, t = customers(50, seed=3)
     v = churn_profit(t[:, 0], t[:, 1])
