@@ -41,12 +41,18 @@ from losslab.losses.classification.adversarial import (
 from losslab.losses.classification.ebv import (
     EBVLoss,
 )
+from losslab.losses.classification.forward_forward import (
+    FFGoodnessLoss,
+)
 from losslab.losses.classification.hyperbolic import (
     HypCELoss,
     HypPCLoss,
 )
 from losslab.losses.classification.legendre import (
     LegendreTronLoss,
+)
+from losslab.losses.classification.levin import (
+    LTSLoss,
 )
 from losslab.losses.classification.longtail_risk import (
     IntegratedRiskLoss,
@@ -57,6 +63,9 @@ from losslab.losses.classification.multilabel import (
 )
 from losslab.losses.classification.polyloss import (
     PolyNLoss,
+)
+from losslab.losses.classification.profit import (
+    ChurnRegretLoss,
 )
 from losslab.losses.classification.rationale import (
     RationaleInvarianceLoss,
@@ -195,6 +204,7 @@ from losslab.losses.preference import (
     SimPOLoss,
 )
 from losslab.losses.quantization import (
+    SAEReconstructionLoss,
     VQCommitmentLoss,
 )
 from losslab.losses.ranking.auc import (
@@ -338,6 +348,7 @@ __all__ = [
     "CSIBLoss",
     "CauchyLoss",
     "CharbonnierLoss",
+    "ChurnRegretLoss",
     "CircleLoss",
     "ClDiceLoss",
     "ClipLoss",
@@ -366,6 +377,7 @@ __all__ = [
     "EasyLLPLoss",
     "EnergyConfusionLoss",
     "EntropyPriorLoss",
+    "FFGoodnessLoss",
     "FeatureMeanMatchingLoss",
     "FocalLoss",
     "FocalTverskyLoss",
@@ -394,6 +406,7 @@ __all__ = [
     "LDAMLoss",
     "LDAMMultilabelLoss",
     "LDRKLLoss",
+    "LTSLoss",
     "LambdaLoss",
     "LegendreTronLoss",
     "LiftedStructureLoss",
@@ -451,6 +464,7 @@ __all__ = [
     "RejectionSurrogateLoss",
     "RoMaCoarseLoss",
     "RoMaRegressionLoss",
+    "SAEReconstructionLoss",
     "SCELoss",
     "SampledSoftmaxLoss",
     "ScoreFLLoss",

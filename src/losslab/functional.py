@@ -40,12 +40,18 @@ from losslab.losses.classification.adversarial import (
 from losslab.losses.classification.ebv import (
     ebv_loss,
 )
+from losslab.losses.classification.forward_forward import (
+    ff_goodness_loss,
+)
 from losslab.losses.classification.hyperbolic import (
     hyp_ce_loss,
     hyp_pc_loss,
 )
 from losslab.losses.classification.legendre import (
     legendretron_loss,
+)
+from losslab.losses.classification.levin import (
+    lts_loss,
 )
 from losslab.losses.classification.longtail_risk import (
     integrated_risk_loss,
@@ -56,6 +62,9 @@ from losslab.losses.classification.multilabel import (
 )
 from losslab.losses.classification.polyloss import (
     poly_n_loss,
+)
+from losslab.losses.classification.profit import (
+    churn_regret_loss,
 )
 from losslab.losses.classification.rationale import (
     rationale_invariance_loss,
@@ -194,6 +203,7 @@ from losslab.losses.preference import (
     simpo_loss,
 )
 from losslab.losses.quantization import (
+    sae_reconstruction_loss,
     vq_commitment_loss,
 )
 from losslab.losses.ranking.auc import (
@@ -346,6 +356,7 @@ __all__ = [
     "cauchy_loss",
     "ccl_loss",
     "charbonnier_loss",
+    "churn_regret_loss",
     "cip_loss",
     "circle_loss",
     "cl_dice_loss",
@@ -377,6 +388,7 @@ __all__ = [
     "energy_confusion_loss",
     "entropy_prior_loss",
     "feature_mean_matching_loss",
+    "ff_goodness_loss",
     "focal_loss",
     "focal_tversky_loss",
     "gce_loss",
@@ -414,6 +426,7 @@ __all__ = [
     "logz_penalty_loss",
     "lovasz_hinge_loss",
     "lovasz_softmax_loss",
+    "lts_loss",
     "macro_auc_pairwise_loss",
     "macro_auc_univariate_loss",
     "madacos_loss",
@@ -460,6 +473,7 @@ __all__ = [
     "repri_loss",
     "roma_coarse_loss",
     "roma_regression_loss",
+    "sae_reconstruction_loss",
     "sampled_softmax_loss",
     "sce_loss",
     "score_fl_loss",

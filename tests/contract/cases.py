@@ -155,6 +155,11 @@ def make_call(
         elif spec.name == "rejection_surrogate":  # +1/-1 labels; a bounded rejector's scores
             target = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0, 1.0]).to(dtype)[:, None].repeat(1, 3)
             pred = pred * 0.1
+        elif spec.name == "churn_regret":  # one logit per customer; (churned, CLV)
+            pred = _randn(n, g=g, dtype=dtype, scale=scale)
+            target = torch.stack([torch.tensor([1.0, 0, 1, 0, 1, 1], dtype=torch.float64),
+                                  torch.tensor([250.0, 80, 12, 400, 3, 900],
+                                               dtype=torch.float64)], 1).to(dtype)
         else:
             target = _randn(n, 3, g=g, dtype=dtype, scale=scale)
         call = Call((pred, target))

@@ -10,20 +10,29 @@ the codebook moves only under the commitment loss, so the two drift apart (the p
 \eta b` lets one shared scale and shift move every code at once, and the synchronized estimator
 :math:`\hat z = z + \mathrm{sg}(z_q - z) + \nu z_q - \mathrm{sg}(\nu z_q)` (value :math:`z_q`)
 gives the selected codes :math:`\nu` times the gradient the encoder gets.
+
+Sparse autoencoders (the compression of activations into a sparse code): the reconstruction
+objective (``sae_reconstruction``, kind ``regression``; Gao et al., arXiv 2406.04093), TopK-SAE's
+aux-k loss for dead latents and the aux-Zipf loss of Ayonrinde (arXiv 2411.02124) for dead and
+under-utilised latents (:func:`sae_aux_loss`, with :class:`LatentUsage` for the firing
+statistics).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from losslab._core import LossModule, Reduction, reduce
+from losslab._core import LossModule, Reduction, check_float, reduce
 from losslab._hparams import Real, hparams
 from losslab._ops.paired import prepare_paired
 from losslab.registry import register
 
-__all__ = ["VQCommitmentLoss", "VectorQuantizer", "synchronized_straight_through",
-           "vq_commitment_loss"]
+__all__ = ["LatentUsage", "SAEReconstructionLoss", "VQCommitmentLoss", "VectorQuantizer",
+           "aux_latents", "aux_zipf_weights", "sae_aux_loss", "sae_reconstruction_loss",
+           "synchronized_straight_through", "vq_commitment_loss"]
 
 STRAIGHT = ("Straightening Out the Straight-Through Estimator: Overcoming Optimization Challenges "
             "in Vector Quantized Networks")
@@ -148,3 +157,215 @@ class VectorQuantizer(nn.Module):
         loss = vq_commitment_loss(flat, z_q, beta=self.beta)
         z_hat = synchronized_straight_through(flat, z_q, self.sync_nu)
         return z_hat.reshape(z.shape), loss, codes.reshape(z.shape[:-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Sparse autoencoders: the reconstruction objective, TopK-SAE's aux-k and the aux-Zipf loss
+# --------------------------------------------------------------------------------------------
+
+SAE_SCALING = "Scaling and evaluating sparse autoencoders"
+SAE_ADAPTIVE = ("Adaptive Sparse Allocation with Mutual Choice & Feature Choice Sparse "
+                "Autoencoders")
+
+_check_sae = hparams(scale=Real(gt=0, optional=True))
+
+
+def sae_reconstruction_loss(pred: Tensor, target: Tensor, *, scale: float | None = None,
+                            reduction: Reduction = "mean") -> Tensor:
+    r"""The sparse-autoencoder reconstruction objective: normalised squared error, per sample.
+
+    .. math::
+        \ell_i = s \cdot \tfrac1d \lVert \hat x_i - x_i \rVert^2, \qquad
+        s = \Big(\tfrac{1}{N d} \sum_{j} \lVert x_j - \bar x \rVert^2\Big)^{-1}
+
+    so that the ``"mean"`` is the normalised MSE of Gao et al. (the MSE over the MSE of
+    predicting the batch mean; 1 for a constant reconstruction at the mean). With ``scale``
+    given, :math:`s` is that constant instead (the official TopK-SAE code's ``mse_scale``, one
+    over the variance of a sample of the activations, fixed for the run). A batch whose rows are
+    all equal has no variance: there :math:`s = 1` (the plain MSE). This is the objective that
+    TopK-SAE's aux-k loss and the aux-Zipf loss extend (:func:`sae_aux_loss`).
+
+    Args:
+        pred: ``[N, d]`` reconstructions :math:`\hat x` (any ``[N, ...]``: flattened per row).
+        target: ``[N, d]`` the activations :math:`x` being encoded.
+        scale: the fixed normaliser :math:`s > 0`, or None (default) for the batch's.
+        reduction: ``"mean"`` over samples (the normalised MSE), ``"sum"``, ``"none"``
+            (``[N]``).
+
+    Paper: Gao et al., "Scaling and evaluating sparse autoencoders", arXiv 2406.04093 (code
+    ``openai/sparse_autoencoder``); extended by Ayonrinde, arXiv 2411.02124.
+    """
+    _check_sae(scale=scale)
+    check_float("pred", pred)
+    check_float("target", target)
+    if pred.ndim == 0 or pred.shape != target.shape:
+        raise ValueError(f"pred and target must have one shape [N, d], got {tuple(pred.shape)} "
+                         f"and {tuple(target.shape)}")
+    dtype = pred.dtype if pred.dtype not in (torch.float16, torch.bfloat16) else torch.float32
+    width = math.prod(pred.shape[1:])
+    x_hat = pred.to(dtype).reshape(pred.shape[0], width)
+    x = target.to(dtype).reshape(target.shape[0], width)
+    err = (x_hat - x).pow(2).mean(1)
+    if scale is not None:
+        return reduce(err * scale, reduction)
+    var = (x - x.mean(0, keepdim=True)).pow(2).mean().detach()
+    s = torch.where(var > 0, 1.0 / torch.where(var > 0, var, torch.ones_like(var)),
+                    torch.ones_like(var))
+    return reduce(err * s, reduction)
+
+
+@register(
+    "sae_reconstruction",
+    family="quantization-compression",
+    kind="regression",
+    paper=SAE_SCALING,
+    arxiv="2406.04093",
+    summary="||x_hat - x||^2 / d over the batch variance of x (normalised MSE), or times a "
+            "fixed scale",
+)
+class SAEReconstructionLoss(LossModule, function=sae_reconstruction_loss, check=_check_sae):
+    """Module form of :func:`sae_reconstruction_loss`."""
+
+
+def aux_latents(pre_acts: Tensor, candidates: Tensor, k: int) -> Tensor:
+    r"""The auxiliary latents of TopK-SAE: per row, the ``k`` largest pre-activations among the
+    ``candidates`` (``[F]`` bool, e.g. the dead latents), through a ReLU; zeros elsewhere
+    (``[N, F]``). Fewer than ``k`` candidates: all of them."""
+    if not isinstance(pre_acts, Tensor) or pre_acts.ndim != 2 or not pre_acts.is_floating_point():
+        raise ValueError(f"pre_acts must be a float tensor [N, F], got "
+                         f"{getattr(pre_acts, 'shape', type(pre_acts))}")
+    f = pre_acts.shape[1]
+    if not isinstance(candidates, Tensor) or candidates.dtype != torch.bool or \
+            candidates.shape != (f,):
+        raise ValueError(f"candidates must be a bool tensor of shape ({f},)")
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    width = min(k, int(candidates.sum()))
+    out = torch.zeros_like(pre_acts)
+    if width == 0:
+        return out
+    masked = torch.where(candidates, pre_acts, torch.full_like(pre_acts, -torch.inf))
+    vals, idx = masked.topk(width, dim=1)
+    return out.scatter(1, idx, torch.relu(vals))
+
+
+def aux_zipf_weights(frequency: Tensor, *, exponent: float = 1.0) -> Tensor:
+    r"""Under-utilisation weights ``[F]`` in ``[0, 1]`` for the aux-Zipf loss (an assumption,
+    see :func:`sae_aux_loss`): with the latents ranked by their firing frequency
+    :math:`f_j` (rank 1 the most frequent), the Zipf expectation at rank :math:`r` is
+    :math:`\hat f_r = \big(\sum_j f_j\big)\, r^{-s} / \sum_{q=1}^{F} q^{-s}`, and
+    :math:`w_j = \operatorname{clamp}(1 - f_j / \hat f_{r(j)}, 0, 1)`. A dead latent
+    (:math:`f_j = 0`) has weight 1; a latent firing at least as often as Zipf's law expects
+    has weight 0. All frequencies 0: every weight is 1."""
+    if not isinstance(frequency, Tensor) or frequency.ndim != 1 or \
+            not frequency.is_floating_point():
+        raise ValueError("frequency must be a 1-d float tensor of per-latent firing rates")
+    if bool((frequency < 0).any()) or not bool(torch.isfinite(frequency).all()):
+        raise ValueError("frequency must be finite and >= 0")
+    if not (isinstance(exponent, (int, float)) and exponent > 0):
+        raise ValueError(f"exponent must be a number > 0, got {exponent!r}")
+    f = frequency.detach().to(torch.float64)
+    n = f.shape[0]
+    order = torch.argsort(-f, stable=True)
+    rank = torch.empty(n, dtype=torch.float64)
+    rank[order] = torch.arange(1, n + 1, dtype=torch.float64)
+    zipf = rank.pow(-exponent) / torch.arange(1, n + 1, dtype=torch.float64).pow(-exponent).sum()
+    expected = f.sum() * zipf
+    if float(f.sum()) == 0:
+        return torch.ones(n, dtype=frequency.dtype)
+    return (1 - f / expected).clamp(0, 1).to(frequency.dtype)
+
+
+def sae_aux_loss(pre_acts: Tensor, decoder: Tensor, residual: Tensor, *,
+                 dead: Tensor | None = None, frequency: Tensor | None = None, k_aux: int = 512,
+                 exponent: float = 1.0) -> Tensor:
+    r"""TopK-SAE's aux-k loss (``dead=``) or the aux-Zipf loss (``frequency=``).
+
+    **aux-k** (Gao et al., arXiv 2406.04093, as the official ``openai/sparse_autoencoder``
+    code): the residual :math:`e = x - \hat x` of the main reconstruction (a constant) is
+    reconstructed from the ``k_aux`` largest pre-activations of the *dead* latents,
+    :math:`\hat e = W_{dec}^\top \operatorname{TopK}_{aux}(z_{dead})`, and the loss is the
+    normalised MSE :math:`\lVert \hat e - e\rVert^2 / \lVert e - \bar e\rVert^2` (0 when no
+    latent is dead or the residual has no variance, the code's ``nan_to_num(0)``). Add it to
+    :func:`sae_reconstruction_loss` with the paper's weight :math:`\alpha = 1/32`; ``k_aux``
+    512 is the paper's (the code's config uses 256); a latent is dead after 10M tokens without
+    firing (:class:`LatentUsage`).
+
+    **aux-Zipf** (Ayonrinde, arXiv 2411.02124): "generalises aux_k_loss to mitigate dead and
+    underutilised features". Formula from the abstract, not verified against the paper: here
+    the candidates are the latents with a positive under-utilisation weight
+    :math:`w_j` (:func:`aux_zipf_weights`, firing less often than Zipf's law expects at their
+    rank), and each selected latent's activation is scaled by :math:`w_j`. When only dead
+    latents are under-utilised (:math:`w \in \{0, 1\}`) it equals aux-k (tested).
+
+    Args:
+        pre_acts: ``[N, F]`` the encoder's pre-activations (before TopK).
+        decoder: ``[F, d]`` the decoder's rows (latent directions).
+        residual: ``[N, d]`` :math:`x - \hat x` (detached here).
+        dead: ``[F]`` bool, the dead latents (aux-k). Exactly one of ``dead`` / ``frequency``.
+        frequency: ``[F]`` float, each latent's firing rate (aux-Zipf).
+        k_aux: the number of auxiliary latents per row (default 512).
+        exponent: Zipf's exponent :math:`s` (aux-Zipf; default 1).
+
+    Returns:
+        A scalar, connected to ``pre_acts`` and ``decoder`` (zero gradient when it is 0).
+    """
+    if (dead is None) == (frequency is None):
+        raise ValueError("pass exactly one of dead= (aux-k) and frequency= (aux-Zipf)")
+    check_float("decoder", decoder)
+    check_float("residual", residual)
+    if decoder.ndim != 2 or decoder.shape[0] != pre_acts.shape[-1]:
+        raise ValueError(f"decoder must have shape [F, d] with F = {pre_acts.shape[-1]}, got "
+                         f"{tuple(decoder.shape)}")
+    if residual.shape != (pre_acts.shape[0], decoder.shape[1]):
+        raise ValueError(f"residual must have shape [{pre_acts.shape[0]}, {decoder.shape[1]}], "
+                         f"got {tuple(residual.shape)}")
+    if dead is not None:
+        latents = aux_latents(pre_acts, dead, k_aux)
+    else:
+        assert frequency is not None
+        w = aux_zipf_weights(frequency, exponent=exponent).to(pre_acts.dtype)
+        latents = aux_latents(pre_acts, w > 0, k_aux) * w
+    e = residual.detach().to(pre_acts.dtype)
+    e_hat = latents @ decoder.to(pre_acts.dtype)
+    num = (e_hat - e).pow(2).mean()
+    den = (e - e.mean(0, keepdim=True)).pow(2).mean()
+    if not bool(latents.ne(0).any()) or float(den) <= 0:
+        return (pre_acts * 0).sum() + (decoder * 0).sum()
+    return num / den
+
+
+class LatentUsage(nn.Module):
+    """Firing statistics of an SAE's ``F`` latents, kept in buffers (saved by ``state_dict``):
+    ``tokens_since_fired`` (the official code's ``stats_last_nonzero``, counted in tokens) and
+    ``frequency``, an exponential moving average of each latent's firing rate. ``update(latents
+    [N, F])`` after each step; a latent fires on a token when its activation exceeds
+    ``threshold`` (1e-3, the code's). ``dead`` are the latents silent for more than
+    ``dead_after`` tokens (10M, the paper's)."""
+
+    tokens_since_fired: Tensor
+    frequency: Tensor
+
+    def __init__(self, num_latents: int, *, dead_after: int = 10_000_000,
+                 momentum: float = 0.99, threshold: float = 1e-3) -> None:
+        super().__init__()
+        if num_latents < 1 or dead_after < 0 or not 0 <= momentum < 1:
+            raise ValueError("num_latents >= 1, dead_after >= 0 and momentum in [0, 1) required")
+        self.dead_after, self.momentum, self.threshold = dead_after, momentum, threshold
+        self.register_buffer("tokens_since_fired", torch.zeros(num_latents, dtype=torch.long))
+        self.register_buffer("frequency", torch.zeros(num_latents))
+
+    @torch.no_grad()
+    def update(self, latents: Tensor) -> None:
+        if latents.ndim != 2 or latents.shape[1] != self.frequency.shape[0]:
+            raise ValueError(f"latents must be [N, {self.frequency.shape[0]}], got "
+                             f"{tuple(latents.shape)}")
+        fired = latents > self.threshold
+        self.tokens_since_fired.add_(latents.shape[0])
+        self.tokens_since_fired.masked_fill_(fired.any(0), 0)
+        rate = fired.float().mean(0).to(self.frequency.dtype)
+        self.frequency.mul_(self.momentum).add_((1 - self.momentum) * rate)
+
+    @property
+    def dead(self) -> Tensor:
+        return self.tokens_since_fired > self.dead_after

@@ -7,11 +7,25 @@ ensembles and data-selection scores over per-sample losses (wrappers, not regist
 * :mod:`losslab.train.dropout` -- :class:`MultiSampleDropout` / :class:`MultiSampleLoss`;
 * :mod:`losslab.train.ensloss` -- :class:`EnsLoss` (random calibrated loss-derivatives);
 * :mod:`losslab.train.selection` -- CoLoR-Filter, SeTa and USEFUL selections;
-* :mod:`losslab.train.mean_teacher` -- the robust mean teacher's source-prototype alignment.
+* :mod:`losslab.train.mean_teacher` -- the robust mean teacher's source-prototype alignment;
+* :mod:`losslab.train.compress` -- nested dropout on the features and Co-teaching's small-loss
+  exchange (compressing features against noisy labels);
+* :mod:`losslab.train.block_local` -- :class:`BlockLocal` (Scalable Forward-Forward's block-local
+  training, no gradient across blocks);
+* :mod:`losslab.train.sensitivity` -- clustering-based sensitivity sampling of a weighted subset.
 
 Each works in a plain loop and with the lab's ``fit`` (``step=`` / ``on_epoch_start=`` hooks).
 """
 
+from losslab.train.block_local import BlockLocal
+from losslab.train.compress import (
+    NestedDropout,
+    coteaching_forget_rate,
+    coteaching_loss,
+    coteaching_select,
+    nested_dropout,
+    nested_dropout_probs,
+)
 from losslab.train.dropout import MultiSampleDropout, MultiSampleLoss, multi_sample_dropout_loss
 from losslab.train.ensloss import EnsLoss, ensloss_loss, sample_calibrated_derivatives
 from losslab.train.mean_teacher import (
@@ -37,30 +51,45 @@ from losslab.train.selection import (
     slow_learnable,
     useful_upsample,
 )
+from losslab.train.sensitivity import (
+    cluster_representatives,
+    sensitivity_probabilities,
+    sensitivity_sample,
+)
 
 __all__ = [
     "MESA",
     "SAM",
     "AdaSAPPerturbation",
+    "BlockLocal",
     "EnsLoss",
     "MultiSampleDropout",
     "MultiSampleLoss",
+    "NestedDropout",
     "OrthoGrad",
     "PerturbationRule",
     "SAFLoss",
     "asam_perturbation",
     "class_prototypes",
+    "cluster_representatives",
     "color_filter_scores",
     "color_filter_select",
+    "coteaching_forget_rate",
+    "coteaching_loss",
+    "coteaching_select",
     "ensloss_loss",
     "frozen_bn_stats",
     "kmeans",
     "multi_sample_dropout_loss",
     "nearest_prototype",
+    "nested_dropout",
+    "nested_dropout_probs",
     "orthogonal_gradient",
     "prototype_alignment_loss",
     "sam_perturbation",
     "sample_calibrated_derivatives",
+    "sensitivity_probabilities",
+    "sensitivity_sample",
     "seta_select",
     "slow_learnable",
     "trajectory_kl",

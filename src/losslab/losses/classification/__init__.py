@@ -26,7 +26,10 @@ rejector for a fixed predictor, kind ``regression``), :mod:`~.adversarial` (the 
 probability-margin attack objective and the smooth adversarial comp-sum losses),
 :mod:`~.legendre` (LegendreTron: the log loss through a learned monotone link),
 :mod:`~.longtail_risk` (the integrated-risk objective with a decision utility for long-tailed
-classification; its False Head Rate metric is :func:`losslab.metrics.false_head_rate`).
+classification; its False Head Rate metric is :func:`losslab.metrics.false_head_rate`),
+:mod:`~.profit` (the profit-driven churn regret, kind ``regression``), :mod:`~.levin` (the
+Levin Tree Search loss over solution paths, kind ``tokens``), :mod:`~.forward_forward`
+(Scalable Forward-Forward's block-local goodness loss).
 
 The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
 :mod:`losslab.losses.robust`; the log-partition penalty ``logz_penalty`` in
@@ -59,11 +62,14 @@ from losslab._ops.logits import (
 from losslab.losses.classification import (
     adversarial,
     ebv,
+    forward_forward,
     hyperbolic,
     legendre,
+    levin,
     longtail_risk,
     multilabel,
     polyloss,
+    profit,
     rationale,
     reject,
 )
@@ -74,6 +80,7 @@ from losslab.losses.classification.adversarial import (
     probability_margin_loss,
 )
 from losslab.losses.classification.ebv import EBVLoss, ebv_loss
+from losslab.losses.classification.forward_forward import FFGoodnessLoss, ff_goodness_loss
 from losslab.losses.classification.hyperbolic import (
     HypCELoss,
     HypPCLoss,
@@ -86,6 +93,7 @@ from losslab.losses.classification.legendre import (
     LegendreTronLoss,
     legendretron_loss,
 )
+from losslab.losses.classification.levin import LTSLoss, lts_log_cost, lts_loss
 from losslab.losses.classification.longtail_risk import (
     IntegratedRiskLoss,
     integrated_risk_loss,
@@ -99,6 +107,7 @@ from losslab.losses.classification.multilabel import (
     mlcd_loss,
 )
 from losslab.losses.classification.polyloss import PolyNLoss, poly_n_loss
+from losslab.losses.classification.profit import ChurnRegretLoss, churn_profit, churn_regret_loss
 from losslab.losses.classification.rationale import (
     RationaleInvarianceLoss,
     rationale_invariance_loss,
@@ -113,17 +122,20 @@ from losslab.registry import register
 __all__ = [
     "AdvCompSumLoss",
     "AnyLoss",
+    "ChurnRegretLoss",
     "CompSumLoss",
     "ConvexPotential",
     "CrammerSingerLoss",
     "CrossEntropyLoss",
     "EBVLoss",
+    "FFGoodnessLoss",
     "FocalLoss",
     "HypCELoss",
     "HypPCLoss",
     "IntegratedRiskLoss",
     "LDAMLoss",
     "LDAMMultilabelLoss",
+    "LTSLoss",
     "LegendreLink",
     "LegendreTronLoss",
     "LogitAdjustedLoss",
@@ -139,12 +151,16 @@ __all__ = [
     "adv_comp_sum_loss",
     "adversarial",
     "anyloss",
+    "churn_profit",
+    "churn_regret_loss",
     "comp_sum_loss",
     "crammer_singer_loss",
     "cross_entropy_loss",
     "ebv",
     "ebv_loss",
+    "ff_goodness_loss",
     "focal_loss",
+    "forward_forward",
     "hyp_ce_loss",
     "hyp_pc_loss",
     "hyperbolic",
@@ -153,9 +169,12 @@ __all__ = [
     "ldam_multilabel_loss",
     "legendre",
     "legendretron_loss",
+    "levin",
     "log_stablemax",
     "logit_adjusted_loss",
     "longtail_risk",
+    "lts_log_cost",
+    "lts_loss",
     "mlcd_loss",
     "multilabel",
     "particle_diversity",
@@ -163,6 +182,7 @@ __all__ = [
     "poly_n_loss",
     "polyloss",
     "probability_margin_loss",
+    "profit",
     "rationale",
     "rationale_invariance_loss",
     "reject",
