@@ -113,6 +113,7 @@ from losslab.losses.distillation.transport import (
 )
 from losslab.losses.fewshot import (
     ICNNLoss,
+    LaplacianKMeansLoss,
     ProtoNetLoss,
     ProtoTripletLoss,
 )
@@ -337,6 +338,7 @@ __all__ = [
     "LDAMMultilabelLoss",
     "LDRKLLoss",
     "LambdaLoss",
+    "LaplacianKMeansLoss",
     "LiftedStructureLoss",
     "LinearCrossEntropyLoss",
     "ListMLELoss",

@@ -112,6 +112,7 @@ from losslab.losses.distillation.transport import (
 )
 from losslab.losses.fewshot import (
     icnn_loss,
+    laplacian_kmeans_loss,
     proto_triplet_loss,
     protonet_loss,
 )
@@ -344,6 +345,7 @@ __all__ = [
     "kd_loss",
     "kto_loss",
     "lambda_loss",
+    "laplacian_kmeans_loss",
     "ldam_loss",
     "ldam_multilabel_loss",
     "ldr_kl_loss",
