@@ -117,6 +117,9 @@ from losslab.losses.fewshot import (
     ProtoNetLoss,
     ProtoTripletLoss,
 )
+from losslab.losses.metric_learning.clusternet import (
+    ClusterNetLoss,
+)
 from losslab.losses.metric_learning.hashing import (
     OrthoHashLoss,
 )
@@ -288,6 +291,7 @@ __all__ = [
     "CircleLoss",
     "ClDiceLoss",
     "ClipLoss",
+    "ClusterNetLoss",
     "CoCaLoss",
     "CombinedLoss",
     "CompSumLoss",

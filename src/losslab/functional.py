@@ -116,6 +116,9 @@ from losslab.losses.fewshot import (
     proto_triplet_loss,
     protonet_loss,
 )
+from losslab.losses.metric_learning.clusternet import (
+    clusternet_loss,
+)
 from losslab.losses.metric_learning.hashing import (
     orthohash_loss,
 )
@@ -297,6 +300,7 @@ __all__ = [
     "circle_loss",
     "cl_dice_loss",
     "clip_loss",
+    "clusternet_loss",
     "coca_loss",
     "comp_sum_loss",
     "conr_loss",

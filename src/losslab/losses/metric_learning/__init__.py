@@ -27,7 +27,8 @@ Modules, by loss group: :mod:`~.pairs` (contrastive, lifted structure, N-pairs),
 SupCon), :mod:`~.proxy` (Proxy-NCA, Proxy-Anchor, normalized softmax, ArcFace, CosFace,
 MadaCos), :mod:`~.metrix` (Metrix mixup), :mod:`~.tcm` (the TCM regulariser),
 :mod:`~.hashing` (OrthoHash deep hashing against fixed binary class codes), :mod:`~.unpg`
-(UNPG: ArcFace/CosFace with the batch's negative sample pairs as extra negatives).
+(UNPG: ArcFace/CosFace with the batch's negative sample pairs as extra negatives),
+:mod:`~.clusternet` (ClusterNet's semi-supervised clustering loss with learnt centres).
 
 Fast paths. Several losses have two implementations of one definition: the autograd
 *reference*, taken when ``indices=`` lists the pairs or triplets, and a fused path taken
@@ -51,6 +52,7 @@ from typing import Any, Literal
 
 from losslab.distances import METRICS
 from losslab.losses.metric_learning import (
+    clusternet,
     hashing,
     metrix,
     pairs,
@@ -63,8 +65,8 @@ from losslab.losses.metric_learning import (
 from losslab.losses.metric_learning._common import SIMILARITIES
 from losslab.losses.metric_learning.metrix import MetrixLoss
 
-__all__ = ["FAST_PATHS", "FastPath", "hashing", "metrix", "pairs", "proxy", "tcm", "triplet",
-           "unpg", "weighted"]
+__all__ = ["FAST_PATHS", "FastPath", "clusternet", "hashing", "metrix", "pairs", "proxy", "tcm",
+           "triplet", "unpg", "weighted"]
 
 
 @dataclass(frozen=True)
