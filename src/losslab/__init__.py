@@ -34,6 +34,9 @@ from losslab.losses.classification import (
     WestonWatkinsLoss,
     ZLoss,
 )
+from losslab.losses.classification.concept_bottleneck import (
+    SparseCBMLoss,
+)
 from losslab.losses.classification.ebv import (
     EBVLoss,
 )
@@ -403,6 +406,7 @@ __all__ = [
     "SkeletonRecallLoss",
     "SoftTopKLoss",
     "SoftmaxAtKLoss",
+    "SparseCBMLoss",
     "StableMaxCELoss",
     "StructCompLoss",
     "SupConLoss",

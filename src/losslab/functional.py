@@ -33,6 +33,9 @@ from losslab.losses.classification import (
     weston_watkins_loss,
     z_loss,
 )
+from losslab.losses.classification.concept_bottleneck import (
+    sparse_cbm_loss,
+)
 from losslab.losses.classification.ebv import (
     ebv_loss,
 )
@@ -412,6 +415,7 @@ __all__ = [
     "skeleton_recall_loss",
     "soft_topk_loss",
     "softmax_at_k_loss",
+    "sparse_cbm_loss",
     "stablemax_ce_loss",
     "structcomp_loss",
     "supcon_loss",

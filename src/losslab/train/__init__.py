@@ -7,7 +7,8 @@ ensembles and data-selection scores over per-sample losses (wrappers, not regist
 * :mod:`losslab.train.dropout` -- :class:`MultiSampleDropout` / :class:`MultiSampleLoss`;
 * :mod:`losslab.train.ensloss` -- :class:`EnsLoss` (random calibrated loss-derivatives);
 * :mod:`losslab.train.selection` -- CoLoR-Filter, SeTa and USEFUL selections;
-* :mod:`losslab.train.mean_teacher` -- the robust mean teacher's source-prototype alignment.
+* :mod:`losslab.train.mean_teacher` -- the robust mean teacher's source-prototype alignment;
+* :mod:`losslab.train.unlearning` -- the Gradient Collision loss of disposable transfer learning.
 
 Each works in a plain loop and with the lab's ``fit`` (``step=`` / ``on_epoch_start=`` hooks).
 """
@@ -37,6 +38,7 @@ from losslab.train.selection import (
     slow_learnable,
     useful_upsample,
 )
+from losslab.train.unlearning import gradient_collision_loss, minibatch_gradients
 
 __all__ = [
     "MESA",
@@ -54,7 +56,9 @@ __all__ = [
     "color_filter_select",
     "ensloss_loss",
     "frozen_bn_stats",
+    "gradient_collision_loss",
     "kmeans",
+    "minibatch_gradients",
     "multi_sample_dropout_loss",
     "nearest_prototype",
     "orthogonal_gradient",

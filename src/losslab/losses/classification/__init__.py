@@ -21,7 +21,8 @@ Submodules (the long tail of the seed catalog): :mod:`~.polyloss` (Poly-N),
 :mod:`~.multilabel` (multi-label cluster discrimination, LDAM for multi-label targets),
 :mod:`~.hyperbolic` (Hyp-OC's hyperbolic pairwise confusion, kind ``paired``, and
 hyperbolic cross-entropy, kind ``embeddings``), :mod:`~.rationale` (rationale invariance of
-a linear classifier, kind ``linear``).
+a linear classifier, kind ``linear``), :mod:`~.concept_bottleneck` (Sparse-CBM's
+contrastive Gumbel-Softmax loss of concept activations, with the head's CE).
 
 The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
 :mod:`losslab.losses.robust`; the log-partition penalty ``logz_penalty`` in
@@ -51,7 +52,19 @@ from losslab._ops.logits import (
     prepare,
     target_log_prob,
 )
-from losslab.losses.classification import ebv, hyperbolic, multilabel, polyloss, rationale
+from losslab.losses.classification import (
+    concept_bottleneck,
+    ebv,
+    hyperbolic,
+    multilabel,
+    polyloss,
+    rationale,
+)
+from losslab.losses.classification.concept_bottleneck import (
+    SparseCBMLoss,
+    gumbel_concept_loss,
+    sparse_cbm_loss,
+)
 from losslab.losses.classification.ebv import EBVLoss, ebv_loss
 from losslab.losses.classification.hyperbolic import (
     HypCELoss,
@@ -88,16 +101,19 @@ __all__ = [
     "Poly1Loss",
     "PolyNLoss",
     "RationaleInvarianceLoss",
+    "SparseCBMLoss",
     "StableMaxCELoss",
     "WestonWatkinsLoss",
     "ZLoss",
     "anyloss",
     "comp_sum_loss",
+    "concept_bottleneck",
     "crammer_singer_loss",
     "cross_entropy_loss",
     "ebv",
     "ebv_loss",
     "focal_loss",
+    "gumbel_concept_loss",
     "hyp_ce_loss",
     "hyp_pc_loss",
     "hyperbolic",
@@ -113,6 +129,7 @@ __all__ = [
     "rationale",
     "rationale_invariance_loss",
     "soft_confusion",
+    "sparse_cbm_loss",
     "stablemax_ce_loss",
     "weston_watkins_loss",
     "z_loss",
