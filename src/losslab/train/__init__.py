@@ -8,7 +8,8 @@ ensembles and data-selection scores over per-sample losses (wrappers, not regist
 * :mod:`losslab.train.ensloss` -- :class:`EnsLoss` (random calibrated loss-derivatives);
 * :mod:`losslab.train.selection` -- CoLoR-Filter, SeTa and USEFUL selections;
 * :mod:`losslab.train.mean_teacher` -- the robust mean teacher's source-prototype alignment;
-* :mod:`losslab.train.unlearning` -- the Gradient Collision loss of disposable transfer learning.
+* :mod:`losslab.train.unlearning` -- the Gradient Collision loss of disposable transfer learning;
+* :mod:`losslab.train.pareto_da` -- ParetoDA's TCM loss and target-guided EPO loss weighting.
 
 Each works in a plain loop and with the lab's ``fit`` (``step=`` / ``on_epoch_start=`` hooks).
 """
@@ -21,6 +22,12 @@ from losslab.train.mean_teacher import (
     prototype_alignment_loss,
 )
 from losslab.train.ortho_grad import OrthoGrad, orthogonal_gradient
+from losslab.train.pareto_da import (
+    pareto_da_combine,
+    pareto_da_weights,
+    refined_target_logits,
+    tcm_loss,
+)
 from losslab.train.saf import MESA, SAFLoss, trajectory_kl
 from losslab.train.sam import (
     SAM,
@@ -62,11 +69,15 @@ __all__ = [
     "multi_sample_dropout_loss",
     "nearest_prototype",
     "orthogonal_gradient",
+    "pareto_da_combine",
+    "pareto_da_weights",
     "prototype_alignment_loss",
+    "refined_target_logits",
     "sam_perturbation",
     "sample_calibrated_derivatives",
     "seta_select",
     "slow_learnable",
+    "tcm_loss",
     "trajectory_kl",
     "useful_upsample",
 ]
