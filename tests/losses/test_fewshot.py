@@ -621,3 +621,26 @@ def test_laplacian_kmeans_gradient_reaches_support_and_query() -> None:
     laplacian_kmeans_loss(s, sl, q, ql).backward()
     assert s.grad is not None and q.grad is not None
     assert bool(s.grad.abs().sum() > 0) and bool(q.grad.abs().sum() > 0)
+
+
+@pytest.mark.slow
+def test_laplacian_kmeans_gradient_is_exact_at_a_converged_fixed_point() -> None:
+    """Envelope theorem: at a fixed point of the bound updates and the prototype update (a
+    stationary point of the objective in Z and M) with a locally constant kNN graph, the
+    gradient that holds Z* constant is the derivative of the optimised objective."""
+    from losslab.functional import laplacian_kmeans_loss
+
+    s, sl, q, ql = episode(4, way=2, shot=2, queries=2, dim=3)
+    kw = {"lam": 0.2, "knn": 2, "outer_iters": 30, "bound_iters": 20, "reduction": "sum"}
+    s.requires_grad_(True)
+    laplacian_kmeans_loss(s, sl, q, ql, **kw).backward()  # type: ignore[arg-type]
+    assert s.grad is not None
+    h = 1e-5
+    for i, j in [(0, 0), (1, 2), (2, 1), (3, 0)]:
+        e = torch.zeros_like(s)
+        e[i, j] = h
+        with torch.no_grad():
+            up = laplacian_kmeans_loss(s + e, sl, q, ql, **kw)  # type: ignore[arg-type]
+            down = laplacian_kmeans_loss(s - e, sl, q, ql, **kw)  # type: ignore[arg-type]
+        assert s.grad[i, j].item() == pytest.approx(((up - down) / (2 * h)).item(), rel=1e-4,
+                                                    abs=1e-6)
