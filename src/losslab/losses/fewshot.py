@@ -40,6 +40,7 @@ __all__ = [
     "LaplacianKMeansLoss",
     "ProtoNetLoss",
     "ProtoTripletLoss",
+    "clustering_affinity",
     "icnn_loss",
     "laplacian_kmeans",
     "laplacian_kmeans_energy",
@@ -630,7 +631,8 @@ def laplacian_kmeans_loss(
     trace), then evaluates :math:`\mathcal{E}` with gradient to the embeddings through
     :math:`x_p` and the prototypes :math:`m_k = \sum_p z^*_{pk} x_p / \sum_p z^*_{pk}`, the
     assignments :math:`Z^*` and the affinity held constant (exact by the envelope theorem at
-    a converged fixed point; a surrogate after finitely many steps).
+    a converged fixed point with a locally constant kNN graph, checked against finite
+    differences in the tests; a surrogate after finitely many steps).
 
     ``query_labels`` are only validated (the kind's call): transductive inference does not see
     them. The objective on its own is not a training loss (shrinking every embedding lowers
