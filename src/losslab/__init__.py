@@ -38,6 +38,9 @@ from losslab.losses.classification.adversarial import (
     AdvCompSumLoss,
     ProbabilityMarginLoss,
 )
+from losslab.losses.classification.concept_bottleneck import (
+    SparseCBMLoss,
+)
 from losslab.losses.classification.ebv import (
     EBVLoss,
 )
@@ -145,11 +148,15 @@ from losslab.losses.distillation.transport import (
 )
 from losslab.losses.fewshot import (
     ICNNLoss,
+    LaplacianKMeansLoss,
     ProtoNetLoss,
     ProtoTripletLoss,
 )
 from losslab.losses.metric_learning.cip import (
     CIPLoss,
+)
+from losslab.losses.metric_learning.clusternet import (
+    ClusterNetLoss,
 )
 from losslab.losses.metric_learning.energy_confusion import (
     EnergyConfusionLoss,
@@ -352,6 +359,7 @@ __all__ = [
     "CircleLoss",
     "ClDiceLoss",
     "ClipLoss",
+    "ClusterNetLoss",
     "CoCaLoss",
     "CombinedLoss",
     "CompSumLoss",
@@ -408,6 +416,7 @@ __all__ = [
     "LDRKLLoss",
     "LTSLoss",
     "LambdaLoss",
+    "LaplacianKMeansLoss",
     "LegendreTronLoss",
     "LiftedStructureLoss",
     "LinearCrossEntropyLoss",
@@ -477,6 +486,7 @@ __all__ = [
     "SkeletonRecallLoss",
     "SoftTopKLoss",
     "SoftmaxAtKLoss",
+    "SparseCBMLoss",
     "StableMaxCELoss",
     "StructCompLoss",
     "SupConLoss",

@@ -37,6 +37,9 @@ from losslab.losses.classification.adversarial import (
     adv_comp_sum_loss,
     probability_margin_loss,
 )
+from losslab.losses.classification.concept_bottleneck import (
+    sparse_cbm_loss,
+)
 from losslab.losses.classification.ebv import (
     ebv_loss,
 )
@@ -144,11 +147,15 @@ from losslab.losses.distillation.transport import (
 )
 from losslab.losses.fewshot import (
     icnn_loss,
+    laplacian_kmeans_loss,
     proto_triplet_loss,
     protonet_loss,
 )
 from losslab.losses.metric_learning.cip import (
     cip_loss,
+)
+from losslab.losses.metric_learning.clusternet import (
+    clusternet_loss,
 )
 from losslab.losses.metric_learning.energy_confusion import (
     energy_confusion_loss,
@@ -361,6 +368,7 @@ __all__ = [
     "circle_loss",
     "cl_dice_loss",
     "clip_loss",
+    "clusternet_loss",
     "coca_loss",
     "comp_sum_loss",
     "conr_loss",
@@ -414,6 +422,7 @@ __all__ = [
     "kd_loss",
     "kto_loss",
     "lambda_loss",
+    "laplacian_kmeans_loss",
     "ldam_loss",
     "ldam_multilabel_loss",
     "ldr_kl_loss",
@@ -486,6 +495,7 @@ __all__ = [
     "skeleton_recall_loss",
     "soft_topk_loss",
     "softmax_at_k_loss",
+    "sparse_cbm_loss",
     "stablemax_ce_loss",
     "structcomp_loss",
     "supcon_loss",

@@ -15,6 +15,7 @@ import torch
 
 import losslab
 from losslab.functional import icnn_loss, proto_triplet_loss, protonet_loss
+from losslab.losses.fewshot import Affinity
 from losslab.metrics import icnn_score
 
 # ---------------------------------------------------------------------------------------------
@@ -470,3 +471,176 @@ def test_one_class_episode_is_a_zero_loss_with_zero_gradient_in_every_precision(
             gs, gq = torch.autograd.grad(out, (s, q), allow_unused=True)
             for g in (gs, gq):
                 assert g is None or torch.count_nonzero(g) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Transductive clustering (arXiv 2106.09516): prototype K-means + Laplacian + constraints
+# ---------------------------------------------------------------------------------------------
+
+
+def episode(seed: int, way: int, shot: int, queries: int, dim: int = 4):
+    """A small random episode as tensors (float64)."""
+    return as_tensors(*random_episode(seed, way, shot, queries, dim=dim))
+
+
+def oracle_affinity(points: list[list[float]], kind: str, knn: int) -> list[list[float]]:
+    n = len(points)
+    d = [[sqdist(points[p], points[q]) for q in range(n)] for p in range(n)]
+    if kind == "gaussian":
+        near = []  # squared distances of every point to its knn nearest neighbours
+        for p in range(n):
+            near += sorted(d[p][q] for q in range(n) if q != p)[:knn]
+        s2 = sum(near) / len(near)
+        return [[math.exp(-d[p][q] / (2 * s2)) for q in range(n)] for p in range(n)]
+    w = [[0.0] * n for _ in range(n)]
+    for p in range(n):
+        order = sorted((q for q in range(n) if q != p), key=lambda q: (d[p][q], q))
+        for q in order[:knn]:
+            w[p][q] = w[q][p] = 1.0
+    return w
+
+
+def oracle_energy(points, z, protos, w, lam: float) -> float:
+    total = 0.0
+    for p, x in enumerate(points):
+        for k, m in enumerate(protos):
+            total += z[p][k] * sqdist(x, m)
+            if z[p][k] > 0:
+                total += z[p][k] * math.log(z[p][k])
+        for q in range(len(points)):
+            total -= 0.5 * lam * w[p][q] * sum(a * b for a, b in zip(z[p], z[q]))
+    return total
+
+
+def oracle_laplacian_kmeans(support, s_lab, query, *, lam, kind, knn, outer, inner):
+    """The objective after the block-coordinate bound optimisation, with explicit loops."""
+    classes = sorted(set(s_lab))
+    points = support + query
+    n_s, k = len(support), len(classes)
+    protos = [prototypes(support, s_lab)[c] for c in classes]
+    w = oracle_affinity(points, kind, knn)
+
+    def softmax(v: list[float]) -> list[float]:
+        top = max(v)
+        e = [math.exp(t - top) for t in v]
+        return [t / sum(e) for t in e]
+
+    z = [[1.0 if classes[j] == y else 0.0 for j in range(k)] for y in s_lab]
+    z += [softmax([-sqdist(x, m) for m in protos]) for x in query]
+    def means(z):
+        return [[sum(z[p][j] * points[p][c] for p in range(len(points)))
+                 / sum(z[p][j] for p in range(len(points))) for c in range(len(points[0]))]
+                for j in range(k)]
+
+    for _ in range(outer):
+        unary = [[sqdist(x, m) for m in protos] for x in points]
+        for _ in range(inner):
+            new = [row[:] for row in z]
+            for p in range(n_s, len(points)):
+                new[p] = softmax([-unary[p][j] + lam * sum(w[p][q] * z[q][j]
+                                                           for q in range(len(points)))
+                                  for j in range(k)])
+            z = new
+        protos = means(z)
+    return oracle_energy(points, z, means(z), w, lam)  # at the prototypes of the final z
+
+
+@pytest.mark.parametrize("affinity", ["knn", "gaussian"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_laplacian_kmeans_matches_the_loop_oracle(affinity: Affinity, seed: int) -> None:
+    from losslab.functional import laplacian_kmeans_loss
+
+    s, sl, q, ql = episode(seed, way=3, shot=2, queries=3)
+    got = laplacian_kmeans_loss(s, sl, q, ql, lam=0.7, affinity=affinity, knn=3,
+                                outer_iters=3, bound_iters=4, reduction="sum")
+    want = oracle_laplacian_kmeans(s.tolist(), sl.tolist(), q.tolist(), lam=0.7, kind=affinity,
+                                   knn=3, outer=3, inner=4)
+    assert got.item() == pytest.approx(want, rel=1e-10, abs=1e-10)
+
+
+def test_laplacian_kmeans_energy_equals_the_loop_formula() -> None:
+    from losslab.losses.fewshot import clustering_affinity, laplacian_kmeans_energy
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    z = torch.softmax(torch.randn(7, 4, generator=g, dtype=torch.float64), 1)
+    z[0] = torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64)  # a labelled (one-hot) row
+    m = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    for kind in ("knn", "gaussian"):
+        w = clustering_affinity(x, affinity=kind, knn=2)  # type: ignore[arg-type]
+        want_w = oracle_affinity(x.tolist(), kind, 2)
+        assert w.flatten().tolist() == pytest.approx([v for row in want_w for v in row])
+        got = laplacian_kmeans_energy(x, z, m, w, lam=1.3).sum().item()
+        want = oracle_energy(x.tolist(), z.tolist(), m.tolist(), w.tolist(), 1.3)
+        assert got == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_laplacian_kmeans_bound_optimisation_never_increases_the_objective(seed: int) -> None:
+    from losslab.losses.fewshot import laplacian_kmeans
+
+    s, sl, q, _ = episode(seed, way=4, shot=2, queries=5)
+    for lam in (0.3, 2.0):  # PSD (Gaussian) affinity: the paper's convergence guarantee
+        r = laplacian_kmeans(s, sl, q, lam=lam, affinity="gaussian", outer_iters=8,
+                             bound_iters=10, tol=0.0)
+        e = torch.tensor(r.energies, dtype=torch.float64)
+        assert len(e) == 1 + 8 * 11
+        assert bool((e[1:] <= e[:-1] + 1e-9 * e[:-1].abs().clamp_min(1.0)).all())
+        assert e[-1] < e[0]
+
+
+def test_laplacian_kmeans_special_cases_and_constraints() -> None:
+    from losslab.functional import laplacian_kmeans_loss
+    from losslab.losses.fewshot import laplacian_kmeans
+
+    s, sl, q, ql = episode(5, way=3, shot=2, queries=4)
+    # lam = 0, no prototype update: soft nearest-prototype assignments (ProtoNet's softmax)
+    r = laplacian_kmeans(s, sl, q, lam=0.0, outer_iters=1, bound_iters=1)
+    protos = torch.stack([s[sl == c].mean(0) for c in torch.unique(sl)])
+    torch.testing.assert_close(r.assignments, torch.softmax(-torch.cdist(q, protos) ** 2, 1))
+    # the query labels are never used (transductive): any valid labels give the same value
+    a = laplacian_kmeans_loss(s, sl, q, ql)
+    b = laplacian_kmeans_loss(s, sl, q, ql.flip(0))
+    torch.testing.assert_close(a, b)
+    # well-separated classes: the inference recovers the query labels
+    centres = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0], [9.0, 0, 0, 0, 0], [0, 9.0, 0, 0, 0]],
+                           dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    sup = centres[[0, 0, 1, 1, 2, 2]] + 0.3 * torch.randn(6, 5, generator=g, dtype=torch.float64)
+    qry = centres[[2, 1, 0, 0, 2]] + 0.3 * torch.randn(5, 5, generator=g, dtype=torch.float64)
+    r = laplacian_kmeans(sup, torch.tensor([4, 4, 8, 8, 6, 6]), qry, lam=1.0)
+    assert r.predictions.tolist() == [6, 8, 4, 4, 6]
+
+
+def test_laplacian_kmeans_gradient_reaches_support_and_query() -> None:
+    from losslab.functional import laplacian_kmeans_loss
+
+    s, sl, q, ql = episode(2, way=3, shot=2, queries=3)
+    s.requires_grad_(True)
+    q.requires_grad_(True)
+    laplacian_kmeans_loss(s, sl, q, ql).backward()
+    assert s.grad is not None and q.grad is not None
+    assert bool(s.grad.abs().sum() > 0) and bool(q.grad.abs().sum() > 0)
+
+
+@pytest.mark.slow
+def test_laplacian_kmeans_gradient_is_exact_at_a_converged_fixed_point() -> None:
+    """Envelope theorem: at a fixed point of the bound updates and the prototype update (a
+    stationary point of the objective in Z and M) with a locally constant kNN graph, the
+    gradient that holds Z* constant is the derivative of the optimised objective."""
+    from losslab.functional import laplacian_kmeans_loss
+
+    s, sl, q, ql = episode(4, way=2, shot=2, queries=2, dim=3)
+    kw = {"lam": 0.2, "knn": 2, "outer_iters": 30, "bound_iters": 20, "reduction": "sum"}
+    s.requires_grad_(True)
+    laplacian_kmeans_loss(s, sl, q, ql, **kw).backward()  # type: ignore[arg-type]
+    assert s.grad is not None
+    h = 1e-5
+    for i, j in [(0, 0), (1, 2), (2, 1), (3, 0)]:
+        e = torch.zeros_like(s)
+        e[i, j] = h
+        with torch.no_grad():
+            up = laplacian_kmeans_loss(s + e, sl, q, ql, **kw)  # type: ignore[arg-type]
+            down = laplacian_kmeans_loss(s - e, sl, q, ql, **kw)  # type: ignore[arg-type]
+        assert s.grad[i, j].item() == pytest.approx(((up - down) / (2 * h)).item(), rel=1e-4,
+                                                    abs=1e-6)

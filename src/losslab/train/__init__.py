@@ -12,7 +12,9 @@ ensembles and data-selection scores over per-sample losses (wrappers, not regist
   exchange (compressing features against noisy labels);
 * :mod:`losslab.train.block_local` -- :class:`BlockLocal` (Scalable Forward-Forward's block-local
   training, no gradient across blocks);
-* :mod:`losslab.train.sensitivity` -- clustering-based sensitivity sampling of a weighted subset.
+* :mod:`losslab.train.sensitivity` -- clustering-based sensitivity sampling of a weighted subset;
+* :mod:`losslab.train.unlearning` -- the Gradient Collision loss of disposable transfer learning;
+* :mod:`losslab.train.pareto_da` -- ParetoDA's TCM loss and target-guided EPO loss weighting.
 
 Each works in a plain loop and with the lab's ``fit`` (``step=`` / ``on_epoch_start=`` hooks).
 """
@@ -34,6 +36,12 @@ from losslab.train.mean_teacher import (
     prototype_alignment_loss,
 )
 from losslab.train.ortho_grad import OrthoGrad, orthogonal_gradient
+from losslab.train.pareto_da import (
+    pareto_da_combine,
+    pareto_da_weights,
+    refined_target_logits,
+    tcm_loss,
+)
 from losslab.train.saf import MESA, SAFLoss, trajectory_kl
 from losslab.train.sam import (
     SAM,
@@ -56,6 +64,7 @@ from losslab.train.sensitivity import (
     sensitivity_probabilities,
     sensitivity_sample,
 )
+from losslab.train.unlearning import gradient_collision_loss, minibatch_gradients
 
 __all__ = [
     "MESA",
@@ -79,19 +88,25 @@ __all__ = [
     "coteaching_select",
     "ensloss_loss",
     "frozen_bn_stats",
+    "gradient_collision_loss",
     "kmeans",
+    "minibatch_gradients",
     "multi_sample_dropout_loss",
     "nearest_prototype",
     "nested_dropout",
     "nested_dropout_probs",
     "orthogonal_gradient",
+    "pareto_da_combine",
+    "pareto_da_weights",
     "prototype_alignment_loss",
+    "refined_target_logits",
     "sam_perturbation",
     "sample_calibrated_derivatives",
     "sensitivity_probabilities",
     "sensitivity_sample",
     "seta_select",
     "slow_learnable",
+    "tcm_loss",
     "trajectory_kl",
     "useful_upsample",
 ]

@@ -29,7 +29,8 @@ probability-margin attack objective and the smooth adversarial comp-sum losses),
 classification; its False Head Rate metric is :func:`losslab.metrics.false_head_rate`),
 :mod:`~.profit` (the profit-driven churn regret, kind ``regression``), :mod:`~.levin` (the
 Levin Tree Search loss over solution paths, kind ``tokens``), :mod:`~.forward_forward`
-(Scalable Forward-Forward's block-local goodness loss).
+(Scalable Forward-Forward's block-local goodness loss), :mod:`~.concept_bottleneck`
+(Sparse-CBM's contrastive Gumbel-Softmax loss of concept activations, with the head's CE).
 
 The noise-robust members of the comp-sum family (``gce``, ``mae``) live in
 :mod:`losslab.losses.robust`; the log-partition penalty ``logz_penalty`` in
@@ -61,6 +62,7 @@ from losslab._ops.logits import (
 )
 from losslab.losses.classification import (
     adversarial,
+    concept_bottleneck,
     ebv,
     forward_forward,
     hyperbolic,
@@ -78,6 +80,11 @@ from losslab.losses.classification.adversarial import (
     ProbabilityMarginLoss,
     adv_comp_sum_loss,
     probability_margin_loss,
+)
+from losslab.losses.classification.concept_bottleneck import (
+    SparseCBMLoss,
+    gumbel_concept_loss,
+    sparse_cbm_loss,
 )
 from losslab.losses.classification.ebv import EBVLoss, ebv_loss
 from losslab.losses.classification.forward_forward import FFGoodnessLoss, ff_goodness_loss
@@ -145,6 +152,7 @@ __all__ = [
     "ProbabilityMarginLoss",
     "RationaleInvarianceLoss",
     "RejectionSurrogateLoss",
+    "SparseCBMLoss",
     "StableMaxCELoss",
     "WestonWatkinsLoss",
     "ZLoss",
@@ -154,6 +162,7 @@ __all__ = [
     "churn_profit",
     "churn_regret_loss",
     "comp_sum_loss",
+    "concept_bottleneck",
     "crammer_singer_loss",
     "cross_entropy_loss",
     "ebv",
@@ -161,6 +170,7 @@ __all__ = [
     "ff_goodness_loss",
     "focal_loss",
     "forward_forward",
+    "gumbel_concept_loss",
     "hyp_ce_loss",
     "hyp_pc_loss",
     "hyperbolic",
@@ -189,6 +199,7 @@ __all__ = [
     "rejection_loss",
     "rejection_surrogate_loss",
     "soft_confusion",
+    "sparse_cbm_loss",
     "stablemax_ce_loss",
     "tail_sensitive_utility",
     "weston_watkins_loss",

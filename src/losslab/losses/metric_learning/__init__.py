@@ -30,7 +30,8 @@ mixup), :mod:`~.tcm` (the TCM regulariser), :mod:`~.hashing` (OrthoHash deep has
 against fixed binary class codes), :mod:`~.unpg` (UNPG: ArcFace/CosFace with the batch's
 negative sample pairs as extra negatives), :mod:`~.submodular` (SCoRe: facility-location,
 graph-cut and log-det information of the class sets), :mod:`~.energy_confusion` (ECAML's
-energy-confusion regulariser), :mod:`~.cip` (Collaborative Inner Product).
+energy-confusion regulariser), :mod:`~.cip` (Collaborative Inner Product),
+:mod:`~.clusternet` (ClusterNet's semi-supervised clustering loss with learnt centres).
 
 Fast paths. Several losses have two implementations of one definition: the autograd
 *reference*, taken when ``indices=`` lists the pairs or triplets, and a fused path taken
@@ -55,6 +56,7 @@ from typing import Any, Literal
 from losslab.distances import METRICS
 from losslab.losses.metric_learning import (
     cip,
+    clusternet,
     energy_confusion,
     hashing,
     metrix,
@@ -69,7 +71,7 @@ from losslab.losses.metric_learning import (
 from losslab.losses.metric_learning._common import SIMILARITIES
 from losslab.losses.metric_learning.metrix import MetrixLoss
 
-__all__ = ["FAST_PATHS", "FastPath", "cip", "energy_confusion", "hashing", "metrix", "pairs",
+__all__ = ["FAST_PATHS", "FastPath", "cip", "clusternet", "energy_confusion", "hashing", "metrix", "pairs",
            "proxy", "submodular", "tcm", "triplet", "unpg", "weighted"]
 
 
