@@ -71,8 +71,8 @@ from losslab.losses.metric_learning import (
 from losslab.losses.metric_learning._common import SIMILARITIES
 from losslab.losses.metric_learning.metrix import MetrixLoss
 
-__all__ = ["FAST_PATHS", "FastPath", "cip", "clusternet", "energy_confusion", "hashing", "metrix", "pairs",
-           "proxy", "submodular", "tcm", "triplet", "unpg", "weighted"]
+__all__ = ["FAST_PATHS", "FastPath", "cip", "clusternet", "energy_confusion", "hashing",
+           "metrix", "pairs", "proxy", "submodular", "tcm", "triplet", "unpg", "weighted"]
 
 
 @dataclass(frozen=True)
