@@ -27,5 +27,9 @@ from losslab.losses.ranking.recsys import *  # noqa: F403
 from losslab.losses.ranking.tbatch import *  # noqa: F403
 
 __all__ = ["auc", "extraction", "listwise", "pairwise", "prepare_scores", "recsys", "tbatch"]
-__all__ += auc.__all__ + extraction.__all__ + listwise.__all__ + pairwise.__all__
-__all__ += recsys.__all__ + tbatch.__all__
+__all__ += auc.__all__
+__all__ += extraction.__all__
+__all__ += listwise.__all__
+__all__ += pairwise.__all__
+__all__ += recsys.__all__
+__all__ += tbatch.__all__
