@@ -19,11 +19,11 @@ network, its output), ``target[N, T]`` the actions taken, ``ignore_index`` pads 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_float, compute_dtype, reduce, require
+from losslab._core import LossModule, Reduction, reduce
 from losslab._hparams import Flag, Int, hparams
+from losslab._ops.tokens import prepare_tokens
 from losslab.registry import register
 
 __all__ = ["LTSLoss", "lts_log_cost", "lts_loss"]
@@ -43,28 +43,10 @@ def lts_log_cost(logits: Tensor, target: Tensor, *, ignore_index: int = -100
     depth 0 (its log-cost is returned as 0; the cost itself is 0).
     """
     _check_ignore(ignore_index=ignore_index)
-    check_float("logits", logits)
-    if logits.ndim != 3:
-        raise ValueError(f"lts needs logits of shape [N, T, V] (paths, steps, actions), got "
-                         f"{tuple(logits.shape)}")
-    if not isinstance(target, Tensor):
-        raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer actions [N, T], got dtype {target.dtype}")
-    n, t, v = logits.shape
-    if tuple(target.shape) != (n, t):
-        raise ValueError(f"target must have shape [{n}, {t}] for logits {tuple(logits.shape)}, "
-                         f"got {tuple(target.shape)}")
-    if target.device != logits.device:
-        raise ValueError(f"logits and target must be on one device, got {logits.device} and "
-                         f"{target.device}")
-    ids = target.long()
-    valid = ids != ignore_index
-    require(~valid | ((ids >= 0) & (ids < v)),
-            f"target must hold actions in [0, {v}) or ignore_index={ignore_index}")
-    x = logits.to(compute_dtype(logits.dtype))
-    logp = F.log_softmax(x, dim=-1).gather(-1, torch.where(valid, ids, 0).unsqueeze(-1))
-    logp = torch.where(valid, logp.squeeze(-1), torch.zeros_like(x[..., 0]))
+    batch = prepare_tokens(logits, target, ignore_index=ignore_index, loss="lts",
+                           ids="actions")
+    valid, x = batch.valid, batch.logits
+    logp = batch.target_log_prob(batch.log_probs())
     depth = valid.sum(1).to(x.dtype)
     log_cost = torch.where(depth > 0, depth.clamp_min(1).log() - logp.sum(1),
                            torch.zeros_like(depth))
