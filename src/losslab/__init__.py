@@ -116,6 +116,20 @@ from losslab.losses.fewshot import (
     ProtoNetLoss,
     ProtoTripletLoss,
 )
+from losslab.losses.generative.bfn import (
+    BFNContinuousLoss,
+    BFNDiscreteLoss,
+    BFNDiscretisedLoss,
+)
+from losslab.losses.generative.mar import (
+    MARDiffusionLoss,
+)
+from losslab.losses.generative.meco import (
+    MECOLoss,
+)
+from losslab.losses.generative.proper import (
+    BlackBoxPowerLoss,
+)
 from losslab.losses.metric_learning.hashing import (
     OrthoHashLoss,
 )
@@ -272,11 +286,15 @@ __all__ = [
     "ApproxNDCGLoss",
     "ArcFaceLoss",
     "BASNetHybridLoss",
+    "BFNContinuousLoss",
+    "BFNDiscreteLoss",
+    "BFNDiscretisedLoss",
     "BPRLoss",
     "BagLevelLoss",
     "BarlowTwinsLoss",
     "BarronLoss",
     "BinaryKLLoss",
+    "BlackBoxPowerLoss",
     "BoundaryLoss",
     "CALoss",
     "CCLLoss",
@@ -347,6 +365,8 @@ __all__ = [
     "LovaszHingeLoss",
     "LovaszSoftmaxLoss",
     "MAELoss",
+    "MARDiffusionLoss",
+    "MECOLoss",
     "MGDSemanticLoss",
     "MLCDLoss",
     "MSELoss",
