@@ -75,6 +75,7 @@ REPRESENTATIVE = (
     "dpo", "orpo",  # preference
     "protonet",  # episode: padded classes
     "wdr",  # weights
+    "meco",  # unnormalized
 )
 
 

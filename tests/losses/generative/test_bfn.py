@@ -181,3 +181,32 @@ def test_time_is_required_and_checked() -> None:
         bfn_discretised_loss(torch.randn(3, 2, 2), x * 5, time=torch.rand(3))
     out = m(x[:0], x[:0], time=torch.rand(0))
     assert float(out) == 0.0
+
+
+def test_one_training_step_per_data_type() -> None:
+    """flow -> network -> output distribution -> loss -> backward, as in the paper's
+    training procedure, for continuous, discretised and discrete data."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 8)
+    t = torch.rand(5, generator=g)
+    x = torch.rand(5, 4, generator=g) * 2 - 1
+    mu = bfn_continuous_flow(x, t, generator=g)
+    eps_hat = net(mu)[:, :4]
+    loss = bfn_continuous_loss(bfn_continuous_output(eps_hat, mu, t), x, time=t)
+    loss.backward()
+    assert net.weight.grad is not None and torch.isfinite(net.weight.grad).all()
+    net.zero_grad()
+    K = 16
+    xd = (2 * torch.randint(0, K, (5, 4), generator=g) + 1).float() / K - 1
+    mu = bfn_continuous_flow(xd, t, generator=g)
+    out = net(mu)
+    pred = bfn_discretised_output(out[:, :4], out[:, 4:], mu, t)
+    bfn_discretised_loss(pred, xd, time=t, num_bins=K).backward()
+    assert net.weight.grad is not None and torch.isfinite(net.weight.grad).all()
+    target = torch.randint(0, 3, (5, 4), generator=g)
+    theta = bfn_discrete_flow(target, t, num_classes=3, generator=g)  # [5, 3, 4]
+    head = torch.nn.Linear(3, 3)
+    logits = head(theta.movedim(1, -1)).movedim(-1, 1)
+    bfn_discrete_loss(logits, target, time=t).backward()
+    assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
