@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -165,9 +165,9 @@ def _denoiser_dtype(denoiser: Denoiser, default: torch.dtype) -> torch.dtype:
     return default
 
 
-@torch.compiler.disable
-def _draw(steps: int, t_shape: tuple[int, ...], eps_shape: tuple[int, ...], dtype: torch.dtype,
-          device: torch.device, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+def _draw_eagerly(steps: int, t_shape: tuple[int, ...], eps_shape: tuple[int, ...],
+                  dtype: torch.dtype, device: torch.device,
+                  generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """The timesteps and the noise, drawn eagerly (also under ``torch.compile``, whose own
     random streams differ from eager ones): compiled and eager training draw the same numbers
     from the same generator."""
@@ -175,6 +175,9 @@ def _draw(steps: int, t_shape: tuple[int, ...], eps_shape: tuple[int, ...], dtyp
     t = torch.randint(0, steps, t_shape, generator=generator, device=where)
     eps = torch.randn(eps_shape, generator=generator, dtype=dtype, device=where)
     return t.to(device), eps.to(device)
+
+
+_draw = cast(Callable[..., tuple[Tensor, Tensor]], torch.compiler.disable(_draw_eagerly))
 
 
 def mar_diffusion_loss(
