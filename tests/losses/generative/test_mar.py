@@ -1,10 +1,12 @@
 """Tests of MAR's Diffusion Loss (losslab.losses.generative.mar).
 
-Oracle: the cosine schedule as a running product of (1 - beta_t) and the loss as a Python loop
-over tokens and draws in float64 (the same random draws, re-drawn from a generator of the same
-seed in the documented order). Properties: the loss is exactly 0 for the ideal denoiser of a
-known token, the mask (weights) removes a token from value and gradient, the module owns a
-learnable denoiser that starts at a zero prediction and learns, the defaults are the paper's.
+Peer: diffusers' DDPMScheduler (``squaredcos_cap_v2``, the same cosine schedule) for the
+schedule and the noising. Oracle: the cosine schedule as a running product of (1 - beta_t)
+and the loss as a Python loop over tokens and draws in float64 (the same random draws,
+re-drawn from a generator of the same seed in the documented order). Properties: the loss is
+exactly 0 for the ideal denoiser of a known token, the mask (weights) removes a token from
+value and gradient, the module owns a learnable denoiser that starts at a zero prediction and
+learns, the defaults are the paper's.
 """
 
 from __future__ import annotations
@@ -47,6 +49,18 @@ def test_cosine_schedule_matches_the_running_product() -> None:
     ab = cosine_alpha_bar(1000)
     assert bool((ab[1:] < ab[:-1]).all()) and 0.9999 < float(ab[0]) < 1.0
     assert float(ab[-1]) < 1e-6
+
+
+def test_cosine_schedule_and_noising_match_the_diffusers_peer() -> None:
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    ab = cosine_alpha_bar(1000)
+    close(sched.alphas_cumprod.double(), ab, atol=2e-6, rtol=0)  # the peer is float32
+    x, eps = torch.randn(6, 3, dtype=D), torch.randn(6, 3, dtype=D)
+    t = torch.tensor([0, 10, 250, 500, 900, 999])
+    a = ab[t].unsqueeze(1)
+    close(sched.add_noise(x.float(), eps.float(), t).double(), a.sqrt() * x + (1 - a).sqrt() * eps,
+          atol=1e-5, rtol=1e-5)
 
 
 def test_oracle_loop_same_draws() -> None:
