@@ -152,6 +152,20 @@ from losslab.losses.fewshot import (
     ProtoNetLoss,
     ProtoTripletLoss,
 )
+from losslab.losses.generative.bfn import (
+    BFNContinuousLoss,
+    BFNDiscreteLoss,
+    BFNDiscretisedLoss,
+)
+from losslab.losses.generative.mar import (
+    MARDiffusionLoss,
+)
+from losslab.losses.generative.meco import (
+    MECOLoss,
+)
+from losslab.losses.generative.proper import (
+    BlackBoxPowerLoss,
+)
 from losslab.losses.metric_learning.cip import (
     CIPLoss,
 )
@@ -339,6 +353,9 @@ __all__ = [
     "ApproxNDCGLoss",
     "ArcFaceLoss",
     "BASNetHybridLoss",
+    "BFNContinuousLoss",
+    "BFNDiscreteLoss",
+    "BFNDiscretisedLoss",
     "BPKDLoss",
     "BPRLoss",
     "BagLevelLoss",
@@ -347,6 +364,7 @@ __all__ = [
     "BettiMatchingLoss",
     "BidirectionalRepairLoss",
     "BinaryKLLoss",
+    "BlackBoxPowerLoss",
     "BoundaryLoss",
     "CALoss",
     "CCLLoss",
@@ -428,6 +446,8 @@ __all__ = [
     "LovaszHingeLoss",
     "LovaszSoftmaxLoss",
     "MAELoss",
+    "MARDiffusionLoss",
+    "MECOLoss",
     "MGDSemanticLoss",
     "MLCDLoss",
     "MSELoss",

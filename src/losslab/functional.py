@@ -151,6 +151,20 @@ from losslab.losses.fewshot import (
     proto_triplet_loss,
     protonet_loss,
 )
+from losslab.losses.generative.bfn import (
+    bfn_continuous_loss,
+    bfn_discrete_loss,
+    bfn_discretised_loss,
+)
+from losslab.losses.generative.mar import (
+    mar_diffusion_loss,
+)
+from losslab.losses.generative.meco import (
+    meco_loss,
+)
+from losslab.losses.generative.proper import (
+    black_box_power_loss,
+)
 from losslab.losses.metric_learning.cip import (
     cip_loss,
 )
@@ -354,8 +368,12 @@ __all__ = [
     "barron_loss",
     "basnet_hybrid_loss",
     "betti_matching_loss",
+    "bfn_continuous_loss",
+    "bfn_discrete_loss",
+    "bfn_discretised_loss",
     "bidirectional_repair_loss",
     "binary_kl_loss",
+    "black_box_power_loss",
     "boundary_loss",
     "bpkd_loss",
     "bpr_loss",
@@ -440,8 +458,10 @@ __all__ = [
     "macro_auc_univariate_loss",
     "madacos_loss",
     "mae_loss",
+    "mar_diffusion_loss",
     "margin_mse_loss",
     "mean_teacher_sce_loss",
+    "meco_loss",
     "metrix_loss",
     "mgd_semantic_loss",
     "mlcd_loss",

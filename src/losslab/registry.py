@@ -40,11 +40,15 @@ __all__ = [
 #: The call signature of each kind (see DESIGN.md). The contract suite builds inputs per kind.
 #: ``indices=`` (embeddings kind) are miner tuples (pairs or triplets of row indices);
 #: ``index=`` (any kind, losses with ``needs_index``) are the dataset ids of the batch's samples,
-#: used to address per-sample state. ``weights`` kind: a model's weight tensors, one
-#: positional argument per layer (weight regularisers such as EQ-Net's WDR).
+#: used to address per-sample state. ``time=`` (logits and regression kinds, losses of
+#: time-indexed generative processes such as Bayesian Flow Networks) is the per-sample time
+#: ``t`` in [0, 1] at which the model's output was computed. ``weights`` kind: a model's
+#: weight tensors, one positional argument per layer (weight regularisers such as EQ-Net's WDR).
+#: ``unnormalized`` kind: an unnormalised model's log-density ``log f(x)`` at N data points and
+#: at M noise samples ``y ~ q``, with the noise's normalised log-density ``log q(y)``.
 KINDS: Mapping[str, str] = MappingProxyType(
     {
-        "logits": "(logits[N,C,...], target[N,...] int or probs[N,C,...])",
+        "logits": "(logits[N,C,...], target[N,...] int or probs[N,C,...], *, time=None)",
         "embeddings": "(embeddings[N,D], labels[N], *, ref_embeddings=None, ref_labels=None, "
         "indices=None)",
         "episode": "(support[Ns,D], support_labels[Ns], query[Nq,D], query_labels[Nq])",
@@ -55,12 +59,13 @@ KINDS: Mapping[str, str] = MappingProxyType(
         "bags": "(pred[N,...], bag_index[N], bag_target[B,...])",
         "linear": "(hidden[N,d], weight[V,d], target[N], *, bias=None)",
         "regression": "(pred[N,...], target[N,...], *, features=None, weights=None, "
-        "inputs=None)",
+        "inputs=None, time=None)",
         "preference": "(policy_chosen[N], policy_rejected[N], *, ref_chosen=None, "
         "ref_rejected=None, chosen_length=None, rejected_length=None, reference_point=None, "
         "chosen_grad_norm=None, rejected_grad_norm=None)",
         "tokens": "(logits[N,T,V], target[N,T], *, token_weight=None)",
         "weights": "(*weights)",
+        "unnormalized": "(log_density[N], noise_log_density[M], noise_log_q[M])",
     }
 )
 
@@ -81,6 +86,7 @@ FAMILIES: tuple[str, ...] = (
     "lm-tokens",
     "preference",
     "quantization-compression",
+    "generative",
 )
 
 #: Where each family lives: a module (or package) of ``losslab.losses``. The layout test checks
@@ -102,6 +108,7 @@ FAMILY_MODULES: Mapping[str, str] = MappingProxyType(
         "lm-tokens": "losslab.losses.tokens",
         "preference": "losslab.losses.preference",
         "quantization-compression": "losslab.losses.quantization",
+        "generative": "losslab.losses.generative",
     }
 )
 
@@ -111,7 +118,7 @@ DEGENERATE_CASES: tuple[str, ...] = ("one_class", "no_positives", "all_ignored",
 
 Kind = Literal[
     "logits", "embeddings", "episode", "paired", "scores", "dense", "teacher", "bags", "linear",
-    "regression", "preference", "tokens", "weights",
+    "regression", "preference", "tokens", "weights", "unnormalized",
 ]
 
 
@@ -217,8 +224,9 @@ def _call(self: LossModule, *inputs: Any, **keywords: Any) -> Any:
 
 
 def _forward_logits(self: LossModule, logits: Tensor, target: Tensor, *,
-                    index: Tensor | None = None, token_weight: Tensor | None = None) -> Tensor:
-    return _call(self, logits, target, index=index, token_weight=token_weight)
+                    index: Tensor | None = None, token_weight: Tensor | None = None,
+                    time: Tensor | None = None) -> Tensor:
+    return _call(self, logits, target, index=index, token_weight=token_weight, time=time)
 
 
 def _forward_embeddings(self: LossModule, embeddings: Tensor, labels: Tensor, *,
@@ -265,8 +273,9 @@ def _forward_linear(self: LossModule, hidden: Tensor, weight: Tensor, target: Te
 
 def _forward_regression(self: LossModule, pred: Tensor, target: Tensor, *,
                         features: Tensor | None = None, weights: Tensor | None = None,
-                        inputs: Tensor | None = None) -> Tensor:
-    return _call(self, pred, target, features=features, weights=weights, inputs=inputs)
+                        inputs: Tensor | None = None, time: Tensor | None = None) -> Tensor:
+    return _call(self, pred, target, features=features, weights=weights, inputs=inputs,
+                 time=time)
 
 
 def _forward_preference(self: LossModule, policy_chosen: Tensor, policy_rejected: Tensor, *,
@@ -287,6 +296,11 @@ def _forward_tokens(self: LossModule, logits: Tensor, target: Tensor, *,
     return _call(self, logits, target, token_weight=token_weight)
 def _forward_weights(self: LossModule, *weights: Tensor) -> Tensor:
     return _call(self, *weights)
+
+
+def _forward_unnormalized(self: LossModule, log_density: Tensor, noise_log_density: Tensor,
+                          noise_log_q: Tensor) -> Tensor:
+    return _call(self, log_density, noise_log_density, noise_log_q)
 
 
 @dataclass(frozen=True)
@@ -319,6 +333,7 @@ KIND_CALLS: Mapping[str, KindCall] = MappingProxyType({
     "preference": _kind_call(_forward_preference),
     "tokens": _kind_call(_forward_tokens),
     "weights": _kind_call(_forward_weights),
+    "unnormalized": _kind_call(_forward_unnormalized),
 })
 
 

@@ -45,7 +45,7 @@ def _randn(*shape: int, g: torch.Generator, dtype: torch.dtype, scale: float = 1
 
 
 # Float inputs that are targets, not predictions: no gradient (kind -> argument positions).
-TARGET_ARGS = {"scores": (1,), "bags": (2,), "regression": (1,)}
+TARGET_ARGS = {"scores": (1,), "bags": (2,), "regression": (1,), "unnormalized": (2,)}
 
 
 def _logprobs(n: int, g: torch.Generator, dtype: torch.dtype, scale: float) -> Tensor:
@@ -58,6 +58,16 @@ def _survival_target(n: int, bins: int, g: torch.Generator, dtype: torch.dtype) 
     time = torch.randint(0, bins, (n,), generator=g)
     event = torch.arange(n) % 2
     return torch.stack([time, event], 1).to(dtype)
+
+
+def _add_time(spec: LossSpec, call: Call, n: int, g: torch.Generator,
+              dtype: torch.dtype) -> None:
+    """``time=`` ([n] times in [0.05, 0.45], no gradient) for the losses that take it (BFN;
+    later times weight the continuous-data loss by up to 1 / sigma_1^2 = 1e6, beyond float16
+    gradients: see ``bfn_continuous_loss``)."""
+    if "time" in getattr(spec.module, "_call_keywords", ()):
+        call.kwargs["time"] = (torch.rand(n, generator=g, dtype=torch.float64) * 0.4
+                               + 0.05).to(dtype)
 
 
 def _finish(spec: LossSpec, call: Call, n: int) -> Call:
@@ -98,6 +108,7 @@ def make_call(
         if "adv_logits" in inspect.signature(spec.function).parameters:  # adversarial inputs
             call.kwargs["adv_logits"] = call.args[0] + _randn(n, C, g=g, dtype=dtype,
                                                               scale=0.3 * scale)
+        _add_time(spec, call, n, g, dtype)
         return _finish(spec, call, n)
     if k == "embeddings":
         n = 8
@@ -150,6 +161,11 @@ def make_call(
         elif spec.name == "roma_coarse":  # logits over a 2 x 2 anchor grid, matches in [-1, 1]
             pred = _randn(n, 4, g=g, dtype=dtype, scale=scale)
             target = (torch.rand(n, 2, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+        elif spec.name == "bfn_discretised":  # (mu_x, ln sigma_x) per element; bin centres
+            bins = int(spec.example_hparams.get("num_bins", 16))
+            pred = _randn(n, 2, 3, g=g, dtype=dtype, scale=scale)
+            k = torch.randint(0, bins, (n, 3), generator=g)
+            target = ((2 * k + 1).to(torch.float64) / bins - 1).to(dtype)
         elif spec.name == "ordinal":  # ordered categories in [0, K) for K - 1 = 3 thresholds
             target = torch.tensor([0, 1, 2, 3, 1, 2])
         elif spec.name == "rejection_surrogate":  # +1/-1 labels; a bounded rejector's scores
@@ -168,6 +184,7 @@ def make_call(
         if "features" in getattr(spec.module, "_call_keywords", ()):
             call.kwargs["features"] = _randn(n, D, g=g, dtype=dtype,
                                              scale=scale).requires_grad_(True)
+        _add_time(spec, call, n, g, dtype)
         return _finish(spec, call, n)
     if k == "preference":
         n = 6
@@ -194,6 +211,11 @@ def make_call(
                      _randn(7, g=g, dtype=dtype, scale=scale),
                      _randn(4, 5, g=g, dtype=dtype, scale=scale)))
         return _finish(spec, call, 3)
+    if k == "unnormalized":  # log f at 6 data points and 8 noise samples, log q of the noise
+        call = Call((_randn(6, g=g, dtype=dtype, scale=scale),
+                     _randn(8, g=g, dtype=dtype, scale=scale),
+                     (-0.5 * _randn(8, g=g, dtype=torch.float64).pow(2) - 1.0).to(dtype)))
+        return _finish(spec, call, 6)
     raise AssertionError(f"contract inputs missing for kind {k!r}")
 
 
@@ -297,6 +319,11 @@ def bad_calls(spec: LossSpec) -> list[tuple[str, Call]]:
         variant("integer weight", 0, torch.ones(3, 4, dtype=torch.long))
         variant("one-element weight", 1, torch.randn(1))
         variant("constant weight", 2, torch.ones(4, 5))
+    elif k == "unnormalized":
+        variant("noise_log_q length mismatch", 2, a[2][:-1])
+        variant("2-D log_density", 0, a[0].unsqueeze(1))
+        variant("integer log_density", 0, torch.ones(a[0].shape, dtype=torch.long))
+        variant("no noise sample", 1, a[1][:0])
     elif k == "regression":
         variant("target rows mismatch", 1, a[1][:-1])
         variant("integer pred", 0, torch.ones(a[0].shape, dtype=torch.long))

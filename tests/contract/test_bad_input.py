@@ -173,6 +173,8 @@ def _empty_call(s: LossSpec) -> Call:
                 kw[key] = kw[key][:0].detach().requires_grad_(kw[key].requires_grad)
     elif k == "weights":  # no layer at all
         args = []
+    elif k == "unnormalized":  # no data point and no noise sample
+        args = [a[:0].detach().requires_grad_(a.requires_grad) for a in args]
     if "index" in kw:
         kw["index"] = kw["index"][:0]
     return Call(tuple(args), kw)
