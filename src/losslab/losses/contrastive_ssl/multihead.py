@@ -16,6 +16,14 @@ inputs are no existing kind's):
 * :func:`amcl_barlow_twins_loss` ``(a, b)`` -- Barlow Twins, temperatures on pairs of
   batch-wise channel vectors (``AMCLBarlowTwinsLoss``, Eq. 2.3).
 
+Verification: every formula here is read from that code (the authors' repository; the
+equation numbers are its comments). The paper's text (arXiv 2310.05615) was found only as far
+as its abstract, and the repository's loss table is an image, so the formulas are not checked
+against the paper itself. With one head, ``beta = 0`` and a constant temperature of 1 the
+SimSiam and Barlow Twins forms are their base losses; the SimCLR and MoCo forms keep AMCL's
+linear contrastive term (no log-sum-exp), so they do not reduce to InfoNCE -- the tests tie
+the MoCo form to the SimCLR form instead.
+
 fp16/bf16 inputs are computed in float32 and the loss is returned in float32.
 """
 
