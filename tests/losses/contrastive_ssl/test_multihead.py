@@ -442,3 +442,29 @@ def test_amcl_barlow_twins_one_head_constant_temperature_is_barlow_twins() -> No
         amcl_barlow_twins_loss(x[:1], y[:1])
     with pytest.raises(ValueError, match="lam"):
         amcl_barlow_twins_loss(x, y, lam=-1.0)
+
+
+def test_amcl_learned_temperatures_stay_in_range_under_training() -> None:
+    """A few large SGD steps on the module's temperature network: the loss stays finite and
+    every pair temperature inside (tau_min, tau_max), whatever phi learns."""
+    a, b = views(n=8, h=2, d=4, seed=16)
+    m = losslab.create("amcl", embedding_dim=4, tau_min=0.05, tau_max=1.2,
+                       num_negatives=5).double()
+    opt = torch.optim.SGD(m.parameters(), lr=5.0)
+    before = [p.detach().clone() for p in m.parameters()]
+    for _ in range(5):
+        opt.zero_grad()
+        loss = m(a.detach(), b.detach())
+        assert bool(torch.isfinite(loss))
+        loss.backward()
+        opt.step()
+    assert any(not torch.equal(p, q) for p, q in zip(m.parameters(), before))  # phi learned
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(torch.cat([a, b]).reshape(-1, 4), dim=-1)
+        net = m.phi
+        assert isinstance(net, torch.nn.Module)
+        pz = net(z)
+        tau = 0.05 + (1.2 - 0.05) * torch.sigmoid(-(pz @ pz.t()))
+        assert bool(((tau >= 0.05) & (tau <= 1.2)).all())
+        torch.testing.assert_close(tau[0, 1], pair_temperature(z[0], z[1], phi=net,
+                                                               tau_min=0.05, tau_max=1.2))
