@@ -37,6 +37,10 @@ RETRIEVAL_METRICS: tuple[str, ...] = (
 )
 
 
+#: Scores per query block (``chunk_size`` default: this many divided by the reference count).
+DEFAULT_BLOCK_SCORES = 64 << 20
+
+
 def _faiss():
     try:
         import faiss  # type: ignore[import-not-found]
@@ -130,7 +134,7 @@ def retrieval_metrics(
         raise ValueError("backend='faiss' but faiss is not importable")
     r_sq = r.pow(2).sum(1) if metric == "euclidean" else None
     if chunk_size is None:
-        chunk_size = max(1, min(q.shape[0], (64 << 20) // max(1, r.shape[0])))
+        chunk_size = max(1, min(q.shape[0], DEFAULT_BLOCK_SCORES // max(1, r.shape[0])))
     check_positive("chunk_size", chunk_size)
 
     index = None
@@ -146,6 +150,7 @@ def retrieval_metrics(
     need_block = index is None or want_mrr
     buf = (torch.empty(min(chunk_size, q.shape[0]), r.shape[0], dtype=q.dtype, device=q.device)
            if need_block else None)
+    block: Tensor | None = None
     for s in range(0, q.shape[0], chunk_size):
         qc = q[s : s + chunk_size]
         rows = torch.arange(qc.shape[0], device=q.device)
@@ -175,6 +180,7 @@ def retrieval_metrics(
             rank = (block > best).sum(dim=1) + 1  # type: ignore
             rr_all.append(torch.where(same.any(1), 1.0 / rank.double(),
                                       torch.zeros_like(rank, dtype=torch.float64)))
+    del buf, block  # the score buffer is not needed past the chunks (peak memory)
     hits = torch.cat(hits_all)  # [N, K]
     valid = R > 0
     hits, Rv = hits[valid], R[valid]
