@@ -48,10 +48,10 @@ def build(impl: str, case: str, b: int, d: int):
         def products(x, y):
             with torch.no_grad():
                 r = x if ref is None else ref
-                x @ r.t()  # the [B, M] matrix
-                g @ r  # d/dx (and d/dref for the batch itself, through G + G^T)
+                _ = x @ r.t()  # the [B, M] matrix
+                _ = g @ r  # d/dx (and d/dref for the batch itself, through G + G^T)
                 if ref is not None:
-                    g.t() @ x  # d/dproxies
+                    _ = g.t() @ x  # d/dproxies
             return torch.zeros((), requires_grad=True)
 
         return products
