@@ -5,9 +5,13 @@ its own): peak memory = ``ru_maxrss`` after the timed steps minus ``ru_maxrss`` 
 the inputs. Time: median of the timed steps (at least ``--reps`` after ``--warmup``, more
 until ``--min-time`` seconds for fast cases); the two implementations alternate
 ``--rounds`` times and each keeps its best median (a load spike on the shared machine then
-does not decide a ratio). Inputs: float32 ``randn(B, D)``, B/4 classes x 4 samples
-(shuffled), CPU. Both implementations are configured to the same definition (distance,
-margin, reducer) and their values are compared.
+does not decide a ratio); process CPU time (all threads) is reported beside the wall time,
+the steadier measure when other jobs share the cores. Inputs: float32 ``randn(B, D)``, B/4
+classes x 4 samples (shuffled), CPU. Both implementations are configured to the same
+definition (distance, margin, reducer) and their values are compared. ``gemm`` times the
+matrix products that any exact forward+backward needs (``[B, M]`` scores, then ``G @ ref``,
+and ``G^T @ x`` for proxies): PML's time over it is the largest speed-up an implementation
+that only saves the rest could reach.
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src python benchmarks/bench_metric.py [--quick]
         [--losses triplet_all,contrastive] [--batches 512,2048] [--dims 128,512]
@@ -36,6 +40,21 @@ def build(impl: str, case: str, b: int, d: int):
     import torch
 
     n_classes = b // 4
+    if impl == "gemm":  # the floor: the matrix products an exact fwd+bwd cannot avoid
+        m = n_classes if case == "proxy_anchor" else b
+        ref = proxy_init(m, d) if case == "proxy_anchor" else None
+        g = torch.randn(b, m)
+
+        def products(x, y):
+            with torch.no_grad():
+                r = x if ref is None else ref
+                _ = x @ r.t()  # the [B, M] matrix
+                _ = g @ r  # d/dx (and d/dref for the batch itself, through G + G^T)
+                if ref is not None:
+                    _ = g.t() @ x  # d/dproxies
+            return torch.zeros((), requires_grad=True)
+
+        return products
     if impl == "ours":
         import losslab.functional as LF
 
@@ -96,22 +115,24 @@ def worker(args: argparse.Namespace) -> None:
     x0 = torch.randn(args.batch, args.dim, generator=g)
     step = build(args.impl, args.case, args.batch, args.dim)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times, value = [], None
+    times, cpus, value = [], [], None
     i, spent = 0, 0.0
     # at least `reps` timed steps, more for fast cases (until ~min_time seconds, at most 50)
     while i < args.warmup + args.reps or (spent < args.min_time and len(times) < 50):
         x = x0.clone().requires_grad_(True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = step(x, y)
         loss.backward()
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         value = float(loss.detach())
         if i >= args.warmup:
             times.append(dt)
+            cpus.append(dc)
             spent += dt
         i += 1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"time_s": statistics.median(times), "min_s": min(times), "value": value,
+    print(json.dumps({"time_s": statistics.median(times), "min_s": min(times),
+                      "cpu_s": statistics.median(cpus), "value": value,
                       "peak_mib": (peak - base) / 1024.0}))
 
 
@@ -141,13 +162,13 @@ def run_case(impl: str, case: str, b: int, d: int, args: argparse.Namespace) -> 
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def best_of(case: str, b: int, d: int, args: argparse.Namespace) -> tuple[dict, dict]:
-    """Alternate the two implementations ``args.rounds`` times (ours, PML, ours, PML, ...) so
-    that a load change on the shared machine hits both; keep each side's fastest median and
+def best_of(case: str, b: int, d: int, args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """Alternate the implementations ``args.rounds`` times (ours, PML, GEMM floor, ours, ...)
+    so that a load change on the shared machine hits all; keep each side's fastest median and
     its largest peak memory (conservative for both)."""
     best: dict[str, dict] = {}
     for _ in range(max(1, args.rounds)):
-        for impl in ("ours", "pml"):
+        for impl in ("ours", "pml", "gemm"):
             r = run_case(impl, case, b, d, args)
             prev = best.get(impl)
             if prev is None or "error" in prev:
@@ -155,8 +176,9 @@ def best_of(case: str, b: int, d: int, args: argparse.Namespace) -> tuple[dict, 
             elif "error" not in r:
                 keep = dict(r if r["time_s"] < prev["time_s"] else prev)
                 keep["peak_mib"] = max(r["peak_mib"], prev["peak_mib"])
+                keep["cpu_s"] = min(r["cpu_s"], prev["cpu_s"])
                 best[impl] = keep
-    return best["ours"], best["pml"]
+    return best["ours"], best["pml"], best["gemm"]
 
 
 def main() -> None:
@@ -190,27 +212,34 @@ def main() -> None:
     load0 = os.getloadavg()
     print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} "
           f"({os.cpu_count()} CPUs)")
-    header = ("| loss | B | D | ours ms | PML ms | speed-up | ours MiB | PML MiB | mem ratio "
+    header = ("| loss | B | D | ours ms | PML ms | speed-up | ours CPU ms | PML CPU ms | "
+              "CPU speed-up | GEMM CPU ms | PML / GEMM (CPU) | ours MiB | PML MiB | mem ratio "
               "| values equal |")
     print(header)
-    print("|" + "---|" * 10)
+    print("|" + "---|" * 15)
     for case in args.losses.split(","):
         for b in map(int, args.batches.split(",")):
             for d in map(int, args.dims.split(",")):
-                ours, theirs = best_of(case, b, d, args)
+                ours, theirs, floor = best_of(case, b, d, args)
                 row = {"loss": case, "batch": b, "dim": d, "ours": ours, "pml": theirs}
                 if "error" in ours or "error" in theirs:
                     o = ours.get("error") or f"{ours['time_s'] * 1e3:.1f}"
                     line = f"| {case} | {b} | {d} | {o}"
-                    line += f" | PML: {theirs.get('error', 'ok')} | | | | | |"
+                    line += f" | PML: {theirs.get('error', 'ok')} | | | | | | | | | | |"
                 else:
                     speed = theirs["time_s"] / ours["time_s"]
+                    cpu_speed = theirs["cpu_s"] / ours["cpu_s"]
                     mem = theirs["peak_mib"] / max(ours["peak_mib"], 0.1)
                     equal = abs(ours["value"] - theirs["value"]) <= 1e-4 * max(
                         1.0, abs(theirs["value"]))
-                    row.update(speedup=speed, mem_ratio=mem, equal=equal)
+                    floor_cpu = floor.get("cpu_s", float("nan"))
+                    row.update(speedup=speed, cpu_speedup=cpu_speed, mem_ratio=mem, equal=equal,
+                               gemm=floor)
                     line = (f"| {case} | {b} | {d} | {ours['time_s']*1e3:.1f} | "
-                            f"{theirs['time_s']*1e3:.1f} | {speed:.1f}x | {ours['peak_mib']:.0f} "
+                            f"{theirs['time_s']*1e3:.1f} | {speed:.1f}x | "
+                            f"{ours['cpu_s']*1e3:.1f} | {theirs['cpu_s']*1e3:.1f} | "
+                            f"{cpu_speed:.1f}x | {floor_cpu*1e3:.1f} | "
+                            f"{theirs['cpu_s'] / floor_cpu:.1f}x | {ours['peak_mib']:.0f} "
                             f"| {theirs['peak_mib']:.0f} | {mem:.1f}x | {'yes' if equal else 'NO'} "
                             "|")
                 print(line, flush=True)
@@ -223,7 +252,7 @@ def main() -> None:
              f"at end {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} on {os.cpu_count()} CPUs")
     print(loads)
     out.with_suffix(".md").write_text(
-        "\n".join([header, "|" + "---|" * 10] + [line for _, line in rows] + ["", loads])
+        "\n".join([header, "|" + "---|" * 15] + [line for _, line in rows] + ["", loads])
         + "\n")
 
 

@@ -65,6 +65,34 @@ def test_fast_path_equals_reference(name, metric, reduction, ref):
                                 **hp)
 
 
+@pytest.mark.parametrize("name,metric", CASES, ids=[f"{n}-{m}" for n, m in CASES])
+def test_fast_path_with_the_blocked_symmetric_product(monkeypatch, name, metric):
+    """The batch against itself through :func:`self_gram`'s block triangle (its thresholds
+    lowered so that the 14-row test batch is cut into 4 uneven row blocks)."""
+    monkeypatch.setattr(engine, "GRAM_BLOCK_ROWS", 3)
+    monkeypatch.setattr(engine, "GRAM_MIN_ROWS", 2)
+    monkeypatch.setattr(engine, "GRAM_MIN_DIM", 1)
+    fp = FAST_PATHS[name]
+    fn = losslab.spec(name).function
+    x, y, _, _ = fused_data(scale=SCALE.get(name, 1.0))
+    idx = reference_indices(name, y, None)
+    metric_kw = {} if metric is None else {"metric": metric}
+    for hp in variants(name, metric):
+        check_against_reference(fn, x, y, None, None, idx, "mean", **fp.hparams, **metric_kw,
+                                **hp)
+
+
+@pytest.mark.parametrize("n", [1100, 2048])
+def test_self_gram_is_the_exactly_symmetric_product(n):
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, 300, generator=g)
+    got = engine.self_gram(x)
+    assert torch.equal(got, got.t())
+    torch.testing.assert_close(got, x @ x.t(), rtol=1e-5, atol=1e-4)
+    small = torch.randn(64, 300, generator=g)  # below GRAM_MIN_ROWS: the plain product
+    assert torch.equal(engine.self_gram(small), small @ small.t())
+
+
 PROXY_CASES = [name for name, fp in FAST_PATHS.items() if fp.proxies]
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, reduce
+from losslab._core import LossModule, Reduction, reduce, require
 from losslab._hparams import Choice, Flag, Int, Real, hparams
 from losslab._ops.logits import (
     LogitsBatch,
@@ -197,9 +197,9 @@ def _check_sample_ids(index: Tensor | None, n: int, num_samples: int) -> Tensor:
     if index.shape != (n,):
         raise ValueError(f"index must have shape [{n}] (one id per row of logits), "
                          f"got {tuple(index.shape)}")
-    if n and (int(index.min()) < 0 or int(index.max()) >= num_samples):
-        raise ValueError(f"index must hold dataset ids in [0, {num_samples}), got values in "
-                         f"[{int(index.min())}, {int(index.max())}]")
+    require((index >= 0) & (index < num_samples), lambda: (  # no graph break under compile
+        f"index must hold dataset ids in [0, {num_samples}), got values in "
+        f"[{int(index.min())}, {int(index.max())}]"))
     return index.long()
 
 

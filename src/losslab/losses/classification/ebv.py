@@ -26,6 +26,7 @@ from losslab._core import (
     check_same_device,
     compute_dtype,
     reduce,
+    require,
     zero_loss,
 )
 from losslab._hparams import Int, Real, hparams
@@ -129,9 +130,9 @@ def ebv_loss(
         raise ValueError("ebv compares samples with fixed class vectors: ref_embeddings, "
                          "ref_labels and indices= are not supported")
     n_cls = basis.shape[0]
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_cls):
-        raise ValueError(f"labels must lie in [0, {n_cls}) (the number of class vectors), got "
-                         f"values in [{int(labels.min())}, {int(labels.max())}]")
+    require((labels >= 0) & (labels < n_cls), lambda: (  # no graph break under compile
+        f"labels must lie in [0, {n_cls}) (the number of class vectors), got "
+        f"values in [{int(labels.min())}, {int(labels.max())}]"))
     dt = compute_dtype(embeddings.dtype)
     f = normalize_rows(embeddings.to(dt))
     w = normalize_rows(basis.to(dt))

@@ -32,6 +32,7 @@ from losslab._core import (
     check_same_device,
     compute_dtype,
     reduce,
+    require,
     zero_loss,
 )
 from losslab._hparams import Choice, Int, Real, hparams
@@ -91,9 +92,8 @@ def poincare_distance(x: Tensor, y: Tensor, *, c: float) -> Tensor:
 def _to_ball(x: Tensor, name: str, c: float, inputs: str) -> Tensor:
     if inputs == "tangent":
         return expmap0(x, c=c)
-    if x.numel() and bool((math.sqrt(c) * _norm(x.detach()) >= 1).any()):
-        raise ValueError(f"{name} must hold points of the Poincaré ball "
-                         f"(sqrt(curvature) * ||row|| < 1) when inputs='ball'")
+    require(~(math.sqrt(c) * _norm(x.detach()) >= 1), f"{name} must hold points of the "
+            "Poincaré ball (sqrt(curvature) * ||row|| < 1) when inputs='ball'")
     return _project(x, c=c)
 
 
@@ -244,9 +244,9 @@ def hyp_ce_loss(
         raise ValueError("hyp_ce compares samples with class gyroplanes: ref_embeddings, "
                          "ref_labels and indices= are not supported")
     n_cls = offsets.shape[0]
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_cls):
-        raise ValueError(f"labels must lie in [0, {n_cls}) (the number of classes), got values "
-                         f"in [{int(labels.min())}, {int(labels.max())}]")
+    require((labels >= 0) & (labels < n_cls), lambda: (  # no graph break under compile
+        f"labels must lie in [0, {n_cls}) (the number of classes), got values "
+        f"in [{int(labels.min())}, {int(labels.max())}]"))
     dt = compute_dtype(embeddings.dtype)
     c = float(curvature)
     x = _to_ball(embeddings.to(dt), "embeddings", c, inputs)

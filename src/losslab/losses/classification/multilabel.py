@@ -27,6 +27,7 @@ from losslab._core import (
     check_same_device,
     compute_dtype,
     reduce,
+    require,
     zero_loss,
 )
 from losslab._hparams import Int, PerClass, Real, hparams
@@ -49,16 +50,16 @@ def _multi_hot(labels: Tensor, n: int, num_classes: int) -> Tensor:
                              f"{labels.shape[0]}")
         if labels.dtype == torch.bool:
             raise ValueError("labels [N] must hold class ids, got a bool tensor")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ValueError(f"labels must lie in [0, {num_classes}) (the number of centres), "
-                             f"got values in [{int(labels.min())}, {int(labels.max())}]")
+        require((labels >= 0) & (labels < num_classes), lambda: (  # no graph break
+            f"labels must lie in [0, {num_classes}) (the number of centres), "
+            f"got values in [{int(labels.min())}, {int(labels.max())}]"))
         return F.one_hot(labels.long(), num_classes).bool()
     if labels.ndim == 2:
         if tuple(labels.shape) != (n, num_classes):
             raise ValueError(f"multi-hot labels must have shape [{n}, {num_classes}], got "
                              f"{tuple(labels.shape)}")
-        if labels.dtype != torch.bool and bool(((labels != 0) & (labels != 1)).any()):
-            raise ValueError("multi-hot labels must hold 0 or 1")
+        if labels.dtype != torch.bool:
+            require((labels == 0) | (labels == 1), "multi-hot labels must hold 0 or 1")
         return labels.bool()
     raise ValueError(f"labels must be [N] class ids or [N, C] multi-hot, got shape "
                      f"{tuple(labels.shape)}")
@@ -184,15 +185,17 @@ def _multi_hot_target(logits: Tensor, target: Tensor) -> Tensor:
     if target.ndim == 1 and not target.is_floating_point() and target.dtype != torch.bool:
         if target.shape[0] != n:
             raise ValueError(f"target (class ids) must have shape [{n}], got {tuple(target.shape)}")
-        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= c):
-            raise ValueError(f"target must hold class ids in [0, {c}), got values in "
-                             f"[{int(target.min())}, {int(target.max())}]")
+        require((target >= 0) & (target < c), lambda: (  # no graph break under compile
+            f"target must hold class ids in [0, {c}), got values in "
+            f"[{int(target.min())}, {int(target.max())}]"))
         return F.one_hot(target.long(), c).to(logits.dtype)
     if tuple(target.shape) != (n, c):
         raise ValueError(f"target must be [N] class ids or a multi-hot [N, C] = [{n}, {c}] "
                          f"matrix, got shape {tuple(target.shape)}")
-    if target.is_complex() or bool(((target != 0) & (target != 1)).any()):
+    if target.is_complex():
         raise ValueError("multi-hot target must hold 0 or 1 (one column per label)")
+    require((target == 0) | (target == 1), "multi-hot target must hold 0 or 1 (one column per "
+            "label)")
     return target.to(logits.dtype)
 
 

@@ -13,7 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_labels, check_same_device, reduce
+from losslab._core import (
+    LossModule,
+    Reduction,
+    check_labels,
+    check_same_device,
+    reduce,
+    require,
+)
 from losslab._hparams import Real, hparams
 from losslab._ops.teacher import check_teacher_pair, kl_terms
 from losslab.registry import register
@@ -88,8 +95,8 @@ def dkd_loss(
 def _check_target(target: Tensor, s: Tensor) -> Tensor:
     target = check_labels("target", target, s.shape[0], of="student_logits")
     check_same_device(student_logits=s, target=target)
-    if bool(((target < 0) | (target >= s.shape[1])).any()):
-        raise ValueError(f"target must hold class ids in [0, {s.shape[1]})")
+    require((target >= 0) & (target < s.shape[1]),  # no graph break under compile
+            f"target must hold class ids in [0, {s.shape[1]})")
     return target
 
 

@@ -19,6 +19,7 @@ from losslab._core import (
     check_reduction,
     check_same_device,
     reduce,
+    require,
 )
 from losslab._ops.teacher import check_teacher_pair
 from losslab.registry import register
@@ -74,12 +75,11 @@ def nd_loss(
     check_same_device(student_features=student_features, target=target,
                       class_means=class_means)
     k = class_means.shape[0]
-    if bool(((target < 0) | (target >= k)).any()):
-        raise ValueError(f"target must hold class ids in [0, {k}) (rows of class_means)")
+    require((target >= 0) & (target < k),  # no graph break under compile
+            f"target must hold class ids in [0, {k}) (rows of class_means)")
     mu = class_means.to(s.dtype)
     mu_norm = torch.linalg.vector_norm(mu, dim=1, keepdim=True)
-    if bool((mu_norm == 0).any()):
-        raise ValueError("class_means must have no zero row (a class mean has no direction)")
+    require(mu_norm != 0, "class_means must have no zero row (a class mean has no direction)")
     e = (mu / mu_norm)[target]
     scale = torch.maximum(torch.linalg.vector_norm(s, dim=1), torch.linalg.vector_norm(t, dim=1))
     nonzero = scale != 0  # (a NaN scale stays NaN)

@@ -88,8 +88,11 @@ class TripletAllKernel:
         if k_slots <= DIRECT_MAX_POSITIVES:
             per = u.new_zeros(u.shape[0])
             violations = torch.zeros_like(threshold)
+            compiling = torch.compiler.is_compiling()
             for k in range(k_slots):
-                if not bool(members.pos[:, k].any()):
+                # an empty slot adds exactly 0 (its threshold is -inf): skipping it is a
+                # speed-up that needs a sync, so not under compile
+                if not compiling and not bool(members.pos[:, k].any()):
                     continue
                 hinge = torch.rsub(u_neg, threshold[:, k : k + 1]).clamp_min_(0.0)
                 per += hinge.sum(1)
@@ -113,11 +116,12 @@ class TripletAllKernel:
         if self.similarity:
             grad.neg_()
         if mean:
+            # float64 0-d tensors: the arithmetic of the Python numbers, without a sync
             if self.mean_over == "nonzero":
-                count = float(violations.sum(1, dtype=torch.float64).sum())
+                count = violations.sum(1, dtype=torch.float64).sum()
             else:
-                count = float((members.n_pos.to(torch.float64) * members.n_neg).sum())
-            w = 1.0 / max(count, 1.0)
+                count = (members.n_pos.to(torch.float64) * members.n_neg).sum()
+            w = 1.0 / count.clamp_min(1.0)
             per.mul_(w)
             grad.mul_(w)
         return KernelOut(per, grad=grad)
@@ -335,9 +339,14 @@ def triplet_ratio_loss(
         per_anchor = u.new_zeros(n).index_add(0, a, terms)
         return reduce_per_anchor(per_anchor + z, reduce(terms, "mean") + z, reduction)
     n_pos = b.pos.sum(1)
-    p_max = int(n_pos.max()) if n > 0 else 0
-    if p_max == 0 or not bool(b.neg.any()):
-        return reduce_per_anchor(u.new_zeros(n) + z, z, reduction)
+    if torch.compiler.is_compiling():
+        # the static bound (every reference a positive slot; padding masked by valid_p) and
+        # no early exit: without pairs every term is masked and the count is 0 (a zero loss)
+        p_max = b.pos.shape[1]
+    else:
+        p_max = int(n_pos.max()) if n > 0 else 0
+        if p_max == 0 or not bool(b.neg.any()):
+            return reduce_per_anchor(u.new_zeros(n) + z, z, reduction)
     pos_idx = b.pos.to(torch.uint8).topk(p_max, dim=1).indices  # positives first
     valid_p = torch.arange(p_max, device=u.device).unsqueeze(0) < n_pos.unsqueeze(1)
     m = u.shape[1]

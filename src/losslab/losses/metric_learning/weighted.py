@@ -257,8 +257,8 @@ class CircleKernel:
         x = torch.where(valid, lse_p + lse_n, 0.0)
         per = F.softplus(x).masked_fill_(~valid, 0.0)
         sig = torch.sigmoid(x).masked_fill_(~valid, 0.0)
-        if mean:
-            count = max(int(valid.sum()), 1)
+        if mean:  # a 0-d tensor count: the same division, no sync (no graph break)
+            count = valid.sum().clamp_min(1).to(per.dtype)
             per /= count
             sig /= count
         grad.mul_(slope).mul_(sig.unsqueeze(1))
@@ -396,8 +396,8 @@ class SupConKernel:
         lse, grad = logsumexp_(x, dim=1, shift=shift)
         per = torch.where(valid, lse - pos_mean, 0.0)
         w = valid.to(x.dtype) / t
-        if mean:
-            count = max(int(valid.sum()), 1)
+        if mean:  # a 0-d tensor count: the same division, no sync (no graph break)
+            count = valid.sum().clamp_min(1).to(per.dtype)
             per /= count
             w /= count
         grad.mul_(w.unsqueeze(1))
