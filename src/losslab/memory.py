@@ -73,8 +73,10 @@ class CrossBatchMemory(nn.Module):
             raise ValueError(f"loss must be a registered loss of kind 'embeddings', got "
                              f"{getattr(spec, 'name', type(loss).__name__)}"
                              + (f" of kind {spec.kind!r}" if spec is not None else ""))
-        if "ref_embeddings" not in getattr(type(loss), "_call_keywords", ()):
-            raise ValueError(f"{spec.name} takes no ref_embeddings=, so it cannot be compared "
+        keywords = getattr(type(loss), "_call_keywords", ())
+        if "ref_embeddings" not in keywords or "indices" not in keywords:
+            raise ValueError(f"{spec.name} takes no ref_embeddings= and indices= (a pair-based "
+                             f"loss over anchors and references), so it cannot be compared "
                              f"with a memory of past embeddings")
         if (getattr(loss, "proxies", None) is not None
                 or getattr(loss, "hparams", {}).get("num_classes") is not None):
