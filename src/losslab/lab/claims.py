@@ -535,7 +535,7 @@ CLAIMS: tuple[Claim, ...] = (
         baseline="dice_ce", treatments=("betti_matching+dice_ce", "cl_dice+dice_ce",
                                         "skeleton_recall+dice_ce"),
         rule="better", margin=0.0, settings=("thin",), command="make bench-segmentation-thin",
-        note="the error of dims 0 + 1 on the first 50 test images per job (T construction, "
+        note="the error of dims 0 + 1 on the first 30 test images per job (T construction, "
              "8-connected, as the Betti errors); the loss uses the same construction.",
     ),
     Claim(

@@ -24,7 +24,7 @@ Per job (loss, setting, seed):
    left unmatched by the induced matching of their union, i.e. components and holes that the
    other mask lacks *at the same place* (``betti_matching0``, ``betti_matching1``, and their
    sum ``betti_matching_error``; means over the first ``betti_matching_images`` test images,
-   since the persistence is pure Python, about 0.1-0.3 s per 40 px image).
+   since the persistence is pure Python, 0.2-0.6 s per 40 px image on 2 shared cores).
 
 The loss ``betti_matching`` (the same paper's training loss) is a ``dense`` loss like the others;
 ``betti_matching+dice_ce`` is the unweighted mean of it and Dice-CE (:mod:`losslab.combine`).
@@ -117,7 +117,7 @@ class SegmentationTask(Task):
         Option("batch_size", 32, "mini-batch size", int),
         Option("lr", 2e-3, "Adam learning rate (cosine decay to 0)", float),
         Option("weight_decay", 0.0, "weight decay", float),
-        Option("betti_matching_images", 50, "test images scored by the Betti matching "
+        Option("betti_matching_images", 30, "test images scored by the Betti matching "
                "error (the first ones; 0: not computed)", int),
         Option("eval_batch", 100, "images per forward pass in evaluation", int,
                affects_results=False),
