@@ -182,7 +182,7 @@ def test_keep_absent_keeps_the_previous_rows_of_absent_folders_only(tmp_path):
         (1, "proto_triplet"): [b + d for b, d in zip(base, [3.0, 4.0, 3.5, 4.5, 3.0])],
         (1, "protonet+icnn"): [b + d for b, d in zip(base, [0.5, -0.5, 0.2, -0.3, 0.1])],
     })
-    claims = [c for c in CLAIMS if c.run in ("demo", "retrieval-glyphs")]
+    claims = [c for c in CLAIMS if c.run in ("demo", "retrieval-glyphs", "aggregate_fmnist")]
     old_row = ("| reality-check | x | glyphs | `circle` vs `triplet` | map_at_r, not_better "
                "(m = 2) | +0.50 ± 0.20 (n=3) | **reproduced**: interval [+0.30, +0.70] at or "
                "below the margin 2 |")
@@ -192,12 +192,17 @@ def test_keep_absent_keeps_the_previous_rows_of_absent_folders_only(tmp_path):
         "| Ours (Δ ± CI) | Verdict |", "|---|---|---|---|---|---:|---|",
         "| susana-fewshot | old | 20-way 1-shot | `proto_triplet` vs `protonet` | test_acc | "
         "-9.00 (n=2) | **not reproduced**: old |",
-        old_row, "", "## Run folders", "", "| Run folder | Claims | What it holds |",
-        "|---|---|---|", "| `runs/retrieval-glyphs` | reality-check | 45 jobs: old run |",
+        old_row,
+        "| easyllp-large-bags | x | k=64 | `easyllp` vs `bag_level` | test_error, better | — "
+        "| **not run**: no runs/aggregate_fmnist/results.jsonl |",
+        "", "## Run folders", "", "| Run folder | Claims | What it holds |", "|---|---|---|",
+        "| `runs/retrieval-glyphs` | reality-check | 45 jobs: old run |",
+        "| `runs/aggregate_fmnist` | easyllp-large-bags | not run (no results.jsonl): its "
+        "claims' rows say *not run* |",
         "| `runs/demo` | susana-fewshot | 2 jobs: older |", ""])
     rows, folder_rows = previous_rows(previous)
-    assert rows["reality-check"] == [old_row] and set(folder_rows) == {"retrieval-glyphs",
-                                                                       "demo"}
+    assert rows["reality-check"] == [old_row] and len(rows["easyllp-large-bags"]) == 1
+    assert set(folder_rows) == {"retrieval-glyphs", "demo", "aggregate_fmnist"}
     verdicts = evaluate_claims(tmp_path, claims)
     md = claims_markdown(verdicts, "runs", folders=describe_run_folders(tmp_path, claims),
                          previous=previous)
@@ -205,7 +210,12 @@ def test_keep_absent_keeps_the_previous_rows_of_absent_folders_only(tmp_path):
     assert old_row.removesuffix(" |") + f" {KEPT} |" in md
     assert f"| `runs/retrieval-glyphs` | reality-check | 45 jobs: old run {KEPT} |" in md
     assert "-9.00" not in md and "2 jobs: older" not in md  # the demo's rows are new
-    assert "**not run**" not in md and "Rows marked *kept*" in md
+    assert "Rows marked *kept*" in md
+    # a previous *not run* is not kept: easyllp's rows and folder are written anew, unmarked
+    assert all(KEPT not in line for line in md.splitlines() if "easyllp" in line
+               or "aggregate_fmnist" in line)
+    assert sum("**not run**" in line for line in md.splitlines()
+               if line.startswith("| easyllp-large-bags")) == 1  # one row: no folder
     n_reproduced = sum("**reproduced**" in line for line in md.splitlines()
                        if line.startswith("| "))
     assert f"reproduced: {n_reproduced}" in md.split("\n\n")[3]

@@ -283,6 +283,13 @@ def previous_rows(text: str) -> tuple[dict[str, list[str]], dict[str, str]]:
     return rows, folder_rows
 
 
+def _verdict_of(row: str) -> str:
+    """The verdict of a rendered table row (its last cell), *not run* when none is found."""
+    cells = row.rstrip().removesuffix("|").rsplit("|", 1)
+    m = _VERDICT_CELL.search(cells[-1])
+    return m.group(1) if m else NOT_RUN
+
+
 def _mark_kept(row: str) -> str:
     return row if KEPT in row else row.rstrip().removesuffix("|").rstrip() + f" {KEPT} |"
 
@@ -329,6 +336,10 @@ def claims_markdown(verdicts: Sequence[Verdict], runs_root: str | Path = "runs",
     and the folder its row there, each marked as kept (:data:`KEPT`); the summary counts the
     rows as written."""
     kept_rows, kept_folders = previous_rows(previous) if previous else ({}, {})
+    # a previous row that says *not run* holds nothing to keep
+    kept_rows = {k: rows for k, rows in kept_rows.items()
+                 if any(_verdict_of(r) != NOT_RUN for r in rows)}
+    kept_folders = {k: r for k, r in kept_folders.items() if "not run (no results" not in r}
     absent = {f.name for f in folders or () if f.status == "absent"}
     body: list[tuple[str, str]] = []  # (verdict, table row)
     done_kept: set[str] = set()
@@ -337,9 +348,7 @@ def claims_markdown(verdicts: Sequence[Verdict], runs_root: str | Path = "runs",
         if v.verdict == NOT_RUN and c.run in absent and c.id in kept_rows:
             if c.id not in done_kept:
                 done_kept.add(c.id)
-                for row in kept_rows[c.id]:
-                    m = _VERDICT_CELL.search(row.split("|")[-2] if row.count("|") > 2 else row)
-                    body.append((m.group(1) if m else NOT_RUN, _mark_kept(row)))
+                body += [(_verdict_of(row), _mark_kept(row)) for row in kept_rows[c.id]]
             continue
         rule = c.rule + (f" (m = {c.margin:g})" if c.margin else "")
         verdict = f"**{v.verdict}**" + (f": {v.reason}" if v.reason else "")
