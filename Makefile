@@ -97,7 +97,7 @@ bench-segmentation-thin: $(STAMP)
 # The LM comparison (docs/lab.md, "The LM task"): a character-level transformer on WordNet
 # glosses (Debian package wordnet-base: the system copy, or fetched without root into $(CACHE)/
 # by `apt-get download` + `dpkg -x`, as for bench-noisy); CE, goldfish, TALR, loss-based
-# reweighting and 4 distilled students x 2 seeds, 2 worker processes.
+# reweighting and 4 distilled students x 3 seeds, 2 worker processes.
 LM_OUT ?= runs/lm_wordnet
 
 bench-lm: $(STAMP)
