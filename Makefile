@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.losslab-installed
 
 .PHONY: setup demo test test-all lint typecheck bench bench-noisy clean catalog
 .PHONY: bench-regression bench-aggregate bench-segmentation bench-ranking
-.PHONY: bench-lm
+.PHONY: bench-lm bench-segmentation-thin
 
 # torch first (a CPU wheel; override with `make demo TORCH=torch==X`), then the package.
 $(STAMP): pyproject.toml
@@ -87,10 +87,18 @@ bench-segmentation: $(STAMP)
 		--out "$(SEGMENTATION_OUT)" $(ARGS) && \
 	$(PY) -m losslab.lab.tasks.segmentation "$(SEGMENTATION_OUT)"
 
+# The thin-structure comparison with the Betti matching loss and error (docs/lab.md, "The
+# segmentation task"): dice_ce, cl_dice, skeleton_recall and betti_matching compounds x 3 seeds.
+SEGMENTATION_THIN_OUT ?= runs/segmentation_thin
+
+bench-segmentation-thin: $(STAMP)
+	$(PY) -m losslab.cli bench segmentation --config segmentation_thin \
+		--out "$(SEGMENTATION_THIN_OUT)" --workers 2 $(ARGS)
+
 # The LM comparison (docs/lab.md, "The LM task"): a character-level transformer on WordNet
 # glosses (Debian package wordnet-base: the system copy, or fetched without root into $(CACHE)/
 # by `apt-get download` + `dpkg -x`, as for bench-noisy); CE, goldfish, TALR, loss-based
-# reweighting and 4 distilled students x 2 seeds, 2 worker processes.
+# reweighting and 4 distilled students x 3 seeds, 2 worker processes.
 LM_OUT ?= runs/lm_wordnet
 
 bench-lm: $(STAMP)

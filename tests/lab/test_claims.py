@@ -30,6 +30,10 @@ from tests.lab.test_summary import fewshot_folder
     (5.0, 1.0, 5, "not_better", 2.0, "not reproduced"),  # [4, 6] > 2
     (2.0, 1.0, 5, "not_better", 2.0, "inconclusive"),  # straddles 2
     (5.0, math.nan, 1, "better", 0.0, "inconclusive"),  # one seed: no interval
+    (-0.5, 0.4, 5, "not_worse", 1.0, "reproduced"),    # [-0.9, -0.1] >= -1
+    (0.5, 0.4, 5, "not_worse", 0.0, "reproduced"),     # [0.1, 0.9]: better is not worse
+    (-3.0, 1.0, 5, "not_worse", 1.0, "not reproduced"),  # [-4, -2] < -1
+    (-1.0, 0.5, 5, "not_worse", 1.0, "inconclusive"),  # [-1.5, -0.5] straddles -1
 ])
 def test_decision_rule(mean, ci, n, rule, margin, verdict):
     assert decide(mean, ci, n, rule=rule, margin=margin)[0] == verdict
@@ -164,3 +168,57 @@ def test_one_run_folder_gives_all_three_verdicts(tmp_path):
     assert "seeds 0-4 |" in md
     assert "| `runs/retrieval-glyphs` | reality-check | not run" in md
     assert md.count("**not reproduced**") == 2 and md.count("**reproduced**") == 1
+
+
+def test_keep_absent_keeps_the_previous_rows_of_absent_folders_only(tmp_path):
+    """A previous docs/claims.md with a verdict row of the demo and of reality-check: with the
+    demo folder present its rows are new, reality-check's folder is absent so its previous
+    rows and folder row are kept (marked), and the summary counts the rows as written."""
+    from losslab.lab.claims import KEPT, previous_rows
+
+    base = [60.0, 62.0, 61.0, 63.0, 59.0]
+    fewshot_folder(tmp_path / "demo", {
+        (1, "protonet"): base,
+        (1, "proto_triplet"): [b + d for b, d in zip(base, [3.0, 4.0, 3.5, 4.5, 3.0])],
+        (1, "protonet+icnn"): [b + d for b, d in zip(base, [0.5, -0.5, 0.2, -0.3, 0.1])],
+    })
+    claims = [c for c in CLAIMS if c.run in ("demo", "retrieval-glyphs", "aggregate_fmnist")]
+    old_row = ("| reality-check | x | glyphs | `circle` vs `triplet` | map_at_r, not_better "
+               "(m = 2) | +0.50 ± 0.20 (n=3) | **reproduced**: interval [+0.30, +0.70] at or "
+               "below the margin 2 |")
+    previous = "\n".join([
+        "# Paper claims tested by the lab", "", "Summary: reproduced: 9.", "",
+        "| Claim | Paper's number | Setting | Treatment vs baseline | Metric, rule "
+        "| Ours (Δ ± CI) | Verdict |", "|---|---|---|---|---|---:|---|",
+        "| susana-fewshot | old | 20-way 1-shot | `proto_triplet` vs `protonet` | test_acc | "
+        "-9.00 (n=2) | **not reproduced**: old |",
+        old_row,
+        "| easyllp-large-bags | x | k=64 | `easyllp` vs `bag_level` | test_error, better | — "
+        "| **not run**: no runs/aggregate_fmnist/results.jsonl |",
+        "", "## Run folders", "", "| Run folder | Claims | What it holds |", "|---|---|---|",
+        "| `runs/retrieval-glyphs` | reality-check | 45 jobs: old run |",
+        "| `runs/aggregate_fmnist` | easyllp-large-bags | not run (no results.jsonl): its "
+        "claims' rows say *not run* |",
+        "| `runs/demo` | susana-fewshot | 2 jobs: older |", ""])
+    rows, folder_rows = previous_rows(previous)
+    assert rows["reality-check"] == [old_row] and len(rows["easyllp-large-bags"]) == 1
+    assert set(folder_rows) == {"retrieval-glyphs", "demo", "aggregate_fmnist"}
+    verdicts = evaluate_claims(tmp_path, claims)
+    md = claims_markdown(verdicts, "runs", folders=describe_run_folders(tmp_path, claims),
+                         previous=previous)
+    assert md.count(KEPT) == 2  # the verdict row and the folder row of retrieval-glyphs
+    assert old_row.removesuffix(" |") + f" {KEPT} |" in md
+    assert f"| `runs/retrieval-glyphs` | reality-check | 45 jobs: old run {KEPT} |" in md
+    assert "-9.00" not in md and "2 jobs: older" not in md  # the demo's rows are new
+    assert "Rows marked *kept*" in md
+    # a previous *not run* is not kept: easyllp's rows and folder are written anew, unmarked
+    assert all(KEPT not in line for line in md.splitlines() if "easyllp" in line
+               or "aggregate_fmnist" in line)
+    assert sum("**not run**" in line for line in md.splitlines()
+               if line.startswith("| easyllp-large-bags")) == 1  # one row: no folder
+    n_reproduced = sum("**reproduced**" in line for line in md.splitlines()
+                       if line.startswith("| "))
+    assert f"reproduced: {n_reproduced}" in md.split("\n\n")[3]
+    # without previous= the absent folder's claim is not run, as before
+    plain = claims_markdown(verdicts, "runs", folders=describe_run_folders(tmp_path, claims))
+    assert KEPT not in plain and "**not run**" in plain

@@ -19,18 +19,26 @@ Decision rules (:func:`decide`), with ``m >= 0`` the claim's margin in the metri
 * ``"not_better"`` -- the paper claims the treatment is *not* better than the baseline by more
   than ``m`` (the metric-learning "reality check"): *reproduced* when ``hi <= m``; *not
   reproduced* when ``lo > m``; *inconclusive* otherwise.
+* ``"not_worse"`` -- the paper claims the treatment costs at most ``m`` (goldfish: "little to
+  no impact" on perplexity): *reproduced* when ``lo >= -m`` (the whole interval within the
+  allowed loss); *not reproduced* when ``hi < -m`` (worse by more than ``m``); *inconclusive*
+  otherwise.
 
 Fewer than two paired seeds give no interval: *inconclusive*. A run folder that is missing, of
 another task, or without both losses at the setting gives *not run*. :func:`evaluate_claims`
 returns one :class:`Verdict` per (claim, setting, treatment); :func:`claims_markdown` renders
-``docs/claims.md``.
+``docs/claims.md``. With ``previous=`` (``losslab report --claims --keep-absent``) the rows of
+claims whose run folder is absent under the runs root are kept from the previous file, marked
+as kept, instead of turning into *not run*: the run folders of one machine need not all exist
+on the next.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,14 +48,14 @@ from losslab.lab.stats import mean_t_interval
 if TYPE_CHECKING:
     from losslab.lab.summary import Summary
 
-__all__ = ["CLAIMS", "Claim", "RunFolder", "Verdict", "claims_markdown", "decide",
-           "describe_run_folders", "evaluate_claims", "paired_difference"]
+__all__ = ["CLAIMS", "KEPT", "Claim", "RunFolder", "Verdict", "claims_markdown", "decide",
+           "describe_run_folders", "evaluate_claims", "paired_difference", "previous_rows"]
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 INCONCLUSIVE = "inconclusive"
 NOT_RUN = "not run"
-RULES = ("better", "not_better")
+RULES = ("better", "not_better", "not_worse")
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,12 @@ def decide(mean: float, ci: float, n: int, *, rule: str, margin: float) -> tuple
             return NOT_REPRODUCED, why
         return INCONCLUSIVE, f"interval {iv} holds 0" + (
             f" and {margin:g}" if margin > 0 else "")
+    if rule == "not_worse":
+        if lo >= -margin:
+            return REPRODUCED, f"interval {iv} at or above -{margin:g}"
+        if hi < -margin:
+            return NOT_REPRODUCED, f"worse: the interval {iv} is below -{margin:g}"
+        return INCONCLUSIVE, f"interval {iv} straddles -{margin:g}"
     if hi <= margin:
         return REPRODUCED, f"interval {iv} at or below the margin {margin:g}"
     if lo > margin:
@@ -242,10 +256,52 @@ def describe_run_folders(runs_root: str | Path = "runs",
     return out
 
 
-def _folders_markdown(folders: Sequence[RunFolder], runs_root: str) -> list[str]:
+KEPT = "*(kept from the previous file: run folder absent here)*"
+_VERDICT_CELL = re.compile(r"\*\*(reproduced|not reproduced|inconclusive|not run)\*\*")
+_FOLDER_ROW = re.compile(r"^\| `(?:[^`]*/)?([^`/]+)` \|")
+
+
+def previous_rows(text: str) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """From a previous ``docs/claims.md``: its verdict-table rows by claim id, and its "Run
+    folders" rows by folder name (the last path part)."""
+    rows: dict[str, list[str]] = {}
+    folder_rows: dict[str, str] = {}
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("| Claim |"):
+            section = "verdicts"
+        elif line.startswith("| Run folder |"):
+            section = "folders"
+        elif not line.startswith("|"):
+            section = ""
+        elif line.startswith("|---"):
+            continue
+        elif section == "verdicts":
+            rows.setdefault(line.split("|")[1].strip(), []).append(line)
+        elif section == "folders" and (m := _FOLDER_ROW.match(line)):
+            folder_rows[m.group(1)] = line
+    return rows, folder_rows
+
+
+def _verdict_of(row: str) -> str:
+    """The verdict of a rendered table row (its last cell), *not run* when none is found."""
+    cells = row.rstrip().removesuffix("|").rsplit("|", 1)
+    m = _VERDICT_CELL.search(cells[-1])
+    return m.group(1) if m else NOT_RUN
+
+
+def _mark_kept(row: str) -> str:
+    return row if KEPT in row else row.rstrip().removesuffix("|").rstrip() + f" {KEPT} |"
+
+
+def _folders_markdown(folders: Sequence[RunFolder], runs_root: str,
+                      kept: Mapping[str, str] | None = None) -> list[str]:
     lines = ["## Run folders", "",
              "| Run folder | Claims | What it holds |", "|---|---|---|"]
     for f in folders:
+        if f.status == "absent" and kept and f.name in kept:
+            lines.append(_mark_kept(kept[f.name]))
+            continue
         if f.status == "read":
             seeds = (f"seeds {f.seeds[0]}-{f.seeds[-1]}" if len(f.seeds) > 1 and
                      list(f.seeds) == list(range(f.seeds[0], f.seeds[-1] + 1))
@@ -269,27 +325,59 @@ def _fmt_delta(v: Verdict) -> str:
 
 
 def claims_markdown(verdicts: Sequence[Verdict], runs_root: str | Path = "runs", *,
-                    folders: Sequence[RunFolder] | None = None, command: str = "") -> str:
+                    folders: Sequence[RunFolder] | None = None, command: str = "",
+                    previous: str | None = None) -> str:
     """``docs/claims.md``: one table row per verdict, the run folders read (``folders``, from
     :func:`describe_run_folders`; none: the section is left out), then each claim's details.
-    ``command``: the command line that generated the file, quoted in the header."""
-    counts: dict[str, int] = {}
+    ``command``: the command line that generated the file, quoted in the header.
+
+    ``previous``: the text of the file this one replaces. A claim whose verdicts are all *not
+    run* because its run folder is absent (per ``folders``) keeps its rows from ``previous``,
+    and the folder its row there, each marked as kept (:data:`KEPT`); the summary counts the
+    rows as written."""
+    kept_rows, kept_folders = previous_rows(previous) if previous else ({}, {})
+    # a previous row that says *not run* holds nothing to keep
+    kept_rows = {k: rows for k, rows in kept_rows.items()
+                 if any(_verdict_of(r) != NOT_RUN for r in rows)}
+    kept_folders = {k: r for k, r in kept_folders.items() if "not run (no results" not in r}
+    absent = {f.name for f in folders or () if f.status == "absent"}
+    body: list[tuple[str, str]] = []  # (verdict, table row)
+    done_kept: set[str] = set()
     for v in verdicts:
-        counts[v.verdict] = counts.get(v.verdict, 0) + 1
+        c = v.claim
+        if v.verdict == NOT_RUN and c.run in absent and c.id in kept_rows:
+            if c.id not in done_kept:
+                done_kept.add(c.id)
+                body += [(_verdict_of(row), _mark_kept(row)) for row in kept_rows[c.id]]
+            continue
+        rule = c.rule + (f" (m = {c.margin:g})" if c.margin else "")
+        verdict = f"**{v.verdict}**" + (f": {v.reason}" if v.reason else "")
+        body.append((v.verdict, f"| {c.id} | {c.paper_number} | {v.setting or '—'} | "
+                                f"`{v.treatment}` vs `{c.baseline}` | {c.metric}, {rule} | "
+                                f"{_fmt_delta(v)} | {verdict} |"))
+    counts: dict[str, int] = {}
+    for verdict, _ in body:
+        counts[verdict] = counts.get(verdict, 0) + 1
+    kept_note = (" Rows marked *kept* come from the previous version of this file: their run "
+                 "folders were not under the runs root when it was generated "
+                 "(`--keep-absent`); \"Run folders\" gives what each held then."
+                 if done_kept else "")
     lines = [
         "# Paper claims tested by the lab",
         "",
         f"Generated by `{command or 'losslab report --claims'}` from the run folders under "
         f"`{runs_root}/` (the claim definitions: `src/losslab/lab/claims.py`; the folders "
         "read: \"Run folders\" below). Do not edit by hand; re-run the benchmarks and the "
-        "command instead.",
+        "command instead." + kept_note,
         "",
         "Ours: the paired difference treatment − baseline over the seeds both ran, oriented so "
         "that + is better (lower-is-better metrics are negated), mean ± 95% Student-t "
         "half-width, n seeds. Rule `better` (margin m): reproduced when the interval is above "
         "0 and reaches m; not reproduced when it lies below m; inconclusive otherwise. Rule "
         "`not_better` (margin m): reproduced when the interval lies at or below m; not "
-        "reproduced when it lies above m. Our data sets and budgets are small (glyphs, "
+        "reproduced when it lies above m. Rule `not_worse` (margin m): reproduced when the "
+        "interval lies at or above -m (the treatment costs at most m); not reproduced when it "
+        "lies below -m. Our data sets and budgets are small (glyphs, "
         "Fashion-MNIST subsets, minutes of CPU): a verdict is about this setting, not a "
         "verdict on the paper's own experiment.",
         "",
@@ -300,17 +388,13 @@ def claims_markdown(verdicts: Sequence[Verdict], runs_root: str | Path = "runs",
         "| Claim | Paper's number | Setting | Treatment vs baseline | Metric, rule "
         "| Ours (Δ ± CI) | Verdict |",
         "|---|---|---|---|---|---:|---|",
+        *(row for _, row in body),
     ]
-    for v in verdicts:
-        c = v.claim
-        rule = c.rule + (f" (m = {c.margin:g})" if c.margin else "")
-        verdict = f"**{v.verdict}**" + (f": {v.reason}" if v.reason else "")
-        lines.append(
-            f"| {c.id} | {c.paper_number} | {v.setting or '—'} | `{v.treatment}` "
-            f"vs `{c.baseline}` | {c.metric}, {rule} | {_fmt_delta(v)} | {verdict} |")
     lines.append("")
     if folders is not None:
-        lines += _folders_markdown(folders, Path(runs_root).as_posix())
+        kept_f = {n: r for n, r in kept_folders.items() if n in absent and
+                  any(c.run == n for c in (v.claim for v in verdicts) if c.id in done_kept)}
+        lines += _folders_markdown(folders, Path(runs_root).as_posix(), kept_f)
     lines += ["## The claims", ""]
     seen: set[str] = set()
     for v in verdicts:
@@ -423,14 +507,110 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="topology-thin-structures",
         paper="clDice (Shit et al., arXiv 2003.07311); Skeleton Recall (Kirchhoff et al., "
-              "arXiv 2404.03010)",
-        claim="Adding a topology term (clDice, skeleton recall) to a volumetric loss preserves "
-              "the topology of thin structures better: fewer spurious or missing components.",
+              "arXiv 2404.03010); Betti matching (Stucki et al., arXiv 2211.15272)",
+        claim="Adding a topology term (clDice, skeleton recall, Betti matching) to a volumetric "
+              "loss preserves the topology of thin structures better: fewer spurious or "
+              "missing components.",
         paper_number="lower Betti errors on tubular data sets (numbers not verified)",
-        task="segmentation", run="segmentation_glyphs", metric="betti0_error",
-        baseline="dice_ce", treatments=("cl_dice+dice_ce", "skeleton_recall+dice_ce"),
-        rule="better", margin=0.0, settings=("thin",), command="make bench-segmentation",
+        task="segmentation", run="segmentation_thin", metric="betti0_error",
+        baseline="dice_ce", treatments=("cl_dice+dice_ce", "skeleton_recall+dice_ce",
+                                        "betti_matching+dice_ce"),
+        rule="better", margin=0.0, settings=("thin",), command="make bench-segmentation-thin",
         note="the compounds are 0.5 topology term + 0.5 Dice-CE (losslab.combine).",
+    ),
+    Claim(
+        id="topology-thin-holes",
+        paper="clDice (Shit et al., arXiv 2003.07311); Skeleton Recall (Kirchhoff et al., "
+              "arXiv 2404.03010); Betti matching (Stucki et al., arXiv 2211.15272)",
+        claim="The same topology terms also get the holes (loops) of thin structures right more "
+              "often: a lower Betti-1 error.",
+        paper_number="lower Betti-1 errors (numbers not verified)",
+        task="segmentation", run="segmentation_thin", metric="betti1_error",
+        baseline="dice_ce", treatments=("cl_dice+dice_ce", "skeleton_recall+dice_ce",
+                                        "betti_matching+dice_ce"),
+        rule="better", margin=0.0, settings=("thin",), command="make bench-segmentation-thin",
+    ),
+    Claim(
+        id="betti-matching-error",
+        paper="Topologically faithful image segmentation via induced matching of persistence "
+              "barcodes (Stucki et al., arXiv 2211.15272)",
+        claim="Training with the Betti matching loss improves the topological performance, "
+              "measured by the Betti matching error (features matched at the right place), "
+              "while preserving the volumetric performance; the other topology losses are "
+              "tested on the same metric.",
+        paper_number="improves topological performance across six data sets (abstract; table "
+                     "numbers not read)",
+        task="segmentation", run="segmentation_thin", metric="betti_matching_error",
+        baseline="dice_ce", treatments=("betti_matching+dice_ce", "cl_dice+dice_ce",
+                                        "skeleton_recall+dice_ce"),
+        rule="better", margin=0.0, settings=("thin",), command="make bench-segmentation-thin",
+        note="the error of dims 0 + 1 on the first 30 test images per job (T construction, "
+             "8-connected, as the Betti errors); the loss uses the same construction.",
+    ),
+    Claim(
+        id="betti-matching-volumetric",
+        paper="Topologically faithful image segmentation via induced matching of persistence "
+              "barcodes (Stucki et al., arXiv 2211.15272)",
+        claim="... while preserving the volumetric performance: the Dice score of the Betti "
+              "matching compound is not worse than Dice-CE's.",
+        paper_number="\"preserving the volumetric performance\" (abstract); margin m = 2 Dice "
+                     "points is ours",
+        task="segmentation", run="segmentation_thin", metric="dice",
+        baseline="dice_ce", treatments=("betti_matching+dice_ce",), rule="not_worse",
+        margin=2.0, settings=("thin",), command="make bench-segmentation-thin",
+    ),
+    Claim(
+        id="goldfish-memorisation",
+        paper="Be like a Goldfish, Don't Memorize! (Hans et al., arXiv 2406.10209)",
+        claim="The goldfish loss (k = 4, hashed mask) reduces the verbatim memorisation of text "
+              "repeated many times in training, compared with next-token cross-entropy.",
+        paper_number="significant reductions in extractable memorisation (abstract; Figure 1: "
+                     "100 documents x 100 epochs, numbers not read)",
+        task="lm", run="lm_wordnet", metric="memorized", baseline="cross_entropy",
+        treatments=("cross_entropy@goldfish",), rule="better", margin=0.0,
+        command="make bench-lm",
+        note="exact match of the 32 characters after a 32-character prompt (greedy); a "
+             "2 x 64 character transformer from scratch, 16 windows each seen 300 times beside "
+             "fresh text.",
+    ),
+    Claim(
+        id="goldfish-perplexity",
+        paper="Be like a Goldfish, Don't Memorize! (Hans et al., arXiv 2406.10209)",
+        claim="... at little or no cost: the goldfish model's validation perplexity is not "
+              "worse than cross-entropy's by more than the margin.",
+        paper_number="\"little to no impact on downstream benchmarks\" (abstract); margin "
+                     "m = 1 perplexity point is ours",
+        task="lm", run="lm_wordnet", metric="val_ppl", baseline="cross_entropy",
+        treatments=("cross_entropy@goldfish",), rule="not_worse", margin=1.0,
+        command="make bench-lm",
+    ),
+    Claim(
+        id="distillation-stronger-teacher",
+        paper="KD (Hinton et al., arXiv 1503.02531); DKD (arXiv 2203.08679); generalised JSD "
+              "(arXiv 2306.13649); Sinkhorn KD (arXiv 2402.17110)",
+        claim="A student trained with cross-entropy plus distillation from a stronger teacher "
+              "reaches a lower validation perplexity than the same student with "
+              "cross-entropy alone.",
+        paper_number="not verified (the papers' settings differ: image classifiers, "
+                     "pretrained LMs)",
+        task="lm", run="lm_wordnet", metric="val_ppl", baseline="cross_entropy",
+        treatments=("kd", "dkd", "jsd", "sinkhorn_kd"), rule="better", margin=0.0,
+        command="make bench-lm",
+        note="the teacher (3 x 80, 2.2x the student's parameters) is trained with plain CE "
+             "on the same batches for twice the students' epochs; its validation perplexity "
+             "is in the students' rows (teacher_val_ppl).",
+    ),
+    Claim(
+        id="loss-reweighting-perplexity",
+        paper="Dynamic Loss-Based Sample Reweighting for Improved Large Language Model "
+              "Pretraining (Sow et al., arXiv 2502.06733)",
+        claim="Loss-based sample reweighting (LinUpper) improves the pretrained model over "
+              "uniform weights.",
+        paper_number="not verified",
+        task="lm", run="lm_wordnet", metric="val_ppl", baseline="cross_entropy",
+        treatments=("cross_entropy@reweight",), rule="better", margin=0.0,
+        command="make bench-lm",
+        note="per-sequence weights of the detached mean CE of each window, as token_weight=.",
     ),
     Claim(
         id="robust-regression-outliers",

@@ -139,6 +139,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="write the table of paper claims and their verdicts from the run folders")
     p.add_argument("--output", default="docs/claims.md", metavar="FILE",
                    help="with --claims: the markdown file to write (default: docs/claims.md)")
+    p.add_argument("--keep-absent", action="store_true",
+                   help="with --claims: claims whose run folder is absent keep their rows "
+                   "from the existing --output file (marked as kept) instead of 'not run'")
     p.set_defaults(func=report_main)
     return p
 
@@ -257,9 +260,12 @@ def claims_main(args: argparse.Namespace) -> int:
     try:
         verdicts = evaluate_claims(root)
         out = Path(args.output)
-        command = f"losslab report --claims {root.as_posix()} --output {out.as_posix()}"
+        keep = bool(getattr(args, "keep_absent", False))
+        command = (f"losslab report --claims {root.as_posix()} --output {out.as_posix()}"
+                   + (" --keep-absent" if keep else ""))
+        previous = out.read_text() if keep and out.is_file() else None
         md = claims_markdown(verdicts, root.as_posix(), folders=describe_run_folders(root),
-                             command=command)
+                             command=command, previous=previous)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(md + "\n")
     except (ValueError, RuntimeError, OSError) as e:

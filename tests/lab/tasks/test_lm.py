@@ -256,3 +256,22 @@ def test_variant_suffix_of_a_loss_spec():
     for bad in ("cross_entropy@", "cross_entropy@1x", "@goldfish"):
         with pytest.raises(ValueError, match="loss spec"):
             parse_loss_spec(bad)
+
+
+def test_warmup_cosine_schedule_against_the_formula():
+    """The learning rate of every step: linear warm-up (step + 1) / W for the first W steps,
+    times the cosine decay 0.5 (1 + cos(pi step / T)); W = 0 is the cosine alone."""
+    from losslab.lab.tasks.lm import warmup_cosine_schedule
+
+    for total, warm in ((20, 5), (7, 0), (4, 10)):
+        p = nn.Parameter(torch.zeros(()))
+        opt = torch.optim.SGD([p], lr=2.0)
+        sched = warmup_cosine_schedule(opt, total, warm)
+        for step in range(total + 2):
+            w = (step + 1) / warm if step < warm else 1.0
+            want = 2.0 * w * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+            assert opt.param_groups[0]["lr"] == pytest.approx(want, abs=1e-12)
+            opt.step()
+            sched.step()
+    with pytest.raises(ValueError, match="warmup_steps"):
+        warmup_cosine_schedule(torch.optim.SGD([nn.Parameter(torch.zeros(()))], lr=1.0), 5, -1)

@@ -61,3 +61,38 @@ def test_shipped_config_resolves():
     task = get_task("segmentation")
     cfg = resolve_config(task, load_config_file("segmentation_glyphs"), None)
     assert "skeleton_recall+dice_ce" in cfg["losses"] and cfg["setting"]
+
+
+@pytest.mark.slow  # the persistence of every training image, pure Python
+def test_betti_matching_loss_and_error_in_a_job(tmp_path):
+    """A thin-setting job trained with the Betti matching compound; its Betti matching error is
+    the mean of :func:`betti_matching_error` (T construction) over the first test images,
+    recomputed here from the predictions the seed-0 job records; 0 images: not scored."""
+    import numpy as np
+    import torch
+
+    from losslab.lab.data.segmentation import make_segmentation_data
+    from losslab.metrics import betti_matching_error
+
+    task, cfg = _config(losses=["betti_matching+dice_ce"], setting=["thin"], n_test=4,
+                        betti_matching_images=4,
+                        loss_hparams={"betti_matching": {"construction": "T"}})
+    out = run_bench(task, cfg, tmp_path / "run", quiet=True)
+    (row,) = read_rows(out / "results.jsonl")
+    m = row["metrics"]
+    data = make_segmentation_data("thin", n_train=cfg["n_train"], n_test=4, seed=0,
+                                  size=cfg["size"], scale=cfg["scale"])
+    pred = torch.from_numpy(np.stack([unpack_mask(p, (cfg["size"],) * 2)
+                                      for p in m["preview"]]).astype(np.int64))
+    want = betti_matching_error(pred, torch.from_numpy(data.y_test), construction="T").mean(0)
+    assert m["betti_matching0"] == pytest.approx(float(want[0]))
+    assert m["betti_matching1"] == pytest.approx(float(want[1]))
+    assert m["betti_matching_error"] == pytest.approx(float(want.sum()))
+    assert "Betti matching error" in (out / "table.md").read_text()
+
+    task, cfg = _config(losses=["dice_ce"], setting=["thin"], betti_matching_images=0)
+    out = run_bench(task, cfg, tmp_path / "none", quiet=True)
+    (row,) = read_rows(out / "results.jsonl")
+    assert row["metrics"]["betti_matching_error"] is None
+    with pytest.raises(ValueError, match="betti_matching_images"):
+        task.validate({**cfg, "betti_matching_images": -1})

@@ -1,5 +1,5 @@
 """Binary (single-logit, sigmoid) inputs of the overlap losses, their soft-label behaviour, 3-D
-inputs, and the Lovász hinge (arXiv 1705.08790): loop oracles in fp64 and monai peers. The
+inputs, and the Lovász hinge (arXiv 1705.08790): loop oracles in fp64, monai and kornia peers. The
 multi-class tests of these losses are in ``tests/losses/test_segmentation.py``."""
 
 from __future__ import annotations
@@ -252,3 +252,52 @@ def test_lovasz_hinge_multichannel_is_one_vs_rest_of_the_binary_hinge() -> None:
                  for c in range(3)]
     want = torch.stack(per_class, 1).mean(1)
     torch.testing.assert_close(lovasz_hinge_loss(logits, target, reduction="none"), want)
+
+
+def _multiclass_batch(seed: int = 3, c: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(N, c, H, W, generator=g, dtype=torch.float64) * 2
+    target = torch.randint(0, c, (N, H, W), generator=g)
+    return logits.requires_grad_(True), target
+
+
+def _same_value_and_grad(ours: torch.Tensor, ref: torch.Tensor, x: torch.Tensor) -> None:
+    (g_ours,) = torch.autograd.grad(ours, x, retain_graph=True)
+    (g_ref,) = torch.autograd.grad(ref, x)
+    torch.testing.assert_close(ours, ref.to(ours.dtype), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_tversky_matches_kornia_per_image_present_classes() -> None:
+    """kornia.losses.tversky_loss: softmax, per image and class, the mean over the classes
+    present in the image's target, then over images, no smoothing in the numerator (its eps
+    only in the denominator: 0 here); ignored pixels out of every count."""
+    kornia = pytest.importorskip("kornia")
+    logits, target = _multiclass_batch()
+    target[0, 0, :2] = -100
+    for alpha, beta in ((0.3, 0.7), (0.5, 0.5), (0.9, 0.1)):
+        ours = tversky_loss(logits, target, alpha=alpha, beta=beta, smooth=0.0, per_image=True,
+                            classes="present")
+        ref = kornia.losses.tversky_loss(logits, target, alpha, beta, eps=0.0, ignore_index=-100)
+        _same_value_and_grad(ours, ref, logits)
+
+
+def test_lovasz_hinge_matches_kornia_per_image() -> None:
+    """kornia.losses.lovasz_hinge_loss ([B, 1, H, W] logits): Berman's per-image hinge,
+    averaged over the images, every image counted (also the one without foreground)."""
+    kornia = pytest.importorskip("kornia")
+    logits, target = binary_batch(4, ignore=False)
+    ours = lovasz_hinge_loss(logits, target, per_image=True)
+    ref = kornia.losses.lovasz_hinge_loss(logits, target)
+    _same_value_and_grad(ours, ref, logits)
+
+
+def test_lovasz_softmax_matches_kornia_per_image_all_classes() -> None:
+    """kornia.losses.lovasz_softmax_loss: per image and class (every class, also absent ones:
+    their Lovász extension is the sum of their probabilities' errors), the mean over both."""
+    kornia = pytest.importorskip("kornia")
+    logits, target = _multiclass_batch(5)
+    target[1][target[1] == 2] = 0  # class 2 absent from image 1
+    ours = lovasz_softmax_loss(logits, target, per_image=True, classes="all")
+    ref = kornia.losses.lovasz_softmax_loss(logits, target)
+    _same_value_and_grad(ours, ref, logits)

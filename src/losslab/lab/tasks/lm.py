@@ -17,7 +17,8 @@ Per job (loss, seed), every loss with the same budget:
 2. **Model**: :class:`CharTransformer` (pre-LN causal transformer, learned positions, tied
    input/output embedding), ``d_model`` x ``n_layers`` x ``n_heads``; the initial weights
    depend on the seed only.
-3. **Training**: Adam (``lr``, ``weight_decay``), cosine decay per step, ``epochs`` epochs over
+3. **Training**: Adam (``lr``, ``weight_decay``), a linear warm-up over ``warmup_steps``
+   steps then cosine decay per step (:func:`warmup_cosine_schedule`), ``epochs`` epochs over
    the repeated windows, next-token prediction on ``[batch_size + fresh_batch, seq_len]``
    inputs. The objective of a job (on every token of the batch):
 
@@ -72,7 +73,7 @@ from losslab.lab.data.text import CORPORA, CharVocab, Corpus, load_corpus, split
 from losslab.lab.env import resolve_device
 from losslab.lab.noise import stream_seed
 from losslab.lab.tasks.base import Job, Option, Progress, ReportColumn, Task
-from losslab.lab.training import Batch, build_optimizer, cosine_schedule, fit
+from losslab.lab.training import Batch, build_optimizer, fit
 
 __all__ = [
     "VARIANTS",
@@ -82,6 +83,7 @@ __all__ = [
     "evaluate_lm",
     "greedy_continuation",
     "verbatim_memorization",
+    "warmup_cosine_schedule",
 ]
 
 #: The training variants of ``cross_entropy`` (``cross_entropy@<variant>``).
@@ -273,6 +275,22 @@ def _requires_target(loss: nn.Module) -> bool:
     return p is not None and p.default is inspect.Parameter.empty
 
 
+def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
+                           warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up of the learning rate over the first ``warmup_steps`` optimizer steps
+    (factor ``(step + 1) / warmup_steps``), times the cosine decay to 0 over ``total_steps``
+    (:func:`losslab.lab.training.cosine_schedule`'s factor); ``warmup_steps = 0``: cosine only."""
+    if total_steps < 1 or warmup_steps < 0:
+        raise ValueError(f"total_steps must be >= 1 and warmup_steps >= 0, got {total_steps} "
+                         f"and {warmup_steps}")
+
+    def factor(step: int) -> float:
+        warm = 1.0 if step >= warmup_steps else (step + 1) / warmup_steps
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path`` (parallel workers wait for the one training a teacher)."""
@@ -306,6 +324,7 @@ class _BarsOnly:
 _TEACHER_KEYS = ("corpus", "data_dir", "seq_len", "n_train", "n_val", "n_fresh", "fresh_batch",
                  "teacher_d_model",
                  "teacher_layers", "n_heads", "teacher_epochs", "batch_size", "lr",
+                 "warmup_steps",
                  "weight_decay", "mem_prefix", "mem_suffix")
 
 
@@ -324,17 +343,19 @@ class LMTask(Task):
         Option("cache_dir", ".cache", "where wordnet-base is fetched and unpacked", str,
                affects_results=False),
         Option("seq_len", 64, "tokens (characters) per training input", int),
-        Option("n_train", 32, "repeated training windows (every epoch: the memorisation set)",
+        Option("n_train", 16, "repeated training windows (every epoch: the memorisation set)",
                int),
         Option("n_val", 256, "validation windows", int),
         Option("n_fresh", 4800, "fresh training windows (each seen about once)", int),
         Option("d_model", 64, "student width", int),
         Option("n_layers", 2, "student layers", int),
         Option("n_heads", 4, "attention heads (student and teacher)", int),
-        Option("epochs", 150, "epochs over the repeated windows", int),
+        Option("epochs", 300, "epochs over the repeated windows", int),
         Option("batch_size", 8, "repeated windows per step", int),
         Option("fresh_batch", 8, "fresh windows per step (0: repeated windows only)", int),
         Option("lr", 3e-3, "Adam learning rate (cosine decay to 0)", float),
+        Option("warmup_steps", 100, "linear learning-rate warm-up steps (then the cosine "
+               "decay; without it a seed in three stalled at the unigram loss)", int),
         Option("weight_decay", 0.0, "weight decay", float),
         Option("goldfish_k", 4, "goldfish: drop about 1 in k tokens", int),
         Option("goldfish_h", 13, "goldfish: tokens of context hashed", int),
@@ -344,7 +365,7 @@ class LMTask(Task):
                float),
         Option("teacher_d_model", 80, "teacher width", int),
         Option("teacher_layers", 3, "teacher layers", int),
-        Option("teacher_epochs", 150, "teacher epochs (plain CE)", int),
+        Option("teacher_epochs", 600, "teacher epochs (plain CE)", int),
         Option("mem_prefix", 32, "memorisation: prompt length P (characters)", int),
         Option("mem_suffix", 32, "memorisation: continuation S that must match exactly", int),
         Option("eval_batch", 256, "windows per evaluation batch", int, affects_results=False),
@@ -385,8 +406,8 @@ class LMTask(Task):
                   "eval_batch"):
             if config[k] < 1:
                 raise ValueError(f"{k} must be >= 1, got {config[k]}")
-        if config["n_fresh"] < 0 or config["fresh_batch"] < 0:
-            raise ValueError("n_fresh and fresh_batch must be >= 0")
+        if config["n_fresh"] < 0 or config["fresh_batch"] < 0 or config["warmup_steps"] < 0:
+            raise ValueError("n_fresh, fresh_batch and warmup_steps must be >= 0")
         if not config["lr"] > 0 or config["weight_decay"] < 0 or config["distill_weight"] < 0:
             raise ValueError("lr must be > 0, weight_decay and distill_weight >= 0")
         if config["mem_prefix"] + config["mem_suffix"] > config["seq_len"] + 1:
@@ -453,7 +474,7 @@ class LMTask(Task):
 
         opt = build_optimizer("adam", model, objective, lr=config["lr"],
                               weight_decay=config["weight_decay"])
-        sched = cosine_schedule(opt, epochs * steps)
+        sched = warmup_cosine_schedule(opt, epochs * steps, config["warmup_steps"])
         return fit(model, objective, batches, optimizer=opt, scheduler=sched,
                    scheduler_interval="step", epochs=epochs, steps_per_epoch=steps,
                    progress=progress, desc=desc)
