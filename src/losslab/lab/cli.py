@@ -187,12 +187,14 @@ def _print_report(rep: dict[str, Any]) -> None:
 def bench_main(args: argparse.Namespace) -> int:
     from losslab.lab.config import load_config_file, resolve_config
     from losslab.lab.data.formats import DatasetLayoutError
+    from losslab.lab.env import tune_malloc
     from losslab.lab.report import write_report
     from losslab.lab.results import CorruptResultsError
     from losslab.lab.runner import BenchInterrupted, ConfigMismatchError, run_bench
     from losslab.lab.tasks import get_task
     from losslab.lab.tasks.base import RUNNER_OPTIONS
 
+    tune_malloc()  # this process is the lab's: keep freed tensor memory (no page-fault churn)
     task = get_task(args.task)
     names = [o.name for o in (*RUNNER_OPTIONS, *task.options)]
     cli = {n: getattr(args, n) for n in names if hasattr(args, n)}
