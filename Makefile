@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e ".[lab,dev]"
 	# peers for the parity tests, without their dependencies: their loss files need torch only.
 	# smp's timm/torchvision would pull a torchvision that does not import beside the CPU
-	# torch, allRank pins torch<=1.8, LibAUC pulls torch_geometric/ogb/opencv; the tests load
-	# the loss files alone (tests/losses/ranking/peers.py, tests/losses/test_segmentation.py)
-	$(PIP) install --no-deps "segmentation-models-pytorch>=0.3" "allRank==1.4.3" "libauc==2.0.1"
+	# torch (so would open_clip's and lightly's), allRank pins torch<=1.8, LibAUC pulls
+	# torch_geometric/ogb/opencv; the tests load the loss files alone
+	# (tests/losses/ranking/peers.py, tests/losses/test_segmentation.py,
+	# tests/losses/contrastive_ssl/common.py)
+	$(PIP) install --no-deps "segmentation-models-pytorch>=0.3" "allRank==1.4.3" \
+		"libauc==2.0.1" "open_clip_torch==3.3.0" "lightly==1.6.0"
 	touch $(STAMP)
 
 setup: $(STAMP)
