@@ -56,7 +56,9 @@ as a second implementation behind an ``impl=`` argument when it exists):
   coefficients ``A, B, C`` of the logit gradient ``A p - B e_t - C w``);
 * :mod:`.grads`: gradient assembly (coefficient folding into ``dh``/``dW``/``db``, the
   ``dW`` accumulation, the ``vocab_blocks`` pass, rounding the accumulator);
-* :mod:`.autograd`: the two autograd Functions.
+* :mod:`.autograd`: the two autograd Functions (the eager path);
+* :mod:`.compiled`: the same passes as ``torch.library`` custom operators, the path
+  ``torch.compile`` traces (one opaque operator per pass: no graph break).
 
 Glossary of the local names: ``h, w, b`` hidden ``[N, d]``, weight ``[V, d]``, bias ``[V]``;
 ``target`` class ids with ignored tokens mapped to 0 and ``valid`` the mask of the others;
@@ -76,7 +78,10 @@ from torch import Tensor
 
 from losslab._core import check_choice, check_reduction, compute_dtype
 from losslab._hparams import Choice, Flag, Int, Real, hparams
+from losslab._require import require
+from losslab.kernels.linear_ce import compiled
 from losslab.kernels.linear_ce.autograd import GradInForward, Recompute
+from losslab.kernels.linear_ce.compiled import float32_if_fp16_overflows
 from losslab.kernels.linear_ce.workspace import WORKSPACE_BYTES, LceOptions, plan_chunks
 
 __all__ = [
@@ -127,34 +132,17 @@ def linear_cross_entropy(
         loss = zero.expand(lead) if reduction == "none" else zero
         lse = torch.zeros(lead, dtype=acc, device=h.device)
         return (loss, lse) if return_lse else loss
-    if h.dtype == torch.float16 and _fp16_logits_may_overflow(h, w, bias):
+    if not torch.compiler.is_compiling():
         # float16 logits would overflow (|z| can exceed 65504): compute this call in float32
-        # (differentiable casts, so the gradients reach the float16 inputs). bfloat16 has
-        # float32's range and never takes this path.
-        h, w = h.float(), w.float()
-        bias = bias.float() if bias is not None else None
-    loss, lse = _apply(h, w, bias, t, valid, class_weight, tw, opts, reduction)
+        # (differentiable casts, so the gradients reach the float16 inputs; under compile
+        # the operators of .compiled decide this inside). bfloat16 has float32's range.
+        h, w, bias = float32_if_fp16_overflows(h, w, bias)
+    loss, lse = _apply(h, w, bias, t, valid, class_weight, tw, opts, reduction, return_lse)
     if reduction == "none":
         loss = loss.reshape(lead)
     if return_lse:
         return loss, lse.reshape(lead)
     return loss
-
-
-#: Largest logit bound for which float16 chunks are used (half of float16's maximum, 65504,
-#: leaves room for the rounding of the GEMM's output).
-FP16_LOGIT_BOUND = 32768.0
-
-
-def _fp16_logits_may_overflow(h: Tensor, w: Tensor, bias: Tensor | None) -> bool:
-    """Whether some logit ``h_n . w_v + b_v`` may leave float16's range: Cauchy-Schwarz,
-    ``|z| <= max_n |h_n| max_v |w_v| + max |b|`` (one pass over the inputs, no GEMM)."""
-    hn = torch.linalg.vector_norm(h, dim=1, dtype=torch.float32).max()
-    wn = torch.linalg.vector_norm(w, dim=1, dtype=torch.float32).max()
-    bound = hn * wn
-    if bias is not None:
-        bound = bound + bias.detach().abs().max().float()
-    return bool(bound > FP16_LOGIT_BOUND)
 
 
 def _flatten(
@@ -170,11 +158,9 @@ def _flatten(
     t = target.reshape(-1).long()
     valid = t != ignore_index
     bad = valid & ((t < 0) | (t >= v))
-    if bool(bad.any()):
-        raise ValueError(
-            f"target has value(s) {sorted(set(t[bad].tolist()))[:5]} outside [0, {v}) that are "
-            f"not ignore_index={ignore_index}"
-        )
+    require(~bad, lambda: (
+        f"target has value(s) {sorted(set(t[bad].tolist()))[:5]} outside [0, {v}) that are "
+        f"not ignore_index={ignore_index}"))
     w = weight if weight.is_contiguous() else weight.contiguous()
     return h, w, torch.where(valid, t, 0), valid
 
@@ -182,10 +168,12 @@ def _flatten(
 def _apply(
     h: Tensor, w: Tensor, b: Tensor | None, target: Tensor, valid: Tensor,
     class_weight: Tensor | None, token_weight: Tensor | None, opts: LceOptions, reduction: str,
+    lse_used: bool,
 ) -> tuple[Tensor, Tensor]:
     """``(loss, lse)`` of the flattened problem by the strategy of ``opts`` and the
     ``reduction`` ("mean" divides by ``sum_n valid_n token_weight_n class_weight[t_n]``, a
-    mean over no valid token is 0)."""
+    mean over no valid token is 0). Under ``torch.compile`` the autograd Functions are
+    replaced by the custom operators of :mod:`.compiled` (the same passes, no graph break)."""
     acc = compute_dtype(h.dtype)
     tw = token_weight.to(acc) if token_weight is not None else None
     if reduction == "mean":
@@ -198,12 +186,19 @@ def _apply(
         scale = torch.where(denom != 0, 1.0 / torch.where(denom != 0, denom, 1.0), 0.0)
     else:
         scale = torch.ones((), dtype=acc, device=h.device)
+    compiling = torch.compiler.is_compiling()
     if opts.strategy == "grad_in_forward":
+        tw_fixed = tw.detach() if tw is not None else None
+        if compiling:
+            return compiled.grad_in_forward(h, w, b, target, valid, class_weight, tw_fixed,
+                                            scale, opts, lse_used)
         return GradInForward.apply(  # type: ignore[no-any-return]
-            h, w, b, target, valid, class_weight, tw.detach() if tw is not None else None,
-            scale, opts,
+            h, w, b, target, valid, class_weight, tw_fixed, scale, opts,
         )
-    per_token, lse = Recompute.apply(h, w, b, target, valid, class_weight, opts)
+    if compiling:
+        per_token, lse = compiled.recompute(h, w, b, target, valid, class_weight, opts)
+    else:
+        per_token, lse = Recompute.apply(h, w, b, target, valid, class_weight, opts)
     if tw is not None:
         per_token = per_token * tw
     if reduction == "none":

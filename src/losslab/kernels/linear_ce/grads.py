@@ -98,7 +98,8 @@ class LceGrads:
         c = self.coef_c[s:e] if self.coef_c is not None else None
         return self.coef_a[s:e], self.coef_b[s:e], c
 
-    def in_param_dtypes(self, w: Tensor, b: Tensor | None) -> tuple[Tensor | None, ...]:
+    def in_param_dtypes(self, w: Tensor, b: Tensor | None,
+                        ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """``(dh, dw, db)`` in the dtypes of ``hidden``, ``weight`` and ``bias`` (a float32
         ``dw`` accumulator of half weights is rounded in place)."""
         dw = round_in_place(self.dw, w.dtype) if self.dw is not None else None
