@@ -219,10 +219,11 @@ def test_workers_die_with_their_parent(tmp_path, tiny_flags):
 
 
 @pytest.mark.slow
-def test_ctrl_c_of_parallel_run_is_clean_and_prompt(tmp_path, tiny_flags):
-    """SIGINT to the whole process group (what Ctrl-C does): one line, exit 130, the workers
-    gone, the recorded rows whole (before: a KeyboardInterrupt traceback from every
-    process)."""
+@pytest.mark.parametrize("to", ["group", "parent"])
+def test_ctrl_c_of_parallel_run_is_clean_and_prompt(tmp_path, tiny_flags, to):
+    """SIGINT to the whole process group (what Ctrl-C does) or to the runner alone (``kill
+    -INT``): one line, exit 130, the workers gone, the recorded rows whole (before: a
+    KeyboardInterrupt traceback from every process)."""
     out = tmp_path / "run"
     flags = tiny_flags(seeds=3, workers=2, episodes_per_epoch=3)
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -233,7 +234,10 @@ def test_ctrl_c_of_parallel_run_is_clean_and_prompt(tmp_path, tiny_flags):
     try:
         _wait_for_rows(proc, out / "results.jsonl")
         kids = _children(proc.pid)
-        os.killpg(proc.pid, signal.SIGINT)
+        if to == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
     finally:
         proc.kill()
