@@ -22,7 +22,8 @@ def measure_fwd_bwd(step: Callable[[], Any], params: Sequence[Any], iters: int,
     """Run ``step().backward()`` ``iters + 1`` times (gradients of ``params`` reset before
     each). ``extra`` = peak RSS (``ru_maxrss``) minus the RSS before the first pass (the inputs
     exist by then); ``extra_minus_grads`` also subtracts ``grads_mib``, the gradients every
-    method must return. Times: the best timed iteration, and all of them."""
+    method must return. Times: the best timed iteration, and all of them (``iters=0``: the
+    one pass, warm-up included, for a memory-only measurement of a case too slow to repeat)."""
     rss0 = rss_mib()
     load0 = os.getloadavg()[0]
     walls, cpus = [], []
@@ -36,7 +37,7 @@ def measure_fwd_bwd(step: Callable[[], Any], params: Sequence[Any], iters: int,
         el, ce = time.perf_counter() - t0, time.process_time() - c0
         loss_val = float(loss.detach().float())
         del loss
-        if i > 0:
+        if i > 0 or iters == 0:
             walls.append(el)
             cpus.append(ce)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -200,7 +200,8 @@ def main() -> None:
     ap.add_argument("--impl", nargs="+", default=list(DEFAULT_IMPLS),
                     help=f"any of {IMPLS}; losslab:key=value,... for variants")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case")
-    ap.add_argument("--iters", type=int, default=1, help="timed iterations after one warm-up")
+    ap.add_argument("--iters", type=int, default=1, help="timed iterations after one warm-up "
+                    "(0: one pass, warm-up included: memory only)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "linear_cross_entropy"))
     ap.add_argument("--report", help="only print the table of an existing .jsonl")

@@ -4,7 +4,8 @@ Each implementation runs in a fresh subprocess on the same data (N x D float32, 
 query set against itself): peak memory = ``ru_maxrss`` growth during the call; the
 implementations alternate ``--rounds`` times and each keeps its best wall time (and its best
 process CPU time, reported beside it). ``gemm`` is the floor of ours: the bare score products
-(``2 q r^T - |r|^2``, the same chunks written into one reused buffer), no selection. PML is
+(``2 q r^T - |r|^2`` as ours computes it, the same chunks written into one reused buffer), no
+selection. PML is
 configured to the same definition: ``AccuracyCalculator(k="max_bin_count",
 knn_func=CustomKNN(LpDistance(normalize_embeddings=False)))``.
 
@@ -44,11 +45,13 @@ def worker(a: argparse.Namespace) -> None:
         from losslab.metrics.retrieval import DEFAULT_BLOCK_SCORES
 
         chunk = max(1, min(a.n, DEFAULT_BLOCK_SCORES // a.n))
+        from losslab.metrics.retrieval import _augmented_reference, _scores
+
         buf = torch.empty(chunk, a.n)
-        r_sq = x.pow(2).sum(1)
+        r_aug = _augmented_reference(x, "euclidean")
         for s in range(0, a.n, chunk):
             q = x[s : s + chunk]
-            torch.addmm(r_sq.unsqueeze(0), q, x.t(), beta=-1.0, alpha=2.0, out=buf[: q.shape[0]])
+            _scores(q, r_aug, "euclidean", buf[: q.shape[0]])
         out = {"map_at_r": float("nan")}
     elif a.impl == "ours":
         from losslab.metrics import retrieval_metrics
