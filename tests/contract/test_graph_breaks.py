@@ -46,8 +46,6 @@ EXPECTED_BREAKS: dict[str, str] = {
     "mar_diffusion": "the draws of t and eps run eagerly (torch.compiler.disable, "
                      "losses/generative/mar.py) so that compiled and eager runs draw the same "
                      "numbers from torch's generator",
-    "skeleton_recall": "dynamo fails to trace it (InternalTorchDynamoError, a torch bug in "
-                       "tuple-iterator guards)",
 }
 
 #: Traced in the default suite: every kind, and each site that once broke.
