@@ -41,8 +41,6 @@ EXPECTED_BREAKS: dict[str, str] = {
     "icnn": "the neighbour window is the largest class size (torch.unique counts, then topk "
             "of that width): a data-dependent width",
     "pamc": f"{_ITEM}: the number of clusters from the labels (contrastive_ssl/graph.py)",
-    "betti_matching": "persistence barcodes and their matching computed in numpy "
-                      "(_ops/persistence.py): not traceable",
     "mar_diffusion": "the draws of t and eps run eagerly (torch.compiler.disable, "
                      "losses/generative/mar.py) so that compiled and eager runs draw the same "
                      "numbers from torch's generator",
