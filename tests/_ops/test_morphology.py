@@ -1,5 +1,6 @@
 """Morphology helpers: brute-force loop oracles for the distance maps, the soft erosion /
-dilation / skeleton on 0/1 masks, the tubed skeleton's footprint."""
+dilation / skeleton on 0/1 masks, the tubed skeleton's footprint; the maps' custom operators
+(the ``torch.compile`` path) pass ``torch.library.opcheck`` and equal the eager functions."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import torch
 from losslab._ops.morphology import (
     boundary_mask,
     distance_to_boundary,
+    distance_to_boundary_op,
     signed_distance,
+    signed_distance_op,
     soft_dilate,
     soft_erode,
     soft_skeleton,
     tubed_skeleton,
+    tubed_skeleton_op,
 )
 
 pytest.importorskip("scipy")
@@ -138,3 +142,51 @@ def test_boundary_mask_marks_pixels_with_an_outside_4_neighbour() -> None:
         nb = [(i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)]
         out = any(not (0 <= a < h and 0 <= b < w) or not bool(m[a, b]) for a, b in nb)
         assert bool(got[n, i, j]) == (bool(m[i, j]) and out)
+
+
+def op_masks() -> list[torch.Tensor]:
+    """2-D masks with an empty and a full image, a 3-D batch, an empty batch."""
+    m = random_masks(4)
+    m[0] = False
+    m[1] = True
+    vol = torch.rand(2, 4, 5, 6, generator=torch.Generator().manual_seed(5)) < 0.5
+    return [m, random_masks(6, (3, 9, 10)), vol, torch.zeros(0, 5, 6, dtype=torch.bool)]
+
+
+@pytest.mark.parametrize("which", ["distance_to_boundary", "signed_distance"])
+def test_distance_operators_pass_opcheck_and_equal_the_eager_maps(which: str) -> None:
+    op = {"distance_to_boundary": distance_to_boundary_op,
+          "signed_distance": signed_distance_op}[which]
+    eager = {"distance_to_boundary": distance_to_boundary,
+             "signed_distance": signed_distance}[which]
+    for m in op_masks():
+        torch.library.opcheck(op, (m,))
+        out = op(m)
+        assert out.dtype == torch.float64 and out.shape == m.shape
+        assert torch.equal(out, eager(m))
+        assert torch.equal(eager(m, dtype=torch.float32), out.float())
+
+
+def test_tubed_skeleton_operator_passes_opcheck_and_equals_the_eager_map() -> None:
+    pytest.importorskip("skimage")
+    for m in op_masks():
+        for tube in (True, False):
+            torch.library.opcheck(tubed_skeleton_op, (m, tube))
+            out = tubed_skeleton_op(m, tube)
+            assert out.dtype == torch.bool and out.shape == m.shape
+            assert torch.equal(out, tubed_skeleton(m, tube=tube))
+
+
+@pytest.mark.slow
+def test_maps_compile_to_the_operators_without_graph_breaks() -> None:
+    pytest.importorskip("skimage")
+    m = random_masks(7)
+
+    def maps(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (distance_to_boundary(x, dtype=torch.float32), signed_distance(x),
+                tubed_skeleton(x))
+
+    torch._dynamo.reset()
+    got = torch.compile(maps, fullgraph=True)(m)
+    for a, b in zip(got, maps(m), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)

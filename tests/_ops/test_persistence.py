@@ -1,7 +1,9 @@
 """Cubical persistence, image persistence and the Betti matching of
 :mod:`losslab._ops.persistence`: barcodes against gudhi, image barcodes against the rank of
 the induced map computed by brute force (connected components for dim 0, cycle and boundary
-spaces over GF(2) for dim 1), and matchings known by hand."""
+spaces over GF(2) for dim 1), and matchings known by hand; the loss's terms and their padded
+custom operator (``losslab::betti_match_terms``, the ``torch.compile`` path) pass
+``torch.library.opcheck``."""
 
 from __future__ import annotations
 
@@ -9,12 +11,16 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from losslab._ops.persistence import (
     betti_match,
+    betti_match_terms,
+    betti_match_terms_op,
     cubical_cells,
     filtration_order,
     image_persistence,
+    max_betti_terms,
     persistence,
 )
 
@@ -209,3 +215,70 @@ def test_betti_match_rejects_shapes() -> None:
         betti_match(np.zeros((3, 3)), np.zeros((3, 4)))
     with pytest.raises(ValueError, match="construction"):
         cubical_cells(3, 3, "X")  # type: ignore[arg-type]
+
+
+def terms_value(p: np.ndarray, g: np.ndarray, index: np.ndarray, weight: np.ndarray) -> float:
+    v = np.concatenate([p.ravel(), g.ravel(), [0.0]])
+    return float((weight * (v[index[:, 0]] - v[index[:, 1]]) ** 2).sum())
+
+
+def loss_by_bars(p: np.ndarray, g: np.ndarray, construction: str) -> float:
+    """The loss bar by bar: 2 |q - q'|^2 per matched pair, (b - d)^2 per unmatched bar."""
+    matches, vp, _, vg, _ = betti_match(p, g, construction)  # type: ignore[arg-type]
+
+    def bar(vals: np.ndarray, bars, k: int) -> tuple[float, float]:
+        d = bars.death[k]
+        return float(vals[bars.birth[k]]), float(vals[d]) if d >= 0 else 0.0
+
+    total = 0.0
+    for m in matches:
+        for a, b in zip(m.matched_p.tolist(), m.matched_g.tolist(), strict=True):
+            (b0, d0), (b1, d1) = bar(vp, m.bars_p, a), bar(vg, m.bars_g, b)
+            total += 2 * ((b0 - b1) ** 2 + (d0 - d1) ** 2)
+        for a in m.unmatched_p.tolist():
+            b0, d0 = bar(vp, m.bars_p, a)
+            total += (b0 - d0) ** 2
+        for b in m.unmatched_g.tolist():
+            b1, d1 = bar(vg, m.bars_g, b)
+            total += (b1 - d1) ** 2
+    return total
+
+
+@pytest.mark.parametrize("construction", ["V", "T"])
+def test_betti_match_terms_are_the_loss_and_within_the_bound(construction: str) -> None:
+    rng = np.random.default_rng(7)
+    ii, jj = np.indices((6, 7))
+    checker = ((ii + jj) % 2).astype(np.float64)
+    for shape in [(1, 1), (1, 6), (5, 1), (6, 7), (9, 8)]:
+        for p, g in [(rng.random(shape), (rng.random(shape) > 0.5).astype(np.float64)),
+                     (rng.random(shape), rng.random(shape))]:
+            index, weight = betti_match_terms(p, g, construction)  # type: ignore[arg-type]
+            assert index.shape == (len(weight), 2) and set(weight.tolist()) <= {1.0, 2.0}
+            assert len(weight) <= max_betti_terms(*shape, construction)
+            assert terms_value(p, g, index, weight) == pytest.approx(
+                loss_by_bars(p, g, construction), rel=1e-12, abs=1e-15)
+    c = checker + rng.random(checker.shape) * 1e-3  # many bars
+    index, weight = betti_match_terms(c, 1 - checker, construction)  # type: ignore[arg-type]
+    assert len(weight) <= max_betti_terms(6, 7, construction)
+
+
+@pytest.mark.parametrize("construction", ["V", "T"])
+def test_betti_match_terms_operator_passes_opcheck_and_pads(construction: str) -> None:
+    rng = np.random.default_rng(8)
+    p = torch.tensor(rng.random((3, 5, 6)))
+    g = torch.tensor((rng.random((3, 5, 6)) > 0.5).astype(np.float64))
+    g[2] = p[2]  # identical maps: every bar matched to itself, loss 0
+    for args in [(p, g), (p.float(), g.float()), (p[:, :1], g[:, :1]), (p[:0], g[:0])]:
+        torch.library.opcheck(betti_match_terms_op, (*args, construction))
+    index, weight = betti_match_terms_op(p, g, construction)
+    t = max_betti_terms(5, 6, construction)
+    assert index.shape == (3, t, 2) and index.dtype == torch.int64
+    assert weight.shape == (3, t) and weight.dtype == torch.float64
+    for k in range(3):
+        i, w = betti_match_terms(p[k].numpy(), g[k].numpy(), construction)  # type: ignore
+        assert torch.equal(index[k, : len(w)], torch.from_numpy(i))
+        assert torch.equal(weight[k, : len(w)], torch.from_numpy(w))
+        assert bool((weight[k, len(w):] == 0).all()) and bool((index[k, len(w):] == 60).all())
+        assert terms_value(p[k].numpy(), g[k].numpy(), index[k].numpy(), weight[k].numpy()) \
+            == pytest.approx(loss_by_bars(p[k].numpy(), g[k].numpy(), construction),
+                             rel=1e-12, abs=1e-15)

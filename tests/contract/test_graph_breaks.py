@@ -29,8 +29,6 @@ _ITEM = "a Python number from a tensor (.item()/int()/bool())"
 
 #: Losses that still break the graph, with the reason (source line of the break).
 EXPECTED_BREAKS: dict[str, str] = {
-    "boundary": "scipy.ndimage distance transform (_ops/morphology.py): not traceable",
-    "hausdorff_dt": "scipy.ndimage distance transform (_ops/morphology.py): not traceable",
     "adaptive_margin_triplet": f"{_ITEM}: the largest positive count sizes the per-anchor "
                                "[P_max, M] blocks (metric_learning/triplet.py)",
     "metrix": "the mixing partners: the rows that have a sample of another class (torch.where, "
@@ -43,13 +41,9 @@ EXPECTED_BREAKS: dict[str, str] = {
     "icnn": "the neighbour window is the largest class size (torch.unique counts, then topk "
             "of that width): a data-dependent width",
     "pamc": f"{_ITEM}: the number of clusters from the labels (contrastive_ssl/graph.py)",
-    "betti_matching": "persistence barcodes and their matching computed in numpy "
-                      "(_ops/persistence.py): not traceable",
     "mar_diffusion": "the draws of t and eps run eagerly (torch.compiler.disable, "
                      "losses/generative/mar.py) so that compiled and eager runs draw the same "
                      "numbers from torch's generator",
-    "skeleton_recall": "dynamo fails to trace it (InternalTorchDynamoError, a torch bug in "
-                       "tuple-iterator guards)",
 }
 
 #: Traced in the default suite: every kind, and each site that once broke.

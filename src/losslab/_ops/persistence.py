@@ -46,6 +46,16 @@ of :math:`G` are matched when they are matched to the same bar of :math:`C`. Bar
 :math:`G` and :math:`C` of zero value-length are dropped first (the official ``valid="positive"``;
 the essential bar is always kept).
 
+**The loss's terms** (:func:`betti_match_terms`): every term of the Betti matching loss is
+a weighted squared difference of two values, each the value of a pixel of ``P``, of ``G``, or
+0 (the essential bar's death): a matched pair gives two terms of weight 2 (births, deaths),
+an unmatched bar one of weight 1 (birth, death). Their number is the number of bars of ``P``
+and ``G`` together, at most :func:`max_betti_terms` (the vertices plus the squares of both
+complexes: a dimension-0 bar is born at a distinct vertex, a dimension-1 bar dies at a
+distinct square), a bound that depends only on the image shape. The operator
+``losslab::betti_match_terms`` returns them padded to that bound for a batch of maps: the
+static-shape form that ``torch.compile`` traces.
+
 Cost: the squares' reduction is pure Python (sets of row ids); a 32 x 32 image takes a few
 hundredths of a second, 128 x 128 about a second. 2-D only.
 """
@@ -57,15 +67,20 @@ from functools import lru_cache
 from typing import Literal
 
 import numpy as np
+import torch
+from torch import Tensor
 
 __all__ = [
     "Barcode",
     "BettiMatch",
     "Construction",
     "betti_match",
+    "betti_match_terms",
+    "betti_match_terms_op",
     "cubical_cells",
     "filtration_order",
     "image_persistence",
+    "max_betti_terms",
     "persistence",
 ]
 
@@ -322,3 +337,70 @@ def betti_match(pred: np.ndarray, target: np.ndarray, construction: Construction
         out.append(BettiMatch(bp, bg, arr[:, 0].copy(), arr[:, 1].copy(), unmatched_p,
                               unmatched_g))
     return out, vp, crit_p, vg, crit_g
+
+
+def max_betti_terms(h: int, w: int, construction: str = "V") -> int:
+    """Upper bound on the number of terms of :func:`betti_match_terms` for ``h x w`` images:
+    twice the vertices plus squares of the complex (``construction="V"``: ``h w`` and
+    ``(h - 1)(w - 1)``; ``"T"``: ``(h + 1)(w + 1)`` and ``h w``). Works on symbolic sizes."""
+    if construction == "V":
+        return 2 * (h * w + (h - 1) * (w - 1))
+    return 2 * ((h + 1) * (w + 1) + h * w)
+
+
+def betti_match_terms(pred: np.ndarray, target: np.ndarray, construction: Construction = "V"
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The Betti matching loss of ``pred`` against ``target`` (``[H, W]``) as
+    ``sum_t weight[t] (v[index[t, 0]] - v[index[t, 1]])^2`` with ``v`` the concatenation of
+    ``pred.ravel()``, ``target.ravel()`` and a 0 (index ``2 H W``; the death value of the
+    essential bar). Returns ``(index[T, 2]`` int64, ``weight[T]`` float64): 2 for the birth and
+    the death terms of each matched pair, 1 for each unmatched bar (birth against death)."""
+    matches, _, crit_p, _, crit_g = betti_match(pred, target, construction)
+    hw = int(np.asarray(pred).size)
+    zero = 2 * hw
+    idx: list[np.ndarray] = []
+    wts: list[np.ndarray] = []
+
+    def ends(crit: np.ndarray, bars: Barcode, offset: int) -> tuple[np.ndarray, np.ndarray]:
+        birth = crit[bars.birth] + offset
+        death = np.where(bars.death >= 0, crit[np.maximum(bars.death, 0)] + offset, zero)
+        return birth, death
+
+    for m in matches:
+        bp, dp = ends(crit_p, m.bars_p, 0)
+        bg, dg = ends(crit_g, m.bars_g, hw)
+        ip, ig, up, ug = m.matched_p, m.matched_g, m.unmatched_p, m.unmatched_g
+        idx += [np.stack([bp[ip], bg[ig]], 1), np.stack([dp[ip], dg[ig]], 1),
+                np.stack([bp[up], dp[up]], 1), np.stack([bg[ug], dg[ug]], 1)]
+        wts += [np.full(2 * len(ip), 2.0), np.ones(len(up) + len(ug))]
+    return (np.concatenate(idx).astype(np.int64).reshape(-1, 2),
+            np.concatenate(wts).astype(np.float64))
+
+
+@torch.library.custom_op("losslab::betti_match_terms", mutates_args=())
+def betti_match_terms_op(pred: Tensor, target: Tensor, construction: str) -> tuple[Tensor,
+                                                                                   Tensor]:
+    """:func:`betti_match_terms` of each pair of maps ``pred[m], target[m]`` (``[M, H, W]``,
+    float; no gradient), padded to :func:`max_betti_terms`: ``index[M, T, 2]`` (int64; the
+    padding points both ends at the 0 entry ``2 H W``) and ``weight[M, T]`` (float64; 0 on the
+    padding). On the device of ``pred``; the persistence runs on the CPU in float64."""
+    m_, h, w = pred.shape
+    t = max_betti_terms(h, w, construction)
+    index = np.full((m_, t, 2), 2 * h * w, dtype=np.int64)
+    weight = np.zeros((m_, t), dtype=np.float64)
+    pn = pred.detach().to("cpu", torch.float64).numpy()
+    gn = target.detach().to("cpu", torch.float64).numpy()
+    for k in range(m_):
+        i, wk = betti_match_terms(pn[k], gn[k], construction)  # type: ignore[arg-type]
+        index[k, : len(wk)] = i
+        weight[k, : len(wk)] = wk
+    return (torch.from_numpy(index).to(pred.device),
+            torch.from_numpy(weight).to(pred.device))
+
+
+@betti_match_terms_op.register_fake
+def _(pred: Tensor, target: Tensor, construction: str) -> tuple[Tensor, Tensor]:
+    m_, h, w = pred.shape
+    t = max_betti_terms(h, w, construction)
+    return (pred.new_empty((m_, t, 2), dtype=torch.int64),
+            pred.new_empty((m_, t), dtype=torch.float64))

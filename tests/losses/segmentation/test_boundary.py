@@ -195,3 +195,43 @@ def test_gradcheck_and_all_ignored() -> None:
         boundary_loss(logits, torch.softmax(logits.detach(), 1))
     with pytest.raises(ValueError, match="alpha"):
         hausdorff_dt_loss(logits, target, alpha=0.0)
+
+
+def _compiled_vs_eager(fn, logits: torch.Tensor, target: torch.Tensor, **kw) -> None:
+    import losslab
+
+    m = losslab.create(fn, **kw)
+    leaf = logits.detach().clone().requires_grad_(True)
+    eager = m(leaf, target)
+    (g_eager,) = torch.autograd.grad(eager.sum(), leaf)
+    torch._dynamo.reset()
+    compiled = torch.compile(m, fullgraph=True)(leaf, target)
+    (g_compiled,) = torch.autograd.grad(compiled.sum(), leaf)
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-12, atol=1e-12)
+
+
+def _compile_cases():
+    logits, target = batch(4)  # image 1 has no class 1: a map without boundary
+    target[0, 0, :3] = -100
+    target[1, 5, 6] = -100
+    vol = torch.randn(2, 1, 4, 5, 6, generator=torch.Generator().manual_seed(5),
+                      dtype=torch.float64) * 2
+    vt = torch.zeros(2, 4, 5, 6, dtype=torch.long)
+    vt[0, 1:3, 1:4, 2:5] = 1  # image 1: no foreground
+    vt[0, 0, 0, :2] = -100
+    return [
+        pytest.param(logits, target, {"include_background": True, "reduction": "none"},
+                     id="softmax-ignored-background"),
+        pytest.param(vol, vt, {"reduction": "sum"}, id="sigmoid-3d"),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["boundary", "hausdorff_dt"])
+@pytest.mark.parametrize(("logits", "target", "kw"), _compile_cases())
+def test_compiled_equals_eager(name: str, logits: torch.Tensor, target: torch.Tensor,
+                               kw: dict) -> None:
+    """torch.compile(fullgraph=True): the distance maps are the custom operators
+    (losslab::signed_distance, losslab::distance_to_boundary), same value and gradient."""
+    _compiled_vs_eager(name, logits, target, **kw)

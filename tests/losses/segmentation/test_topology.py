@@ -90,6 +90,34 @@ def test_skeleton_recall_rejects_soft_labels_and_ignores_pixels() -> None:
     assert float(out) == 0.0 and float(g.abs().sum()) == 0.0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("kw", "sigmoid"), [
+    pytest.param({"per_image": True}, False, id="per-image-softmax"),
+    pytest.param({"per_image": False, "tube": False, "reduction": "sum"}, True,
+                 id="batch-sigmoid-bare"),
+])
+def test_skeleton_recall_compiled_equals_eager(kw: dict, sigmoid: bool) -> None:
+    """torch.compile(fullgraph=True): the tubed skeleton is the custom operator
+    losslab::tubed_skeleton, same value and gradient (with ignored pixels)."""
+    pytest.importorskip("skimage")
+    import losslab
+
+    logits, target = thin_batch(5)
+    target[0, 2, 1:4] = -100
+    if sigmoid:
+        logits, target = logits[:, 1:2], torch.where(target == 2, 0, target)
+    m = losslab.create("skeleton_recall", **kw)
+    leaf = logits.detach().clone().requires_grad_(True)
+    eager = m(leaf, target)
+    (g_eager,) = torch.autograd.grad(eager.sum(), leaf)
+    torch._dynamo.reset()
+    compiled = torch.compile(m, fullgraph=True)(leaf, target)
+    (g_compiled,) = torch.autograd.grad(compiled.sum(), leaf)
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-12, atol=1e-12)
+    assert float(g_eager.abs().sum()) > 0
+
+
 def cl_dice_oracle(logits, target, *, smooth: float, iterations: int, per_image: bool,
                    include_background: bool = False) -> float:
     p = torch.softmax(logits.detach(), 1)

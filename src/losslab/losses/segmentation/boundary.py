@@ -4,10 +4,12 @@ loss and BASNet's hybrid (BCE + SSIM + IoU) loss.
 Kind ``dense`` (see :mod:`losslab.losses.segmentation.overlap` for the input conventions,
 binary single-logit inputs included). Distance maps are computed on the CPU with scipy
 (``scipy.ndimage.distance_transform_edt``) from masks, without gradient: from the target (and,
-for ``hausdorff_dt``, from the thresholded prediction at every call). Input contract: logits,
-activated inside the loss (softmax over ``C >= 2`` channels, sigmoid for one channel); the
-boundary and Hausdorff losses count the foreground classes (1..C-1, or the single sigmoid
-channel) unless ``include_background=True``.
+for ``hausdorff_dt``, from the thresholded prediction at every call); under ``torch.compile``
+the transforms are the custom operators ``losslab::signed_distance`` and
+``losslab::distance_to_boundary`` (:mod:`losslab._ops.morphology`), so a compiled model around
+these losses is one graph. Input contract: logits, activated inside the loss (softmax over
+``C >= 2`` channels, sigmoid for one channel); the boundary and Hausdorff losses count the
+foreground classes (1..C-1, or the single sigmoid channel) unless ``include_background=True``.
 
 ``reduction="none"`` returns one value per image (``[N]``), ``"mean"`` the mean over images
 with a non-ignored pixel, ``"sum"`` their sum; a batch whose pixels are all ignored gives 0

@@ -70,7 +70,9 @@ def skeleton_recall_loss(
             from the tube).
         reduction: see the module docstring.
 
-    Needs scikit-image and scipy (the ``seg`` extra).
+    Needs scikit-image and scipy (the ``seg`` extra). Under ``torch.compile`` the tubed
+    skeleton is the custom operator ``losslab::tubed_skeleton`` (same numpy code, run when the
+    graph runs; the loss compiles without graph breaks).
 
     Paper: Kirchhoff, Rokuss, Roy, et al., "Skeleton Recall Loss for Connectivity Conserving
     and Resource Efficient Segmentation of Thin Tubular Structures", arXiv 2404.03010.
