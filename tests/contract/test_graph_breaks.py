@@ -31,8 +31,6 @@ _ITEM = "a Python number from a tensor (.item()/int()/bool())"
 EXPECTED_BREAKS: dict[str, str] = {
     "boundary": "scipy.ndimage distance transform (_ops/morphology.py): not traceable",
     "hausdorff_dt": "scipy.ndimage distance transform (_ops/morphology.py): not traceable",
-    "adaptive_margin_triplet": f"{_ITEM}: the largest positive count sizes the per-anchor "
-                               "[P_max, M] blocks (metric_learning/triplet.py)",
     "metrix": "the mixing partners: the rows that have a sample of another class (torch.where, "
               "a data-dependent count) and the Beta draws from numpy seeded by .item() "
               "(metric_learning/metrix.py); a traced form would change the random stream",
