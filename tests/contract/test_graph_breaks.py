@@ -34,8 +34,6 @@ EXPECTED_BREAKS: dict[str, str] = {
     "metrix": "the mixing partners: the rows that have a sample of another class (torch.where, "
               "a data-dependent count) and the Beta draws from numpy seeded by .item() "
               "(metric_learning/metrix.py); a traced form would change the random stream",
-    "npairs": "one (anchor, positive) pair per class: the number of pairs is data-dependent "
-              "and is the length of reduction='none' (torch.where / nonzero)",
     "hard_negative_infonce": f"{_ITEM}: the number of hard negatives k for topk "
                              "(contrastive_ssl/variants.py): a data-dependent width",
     "icnn": "the neighbour window is the largest class size (torch.unique counts, then topk "

@@ -20,6 +20,7 @@ from tests.losses.metric_learning.common import (
     check_against_reference,
     check_bad_hyperparameters,
     check_bad_reference_and_indices_raise,
+    check_compiled_equals_eager,
     check_degenerate_declarations,
     check_half_inputs_return_float32,
     check_indices_equal_explicit_pairs,
@@ -331,22 +332,6 @@ def test_adaptive_margin_triplet_inputs_and_faults():
 
 
 
-def _compiled_equals_eager(m: torch.nn.Module, x: torch.Tensor, calls: list[tuple]) -> None:
-    """``torch.compile(m, fullgraph=True)`` (no graph break) gives the eager value and gradient
-    (fp64) for every ``(args, kwargs)`` of ``calls``; one compiled module for all (inputs of
-    one shape reuse its graph)."""
-    torch._dynamo.reset()
-    cm = torch.compile(m, fullgraph=True)
-    for args, kwargs in calls:
-        leaf = x.clone().requires_grad_(True)
-        eager = m(leaf, *args, **kwargs)
-        (g_eager,) = torch.autograd.grad(eager.sum(), leaf)
-        compiled = cm(leaf, *args, **kwargs)
-        (g_compiled,) = torch.autograd.grad(compiled.sum(), leaf)
-        torch.testing.assert_close(compiled, eager)
-        torch.testing.assert_close(g_compiled, g_eager)
-
-
 @pytest.mark.slow
 def test_adaptive_margin_triplet_compiled_equals_eager():
     """The compile-only static bound P_max = M (the positive slots past an anchor's count
@@ -359,7 +344,7 @@ def test_adaptive_margin_triplet_compiled_equals_eager():
     r = torch.randn(7, 5, generator=g, dtype=torch.float64)
     rl = torch.tensor([0, 0, 1, 1, 1, 4, 4])
     m = losslab.create("adaptive_margin_triplet", chunk_size=5)  # 3 chunks, the last short
-    _compiled_equals_eager(m, x, [((labels,), {}), ((torch.zeros(12, dtype=torch.long),), {}),
+    check_compiled_equals_eager(m, x, [((labels,), {}), ((torch.zeros(12, dtype=torch.long),), {}),
                                   ((torch.arange(12),), {})])
-    _compiled_equals_eager(losslab.create("adaptive_margin_triplet", reduction="none"), x,
+    check_compiled_equals_eager(losslab.create("adaptive_margin_triplet", reduction="none"), x,
                            [((labels,), {"ref_embeddings": r, "ref_labels": rl})])
