@@ -36,8 +36,6 @@ EXPECTED_BREAKS: dict[str, str] = {
               "(metric_learning/metrix.py); a traced form would change the random stream",
     "hard_negative_infonce": f"{_ITEM}: the number of hard negatives k for topk "
                              "(contrastive_ssl/variants.py): a data-dependent width",
-    "icnn": "the neighbour window is the largest class size (torch.unique counts, then topk "
-            "of that width): a data-dependent width",
     "pamc": f"{_ITEM}: the number of clusters from the labels (contrastive_ssl/graph.py)",
     "betti_matching": "persistence barcodes and their matching computed in numpy "
                       "(_ops/persistence.py): not traceable",
