@@ -31,9 +31,6 @@ _ITEM = "a Python number from a tensor (.item()/int()/bool())"
 EXPECTED_BREAKS: dict[str, str] = {
     "boundary": "scipy.ndimage distance transform (_ops/morphology.py): not traceable",
     "hausdorff_dt": "scipy.ndimage distance transform (_ops/morphology.py): not traceable",
-    "metrix": "the mixing partners: the rows that have a sample of another class (torch.where, "
-              "a data-dependent count) and the Beta draws from numpy seeded by .item() "
-              "(metric_learning/metrix.py); a traced form would change the random stream",
     "hard_negative_infonce": f"{_ITEM}: the number of hard negatives k for topk "
                              "(contrastive_ssl/variants.py): a data-dependent width",
     "pamc": f"{_ITEM}: the number of clusters from the labels (contrastive_ssl/graph.py)",
