@@ -305,7 +305,8 @@ def _icnn_score_of_sets(
     ``ipc`` may be a 0-d integer tensor (a data-dependent window, under ``torch.compile``):
     then every target point is taken, sorted, and the columns past the window are masked
     (:func:`icnn_score_from_neighbours`'s ``width``): the same value and gradient as the
-    window of that width."""
+    window of that width (up to exactly tied distances at its edge, where a ``topk`` of
+    another width may keep another of the tied points)."""
     same_set = target is None
     if target is None or target_labels is None:
         target, target_labels = origin, origin_labels
