@@ -29,17 +29,8 @@ _ITEM = "a Python number from a tensor (.item()/int()/bool())"
 
 #: Losses that still break the graph, with the reason (source line of the break).
 EXPECTED_BREAKS: dict[str, str] = {
-    "adaptive_margin_triplet": f"{_ITEM}: the largest positive count sizes the per-anchor "
-                               "[P_max, M] blocks (metric_learning/triplet.py)",
-    "metrix": "the mixing partners: the rows that have a sample of another class (torch.where, "
-              "a data-dependent count) and the Beta draws from numpy seeded by .item() "
-              "(metric_learning/metrix.py); a traced form would change the random stream",
-    "npairs": "one (anchor, positive) pair per class: the number of pairs is data-dependent "
-              "and is the length of reduction='none' (torch.where / nonzero)",
     "hard_negative_infonce": f"{_ITEM}: the number of hard negatives k for topk "
                              "(contrastive_ssl/variants.py): a data-dependent width",
-    "icnn": "the neighbour window is the largest class size (torch.unique counts, then topk "
-            "of that width): a data-dependent width",
     "pamc": f"{_ITEM}: the number of clusters from the labels (contrastive_ssl/graph.py)",
     "mar_diffusion": "the draws of t and eps run eagerly (torch.compiler.disable, "
                      "losses/generative/mar.py) so that compiled and eager runs draw the same "

@@ -644,3 +644,41 @@ def test_laplacian_kmeans_gradient_is_exact_at_a_converged_fixed_point() -> None
             down = laplacian_kmeans_loss(s - e, sl, q, ql, **kw)  # type: ignore[arg-type]
         assert s.grad[i, j].item() == pytest.approx(((up - down) / (2 * h)).item(), rel=1e-4,
                                                     abs=1e-6)
+
+
+def _icnn_compiled_equals_eager(hparams: dict, episodes: list[tuple]) -> None:
+    """``torch.compile(icnn, fullgraph=True)`` (no graph break) gives the eager value and the
+    gradients of support and query (fp64), one compiled module for the episodes (of one
+    shape: they reuse its graph)."""
+    m = losslab.create("icnn", **hparams)
+    torch._dynamo.reset()
+    cm = torch.compile(m, fullgraph=True)
+    for s, sl, q, ql in episodes:
+        got = []
+        for f in (m, cm):
+            leaves = s.clone().requires_grad_(True), q.clone().requires_grad_(True)
+            out = f(leaves[0], sl, leaves[1], ql)
+            got.append((out, *torch.autograd.grad(out, leaves)))
+        for c, e in zip(got[1], got[0]):
+            torch.testing.assert_close(c, e)
+
+
+@pytest.mark.slow
+def test_icnn_compiled_equals_eager() -> None:
+    """The compile-only static window of the "full" variant (every other point, sorted; the
+    columns past the largest class size masked) gives the eager value and gradient: a window
+    of 6 of 15 columns (unsorted, non-contiguous class ids), a window narrower than k (2 < 4),
+    a one-class episode (no padding), and the "auto" self-exclusion with a reduced k; the
+    other variants (fixed windows) compile too."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(10, 4, generator=g, dtype=torch.float64)
+    q = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    unbalanced = (torch.tensor([7, 3, 3, 9, 7, 9, 3, 9, 9, 7]), torch.tensor([3, 9, 9, 7, 3, 7]))
+    narrow = (torch.arange(10), torch.arange(6))  # class sizes 2 and 1: window 2 < k = 4
+    one_class = (torch.zeros(10, dtype=torch.long), torch.zeros(6, dtype=torch.long))
+    _icnn_compiled_equals_eager({}, [(s, unbalanced[0], q, unbalanced[1]),
+                                     (s, narrow[0], q, narrow[1]),
+                                     (s, one_class[0], q, one_class[1])])
+    _icnn_compiled_equals_eager({"drop_first": "auto", "degenerate_gamma": "compute"},
+                                [(s[:3], unbalanced[0][:3], q[:2], torch.tensor([3, 7]))])
+    _icnn_compiled_equals_eager({"variant": "query"}, [(s, unbalanced[0], q, unbalanced[1])])

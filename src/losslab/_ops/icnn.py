@@ -48,7 +48,8 @@ def icnn_effective_k(k: int, n_targets: int) -> tuple[int, bool]:
 
 
 def icnn_score_from_neighbours(
-    distances: Tensor, same_class: Tensor, k: int, *, gamma_one: bool = False
+    distances: Tensor, same_class: Tensor, k: int, *, gamma_one: bool = False,
+    width: Tensor | None = None,
 ) -> Tensor:
     """ICNN score from neighbour windows (differentiable through ``distances``).
 
@@ -61,6 +62,11 @@ def icnn_score_from_neighbours(
             the window is narrower than ``k``, the released code uses the ``w`` columns it has
             but still divides gamma's count by ``k``; so does this function.
         gamma_one: force ``gamma = 1`` (the released code does so when ``k`` was reduced).
+        width: ``None`` (every column is a neighbour), or a 0-d integer tensor, the number of
+            real columns: the window is the first ``width`` columns and the others are
+            padding, neither same- nor other-class, in no maximum (``torch.compile``'s
+            static-width form of a data-dependent window; the score of the first ``width``
+            columns, value and gradient).
     """
     if distances.shape != same_class.shape or distances.ndim != 2:
         raise ValueError(
@@ -70,6 +76,11 @@ def icnn_score_from_neighbours(
     if k < 1 or distances.shape[1] < 1:
         raise ValueError(f"k and the window must be >= 1, got k={k}, window={distances.shape[1]}")
     other = ~same_class
+    real_k: Tensor | None = None
+    if width is not None:
+        real = torch.arange(distances.shape[1], device=distances.device) < width
+        same_class, other = same_class & real, other & real
+        real_k = real[:k]
     inf = torch.full_like(distances, float("inf"))
     delta = torch.where(other, distances, inf).min(dim=1).values
 
@@ -77,14 +88,17 @@ def icnn_score_from_neighbours(
     s_f, o_f = s_k.to(distances.dtype), o_k.to(distances.dtype)
 
     ratio = d_k / (delta + _EPS).unsqueeze(1)
-    ratio = ratio / ratio.max(dim=1, keepdim=True).values.clamp_min(1.0)
+    # (a padded column is in no maximum: -inf there, so the ties and gradients are eager's)
+    r_max = ratio if real_k is None else ratio.masked_fill(~real_k, float("-inf"))
+    ratio = ratio / r_max.max(dim=1, keepdim=True).values.clamp_min(1.0)
     n_same = s_f.sum(1)
     per_point_sc = (ratio * s_f).sum(1) / (n_same + _EPS)
     # point counts in the distances' dtype: an int64 count + 1e-7 would be float32
     lambda_sc = 1.0 - per_point_sc.sum() / ((n_same > 0).sum().to(s_f.dtype) + _EPS)
 
     e = d_k * o_f
-    e = e / (e.max() + _EPS)
+    e_max = e if real_k is None else e.masked_fill(~real_k, float("-inf"))
+    e = e / (e_max.max() + _EPS)
     n_other = o_f.sum(1)
     per_point_dc = e.sum(1) / (n_other + _EPS)
     offset = torch.where(o_k.any(), 0.0, -1.0).to(distances.dtype)

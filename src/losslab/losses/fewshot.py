@@ -295,34 +295,48 @@ def _icnn_score_of_sets(
     target_labels: Tensor | None,
     *,
     k: int,
-    ipc: int | None,
+    ipc: int | Tensor | None,
     drop_first: bool | str,
     degenerate_gamma: str,
     eps: float,
 ) -> Tensor:
-    """ICNN score of ``origin`` against ``target`` (``None``: against itself), differentiable."""
+    """ICNN score of ``origin`` against ``target`` (``None``: against itself), differentiable.
+
+    ``ipc`` may be a 0-d integer tensor (a data-dependent window, under ``torch.compile``):
+    then every target point is taken, sorted, and the columns past the window are masked
+    (:func:`icnn_score_from_neighbours`'s ``width``): the same value and gradient as the
+    window of that width (up to exactly tied distances at its edge, where a ``topk`` of
+    another width may keep another of the tied points)."""
     same_set = target is None
     if target is None or target_labels is None:
         target, target_labels = origin, origin_labels
     m = target.shape[0]
     k_eff, reduced = icnn_effective_k(k, m)
     window = k_eff + 1 if ipc is None else ipc
+    real: Tensor | None = None  # the number of real columns of a static-width window
     d = euclidean(origin, target, eps=eps)
     if drop_first is True:
         # Released behaviour: take ipc + 1 neighbours and drop the nearest, assumed to be the
         # point itself -- also when the target is a different set (then a real neighbour).
-        width = min(window + 1, m)
+        if isinstance(window, Tensor):
+            width, real = m, (window + 1).clamp_max(m) - 1
+        else:
+            width = min(window + 1, m)
         values, index = d.topk(width, dim=1, largest=False, sorted=True)
         values, index = values[:, 1:], index[:, 1:]
     else:
         if same_set:
             eye = torch.eye(m, dtype=torch.bool, device=d.device)
             d = d.masked_fill(eye, float("inf"))
-        width = min(window, m - 1 if same_set else m)
+        bound = m - 1 if same_set else m
+        if isinstance(window, Tensor):
+            width, real = bound, window.clamp_max(bound)
+        else:
+            width = min(window, bound)
         values, index = d.topk(width, dim=1, largest=False, sorted=True)
     same = target_labels[index] == origin_labels.unsqueeze(1)
     gamma_one = reduced and degenerate_gamma == "one"
-    score = icnn_score_from_neighbours(values, same, k_eff, gamma_one=gamma_one)
+    score = icnn_score_from_neighbours(values, same, k_eff, gamma_one=gamma_one, width=real)
     # topk never picks a NaN (or an infinite) distance: a non-finite target point would drop
     # out of every window and leave a plausible score. Propagate it (value and gradient).
     finite = torch.isfinite(origin).all() & torch.isfinite(target).all()
@@ -361,7 +375,11 @@ def icnn_loss(
       of ``ipc`` = the largest class size of the set (``shots + queries`` in a balanced
       episode), as the released code does. When that window is narrower than ``k`` (e.g.
       1 shot and 1 query), the released code uses only the window's columns but divides the
-      same-class count of gamma by ``k``; so does this implementation.
+      same-class count of gamma by ``k``; so does this implementation. Under
+      ``torch.compile`` that window has a static width (every other point, sorted) with the
+      columns past the largest class size masked: the same value and gradient, no graph
+      break (the ``"query"`` variant against the prototypes still breaks, at the episode's
+      ``torch.unique``).
 
     Faithful quirks, with switches:
 
@@ -387,7 +405,9 @@ def icnn_loss(
     """
     _check_icnn(variant=variant, k=k, ipc=ipc, query_targets=query_targets,
                 drop_first=drop_first, degenerate_gamma=degenerate_gamma, eps=eps)
-    ep = make_episode(support, support_labels, query, query_labels)
+    # the classes padded under compile (no torch.unique) unless the prototypes are targets
+    ep = make_episode(support, support_labels, query, query_labels,
+                      pad=not (variant == "query" and query_targets == "prototypes"))
     opts = {"k": k, "drop_first": drop_first, "degenerate_gamma": degenerate_gamma, "eps": eps}
     if variant == "support":
         score = _icnn_score_of_sets(ep.support, ep.support_labels, None, None, ipc=ipc, **opts)
@@ -402,7 +422,15 @@ def icnn_loss(
     else:
         points = torch.cat([ep.support, ep.query])
         labels = torch.cat([ep.support_labels, ep.query_labels])
-        window = ipc if ipc is not None else int(torch.unique(labels, return_counts=True)[1].max())
+        window: int | Tensor
+        if ipc is not None:
+            window = ipc
+        elif torch.compiler.is_compiling():
+            # the largest class size as a tensor (its int would break the graph): the window
+            # then has the static width of the whole set, the columns past it masked
+            window = (labels.unsqueeze(1) == labels.unsqueeze(0)).sum(1).max()
+        else:
+            window = int(torch.unique(labels, return_counts=True)[1].max())
         score = _icnn_score_of_sets(points, labels, None, None, ipc=window, **opts)
     return -torch.log(score)
 

@@ -360,3 +360,20 @@ def check_bad_hyperparameters(name, bad, *, call=None):
             if call is not None and key in params:
                 with pytest.raises(ValueError, match=key):
                     call(fn, **{key: value})
+
+
+def check_compiled_equals_eager(m: torch.nn.Module, x: torch.Tensor, calls: list[tuple]) -> None:
+    """``torch.compile(m, fullgraph=True)`` (no graph break) gives the eager value and gradient
+    (fp64) for every ``(args, kwargs)`` of ``calls``; one compiled module for all (inputs of
+    one shape reuse its graph)."""
+    torch._dynamo.reset()
+    cm = torch.compile(m, fullgraph=True)
+    for args, kwargs in calls:
+        leaf = x.clone().requires_grad_(True)
+        eager = m(leaf, *args, **kwargs)
+        (g_eager,) = torch.autograd.grad(eager.sum(), leaf)
+        compiled = cm(leaf, *args, **kwargs)
+        (g_compiled,) = torch.autograd.grad(compiled.sum(), leaf)
+        torch.testing.assert_close(compiled, eager)
+        torch.testing.assert_close(g_compiled, g_eager)
+

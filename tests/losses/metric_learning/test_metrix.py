@@ -125,3 +125,73 @@ def test_metrix_is_a_deprecated_alias_of_metrix_loss():
     assert losslab.spec("metrix").module is MetrixLoss
     with pytest.raises(AttributeError):
         ml.NotALoss  # noqa: B018
+
+
+# -- torch.compile (issue #18): the draws in a custom op, the same stream as eager -----------
+
+
+def _steps(f, x, batches, generator=None):
+    """Values, gradients and the generator state after each call (torch's default generator,
+    seeded first, unless ``generator``): the draws, counted by where the stream ends up."""
+    torch.manual_seed(5)
+    out = []
+    for y in batches:
+        leaf = x.clone().requires_grad_(True)
+        v = f(leaf, y)
+        (g,) = torch.autograd.grad(v.sum(), leaf)
+        state = (generator or torch.default_generator).get_state()
+        out.append((v.detach(), g, state))
+    return out
+
+
+def _check_same_steps(eager, compiled):
+    for (ve, ge, se), (vc, gc, sc) in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(vc, ve)
+        torch.testing.assert_close(gc, ge)
+        assert torch.equal(sc, se)  # the same number of draws
+
+
+@pytest.mark.slow
+def test_metrix_compiled_equals_eager_with_the_same_draws():
+    """Under ``torch.compile(fullgraph=True)`` the partners and factors are drawn by the
+    ``losslab::metrix_draws`` op from the eager stream: the same values, gradients and
+    generator states, call after call, for torch's default generator and a module's seed; a
+    one-class batch draws nothing in both; and two calls in one compiled function (equal
+    inputs: an op without its ordered effect would be merged by CSE) draw twice, as eager."""
+    x, y = batch(seed=12)  # 4 classes x 3
+    one = torch.zeros_like(y)
+    m = losslab.create("metrix").double()
+    torch._dynamo.reset()
+    cm = torch.compile(m, fullgraph=True)
+    _check_same_steps(_steps(m, x, [y, one, y]), _steps(cm, x, [y, one, y]))
+
+    def twice(f):
+        return lambda a, b: torch.stack([f(a, b), f(a, b)])
+
+    eager, compiled = _steps(twice(m), x, [y]), _steps(torch.compile(twice(m), fullgraph=True),
+                                                       x, [y])
+    assert eager[0][0][0] != eager[0][0][1]
+    _check_same_steps(eager, compiled)
+
+    me = losslab.create("metrix", base="contrastive", seed=3).double()
+    mc = losslab.create("metrix", base="contrastive", seed=3).double()
+    _check_same_steps(_steps(me, x, [y, y], me.generator),
+                      _steps(torch.compile(mc, fullgraph=True), x, [y, y], mc.generator))
+
+
+def test_metrix_draws_op_checks():
+    """The op's schema and fake implementation (``torch.library.opcheck``; the tests that
+    compare two calls do not apply to a random op)."""
+    from losslab.losses.metric_learning.metrix import _generator_key
+
+    _, y = batch(seed=12)
+    g = torch.Generator().manual_seed(0)
+    for labels in (y, torch.zeros_like(y)):
+        torch.library.opcheck(torch.ops.losslab.metrix_draws.default,
+                              (labels, 2.0, _generator_key(g)),
+                              test_utils=("test_schema", "test_faketensor"))
+    partner, lam = torch.ops.losslab.metrix_draws(y, 2.0, -1)
+    assert partner.dtype == torch.long and lam.dtype == torch.float64
+    assert bool((y[partner] != y).all()) and bool(((lam > 0) & (lam < 1)).all())
+    partner, lam = torch.ops.losslab.metrix_draws(torch.zeros_like(y), 2.0, -1)
+    assert bool((partner == -1).all()) and bool((lam == 0).all())

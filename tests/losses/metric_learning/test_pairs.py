@@ -17,6 +17,7 @@ from tests.losses.metric_learning.common import (
     both,
     check_bad_hyperparameters,
     check_bad_reference_and_indices_raise,
+    check_compiled_equals_eager,
     check_degenerate_declarations,
     check_half_inputs_return_float32,
     check_indices_equal_explicit_pairs,
@@ -209,3 +210,23 @@ def test_npairs_matches_pml():
     x, y = pml_batch(seed=12)
     both(lambda e, l, **k: LF.npairs_loss(e, l, l2_reg=0.0, **k),
          pl.NPairsLoss(distance=pd.DotProductSimilarity(normalize_embeddings=False)), x, y)
+
+
+@pytest.mark.slow
+def test_npairs_compiled_equals_eager():
+    """The compile-only static pair slots (one per sample, the samples past the first anchor
+    of each class and those without a positive masked) give the eager value and gradient:
+    unsorted labels with a singleton class, the degenerate batches (one pair; all labels
+    distinct) in the same graph, ``"sum"`` with cosine and no regulariser, and a reference
+    set where some anchors have no positive."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    labels = torch.tensor([2, 1, 2, 0, 5, 1, 0, 0, 1, 3, 3, 2])  # class 5: no positive
+    one_pair = torch.tensor([0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    r = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    rl = torch.tensor([0, 0, 1, 1, 1, 4, 4])  # classes 2, 3, 5 absent
+    check_compiled_equals_eager(losslab.create("npairs"), x, [
+        ((labels,), {}), ((one_pair,), {}), ((torch.arange(12),), {})])
+    check_compiled_equals_eager(
+        losslab.create("npairs", metric="cosine", l2_reg=0.0, reduction="sum"), x,
+        [((labels,), {"ref_embeddings": r, "ref_labels": rl})])

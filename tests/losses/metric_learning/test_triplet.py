@@ -20,6 +20,7 @@ from tests.losses.metric_learning.common import (
     check_against_reference,
     check_bad_hyperparameters,
     check_bad_reference_and_indices_raise,
+    check_compiled_equals_eager,
     check_degenerate_declarations,
     check_half_inputs_return_float32,
     check_indices_equal_explicit_pairs,
@@ -328,3 +329,22 @@ def test_adaptive_margin_triplet_inputs_and_faults():
     x, y = batch()
     check_bad_hyperparameters(name, {"chunk_size": [0, 1.5, "2"]},
                               call=lambda fn, **kw: fn(x, y, **kw))
+
+
+
+@pytest.mark.slow
+def test_adaptive_margin_triplet_compiled_equals_eager():
+    """The compile-only static bound P_max = M (the positive slots past an anchor's count
+    masked, no early exit) gives the eager value and gradient: unequal class sizes (P_max
+    = 3 < M = 12), batches without a triplet (one class; all labels distinct) in the same
+    graph, and a reference set with classes absent from it."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1, 3, 3, 3])  # class sizes 4, 3, 2, 3
+    r = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    rl = torch.tensor([0, 0, 1, 1, 1, 4, 4])
+    m = losslab.create("adaptive_margin_triplet", chunk_size=5)  # 3 chunks, the last short
+    check_compiled_equals_eager(m, x, [((labels,), {}), ((torch.zeros(12, dtype=torch.long),), {}),
+                                  ((torch.arange(12),), {})])
+    check_compiled_equals_eager(losslab.create("adaptive_margin_triplet", reduction="none"), x,
+                           [((labels,), {"ref_embeddings": r, "ref_labels": rl})])

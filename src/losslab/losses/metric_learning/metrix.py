@@ -36,6 +36,24 @@ _check_metrix = hparams(base=Choice(*METRIX_BASES), base_hparams=Kwargs(optional
                         mix_alpha=Real(gt=0), weight=Real(ge=0), seed=Int(ge=0, optional=True))
 
 
+def _draw_partners(
+    labels: Tensor, mix_alpha: float, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, np.ndarray] | None:
+    """The random part of the mixing: ``(rows, partner, lam)`` (the rows that have a sample
+    of another class, a uniform such partner of each, their Beta(alpha, alpha) factors, in
+    float64), or ``None`` when no row has one (then nothing is drawn). The draws: one
+    ``multinomial`` and one ``randint`` from ``generator`` (torch's default one when
+    ``None``), which seeds numpy's Beta draws."""
+    diff = labels.unsqueeze(1) != labels.unsqueeze(0)
+    rows = torch.where(diff.any(1))[0]
+    if rows.numel() == 0:
+        return None
+    partner = torch.multinomial(diff[rows].float(), 1, generator=generator).squeeze(1)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    lam_np = np.random.default_rng(seed).beta(mix_alpha, mix_alpha, rows.numel())
+    return rows, partner, lam_np
+
+
 def mix_embeddings(
     embeddings: Tensor, labels: Tensor, *, mix_alpha: float = 2.0,
     generator: torch.Generator | None = None,
@@ -44,21 +62,99 @@ def mix_embeddings(
 
     Returns ``(mixed [K, D], lam [K], labels_i [K], labels_j [K])`` with
     :math:`v_k = \lambda_k x_i + (1 - \lambda_k) x_j`, :math:`\lambda_k \sim
-    \mathrm{Beta}(\alpha, \alpha)`; samples without a sample of another class are skipped.
+    \mathrm{Beta}(\alpha, \alpha)`; samples without a sample of another class are skipped
+    (that is all of them in a one-class batch and none otherwise).
     """
     _check_metrix(mix_alpha=mix_alpha)
     with torch.no_grad():
-        diff = labels.unsqueeze(1) != labels.unsqueeze(0)
-        rows = torch.where(diff.any(1))[0]
-        if rows.numel() == 0:
+        drawn = _draw_partners(labels, mix_alpha, generator)
+        if drawn is None:
             e = embeddings[:0]
             return e, e.new_zeros(0), labels[:0], labels[:0]
-        partner = torch.multinomial(diff[rows].float(), 1, generator=generator).squeeze(1)
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        lam_np = np.random.default_rng(seed).beta(mix_alpha, mix_alpha, rows.numel())
+        rows, partner, lam_np = drawn
         lam = torch.as_tensor(lam_np, dtype=embeddings.dtype, device=embeddings.device)
     mixed = lam.unsqueeze(1) * embeddings[rows] + (1 - lam.unsqueeze(1)) * embeddings[partner]
     return mixed, lam, labels[rows], labels[partner]
+
+
+# --------------------------------------------------------------------------------------------
+# The draws under torch.compile: a custom op, so that the compiled module draws what eager does
+# --------------------------------------------------------------------------------------------
+
+#: The generators of compiled calls, by ``id`` (an operator takes no ``torch.Generator``: the
+#: op gets the key). Strong references: an ``id`` is not reused while its generator is here.
+_GENERATORS: dict[int, torch.Generator] = {}
+
+
+@torch.compiler.assume_constant_result
+def _register_generator(generator: torch.Generator) -> bool:
+    """Run by dynamo while it traces (a constant result), so the generator is in the registry
+    before the compiled graph first calls the op (a traced dict store would run after it)."""
+    _GENERATORS[id(generator)] = generator
+    return True
+
+
+def _generator_key(generator: torch.Generator | None) -> int:
+    """The op's key of ``generator`` (-1: torch's default generator). Traced, ``id`` is a
+    constant guarded on the generator: another generator recompiles, with its own key."""
+    if generator is None:
+        return -1
+    _register_generator(generator)
+    return id(generator)
+
+
+@torch.library.custom_op("losslab::metrix_draws", mutates_args=())
+def _metrix_draws(labels: Tensor, mix_alpha: float, generator_key: int) -> tuple[Tensor, Tensor]:
+    """:func:`_draw_partners` with static shapes: ``(partner [N] int64, lam [N] float64)``,
+    -1 and 0 in the rows without a partner. It runs eagerly inside the compiled graph, so it
+    makes the eager draws from the same generators (same values, same number)."""
+    n = labels.shape[0]
+    partner = torch.full((n,), -1, dtype=torch.long, device=labels.device)
+    lam = torch.zeros(n, dtype=torch.float64, device=labels.device)
+    generator = None if generator_key < 0 else _GENERATORS[generator_key]
+    drawn = _draw_partners(labels, mix_alpha, generator)
+    if drawn is not None:
+        rows, p, lam_np = drawn
+        partner[rows] = p
+        lam[rows] = torch.as_tensor(lam_np, dtype=torch.float64, device=labels.device)
+    return partner, lam
+
+
+@_metrix_draws.register_fake
+def _(labels: Tensor, mix_alpha: float, generator_key: int) -> tuple[Tensor, Tensor]:
+    n = labels.shape[0]
+    return (labels.new_empty(n, dtype=torch.long),
+            labels.new_empty(n, dtype=torch.float64))
+
+
+def _register_ordered_effect() -> None:
+    """Mark the op as having a side effect (it advances a random generator): compiled graphs
+    then keep each call, in order -- no CSE of two calls with equal inputs (two calls of the
+    loss in one compiled function draw twice, as eager), no DCE, no recomputation in the
+    backward. Uses torch's effect-token API (private; absent on old torch, where a single
+    call per graph, the loss's own case, is unaffected)."""
+    try:
+        from torch._higher_order_ops.effects import _EffectType, _register_effectful_op
+    except ImportError:  # pragma: no cover - depends on the torch version
+        return
+    _register_effectful_op(torch.ops.losslab.metrix_draws.default, _EffectType.ORDERED)
+
+
+_register_ordered_effect()
+
+
+def _mix_static(
+    embeddings: Tensor, labels: Tensor, mix_alpha: float, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`mix_embeddings` with static shapes (the ``torch.compile`` path): every row is
+    mixed (``[N, D]``; eager's K is N or 0) and ``has`` (0-d bool) says whether the rows have
+    partners (no one-class batch). Same draws, same mixes."""
+    partner, lam64 = torch.ops.losslab.metrix_draws(labels, mix_alpha, _generator_key(generator))
+    has = (partner >= 0).any()
+    p = partner.clamp_min(0)
+    lam = lam64.to(embeddings.dtype)
+    mixed = lam.unsqueeze(1) * embeddings + (1 - lam.unsqueeze(1)) * embeddings[p]
+    return mixed, lam, labels, labels[p], has
 
 
 def _soft_labels(anchor_labels: Tensor, lam: Tensor, li: Tensor, lj: Tensor) -> Tensor:
@@ -163,6 +259,12 @@ def metrix_loss(
     :math:`\lambda`) of its own anchor, so the mixed loss is non-zero, as in the paper.
     Half inputs are computed in float32 and return float32.
 
+    Under ``torch.compile`` the draws run eagerly inside a custom op
+    (``losslab::metrix_draws``, static ``[N]`` partners and factors; an ordered side effect,
+    so no call is merged or dropped) and the mixing is traced: no graph break, and the same
+    draws from the same generator (torch's default one or ``generator``), so the compiled
+    loss equals the eager one for the same seed, value and gradient.
+
     Paper: Venkataramanan et al., "It Takes Two to Tango: Mixup for Deep Metric Learning",
     arXiv 2106.04990.
     """
@@ -184,6 +286,13 @@ def metrix_loss(
     if weight == 0:
         return clean
     # the mixed part in the compute dtype (float32 for half inputs), as the clean part
+    if torch.compiler.is_compiling():
+        mixed, lam, li, lj, has = _mix_static(vb.embeddings, vb.labels, mix_alpha, generator)
+        terms = metrix_mixed_terms(vb.embeddings, vb.labels, mixed, lam, li, lj, base=base,
+                                   proxies=proxies, base_hparams=hp)
+        # a one-class batch: no mix (eager's K = 0), the zero of metrix_mixed_terms
+        terms = torch.where(has, terms, zero_loss(vb.embeddings))
+        return clean + weight * terms
     mixed, lam, li, lj = mix_embeddings(vb.embeddings, vb.labels, mix_alpha=mix_alpha,
                                         generator=generator)
     return clean + weight * metrix_mixed_terms(vb.embeddings, vb.labels, mixed, lam, li, lj,

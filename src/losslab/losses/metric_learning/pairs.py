@@ -350,6 +350,39 @@ def _first_pair_per_class(b: PairBatch, labels: Tensor) -> tuple[Tensor, Tensor]
     return a[keep], p[keep]
 
 
+def _npairs_static(b: PairBatch, l2_reg: float, reduction: str) -> Tensor:
+    """The N-pair loss with a static number of pair slots (the ``torch.compile`` path of
+    ``reduction="mean" | "sum"``).
+
+    Every candidate is a slot: each anchor row with its first positive (or each listed pair of
+    ``indices``); the slot is kept when it is the first candidate of its anchor label, which
+    are the pairs of :func:`_first_pair_per_class` in the same order. The other slots are
+    padding: no column of the logits, no term, no count. Same value and gradient as the eager
+    path, no data-dependent shape."""
+    if b.pairs is not None:
+        a, p = b.pairs[0], b.pairs[1]
+        ok = torch.ones_like(a, dtype=torch.bool)
+    else:
+        a = torch.arange(b.pos.shape[0], device=b.pos.device)
+        ok = b.pos.any(1)
+        p = b.pos.to(torch.uint8).argmax(1)  # the first positive (argmax: first maximum)
+    n_slots = a.shape[0]
+    lab = b.labels[a]
+    before = torch.ones(n_slots, n_slots, dtype=torch.bool, device=a.device).tril(-1)
+    earlier = (lab.unsqueeze(1) == lab.unsqueeze(0)) & ok.unsqueeze(0) & before
+    sel = ok & ~earlier.any(1)
+    logits = b.mat[a][:, p]  # [L, L]: slot i's anchor vs slot j's positive
+    lse, _ = masked_logsumexp(logits, sel.unsqueeze(0).expand(n_slots, n_slots))
+    per = lse - logits.diagonal()
+    if l2_reg:
+        per = per + l2_reg * 0.5 * (b.embeddings[a].pow(2).sum(1) + b.ref[p].pow(2).sum(1))
+    per = torch.where(sel, per, torch.zeros_like(per))
+    count = sel.sum()
+    out = reduce(per, reduction, count=count)
+    # fewer than two pairs: no negative, the degenerate zero of the eager path
+    return torch.where(count >= 2, out, torch.zeros_like(out))
+
+
 _check_npairs = hparams(l2_reg=Real(ge=0), metric=Choice(*SIMILARITIES))
 
 
@@ -386,14 +419,21 @@ def npairs_loss(
     with zero gradient, regulariser included (it acts on the tuplets' embeddings, and there
     is none). NaN anywhere in the embeddings, also in samples not picked for a pair, gives NaN.
 
+    Under ``torch.compile``, ``"mean"`` and ``"sum"`` use a static number of pair slots (one
+    per sample, or per listed pair; the slots beyond the first of each class masked): the
+    same value and gradient, no graph break. ``"none"`` keeps the eager form, whose length K
+    is data-dependent (a graph break at ``torch.where``).
+
     Paper: Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss Objective",
     NeurIPS 2016 (no arXiv id).
     """
     _check_npairs(l2_reg=l2_reg, metric=metric)
     b = pair_batch(embeddings, labels, ref_embeddings, ref_labels, indices, metric=metric,
                    allowed=SIMILARITIES)
-    a, p = _first_pair_per_class(b, b.labels)
     z = b.zero()
+    if torch.compiler.is_compiling() and reduction != "none":
+        return _npairs_static(b, l2_reg, reduction) + z
+    a, p = _first_pair_per_class(b, b.labels)
     if a.numel() < 2:  # no negative pair: degenerate
         return z.expand(a.numel()) * 0.0 if reduction == "none" else z
     logits = b.mat[a][:, p]  # [K, K]: anchor i vs positive j

@@ -422,7 +422,9 @@ def adaptive_margin_triplet_loss(
     similar negative), and the negative is pushed from both the anchor and the positive. Over
     all valid triplets of the batch (or ``indices``), evaluated per anchor on the ``[P_max, M]``
     block of its positives in anchor chunks of at most ``chunk_size`` rows (default: about
-    16 M elements per chunk), as :func:`triplet_ratio_loss`.
+    16 M elements per chunk), as :func:`triplet_ratio_loss`. Under ``torch.compile`` P_max is
+    its static bound M (every reference a slot, the padding masked: the same value and
+    gradient, no graph break).
 
     Source: the abstract fixes an adaptive-margin triplet loss; the expression above is the
     form of a public re-implementation that cites the paper (the positive-negative distance
@@ -454,9 +456,14 @@ def adaptive_margin_triplet_loss(
         per_anchor = d.new_zeros(n).index_add(0, a, terms)
         return reduce_per_anchor(per_anchor + z, reduce(terms, "mean") + z, reduction)
     n_pos = b.pos.sum(1)
-    p_max = int(n_pos.max()) if n > 0 else 0
-    if p_max == 0 or not bool(b.neg.any()):
-        return reduce_per_anchor(d.new_zeros(n) + z, z, reduction)
+    if torch.compiler.is_compiling():
+        # the static bound (every reference a positive slot; padding masked by valid_p) and
+        # no early exit, as in triplet_ratio_loss: without triplets the count is 0 (zero loss)
+        p_max = b.pos.shape[1]
+    else:
+        p_max = int(n_pos.max()) if n > 0 else 0
+        if p_max == 0 or not bool(b.neg.any()):
+            return reduce_per_anchor(d.new_zeros(n) + z, z, reduction)
     pos_idx = b.pos.to(torch.uint8).topk(p_max, dim=1).indices  # positives first
     valid_p = torch.arange(p_max, device=d.device).unsqueeze(0) < n_pos.unsqueeze(1)
     m = d.shape[1]
