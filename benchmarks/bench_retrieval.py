@@ -11,6 +11,11 @@ knn_func=CustomKNN(LpDistance(normalize_embeddings=False)))``.
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src python benchmarks/bench_retrieval.py \
         [--n 100000 --dim 128 --classes 1000] [--threads 2]
+    git archive HEAD~1 src | tar -x -C /tmp/prev && PYTHONPATH=src python \
+        benchmarks/bench_retrieval.py --n 50000 --impls before ours --before-src /tmp/prev/src
+
+``before`` is ``ours`` imported from another source tree (``--before-src``, the folder holding
+``losslab/``): a change is compared with the code before it, alternating in the same run.
 """
 
 from __future__ import annotations
@@ -53,7 +58,9 @@ def worker(a: argparse.Namespace) -> None:
             q = x[s : s + chunk]
             _scores(q, r_aug, "euclidean", buf[: q.shape[0]])
         out = {"map_at_r": float("nan")}
-    elif a.impl == "ours":
+    elif a.impl in ("ours", "before"):
+        if a.impl == "before":
+            sys.path.insert(0, a.before_src)
         from losslab.metrics import retrieval_metrics
 
         m = retrieval_metrics(x, y, metrics=("map_at_r", "r_precision", "precision_at_1"),
@@ -79,7 +86,10 @@ def worker(a: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--impl", default="ours")
+    ap.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
+    ap.add_argument("--impls", nargs="+", default=["ours", "pml", "gemm"],
+                    choices=["ours", "pml", "gemm", "before"])
+    ap.add_argument("--before-src", help="source tree of the 'before' impl")
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--classes", type=int, default=1000)
@@ -89,16 +99,20 @@ def main() -> None:
     ap.add_argument("--pml-batch", type=int, default=None,
                     help="CustomKNN batch_size (default: unchunked, PML's default)")
     a = ap.parse_args()
+    if "before" in a.impls and not a.before_src:
+        ap.error("--impls before needs --before-src")
     if a.worker:
         worker(a)
         return
     res: dict[str, dict] = {}
     load0 = os.getloadavg()
     for rnd in range(a.rounds):  # alternate the implementations; each keeps its best time
-        for impl in ("ours", "pml", "gemm"):
+        for impl in a.impls if rnd % 2 == 0 else a.impls[::-1]:
             cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--n", str(a.n),
                    "--dim", str(a.dim), "--classes", str(a.classes), "--threads",
                    str(a.threads)]
+            if a.before_src:
+                cmd += ["--before-src", a.before_src]
             if a.pml_batch:
                 cmd += ["--pml-batch", str(a.pml_batch)]
             p = subprocess.run(cmd, capture_output=True, text=True)
@@ -114,9 +128,15 @@ def main() -> None:
                 keep["peak_mib"] = max(r["peak_mib"], prev["peak_mib"])
                 res[impl] = keep
     load1 = os.getloadavg()
-    o, t, g = res["ours"], res["pml"], res["gemm"]
     print(f"load average (1 min) {load0[0]:.2f} at start, {load1[0]:.2f} at end")
-    if "error" not in o and "error" not in t and "error" not in g:
+    ok = {k: v for k, v in res.items() if "error" not in v}
+    if "ours" in ok and "before" in ok:
+        o, b = ok["ours"], ok["before"]
+        print(f"ours / before: wall {o['time_s'] / b['time_s']:.2f}x, CPU "
+              f"{o['cpu_s'] / b['cpu_s']:.2f}x, MAP@R equal: "
+              f"{abs(o['map_at_r'] - b['map_at_r']) < 1e-6}")
+    if {"ours", "pml", "gemm"} <= set(ok):
+        o, t, g = ok["ours"], ok["pml"], ok["gemm"]
         print(f"N={a.n} D={a.dim} C={a.classes} (best of {a.rounds}): ours {o['time_s']:.1f} s "
               f"(CPU {o['cpu_s']:.1f} s) / {o['peak_mib']:.0f} MiB, PML {t['time_s']:.1f} s "
               f"(CPU {t['cpu_s']:.1f} s) / {t['peak_mib']:.0f} MiB, bare score GEMMs "
