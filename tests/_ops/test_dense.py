@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+import losslab
 from losslab._ops.dense import (
     active_classes,
     prepare_dense,
@@ -99,3 +100,32 @@ def test_soft_targets_are_checked() -> None:
     prepare_dense(logits, soft, ignore_index=-100, per_image=True, loss="t")
     with pytest.raises(ValueError, match="target"):
         prepare_dense(logits, soft * 1.5, ignore_index=-100, per_image=True, loss="t")
+
+
+def test_unit_interval_check_messages() -> None:
+    """Eagerly, the soft-target check raises the ValueError naming the argument and what was
+    wrong (non-finite entries first, then the range with the offending extremes)."""
+    from losslab._ops.dense import check_unit_interval
+
+    check_unit_interval("target", torch.tensor([0.0, 0.5, 1.0]))
+    check_unit_interval("target", torch.empty(0))
+    with pytest.raises(ValueError, match=r"target \(probabilities\) must be finite"):
+        check_unit_interval("target", torch.tensor([0.5, float("nan")]))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got values in \[-0.5, 2\]"):
+        check_unit_interval("target", torch.tensor([-0.5, 0.2, 2.0]))
+
+
+@pytest.mark.parametrize("name", ["dice", pytest.param("tversky", marks=pytest.mark.slow)])
+def test_soft_targets_trace_without_graph_breaks(name: str) -> None:
+    """Soft (probability) targets of a one-channel sigmoid loss: the [0, 1] check is an
+    async assert under compile, no graph break; a target out of range still raises there."""
+    m = losslab.create(name)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 6, 6, generator=g, dtype=torch.float64)
+    t = torch.rand(2, 1, 6, 6, generator=g, dtype=torch.float64)
+    torch._dynamo.reset()
+    ex = torch._dynamo.explain(m)(x, t)
+    assert ex.graph_break_count == 0, [str(b.reason)[:80] for b in ex.break_reasons]
+    torch.testing.assert_close(torch.compile(m, fullgraph=True)(x, t), m(x, t))
+    with pytest.raises(RuntimeError):
+        torch.compile(m, fullgraph=True)(x, t * 3.0)

@@ -27,7 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losslab._core import PROB_ATOL, check_float, check_probabilities, compute_dtype, reduce
+from losslab._core import (
+    PROB_ATOL,
+    check_float,
+    check_probabilities,
+    compute_dtype,
+    reduce,
+    require,
+)
 from losslab._ops.logits import prepare
 
 __all__ = [
@@ -168,16 +175,16 @@ def _prepare_binary(logits: Tensor, target: Tensor, *, ignore_index: int, per_im
 
 def check_unit_interval(name: str, x: Tensor) -> None:
     """Raise a ``ValueError`` unless ``x`` is finite and within ``[0, 1]`` (up to
-    :data:`losslab._core.PROB_ATOL`)."""
+    :data:`losslab._core.PROB_ATOL`); through :func:`losslab._require.require`, so the check
+    is an asynchronous assert under ``torch.compile`` (no graph break)."""
     if x.numel() == 0:
         return
     d = x.detach()
-    if not bool(torch.isfinite(d).all()):
-        raise ValueError(f"{name} (probabilities) must be finite, got NaN or inf entries")
-    lo, hi = float(d.min()), float(d.max())
-    if lo < -PROB_ATOL or hi > 1 + PROB_ATOL:
-        raise ValueError(f"{name} (foreground probabilities) must lie in [0, 1], got values "
-                         f"in [{lo:.4g}, {hi:.4g}]")
+    require(torch.isfinite(d),
+            f"{name} (probabilities) must be finite, got NaN or inf entries")
+    require((d >= -PROB_ATOL) & (d <= 1 + PROB_ATOL),
+            lambda: f"{name} (foreground probabilities) must lie in [0, 1], got values "
+                    f"in [{float(d.min()):.4g}, {float(d.max()):.4g}]")
 
 
 def soft_counts(
