@@ -38,16 +38,10 @@ EXPECTED_BREAKS: dict[str, str] = {
               "(metric_learning/metrix.py); a traced form would change the random stream",
     "npairs": "one (anchor, positive) pair per class: the number of pairs is data-dependent "
               "and is the length of reduction='none' (torch.where / nonzero)",
-    "hard_negative_infonce": f"{_ITEM}: the number of hard negatives k for topk "
-                             "(contrastive_ssl/variants.py): a data-dependent width",
     "icnn": "the neighbour window is the largest class size (torch.unique counts, then topk "
             "of that width): a data-dependent width",
-    "pamc": f"{_ITEM}: the number of clusters from the labels (contrastive_ssl/graph.py)",
     "betti_matching": "persistence barcodes and their matching computed in numpy "
                       "(_ops/persistence.py): not traceable",
-    "mar_diffusion": "the draws of t and eps run eagerly (torch.compiler.disable, "
-                     "losses/generative/mar.py) so that compiled and eager runs draw the same "
-                     "numbers from torch's generator",
     "skeleton_recall": "dynamo fails to trace it (InternalTorchDynamoError, a torch bug in "
                        "tuple-iterator guards)",
 }
