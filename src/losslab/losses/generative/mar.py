@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch._library.effects import EffectType
 
 from losslab._core import (
     LossModule,
@@ -239,7 +238,26 @@ def _mar_draw_fake(like: Tensor, steps: int, k: int, generator: int) -> tuple[Te
             like.new_empty((k, *like.shape)))
 
 
-_mar_draw.register_effect(EffectType.ORDERED)
+def _register_ordered() -> bool:
+    """Register ``losslab::mar_draw`` as effectful (ordered); False on a torch without
+    ``CustomOpDef.register_effect`` (older than the torch this is tested with)."""
+    register = getattr(_mar_draw, "register_effect", None)
+    try:
+        from torch._library.effects import EffectType
+    except ImportError:  # pragma: no cover - older torch
+        return False
+    if register is None:  # pragma: no cover - older torch
+        return False
+    register(EffectType.ORDERED)
+    return True
+
+
+_ORDERED = _register_ordered()
+
+#: Older torch only (no effectful custom ops): the draws run eagerly under compile, through a
+#: graph break, rather than as an op that a pass could deduplicate.
+_draw_through_a_break = cast(Callable[..., tuple[Tensor, Tensor]],
+                             torch.compiler.disable(_draw_eagerly))
 
 
 def _draw(steps: int, k: int, x: Tensor,
@@ -249,6 +267,10 @@ def _draw(steps: int, k: int, x: Tensor,
     if not torch.compiler.is_compiling():
         lead = tuple(x.shape[:-1])
         return _draw_eagerly(steps, (k, *lead), (k, *x.shape), x.dtype, x.device, generator)
+    if not _ORDERED:  # pragma: no cover - older torch
+        lead = tuple(x.shape[:-1])
+        return _draw_through_a_break(steps, (k, *lead), (k, *x.shape), x.dtype, x.device,
+                                     generator)
     key = 0 if generator is None else _generator_key(generator)
     return _mar_draw(x.detach(), steps, k, key)
 
