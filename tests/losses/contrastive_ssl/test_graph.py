@@ -130,6 +130,32 @@ def test_pamc_bad_inputs() -> None:
         losslab.create("pamc")(z, labels, ref_embeddings=z, ref_labels=labels)
 
 
+@pytest.mark.slow
+def test_pamc_compiled_equals_eager() -> None:
+    """Under ``torch.compile`` (no graph break) the clusters take ``N`` static slots, the
+    empty ones masked out: the eager value and gradient for unsorted, negative and sparse
+    cluster ids (3 clusters in 8 slots), one cluster and singleton clusters, with and without
+    edges; a bad edge index raises (an async assert) instead of a wrong loss."""
+    z, labels0, edges, weight = graph()
+    m = losslab.create("pamc", tau=1.5).double()
+    compiled = torch.compile(m, fullgraph=True)
+    torch._dynamo.reset()
+    ex = torch._dynamo.explain(m)(z, labels0, edges=edges, edge_weight=weight)
+    assert ex.graph_break_count == 0
+    cases = [torch.tensor([7, -3, 7, 100, -3, 100, 7, -3]), torch.zeros(8, dtype=torch.long),
+             torch.arange(8).flip(0)]
+    for labels in cases:
+        for kw in ({"edges": edges, "edge_weight": weight}, {}):
+            eager = m(z, labels, **kw)
+            (g_eager,) = torch.autograd.grad(eager, z)
+            got = compiled(z, labels, **kw)
+            (g_got,) = torch.autograd.grad(got, z)
+            torch.testing.assert_close(got, eager)
+            torch.testing.assert_close(g_got, g_eager)
+    with pytest.raises(RuntimeError, match=r"edges must index|invalid input"):
+        compiled(z, cases[0], edges=edges + 100, edge_weight=weight)
+
+
 # ---------------------------------------------------------------------------------------------
 # StructComp
 # ---------------------------------------------------------------------------------------------

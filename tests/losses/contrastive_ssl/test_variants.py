@@ -240,6 +240,23 @@ def test_hard_negative_infonce_limits() -> None:
     assert int((g.abs().sum(1) > 0).sum()) == 2  # the positive and the hardest negative
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("negatives", "frac"), [("cross", 0.2), ("both", 0.5)])
+def test_hard_negative_infonce_compiled_equals_eager(negatives: Any, frac: float) -> None:
+    """The number of hard negatives is a function of N alone (no ``.item()``): compiled
+    without a graph break, the eager value and gradient."""
+    a, b = pairs(n=9)
+    m = losslab.create("hard_negative_infonce", negatives=negatives, hard_fraction=frac)
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(m)(a, b).graph_break_count == 0
+    eager = m(a, b)
+    g_eager = torch.autograd.grad(eager, (a, b))
+    got = torch.compile(m, fullgraph=True)(a, b)
+    g_got = torch.autograd.grad(got, (a, b))
+    torch.testing.assert_close(got, eager)
+    torch.testing.assert_close(g_got, g_eager)
+
+
 # ---------------------------------------------------------------------------------------------
 # Multi-positive InfoNCE
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ learns, the defaults are the paper's.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -184,3 +185,99 @@ def test_bad_inputs() -> None:
         mar_diffusion_loss(z, x, denoiser=lambda a, t, c: a[:, :1])
     with pytest.raises(ValueError, match="diffusion_steps"):
         mar_diffusion_loss(z, x, denoiser=net, diffusion_steps=0)
+
+
+def test_draw_op_draws_like_torch_and_its_fake_has_the_shapes() -> None:
+    """``losslab::mar_draw`` (the draws under compile) draws ``t`` then ``eps`` from torch's
+    default generator exactly as the eager loss does; its fake impl has the same shapes and
+    dtypes."""
+    x = torch.randn(2, 5, 3, dtype=D)
+    torch.manual_seed(4)
+    t, eps = torch.ops.losslab.mar_draw(x, 50, 3, 0)
+    torch.manual_seed(4)
+    close(t, torch.randint(0, 50, (3, 2, 5)))
+    close(eps, torch.randn(3, 2, 5, 3, dtype=D))
+    torch.library.opcheck(torch.ops.losslab.mar_draw.default, (x, 50, 3, 0),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+#: compiled vs eager: the timestep embedding is float32, where inductor's sin/cos may differ
+#: from eager's in the last bits (a different draw changes the loss by O(1))
+close_compiled = functools.partial(close, rtol=1e-5, atol=1e-6)
+
+
+def _grads(loss: object, seed: int, z0: torch.Tensor, x: torch.Tensor,
+           calls: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(value, dz) of ``calls`` successive calls after ``torch.manual_seed(seed)``."""
+    assert callable(loss)
+    torch.manual_seed(seed)
+    out = []
+    for _ in range(calls):
+        z = z0.clone().requires_grad_(True)
+        v = loss(z, x)
+        (g,) = torch.autograd.grad(v, z)
+        out.append((v.detach(), g))
+    return out
+
+
+@pytest.mark.slow
+def test_compiled_draws_are_the_eager_draws() -> None:
+    """Under ``torch.compile`` (no graph break) the draws are the effectful custom op: after
+    ``torch.manual_seed(s)`` compiled and eager give the same value and gradient call after
+    call, successive calls draw new numbers, and two losses in one graph draw twice and in
+    order (no deduplication of the two equal calls)."""
+    torch.manual_seed(0)
+    m = losslab.create("mar_diffusion", token_dim=3, cond_dim=4, width=8, depth=1).double()
+    z0, x = torch.randn(2, 5, 4, dtype=D), torch.randn(2, 5, 3, dtype=D)
+
+    def twice(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return m(z, x) + 2 * m(z, x, weights=torch.ones(x.shape[:-1], dtype=D))
+
+    torch._dynamo.reset()
+    for fn in (m, twice):
+        compiled_fn = torch.compile(fn, fullgraph=True)
+        for seed in (0, 7):
+            eager = _grads(fn, seed, z0, x)
+            compiled = _grads(compiled_fn, seed, z0, x)
+            for (ve, ge), (vc, gc) in zip(eager, compiled):
+                close_compiled(vc, ve)
+                close_compiled(gc, ge)
+            assert not torch.equal(eager[0][0], eager[1][0])  # new draws each call
+    # the loss drawn twice in one graph: not the same numbers twice
+    torch.manual_seed(1)
+    a = m(z0, x)
+    b = m(z0, x)
+    assert not torch.equal(a, b)
+    torch.manual_seed(1)
+    close_compiled(compiled_fn(z0, x), a + 2 * b)  # compiled_fn: twice
+
+
+@pytest.mark.slow
+def test_compiled_draws_from_an_explicit_generator() -> None:
+    """An explicit generator compiles without a graph break and gives what eager draws from
+    a generator in the same state: the module's own (``seed=``, also a deep copy's) and one
+    passed to the functional form (a second generator traces again, with its own draws)."""
+    import copy
+
+    a = losslab.create("mar_diffusion", token_dim=3, cond_dim=4, width=8, depth=1, seed=5)
+    b = copy.deepcopy(a)
+    z0, x = torch.randn(6, 4), torch.randn(6, 3)
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(copy.deepcopy(a))(z0, x).graph_break_count == 0
+    for (ve, ge), (vc, gc) in zip(_grads(a, 0, z0, x),
+                                  _grads(torch.compile(b, fullgraph=True), 1, z0, x)):
+        close_compiled(vc, ve)
+        close_compiled(gc, ge)
+    net = _denoiser(token_dim=3, cond_dim=4)
+
+    def f(z: torch.Tensor, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return mar_diffusion_loss(z, x, denoiser=net, generator=g)
+
+    z0, x = z0.double(), x.double()
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(f)(z0, x, torch.Generator()).graph_break_count == 0
+    compiled = torch.compile(f, fullgraph=True)
+    for seed in (3, 4):  # two generators: each its own stream
+        g_eager, g_compiled = (torch.Generator().manual_seed(seed) for _ in range(2))
+        for _ in range(2):
+            close_compiled(compiled(z0, x, g_compiled), f(z0, x, g_eager))

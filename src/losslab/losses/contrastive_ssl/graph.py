@@ -24,6 +24,7 @@ from losslab._core import (
     check_same_device,
     compute_dtype,
     reduce,
+    require,
 )
 from losslab._hparams import Real, hparams
 from losslab._ops.paired import prepare_paired
@@ -60,20 +61,34 @@ def _check_edges(edges: Tensor | None, edge_weight: Tensor | None, n: int,
         raise ValueError("edges must be an integer tensor of shape [2, E] (source and target "
                          f"node of each edge), got {getattr(edges, 'shape', type(edges))}")
     edges = edges.long()
-    if edges.numel() and (int(edges.min()) < 0 or int(edges.max()) >= n):
-        raise ValueError(f"edges must index the {n} rows of embeddings, got values in "
-                         f"[{int(edges.min())}, {int(edges.max())}]")
+    require((edges >= 0) & (edges < n), lambda: (  # an async assert under compile
+        f"edges must index the {n} rows of embeddings, got values in "
+        f"[{int(edges.min())}, {int(edges.max())}]"))
     if edge_weight is None:
         weight = torch.ones(edges.shape[1], dtype=like.dtype, device=like.device)
     else:
         if not isinstance(edge_weight, Tensor) or edge_weight.shape != (edges.shape[1],):
             raise ValueError(f"edge_weight must have shape [{edges.shape[1]}] (one weight per "
                              f"edge), got {getattr(edge_weight, 'shape', type(edge_weight))}")
-        if not bool((edge_weight >= 0).all()):
-            raise ValueError("edge_weight must be non-negative")
+        require(edge_weight >= 0, "edge_weight must be non-negative")
         weight = edge_weight.to(like.dtype)
     check_same_device(embeddings=like, edges=edges, edge_weight=weight)
     return edges, weight
+
+
+def _cluster_slots(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.unique(labels, return_inverse=True)[1]`` with a static size, for
+    ``torch.compile``: each label's cluster index (the rank of its value among the distinct
+    values, as ``unique`` numbers them) and the ``[N]`` mask of the cluster slots in use (the
+    first ``C``); ``N`` slots bound the ``C`` clusters. No data-dependent shape (``unique``
+    and ``.item()`` are graph breaks)."""
+    srt, order = labels.sort(stable=True)
+    first = torch.ones_like(srt, dtype=torch.bool)
+    first[1:] = srt[1:] != srt[:-1]
+    rank = first.cumsum(0) - 1  # cluster index of each sorted label
+    cluster = torch.empty_like(rank).scatter_(0, order, rank)
+    used = torch.arange(srt.shape[0], device=srt.device) <= rank[-1]
+    return cluster, used
 
 
 def pamc_loss(
@@ -99,7 +114,10 @@ def pamc_loss(
     loss costs ``O(E + N C + C^2)`` instead of ``O(N^2)``. :math:`V^+` are the nodes with at
     least one edge of positive weight (the official code adds ``1e-10`` inside the log, which
     gives an edgeless node a constant ``23.03`` with zero gradient; here it is left out of
-    the mean instead). A set-level loss (no reduction).
+    the mean instead). A set-level loss (no reduction). Under ``torch.compile`` (no graph
+    break) the clusters take ``N`` static slots, the empty ones masked out (the eager value
+    and gradient), and the checks of ``edges`` and ``edge_weight`` values are asynchronous
+    asserts (a ``RuntimeError`` when the graph runs instead of the eager ``ValueError``).
 
     Args:
         embeddings: ``[N, D]`` node embeddings ``z``.
@@ -140,12 +158,23 @@ def pamc_loss(
     pos = torch.log(sums.masked_fill(~has_pos, 1.0)) + shift
     node_term = -(pos * has_pos).sum() / has_pos.sum().clamp(min=1)
     # meta-nodes of the clusters present
-    _, cluster = torch.unique(labels, return_inverse=True)
-    c = int(cluster.max()) + 1 if n else 0
+    used: Tensor | None = None
+    if torch.compiler.is_compiling() and n:
+        # N cluster slots (a static bound), the empty ones masked out of both sums: the eager
+        # value and gradient (an empty slot's meta-node is 0 and takes no gradient)
+        cluster, used = _cluster_slots(labels)
+        c = n
+    else:
+        _, cluster = torch.unique(labels, return_inverse=True)
+        c = int(cluster.max()) + 1 if n else 0
     meta = torch.zeros(c, z.shape[1], dtype=z.dtype, device=z.device).index_add(0, cluster, z)
     mn = normalize_rows(meta)
     msim = (mn @ mn.t()).masked_fill(torch.eye(c, dtype=torch.bool, device=z.device), 0.0)
-    meta_term = torch.logsumexp(tau * msim, 1).mean()
+    if used is None:
+        meta_term = torch.logsumexp(tau * msim, 1).mean()
+    else:
+        lse = torch.logsumexp((tau * msim).masked_fill(~used, float("-inf")), 1)
+        meta_term = lse.masked_fill(~used, 0.0).sum() / used.sum()
     return node_term + meta_term
 
 

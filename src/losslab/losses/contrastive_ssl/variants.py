@@ -180,7 +180,9 @@ def hard_negative_infonce_loss(
     n = a.shape[0]
     logits, positive, negative = two_view_logits(a, b, inverse_temperature(temperature, a),
                                                  negatives, normalize=False)
-    n_neg = int(negative[0].sum())
+    # every anchor has the same number of negatives, a function of N alone (no .item(): a
+    # static width under torch.compile)
+    n_neg = n - 1 if negatives == "cross" else 2 * n - 2
     k = max(1, math.ceil(hard_fraction * n_neg - 1e-9))
     neg_logits = logits.masked_fill(~negative, float("-inf"))
     hard = neg_logits.topk(k, dim=1).values

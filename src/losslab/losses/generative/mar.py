@@ -15,6 +15,7 @@ masked tokens only).
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from typing import ClassVar, cast
 
@@ -165,19 +166,113 @@ def _denoiser_dtype(denoiser: Denoiser, default: torch.dtype) -> torch.dtype:
     return default
 
 
+# --------------------------------------------------------------------------------------------
+# The random draws: the same numbers compiled and eager
+# --------------------------------------------------------------------------------------------
+#
+# Under torch.compile, inductor replaces torch.randint/randn on torch's default generator by
+# its own (Philox) random streams, so a traced draw would differ from the eager one. The draws
+# are therefore the custom op ``losslab::mar_draw``, opaque to inductor: its kernel calls
+# torch.randint/randn eagerly, on the same generator and in the same order as the eager loss.
+# The op is registered as effectful (EffectType.ORDERED): AOTAutograd threads an effect token
+# through its calls, so that no pass deduplicates two calls with equal inputs (CSE) or reorders
+# them, and the partitioner does not recompute it in the backward.
+#
+# An explicit generator cannot be a graph input (dynamo cannot trace a torch.Generator), so the
+# op takes a key: 0 for torch's default generator, else the id() of the generator, registered
+# (weakly) in _GENERATORS when dynamo traces the call (torch.compiler.assume_constant_result:
+# the key is a constant of the graph; dynamo guards on the generator's identity and traces
+# again for another generator).
+
+#: The explicit generators of compiled draws, by id(); weakly held (an entry goes with its
+#: generator).
+_GENERATORS: dict[int, weakref.ReferenceType[torch.Generator]] = {}
+
+
+def _register_generator(generator: torch.Generator) -> int:
+    key = id(generator)
+    ref = _GENERATORS.get(key)
+    if ref is None or ref() is not generator:
+        def forget(r: weakref.ReferenceType[torch.Generator], key: int = key) -> None:
+            if _GENERATORS.get(key) is r:
+                del _GENERATORS[key]
+
+        _GENERATORS[key] = weakref.ref(generator, forget)
+    return key
+
+
+#: The key of an explicit generator, computed (and registered) when dynamo traces the call.
+_generator_key = torch.compiler.assume_constant_result(_register_generator)
+
+
 def _draw_eagerly(steps: int, t_shape: tuple[int, ...], eps_shape: tuple[int, ...],
                   dtype: torch.dtype, device: torch.device,
                   generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """The timesteps and the noise, drawn eagerly (also under ``torch.compile``, whose own
-    random streams differ from eager ones): compiled and eager training draw the same numbers
-    from the same generator."""
+    """The timesteps, then the noise, drawn from ``generator`` (default: torch's global
+    generator of ``device``) on the generator's device and moved to ``device``."""
     where = generator.device if generator is not None else device
     t = torch.randint(0, steps, t_shape, generator=generator, device=where)
     eps = torch.randn(eps_shape, generator=generator, dtype=dtype, device=where)
     return t.to(device), eps.to(device)
 
 
-_draw = cast(Callable[..., tuple[Tensor, Tensor]], torch.compiler.disable(_draw_eagerly))
+@torch.library.custom_op("losslab::mar_draw", mutates_args=())
+def _mar_draw(like: Tensor, steps: int, k: int, generator: int) -> tuple[Tensor, Tensor]:
+    """``t [k, ...]`` (int64) and ``eps [k, ..., Dt]`` (``like``'s dtype) for the tokens
+    ``like [..., Dt]`` (only its shape, dtype and device are read), drawn eagerly from the
+    generator of key ``generator`` (0: torch's default generator of ``like``'s device)."""
+    gen = None
+    if generator:
+        ref = _GENERATORS.get(generator)
+        gen = ref() if ref is not None else None
+        if gen is None:
+            raise RuntimeError("losslab::mar_draw: the generator that the compiled "
+                               "mar_diffusion loss was traced with no longer exists")
+    lead = tuple(like.shape[:-1])
+    return _draw_eagerly(steps, (k, *lead), (k, *like.shape), like.dtype, like.device, gen)
+
+
+@_mar_draw.register_fake
+def _mar_draw_fake(like: Tensor, steps: int, k: int, generator: int) -> tuple[Tensor, Tensor]:
+    return (like.new_empty((k, *like.shape[:-1]), dtype=torch.long),
+            like.new_empty((k, *like.shape)))
+
+
+def _register_ordered() -> bool:
+    """Register ``losslab::mar_draw`` as effectful (ordered); False on a torch without
+    ``CustomOpDef.register_effect`` (older than the torch this is tested with)."""
+    register = getattr(_mar_draw, "register_effect", None)
+    try:
+        from torch._library.effects import EffectType
+    except ImportError:  # pragma: no cover - older torch
+        return False
+    if register is None:  # pragma: no cover - older torch
+        return False
+    register(EffectType.ORDERED)
+    return True
+
+
+_ORDERED = _register_ordered()
+
+#: Older torch only (no effectful custom ops): the draws run eagerly under compile, through a
+#: graph break, rather than as an op that a pass could deduplicate.
+_draw_through_a_break = cast(Callable[..., tuple[Tensor, Tensor]],
+                             torch.compiler.disable(_draw_eagerly))
+
+
+def _draw(steps: int, k: int, x: Tensor,
+          generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """``t [k, ...]`` and ``eps [k, ..., Dt]`` for the tokens ``x [..., Dt]``: the same
+    numbers from the same generator, eager or compiled."""
+    if not torch.compiler.is_compiling():
+        lead = tuple(x.shape[:-1])
+        return _draw_eagerly(steps, (k, *lead), (k, *x.shape), x.dtype, x.device, generator)
+    if not _ORDERED:  # pragma: no cover - older torch
+        lead = tuple(x.shape[:-1])
+        return _draw_through_a_break(steps, (k, *lead), (k, *x.shape), x.dtype, x.device,
+                                     generator)
+    key = 0 if generator is None else _generator_key(generator)
+    return _mar_draw(x.detach(), steps, k, key)
 
 
 def mar_diffusion_loss(
@@ -210,6 +305,10 @@ def mar_diffusion_loss(
     Random draws, in this order: the timesteps ``t`` (``torch.randint``, shape ``[k, ...]``
     with ``k = timesteps_per_token`` and ``...`` the token dims), then ``eps`` (``torch.randn``,
     ``[k, ..., Dt]``), both from ``generator`` (default: torch's global generator).
+    Under ``torch.compile`` (no graph break) the draws are the custom op
+    ``losslab::mar_draw``, which makes them eagerly: after the same ``torch.manual_seed``
+    (or from a generator in the same state) compiled and eager runs draw the same numbers in
+    the same order.
 
     Not included: the paper's code also learns the reverse-process variance with improved
     DDPM's variational-bound term (a second output head); this loss is the paper's
@@ -254,7 +353,7 @@ def mar_diffusion_loss(
     x = target.to(dtype)
     cond = z.to(dtype)
     k = timesteps_per_token
-    t, eps = _draw(diffusion_steps, (k, *lead), (k, *target.shape), dtype, x.device, generator)
+    t, eps = _draw(diffusion_steps, k, x, generator)
     alpha_bar = cosine_alpha_bar(diffusion_steps, dtype=dtype, device=x.device)[t]
     a = alpha_bar.unsqueeze(-1)
     x_t = a.sqrt() * x + (1 - a).sqrt() * eps
