@@ -46,6 +46,9 @@ REPRESENTATIVE = (
     "wdr",  # weights
     "meco",  # unnormalized
     "linear_cross_entropy",  # hidden: custom ops (kernels/linear_ce/compiled.py)
+    "icnn",  # the core paper: the window as a tensor, padded episode classes
+    "metrix", "mar_diffusion",  # random draws in ordered-effect custom ops
+    "hausdorff_dt", "betti_matching",  # scipy / numpy persistence as custom ops (_ops/)
 )
 
 
