@@ -92,7 +92,9 @@ class Real(Rule):
             raise ValueError(f"{name} must be {self.expected()}, got {value!r} "
                              f"({type(value).__name__})")
         v = float(value)
-        if not math.isfinite(v):
+        # comparisons, not math.isfinite: they also trace for the symbolic floats of
+        # torch.compile(dynamic=True) (a guard per bound), and NaN fails both
+        if not -math.inf < v < math.inf:
             raise ValueError(f"{name} must be {self.expected()}, got {value!r}")
         if ((self.gt is not None and not v > self.gt) or (self.ge is not None and not v >= self.ge)
                 or (self.lt is not None and not v < self.lt)

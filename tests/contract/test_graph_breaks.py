@@ -75,6 +75,7 @@ def _module(s: LossSpec) -> torch.nn.Module:
 def test_lists_name_registered_losses() -> None:
     assert set(EXPECTED_BREAKS) <= set(NAMES), set(EXPECTED_BREAKS) - set(NAMES)
     assert set(REPRESENTATIVE) <= set(NAMES), set(REPRESENTATIVE) - set(NAMES)
+    assert set(EXPECTED_DYNAMIC_FAILURES) <= set(NAMES)
     assert not set(REPRESENTATIVE) & set(EXPECTED_BREAKS)
 
 
@@ -86,6 +87,39 @@ def test_traces_without_graph_breaks(name: str) -> None:
     ex = torch._dynamo.explain(_module(s))(*call.args, **call.kwargs)
     sites = [str(b.reason).splitlines()[0][:80] for b in ex.break_reasons]
     assert ex.graph_break_count == 0, sites
+
+
+#: Losses that still fail to trace with dynamic shapes (``dynamic=True``), with the reason.
+EXPECTED_DYNAMIC_FAILURES: dict[str, str] = {}
+
+#: Representative, but 4-5 s each to trace with dynamic shapes: ``-m slow`` only.
+_DYNAMIC_SLOW = ("betti_matching", "hausdorff_dt", "metrix", "mar_diffusion")
+
+
+def _dynamic_params() -> list:
+    out = []
+    for n in NAMES:
+        marks = [] if n in REPRESENTATIVE and n not in _DYNAMIC_SLOW else [pytest.mark.slow]
+        if n in EXPECTED_DYNAMIC_FAILURES:
+            marks.append(pytest.mark.xfail(strict=True, reason=EXPECTED_DYNAMIC_FAILURES[n]))
+        out.append(pytest.param(n, marks=marks, id=n))
+    return out
+
+
+@pytest.mark.parametrize("name", _dynamic_params())
+def test_traces_with_dynamic_shapes(name: str) -> None:
+    """``torch.compile(dynamic=True, fullgraph=True)``: sizes and float hyperparameters are
+    traced as symbols (no Python ``math`` on them, no ``bool()`` of a data check); traced with
+    the ``eager`` backend (dynamo only: the graph capture is what can fail) and equal to eager.
+    """
+    s = losslab.spec(name)
+    call = make_call(s, dtype=torch.float32)
+    m = _module(s)
+    torch._dynamo.reset()
+    got = torch.compile(m, dynamic=True, fullgraph=True, backend="eager")(*call.args,
+                                                                         **call.kwargs)
+    want = _module(s)(*call.args, **call.kwargs)
+    torch.testing.assert_close(got, want, equal_nan=True)
 
 
 def _episode() -> tuple[torch.Tensor, ...]:

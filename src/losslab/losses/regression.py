@@ -1345,7 +1345,7 @@ def roma_coarse_loss(pred: Tensor, target: Tensor, *, weights: Tensor | None = N
         raise ValueError(f"pred must have shape [N, R^2] (anchor logits), got "
                          f"{tuple(pred.shape)}")
     n, k = pred.shape
-    res = math.isqrt(k)
+    res = round(k**0.5)  # not math.isqrt: it also traces for a symbolic k (dynamic=True)
     if res * res != k or k == 0:
         raise ValueError(f"pred must have R^2 columns (an R x R anchor grid), got {k}")
     if tuple(target.shape) != (n, 2):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losslab._core import LossModule, Reduction, check_float, compute_dtype, reduce
+from losslab._core import LossModule, Reduction, check_float, compute_dtype, reduce, require
 from losslab._hparams import Real, hparams
 from losslab.registry import register
 
@@ -68,9 +68,8 @@ def wdr_loss(
                              f"deviation), got {w.numel()}")
         x = w.reshape(-1).to(compute_dtype(w.dtype))
         sd = x.std()
-        if bool(sd == 0):
-            raise ValueError(f"weights[{i}] is constant (zero standard deviation: no shape "
-                             f"to regularise)")
+        require(sd != 0, f"weights[{i}] is constant (zero standard deviation: no shape "
+                         f"to regularise)")
         z = (x - x.mean()) / sd
         skew, kurt = z.pow(3).mean(), z.pow(4).mean()
         terms.append(skew_rate * skew.square() + kurtosis_rate * (kurt - kurtosis_target) ** 2)

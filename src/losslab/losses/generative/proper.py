@@ -35,8 +35,6 @@ gives a differentiable surrogate. ``target`` holds the target draws; entries equ
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -53,6 +51,15 @@ __all__ = [
 ]
 
 _check_power = hparams(degree=Int(ge=2), ignore_index=Int())
+
+
+def _comb(n: int, k: int) -> int:
+    """``math.comb(n, k)`` by the exact product ``prod (n - i) / (i + 1)``, which also traces
+    for a symbolic ``n`` (``torch.compile(dynamic=True)``: the number of draws)."""
+    out = 1
+    for i in range(k):
+        out = out * (n - i) // (i + 1)
+    return out
 
 
 def elementary_symmetric(values: Tensor, k: int) -> Tensor:
@@ -121,10 +128,10 @@ def black_box_power_loss(logits: Tensor, target: Tensor, *, degree: int = 2,
         raise ValueError(f"black_box_power of degree {degree} needs at least {degree} model "
                          f"draws (rows of logits), got {n}")
     e = elementary_symmetric(s, degree)  # [a + 1, K]
-    agree = e[degree].sum() / math.comb(n, degree)
+    agree = e[degree].sum() / _comb(n, degree)
     valid = batch.valid.to(s.dtype)
     m = valid.sum()
-    cross_per_class = e[degree - 1] / math.comb(n, degree - 1)  # [K]
+    cross_per_class = e[degree - 1] / _comb(n, degree - 1)  # [K]
     cross = (cross_per_class[batch.class_ids] * valid).sum()
     safe_m = torch.where(m > 0, m, torch.ones_like(m))
     value = (degree - 1) * agree - degree * cross / safe_m
