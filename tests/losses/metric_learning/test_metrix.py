@@ -182,16 +182,16 @@ def test_metrix_compiled_equals_eager_with_the_same_draws():
 def test_metrix_draws_op_checks():
     """The op's schema and fake implementation (``torch.library.opcheck``; the tests that
     compare two calls do not apply to a random op)."""
-    from losslab.losses.metric_learning.metrix import _generator_key
+    from losslab._ops.draws import generator_key
 
     _, y = batch(seed=12)
     g = torch.Generator().manual_seed(0)
     for labels in (y, torch.zeros_like(y)):
         torch.library.opcheck(torch.ops.losslab.metrix_draws.default,
-                              (labels, 2.0, _generator_key(g)),
+                              (labels, 2.0, generator_key(g)),
                               test_utils=("test_schema", "test_faketensor"))
-    partner, lam = torch.ops.losslab.metrix_draws(y, 2.0, -1)
+    partner, lam = torch.ops.losslab.metrix_draws(y, 2.0, 0)
     assert partner.dtype == torch.long and lam.dtype == torch.float64
     assert bool((y[partner] != y).all()) and bool(((lam > 0) & (lam < 1)).all())
-    partner, lam = torch.ops.losslab.metrix_draws(torch.zeros_like(y), 2.0, -1)
+    partner, lam = torch.ops.losslab.metrix_draws(torch.zeros_like(y), 2.0, 0)
     assert bool((partner == -1).all()) and bool((lam == 0).all())

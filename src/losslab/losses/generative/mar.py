@@ -15,7 +15,6 @@ masked tokens only).
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable
 from typing import ClassVar, cast
 
@@ -32,6 +31,7 @@ from losslab._core import (
     reduce,
 )
 from losslab._hparams import Int, hparams
+from losslab._ops.draws import generator_key, generator_of, register_ordered
 from losslab.registry import register
 
 __all__ = [
@@ -167,42 +167,9 @@ def _denoiser_dtype(denoiser: Denoiser, default: torch.dtype) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------------------------
-# The random draws: the same numbers compiled and eager
+# The random draws: the same numbers compiled and eager (the custom op losslab::mar_draw,
+# ordered-effectful, the generator by key: losslab._ops.draws)
 # --------------------------------------------------------------------------------------------
-#
-# Under torch.compile, inductor replaces torch.randint/randn on torch's default generator by
-# its own (Philox) random streams, so a traced draw would differ from the eager one. The draws
-# are therefore the custom op ``losslab::mar_draw``, opaque to inductor: its kernel calls
-# torch.randint/randn eagerly, on the same generator and in the same order as the eager loss.
-# The op is registered as effectful (EffectType.ORDERED): AOTAutograd threads an effect token
-# through its calls, so that no pass deduplicates two calls with equal inputs (CSE) or reorders
-# them, and the partitioner does not recompute it in the backward.
-#
-# An explicit generator cannot be a graph input (dynamo cannot trace a torch.Generator), so the
-# op takes a key: 0 for torch's default generator, else the id() of the generator, registered
-# (weakly) in _GENERATORS when dynamo traces the call (torch.compiler.assume_constant_result:
-# the key is a constant of the graph; dynamo guards on the generator's identity and traces
-# again for another generator).
-
-#: The explicit generators of compiled draws, by id(); weakly held (an entry goes with its
-#: generator).
-_GENERATORS: dict[int, weakref.ReferenceType[torch.Generator]] = {}
-
-
-def _register_generator(generator: torch.Generator) -> int:
-    key = id(generator)
-    ref = _GENERATORS.get(key)
-    if ref is None or ref() is not generator:
-        def forget(r: weakref.ReferenceType[torch.Generator], key: int = key) -> None:
-            if _GENERATORS.get(key) is r:
-                del _GENERATORS[key]
-
-        _GENERATORS[key] = weakref.ref(generator, forget)
-    return key
-
-
-#: The key of an explicit generator, computed (and registered) when dynamo traces the call.
-_generator_key = torch.compiler.assume_constant_result(_register_generator)
 
 
 def _draw_eagerly(steps: int, t_shape: tuple[int, ...], eps_shape: tuple[int, ...],
@@ -221,13 +188,7 @@ def _mar_draw(like: Tensor, steps: int, k: int, generator: int) -> tuple[Tensor,
     """``t [k, ...]`` (int64) and ``eps [k, ..., Dt]`` (``like``'s dtype) for the tokens
     ``like [..., Dt]`` (only its shape, dtype and device are read), drawn eagerly from the
     generator of key ``generator`` (0: torch's default generator of ``like``'s device)."""
-    gen = None
-    if generator:
-        ref = _GENERATORS.get(generator)
-        gen = ref() if ref is not None else None
-        if gen is None:
-            raise RuntimeError("losslab::mar_draw: the generator that the compiled "
-                               "mar_diffusion loss was traced with no longer exists")
+    gen = generator_of(generator, "losslab::mar_draw")
     lead = tuple(like.shape[:-1])
     return _draw_eagerly(steps, (k, *lead), (k, *like.shape), like.dtype, like.device, gen)
 
@@ -238,21 +199,8 @@ def _mar_draw_fake(like: Tensor, steps: int, k: int, generator: int) -> tuple[Te
             like.new_empty((k, *like.shape)))
 
 
-def _register_ordered() -> bool:
-    """Register ``losslab::mar_draw`` as effectful (ordered); False on a torch without
-    ``CustomOpDef.register_effect`` (older than the torch this is tested with)."""
-    register = getattr(_mar_draw, "register_effect", None)
-    try:
-        from torch._library.effects import EffectType
-    except ImportError:  # pragma: no cover - older torch
-        return False
-    if register is None:  # pragma: no cover - older torch
-        return False
-    register(EffectType.ORDERED)
-    return True
-
-
-_ORDERED = _register_ordered()
+#: An ordered side effect: each call kept, in order, never merged or recomputed.
+_ORDERED = register_ordered(_mar_draw)
 
 #: Older torch only (no effectful custom ops): the draws run eagerly under compile, through a
 #: graph break, rather than as an op that a pass could deduplicate.
@@ -271,8 +219,7 @@ def _draw(steps: int, k: int, x: Tensor,
         lead = tuple(x.shape[:-1])
         return _draw_through_a_break(steps, (k, *lead), (k, *x.shape), x.dtype, x.device,
                                      generator)
-    key = 0 if generator is None else _generator_key(generator)
-    return _mar_draw(x.detach(), steps, k, key)
+    return _mar_draw(x.detach(), steps, k, generator_key(generator))
 
 
 def mar_diffusion_loss(

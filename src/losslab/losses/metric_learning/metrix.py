@@ -9,8 +9,8 @@ mixed embeddings and their mixing factors can still be scored by :func:`metrix_m
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from losslab._core import LossModule, zero_loss
 from losslab._hparams import Choice, Int, Kwargs, Real, hparams
+from losslab._ops.draws import generator_key, generator_of, register_ordered
 from losslab._ops.pairs import validate_batch
 from losslab.distances import cosine_similarity, pairwise
 from losslab.losses.metric_learning.pairs import contrastive_terms
@@ -81,37 +82,16 @@ def mix_embeddings(
 # The draws under torch.compile: a custom op, so that the compiled module draws what eager does
 # --------------------------------------------------------------------------------------------
 
-#: The generators of compiled calls, by ``id`` (an operator takes no ``torch.Generator``: the
-#: op gets the key). Strong references: an ``id`` is not reused while its generator is here.
-_GENERATORS: dict[int, torch.Generator] = {}
-
-
-@torch.compiler.assume_constant_result
-def _register_generator(generator: torch.Generator) -> bool:
-    """Run by dynamo while it traces (a constant result), so the generator is in the registry
-    before the compiled graph first calls the op (a traced dict store would run after it)."""
-    _GENERATORS[id(generator)] = generator
-    return True
-
-
-def _generator_key(generator: torch.Generator | None) -> int:
-    """The op's key of ``generator`` (-1: torch's default generator). Traced, ``id`` is a
-    constant guarded on the generator: another generator recompiles, with its own key."""
-    if generator is None:
-        return -1
-    _register_generator(generator)
-    return id(generator)
-
-
 @torch.library.custom_op("losslab::metrix_draws", mutates_args=())
 def _metrix_draws(labels: Tensor, mix_alpha: float, generator_key: int) -> tuple[Tensor, Tensor]:
     """:func:`_draw_partners` with static shapes: ``(partner [N] int64, lam [N] float64)``,
     -1 and 0 in the rows without a partner. It runs eagerly inside the compiled graph, so it
-    makes the eager draws from the same generators (same values, same number)."""
+    makes the eager draws from the same generator (``generator_key``: see
+    :mod:`losslab._ops.draws`), the same values and the same number of them."""
     n = labels.shape[0]
     partner = torch.full((n,), -1, dtype=torch.long, device=labels.device)
     lam = torch.zeros(n, dtype=torch.float64, device=labels.device)
-    generator = None if generator_key < 0 else _GENERATORS[generator_key]
+    generator = generator_of(generator_key, "losslab::metrix_draws")
     drawn = _draw_partners(labels, mix_alpha, generator)
     if drawn is not None:
         rows, p, lam_np = drawn
@@ -127,20 +107,12 @@ def _(labels: Tensor, mix_alpha: float, generator_key: int) -> tuple[Tensor, Ten
             labels.new_empty(n, dtype=torch.float64))
 
 
-def _register_ordered_effect() -> None:
-    """Mark the op as having a side effect (it advances a random generator): compiled graphs
-    then keep each call, in order -- no CSE of two calls with equal inputs (two calls of the
-    loss in one compiled function draw twice, as eager), no DCE, no recomputation in the
-    backward. Uses torch's effect-token API (private; absent on old torch, where a single
-    call per graph, the loss's own case, is unaffected)."""
-    try:
-        from torch._higher_order_ops.effects import _EffectType, _register_effectful_op
-    except ImportError:  # pragma: no cover - depends on the torch version
-        return
-    _register_effectful_op(torch.ops.losslab.metrix_draws.default, _EffectType.ORDERED)
+#: An ordered side effect (it advances a generator): each call kept, in order, never merged.
+_ORDERED = register_ordered(_metrix_draws)
 
-
-_register_ordered_effect()
+#: Older torch only (no effectful custom ops): the eager mixing, through a graph break.
+_mix_through_a_break = cast(Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]],
+                            torch.compiler.disable(mix_embeddings))
 
 
 def _mix_static(
@@ -149,7 +121,7 @@ def _mix_static(
     """:func:`mix_embeddings` with static shapes (the ``torch.compile`` path): every row is
     mixed (``[N, D]``; eager's K is N or 0) and ``has`` (0-d bool) says whether the rows have
     partners (no one-class batch). Same draws, same mixes."""
-    partner, lam64 = torch.ops.losslab.metrix_draws(labels, mix_alpha, _generator_key(generator))
+    partner, lam64 = _metrix_draws(labels, mix_alpha, generator_key(generator))
     has = (partner >= 0).any()
     p = partner.clamp_min(0)
     lam = lam64.to(embeddings.dtype)
@@ -286,15 +258,15 @@ def metrix_loss(
     if weight == 0:
         return clean
     # the mixed part in the compute dtype (float32 for half inputs), as the clean part
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and _ORDERED:
         mixed, lam, li, lj, has = _mix_static(vb.embeddings, vb.labels, mix_alpha, generator)
         terms = metrix_mixed_terms(vb.embeddings, vb.labels, mixed, lam, li, lj, base=base,
                                    proxies=proxies, base_hparams=hp)
         # a one-class batch: no mix (eager's K = 0), the zero of metrix_mixed_terms
         terms = torch.where(has, terms, zero_loss(vb.embeddings))
         return clean + weight * terms
-    mixed, lam, li, lj = mix_embeddings(vb.embeddings, vb.labels, mix_alpha=mix_alpha,
-                                        generator=generator)
+    mix = _mix_through_a_break if torch.compiler.is_compiling() else mix_embeddings
+    mixed, lam, li, lj = mix(vb.embeddings, vb.labels, mix_alpha=mix_alpha, generator=generator)
     return clean + weight * metrix_mixed_terms(vb.embeddings, vb.labels, mixed, lam, li, lj,
                                               base=base, proxies=proxies, base_hparams=hp)
 
