@@ -21,6 +21,43 @@ def test_effective_k() -> None:
         icnn_effective_k(0, 10)
 
 
+def test_effective_k_of_a_tensor_count() -> None:
+    """A 0-d tensor count (the padded episode's number of real classes under compile): the
+    int form's values as tensors, and eagerly the same ValueError (a ``require``)."""
+    for n in (3, 5, 6, 7, 10):
+        k_eff, reduced = icnn_effective_k(4, torch.tensor(n))
+        assert (int(k_eff), bool(reduced)) == icnn_effective_k(4, n)
+    with pytest.raises(ValueError, match=r"at least 3 target points .*got 2$"):
+        icnn_effective_k(4, torch.tensor(2))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        icnn_effective_k(0, torch.tensor(10))
+
+
+@pytest.mark.parametrize("width", [None, 4, 2])
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("gamma_one", [False, True])
+def test_tensor_k_equals_int_k(width: int | None, k: int, gamma_one: bool) -> None:
+    """k as a 0-d tensor (all columns, those past k masked; gamma divided by k; gamma_one a
+    bool tensor) gives the int k's value and gradient, also with a masked window (padded
+    columns at ``inf``) and a window narrower than k."""
+    g = torch.Generator().manual_seed(0)
+    d = torch.rand(5, 6, generator=g, dtype=torch.float64).sort(dim=1).values
+    same = torch.rand(5, 6, generator=g) < 0.5
+    same[0] = True  # a point with no other-class neighbour (delta = inf)
+    w = None if width is None else torch.tensor(width)
+    want_d = d.clone().requires_grad_(True)
+    want = icnn_score_from_neighbours(want_d, same, k, gamma_one=gamma_one, width=w)
+    got_d = d.clone()
+    if width is not None:
+        got_d[:, width:] = math.inf  # padded columns: unused
+    got_d.requires_grad_(True)
+    got = icnn_score_from_neighbours(got_d, same, torch.tensor(k),
+                                     gamma_one=torch.tensor(gamma_one), width=w)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+    (g_want,), (g_got,) = torch.autograd.grad(want, want_d), torch.autograd.grad(got, got_d)
+    torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-15)
+
+
 def test_score_of_perfectly_separated_windows_is_one() -> None:
     d = torch.tensor([[0.1, 0.2, 5.0], [0.1, 0.3, 6.0]], dtype=torch.float64)
     same = torch.tensor([[True, True, False], [True, True, False]])

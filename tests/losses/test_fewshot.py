@@ -682,3 +682,45 @@ def test_icnn_compiled_equals_eager() -> None:
     _icnn_compiled_equals_eager({"drop_first": "auto", "degenerate_gamma": "compute"},
                                 [(s[:3], unbalanced[0][:3], q[:2], torch.tensor([3, 7]))])
     _icnn_compiled_equals_eager({"variant": "query"}, [(s, unbalanced[0], q, unbalanced[1])])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hparams", [
+    {"drop_first": True, "degenerate_gamma": "one"},
+    {"drop_first": True, "degenerate_gamma": "compute"},
+    {"drop_first": "auto", "degenerate_gamma": "one"},
+    {"drop_first": "auto", "degenerate_gamma": "compute"},
+], ids=["drop-one", "drop-compute", "auto-one", "auto-compute"])
+def test_icnn_query_prototypes_compiled_equals_eager(hparams: dict) -> None:
+    """The "query" variant against the prototypes under compile: the classes padded to 12
+    slots (their number C is data-dependent), the padded prototypes out of every window, and
+    k_eff, reduced and the window tensors of the number of real classes. Compiled equals
+    eager, value and gradients, with unsorted non-contiguous class ids: 3 classes (k = 4
+    reduced to 1, gamma forced to 1 with "one"), 6 (k + 2 = C: reduced to 4, the same k) and
+    9 (not reduced); one compiled module for the three episodes of one shape."""
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(12, 4, generator=g, dtype=torch.float64)
+    q = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    episodes = [
+        (torch.tensor([7, 3, 3, 9, 7, 9, 3, 9, 9, 7, 3, 7]), torch.tensor([3, 9, 9, 7, 3, 7])),
+        (torch.tensor([7, 3, 12, 9, 7, 5, 3, 12, 9, 5, 0, 0]),
+         torch.tensor([3, 9, 0, 7, 12, 5])),
+        (torch.tensor([7, 3, 12, 9, 7, 5, 21, 12, 9, 14, 0, 2]),
+         torch.tensor([3, 21, 0, 7, 14, 5])),
+    ]
+    _icnn_compiled_equals_eager({"variant": "query", "query_targets": "prototypes", **hparams},
+                                [(s, sl, q, ql) for sl, ql in episodes])
+
+
+@pytest.mark.slow
+def test_icnn_query_prototypes_has_no_graph_break() -> None:
+    """``torch._dynamo.explain`` finds no graph break in the "query" variant against the
+    prototypes (the data-dependent number of classes is a padded, masked bound)."""
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(10, 4, generator=g)
+    q = torch.randn(6, 4, generator=g)
+    sl, ql = torch.tensor([7, 3, 3, 9, 7, 9, 3, 9, 9, 7]), torch.tensor([3, 9, 9, 7, 3, 7])
+    m = losslab.create("icnn", variant="query", query_targets="prototypes")
+    torch._dynamo.reset()
+    ex = torch._dynamo.explain(m)(s, sl, q, ql)
+    assert ex.graph_break_count == 0, [str(b.reason).splitlines()[0] for b in ex.break_reasons]

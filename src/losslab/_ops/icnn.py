@@ -25,31 +25,54 @@ Given, for each origin point i, its nearest target points ("window", ascending d
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 from torch import Tensor
+
+from losslab._require import require
 
 __all__ = ["icnn_effective_k", "icnn_score_from_neighbours"]
 
 _EPS = 1e-7  # the released code's epsilon in the score
 
 
-def icnn_effective_k(k: int, n_targets: int) -> tuple[int, bool]:
-    """``(k_eff, reduced)``: the released code uses ``k = n_targets - 2`` when ``k + 2 >= n``."""
+@overload
+def icnn_effective_k(k: int, n_targets: int) -> tuple[int, bool]: ...
+@overload
+def icnn_effective_k(k: int, n_targets: Tensor) -> tuple[Tensor, Tensor]: ...
+def icnn_effective_k(k: int, n_targets: int | Tensor) -> tuple[int, bool] | tuple[Tensor, Tensor]:
+    """``(k_eff, reduced)``: the released code uses ``k = n_targets - 2`` when ``k + 2 >= n``.
+
+    ``n_targets`` may be a 0-d integer tensor (a data-dependent number of targets, under
+    ``torch.compile``): then ``k_eff`` and ``reduced`` are 0-d tensors, and the check of at
+    least 3 targets is a :func:`losslab._require.require` (an asynchronous assert under
+    compile, the same ``ValueError`` eagerly).
+    """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if isinstance(n_targets, Tensor):
+        n = n_targets
+        require(n >= 3, lambda: _too_few_targets(int(n)))
+        reduced = n <= k + 2
+        return torch.where(reduced, n - 2, k), reduced
     if n_targets < 3:
-        raise ValueError(
-            f"the ICNN score needs at least 3 target points (k >= 1 neighbours after the "
-            f"released code's k = n - 2 reduction), got {n_targets}"
-        )
+        raise ValueError(_too_few_targets(n_targets))
     if k + 2 >= n_targets:
         return n_targets - 2, True
     return k, False
 
 
+def _too_few_targets(n_targets: int) -> str:
+    return (
+        f"the ICNN score needs at least 3 target points (k >= 1 neighbours after the "
+        f"released code's k = n - 2 reduction), got {n_targets}"
+    )
+
+
 def icnn_score_from_neighbours(
-    distances: Tensor, same_class: Tensor, k: int, *, gamma_one: bool = False,
-    width: Tensor | None = None,
+    distances: Tensor, same_class: Tensor, k: int | Tensor, *,
+    gamma_one: bool | Tensor = False, width: Tensor | None = None,
 ) -> Tensor:
     """ICNN score from neighbour windows (differentiable through ``distances``).
 
@@ -60,31 +83,43 @@ def icnn_score_from_neighbours(
         k: number of neighbours used by the lambda and gamma terms (``w`` may be larger: the
             nearest other-class distance ``delta`` is searched over the whole window). When
             the window is narrower than ``k``, the released code uses the ``w`` columns it has
-            but still divides gamma's count by ``k``; so does this function.
-        gamma_one: force ``gamma = 1`` (the released code does so when ``k`` was reduced).
+            but still divides gamma's count by ``k``; so does this function. ``k`` may be a
+            0-d integer tensor ``>= 1`` (a data-dependent k, under ``torch.compile``; not
+            checked): then the lambda and gamma terms take all ``w`` columns with those past
+            the first ``k`` masked, and gamma's count is divided by ``k`` -- the value and
+            gradient of the int ``k``.
+        gamma_one: force ``gamma = 1`` (the released code does so when ``k`` was reduced); a
+            0-d bool tensor forces it where true.
         width: ``None`` (every column is a neighbour), or a 0-d integer tensor, the number of
             real columns: the window is the first ``width`` columns and the others are
-            padding, neither same- nor other-class, in no maximum (``torch.compile``'s
-            static-width form of a data-dependent window; the score of the first ``width``
-            columns, value and gradient).
+            padding, neither same- nor other-class, in no maximum, their distances unused (they
+            may be ``inf``) (``torch.compile``'s static-width form of a data-dependent window;
+            the score of the first ``width`` columns, value and gradient).
     """
     if distances.shape != same_class.shape or distances.ndim != 2:
         raise ValueError(
             f"distances and same_class must be [n, w] of one shape, got "
             f"{tuple(distances.shape)} and {tuple(same_class.shape)}"
         )
-    if k < 1 or distances.shape[1] < 1:
+    if (not isinstance(k, Tensor) and k < 1) or distances.shape[1] < 1:
         raise ValueError(f"k and the window must be >= 1, got k={k}, window={distances.shape[1]}")
     other = ~same_class
     real_k: Tensor | None = None
     if width is not None:
         real = torch.arange(distances.shape[1], device=distances.device) < width
         same_class, other = same_class & real, other & real
-        real_k = real[:k]
+        # a padded column's distance (possibly inf) enters no sum (inf * 0 would be nan)
+        distances = distances.where(real, 0.0)
+        real_k = real if isinstance(k, Tensor) else real[:k]
     inf = torch.full_like(distances, float("inf"))
     delta = torch.where(other, distances, inf).min(dim=1).values
 
-    d_k, s_k, o_k = distances[:, :k], same_class[:, :k], other[:, :k]
+    if isinstance(k, Tensor):  # all columns, those past the first k masked
+        in_k = torch.arange(distances.shape[1], device=distances.device) < k
+        real_k = in_k if real_k is None else real_k & in_k
+        d_k, s_k, o_k = distances, same_class & in_k, other & in_k
+    else:
+        d_k, s_k, o_k = distances[:, :k], same_class[:, :k], other[:, :k]
     s_f, o_f = s_k.to(distances.dtype), o_k.to(distances.dtype)
 
     ratio = d_k / (delta + _EPS).unsqueeze(1)
@@ -105,8 +140,15 @@ def icnn_score_from_neighbours(
     lambda_dc = (per_point_dc.sum() / ((n_other > 0).sum().to(o_f.dtype) + _EPS) + offset).abs()
 
     lam = (lambda_sc + lambda_dc) / 2
-    if gamma_one:
+    if isinstance(gamma_one, Tensor):
+        gamma = torch.where(gamma_one, 1.0, (n_same / _as_count(k, n_same)).mean())
+    elif gamma_one:
         gamma = torch.ones((), dtype=distances.dtype, device=distances.device)
     else:
-        gamma = (n_same / k).mean()
+        gamma = (n_same / _as_count(k, n_same)).mean()
     return (lam + gamma) / 2
+
+
+def _as_count(k: int | Tensor, like: Tensor) -> int | Tensor:
+    """``k`` as gamma's divisor: the int, or the tensor in ``like``'s dtype."""
+    return k.to(like.dtype) if isinstance(k, Tensor) else k

@@ -299,6 +299,7 @@ def _icnn_score_of_sets(
     drop_first: bool | str,
     degenerate_gamma: str,
     eps: float,
+    target_valid: Tensor | None = None,
 ) -> Tensor:
     """ICNN score of ``origin`` against ``target`` (``None``: against itself), differentiable.
 
@@ -306,19 +307,40 @@ def _icnn_score_of_sets(
     then every target point is taken, sorted, and the columns past the window are masked
     (:func:`icnn_score_from_neighbours`'s ``width``): the same value and gradient as the
     window of that width (up to exactly tied distances at its edge, where a ``topk`` of
-    another width may keep another of the tied points)."""
+    another width may keep another of the tied points).
+
+    ``target_valid``: ``None``, or the ``[m]`` bool mask of the real target points (the
+    padded class slots of a ``pad=True`` episode under ``torch.compile``, with ``target`` its
+    prototypes): the padded ones are at distance ``inf`` (sorted last, masked out of every
+    window), and ``k_eff``, ``reduced`` and the window are 0-d tensors computed from the
+    number of real targets (the data-dependent ``k`` of :func:`icnn_score_from_neighbours`).
+    """
     same_set = target is None
+    if same_set and target_valid is not None:
+        raise ValueError("target_valid needs a target set")
     if target is None or target_labels is None:
         target, target_labels = origin, origin_labels
     m = target.shape[0]
-    k_eff, reduced = icnn_effective_k(k, m)
+    k_eff: int | Tensor
+    reduced: bool | Tensor
+    n_real: int | Tensor  # the number of real targets
+    if target_valid is None:
+        n_real = m
+        k_eff, reduced = icnn_effective_k(k, m)
+    else:
+        n_real = target_valid.sum()
+        k_eff, reduced = icnn_effective_k(k, n_real)
     window = k_eff + 1 if ipc is None else ipc
     real: Tensor | None = None  # the number of real columns of a static-width window
     d = euclidean(origin, target, eps=eps)
+    if target_valid is not None:
+        d = d.masked_fill(~target_valid, float("inf"))
     if drop_first is True:
         # Released behaviour: take ipc + 1 neighbours and drop the nearest, assumed to be the
         # point itself -- also when the target is a different set (then a real neighbour).
-        if isinstance(window, Tensor):
+        if isinstance(n_real, Tensor):
+            width, real = m, n_real.clamp_max(window + 1) - 1
+        elif isinstance(window, Tensor):
             width, real = m, (window + 1).clamp_max(m) - 1
         else:
             width = min(window + 1, m)
@@ -329,13 +351,15 @@ def _icnn_score_of_sets(
             eye = torch.eye(m, dtype=torch.bool, device=d.device)
             d = d.masked_fill(eye, float("inf"))
         bound = m - 1 if same_set else m
-        if isinstance(window, Tensor):
+        if isinstance(n_real, Tensor):
+            width, real = bound, n_real.clamp_max(window)  # (a target set: not same_set)
+        elif isinstance(window, Tensor):
             width, real = bound, window.clamp_max(bound)
         else:
             width = min(window, bound)
         values, index = d.topk(width, dim=1, largest=False, sorted=True)
     same = target_labels[index] == origin_labels.unsqueeze(1)
-    gamma_one = reduced and degenerate_gamma == "one"
+    gamma_one = reduced if degenerate_gamma == "one" else False
     score = icnn_score_from_neighbours(values, same, k_eff, gamma_one=gamma_one, width=real)
     # topk never picks a NaN (or an infinite) distance: a non-finite target point would drop
     # out of every window and leave a plausible score. Propagate it (value and gradient).
@@ -378,8 +402,11 @@ def icnn_loss(
       same-class count of gamma by ``k``; so does this implementation. Under
       ``torch.compile`` that window has a static width (every other point, sorted) with the
       columns past the largest class size masked: the same value and gradient, no graph
-      break (the ``"query"`` variant against the prototypes still breaks, at the episode's
-      ``torch.unique``).
+      break. The ``"query"`` variant against the prototypes also traces without a graph
+      break: the classes are padded to ``Ns`` slots (their number is data-dependent), the
+      padded prototypes are at distance ``inf`` and masked out of every window, and the
+      reduced ``k``, the window and the forced gamma are tensors of the number of real
+      classes (fewer than 3 classes is then an asynchronous assert, not a ``ValueError``).
 
     Faithful quirks, with switches:
 
@@ -405,19 +432,21 @@ def icnn_loss(
     """
     _check_icnn(variant=variant, k=k, ipc=ipc, query_targets=query_targets,
                 drop_first=drop_first, degenerate_gamma=degenerate_gamma, eps=eps)
-    # the classes padded under compile (no torch.unique) unless the prototypes are targets
-    ep = make_episode(support, support_labels, query, query_labels,
-                      pad=not (variant == "query" and query_targets == "prototypes"))
+    # the classes padded under compile (no torch.unique; Episode.valid marks the real ones)
+    ep = make_episode(support, support_labels, query, query_labels, pad=True)
     opts = {"k": k, "drop_first": drop_first, "degenerate_gamma": degenerate_gamma, "eps": eps}
     if variant == "support":
         score = _icnn_score_of_sets(ep.support, ep.support_labels, None, None, ipc=ipc, **opts)
     elif variant == "query":
+        valid: Tensor | None = None
         if query_targets == "prototypes":
-            target, target_labels = ep.prototypes, ep.classes
+            # under compile: padded class slots (zero prototypes), masked out of every window
+            target, target_labels, valid = ep.prototypes, ep.classes, ep.valid
         else:
             target, target_labels = ep.support, ep.support_labels
         score = _icnn_score_of_sets(
-            ep.query, ep.query_labels, target, target_labels, ipc=ipc, **opts
+            ep.query, ep.query_labels, target, target_labels, ipc=ipc, target_valid=valid,
+            **opts
         )
     else:
         points = torch.cat([ep.support, ep.query])
