@@ -35,3 +35,32 @@ def test_the_draw_ops_are_ordered_effects() -> None:
     from losslab.losses.metric_learning import metrix
 
     assert mar._ORDERED and metrix._ORDERED
+
+
+def test_rand_like_eager_is_torch_rand_like() -> None:
+    x = torch.zeros(4, 3, dtype=torch.float64)
+    torch.manual_seed(5)
+    want = torch.rand_like(x)
+    torch.manual_seed(5)
+    torch.testing.assert_close(draws.rand_like(x), want, rtol=0, atol=0)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    torch.testing.assert_close(draws.rand_like(x, g1),
+                               torch.rand(4, 3, generator=g2, dtype=torch.float64))
+
+
+@pytest.mark.slow
+def test_rand_like_compiled_draws_the_eager_numbers() -> None:
+    """Two calls with equal inputs in one compiled graph: two draws, in order, the eager ones
+    (inductor would use its own stream for torch.rand_like, and merge a plain op's calls)."""
+    h = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(3, 2, dtype=torch.float64)
+
+    def f(c: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return h * draws.rand_like(c) + 10 * h * draws.rand_like(c)
+
+    torch.manual_seed(0)
+    eager = f(c, h)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    compiled = torch.compile(f, fullgraph=True)(c, h)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)

@@ -197,8 +197,19 @@ def test_state_dict_round_trip(s: LossSpec) -> None:
     torch.testing.assert_close(first(run(m1, call)), first(run(m2, call)))
 
 
+#: Compiled (inductor) value differs from eager, with the reason; strict, so a fix shows.
+INDUCTOR_MISMATCH = {
+    "sparse_cbm": "inductor's value differs from eager by ~1.5% when the head requires grad "
+                  "(aot_eager matches; the Gumbel draws, through losslab::rand_like, are "
+                  "equal; the pieces compiled alone match): not pinned yet",
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("s", SPECS, ids=NAMES)
+@pytest.mark.parametrize("s", [
+    pytest.param(s, id=s.name, marks=[pytest.mark.xfail(strict=True,
+                                                        reason=INDUCTOR_MISMATCH[s.name])])
+    if s.name in INDUCTOR_MISMATCH else pytest.param(s, id=s.name) for s in SPECS])
 def test_torch_compile_smoke(s: LossSpec) -> None:
     m = build(s)
     if s.needs_index:  # stateful: every call updates the state; compare at one fixed state

@@ -22,11 +22,13 @@ functions eagerly when the graph runs. Two things are needed for that to be righ
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
+from torch import Tensor
 
-__all__ = ["generator_key", "generator_of", "register_ordered"]
+__all__ = ["generator_key", "generator_of", "rand_like", "register_ordered"]
 
 #: The explicit generators of compiled draws, by ``id``; an entry goes with its generator.
 _GENERATORS: dict[int, weakref.ReferenceType[torch.Generator]] = {}
@@ -82,3 +84,43 @@ def register_ordered(op: Any) -> bool:
         return False
     register(EffectType.ORDERED)
     return True
+
+
+# --------------------------------------------------------------------------------------------
+# Uniform noise: torch.rand_like, the same numbers compiled and eager
+# --------------------------------------------------------------------------------------------
+
+
+def _rand_eagerly(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    if generator is None:
+        return torch.rand_like(x)
+    return torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("losslab::rand_like", mutates_args=())
+def _rand_like_op(x: Tensor, generator: int) -> Tensor:
+    """``U[0, 1)`` noise of ``x``'s shape, dtype and device (only those are read), drawn
+    eagerly from the generator of key ``generator`` (:func:`generator_key`)."""
+    return _rand_eagerly(x, generator_of(generator, "losslab::rand_like"))
+
+
+@_rand_like_op.register_fake
+def _(x: Tensor, generator: int) -> Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+_RAND_ORDERED = register_ordered(_rand_like_op)
+_rand_through_a_break = cast(Callable[[Tensor, "torch.Generator | None"], Tensor],
+                             torch.compiler.disable(_rand_eagerly))
+
+
+def rand_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``torch.rand_like(x)`` (from ``generator``, default torch's global one) that draws the
+    same numbers under ``torch.compile`` as eagerly (inductor would otherwise replace the draw
+    by its own random stream): the custom op ``losslab::rand_like`` under compile (an ordered
+    effect), the plain call eagerly."""
+    if not torch.compiler.is_compiling():
+        return _rand_eagerly(x, generator)
+    if not _RAND_ORDERED:  # pragma: no cover - older torch
+        return _rand_through_a_break(x, generator)
+    return _rand_like_op(x.detach(), generator_key(generator))

@@ -30,7 +30,7 @@ from typing import overload
 import torch
 from torch import Tensor
 
-from losslab._require import require
+from losslab._core import require
 
 __all__ = ["icnn_effective_k", "icnn_score_from_neighbours"]
 

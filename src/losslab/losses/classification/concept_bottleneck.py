@@ -34,6 +34,7 @@ from losslab._core import (
     require,
 )
 from losslab._hparams import Int, Real, hparams
+from losslab._ops.draws import rand_like
 from losslab.registry import register
 
 __all__ = ["SparseCBMLoss", "gumbel_concept_loss", "sparse_cbm_loss"]
@@ -43,7 +44,8 @@ SPARSE_CBM = "Sparse Concept Bottleneck Models: Gumbel Tricks in Contrastive Lea
 
 def _gumbel_log_softmax(x: Tensor, dim: int, temperature: float) -> Tensor:
     """``log(gumbel_softmax(x, tau, dim))`` in log space (a fresh noise draw, no gradient)."""
-    u = torch.rand_like(x).clamp(torch.finfo(x.dtype).tiny, 1.0)
+    # the same draws eager and compiled (losslab._ops.draws: inductor's own stream otherwise)
+    u = rand_like(x).clamp(torch.finfo(x.dtype).tiny, 1.0)
     g = -torch.log(-torch.log(u))
     return torch.log_softmax((x + g) / temperature, dim=dim)
 
