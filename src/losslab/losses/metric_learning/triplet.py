@@ -297,6 +297,26 @@ class TripletLoss(LossModule, function=triplet_loss, check=_check_triplet):
 _check_triplet_ratio = hparams(metric=Choice(*METRICS), chunk_size=Int(ge=1, optional=True))
 
 
+def _positive_slots(pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The per-anchor positive slots of the all-triplets forms: ``(pos_idx [N, P], valid_p
+    [N, P], n_pos [N])``, each anchor's positives first, ``valid_p`` masking the padding.
+
+    Eagerly ``P`` is the largest positive count, and ``None`` means no triplet (no positive
+    or no negative anywhere: the caller returns its zero). Under ``torch.compile`` ``P`` is
+    the static bound ``M`` (every reference a positive slot) and there is no early exit:
+    without triplets every term is masked and the count is 0 (a zero loss)."""
+    n_pos = pos.sum(1)
+    if torch.compiler.is_compiling():
+        p_max = pos.shape[1]
+    else:
+        p_max = int(n_pos.max()) if pos.shape[0] > 0 else 0
+        if p_max == 0 or not bool(neg.any()):
+            return None
+    pos_idx = pos.to(torch.uint8).topk(p_max, dim=1).indices  # positives first
+    valid_p = torch.arange(p_max, device=pos.device).unsqueeze(0) < n_pos.unsqueeze(1)
+    return pos_idx, valid_p, n_pos
+
+
 def triplet_ratio_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -338,17 +358,11 @@ def triplet_ratio_loss(
         terms = 2.0 * torch.sigmoid(u[a, p] - u[a, ng]).pow(2)
         per_anchor = u.new_zeros(n).index_add(0, a, terms)
         return reduce_per_anchor(per_anchor + z, reduce(terms, "mean") + z, reduction)
-    n_pos = b.pos.sum(1)
-    if torch.compiler.is_compiling():
-        # the static bound (every reference a positive slot; padding masked by valid_p) and
-        # no early exit: without pairs every term is masked and the count is 0 (a zero loss)
-        p_max = b.pos.shape[1]
-    else:
-        p_max = int(n_pos.max()) if n > 0 else 0
-        if p_max == 0 or not bool(b.neg.any()):
-            return reduce_per_anchor(u.new_zeros(n) + z, z, reduction)
-    pos_idx = b.pos.to(torch.uint8).topk(p_max, dim=1).indices  # positives first
-    valid_p = torch.arange(p_max, device=u.device).unsqueeze(0) < n_pos.unsqueeze(1)
+    slots = _positive_slots(b.pos, b.neg)
+    if slots is None:
+        return reduce_per_anchor(u.new_zeros(n) + z, z, reduction)
+    pos_idx, valid_p, n_pos = slots
+    p_max = pos_idx.shape[1]
     m = u.shape[1]
     if chunk_size is None:
         chunk_size = max(1, (1 << 24) // max(1, p_max * m))
@@ -455,17 +469,11 @@ def adaptive_margin_triplet_loss(
         terms = _adaptive_terms(d[a, p], d[a, ng], d_ref[p, ng], s[a, p], s[a, ng])
         per_anchor = d.new_zeros(n).index_add(0, a, terms)
         return reduce_per_anchor(per_anchor + z, reduce(terms, "mean") + z, reduction)
-    n_pos = b.pos.sum(1)
-    if torch.compiler.is_compiling():
-        # the static bound (every reference a positive slot; padding masked by valid_p) and
-        # no early exit, as in triplet_ratio_loss: without triplets the count is 0 (zero loss)
-        p_max = b.pos.shape[1]
-    else:
-        p_max = int(n_pos.max()) if n > 0 else 0
-        if p_max == 0 or not bool(b.neg.any()):
-            return reduce_per_anchor(d.new_zeros(n) + z, z, reduction)
-    pos_idx = b.pos.to(torch.uint8).topk(p_max, dim=1).indices  # positives first
-    valid_p = torch.arange(p_max, device=d.device).unsqueeze(0) < n_pos.unsqueeze(1)
+    slots = _positive_slots(b.pos, b.neg)
+    if slots is None:
+        return reduce_per_anchor(d.new_zeros(n) + z, z, reduction)
+    pos_idx, valid_p, n_pos = slots
+    p_max = pos_idx.shape[1]
     m = d.shape[1]
     if chunk_size is None:
         chunk_size = max(1, (1 << 24) // max(1, p_max * m))
