@@ -52,14 +52,14 @@ REPRESENTATIVE = (
 )
 
 
-def _params() -> list:
+def _params(expected: dict[str, str], default: tuple[str, ...] = REPRESENTATIVE) -> list:
+    """Every registered loss: those in ``default`` in the default suite, the rest ``slow``;
+    those in ``expected`` a strict expected failure with their reason."""
     out = []
     for n in NAMES:
-        marks = []
-        if n not in REPRESENTATIVE:
-            marks.append(pytest.mark.slow)
-        if n in EXPECTED_BREAKS:
-            marks.append(pytest.mark.xfail(strict=True, reason=EXPECTED_BREAKS[n]))
+        marks = [] if n in default else [pytest.mark.slow]
+        if n in expected:
+            marks.append(pytest.mark.xfail(strict=True, reason=expected[n]))
         out.append(pytest.param(n, marks=marks, id=n))
     return out
 
@@ -79,7 +79,7 @@ def test_lists_name_registered_losses() -> None:
     assert not set(REPRESENTATIVE) & set(EXPECTED_BREAKS)
 
 
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", _params(EXPECTED_BREAKS))
 def test_traces_without_graph_breaks(name: str) -> None:
     s = losslab.spec(name)
     call = make_call(s, dtype=torch.float32)
@@ -96,17 +96,8 @@ EXPECTED_DYNAMIC_FAILURES: dict[str, str] = {}
 _DYNAMIC_SLOW = ("betti_matching", "hausdorff_dt", "metrix", "mar_diffusion")
 
 
-def _dynamic_params() -> list:
-    out = []
-    for n in NAMES:
-        marks = [] if n in REPRESENTATIVE and n not in _DYNAMIC_SLOW else [pytest.mark.slow]
-        if n in EXPECTED_DYNAMIC_FAILURES:
-            marks.append(pytest.mark.xfail(strict=True, reason=EXPECTED_DYNAMIC_FAILURES[n]))
-        out.append(pytest.param(n, marks=marks, id=n))
-    return out
-
-
-@pytest.mark.parametrize("name", _dynamic_params())
+@pytest.mark.parametrize("name", _params(
+    EXPECTED_DYNAMIC_FAILURES, tuple(n for n in REPRESENTATIVE if n not in _DYNAMIC_SLOW)))
 def test_traces_with_dynamic_shapes(name: str) -> None:
     """``torch.compile(dynamic=True, fullgraph=True)``: sizes and float hyperparameters are
     traced as symbols (no Python ``math`` on them, no ``bool()`` of a data check); traced with

@@ -12,6 +12,7 @@ import losslab
 from losslab._ops.persistence import betti_match
 from losslab.losses.segmentation.betti import betti_matching_loss
 from losslab.metrics import betti_errors, betti_matching_error
+from tests.losses.segmentation.common import assert_compiled_equals_eager
 
 
 def disk(n: int, center: tuple[int, int], r: float, hole: float | None = None) -> np.ndarray:
@@ -211,13 +212,5 @@ def test_compiled_equals_eager(logits: torch.Tensor, target: torch.Tensor, kw: d
     """torch.compile(fullgraph=True): the persistence and matching of every map in the
     operator losslab::betti_match_terms (terms padded to the static bound), the values
     gathered in the graph; same value and gradient as the eager loop."""
-    m = losslab.create("betti_matching", **kw)
-    leaf = logits.detach().clone().requires_grad_(True)
-    eager = m(leaf, target)
-    (g_eager,) = torch.autograd.grad(eager.sum(), leaf)
-    torch._dynamo.reset()
-    compiled = torch.compile(m, fullgraph=True)(leaf, target)
-    (g_compiled,) = torch.autograd.grad(compiled.sum(), leaf)
-    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-12, atol=1e-12)
+    eager, g_eager = assert_compiled_equals_eager("betti_matching", logits, target, **kw)
     assert float(g_eager.abs().sum()) > 0 and float(eager.sum()) > 0

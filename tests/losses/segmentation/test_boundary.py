@@ -11,6 +11,7 @@ import torch
 
 from losslab.functional import basnet_hybrid_loss, boundary_loss, hausdorff_dt_loss
 from losslab.losses.segmentation.boundary import gaussian_ssim_map
+from tests.losses.segmentation.common import assert_compiled_equals_eager
 
 pytest.importorskip("scipy")
 
@@ -197,20 +198,6 @@ def test_gradcheck_and_all_ignored() -> None:
         hausdorff_dt_loss(logits, target, alpha=0.0)
 
 
-def _compiled_vs_eager(fn, logits: torch.Tensor, target: torch.Tensor, **kw) -> None:
-    import losslab
-
-    m = losslab.create(fn, **kw)
-    leaf = logits.detach().clone().requires_grad_(True)
-    eager = m(leaf, target)
-    (g_eager,) = torch.autograd.grad(eager.sum(), leaf)
-    torch._dynamo.reset()
-    compiled = torch.compile(m, fullgraph=True)(leaf, target)
-    (g_compiled,) = torch.autograd.grad(compiled.sum(), leaf)
-    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-12, atol=1e-12)
-
-
 def _compile_cases():
     logits, target = batch(4)  # image 1 has no class 1: a map without boundary
     target[0, 0, :3] = -100
@@ -234,4 +221,4 @@ def test_compiled_equals_eager(name: str, logits: torch.Tensor, target: torch.Te
                                kw: dict) -> None:
     """torch.compile(fullgraph=True): the distance maps are the custom operators
     (losslab::signed_distance, losslab::distance_to_boundary), same value and gradient."""
-    _compiled_vs_eager(name, logits, target, **kw)
+    assert_compiled_equals_eager(name, logits, target, **kw)

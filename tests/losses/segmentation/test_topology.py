@@ -10,6 +10,7 @@ import torch
 
 from losslab.functional import cl_dice_loss, skeleton_recall_loss
 from tests._ops.test_morphology import loop_soft_skeleton
+from tests.losses.segmentation.common import assert_compiled_equals_eager
 
 pytest.importorskip("scipy")
 
@@ -100,21 +101,12 @@ def test_skeleton_recall_compiled_equals_eager(kw: dict, sigmoid: bool) -> None:
     """torch.compile(fullgraph=True): the tubed skeleton is the custom operator
     losslab::tubed_skeleton, same value and gradient (with ignored pixels)."""
     pytest.importorskip("skimage")
-    import losslab
 
     logits, target = thin_batch(5)
     target[0, 2, 1:4] = -100
     if sigmoid:
         logits, target = logits[:, 1:2], torch.where(target == 2, 0, target)
-    m = losslab.create("skeleton_recall", **kw)
-    leaf = logits.detach().clone().requires_grad_(True)
-    eager = m(leaf, target)
-    (g_eager,) = torch.autograd.grad(eager.sum(), leaf)
-    torch._dynamo.reset()
-    compiled = torch.compile(m, fullgraph=True)(leaf, target)
-    (g_compiled,) = torch.autograd.grad(compiled.sum(), leaf)
-    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-12, atol=1e-12)
+    _, g_eager = assert_compiled_equals_eager("skeleton_recall", logits, target, **kw)
     assert float(g_eager.abs().sum()) > 0
 
 
